@@ -1,0 +1,91 @@
+"""Python functions offered to Lua, guarded so no Python object or exception ever reaches Lua."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+MAX_JSON_DEPTH = 512
+
+
+class HostError(Exception):
+    """An error whose message is safe to show the tenant."""
+
+
+HostResult = tuple[Any, ...]
+Guarded = Callable[..., HostResult]
+
+
+def guard(name: str, fn: Callable[..., HostResult]) -> Guarded:
+    """Wrap fn so it returns (True, *results) or (False, message) and never raises.
+
+    lupa hands a raised exception to Lua as an object whose __traceback__ and frames reach the
+    interpreter, so every exception, including BaseException, becomes a plain message here.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> HostResult:
+        try:
+            return (True, *fn(*args))
+        except HostError as exc:
+            return (False, f"{name}: {exc}".encode())
+        except RecursionError:
+            return (False, f"{name}: input nested too deeply".encode())
+        except MemoryError:
+            return (False, f"{name}: out of memory".encode())
+        except BaseException:
+            return (False, f"{name}: internal error".encode())
+
+    return call
+
+
+def expect_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    raise HostError(f"{what} must be a string")
+
+
+class JsonDecoder:
+    """json.decode: text -> Lua values, `nil, message` on bad input, JSON null -> json.null."""
+
+    def __init__(self, table_from: Callable[[Any], Any], null: Any) -> None:
+        self._table_from = table_from
+        self._null = null
+
+    def __call__(self, text: Any = None, *_: Any) -> HostResult:
+        data = expect_bytes(text, "argument")
+        try:
+            value = json.loads(data)
+        except RecursionError:
+            return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
+        except ValueError as exc:
+            return (None, f"invalid JSON: {_short(exc)}".encode())
+        try:
+            return (self._to_lua(value, 0),)
+        except HostError as exc:
+            return (None, f"invalid JSON: {exc}".encode())
+
+    def _to_lua(self, value: Any, depth: int) -> Any:
+        if depth > MAX_JSON_DEPTH:
+            raise HostError(f"JSON nested more than {MAX_JSON_DEPTH} levels")
+        if value is None:
+            return self._null
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            return value if -(2**53) <= value <= 2**53 else float(value)
+        if isinstance(value, list):
+            return self._table_from([self._to_lua(item, depth + 1) for item in value])
+        return self._table_from(
+            {key.encode(): self._to_lua(item, depth + 1) for key, item in value.items()}
+        )
+
+
+def _short(exc: ValueError) -> str:
+    # json's messages name a line and column; the input is the tenant's own, so they are safe.
+    text = str(exc)
+    return text[:200]

@@ -1,0 +1,417 @@
+-- Trusted sandbox prelude. Runs once per runtime while the real globals are still intact and
+-- returns the privileged helpers that only the Python side holds; tenant code never sees them.
+local pairs, next, type, tostring, select, error, pcall = pairs, next, type, tostring, select, error, pcall
+local rawget, rawset, setmetatable, getmetatable = rawget, rawset, setmetatable, getmetatable
+local setfenv, load, unpack = setfenv, load, unpack
+local concat, sfind, sformat, sbyte, sgsub, slower, supper, ssub = table.concat, string.find,
+  string.format, string.byte, string.gsub, string.lower, string.upper, string.sub
+local floor, huge = math.floor, math.huge
+local randomseed = math.randomseed
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+-- Library templates: copied per request so a change made by one request never reaches another.
+local safe_string = copy(string)
+safe_string.dump = nil
+string.dump = nil
+local LIBRARIES = {
+  string = safe_string,
+  table = copy(table),
+  math = copy(math),
+  os = { time = os.time, date = os.date, clock = os.clock, difftime = os.difftime },
+  coroutine = copy(coroutine),
+  bit = copy(bit),
+}
+local BASE = {}
+for _, name in next, {
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "rawequal", "rawget", "rawset",
+  "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack", "_VERSION",
+} do
+  BASE[name] = _G[name]
+end
+
+-- The one metatable every string shares: tenants may not read or replace it, and its __index
+-- points at the running request's own copy of `string` (so `s:upper()` sees that request's
+-- string table, as in stock Lua) and at a dump-free copy between requests.
+local string_mt = getmetatable("")
+string_mt.__metatable = false
+string_mt.__index = safe_string
+
+---------------------------------------------------------------------------------------------
+-- JSON encoding (response bodies and json.encode)
+
+local json_null = setmetatable({}, {
+  __metatable = false,
+  __tostring = function() return "null" end,
+  __newindex = function() error("json.null is read-only", 2) end,
+})
+
+local ESCAPES = {
+  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+}
+local function escape_char(c)
+  return ESCAPES[c] or sformat("\\u%04x", sbyte(c))
+end
+
+local MAX_DEPTH = 512
+
+local function json_encode(value, max_bytes)
+  local buf, n, size, seen = {}, 0, 0, {}
+  local function put(s)
+    n = n + 1
+    buf[n] = s
+    size = size + #s
+    if size > max_bytes then
+      error(sformat("JSON output exceeds %d bytes", max_bytes), 0)
+    end
+  end
+  local encode
+  local function encode_string(s)
+    put('"' .. sgsub(s, '[%c"\\]', escape_char) .. '"')
+  end
+  local function encode_table(t, depth)
+    if t == json_null then return put("null") end
+    if depth > MAX_DEPTH then
+      error(sformat("cannot encode JSON nested more than %d levels", MAX_DEPTH), 0)
+    end
+    if seen[t] then error("cannot encode a table that contains itself as JSON", 0) end
+    seen[t] = true
+    local len, is_array = #t, #t > 0
+    for k in next, t do
+      if type(k) ~= "number" or k < 1 or k > len or k ~= floor(k) then
+        is_array = false
+        break
+      end
+    end
+    if is_array then
+      put("[")
+      for i = 1, len do
+        if i > 1 then put(",") end
+        encode(rawget(t, i), depth + 1)
+      end
+      put("]")
+    else
+      put("{")
+      local first = true
+      for k, v in next, t do
+        local kt = type(k)
+        if kt == "number" then
+          k = tostring(k)
+        elseif kt ~= "string" then
+          error("cannot encode a table key of type " .. kt .. " as JSON", 0)
+        end
+        if not first then put(",") end
+        first = false
+        encode_string(k)
+        put(":")
+        encode(v, depth + 1)
+      end
+      put("}")
+    end
+    seen[t] = nil
+  end
+  encode = function(v, depth)
+    local t = type(v)
+    if t == "string" then
+      encode_string(v)
+    elseif t == "number" then
+      if v ~= v or v == huge or v == -huge then
+        error("cannot encode NaN or infinity as JSON", 0)
+      elseif v == floor(v) and v > -1e15 and v < 1e15 then
+        put(sformat("%d", v))
+      else
+        put(sformat("%.17g", v))
+      end
+    elseif t == "boolean" then
+      put(v and "true" or "false")
+    elseif t == "nil" then
+      put("null")
+    elseif t == "table" then
+      encode_table(v, depth)
+    else
+      error("cannot encode a " .. t .. " value as JSON", 0)
+    end
+  end
+  encode(value, 1)
+  return concat(buf)
+end
+
+---------------------------------------------------------------------------------------------
+-- Per-request environment
+
+local function new_output(limits)
+  local lines, count, bytes, dropped = {}, 0, 0, 0
+  local max_lines, max_bytes = limits.max_log_lines, limits.max_log_bytes
+  local function emit(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    local line = concat(parts, "\t")
+    if count >= max_lines or bytes + #line > max_bytes then
+      dropped = dropped + 1
+      return
+    end
+    count = count + 1
+    bytes = bytes + #line
+    lines[count] = line
+  end
+  local function collect()
+    return lines, dropped
+  end
+  return emit, collect
+end
+
+local function new_env(request, host_libraries, limits)
+  local env = {}
+  for name, fn in next, BASE do env[name] = fn end
+  for name, lib in next, LIBRARIES do env[name] = copy(lib) end
+  for name, lib in next, host_libraries do env[name] = copy(lib) end
+  local emit, collect = new_output(limits)
+  env.print = emit
+  env.log = emit
+  env.request = request
+  env._G = env
+  return env, collect
+end
+
+---------------------------------------------------------------------------------------------
+-- Response rules
+
+local HTTP_METHODS = { "get", "head", "post", "put", "patch", "delete", "options", "trace", "connect" }
+local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
+
+-- Errors raised by the rules carry this private key, so tenant code cannot forge them.
+local OURS = {}
+
+local function fail(kind, message, value)
+  error({ [OURS] = true, kind = kind, message = message, value = value }, 0)
+end
+
+local function invalid(message)
+  fail("invalid_response", message)
+end
+
+local function to_json(v, limits)
+  local ok, text = pcall(json_encode, v, limits.max_body_bytes)
+  if not ok then invalid(text) end
+  return text
+end
+
+local function is_status(v)
+  return type(v) == "number" and v == floor(v) and v >= 100 and v <= 599
+end
+
+local function is_response_table(t)
+  local status = rawget(t, "status") or rawget(t, "statuscode") or rawget(t, "code")
+  local body = rawget(t, "body") or rawget(t, "content")
+  return type(status) == "number" or type(body) == "string"
+end
+
+local function method_handler(t, method)
+  local found = false
+  for _, name in next, HTTP_METHODS do
+    if type(rawget(t, name)) == "function" then found = true break end
+  end
+  if not found then return nil end
+  local fn = rawget(t, method)
+  if type(fn) ~= "function" and method == "head" then fn = rawget(t, "get") end
+  if type(fn) == "function" then return fn end
+  local allow = {}
+  for _, name in next, HTTP_METHODS do
+    if type(rawget(t, name)) == "function"
+      or (name == "head" and type(rawget(t, "get")) == "function") then
+      allow[#allow + 1] = supper(name)
+    end
+  end
+  fail("method_not_allowed", concat(allow, ", "))
+end
+
+local function collect_headers(state, headers, limits)
+  if type(headers) ~= "table" then
+    invalid("headers must be a table, got a " .. type(headers))
+  end
+  local flat, count, bytes = state.headers, state.header_count, state.header_bytes
+  local function add(name, value)
+    count = count + 1
+    if count > limits.max_headers then
+      invalid(sformat("more than %d response headers", limits.max_headers))
+    end
+    local vt = type(value)
+    if vt == "number" then
+      value = tostring(value)
+    elseif vt ~= "string" then
+      invalid("header " .. name .. " has a " .. vt .. " value")
+    end
+    bytes = bytes + #name + #value + 4
+    if bytes > limits.max_header_bytes then
+      invalid(sformat("response headers exceed %d bytes", limits.max_header_bytes))
+    end
+    if sfind(value, "[\r\n%z]") then
+      invalid("header " .. name .. " contains CR, LF or NUL")
+    end
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+  end
+  for name, value in next, headers do
+    if type(name) ~= "string" or #name > 256 or not sfind(name, TOKEN) then
+      local shown = type(name) == "string" and ssub(name, 1, 64) or "of type " .. type(name)
+      invalid("header name " .. sformat("%q", shown) .. " is not a valid token")
+    end
+    if type(value) == "table" then
+      local len = #value
+      for i = 1, len do
+        add(name, rawget(value, i))
+      end
+    else
+      add(name, value)
+    end
+  end
+  state.header_count, state.header_bytes = count, bytes
+end
+
+local read_values
+
+local function read_value(state, v, limits, depth)
+  local t = type(v)
+  if t == "number" then
+    state.status = v
+  elseif t == "string" then
+    state.body, state.json = v, false
+  elseif t == "table" then
+    if is_response_table(v) then
+      local status = rawget(v, "status") or rawget(v, "statuscode") or rawget(v, "code")
+      if status ~= nil then state.status = status end
+      local body = rawget(v, "body")
+      if body == nil then body = rawget(v, "content") end
+      if type(body) == "table" then
+        state.body, state.json = to_json(body, limits), true
+      elseif body ~= nil then
+        if type(body) ~= "string" then invalid("body must be a string, got a " .. type(body)) end
+        state.body, state.json = body, false
+      end
+      local headers = rawget(v, "headers")
+      if headers ~= nil then collect_headers(state, headers, limits) end
+    elseif state.body ~= nil then
+      collect_headers(state, v, limits)
+    else
+      local handler = depth == 0 and method_handler(v, state.method)
+      if handler then
+        local results = pack(pcall(handler, state.request))
+        if not results[1] then fail("lua_error", nil, results[2]) end
+        read_values(state, results, 2, limits, depth + 1)
+      else
+        state.body, state.json = to_json(v, limits), true
+      end
+    end
+  elseif t ~= "nil" then
+    invalid("a script cannot return a " .. t .. " value")
+  end
+end
+
+read_values = function(state, values, first, limits, depth)
+  for i = first, values.n do
+    read_value(state, values[i], limits, depth)
+  end
+end
+
+local function respond(values, request, method, limits)
+  local state = {
+    status = 200, headers = {}, header_count = 0, header_bytes = 0,
+    request = request, method = method,
+  }
+  read_values(state, values, 2, limits, 0)
+  if not is_status(state.status) then
+    invalid("status " .. tostring(state.status) .. " is not an integer from 100 to 599")
+  end
+  local body = state.body or ""
+  if #body > limits.max_body_bytes then
+    invalid(sformat("body of %d bytes exceeds the %d byte limit", #body, limits.max_body_bytes))
+  end
+  local has_type = false
+  local flat = state.headers
+  for i = 1, #flat, 2 do
+    if slower(flat[i]) == "content-type" then has_type = true break end
+  end
+  if not has_type then
+    flat[#flat + 1] = "Content-Type"
+    flat[#flat + 1] = state.json and "application/json" or "text/plain; charset=utf-8"
+  end
+  return "ok", state.status, body, flat
+end
+
+local function error_text(err)
+  if type(err) == "string" then return err end
+  if type(err) == "table" or type(err) == "userdata" then
+    local ok, text = pcall(tostring, err)
+    if ok and type(text) == "string" and not sfind(text, "^table: ") then return text end
+  end
+  return "(error object is a " .. type(err) .. " value)"
+end
+
+-- Runs one request: returns "ok", status, body, flat header list; or an error kind and message.
+local function run(factory, env, request, method, seed, limits)
+  randomseed(seed)
+  local fn = factory()
+  setfenv(fn, env)
+  string_mt.__index = env.string
+  local results = pack(pcall(fn))
+  local ok, kind, status, body, headers
+  if results[1] then
+    ok, kind, status, body, headers = pcall(respond, results, request, method, limits)
+  else
+    ok, kind = false, { [OURS] = true, kind = "lua_error", value = results[2] }
+  end
+  string_mt.__index = safe_string
+  if ok then return kind, status, body, headers end
+  if type(kind) == "table" and rawget(kind, OURS) then
+    if kind.kind == "lua_error" then return "lua_error", error_text(kind.value) end
+    return kind.kind, kind.message
+  end
+  return "lua_error", error_text(kind)
+end
+
+-- Compile tenant source as text into a factory: each call makes a fresh closure, so each
+-- request gets its own function object whose environment can be set without touching others.
+local function compile(source, chunkname)
+  local fn, err = load(source, chunkname, "t")
+  if not fn then return nil, err end
+  local factory
+  factory, err = load("return function(...) " .. source .. "\nend", chunkname, "t")
+  if not factory then return nil, err end
+  return factory, nil
+end
+
+-- A Lua closure around a guarded Python callable: the callable returns (true, results...) or
+-- (false, message), and the Python object itself stays an upvalue tenants cannot reach.
+local function unwrap(ok, ...)
+  if ok then return ... end
+  error((...), 2)
+end
+
+local function wrap_host(pyfn)
+  return function(...) return unwrap(pyfn(...)) end
+end
+
+local function json_library()
+  return {
+    encode = function(v) return json_encode(v, 64 * 1024 * 1024) end,
+    null = json_null,
+  }
+end
+
+return {
+  new_env = new_env,
+  run = run,
+  compile = compile,
+  json_library = json_library,
+  json_null = json_null,
+  wrap_host = wrap_host,
+}

@@ -1,0 +1,98 @@
+"""Messages between the server and a sandbox worker, and their length-prefixed msgpack framing."""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import msgspec
+
+# Error kinds a worker may report; a closed set so the parent can map each to a status.
+LUA_ERROR: Final = "lua_error"
+INVALID_RESPONSE: Final = "invalid_response"
+METHOD_NOT_ALLOWED: Final = "method_not_allowed"
+MEMORY_LIMIT: Final = "memory_limit"
+BAD_SOURCE: Final = "bad_source"
+ERROR_KINDS: Final = frozenset(
+    {LUA_ERROR, INVALID_RESPONSE, METHOD_NOT_ALLOWED, MEMORY_LIMIT, BAD_SOURCE}
+)
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """What a script sees as the global `request` (header names already lower-case)."""
+
+    method: str
+    path: str
+    querystring: bytes = b""
+    headers: list[tuple[str, bytes]] = []
+    body: bytes = b""
+    host: str = ""
+    scheme: str = "http"
+    port: int = 80
+    remote_addr: str = ""
+    id: str = ""
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-request limits the worker enforces while building the response."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    max_log_lines: int = 100
+    max_log_bytes: int = 64 * 1024
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """Run one request. `source` may be omitted when the worker already holds (key, version)."""
+
+    tenant: str
+    key: str
+    version: str
+    request: Request
+    limits: Limits = Limits()
+    source: bytes | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of a Job: a response, or an error kind from ERROR_KINDS with a message."""
+
+    status: int = 200
+    headers: list[tuple[bytes, bytes]] = []
+    body: bytes = b""
+    error: str | None = None
+    message: str = ""
+    allow: list[str] = []
+    logs: list[bytes] = []
+    logs_dropped: int = 0
+    need_source: bool = False
+
+
+_encoder = msgspec.msgpack.Encoder()
+_job_decoder = msgspec.msgpack.Decoder(Job)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def encode_frame(message: Job | Reply) -> bytes:
+    """One frame: a 4-byte big-endian length, then the msgpack body."""
+    body = _encoder.encode(message)
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The body length announced by a frame header; rejects absurd sizes."""
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+    return int(length)
+
+
+def decode_job(body: bytes) -> Job:
+    return _job_decoder.decode(body)
+
+
+def decode_reply(body: bytes) -> Reply:
+    return _reply_decoder.decode(body)

@@ -1,0 +1,68 @@
+"""Turns a protocol Request into the plain values of the Lua `request` table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from sandbox.protocol import Request
+
+# Caps the fields parsed from a query string or form body; the rest are ignored.
+MAX_FIELDS = 1000
+FORM_TYPE = b"application/x-www-form-urlencoded"
+
+
+def _group(pairs: Iterable[tuple[bytes, bytes]], table_from: Callable[[Any], Any]) -> Any:
+    """Pairs -> Lua table; a repeated name becomes an array of its values (as ngx_lua does)."""
+    grouped: dict[bytes, list[bytes]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return table_from(
+        {
+            name: values[0] if len(values) == 1 else table_from(values)
+            for name, values in grouped.items()
+        }
+    )
+
+
+def _parse_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Binary-safe x-www-form-urlencoded parsing (`+` is a space; %XX decodes to any byte)."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for part in data.split(b"&", MAX_FIELDS)[:MAX_FIELDS]:
+        if part:
+            name, _, value = part.partition(b"=")
+            pairs.append((_unquote(name), _unquote(value)))
+    return pairs
+
+
+def _unquote(text: bytes) -> bytes:
+    return unquote_to_bytes(text.replace(b"+", b" "))
+
+
+def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
+    """Build the Lua `request` table (fresh per request, so scripts may modify it freely)."""
+    headers = [(name.encode("latin-1"), value) for name, value in request.headers]
+    header_map = dict(headers)
+    fields: dict[bytes, Any] = {
+        b"method": request.method.encode(),
+        b"path": request.path.encode(),
+        b"querystring": request.querystring,
+        b"query": _group(_parse_pairs(request.querystring), table_from),
+        b"headers": _group(headers, table_from),
+        b"body": request.body,
+        b"host": request.host.encode(),
+        b"scheme": request.scheme.encode(),
+        b"port": request.port,
+        b"remote_addr": request.remote_addr.encode(),
+        b"id": request.id.encode(),
+    }
+    referer = header_map.get(b"referer")
+    if referer is not None:
+        fields[b"referer"] = referer
+    content_type = header_map.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if content_type == FORM_TYPE:
+        fields[b"form"] = _group(_parse_pairs(request.body), table_from)
+    return table_from(fields)

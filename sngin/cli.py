@@ -1,0 +1,66 @@
+"""The `sngin` command: flags override SNGIN_* variables; one line on stderr for a bad setting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from sngin import __version__
+from sngin.config import Settings
+from sngin.errors import SnginError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+# flag destination -> the variable it overrides
+FLAG_VARIABLES = {
+    "bind": "SNGIN_BIND",
+    "code_dir": "SNGIN_CODE_DIR",
+    "workers": "SNGIN_WORKERS",
+    "timeout_ms": "SNGIN_TIMEOUT_MS",
+    "log_level": "SNGIN_LOG_LEVEL",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sngin", description="Multi-tenant Lua scripting server.")
+    parser.add_argument("--version", action="version", version=f"sngin {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--code-dir", help="folder of <host>/<path>/index.lua (SNGIN_CODE_DIR)")
+    common.add_argument("--log-level", help="debug, info, warning or error (SNGIN_LOG_LEVEL)")
+
+    run = commands.add_parser(
+        "run", parents=[common], help="run one script through the sandbox and print the response"
+    )
+    run.add_argument("target", help="HOST or HOST/PATH, e.g. hello.localhost/json")
+    run.add_argument("-X", "--method", default="GET")
+    run.add_argument("-d", "--data", default="", help="request body")
+    run.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    merged = dict(env)
+    for dest, variable in FLAG_VARIABLES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            merged[variable] = str(value)
+    return Settings.from_env(merged)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args, os.environ if env is None else env)
+        if args.command == "run":
+            from sngin.oneshot import run_once
+
+            return run_once(settings, args.target, args.method, args.data, args.header)
+    except SnginError as exc:
+        print(f"sngin: {exc.message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,147 @@
+"""Typed settings parsed once from the environment (SNGIN_* only; AWS_* belong to botocore)."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sngin.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+MIB: Final = 1024 * 1024
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+BUNDLED_SITES: Final = Path(__file__).parent / "demo" / "sites"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bind:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    timeout_ms: int = 5000  # SNGIN_TIMEOUT_MS: wall time per request
+    max_body_bytes: int = 10 * MIB  # SNGIN_MAX_BODY_BYTES: response body
+    max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolSettings:
+    size: int = 4  # SNGIN_WORKERS; from_env defaults it to 2 x cores
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    bind: Bind = field(default_factory=Bind)
+    code_dir: Path = BUNDLED_SITES
+    log_level: str = "info"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
+        """Parse SNGIN_* variables; raise ConfigError naming the first bad or unknown one."""
+        values: dict[str, Any] = {}
+        for name in sorted(env):
+            if not name.startswith("SNGIN_"):
+                continue
+            spec = VARIABLES.get(name)
+            if spec is None:
+                raise ConfigError(f"{name}: unknown setting{_suggest(name)}")
+            target, convert = spec
+            try:
+                values[target] = convert(env[name])
+            except ValueError as exc:
+                raise ConfigError(f"{name}={env[name]!r}: {exc}") from None
+        if "code_dir" not in values:
+            local_sites = (cwd or Path.cwd()) / "sites"
+            values["code_dir"] = local_sites if local_sites.is_dir() else BUNDLED_SITES
+        pool = PoolSettings(size=values.pop("pool.size", default_workers()))
+        limit_names = [k for k in values if k.startswith("limits.")]
+        limits = Limits(**{k.removeprefix("limits."): values.pop(k) for k in limit_names})
+        return cls(pool=pool, limits=limits, **values)
+
+
+def default_workers() -> int:
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, VARIABLES, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError("not an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return convert
+
+
+def parse_bind(text: str) -> Bind:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError("port is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be between 0 and 65535")
+    return Bind(host=host, port=port)
+
+
+def parse_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError("not a directory")
+    return path.resolve()
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+# name -> (Settings field, converter); the only place SNGIN_* names are known.
+VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
+    "SNGIN_BIND": ("bind", parse_bind),
+    "SNGIN_CODE_DIR": ("code_dir", parse_dir),
+    "SNGIN_LOG_LEVEL": ("log_level", parse_log_level),
+    "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
+    "SNGIN_WORKERS": ("pool.size", _int_range(2, 1024)),
+    "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", _int_range(1, 3_600_000)),
+    "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
+    "SNGIN_MAX_REQUEST_BYTES": ("limits.max_request_bytes", _int_range(0, 1024 * MIB)),
+}

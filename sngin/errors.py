@@ -1,0 +1,109 @@
+"""The sngin error tree and the HTTP status each error maps to.
+
+SnginError ─ ConfigError (start-up, one line naming the variable)
+           ─ BadRequest 400 (Host, path) · TenantNotFound/CodeNotFound 404
+           ─ MethodNotAllowed 405 (+Allow)
+           ─ RequestTooLarge 413 · RateLimited 429 (+Retry-After)
+           ─ ScriptError 500 (Lua error, invalid response, memory limit, invalid tenant config)
+           ─ WorkerCrashed 502 · ProtocolError 502 (that worker is killed)
+           ─ CodeFetchError 502 (no copy)
+           ─ Unavailable 503 (+Retry-After: quarantine, queue full, tenant disabled, shutting down)
+           ─ LimitExceeded 504 (wall time or CPU time; the body names which)
+
+Messages are short plain text for people: what failed and which limit, never a server path or
+a traceback. Foreign errors are wrapped on entry (`raise CodeFetchError(key) from exc`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class SnginError(Exception):
+    """Base of every error sngin raises on purpose."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class ConfigError(SnginError):
+    """Bad configuration at start-up; the message names the variable."""
+
+
+class BadRequest(SnginError):
+    status = 400
+
+
+class TenantNotFound(SnginError):
+    status = 404
+
+
+class CodeNotFound(SnginError):
+    status = 404
+
+
+class MethodNotAllowed(SnginError):
+    status = 405
+
+
+class RequestTooLarge(SnginError):
+    status = 413
+
+
+class RateLimited(SnginError):
+    status = 429
+
+
+class ScriptError(SnginError):
+    status = 500
+
+
+class WorkerCrashed(SnginError):
+    status = 502
+
+
+class ProtocolError(SnginError):
+    status = 502
+
+
+class CodeFetchError(SnginError):
+    status = 502
+
+
+class Unavailable(SnginError):
+    status = 503
+
+
+class LimitExceeded(SnginError):
+    status = 504
+
+
+STATUS: Final[dict[type[SnginError], int]] = {
+    cls: cls.status
+    for cls in (
+        BadRequest,
+        TenantNotFound,
+        CodeNotFound,
+        MethodNotAllowed,
+        RequestTooLarge,
+        RateLimited,
+        ScriptError,
+        WorkerCrashed,
+        ProtocolError,
+        CodeFetchError,
+        Unavailable,
+        LimitExceeded,
+    )
+}
+
+
+def status_of(error: SnginError) -> int:
+    """The HTTP status for an error: its own class's entry, else the nearest base's."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500

@@ -1,0 +1,62 @@
+"""Host header -> tenant id and request path -> script key; pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from sngin.errors import BadRequest
+
+MAX_PATH_BYTES: Final = 2048
+MAX_HOST_LENGTH: Final = 253
+_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_BAD_PATH_CHARS: Final = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def tenant_of(raw_host: str) -> str:
+    """The tenant id for a Host header: lower-cased, port stripped, one trailing dot removed.
+
+    Only ASCII DNS names (LDH labels) name tenants; IDNs arrive as punycode. IP literals and
+    anything else are a BadRequest, so a tenant id is always safe as a folder or key prefix.
+    """
+    host = raw_host.strip().lower()
+    if not host:
+        raise BadRequest("missing Host header")
+    if host.startswith("["):
+        raise BadRequest("an IP address is not a tenant host name")
+    name, sep, port = host.rpartition(":")
+    if sep:
+        if not port.isdigit() or len(port) > 5:
+            raise BadRequest("invalid Host header")
+        host = name
+    if host.endswith("."):
+        host = host[:-1]
+    if not host or len(host) > MAX_HOST_LENGTH or not host.isascii():
+        raise BadRequest("invalid Host header")
+    labels = host.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        raise BadRequest("invalid Host header")
+    if labels[-1].isdigit():
+        raise BadRequest("an IP address is not a tenant host name")
+    return host
+
+
+def script_path(path: str) -> str:
+    """The normalised script folder for a decoded URL path: 'a/b' for '/a//b/', '' for '/'.
+
+    Rejects '..' segments, NUL and other control characters, backslashes and paths over
+    2,048 bytes, so a script key never leaves its tenant's folder.
+    """
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise BadRequest(f"path longer than {MAX_PATH_BYTES} bytes")
+    if _BAD_PATH_CHARS.search(path):
+        raise BadRequest("path contains a backslash or control character")
+    segments = [s for s in path.split("/") if s and s != "."]
+    if ".." in segments:
+        raise BadRequest("path contains a '..' segment")
+    return "/".join(segments)
+
+
+def script_key(tenant: str, folder: str) -> str:
+    """The key naming a script: 'host' or 'host/a/b' (its file is '<key>/index.lua')."""
+    return f"{tenant}/{folder}" if folder else tenant

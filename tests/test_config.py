@@ -1,0 +1,117 @@
+"""Settings.from_env: defaults, conversions, and one clear line per bad variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from sngin.cli import main
+from sngin.config import BUNDLED_SITES, Bind, Settings, default_workers
+from sngin.errors import ConfigError
+
+
+def test_defaults(tmp_path):
+    settings = Settings.from_env({}, cwd=tmp_path)
+    assert settings.bind == Bind(host="127.0.0.1", port=8080)
+    assert settings.code_dir == BUNDLED_SITES
+    assert settings.pool.size == default_workers() >= 2
+    assert settings.limits.timeout_ms == 5000
+    assert settings.limits.max_body_bytes == 10 * 1024 * 1024
+    assert settings.trusted_proxies == ()
+
+
+def test_sites_folder_in_cwd_is_the_default_code_dir(tmp_path):
+    (tmp_path / "sites").mkdir()
+    assert Settings.from_env({}, cwd=tmp_path).code_dir == tmp_path / "sites"
+
+
+def test_values_are_converted(tmp_path):
+    settings = Settings.from_env(
+        {
+            "SNGIN_BIND": "[::1]:9000",
+            "SNGIN_CODE_DIR": str(tmp_path),
+            "SNGIN_WORKERS": "3",
+            "SNGIN_TIMEOUT_MS": "250",
+            "SNGIN_MAX_BODY_BYTES": "1_000",
+            "SNGIN_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+            "SNGIN_LOG_LEVEL": "DEBUG",
+            "AWS_S3_CODE_PATH": "ignored/by/settings",
+        }
+    )
+    assert settings.bind == Bind(host="::1", port=9000)
+    assert settings.code_dir == tmp_path.resolve()
+    assert settings.pool.size == 3
+    assert settings.limits.timeout_ms == 250
+    assert settings.limits.max_body_bytes == 1000
+    assert settings.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
+    assert settings.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SNGIN_WORKERS": "many"}, "SNGIN_WORKERS='many': not an integer"),
+        ({"SNGIN_WORKERS": "1"}, "SNGIN_WORKERS='1': must be between 2 and 1024"),
+        ({"SNGIN_TIMEOUT_MS": "0"}, "SNGIN_TIMEOUT_MS='0': must be between"),
+        ({"SNGIN_BIND": "8080"}, "SNGIN_BIND='8080': expected HOST:PORT"),
+        ({"SNGIN_BIND": "h:99999"}, "SNGIN_BIND='h:99999': port must be"),
+        ({"SNGIN_CODE_DIR": "/nonexistent/dir"}, "SNGIN_CODE_DIR='/nonexistent/dir': not a dir"),
+        ({"SNGIN_TRUSTED_PROXIES": "10.0.0.0/8 nope"}, "'nope' is not an IP address"),
+        ({"SNGIN_LOG_LEVEL": "loud"}, "must be one of"),
+        (
+            {"SNGIN_TIMEOUTMS": "5"},
+            "SNGIN_TIMEOUTMS: unknown setting (did you mean SNGIN_TIMEOUT_MS?)",
+        ),
+        ({"SNGIN_WHATEVER": "5"}, "SNGIN_WHATEVER: unknown setting"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert message in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_settings_are_frozen():
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.log_level = "debug"  # type: ignore[misc]
+
+
+def test_cli_bad_env_is_one_line_and_exit_2(capsys):
+    assert main(["run", "hello.localhost"], env={"SNGIN_WORKERS": "x"}) == 2
+    err = capsys.readouterr().err
+    assert err == "sngin: SNGIN_WORKERS='x': not an integer\n"
+
+
+def test_cli_flag_overrides_env(capsys, tmp_path):
+    site = tmp_path / "t.test"
+    site.mkdir()
+    (site / "index.lua").write_text("return 'from flag'")
+    assert (
+        main(["run", "--code-dir", str(tmp_path), "t.test"], env={"SNGIN_CODE_DIR": "/nope"}) == 0
+    )
+    assert capsys.readouterr().out.endswith("from flag")
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"], env={})
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("sngin ")
+
+
+def test_cli_runs_the_bundled_demo(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "hello.localhost/?name=ci"], env={}) == 0
+    assert capsys.readouterr().out.endswith("Hello, ci!\n")
+
+
+def test_cli_missing_script_is_a_clear_error(capsys):
+    assert main(["run", "--code-dir", str(Path(__file__).parent), "none.test/x"], env={}) == 2
+    assert capsys.readouterr().err == "sngin: no script for none.test/x\n"

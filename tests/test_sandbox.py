@@ -1,0 +1,513 @@
+"""The Lua sandbox in-process: response rules, the request object, isolation and escapes."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from sandbox.protocol import Job, Limits, Reply, Request
+from sandbox.runtime import TenantRuntime
+
+_versions = itertools.count()
+
+
+@pytest.fixture
+def runtime():
+    rt = TenantRuntime("a.test")
+    yield rt
+    rt.close()
+
+
+def run(
+    rt: TenantRuntime,
+    source: str | bytes,
+    *,
+    method: str = "GET",
+    key: str = "a.test/x",
+    limits: Limits | None = None,
+    **request: object,
+) -> Reply:
+    text = source.encode() if isinstance(source, str) else source
+    job = Job(
+        tenant=rt.tenant,
+        key=key,
+        version=str(next(_versions)),
+        request=Request(method=method, path=request.pop("path", "/x"), **request),  # type: ignore[arg-type]
+        limits=limits or Limits(),
+        source=text,
+    )
+    return rt.run(job)
+
+
+def ok(rt: TenantRuntime, source: str | bytes, **kw: object) -> Reply:
+    reply = run(rt, source, **kw)
+    assert reply.error is None, reply.message
+    return reply
+
+
+def header(reply: Reply, name: str) -> list[bytes]:
+    return [v for n, v in reply.headers if n.lower() == name.lower().encode()]
+
+
+# --- response rules ------------------------------------------------------------------------
+
+
+def test_string_is_body_with_default_status_and_type(runtime):
+    reply = ok(runtime, "return 'hello'")
+    assert (reply.status, reply.body) == (200, b"hello")
+    assert header(reply, "content-type") == [b"text/plain; charset=utf-8"]
+
+
+def test_no_return_value_is_empty_200(runtime):
+    reply = ok(runtime, "local x = 1")
+    assert (reply.status, reply.body) == (200, b"")
+
+
+def test_number_sets_status_and_last_string_wins(runtime):
+    reply = ok(runtime, "return 'first', 404, 'second'")
+    assert (reply.status, reply.body) == (404, b"second")
+
+
+def test_table_after_body_is_headers(runtime):
+    reply = ok(runtime, "return 'x', 201, {['X-One'] = 'a', ['X-Num'] = 5}")
+    assert reply.status == 201
+    assert header(reply, "x-one") == [b"a"]
+    assert header(reply, "x-num") == [b"5"]
+
+
+def test_array_header_value_repeats_the_header(runtime):
+    reply = ok(runtime, "return 'x', {['Set-Cookie'] = {'a=1', 'b=2'}}")
+    assert header(reply, "set-cookie") == [b"a=1", b"b=2"]
+
+
+def test_response_table_with_status_body_headers(runtime):
+    reply = ok(runtime, "return {status = 202, body = 'ok', headers = {['X-A'] = 'b'}}")
+    assert (reply.status, reply.body) == (202, b"ok")
+    assert header(reply, "x-a") == [b"b"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["return {statuscode = 203, content = 'c'}", "return {code = 203, body = 'c'}"],
+)
+def test_response_table_aliases(runtime, source):
+    reply = ok(runtime, source)
+    assert (reply.status, reply.body) == (203, b"c")
+
+
+def test_response_table_with_table_body_is_json(runtime):
+    reply = ok(runtime, "return {status = 200, body = {a = 1}}")
+    assert reply.body == b'{"a":1}'
+    assert header(reply, "content-type") == [b"application/json"]
+
+
+def test_plain_table_is_json_body(runtime):
+    reply = ok(runtime, "return {list = {1, 2, 3}, name = 'x'}")
+    assert header(reply, "content-type") == [b"application/json"]
+    import json
+
+    assert json.loads(reply.body) == {"list": [1, 2, 3], "name": "x"}
+
+
+def test_empty_table_is_json_object(runtime):
+    assert ok(runtime, "return {}").body == b"{}"
+
+
+def test_status_then_table_is_json(runtime):
+    reply = ok(runtime, "return 201, {1, 2}")
+    assert (reply.status, reply.body) == (201, b"[1,2]")
+
+
+def test_explicit_content_type_is_kept(runtime):
+    reply = ok(runtime, "return '<p>', {['content-type'] = 'text/html'}")
+    assert header(reply, "content-type") == [b"text/html"]
+
+
+def test_method_table_calls_the_requests_method(runtime):
+    source = "return {get = function() return 'got' end, post = function() return 201, 'made' end}"
+    assert ok(runtime, source).body == b"got"
+    reply = ok(runtime, source, method="POST")
+    assert (reply.status, reply.body) == (201, b"made")
+
+
+def test_method_table_head_falls_back_to_get(runtime):
+    assert ok(runtime, "return {get = function() return 'g' end}", method="HEAD").body == b"g"
+
+
+def test_method_table_without_the_method_is_405_with_allow(runtime):
+    reply = run(runtime, "return {get = function() end, post = function() end}", method="DELETE")
+    assert reply.error == "method_not_allowed"
+    assert reply.allow == ["GET", "HEAD", "POST"]
+
+
+def test_method_function_error_is_a_lua_error(runtime):
+    reply = run(runtime, "return {get = function()\n error('boom')\n end}")
+    assert reply.error == "lua_error"
+    assert reply.message == "a.test/x:2: boom"
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("return 99", "status 99"),
+        ("return 600", "status 600"),
+        ("return 200.5", "status 200.5"),
+        ("return 0/0", "status"),
+        ("return 'x', {['Bad Name'] = 'v'}", "not a valid token"),
+        ("return 'x', {['X'] = 'a\\r\\nInjected: 1'}", "CR, LF or NUL"),
+        ("return 'x', {['X'] = 'a\\0b'}", "CR, LF or NUL"),
+        ("return 'x', {['X'] = true}", "boolean value"),
+        ("return function() end", "function value"),
+        ("return {body = 5, status = 200}", "body must be a string"),
+        ("local t = {} t.self = t return t", "contains itself"),
+        ("return {x = 0/0}", "NaN"),
+    ],
+)
+def test_invalid_responses_are_clear_errors(runtime, source, fragment):
+    reply = run(runtime, source)
+    assert reply.error == "invalid_response"
+    assert reply.message.startswith("invalid response: ")
+    assert fragment in reply.message
+
+
+def test_more_than_100_headers_is_invalid(runtime):
+    reply = run(runtime, "local h = {} for i = 1, 101 do h['X-' .. i] = 'v' end return 'x', h")
+    assert reply.error == "invalid_response"
+    assert "more than 100" in reply.message
+
+
+def test_many_headers_sharing_one_string_stop_before_copying(runtime):
+    # 100,000 headers that share one 1 MiB string: rejected at the 101st, without building them.
+    source = """
+      local big = string.rep('v', 1024 * 1024)
+      local h = {['Set-Cookie'] = {}}
+      for i = 1, 100000 do h['Set-Cookie'][i] = big end
+      return 'x', h
+    """
+    reply = run(runtime, source)
+    assert reply.error == "invalid_response"
+    assert "exceed" in reply.message or "more than" in reply.message
+
+
+def test_body_over_limit_is_invalid(runtime):
+    reply = run(runtime, "return string.rep('a', 1001)", limits=Limits(max_body_bytes=1000))
+    assert reply.error == "invalid_response"
+    assert "1001 bytes" in reply.message
+    assert ok(runtime, "return string.rep('a', 1000)", limits=Limits(max_body_bytes=1000))
+
+
+def test_json_body_over_limit_is_invalid(runtime):
+    reply = run(
+        runtime, "local t = {} for i = 1, 1000 do t[i] = i end return t",
+        limits=Limits(max_body_bytes=100),
+    )  # fmt: skip
+    assert reply.error == "invalid_response"
+    assert "exceeds 100 bytes" in reply.message
+
+
+def test_binary_safe_bodies_round_trip(runtime):
+    reply = ok(runtime, "return request.body .. '\\0\\255'", method="POST", body=b"\x00\xff\x80")
+    assert reply.body == b"\x00\xff\x80\x00\xff"
+
+
+# --- the request object --------------------------------------------------------------------
+
+
+def test_request_fields(runtime):
+    source = """
+      return {
+        method = request.method, path = request.path, querystring = request.querystring,
+        a = request.query.a, many = request.query.m, ua = request.headers['user-agent'],
+        host = request.host, scheme = request.scheme, port = request.port,
+        remote_addr = request.remote_addr, referer = request.referer, id = request.id,
+        payload = request.body,
+      }
+    """
+    import json
+
+    reply = ok(
+        runtime,
+        source,
+        method="PUT",
+        path="/a/b",
+        querystring=b"a=1&m=x&m=y",
+        headers=[("user-agent", b"curl"), ("referer", b"http://r.test/")],
+        body=b"payload",
+        host="a.test",
+        scheme="https",
+        port=8443,
+        remote_addr="127.0.0.9",
+        id="req-1",
+    )
+    assert json.loads(reply.body) == {
+        "method": "PUT", "path": "/a/b", "querystring": "a=1&m=x&m=y", "a": "1",
+        "many": ["x", "y"], "ua": "curl", "host": "a.test", "scheme": "https", "port": 8443,
+        "remote_addr": "127.0.0.9", "referer": "http://r.test/", "id": "req-1",
+        "payload": "payload",
+    }  # fmt: skip
+
+
+def test_form_is_parsed_for_urlencoded_bodies(runtime):
+    reply = ok(
+        runtime,
+        "return request.form.name .. '|' .. request.form.x",
+        method="POST",
+        headers=[("content-type", b"application/x-www-form-urlencoded; charset=utf-8")],
+        body=b"name=J%C3%B6rg+X&x=",
+    )
+    assert reply.body == "Jörg X|".encode()
+
+
+def test_form_is_absent_for_other_bodies(runtime):
+    assert ok(runtime, "return tostring(request.form)", method="POST", body=b"a=1").body == b"nil"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_lua_error_names_tenant_path_and_line(runtime):
+    reply = run(runtime, "local t = nil\nreturn t.x", key="a.test/err")
+    assert reply.error == "lua_error"
+    assert reply.message == "a.test/err:2: attempt to index local 't' (a nil value)"
+
+
+def test_error_with_table_value(runtime):
+    reply = run(runtime, "error({code = 1})")
+    assert reply.message == "(error object is a table value)"
+
+
+def test_syntax_error_names_the_script(runtime):
+    reply = run(runtime, "x = = 1", key="a.test/bad")
+    assert reply.error == "bad_source"
+    assert reply.message.startswith("a.test/bad:1:")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "local t = nil\nreturn t.x",
+        "error('x')",
+        "return json.decode(5)",
+        "return request.nope.x",
+        "x = = 1",
+        "return {get = 1, body = 5, status = 200}",
+    ],
+)
+def test_error_messages_carry_no_server_paths(runtime, source):
+    reply = run(runtime, source)
+    assert reply.error is not None
+    for leak in ("/work", "/home", "/usr", ".py", "Traceback", "site-packages", "[string"):
+        assert leak not in reply.message
+
+
+def test_bytecode_is_refused(runtime):
+    reply = run(runtime, b"\x1bLJ\x02\x00")
+    assert reply.error == "bad_source"
+    assert "bytecode" in reply.message
+
+
+def test_compiled_once_per_version(runtime):
+    job = Job(
+        tenant="a.test", key="a.test/c", version="v1", request=Request(method="GET", path="/"),
+        source=b"return 'one'",
+    )  # fmt: skip
+    assert runtime.run(job).body == b"one"
+    again = Job(
+        tenant="a.test", key="a.test/c", version="v1", request=Request(method="GET", path="/")
+    )
+    assert runtime.run(again).body == b"one"
+    assert runtime.compiled_count() == 1
+    unknown = Job(
+        tenant="a.test", key="a.test/c", version="v2", request=Request(method="GET", path="/")
+    )
+    assert runtime.run(unknown).need_source
+
+
+# --- print and log -------------------------------------------------------------------------
+
+
+def test_print_and_log_are_captured(runtime):
+    reply = ok(runtime, "print('a', 1, nil, true) log('b') return 'x'")
+    assert reply.logs == [b"a\t1\tnil\ttrue", b"b"]
+    assert reply.logs_dropped == 0
+
+
+def test_log_is_bounded_and_counts_the_excess(runtime):
+    reply = ok(runtime, "for i = 1, 150 do print(i) end")
+    assert len(reply.logs) == 100
+    assert reply.logs_dropped == 50
+    reply = ok(runtime, "for i = 1, 10 do print(string.rep('x', 10000)) end")
+    assert sum(len(line) for line in reply.logs) <= 64 * 1024
+    assert reply.logs_dropped == 4
+
+
+def test_logs_are_kept_when_the_script_fails(runtime):
+    reply = run(runtime, "print('before') error('after')")
+    assert reply.error == "lua_error"
+    assert reply.logs == [b"before"]
+
+
+# --- isolation -----------------------------------------------------------------------------
+
+
+def test_globals_do_not_survive_a_request(runtime):
+    ok(runtime, "leaked = 'secret'; string.extra = 1; table.insert = nil")
+    reply = ok(runtime, "return tostring(leaked) .. tostring(string.extra) .. type(table.insert)")
+    assert reply.body == b"nilnilfunction"
+
+
+def test_string_library_changes_stay_in_their_request(runtime):
+    ok(runtime, "string.upper = function() return 'pwned' end; assert(('a'):upper() == 'pwned')")
+    assert ok(runtime, "return ('a'):upper() .. string.upper('b')").body == b"AB"
+    other = TenantRuntime("b.test")
+    try:
+        assert ok(other, "return ('a'):upper()").body == b"A"
+    finally:
+        other.close()
+
+
+def test_string_methods_see_the_requests_own_string_table(runtime):
+    reply = ok(
+        runtime, "function string.shout(s) return s:upper() .. '!' end return ('hi'):shout()"
+    )
+    assert reply.body == b"HI!"
+
+
+def test_string_metatable_is_protected(runtime):
+    reply = ok(runtime, "return tostring(getmetatable(''))")
+    assert reply.body == b"false"
+    reply = run(runtime, "setmetatable('', {})")
+    assert reply.error == "lua_error"
+
+
+def test_math_random_is_reseeded_per_request(runtime):
+    source = "math.randomseed(1) local a = math.random(1, 1e9) return tostring(math.random(1, 1e9))"
+    ok(runtime, source)
+    firsts = {ok(runtime, "return tostring(math.random(1, 1e9))").body for _ in range(5)}
+    assert len(firsts) == 5
+
+
+def test_tenants_never_share_a_runtime():
+    a, b = TenantRuntime("a.test"), TenantRuntime("b.test")
+    try:
+        ok(a, "string.format = nil")
+        assert ok(b, "return string.format('%d', 5)").body == b"5"
+    finally:
+        a.close()
+        b.close()
+
+
+# --- escapes -------------------------------------------------------------------------------
+
+FORBIDDEN = [
+    "python", "io", "debug", "package", "require", "load", "loadstring", "loadfile", "dofile",
+    "ffi", "jit", "collectgarbage", "newproxy", "getfenv", "setfenv", "module", "gcinfo",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", FORBIDDEN)
+def test_forbidden_global_is_absent(runtime, name):
+    assert ok(runtime, f"return tostring({name})").body == b"nil"
+    assert ok(runtime, f"return tostring(_G[{name!r}])").body == b"nil"
+
+
+@pytest.mark.parametrize("name", ["execute", "exit", "getenv", "remove", "rename", "tmpname"])
+def test_unsafe_os_functions_are_absent(runtime, name):
+    assert ok(runtime, f"return tostring(os.{name})").body == b"nil"
+
+
+def test_safe_os_functions_work(runtime):
+    reply = ok(runtime, "return type(os.time()) .. os.date('!%Y', 0) .. type(os.clock())")
+    assert reply.body == b"number1970number"
+
+
+def test_string_dump_is_unreachable(runtime):
+    body = ok(runtime, "return tostring(string.dump) .. tostring(('').dump)").body
+    assert body == b"nilnil"
+
+
+def test_rep_through_the_string_metatable_is_the_safe_copy(runtime):
+    assert ok(runtime, "return ('ab'):rep(2)").body == b"abab"
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        "getfenv(0)",
+        "getfenv(print)",
+        "getmetatable('').__index",
+        "debug.getregistry()",
+        "require('os')",
+        "package.loaded",
+        "python.none",
+        "load('return 1')",
+        "loadstring('return 1')",
+    ],
+)
+def test_escape_probes_fail(runtime, probe):
+    reply = run(runtime, f"return {probe}")
+    assert reply.error == "lua_error"
+
+
+def test_host_function_errors_are_plain_strings(runtime):
+    source = """
+      local ok, err = pcall(json.decode)
+      local ok2, err2 = pcall(json.decode, {}, function() end, coroutine.create(print))
+      return type(err) .. '|' .. err .. '|' .. type(err2)
+    """
+    assert ok(runtime, source).body == b"string|json.decode: argument must be a string|string"
+
+
+def test_host_function_has_no_attributes(runtime):
+    reply = ok(
+        runtime,
+        """
+        local results = {}
+        for _, name in ipairs({'__globals__', '__class__', '__dict__', 'func_globals'}) do
+          results[#results + 1] = tostring(pcall(function() return json.decode[name] end))
+        end
+        results[#results + 1] = type(json.decode)
+        return table.concat(results, ',')
+        """,
+    )
+    assert reply.body == b"false,false,false,false,function"
+
+
+def test_host_function_returns_only_lua_values(runtime):
+    source = """
+      local v = json.decode('{"a": [1, 2.5, "s", true, null], "b": {}}')
+      return type(v) .. type(v.a) .. type(v.a[5]) .. tostring(v.a[5] == json.null) .. type(v.b)
+    """
+    assert ok(runtime, source).body == b"tabletabletabletruetable"
+
+
+def test_json_decode_bad_input_returns_nil_and_message(runtime):
+    source = "local v, err = json.decode('{bad') return tostring(v) .. '|' .. err"
+    body = ok(runtime, source).body
+    assert body.startswith(b"nil|invalid JSON")
+
+
+def test_json_encode_handles_nesting_limit(runtime):
+    source = """
+      local t = {} local cur = t
+      for i = 1, 600 do cur.x = {} cur = cur.x end
+      return tostring(pcall(json.encode, t))
+    """
+    assert ok(runtime, source).body == b"false"
+
+
+def test_coroutines_work_in_the_sandbox(runtime):
+    source = """
+      local co = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) return b * 2 end)
+      return tostring(co(1)) .. tostring(co(10))
+    """
+    assert ok(runtime, source).body == b"220"
+
+
+def test_runtime_survives_many_runs_and_close():
+    for _ in range(20):
+        rt = TenantRuntime("x.test")
+        for i in range(10):
+            assert ok(rt, f"return json.encode(json.decode('[{i}]'))").body == f"[{i}]".encode()
+        rt.close()

@@ -1,0 +1,58 @@
+"""Host -> tenant and path -> script key rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from sngin.errors import BadRequest
+from sngin.tenants import script_key, script_path, tenant_of
+
+
+@pytest.mark.parametrize(
+    ("raw", "tenant"),
+    [
+        ("hello.localhost", "hello.localhost"),
+        ("Hello.LocalHost:8080", "hello.localhost"),
+        ("a.test.", "a.test"),
+        ("a.test.:80", "a.test"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("localhost", "localhost"),
+        ("a-b.c1.test", "a-b.c1.test"),
+    ],
+)
+def test_valid_hosts(raw, tenant):
+    assert tenant_of(raw) == tenant
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "", " ", "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:80", "bücher.example", "a/b",
+        "a\\b", "a..b", "..", "a b", "a\x00b", "-a.test", "a-.test", "a_b.test", "a.test..",
+        "a.test:port", "a." + "b" * 64 + ".test", ".".join(["a"] * 200), "a.test:123456", "1",
+    ],
+)  # fmt: skip
+def test_invalid_hosts(raw):
+    with pytest.raises(BadRequest):
+        tenant_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "folder"),
+    [("/", ""), ("", ""), ("/a/b", "a/b"), ("/a/b/", "a/b"), ("//a///b//", "a/b"), ("/./a/.", "a")],
+)
+def test_path_normalisation(path, folder):
+    assert script_path(path) == folder
+
+
+@pytest.mark.parametrize(
+    "path", ["/../x", "/a/../../x", "/a/..", "/a\\b", "/a\x00b", "/a\nb", "/" + "a" * 2048]
+)
+def test_invalid_paths(path):
+    with pytest.raises(BadRequest):
+        script_path(path)
+
+
+def test_script_key():
+    assert script_key("a.test", "") == "a.test"
+    assert script_key("a.test", "x/y") == "a.test/x/y"
