@@ -29,7 +29,8 @@ fmt:
 
 # benchmarks
 bench:
-    @echo "bench: not there yet; the benchmark suite lands with the performance issue."
+    @echo "bench: the full suite lands with the performance issue; sandbox micro-benchmark:"
+    @{{bin}}/python bench/sandbox_bench.py
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv
 lock:
