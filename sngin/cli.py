@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--code-dir", help="folder of <host>/<path>/index.lua (SNGIN_CODE_DIR)")
     common.add_argument("--log-level", help="debug, info, warning or error (SNGIN_LOG_LEVEL)")
 
+    serve = commands.add_parser("serve", parents=[common], help="run the HTTP server")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (SNGIN_BIND)")
+    serve.add_argument("--workers", type=int, help="worker processes (SNGIN_WORKERS)")
+    serve.add_argument("--timeout-ms", type=int, help="wall time per request (SNGIN_TIMEOUT_MS)")
+
     run = commands.add_parser(
         "run", parents=[common], help="run one script through the sandbox and print the response"
     )
@@ -52,10 +57,37 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     return Settings.from_env(merged)
 
 
+def serve_forever(settings: Settings) -> int:
+    import logging
+
+    import trio
+
+    from sngin.server import serve
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, settings)
+            logging.getLogger("sngin").info(
+                "serving %s on %s with %d workers",
+                settings.code_dir,
+                ", ".join(binds),
+                settings.pool.size,
+            )
+
+    trio.run(main_task)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from(args, os.environ if env is None else env)
+        if args.command == "serve":
+            return serve_forever(settings)
         if args.command == "run":
             from sngin.oneshot import run_once
 

@@ -1,0 +1,192 @@
+"""The ASGI app: a lean dispatcher for tenant traffic, Quart-trio for /__sngin/ and /__purge/."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quart_trio import QuartTrio
+
+from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Limits, Reply, Request
+from sngin.errors import (
+    BadRequest,
+    CodeNotFound,
+    MethodNotAllowed,
+    RequestTooLarge,
+    ScriptError,
+    SnginError,
+)
+from sngin.tenants import script_key, script_path, tenant_of
+
+if TYPE_CHECKING:
+    from sngin.codestore import CodeStore
+    from sngin.config import Settings
+    from sngin.pool import Pool
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+RESERVED_PREFIXES = ("/__sngin/", "/__purge/")
+RESERVED_EXACT = ("/__sngin", "/__purge")
+TEXT = b"text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: Settings
+    store: CodeStore
+    pool: Pool
+
+
+def create_admin(deps: Deps) -> QuartTrio:
+    admin = QuartTrio("sngin.admin")
+
+    @admin.get("/__sngin/health")
+    async def health() -> tuple[dict[str, object], int]:
+        stats = deps.pool.statistics()
+        status = 200 if stats.live > 0 else 503
+        return {
+            "status": "ok" if status == 200 else "no live workers",
+            "workers": stats.live,
+        }, status
+
+    return admin
+
+
+class Dispatcher:
+    """Routes tenant requests to the pool without a framework on the hot path."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.admin = create_admin(deps)
+        settings = deps.settings
+        self._trusted = settings.trusted_proxies
+        self._limits = Limits(max_body_bytes=settings.limits.max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        path = scope.get("path", "")
+        if kind == "lifespan" or path.startswith(RESERVED_PREFIXES) or path in RESERVED_EXACT:
+            await self.admin(scope, receive, send)  # type: ignore[arg-type]
+            return
+        if kind != "http":
+            return  # websockets are not served; Hypercorn closes the connection
+        try:
+            await self._tenant_request(scope, receive, send)
+        except SnginError as error:
+            await send_error(send, error, head=scope["method"] == "HEAD")
+
+    async def _tenant_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
+        host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
+        tenant = tenant_of(host)
+        key = script_key(tenant, script_path(scope["path"]))
+        body = await read_body(scope, receive, self.deps.settings.limits.max_request_bytes)
+        source = await self.deps.store.fetch(key)
+        if source is None:
+            raise CodeNotFound(f"no script for {scope['path']}")
+        remote_addr, scheme = self._client(scope, headers)
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            querystring=scope.get("query_string", b""),
+            headers=headers,
+            body=body,
+            host=tenant,
+            scheme=scheme,
+            port=(scope.get("server") or ("", 80))[1] or 80,
+            remote_addr=remote_addr,
+            id=uuid.uuid4().hex,
+        )
+        job = Job(
+            tenant=tenant,
+            key=key,
+            version=source.version,
+            request=request,
+            limits=self._limits,
+            source=source.text,
+        )
+        reply = await self.deps.pool.run(job, self.deps.settings.limits.timeout_ms)
+        await send_reply(send, reply, head=scope["method"] == "HEAD")
+
+    def _client(self, scope: Scope, headers: list[tuple[str, bytes]]) -> tuple[str, str]:
+        """remote_addr and scheme; X-Forwarded-* only count when the peer is a trusted proxy."""
+        peer = (scope.get("client") or ("", 0))[0]
+        scheme = scope.get("scheme", "http")
+        if not self._trusted or not _in_networks(peer, self._trusted):
+            return peer, scheme
+        forwarded = [v for n, v in headers if n == "x-forwarded-for"]
+        hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()]
+        client = peer
+        for hop in reversed(hops):
+            client = hop
+            if not _in_networks(hop, self._trusted):
+                break
+        proto = next((v for n, v in headers if n == "x-forwarded-proto"), b"").decode("latin-1")
+        proto = proto.split(",")[0].strip().lower()
+        return client, proto if proto in ("http", "https") else scheme
+
+
+def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or RequestTooLarge as soon as it is known to exceed limit."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise RequestTooLarge(f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""  # client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def reply_error(reply: Reply) -> SnginError:
+    if reply.error == METHOD_NOT_ALLOWED:
+        return MethodNotAllowed(reply.message, headers={"Allow": ", ".join(reply.allow)})
+    return ScriptError(reply.message)
+
+
+async def send_reply(send: Send, reply: Reply, *, head: bool) -> None:
+    if reply.error is not None:
+        await send_error(send, reply_error(reply), head=head)
+        return
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+async def send_error(send: Send, error: SnginError, *, head: bool) -> None:
+    body = error.message.encode("utf-8", "replace") + b"\n"
+    headers = [(b"content-type", TEXT), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def create_app(deps: Deps) -> Dispatcher:
+    return Dispatcher(deps)
+
+
+__all__ = ["BadRequest", "Deps", "Dispatcher", "create_app"]

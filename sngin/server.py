@@ -1,0 +1,73 @@
+"""serve(settings): opens the long-lived resources and runs Hypercorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from sngin.app import Deps, create_app
+from sngin.codestore.local import LocalStore
+from sngin.pool import open_pool
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sngin.config import Settings
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 10.0
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [str(settings.bind)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # A slowloris client cannot hold a connection: idle keep-alive and slow reads time out.
+    config.keep_alive_timeout = 5
+    config.read_timeout = 30
+    config.h11_max_incomplete_size = 64 * 1024
+    config.graceful_timeout = GRACE_S
+    config.include_server_header = False
+    return config
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
+    async with open_pool(settings.pool.size) as pool:
+        deps = Deps(settings=settings, store=LocalStore(settings.code_dir), pool=pool)
+        await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+async def serve_app(
+    deps: Deps,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Hypercorn for the app over already opened resources."""
+    app: Any = create_app(deps)
+    await hypercorn_serve(
+        app,
+        hypercorn_config(deps.settings),
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )

@@ -1,0 +1,285 @@
+"""End to end: a real Hypercorn listener on loopback with real worker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+
+from sngin.app import Deps
+from sngin.codestore.local import LocalStore
+from sngin.config import Bind, Limits, PoolSettings, Settings
+from sngin.pool import open_pool
+from sngin.server import serve_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SITES = {
+    "a.test": "return 'root of a'",
+    "a.test/echo": """
+        return {
+          method = request.method, path = request.path, q = request.query.q,
+          ua = request.headers['user-agent'], payload = request.body, host = request.host,
+          remote = request.remote_addr, scheme = request.scheme, form = request.form,
+        }
+    """,
+    "a.test/forms": """
+        return {
+          get = function() return 'got' end,
+          post = function() return 201, 'posted', {['X-Made'] = 'yes'} end,
+        }
+    """,
+    "a.test/response": (
+        "return {status = 418, body = 'teapot', headers = {['Set-Cookie'] = {'a=1', 'b=2'}}}"
+    ),
+    "a.test/err": "local t = nil\nreturn t.x",
+    "a.test/bad": "return 'x', {['X-Bad'] = 'a\\r\\nb'}",
+    "a.test/spin": "while true do end",
+    "a.test/globals": "local before = tostring(marker) marker = 'a' return before",
+    "b.test": "return 'root of b'",
+    "b.test/globals": "local before = tostring(marker) marker = 'b' return before",
+}
+
+
+def write_sites(root: Path) -> None:
+    for key, source in SITES.items():
+        folder = root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.lua").write_text(source)
+
+
+class Server:
+    def __init__(self, url: str, pool, client: httpx.AsyncClient) -> None:
+        self.url = url
+        self.pool = pool
+        self.client = client
+        self.port = int(url.rsplit(":", 1)[1])
+
+    async def get(self, path: str, host: str = "a.test", **kw) -> httpx.Response:
+        return await self.client.get(
+            self.url + path, headers={"Host": host, **kw.pop("headers", {})}, **kw
+        )
+
+    async def raw(self, request: bytes) -> bytes:
+        """Send bytes as they are (httpx normalises dot segments) and read the whole answer."""
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with stream:
+            await stream.send_all(request)
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+        return data
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, *, workers: int = 2, timeout_ms: int = 5000, **limits):
+    write_sites(tmp_path)
+    settings = Settings(
+        bind=Bind(host="127.0.0.1", port=0),
+        code_dir=tmp_path,
+        pool=PoolSettings(size=workers),
+        limits=Limits(timeout_ms=timeout_ms, **limits),
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery, open_pool(workers) as pool:
+        deps = Deps(settings=settings, store=LocalStore(tmp_path), pool=pool)
+        binds = await nursery.start(
+            lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
+        )
+        async with httpx.AsyncClient() as client:
+            yield Server(binds[0], pool, client)
+        stop.set()
+
+
+@pytest.fixture
+async def server(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path) as srv:
+            yield srv
+
+
+async def test_string_response(server):
+    response = await server.get("/")
+    assert response.status_code == 200
+    assert response.text == "root of a"
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+async def test_method_table_and_headers(server):
+    response = await server.client.post(server.url + "/forms", headers={"Host": "a.test"})
+    assert (response.status_code, response.text, response.headers["x-made"]) == (
+        201,
+        "posted",
+        "yes",
+    )
+    response = await server.client.put(server.url + "/forms", headers={"Host": "a.test"})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, POST"
+
+
+async def test_response_table_with_repeated_headers(server):
+    response = await server.get("/response")
+    assert (response.status_code, response.text) == (418, "teapot")
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+
+
+async def test_request_object_end_to_end(server):
+    response = await server.client.post(
+        server.url + "/echo/?q=1",
+        headers={
+            "Host": "A.Test:8080",
+            "User-Agent": "t/1",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        content=b"x=1&y=%41",
+    )
+    body = response.json()
+    assert body["method"] == "POST"
+    assert body["path"] == "/echo/"
+    assert body["q"] == "1"
+    assert body["ua"] == "t/1"
+    assert body["payload"] == "x=1&y=%41"
+    assert body["host"] == "a.test"
+    assert body["remote"] == "127.0.0.1"
+    assert body["scheme"] == "http"
+    assert body["form"]["x"] == "1"
+
+
+async def test_trailing_slash_and_double_slash_run_the_same_script(server):
+    for path in ("/echo", "/echo/", "//echo//"):
+        assert (await server.get(path)).json()["method"] == "GET"
+
+
+async def test_script_error_is_500_with_message(server):
+    response = await server.get("/err")
+    assert response.status_code == 500
+    assert response.text == "a.test/err:2: attempt to index local 't' (a nil value)\n"
+
+
+async def test_invalid_response_is_500(server):
+    response = await server.get("/bad")
+    assert response.status_code == 500
+    assert "CR, LF or NUL" in response.text
+
+
+async def test_missing_script_is_404(server):
+    response = await server.get("/nothing/here")
+    assert response.status_code == 404
+    assert (await server.get("/", host="unknown.test")).status_code == 404
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "a..test", "a_b.test", "bad host", ""])
+async def test_bad_host_is_400(server, host):
+    answer = await server.raw(
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize("target", ["/../x", "/%2e%2e/x", "/a/..%2f..%2fx", "/a%5cb", "/a%00b"])
+async def test_bad_paths_are_400(server, target):
+    answer = await server.raw(
+        f"GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+
+
+async def test_reserved_prefixes_never_reach_tenant_code(server):
+    response = await server.get("/__sngin/health")
+    assert response.status_code == 200
+    assert response.json()["workers"] == 2
+    assert (await server.get("/__sngin/nope")).status_code == 404
+
+
+async def test_source_is_never_served(server):
+    response = await server.get("/index.lua")
+    assert response.status_code == 404
+
+
+async def test_request_too_large_is_413(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path, max_request_bytes=1000) as srv:
+            response = await srv.client.post(
+                srv.url + "/echo", headers={"Host": "a.test"}, content=b"x" * 1001
+            )
+            assert response.status_code == 413
+
+            async def chunks():
+                for _ in range(10):
+                    yield b"y" * 200
+
+            response = await srv.client.post(
+                srv.url + "/echo", headers={"Host": "a.test"}, content=chunks()
+            )
+            assert response.status_code == 413
+            ok = await srv.client.post(
+                srv.url + "/echo", headers={"Host": "a.test"}, content=b"x" * 1000
+            )
+            assert ok.status_code == 200
+
+
+async def test_runaway_script_is_504_while_other_tenants_are_served(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path, workers=2, timeout_ms=1500) as srv:
+            results = {}
+
+            async def spin():
+                results["spin"] = await srv.get("/spin")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spin)
+                while not srv.pool.busy_pids():
+                    await trio.lowlevel.checkpoint()
+                with trio.fail_after(1):
+                    other = await srv.get("/", host="b.test")
+                assert other.text == "root of b"
+            assert results["spin"].status_code == 504
+            assert "1500 ms" in results["spin"].text
+            assert (await srv.get("/")).text == "root of a"
+
+
+async def test_killed_worker_is_502_then_recovers(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path, workers=2) as srv:
+            results = {}
+
+            async def spin():
+                results["spin"] = await srv.get("/spin")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spin)
+                while not srv.pool.busy_pids():
+                    await trio.lowlevel.checkpoint()
+                (victim,) = srv.pool.busy_pids()
+                os.kill(victim, signal.SIGKILL)
+            assert results["spin"].status_code == 502
+            for _ in range(4):
+                assert (await srv.get("/")).text == "root of a"
+            assert victim not in srv.pool.pids()
+            assert srv.pool.statistics().replaced == 1
+
+
+async def test_isolation_between_tenants_and_across_switches(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path, workers=2) as srv:
+            for _ in range(6):
+                assert (await srv.get("/globals")).text == "nil"
+                assert (await srv.get("/globals", host="b.test")).text == "nil"
+
+
+async def test_graceful_shutdown_leaves_no_process(tmp_path):
+    with trio.fail_after(30):
+        async with running(tmp_path) as srv:
+            assert (await srv.get("/")).status_code == 200
+            pids = srv.pool.pids()
+            assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
