@@ -8,9 +8,9 @@ setup:
     test -x {{bin}}/python || python3 -m venv {{venv}}
     {{bin}}/pip install -q -c constraints.txt -e '.[dev]'
 
-# run the server (until `serve` lands: run the demo script once through the sandbox)
-serve target="hello.localhost/":
-    {{bin}}/sngin run {{target}}
+# run the server on the folder store (./sites if present, else the bundled demo sites)
+serve *args:
+    {{bin}}/sngin serve {{args}}
 
 # the whole test suite (the README's test command)
 test *args:

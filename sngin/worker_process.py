@@ -37,11 +37,13 @@ class WorkerProcess:
         self.requests = 0
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery) -> WorkerProcess:
+    async def start(
+        cls, nursery: trio.Nursery, argv: tuple[str, ...] = WORKER_ARGV
+    ) -> WorkerProcess:
         process: trio.Process = await nursery.start(
             partial(
                 trio.run_process,
-                WORKER_ARGV,
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 check=False,

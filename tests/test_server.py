@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 from contextlib import asynccontextmanager
@@ -79,13 +80,16 @@ class Server:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *, workers: int = 2, timeout_ms: int = 5000, **limits):
+async def running(
+    tmp_path: Path, *, workers: int = 2, timeout_ms: int = 5000, trusted_proxies=(), **limits
+):
     write_sites(tmp_path)
     settings = Settings(
         bind=Bind(host="127.0.0.1", port=0),
         code_dir=tmp_path,
         pool=PoolSettings(size=workers),
         limits=Limits(timeout_ms=timeout_ms, **limits),
+        trusted_proxies=trusted_proxies,
     )
     stop = trio.Event()
     async with trio.open_nursery() as nursery, open_pool(workers) as pool:
@@ -283,3 +287,19 @@ async def test_graceful_shutdown_leaves_no_process(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_forwarded_headers_only_from_trusted_proxies(tmp_path):
+    headers = {
+        "Host": "a.test",
+        "X-Forwarded-For": "203.0.113.7, 10.0.0.1",
+        "X-Forwarded-Proto": "https",
+    }
+    with trio.fail_after(30):
+        async with running(tmp_path) as srv:
+            body = (await srv.get("/echo", headers=headers)).json()
+            assert (body["remote"], body["scheme"]) == ("127.0.0.1", "http")
+        trusted = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+        async with running(tmp_path, trusted_proxies=trusted) as srv:
+            body = (await srv.get("/echo", headers=headers)).json()
+            assert (body["remote"], body["scheme"]) == ("203.0.113.7", "https")

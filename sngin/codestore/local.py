@@ -17,9 +17,10 @@ MAX_SCRIPT_BYTES = 4 * 1024 * 1024
 
 
 def script_file(root: Path, key: str) -> Path | None:
-    """The file for a key, or None if it would resolve outside root (e.g. through a symlink)."""
+    """The file for a key, or None if it would resolve outside the tenant's folder (symlinks)."""
+    tenant = key.split("/", 1)[0]
     candidate = (root / key / SCRIPT_NAME).resolve()
-    if not candidate.is_relative_to(root.resolve()):
+    if not candidate.is_relative_to((root / tenant).resolve()):
         return None
     return candidate
 
