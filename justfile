@@ -29,8 +29,9 @@ fmt:
 
 # benchmarks
 bench:
-    @echo "bench: the full suite lands with the performance issue; sandbox micro-benchmark:"
+    @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey)"
     @{{bin}}/python bench/sandbox_bench.py
+    @{{bin}}/python bench/serve_bench.py
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv
 lock:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sngin.pool import Pool
 
 log = logging.getLogger(__name__)
+script_log = logging.getLogger("sngin.script")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,10 +80,14 @@ class Dispatcher:
             return
         if kind != "http":
             return  # websockets are not served; Hypercorn closes the connection
+        head = scope["method"] == "HEAD"
         try:
             await self._tenant_request(scope, receive, send)
         except SnginError as error:
-            await send_error(send, error, head=scope["method"] == "HEAD")
+            await send_error(send, error, head=head)
+        except Exception:
+            log.exception("unexpected error serving %s", scope["path"])
+            await send_error(send, SnginError("internal server error"), head=head)
 
     async def _tenant_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
@@ -115,6 +120,10 @@ class Dispatcher:
             source=source.text,
         )
         reply = await self.deps.pool.run(job, self.deps.settings.limits.timeout_ms)
+        for line in reply.logs:
+            script_log.info("%s %s: %s", key, request.id, line.decode("utf-8", "replace"))
+        if reply.logs_dropped:
+            script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         await send_reply(send, reply, head=scope["method"] == "HEAD")
 
     def _client(self, scope: Scope, headers: list[tuple[str, bytes]]) -> tuple[str, str]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+SPAWN_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,14 @@ class Pool:
         return [w.pid for w in self._all if w not in self._idle and w.alive]
 
     async def _add_worker(self) -> None:
-        worker = await WorkerProcess.start(self._nursery)
+        while True:
+            try:
+                worker = await WorkerProcess.start(self._nursery)
+                break
+            except OSError as exc:
+                # Out of processes or memory: keep the server up and try again shortly.
+                log.error("cannot start a worker: %s; retrying in %s s", exc, SPAWN_RETRY_S)
+                await trio.sleep(SPAWN_RETRY_S)
         self._started += 1
         self._all.add(worker)
         self._nursery.start_soon(self._watch, worker)
@@ -92,9 +100,13 @@ class Pool:
                 starting.start_soon(self._add_worker)
 
     def _checkin(self, worker: WorkerProcess) -> None:
-        if worker.alive and not self._closing:
-            self._idle.append(worker)
-            self._available.release()
+        if not worker.alive:
+            return
+        if self._closing:
+            self._nursery.start_soon(worker.close)
+            return
+        self._idle.append(worker)
+        self._available.release()
 
     def _checkout(self, tenant: str) -> WorkerProcess:
         # Prefer a worker already holding this tenant's runtime; else the least recently used.

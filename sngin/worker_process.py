@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from trio.abc import ReceiveStream, SendStream
 
 WORKER_ARGV = (sys.executable, "-m", "sandbox")
+# Versions remembered per worker; past this the set restarts (a miss only resends source).
+MAX_KNOWN = 1024
 
 
 class WorkerProcess:
@@ -83,6 +85,8 @@ class WorkerProcess:
         if reply.need_source:
             self.kill()
             raise ProtocolError("the script's worker asked for source it was sent")
+        if len(self.known) >= MAX_KNOWN:
+            self.known.clear()
         self.known.add(cache_key)
         self.requests += 1
         return reply

@@ -511,3 +511,38 @@ def test_runtime_survives_many_runs_and_close():
         for i in range(10):
             assert ok(rt, f"return json.encode(json.decode('[{i}]'))").body == f"[{i}]".encode()
         rt.close()
+
+
+# --- what is left in the real Lua state ------------------------------------------------------
+
+
+def test_real_globals_keep_only_the_safe_names(runtime):
+    real = runtime._lua.globals()
+    names = {name.decode() for name in real}
+    for name in FORBIDDEN:
+        assert name not in names
+    assert {name.decode() for name in real[b"os"]} == {"time", "date", "clock", "difftime"}
+    assert real[b"string"][b"dump"] is None
+
+
+def test_registry_holds_no_python_bridge(runtime):
+    registry = runtime._registry
+    assert registry[b"Py_None"] is None
+    assert registry[b"LUPA_PYTHON_REFERENCES_TABLE"] is None
+    loaded = {name.decode() for name in registry[b"_LOADED"]}
+    assert loaded <= {"string", "table", "math", "coroutine", "bit"}
+    assert list(registry[b"_PRELOAD"]) == []
+    # lupa dispatches host-function calls through POBJECT; its metatable is locked.
+    assert registry[b"POBJECT"][b"__metatable"] is False
+
+
+def test_string_metatable_cannot_be_changed(runtime):
+    attempts = """
+      local results = {}
+      results[1] = pcall(function() getmetatable('').__index = {} end)
+      results[2] = pcall(setmetatable, '', {})
+      results[3] = pcall(rawset, getmetatable(''), '__index', {})
+      return tostring(results[1]) .. tostring(results[2]) .. tostring(results[3])
+    """
+    assert ok(runtime, attempts).body == b"falsefalsefalse"
+    assert ok(runtime, "return ('x'):upper()").body == b"X"

@@ -1,0 +1,37 @@
+"""The folder store: edits show on the next fetch, escapes through symlinks are refused."""
+
+from __future__ import annotations
+
+import os
+
+from sngin.codestore.local import LocalStore
+
+
+async def test_fetch_reads_and_sees_edits(tmp_path):
+    folder = tmp_path / "a.test" / "x"
+    folder.mkdir(parents=True)
+    script = folder / "index.lua"
+    script.write_text("return 1")
+    store = LocalStore(tmp_path)
+    first = await store.fetch("a.test/x")
+    assert first is not None
+    assert first.text == b"return 1"
+    assert await store.fetch("a.test/x") == first
+    script.write_text("return 22")
+    second = await store.fetch("a.test/x")
+    assert second is not None
+    assert second.text == b"return 22"
+    assert second.version != first.version
+
+
+async def test_missing_script_is_none(tmp_path):
+    assert await LocalStore(tmp_path).fetch("a.test/none") is None
+
+
+async def test_symlink_out_of_the_tenant_folder_is_refused(tmp_path):
+    (tmp_path / "b.test").mkdir()
+    (tmp_path / "b.test" / "index.lua").write_text("return 'b secret'")
+    (tmp_path / "a.test").mkdir()
+    os.symlink(tmp_path / "b.test", tmp_path / "a.test" / "steal")
+    assert await LocalStore(tmp_path).fetch("a.test/steal") is None
+    assert await LocalStore(tmp_path).fetch("b.test") is not None
