@@ -126,7 +126,8 @@ def main() -> None:
             "ratio_to_floor": statistics.median(rps) / floor,
         }
         rows.append(row)
-        print(f"  {name:40} {row['rps_median']:8.0f} req/s ({row['rps_min']:.0f}-{row['rps_max']:.0f})"
+        spread = f"({row['rps_min']:.0f}-{row['rps_max']:.0f})"
+        print(f"  {name:40} {row['rps_median']:8.0f} req/s {spread}"
               f"  p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms"
               f"  {row['ratio_to_floor']:.2f}x floor")  # fmt: skip
     startup = worker_startup_ms()
