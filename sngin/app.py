@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart_trio import QuartTrio
 
 from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Limits, Reply, Request
@@ -16,6 +17,7 @@ from sngin.errors import (
     BadRequest,
     CodeNotFound,
     MethodNotAllowed,
+    RequestTimeout,
     RequestTooLarge,
     ScriptError,
     SnginError,
@@ -94,7 +96,13 @@ class Dispatcher:
         host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
         tenant = tenant_of(host)
         key = script_key(tenant, script_path(scope["path"]))
-        body = await read_body(scope, receive, self.deps.settings.limits.max_request_bytes)
+        settings = self.deps.settings
+        with trio.move_on_after(settings.http.body_timeout_s) as body_scope:
+            body = await read_body(scope, receive, settings.limits.max_request_bytes)
+        if body_scope.cancelled_caught:
+            raise RequestTimeout(
+                f"request body not received within {settings.http.body_timeout_s:g} s"
+            )
         source = await self.deps.store.fetch(key)
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")

@@ -36,6 +36,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """Front-end timeouts that keep slow clients from holding connections."""
+
+    keep_alive_s: float = 5.0  # idle connection, including one still sending its headers
+    read_timeout_s: int = 30  # one read from the socket
+    body_timeout_s: float = 30.0  # the whole request body
+    grace_s: float = 10.0  # in-flight requests at shutdown
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PoolSettings:
     size: int = 4  # SNGIN_WORKERS; from_env defaults it to 2 x cores
 
@@ -48,6 +58,7 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:

@@ -3,7 +3,7 @@
 SnginError ─ ConfigError (start-up, one line naming the variable)
            ─ BadRequest 400 (Host, path) · TenantNotFound/CodeNotFound 404
            ─ MethodNotAllowed 405 (+Allow)
-           ─ RequestTooLarge 413 · RateLimited 429 (+Retry-After)
+           ─ RequestTimeout 408 · RequestTooLarge 413 · RateLimited 429 (+Retry-After)
            ─ ScriptError 500 (Lua error, invalid response, memory limit, invalid tenant config)
            ─ WorkerCrashed 502 · ProtocolError 502 (that worker is killed)
            ─ CodeFetchError 502 (no copy)
@@ -50,6 +50,10 @@ class MethodNotAllowed(SnginError):
     status = 405
 
 
+class RequestTimeout(SnginError):
+    status = 408
+
+
 class RequestTooLarge(SnginError):
     status = 413
 
@@ -89,6 +93,7 @@ STATUS: Final[dict[type[SnginError], int]] = {
         TenantNotFound,
         CodeNotFound,
         MethodNotAllowed,
+        RequestTimeout,
         RequestTooLarge,
         RateLimited,
         ScriptError,

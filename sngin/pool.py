@@ -31,6 +31,7 @@ class PoolStatistics:
     started: int
     replaced: int
     timeouts: int
+    tenant_switches: int
 
 
 class Pool:
@@ -44,7 +45,7 @@ class Pool:
         # Counts idle workers: acquiring it guarantees one is in self._idle.
         self._available = trio.Semaphore(0)
         self._closing = False
-        self._started = self._replaced = self._timeouts = 0
+        self._started = self._replaced = self._timeouts = self._retired_switches = 0
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(
@@ -54,6 +55,7 @@ class Pool:
             started=self._started,
             replaced=self._replaced,
             timeouts=self._timeouts,
+            tenant_switches=self._retired_switches + sum(w.switches for w in self._all),
         )
 
     def pids(self) -> list[int]:
@@ -81,6 +83,7 @@ class Pool:
         await worker.process.wait()
         worker.broken = True
         self._all.discard(worker)
+        self._retired_switches += worker.switches
         if worker in self._idle:
             # Died while idle: take its slot back so no request picks a dead worker.
             self._idle.remove(worker)

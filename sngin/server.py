@@ -21,19 +21,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 10.0
-
 
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [str(settings.bind)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    # A slowloris client cannot hold a connection: idle keep-alive and slow reads time out.
-    config.keep_alive_timeout = 5
-    config.read_timeout = 30
+    # A slowloris client cannot hold a connection: Hypercorn counts a connection whose request
+    # headers are incomplete as idle, so keep_alive_timeout bounds the headers; the app bounds
+    # the body (body_timeout_s).
+    config.keep_alive_timeout = settings.http.keep_alive_s
+    config.read_timeout = settings.http.read_timeout_s
     config.h11_max_incomplete_size = 64 * 1024
-    config.graceful_timeout = GRACE_S
+    config.graceful_timeout = settings.http.grace_s
     config.include_server_header = False
     return config
 

@@ -37,6 +37,7 @@ class WorkerProcess:
         self.known: set[tuple[str, str]] = set()
         self.broken = False
         self.requests = 0
+        self.switches = 0
 
     @classmethod
     async def start(
@@ -73,6 +74,8 @@ class WorkerProcess:
     async def call(self, job: Job) -> Reply:
         """Send one job and read its reply; a dead or garbled worker raises and is marked broken."""
         if job.tenant != self.tenant:
+            if self.tenant is not None:
+                self.switches += 1
             self.tenant = job.tenant
             self.known.clear()
         cache_key = (job.key, job.version)

@@ -15,7 +15,7 @@ import trio.lowlevel
 
 from sngin.app import Deps
 from sngin.codestore.local import LocalStore
-from sngin.config import Bind, Limits, PoolSettings, Settings
+from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
 from sngin.pool import open_pool
 from sngin.server import serve_app
 
@@ -43,10 +43,19 @@ SITES = {
     "a.test/err": "local t = nil\nreturn t.x",
     "a.test/bad": "return 'x', {['X-Bad'] = 'a\\r\\nb'}",
     "a.test/spin": "while true do end",
+    "a.test/busy": "local t = os.clock() while os.clock() - t < 0.3 do end return 'finished'",
+    "a.test/printer": "print('hello from the script') return 'printed'",
     "a.test/globals": "local before = tostring(marker) marker = 'a' return before",
     "b.test": "return 'root of b'",
     "b.test/globals": "local before = tostring(marker) marker = 'b' return before",
 }
+
+
+async def deadline(seconds: float, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        await trio.sleep(seconds)
+        raise TimeoutError(f"test still running after {seconds} s")
 
 
 def write_sites(root: Path) -> None:
@@ -57,7 +66,8 @@ def write_sites(root: Path) -> None:
 
 
 class Server:
-    def __init__(self, url: str, pool, client: httpx.AsyncClient) -> None:
+    def __init__(self, url: str, pool, client: httpx.AsyncClient, stop: trio.Event) -> None:
+        self.stop = stop
         self.url = url
         self.pool = pool
         self.client = client
@@ -81,7 +91,13 @@ class Server:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, *, workers: int = 2, timeout_ms: int = 5000, trusted_proxies=(), **limits
+    tmp_path: Path,
+    *,
+    workers: int = 2,
+    timeout_ms: int = 5000,
+    trusted_proxies=(),
+    http: HttpSettings | None = None,
+    **limits,
 ):
     write_sites(tmp_path)
     settings = Settings(
@@ -90,23 +106,27 @@ async def running(
         pool=PoolSettings(size=workers),
         limits=Limits(timeout_ms=timeout_ms, **limits),
         trusted_proxies=trusted_proxies,
+        http=http or HttpSettings(),
     )
     stop = trio.Event()
     async with trio.open_nursery() as nursery, open_pool(workers) as pool:
+        # A deadline for the whole test, also when `running` is entered by a fixture (a
+        # fixture's cancel scope would not cover the test's task; a crashing task does).
+        watchdog = await nursery.start(deadline, 30)
         deps = Deps(settings=settings, store=LocalStore(tmp_path), pool=pool)
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )
         async with httpx.AsyncClient() as client:
-            yield Server(binds[0], pool, client)
+            yield Server(binds[0], pool, client, stop)
         stop.set()
+        watchdog.cancel()
 
 
 @pytest.fixture
 async def server(tmp_path):
-    with trio.fail_after(30):
-        async with running(tmp_path) as srv:
-            yield srv
+    async with running(tmp_path) as srv:
+        yield srv
 
 
 async def test_string_response(server):
@@ -303,3 +323,55 @@ async def test_forwarded_headers_only_from_trusted_proxies(tmp_path):
         async with running(tmp_path, trusted_proxies=trusted) as srv:
             body = (await srv.get("/echo", headers=headers)).json()
             assert (body["remote"], body["scheme"]) == ("203.0.113.7", "https")
+
+
+async def test_in_flight_request_finishes_during_graceful_shutdown(tmp_path):
+    results = {}
+    async with running(tmp_path) as srv:
+
+        async def busy():
+            results["busy"] = await srv.get("/busy")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            while not srv.pool.busy_pids():
+                await trio.lowlevel.checkpoint()
+            srv.stop.set()  # shut down while /busy is still running in its worker
+    assert results["busy"].text == "finished"
+
+
+async def test_slow_headers_are_cut_off(tmp_path):
+    async with running(tmp_path, http=HttpSettings(keep_alive_s=0.5)) as srv:
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: a.te")
+            with trio.fail_after(5):
+                assert await stream.receive_some(1024) == b""
+
+
+async def test_slow_body_is_408(tmp_path):
+    async with running(tmp_path, http=HttpSettings(body_timeout_s=0.5)) as srv:
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+        async with stream:
+            await stream.send_all(
+                b"POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nab"
+            )
+            with trio.fail_after(5):
+                answer = await stream.receive_some(1024)
+        assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_idle_workers_are_chosen_by_tenant(server):
+    for _ in range(5):
+        assert (await server.get("/")).text == "root of a"
+        assert (await server.get("/", host="b.test")).text == "root of b"
+    assert server.pool.statistics().tenant_switches == 0
+
+
+async def test_script_output_goes_to_the_server_log(server, caplog):
+    caplog.set_level("INFO", logger="sngin.script")
+    assert (await server.get("/printer")).text == "printed"
+    assert any(
+        "a.test/printer" in r.getMessage() and "hello from the script" in r.getMessage()
+        for r in caplog.records
+    )

@@ -65,3 +65,22 @@ async def test_dead_worker_is_worker_crashed():
             await worker.process.wait()
             with pytest.raises(WorkerCrashed):
                 await worker.call(job(b"return 1"))
+
+
+async def test_stray_output_in_the_worker_cannot_corrupt_frames():
+    # A worker whose Python code prints before every job: the print goes to stderr, not the pipe.
+    noisy = (
+        "import sys; from sandbox import worker; original = worker.Worker.handle\n"
+        "def handle(self, body):\n"
+        "    print('stray output'); sys.stdout.flush()\n"
+        "    return original(self, body)\n"
+        "worker.Worker.handle = handle\n"
+        "sys.exit(worker.main())\n"
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery, (sys.executable, "-c", noisy))
+            for _ in range(3):
+                assert (await worker.call(job(b"return 'clean'"))).body == b"clean"
+            await worker.close()
+            assert await worker.process.wait() == 0
