@@ -25,7 +25,7 @@ from sngin.errors import (
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
-    from sngin.codestore import CodeStore
+    from sngin.codestore import CodeSource
     from sngin.config import Settings
     from sngin.pool import Pool
 
@@ -45,7 +45,7 @@ TEXT = b"text/plain; charset=utf-8"
 @dataclass(frozen=True, slots=True)
 class Deps:
     settings: Settings
-    store: CodeStore
+    store: CodeSource
     pool: Pool
 
 

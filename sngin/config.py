@@ -1,10 +1,12 @@
-"""Typed settings parsed once from the environment (SNGIN_* only; AWS_* belong to botocore)."""
+"""Typed settings parsed once from the environment: SNGIN_* and AWS_S3_CODE_PATH (other AWS_*
+variables belong to botocore)."""
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +53,27 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class S3Settings:
+    """AWS_S3_CODE_PATH=bucket/prefix; credentials, region and endpoint are botocore's."""
+
+    bucket: str
+    prefix: str = ""
+    attempt_timeout_s: float = 3.0  # one S3 request
+    deadline_s: float = 8.0  # one fetch, retries included
+    max_attempts: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheSettings:
+    ttl_s: float = 60.0  # SNGIN_CODE_TTL_S: revalidate a cached script after this long
+    negative_ttl_s: float = 10.0  # SNGIN_CODE_NEGATIVE_TTL_S: remember a missing script
+    max_entries: int = 10_000  # SNGIN_CODECACHE_SIZE
+    max_bytes: int = 256 * MIB  # SNGIN_CODECACHE_BYTES
+    tenant_share: float = 0.25  # SNGIN_CODECACHE_TENANT_SHARE: of max_bytes, per tenant
+    revalidate_wait_s: float = 1.0  # how long a request waits for a revalidation
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     bind: Bind = field(default_factory=Bind)
     code_dir: Path = BUNDLED_SITES
@@ -59,6 +82,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     pool: PoolSettings = field(default_factory=PoolSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    s3: S3Settings | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -75,13 +100,24 @@ class Settings:
                 values[target] = convert(env[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}={env[name]!r}: {exc}") from None
+        code_path = env.get(S3_CODE_PATH)
+        if code_path is not None:
+            try:
+                values["s3"] = parse_s3_code_path(code_path)
+            except ValueError as exc:
+                raise ConfigError(f"{S3_CODE_PATH}={code_path!r}: {exc}") from None
         if "code_dir" not in values:
             local_sites = (cwd or Path.cwd()) / "sites"
             values["code_dir"] = local_sites if local_sites.is_dir() else BUNDLED_SITES
-        pool = PoolSettings(size=values.pop("pool.size", default_workers()))
-        limit_names = [k for k in values if k.startswith("limits.")]
-        limits = Limits(**{k.removeprefix("limits."): values.pop(k) for k in limit_names})
-        return cls(pool=pool, limits=limits, **values)
+        values.setdefault("pool.size", default_workers())
+        sections = {"limits": Limits, "pool": PoolSettings, "cache": CacheSettings}
+        for section, kind in sections.items():
+            prefix = section + "."
+            fields = {
+                k.removeprefix(prefix): values.pop(k) for k in list(values) if k.startswith(prefix)
+            }
+            values[section] = kind(**fields)
+        return cls(**values)
 
 
 def default_workers() -> int:
@@ -104,6 +140,33 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return convert
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return convert
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+
+
+def parse_s3_code_path(text: str) -> S3Settings:
+    """'bucket' or 'bucket/prefix/nested' (slashes around the prefix are ignored)."""
+    bucket, _, prefix = text.strip().partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError("expected BUCKET/PREFIX with a valid S3 bucket name")
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ValueError("the prefix has an empty, '.' or '..' segment")
+    return S3Settings(bucket=bucket, prefix=prefix)
 
 
 def parse_bind(text: str) -> Bind:
@@ -155,4 +218,11 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", _int_range(1, 3_600_000)),
     "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_MAX_REQUEST_BYTES": ("limits.max_request_bytes", _int_range(0, 1024 * MIB)),
+    "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),
+    "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", _float_range(0, 86400)),
+    "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),
+    "SNGIN_CODECACHE_BYTES": ("cache.max_bytes", _int_range(MIB, 64 * 1024 * MIB)),
+    "SNGIN_CODECACHE_TENANT_SHARE": ("cache.tenant_share", _float_range(0.01, 1.0)),
 }
+# The one AWS_* name sngin reads itself (the seed's): it selects the S3 store.
+S3_CODE_PATH: Final = "AWS_S3_CODE_PATH"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -11,12 +12,15 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from sngin.app import Deps, create_app
+from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
+from sngin.codestore.s3 import open_s3_store
 from sngin.pool import open_pool
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from sngin.codestore import CodeSource
     from sngin.config import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +56,21 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
-    async with open_pool(settings.pool.size) as pool:
-        deps = Deps(settings=settings, store=LocalStore(settings.code_dir), pool=pool)
+    async with open_code_source(settings) as store, open_pool(settings.pool.size) as pool:
+        deps = Deps(settings=settings, store=store, pool=pool)
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+@asynccontextmanager
+async def open_code_source(settings: Settings) -> AsyncIterator[CodeSource]:
+    """The S3 store behind the code cache when AWS_S3_CODE_PATH is set, else the folder."""
+    if settings.s3 is None:
+        log.info("code store: folder %s", settings.code_dir)
+        yield LocalStore(settings.code_dir)
+        return
+    async with open_s3_store(settings.s3) as s3, trio.open_nursery() as nursery:
+        yield CodeCache(s3, settings.cache, nursery)
+        nursery.cancel_scope.cancel()
 
 
 async def serve_app(

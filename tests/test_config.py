@@ -63,6 +63,9 @@ def test_values_are_converted(tmp_path):
         ({"SNGIN_CODE_DIR": "/nonexistent/dir"}, "SNGIN_CODE_DIR='/nonexistent/dir': not a dir"),
         ({"SNGIN_TRUSTED_PROXIES": "10.0.0.0/8 nope"}, "'nope' is not an IP address"),
         ({"SNGIN_LOG_LEVEL": "loud"}, "must be one of"),
+        ({"SNGIN_CODE_TTL_S": "-1"}, "SNGIN_CODE_TTL_S='-1': must be between 0 and 86400"),
+        ({"SNGIN_CODECACHE_TENANT_SHARE": "2"}, "must be between 0.01 and 1"),
+        ({"SNGIN_CODECACHE_SIZE": "lots"}, "SNGIN_CODECACHE_SIZE='lots': not an integer"),
         (
             {"SNGIN_TIMEOUTMS": "5"},
             "SNGIN_TIMEOUTMS: unknown setting (did you mean SNGIN_TIMEOUT_MS?)",
@@ -75,6 +78,36 @@ def test_bad_values_name_the_variable(env, message):
         Settings.from_env(env)
     assert message in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_s3_code_path_and_cache_settings():
+    settings = Settings.from_env(
+        {
+            "AWS_S3_CODE_PATH": "my-bucket/sites/prod/",
+            "SNGIN_CODE_TTL_S": "30",
+            "SNGIN_CODE_NEGATIVE_TTL_S": "2.5",
+            "SNGIN_CODECACHE_SIZE": "500",
+            "SNGIN_CODECACHE_BYTES": "67108864",
+            "SNGIN_CODECACHE_TENANT_SHARE": "0.5",
+        }
+    )
+    assert settings.s3 is not None
+    assert (settings.s3.bucket, settings.s3.prefix) == ("my-bucket", "sites/prod")
+    assert settings.cache.ttl_s == 30
+    assert settings.cache.negative_ttl_s == 2.5
+    assert settings.cache.max_entries == 500
+    assert settings.cache.max_bytes == 64 * 1024 * 1024
+    assert settings.cache.tenant_share == 0.5
+    assert Settings.from_env({"AWS_S3_CODE_PATH": "bucket"}).s3.prefix == ""
+    assert Settings.from_env({}).s3 is None
+
+
+@pytest.mark.parametrize(
+    "value", ["", "/prefix", "Bad_Bucket/x", "ab/x", "bucket/a//b", "bucket/../x", "b..c/x"]
+)
+def test_bad_s3_code_path(value):
+    with pytest.raises(ConfigError, match="AWS_S3_CODE_PATH"):
+        Settings.from_env({"AWS_S3_CODE_PATH": value})
 
 
 def test_settings_are_frozen():

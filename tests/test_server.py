@@ -97,6 +97,7 @@ async def running(
     timeout_ms: int = 5000,
     trusted_proxies=(),
     http: HttpSettings | None = None,
+    store=None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -113,7 +114,7 @@ async def running(
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
-        deps = Deps(settings=settings, store=LocalStore(tmp_path), pool=pool)
+        deps = Deps(settings=settings, store=store or LocalStore(tmp_path), pool=pool)
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )

@@ -1,4 +1,4 @@
-"""Where tenants' scripts live: the CodeStore seam and the Source it returns."""
+"""Where tenants' scripts live: the seams between the server, the cache and the stores."""
 
 from __future__ import annotations
 
@@ -8,11 +8,42 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Source:
+    """A script's text and its version (a content hash, or the S3 ETag)."""
+
     text: bytes
     version: str
+    last_modified: str | None = None
 
 
-class CodeStore(Protocol):
+class CodeSource(Protocol):
+    """What the server asks for a script: the folder store directly, or the S3 code cache."""
+
     async def fetch(self, key: str) -> Source | None:
         """The script for key ('host/a/b' -> host/a/b/index.lua), or None if there is none."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Modified:
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    pass
+
+
+StoreResult = Modified | NotModified | Missing
+
+
+class ConditionalStore(Protocol):
+    """A remote store answering conditional GETs; raises CodeFetchError when it cannot answer."""
+
+    async def get(
+        self, key: str, *, etag: str | None, last_modified: str | None
+    ) -> StoreResult: ...

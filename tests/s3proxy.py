@@ -1,0 +1,167 @@
+"""A loopback HTTP proxy in front of moto that counts requests and injects faults.
+
+moto keeps no request counter of its own, and cannot be made slow or unreachable on demand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+class CountingProxy:
+    def __init__(self, upstream: str) -> None:
+        split = urlsplit(upstream)
+        self.upstream = (split.hostname or "127.0.0.1", split.port or 80)
+        self.counts: Counter[tuple[str, str, int]] = Counter()
+        self._lock = threading.Lock()
+        self._faults: list[tuple[str, float]] = []  # (kind, delay) consumed one per request
+        self._sticky: tuple[str, float] | None = None
+        self._released = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # --- control -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                super().finish()
+
+            def do_GET(self) -> None:
+                proxy._handle(self)
+
+            do_PUT = do_HEAD = do_DELETE = do_POST = do_GET
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._released.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def refuse(self) -> None:
+        """Stop listening and drop open connections: new ones are refused until restore()."""
+        self.stop()
+        with self._lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self._released.clear()
+        self.start()
+
+    def fail(self, kind: str, times: int = 1, delay: float = 0.0) -> None:
+        """The next `times` requests get fault `kind`: 'slowdown' (503) or 'delay'."""
+        with self._lock:
+            self._faults.extend([(kind, delay)] * times)
+
+    def fail_always(self, kind: str, delay: float = 0.0) -> None:
+        with self._lock:
+            self._sticky = (kind, delay)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self._sticky = None
+
+    def gets(self, object_key: str, status: int | None = None) -> int:
+        """GETs seen for one object key (path after the bucket), optionally of one status."""
+        return sum(
+            n
+            for (method, path, code), n in self.counts.items()
+            if method == "GET" and path.endswith("/" + object_key) and status in (None, code)
+        )
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def _next_fault(self) -> tuple[str, float] | None:
+        with self._lock:
+            if self._faults:
+                return self._faults.pop(0)
+            return self._sticky
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        path = unquote(urlsplit(handler.path).path)
+        fault = self._next_fault()
+        if fault is not None and fault[0] == "delay":
+            self._released.wait(fault[1])
+        if fault is not None and fault[0] == "slowdown":
+            self._reply(handler, path, 503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+            return
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=10)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP}
+            upstream.request(handler.command, handler.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            out = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
+            out.pop("Content-Length", None)
+            self._reply(handler, path, response.status, out, data)
+        finally:
+            upstream.close()
+
+    def _reply(
+        self,
+        handler: BaseHTTPRequestHandler,
+        path: str,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        with self._lock:
+            self.counts[(handler.command, path, status)] += 1
+        try:
+            handler.send_response(status)
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(body)
+        except OSError:
+            pass  # the client gave up (e.g. its timeout fired during a delay)

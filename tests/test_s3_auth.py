@@ -1,0 +1,129 @@
+"""S3 with signatures checked: a moto server process whose IAM rejects unsigned or bad requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+import trio
+
+from sngin.codestore import Modified
+from sngin.codestore.s3 import open_s3_store
+from sngin.config import S3Settings
+from sngin.errors import CodeFetchError
+
+BUCKET = "sngin-auth"
+FAST = {"attempt_timeout_s": 1.0, "deadline_s": 5.0, "max_attempts": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def auth_s3():
+    """moto in its own process (auth settings are process-wide), with an IAM user allowed to
+    read the bucket; then INITIAL_NO_AUTH_ACTION_COUNT is set to 0 so every request is checked."""
+    import botocore.session
+
+    port = free_port()
+    drain = None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # werkzeug announces the listener on stderr
+            if "Running on" in line:
+                break
+        # Keep draining its request log so the pipe never fills and blocks the server.
+        drain = threading.Thread(target=process.stderr.read, daemon=True)
+        drain.start()
+        endpoint = f"http://127.0.0.1:{port}"
+        session = botocore.session.get_session()
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                 "aws_access_key_id": "admin", "aws_secret_access_key": "admin"}  # fmt: skip
+        iam = session.create_client("iam", **admin)
+        iam.create_user(UserName="sngin")
+        key = iam.create_access_key(UserName="sngin")["AccessKey"]
+        allow_s3 = {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}
+        policy = {"Version": "2012-10-17", "Statement": [allow_s3]}
+        iam.put_user_policy(UserName="sngin", PolicyName="read", PolicyDocument=json.dumps(policy))
+        s3 = session.create_client("s3", **admin)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="a.test/index.lua", Body=b"return 'signed'")
+        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if drain is not None:
+            drain.join(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+async def fetch_with_env(aws_env, endpoint: str):
+    aws_env.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    with trio.fail_after(20):
+        async with open_s3_store(S3Settings(bucket=BUCKET, **FAST)) as store:
+            return await store.get("a.test", etag=None, last_modified=None)
+
+
+async def test_credentials_from_env(auth_s3, aws_env):
+    endpoint, key_id, secret = auth_s3
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    result = await fetch_with_env(aws_env, endpoint)
+    assert isinstance(result, Modified)
+    assert result.source.text == b"return 'signed'"
+
+
+async def test_credentials_from_a_profile_file(auth_s3, aws_env, tmp_path):
+    endpoint, key_id, secret = auth_s3
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[sngin-test]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n"
+    )
+    aws_env.delenv("AWS_ACCESS_KEY_ID")
+    aws_env.delenv("AWS_SECRET_ACCESS_KEY")
+    aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    aws_env.setenv("AWS_PROFILE", "sngin-test")
+    result = await fetch_with_env(aws_env, endpoint)
+    assert isinstance(result, Modified)
+    assert result.source.text == b"return 'signed'"
+
+
+async def test_bad_signature_is_denied_without_retrying(auth_s3, aws_env, caplog):
+    from tests.s3proxy import CountingProxy
+
+    endpoint, key_id, _ = auth_s3
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    counting = CountingProxy(endpoint)
+    counting.start()
+    try:
+        with pytest.raises(CodeFetchError, match="denied"):
+            await fetch_with_env(aws_env, counting.url)
+    finally:
+        counting.stop()
+    assert counting.gets("a.test/index.lua", 403) == 1
+    assert counting.gets("a.test/index.lua") == 1
+    assert any("denied access" in r.getMessage() for r in caplog.records)
+
+
+async def test_unsigned_requests_are_denied(auth_s3, aws_env):
+    endpoint, _, _ = auth_s3
+    aws_env.setenv("AWS_ACCESS_KEY_ID", "unknown-key")
+    with pytest.raises(CodeFetchError, match="denied"):
+        await fetch_with_env(aws_env, endpoint)
