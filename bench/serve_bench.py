@@ -21,6 +21,7 @@ from pathlib import Path
 from sandbox.protocol import HEADER, Job, Request, decode_reply, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.s3proxy, the counting proxy the tests use
 BIN = Path(sys.executable).parent
 ROUNDS = 3
 REQUESTS = 4000
@@ -51,11 +52,77 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, cwd=ROOT / "bench", stdout=subprocess.DEVNULL)
 
 
-def start_sngin(port: int) -> subprocess.Popen[bytes]:
+def start_sngin(port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", "0", str(BIN / "sngin"), "serve", "--bind", f"127.0.0.1:{port}",
             "--workers", "2", "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "SNGIN_CODE_DIR": str(ROOT / "sngin" / "demo" / "sites")}
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(argv, env={**env, **(extra_env or {})}, stdout=subprocess.DEVNULL)
+
+
+class S3Fixture:
+    """moto on loopback behind the tests' counting proxy, holding the demo script."""
+
+    def __init__(self) -> None:
+        import logging
+
+        import botocore.session
+        from moto.server import ThreadedMotoServer
+
+        from tests.s3proxy import CountingProxy
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.moto.start()
+        host, moto_port = self.moto.get_host_and_port()
+        self.proxy = CountingProxy(f"http://{host}:{moto_port}")
+        self.proxy.start()
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=f"http://{host}:{moto_port}", region_name="us-east-1",
+            aws_access_key_id="bench", aws_secret_access_key="bench",
+        )  # fmt: skip
+        client.create_bucket(Bucket="bench")
+        demo = ROOT / "sngin" / "demo" / "sites" / "hello.localhost" / "index.lua"
+        client.put_object(Bucket="bench", Key="sites/hello.localhost/index.lua",
+                          Body=demo.read_bytes())  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_S3_CODE_PATH": "bench/sites",
+            "AWS_ENDPOINT_URL_S3": self.proxy.url,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def gets(self) -> int:
+        return self.proxy.gets("sites/hello.localhost/index.lua")
+
+    def close(self) -> None:
+        self.proxy.stop()
+        self.moto.stop()
+
+
+def hey_duration(port: int, seconds: int) -> float:
+    argv = ["taskset", "-c", "1", "hey", "-z", f"{seconds}s", "-c", str(CONCURRENCY), "-host",
+            "hello.localhost", f"http://127.0.0.1:{port}/"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def s3_load(s3: S3Fixture, seconds: int = 10) -> tuple[float, int]:
+    """Req/s over a timed load on one S3 script, and the S3 GETs seen while it ran."""
+    port = free_port()
+    server = start_sngin(port, s3.env())
+    try:
+        wait_listening(port)
+        hey(port, 500)
+        before = s3.gets()
+        rps = hey_duration(port, seconds)
+        return rps, s3.gets() - before
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def hey(port: int, n: int) -> dict[str, float]:
@@ -94,9 +161,11 @@ def worker_startup_ms(samples: int = 10) -> float:
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("bench: `hey` is not installed (apt-get install hey)")
+    s3 = S3Fixture()
     scenarios = {
         "bare hypercorn-trio ASGI hello (floor)": start_bare,
-        "sngin demo tenant": start_sngin,
+        "sngin demo tenant, folder store": start_sngin,
+        "sngin demo tenant, S3 store (cached)": lambda port: start_sngin(port, s3.env()),
     }
     figures: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for round_number in range(ROUNDS):
@@ -132,8 +201,14 @@ def main() -> None:
               f"  {row['ratio_to_floor']:.2f}x floor")  # fmt: skip
     startup = worker_startup_ms()
     print(f"  worker start-up (spawn to first reply, median of 10): {startup:.0f} ms")
+    load_rps, s3_gets = s3_load(s3)
+    print(f"  10 s load on one S3 script (hey -z 10s -c {CONCURRENCY}): {load_rps:.0f} req/s,"
+          f" {s3_gets} S3 requests during the load")  # fmt: skip
+    s3.close()
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "worker_startup_ms": startup}, indent=2))
+    summary = {"rows": rows, "worker_startup_ms": startup,
+               "s3_load": {"rps": load_rps, "s3_requests": s3_gets}}  # fmt: skip
+    RESULTS.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

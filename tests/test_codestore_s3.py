@@ -248,3 +248,17 @@ async def test_settings_with_an_s3_code_path_serve_from_s3(proxy, bucket, aws_en
         async with open_code_source(settings) as source:
             assert isinstance(source, CodeCache)
             assert (await source.fetch("a.test")).text == b"return 'configured'"
+
+
+async def test_denied_access_is_logged_once_per_interval(autojump_clock, caplog):
+    settings = S3Settings(bucket="b", **FAST)
+    async with httpx.AsyncClient() as http:
+        store = S3Store(http, settings, Endpoint("http://127.0.0.1:9/b", "us-east-1"), None)
+        denied = httpx.Response(403)
+        store._log_denied(denied)
+        await trio.sleep(30)
+        store._log_denied(denied)
+        assert sum("denied access" in r.getMessage() for r in caplog.records) == 1
+        await trio.sleep(31)
+        store._log_denied(denied)
+        assert sum("denied access" in r.getMessage() for r in caplog.records) == 2

@@ -127,3 +127,77 @@ async def test_unsigned_requests_are_denied(auth_s3, aws_env):
     aws_env.setenv("AWS_ACCESS_KEY_ID", "unknown-key")
     with pytest.raises(CodeFetchError, match="denied"):
         await fetch_with_env(aws_env, endpoint)
+
+
+async def test_odd_keys_are_signed_as_sent(auth_s3, aws_env):
+    import botocore.session
+
+    endpoint, key_id, secret = auth_s3
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=key_id, aws_secret_access_key=secret,
+    )  # fmt: skip
+    client.put_object(Bucket=BUCKET, Key="odd.test/a b/ünï+%/index.lua", Body=b"return 'odd'")
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    aws_env.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    with trio.fail_after(20):
+        async with open_s3_store(S3Settings(bucket=BUCKET, **FAST)) as store:
+            result = await store.get("odd.test/a b/ünï+%", etag=None, last_modified=None)
+    assert isinstance(result, Modified)
+    assert result.source.text == b"return 'odd'"
+
+
+async def test_expiring_credentials_are_refreshed_without_a_restart(auth_s3):
+    from datetime import UTC, datetime, timedelta
+
+    from botocore.credentials import RefreshableCredentials
+
+    from sngin.codestore.s3 import Endpoint, S3Store
+
+    endpoint, key_id, secret = auth_s3
+    refreshed = []
+
+    def refresh():
+        refreshed.append(1)
+        expiry = datetime.now(UTC) + timedelta(hours=1)
+        return {"access_key": key_id, "secret_key": secret, "token": None,
+                "expiry_time": expiry.isoformat()}  # fmt: skip
+
+    # Expired, and wrong until refreshed: only a refresh makes the request succeed.
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata={"access_key": key_id, "secret_key": "stale", "token": None,
+                  "expiry_time": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()},
+        refresh_using=refresh,
+        method="test",
+    )  # fmt: skip
+    settings = S3Settings(bucket=BUCKET, **FAST)
+    with trio.fail_after(20):
+        async with httpx.AsyncClient() as http:
+            store = S3Store(
+                http, settings, Endpoint(f"{endpoint}/{BUCKET}", "us-east-1"), credentials
+            )
+            result = await store.get("a.test", etag=None, last_modified=None)
+    assert isinstance(result, Modified)
+    assert refreshed
+
+
+async def test_denied_access_through_the_server_is_502(auth_s3, aws_env, tmp_path):
+    from sngin.cache import CodeCache
+    from sngin.config import CacheSettings
+    from tests.test_server import running
+
+    endpoint, key_id, _ = auth_s3
+    aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    aws_env.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    async with (
+        open_s3_store(S3Settings(bucket=BUCKET, **FAST)) as store,
+        trio.open_nursery() as nursery,
+    ):
+        cache = CodeCache(store, CacheSettings(), nursery)
+        async with running(tmp_path, store=cache) as srv:
+            response = await srv.get("/", host="a.test")
+        nursery.cancel_scope.cancel()
+    assert response.status_code == 502
+    assert response.text == "code store denied access\n"
