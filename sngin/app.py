@@ -8,11 +8,12 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import trio
-from quart_trio import QuartTrio
 
 from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Limits, Reply, Request
+from sngin.admin import create_admin
 from sngin.errors import (
     BadRequest,
     CodeNotFound,
@@ -49,27 +50,12 @@ class Deps:
     pool: Pool
 
 
-def create_admin(deps: Deps) -> QuartTrio:
-    admin = QuartTrio("sngin.admin")
-
-    @admin.get("/__sngin/health")
-    async def health() -> tuple[dict[str, object], int]:
-        stats = deps.pool.statistics()
-        status = 200 if stats.live > 0 else 503
-        return {
-            "status": "ok" if status == 200 else "no live workers",
-            "workers": stats.live,
-        }, status
-
-    return admin
-
-
 class Dispatcher:
     """Routes tenant requests to the pool without a framework on the hot path."""
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self.admin = create_admin(deps)
+        self.admin = create_admin(deps)  # Quart-trio: fine for admin, too slow for tenants
         settings = deps.settings
         self._trusted = settings.trusted_proxies
         self._limits = Limits(max_body_bytes=settings.limits.max_body_bytes)
@@ -103,7 +89,8 @@ class Dispatcher:
             raise RequestTimeout(
                 f"request body not received within {settings.http.body_timeout_s:g} s"
             )
-        source = await self.deps.store.fetch(key)
+        query = scope.get("query_string", b"")
+        source = await self.deps.store.fetch(key, revalidate=wants_fresh_code(query))
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")
         remote_addr, scheme = self._client(scope, headers)
@@ -150,6 +137,17 @@ class Dispatcher:
         proto = next((v for n, v in headers if n == "x-forwarded-proto"), b"").decode("latin-1")
         proto = proto.split(",")[0].strip().lower()
         return client, proto if proto in ("http", "https") else scheme
+
+
+def wants_fresh_code(query: bytes) -> bool:
+    """True when the query has a `$cb` parameter (the seed's cache buster; bare `cb` is not)."""
+    if b"cb" not in query:
+        return False
+    for part in query.split(b"&"):
+        name = part.split(b"=", 1)[0]
+        if name == b"$cb" or unquote_to_bytes(name.replace(b"+", b" ")) == b"$cb":
+            return True
+    return False
 
 
 def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:

@@ -7,24 +7,30 @@ stale-if-error, and byte bounds with a per-tenant share.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from sngin.codestore import Missing, Modified, NotModified, Source
+from sngin.codestore import Modified, NotModified, Source
 from sngin.errors import CodeFetchError
+from sngin.tenants import covering
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sngin.codestore import ConditionalStore
     from sngin.config import CacheSettings
+    from sngin.mirror import DiskMirror
 
 log = logging.getLogger(__name__)
 
 ENTRY_OVERHEAD_BYTES: Final = 256
 # After a failed revalidation, serve the stale copy this long before asking the store again.
 ERROR_RETRY_S: Final = 5.0
+MAX_FORCED_KEYS: Final = 10_000
+MAX_PURGE_LOG: Final = 1000
 
 
 @dataclass(slots=True)
@@ -58,6 +64,9 @@ class CacheStatistics:
     stale_served: int
     store_errors: int
     evictions: int
+    purges: int
+    mirror_entries: int
+    mirror_bytes: int
 
 
 def tenant_of_key(key: str) -> str:
@@ -68,9 +77,14 @@ class CodeCache:
     """Answers fetch(key) from memory, asking the store only when an entry is missing or stale."""
 
     def __init__(
-        self, store: ConditionalStore, settings: CacheSettings, nursery: trio.Nursery
+        self,
+        store: ConditionalStore,
+        settings: CacheSettings,
+        nursery: trio.Nursery,
+        mirror: DiskMirror | None = None,
     ) -> None:
         self._store = store
+        self._mirror = mirror
         self._settings = settings
         self._nursery = nursery  # owns revalidations that outlive the request that began them
         self._entries: OrderedDict[str, Entry] = OrderedDict()
@@ -79,6 +93,10 @@ class CodeCache:
         self._tenant_bytes: dict[str, int] = {}
         self._hits = self._misses = self._stale = self._errors = self._evictions = 0
         self._revalidated = {304: 0, 200: 0, 404: 0}
+        self._forced_at: dict[str, float] = {}
+        self._epoch = 0
+        self._purges: deque[tuple[int, Callable[[str], bool]]] = deque(maxlen=MAX_PURGE_LOG)
+        self._purged = 0
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
@@ -92,17 +110,26 @@ class CodeCache:
             stale_served=self._stale,
             store_errors=self._errors,
             evictions=self._evictions,
+            purges=self._purged,
+            mirror_entries=len(self._mirror) if self._mirror is not None else 0,
+            mirror_bytes=self._mirror.size_bytes if self._mirror is not None else 0,
         )
 
-    async def fetch(self, key: str) -> Source | None:
+    async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
+        """The script for key, or None if there is none.
+
+        revalidate=True (`$cb`) asks the store before answering, at most once per
+        `cb_interval_s` per key; beyond that the cached copy is used silently.
+        """
+        force = revalidate and self._may_force(key)
         while True:
             entry = self._entries.get(key)
-            if entry is not None and entry.expires_at > trio.current_time():
+            if entry is not None and entry.expires_at > trio.current_time() and not force:
                 self._hits += 1
                 self._entries.move_to_end(key)
                 return entry.source
             if entry is not None:
-                return await self._revalidate(key, entry)
+                return await self._revalidate(key, entry, wait_fully=force)
             flight = self._flights.get(key)
             if flight is None:
                 self._misses += 1
@@ -113,6 +140,17 @@ class CodeCache:
             if flight.finished:
                 return flight.result
             # The fetching request was cancelled (its client left): try again ourselves.
+
+    def _may_force(self, key: str) -> bool:
+        now = trio.current_time()
+        last = self._forced_at.get(key)
+        if last is not None and now - last < self._settings.cb_interval_s:
+            return False
+        if len(self._forced_at) >= MAX_FORCED_KEYS:
+            horizon = now - self._settings.cb_interval_s
+            self._forced_at = {k: t for k, t in self._forced_at.items() if t > horizon}
+        self._forced_at[key] = now
+        return True
 
     async def _fetch_inline(self, key: str) -> Source | None:
         """Cold miss: this request fetches; concurrent ones for the key wait on its flight."""
@@ -125,17 +163,25 @@ class CodeCache:
             flight.error = exc
             raise
         finally:
-            del self._flights[key]
-            flight.done.set()
+            self._end_flight(key, flight)
 
-    async def _revalidate(self, key: str, entry: Entry) -> Source | None:
+    def _end_flight(self, key: str, flight: Flight) -> None:
+        # A purge may have replaced the flight already; only remove our own.
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    async def _revalidate(self, key: str, entry: Entry, *, wait_fully: bool) -> Source | None:
         """Expired: revalidate in the cache's nursery; wait for it briefly, else serve stale."""
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = Flight()
             self._nursery.start_soon(self._revalidate_in_background, key, entry, flight)
-        with trio.move_on_after(self._settings.revalidate_wait_s):
+        if wait_fully:
             await flight.done.wait()
+        else:
+            with trio.move_on_after(self._settings.revalidate_wait_s):
+                await flight.done.wait()
         if flight.finished:
             return flight.result
         self._stale += 1
@@ -152,39 +198,92 @@ class CodeCache:
             flight.finished = True
             log.debug("revalidation of %s failed: %s", key, exc.message)
         finally:
-            self._flights.pop(key, None)
-            flight.done.set()
+            self._end_flight(key, flight)
 
     async def _load(self, key: str, entry: Entry | None) -> Source | None:
-        source = entry.source if entry is not None else None
-        etag = source.version if source is not None and source.version.startswith('"') else None
-        last_modified = source.last_modified if source is not None else None
+        """Ask the store (conditionally when a copy is known) and record what it says."""
+        epoch = self._epoch
+        known = entry.source if entry is not None else None
+        if entry is None and self._mirror is not None:
+            # A memory miss with a copy on disk: revalidate it rather than download it again.
+            known = await self._mirror.read(key)
+        etag = known.version if known is not None and known.version.startswith('"') else None
+        last_modified = known.last_modified if known is not None else None
         try:
             result = await self._store.get(key, etag=etag, last_modified=last_modified)
         except CodeFetchError as exc:
             self._errors += 1
-            if entry is None or entry.source is None:
+            if known is None:
                 log.warning("cannot fetch %s and no copy to serve: %s", key, exc.message)
                 raise
             log.warning("serving the cached copy of %s: %s", key, exc.message)
             self._stale += 1
-            entry.expires_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
-            return entry.source
+            retry_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
+            if entry is not None:
+                entry.expires_at = retry_at
+            elif not self._purged_since(key, epoch):
+                self._store_entry(key, known, retry_at)
+            return known
         now = trio.current_time()
-        if isinstance(result, NotModified) and entry is not None:
+        wanted = not self._purged_since(key, epoch)
+        if isinstance(result, NotModified) and known is None:
+            raise CodeFetchError("code store answered 304 to an unconditional request")
+        if isinstance(result, NotModified) and known is not None:
             self._revalidated[304] += 1
-            entry.expires_at = now + self._settings.ttl_s
-            self._entries.move_to_end(key)
-            return entry.source
+            if entry is not None:
+                entry.expires_at = now + self._settings.ttl_s
+                self._entries.move_to_end(key)
+            elif wanted:
+                self._store_entry(key, known, now + self._settings.ttl_s)
+            if self._mirror is not None:
+                self._mirror.touch(key)
+            return known
         if isinstance(result, Modified):
             if entry is not None:
                 self._revalidated[200] += 1
-            self._store_entry(key, result.source, now + self._settings.ttl_s)
+            if wanted:
+                self._store_entry(key, result.source, now + self._settings.ttl_s)
+                if self._mirror is not None:
+                    await self._mirror.write(
+                        key, result.source, lambda: not self._purged_since(key, epoch)
+                    )
             return result.source
-        if isinstance(result, Missing) and entry is not None and entry.source is not None:
+        if known is not None:
             self._revalidated[404] += 1
-        self._store_entry(key, None, now + self._settings.negative_ttl_s)
+        if wanted:
+            self._store_entry(key, None, now + self._settings.negative_ttl_s)
+        if self._mirror is not None and known is not None:
+            await self._mirror.delete(key)
         return None
+
+    # --- purge ---------------------------------------------------------------------------------
+
+    async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
+        """Drop the cached entries (negative ones too) and mirror files a purge covers.
+
+        Fetches already in flight for those keys are not cached when they land, and new
+        requests do not join them: the next request fetches unconditionally.
+        """
+        covers = covering(tenant, folder, recursive=recursive)
+        self._epoch += 1
+        self._purges.append((self._epoch, covers))
+        self._purged += 1
+        dropped = 0
+        for key in [key for key in self._entries if covers(key)]:
+            self._drop(key)
+            dropped += 1
+        for key in [key for key in self._flights if covers(key)]:
+            del self._flights[key]
+        if self._mirror is not None:
+            dropped += await self._mirror.purge(covers)
+        return dropped
+
+    def _purged_since(self, key: str, epoch: int) -> bool:
+        if epoch == self._epoch:
+            return False
+        if not self._purges or self._purges[0][0] > epoch + 1:
+            return True  # the log no longer reaches back that far: assume covered
+        return any(covers(key) for e, covers in self._purges if e > epoch)
 
     # --- bounded storage ---------------------------------------------------------------------
 

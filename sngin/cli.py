@@ -67,6 +67,8 @@ def serve_forever(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level != "debug":
+        logging.getLogger("botocore").setLevel(logging.WARNING)
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
@@ -78,8 +80,26 @@ def serve_forever(settings: Settings) -> int:
                 settings.pool.size,
             )
 
-    trio.run(main_task)
+    try:
+        trio.run(main_task)
+    except BaseExceptionGroup as group:
+        # Start-up errors (e.g. an unusable SNGIN_APP_PATH) surface through nurseries.
+        found = first_sngin_error(group)
+        if found is None:
+            raise
+        raise found from None
     return 0
+
+
+def first_sngin_error(error: BaseException) -> SnginError | None:
+    if isinstance(error, SnginError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = first_sngin_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 MIB: Final = 1024 * 1024
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BUNDLED_SITES: Final = Path(__file__).parent / "demo" / "sites"
+MIN_TOKEN_LENGTH: Final = 16
+
+
+def default_app_path() -> Path:
+    """The platform cache folder for sngin (works without root)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sngin"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +78,7 @@ class CacheSettings:
     max_bytes: int = 256 * MIB  # SNGIN_CODECACHE_BYTES
     tenant_share: float = 0.25  # SNGIN_CODECACHE_TENANT_SHARE: of max_bytes, per tenant
     revalidate_wait_s: float = 1.0  # how long a request waits for a revalidation
+    cb_interval_s: float = 1.0  # SNGIN_CB_INTERVAL_S: `$cb` forces a fetch at most this often
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +92,9 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     s3: S3Settings | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    app_path: Path = field(default_factory=default_app_path)  # SNGIN_APP_PATH: the disk mirror
+    mirror_bytes: int = 1024 * MIB  # SNGIN_MIRROR_BYTES; 0 turns the mirror off
+    admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -99,7 +110,8 @@ class Settings:
             try:
                 values[target] = convert(env[name])
             except ValueError as exc:
-                raise ConfigError(f"{name}={env[name]!r}: {exc}") from None
+                shown = name if name in SECRET_VARIABLES else f"{name}={env[name]!r}"
+                raise ConfigError(f"{shown}: {exc}") from None
         code_path = env.get(S3_CODE_PATH)
         if code_path is not None:
             try:
@@ -191,6 +203,24 @@ def parse_dir(text: str) -> Path:
     return path.resolve()
 
 
+def parse_app_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    if path.exists() and not path.is_dir():
+        raise ValueError("exists and is not a directory")
+    return path
+
+
+def parse_token(text: str) -> str:
+    token = text.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("must be printable ASCII without spaces")
+    return token
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -223,6 +253,12 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),
     "SNGIN_CODECACHE_BYTES": ("cache.max_bytes", _int_range(MIB, 64 * 1024 * MIB)),
     "SNGIN_CODECACHE_TENANT_SHARE": ("cache.tenant_share", _float_range(0.01, 1.0)),
+    "SNGIN_CB_INTERVAL_S": ("cache.cb_interval_s", _float_range(0, 3600)),
+    "SNGIN_APP_PATH": ("app_path", parse_app_path),
+    "SNGIN_MIRROR_BYTES": ("mirror_bytes", _int_range(0, 1024 * 1024 * MIB)),
+    "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
 }
+# Their values never appear in an error message.
+SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN"})
 # The one AWS_* name sngin reads itself (the seed's): it selects the S3 store.
 S3_CODE_PATH: Final = "AWS_S3_CODE_PATH"

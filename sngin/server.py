@@ -15,6 +15,8 @@ from sngin.app import Deps, create_app
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
+from sngin.errors import ConfigError
+from sngin.mirror import DiskMirror, mirror_folder
 from sngin.pool import open_pool
 
 if TYPE_CHECKING:
@@ -69,7 +71,18 @@ async def open_code_source(settings: Settings) -> AsyncIterator[CodeSource]:
         yield LocalStore(settings.code_dir)
         return
     async with open_s3_store(settings.s3) as s3, trio.open_nursery() as nursery:
-        yield CodeCache(s3, settings.cache, nursery)
+        mirror = None
+        if settings.mirror_bytes > 0:
+            mirror = DiskMirror(
+                mirror_folder(settings.app_path, s3.location), settings.mirror_bytes
+            )
+            try:
+                await mirror.open()
+            except OSError as exc:
+                raise ConfigError(
+                    f"SNGIN_APP_PATH: cannot use {settings.app_path}: {exc}"
+                ) from None
+        yield CodeCache(s3, settings.cache, nursery, mirror)
         nursery.cancel_scope.cancel()
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sngin.errors import BadRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_PATH_BYTES: Final = 2048
 MAX_HOST_LENGTH: Final = 253
@@ -60,3 +63,13 @@ def script_path(path: str) -> str:
 def script_key(tenant: str, folder: str) -> str:
     """The key naming a script: 'host' or 'host/a/b' (its file is '<key>/index.lua')."""
     return f"{tenant}/{folder}" if folder else tenant
+
+
+def covering(tenant: str, folder: str, *, recursive: bool) -> Callable[[str], bool]:
+    """Which keys a purge covers: one script, or a folder at segment boundaries
+    ('a' covers 'a' and 'a/x', not 'ab'; the empty folder covers the whole tenant)."""
+    target = script_key(tenant, folder)
+    if not recursive:
+        return lambda key: key == target
+    below = target + "/"
+    return lambda key: key == target or key.startswith(below)

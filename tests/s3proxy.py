@@ -30,6 +30,7 @@ class CountingProxy:
         self._sticky: tuple[str, float] | None = None
         self._released = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._in_progress = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -107,6 +108,11 @@ class CountingProxy:
             self._faults.clear()
             self._sticky = None
 
+    def pending(self) -> int:
+        """Requests received and not yet answered."""
+        with self._lock:
+            return self._in_progress
+
     def gets(self, object_key: str, status: int | None = None) -> int:
         """GETs seen for one object key (path after the bucket), optionally of one status."""
         return sum(
@@ -124,6 +130,15 @@ class CountingProxy:
             return self._sticky
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._in_progress += 1
+        try:
+            self._forward(handler)
+        finally:
+            with self._lock:
+                self._in_progress -= 1
+
+    def _forward(self, handler: BaseHTTPRequestHandler) -> None:
         path = unquote(urlsplit(handler.path).path)
         fault = self._next_fault()
         if fault is not None and fault[0] == "delay":

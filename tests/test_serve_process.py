@@ -65,3 +65,28 @@ def test_serve_rejects_a_bad_setting_with_one_line():
     )
     assert result.returncode == 2
     assert result.stderr == "sngin: SNGIN_TIMEOUT_MS='soon': not an integer\n"
+
+
+def test_unusable_app_path_stops_start_up_with_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {
+        **os.environ,
+        "AWS_S3_CODE_PATH": "bucket/prefix",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SNGIN_APP_PATH": str(blocker / "below"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sngin: SNGIN_APP_PATH: cannot use ")

@@ -59,6 +59,7 @@ async def deadline(seconds: float, task_status=trio.TASK_STATUS_IGNORED) -> None
 
 
 def write_sites(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
     for key, source in SITES.items():
         folder = root / key
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,7 @@ async def running(
     trusted_proxies=(),
     http: HttpSettings | None = None,
     store=None,
+    admin_token: str | None = None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -108,6 +110,7 @@ async def running(
         limits=Limits(timeout_ms=timeout_ms, **limits),
         trusted_proxies=trusted_proxies,
         http=http or HttpSettings(),
+        admin_token=admin_token,
     )
     stop = trio.Event()
     async with trio.open_nursery() as nursery, open_pool(workers) as pool:

@@ -18,8 +18,15 @@ class Source:
 class CodeSource(Protocol):
     """What the server asks for a script: the folder store directly, or the S3 code cache."""
 
-    async def fetch(self, key: str) -> Source | None:
-        """The script for key ('host/a/b' -> host/a/b/index.lua), or None if there is none."""
+    async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
+        """The script for key ('host/a/b' -> host/a/b/index.lua), or None if there is none.
+
+        revalidate: the request carries `$cb`; confirm with the store before answering.
+        """
+        ...
+
+    async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
+        """Forget cached copies of one script or a folder of them; returns how many."""
         ...
 
 

@@ -77,6 +77,11 @@ class S3Store:
         self._credentials = credentials
         self._denied_logged_at: float | None = None
 
+    @property
+    def location(self) -> str:
+        """Names the code location (endpoint, bucket, prefix): one disk mirror per location."""
+        return f"{self._endpoint.base_url}|{self._settings.prefix}"
+
     def object_key(self, key: str) -> str:
         prefix = self._settings.prefix
         return f"{prefix}/{key}/{SCRIPT_NAME}" if prefix else f"{key}/{SCRIPT_NAME}"

@@ -1,0 +1,79 @@
+"""The admin API under /__sngin/ (and the seed's /__purge/): health and purge."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from quart import request
+from quart_trio import QuartTrio
+
+from sngin.errors import BadRequest
+from sngin.tenants import script_path, tenant_of
+
+if TYPE_CHECKING:
+    from sngin.app import Deps
+
+PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
+Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
+
+
+def authorize(deps: Deps) -> Answer | None:
+    """None when the request carries the admin token; else the error to answer."""
+    token = deps.settings.admin_token
+    if token is None:
+        return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
+    offered = request.headers.get("Authorization", "")
+    scheme, _, credential = offered.partition(" ")
+    expected = token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
+        return {"error": "missing or wrong admin token"}, 401, {"WWW-Authenticate": "Bearer"}
+    return None
+
+
+def create_admin(deps: Deps) -> QuartTrio:
+    admin = QuartTrio("sngin.admin")
+
+    @admin.get("/__sngin/health")
+    async def health() -> Answer:
+        stats = deps.pool.statistics()
+        status = 200 if stats.live > 0 else 503
+        return {
+            "status": "ok" if status == 200 else "no live workers",
+            "workers": stats.live,
+        }, status
+
+    async def purge(host: str, path: str, kind: str) -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        if kind not in PURGE_TYPES:
+            return {"error": "type must be 'file' or 'folder'"}, 400
+        try:
+            tenant = tenant_of(host)
+            folder = script_path(path)
+        except BadRequest as exc:
+            return {"error": exc.message}, 400
+        dropped = await deps.store.purge(tenant, folder, recursive=PURGE_TYPES[kind])
+        return {"purged": dropped, "host": tenant, "path": "/" + folder, "type": kind}, 200
+
+    @admin.post("/__sngin/purge")
+    async def purge_json() -> Answer:
+        body = await request.get_json(force=True, silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("host"), str):
+            return {"error": 'expected JSON {"host": ..., "path": ..., "type": ...}'}, 400
+        path, kind = body.get("path", "/"), body.get("type", "file")
+        if not isinstance(path, str) or not isinstance(kind, str):
+            return {"error": "path and type must be strings"}, 400
+        return await purge(body["host"], path, kind)
+
+    @admin.post("/__purge")
+    @admin.post("/__purge/")
+    @admin.post("/__purge/<path:path>")
+    async def purge_seed(path: str = "") -> Answer:
+        # The seed's form: the tenant is the Host header, the path follows /__purge/.
+        return await purge(
+            request.headers.get("Host", ""), "/" + path, request.args.get("type", "file")
+        )
+
+    return admin
