@@ -37,8 +37,10 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-request limits the worker enforces while building the response."""
+    """Per-request limits the worker enforces: CPU and Lua memory, and the response's size."""
 
+    cpu_ms: int = 2000
+    memory_bytes: int = 128 * 1024 * 1024
     max_body_bytes: int = 10 * 1024 * 1024
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
@@ -69,14 +71,26 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     logs: list[bytes] = []
     logs_dropped: int = 0
     need_source: bool = False
+    cpu_ms: float = 0.0
+
+
+class Hello(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's first frame: it has applied its limits and is ready for jobs."""
+
+    pid: int
+    lua: str
 
 
 _encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(Job)
 _reply_decoder = msgspec.msgpack.Decoder(Reply)
+_hello_decoder = msgspec.msgpack.Decoder(Hello)
+
+# Exit status of a worker that hit its address-space backstop (a Python MemoryError).
+EXIT_MEMORY = 3
 
 
-def encode_frame(message: Job | Reply) -> bytes:
+def encode_frame(message: Job | Reply | Hello) -> bytes:
     """One frame: a 4-byte big-endian length, then the msgpack body."""
     body = _encoder.encode(message)
     return HEADER.pack(len(body)) + body
@@ -96,3 +110,7 @@ def decode_job(body: bytes) -> Job:
 
 def decode_reply(body: bytes) -> Reply:
     return _reply_decoder.decode(body)
+
+
+def decode_hello(body: bytes) -> Hello:
+    return _hello_decoder.decode(body)

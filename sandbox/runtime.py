@@ -24,6 +24,7 @@ from sandbox.protocol import (
 
 PRELUDE: Final = resources.files("sandbox").joinpath("lua/prelude.lua").read_bytes()
 MAX_COMPILED: Final = 256
+UNLIMITED: Final = 0
 
 # Names left in the real globals table; everything else lupa or LuaJIT put there is removed.
 REAL_GLOBALS_KEPT: Final = frozenset(
@@ -62,7 +63,7 @@ def _refuse_attribute(obj: object, name: object, is_setting: bool) -> object:
 class TenantRuntime:
     """One LuaJIT state owned by one tenant; never reused for another tenant."""
 
-    def __init__(self, tenant: str, *, max_memory_bytes: int | None = None) -> None:
+    def __init__(self, tenant: str) -> None:
         self.tenant = tenant
         self._lua = lupa.LuaRuntime(
             encoding=None,
@@ -70,10 +71,11 @@ class TenantRuntime:
             register_builtins=False,
             attribute_filter=_refuse_attribute,
             unpack_returned_tuples=True,
-            max_memory=max_memory_bytes,
+            max_memory=UNLIMITED,  # a counting allocator; each request sets its own cap
         )
         self._api = self._lua.execute(prelude_bytecode(), name=b"=sngin", mode=b"b")
         self._host_libraries = self._make_host_libraries()
+        self._lift = self._api[b"wrap_host"](host.guard("lift", self._lift_memory_limit))
         self._registry, self._saved_references = self._harden()
         self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
@@ -115,18 +117,23 @@ class TenantRuntime:
         registry[REFERENCES] = None
         return registry, saved_references
 
+    def _lift_memory_limit(self) -> tuple[()]:
+        self._lua.set_max_memory(UNLIMITED)
+        return ()
+
     def __del__(self) -> None:
         self.close()
 
     def close(self) -> None:
         """Release the Lua state. lupa's finalisers need their references table back first."""
-        if self._lua is None:
+        if getattr(self, "_lua", None) is None:
             return
         # lupa's finaliser for each wrapped host function unrefs it from this table; without it
         # the finaliser would index nil and crash the process when the state is closed.
         self._registry[REFERENCES] = self._saved_references
         self._compiled.clear()
         self._api = self._host_libraries = self._registry = self._saved_references = None
+        self._lift = None
         self._lua = None
 
     def compiled_count(self) -> int:
@@ -159,7 +166,9 @@ class TenantRuntime:
         try:
             return self._run(job)
         except lupa.LuaMemoryError:
-            return Reply(error=MEMORY_LIMIT, message="the script exceeded its memory limit")
+            return Reply(error=MEMORY_LIMIT, message=memory_message(job))
+        finally:
+            self._lua.set_max_memory(UNLIMITED)
 
     def _run(self, job: Job) -> Reply:
         factory, failure = self._factory(job)
@@ -177,9 +186,13 @@ class TenantRuntime:
             }
         )
         env, collect = self._api[b"new_env"](req, self._host_libraries, limits)
+        # The cap counts from what the runtime already holds, so every request gets its budget.
+        lua.set_max_memory(lua.get_memory_used() + job.limits.memory_bytes)
+        method = job.request.method.lower().encode()
         outcome = self._api[b"run"](
-            factory, env, req, job.request.method.lower().encode(), secrets.randbits(48), limits
+            factory, env, req, method, secrets.randbits(48), limits, self._lift
         )
+        lua.set_max_memory(UNLIMITED)
         lines, dropped = collect()
         logs = [lines[i] for i in range(1, len(lines) + 1)]
         kind = outcome[0].decode()
@@ -203,7 +216,15 @@ class TenantRuntime:
             )
         if kind == INVALID_RESPONSE:
             message = f"invalid response: {message}"
+        if kind == MEMORY_LIMIT:
+            message = memory_message(job)
         return Reply(error=kind, message=message, logs=logs, logs_dropped=int(dropped))
+
+
+def memory_message(job: Job) -> str:
+    # lupa's memory error carries no text of its own.
+    mib = job.limits.memory_bytes / (1024 * 1024)
+    return f"the script exceeded its memory limit of {mib:g} MB"
 
 
 def _text(value: object) -> str:

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import BinaryIO
 
-from sandbox.protocol import HEADER, Reply, decode_job, encode_frame, frame_length
+import lupa.luajit21 as lupa
+import msgspec
+
+from sandbox import limits
+from sandbox.protocol import (
+    EXIT_MEMORY,
+    HEADER,
+    MEMORY_LIMIT,
+    Hello,
+    Job,
+    Reply,
+    decode_job,
+    encode_frame,
+    frame_length,
+)
 from sandbox.runtime import TenantRuntime
 
 
@@ -29,13 +44,27 @@ class Worker:
     def __init__(self) -> None:
         self.runtime: TenantRuntime | None = None
 
-    def handle(self, body: bytes) -> Reply:
-        job = decode_job(body)
-        if self.runtime is None or self.runtime.tenant != job.tenant:
-            if self.runtime is not None:
-                self.runtime.close()
-            self.runtime = TenantRuntime(job.tenant)
-        return self.runtime.run(job)
+    def runtime_for(self, job: Job) -> TenantRuntime:
+        runtime = self.runtime
+        if runtime is None or runtime.tenant != job.tenant:
+            if runtime is not None:
+                runtime.close()
+            runtime = self.runtime = TenantRuntime(job.tenant)
+        return runtime
+
+    def handle(self, job: Job) -> Reply:
+        runtime = self.runtime_for(job)
+        started = time.process_time()
+        limits.arm_cpu_budget(job.limits.cpu_ms / 1000)
+        try:
+            reply = runtime.run(job)
+        finally:
+            limits.disarm_cpu_budget()
+        if reply.error == MEMORY_LIMIT:
+            # A runtime that ran out of memory may hold the tenant's garbage: start afresh.
+            runtime.close()
+            self.runtime = None
+        return msgspec.structs.replace(reply, cpu_ms=(time.process_time() - started) * 1000)
 
 
 def main() -> int:
@@ -44,7 +73,10 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     incoming = os.fdopen(os.dup(0), "rb", buffering=0)
+    limits.apply_after_imports()
     worker = Worker()
+    hello = Hello(pid=os.getpid(), lua=str(lupa.LuaRuntime().lua_implementation))
+    frames.write(encode_frame(hello))
     while True:
         header = read_exactly(incoming, HEADER.size)
         if header is None:
@@ -52,4 +84,9 @@ def main() -> int:
         body = read_exactly(incoming, frame_length(header))
         if body is None:
             raise EOFError("input ended inside a frame")
-        frames.write(encode_frame(worker.handle(body)))
+        try:
+            reply = worker.handle(decode_job(body))
+        except MemoryError:
+            # The address-space backstop: this process is no longer trustworthy.
+            return EXIT_MEMORY
+        frames.write(encode_frame(reply))

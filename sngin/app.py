@@ -114,7 +114,7 @@ class Dispatcher:
             limits=self._limits,
             source=source.text,
         )
-        reply = await self.deps.pool.run(job, self.deps.settings.limits.timeout_ms)
+        reply = await self.deps.pool.run(job)
         for line in reply.logs:
             script_log.info("%s %s: %s", key, request.id, line.decode("utf-8", "replace"))
         if reply.logs_dropped:

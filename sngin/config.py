@@ -40,6 +40,8 @@ class Bind:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
     timeout_ms: int = 5000  # SNGIN_TIMEOUT_MS: wall time per request
+    cpu_ms: int = 2000  # SNGIN_CPU_MS: CPU time per request
+    memory_mb: int = 128  # SNGIN_MEMORY_MB: Lua memory per request
     max_body_bytes: int = 10 * MIB  # SNGIN_MAX_BODY_BYTES: response body
     max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
 
@@ -57,6 +59,10 @@ class HttpSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolSettings:
     size: int = 4  # SNGIN_WORKERS; from_env defaults it to 2 x cores
+    max_requests_per_worker: int = 10_000  # SNGIN_WORKER_MAX_REQUESTS: recycle to bound leaks
+    quarantine_strikes: int = 5  # SNGIN_QUARANTINE_STRIKES limit kills ...
+    quarantine_window_s: float = 60.0  # SNGIN_QUARANTINE_WINDOW_S ... within this window ...
+    quarantine_s: float = 60.0  # SNGIN_QUARANTINE_S ... pause the tenant this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +252,12 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
     "SNGIN_WORKERS": ("pool.size", _int_range(2, 1024)),
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", _int_range(1, 3_600_000)),
+    "SNGIN_CPU_MS": ("limits.cpu_ms", _int_range(1, 3_600_000)),
+    "SNGIN_MEMORY_MB": ("limits.memory_mb", _int_range(1, 64 * 1024)),
+    "SNGIN_WORKER_MAX_REQUESTS": ("pool.max_requests_per_worker", _int_range(1, 10**9)),
+    "SNGIN_QUARANTINE_STRIKES": ("pool.quarantine_strikes", _int_range(1, 10_000)),
+    "SNGIN_QUARANTINE_WINDOW_S": ("pool.quarantine_window_s", _float_range(0.001, 86400)),
+    "SNGIN_QUARANTINE_S": ("pool.quarantine_s", _float_range(0, 86400)),
     "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_MAX_REQUEST_BYTES": ("limits.max_request_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),

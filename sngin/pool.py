@@ -1,26 +1,127 @@
-"""The worker pool: sizing, tenant-affine checkout, kill-on-timeout and replacement."""
+"""The worker pool: sizing, tenant-affine checkout, limits, quarantine, supervision, statistics."""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import random
+from collections import Counter, OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
+import msgspec
 import trio
 
-from sngin.errors import LimitExceeded, Unavailable
-from sngin.worker_process import WorkerProcess
+from sandbox.protocol import MEMORY_LIMIT, Job, Reply
+from sngin.errors import (
+    LimitExceeded,
+    ProtocolError,
+    ScriptError,
+    SnginError,
+    Unavailable,
+    WorkerCrashed,
+)
+from sngin.quarantine import Quarantine
+from sngin.worker_process import (
+    CPU_KILL,
+    CRASH,
+    MEMORY,
+    PROTOCOL,
+    RECYCLE,
+    WALL_KILL,
+    WorkerBootFailed,
+    WorkerFailed,
+    WorkerOptions,
+    WorkerProcess,
+    classify_exit,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from sandbox.protocol import Job, Reply
+    from collections.abc import AsyncIterator, Callable
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 5.0
-SPAWN_RETRY_S = 1.0
+SHUTDOWN_GRACE_S: Final = 5.0
+SPAWN_RETRY_S: Final = 0.5
+MAX_BOOT_FAILURES: Final = 5
+MAX_TENANT_STATS: Final = 10_000
+RECYCLE_JITTER: Final = 0.1
+PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
+MIB: Final = 1024 * 1024
+
+
+class WorkerBootError(SnginError):
+    """Workers keep failing to start: the server stops rather than respawn forever."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    timeout_ms: int = 5000
+    cpu_ms: int = 2000
+    memory_mb: int = 128
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    size: int = 4
+    max_requests_per_worker: int = 10_000
+    quarantine_strikes: int = 5
+    quarantine_window_s: float = 60.0
+    quarantine_s: float = 60.0
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    pid: int
+    tenant: str | None
+    state: str  # "idle" or "busy"
+    requests: int
+    in_flight: int
+    rss_bytes: int
+    age_s: float
+
+
+@dataclass(slots=True)
+class TenantCounters:
+    requests: int = 0
+    status_2xx: int = 0
+    status_3xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    wall_kills: int = 0
+    cpu_kills: int = 0
+    memory_kills: int = 0
+    crashes: int = 0
+    protocol_errors: int = 0
+    quarantines: int = 0
+    quarantined_requests: int = 0
+    cpu_ms: float = 0.0
+    wall_ms: float = 0.0
+    queue_waits: int = 0
+    queue_wait_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantStatistics:
+    requests: int
+    status_2xx: int
+    status_3xx: int
+    status_4xx: int
+    status_5xx: int
+    wall_kills: int
+    cpu_kills: int
+    memory_kills: int
+    crashes: int
+    protocol_errors: int
+    quarantines: int
+    quarantined_requests: int
+    cpu_ms: float
+    wall_ms: float
+    queue_waits: int
+    queue_wait_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,30 +133,99 @@ class PoolStatistics:
     replaced: int
     timeouts: int
     tenant_switches: int
+    exits: dict[str, int]
+    workers: tuple[WorkerInfo, ...]
+    tenants: dict[str, TenantStatistics]
+
+
+KILL_COUNTERS: Final = {
+    WALL_KILL: "wall_kills",
+    CPU_KILL: "cpu_kills",
+    MEMORY: "memory_kills",
+    CRASH: "crashes",
+    PROTOCOL: "protocol_errors",
+}
+
+
+def failure_error(reason: str, limits: TenantLimits) -> SnginError:
+    if reason == CPU_KILL:
+        return LimitExceeded(f"the script exceeded its CPU-time limit of {limits.cpu_ms} ms")
+    if reason == WALL_KILL:
+        return LimitExceeded(f"the script exceeded its wall-time limit of {limits.timeout_ms} ms")
+    if reason == MEMORY:
+        return ScriptError(f"the script exceeded its memory limit of {limits.memory_mb} MB")
+    if reason == PROTOCOL:
+        return ProtocolError("the script's worker sent a malformed reply")
+    return WorkerCrashed("the script's worker process crashed")
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 class Pool:
     """Runs jobs on worker subprocesses; a worker serves one request at a time."""
 
-    def __init__(self, nursery: trio.Nursery, size: int) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        config: PoolConfig,
+        limits_for: Callable[[str], TenantLimits],
+    ) -> None:
         self._nursery = nursery
-        self._size = size
+        self._config = config
+        self._limits_for = limits_for
+        self._quarantine = Quarantine(
+            strikes=config.quarantine_strikes,
+            window_s=config.quarantine_window_s,
+            duration_s=config.quarantine_s,
+        )
         self._idle: list[WorkerProcess] = []
         self._all: set[WorkerProcess] = set()
+        self._recycle_after: dict[WorkerProcess, int] = {}
         # Counts idle workers: acquiring it guarantees one is in self._idle.
         self._available = trio.Semaphore(0)
         self._closing = False
         self._started = self._replaced = self._timeouts = self._retired_switches = 0
+        self._boot_failures = 0
+        self._exits: Counter[str] = Counter()
+        self._tenants: OrderedDict[str, TenantCounters] = OrderedDict()
+
+    # --- statistics --------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
+        workers = tuple(
+            WorkerInfo(
+                pid=w.pid,
+                tenant=w.tenant,
+                state="idle" if w in self._idle else "busy",
+                requests=w.requests,
+                in_flight=0 if w in self._idle else 1,
+                rss_bytes=rss_bytes(w.pid),
+                age_s=w.age_s,
+            )
+            for w in sorted(self._all, key=lambda w: w.pid)
+            if w.alive
+        )
+        tenants = {
+            name: TenantStatistics(**{f: getattr(c, f) for f in TenantCounters.__slots__})
+            for name, c in self._tenants.items()
+        }
         return PoolStatistics(
-            size=self._size,
-            live=sum(1 for w in self._all if w.alive),
+            size=self._config.size,
+            live=len(workers),
             idle=len(self._idle),
             started=self._started,
             replaced=self._replaced,
             timeouts=self._timeouts,
             tenant_switches=self._retired_switches + sum(w.switches for w in self._all),
+            exits=dict(self._exits),
+            workers=workers,
+            tenants=tenants,
         )
 
     def pids(self) -> list[int]:
@@ -64,17 +234,41 @@ class Pool:
     def busy_pids(self) -> list[int]:
         return [w.pid for w in self._all if w not in self._idle and w.alive]
 
+    def _counters(self, tenant: str) -> TenantCounters:
+        counters = self._tenants.get(tenant)
+        if counters is None:
+            counters = self._tenants[tenant] = TenantCounters()
+            if len(self._tenants) > MAX_TENANT_STATS:
+                self._tenants.popitem(last=False)
+        else:
+            self._tenants.move_to_end(tenant)
+        return counters
+
+    # --- supervision -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with trio.open_nursery() as starting:
+            for _ in range(self._config.size):
+                starting.start_soon(self._add_worker)
+
     async def _add_worker(self) -> None:
         while True:
             try:
-                worker = await WorkerProcess.start(self._nursery)
+                worker = await WorkerProcess.start(self._nursery, self._config.worker)
                 break
-            except OSError as exc:
-                # Out of processes or memory: keep the server up and try again shortly.
-                log.error("cannot start a worker: %s; retrying in %s s", exc, SPAWN_RETRY_S)
+            except (WorkerBootFailed, OSError) as exc:
+                self._boot_failures += 1
+                if self._boot_failures >= MAX_BOOT_FAILURES:
+                    raise WorkerBootError(
+                        f"workers fail to start ({self._boot_failures} times in a row): {exc}"
+                    ) from None
+                log.error("cannot start a worker: %s; retrying", exc)
                 await trio.sleep(SPAWN_RETRY_S)
+        self._boot_failures = 0
         self._started += 1
         self._all.add(worker)
+        jitter = random.uniform(1 - RECYCLE_JITTER, 1 + RECYCLE_JITTER)
+        self._recycle_after[worker] = max(1, int(self._config.max_requests_per_worker * jitter))
         self._nursery.start_soon(self._watch, worker)
         self._checkin(worker)
 
@@ -83,29 +277,31 @@ class Pool:
         await worker.process.wait()
         worker.broken = True
         self._all.discard(worker)
+        self._recycle_after.pop(worker, None)
         self._retired_switches += worker.switches
         if worker in self._idle:
             # Died while idle: take its slot back so no request picks a dead worker.
             self._idle.remove(worker)
             self._available.acquire_nowait()
-        if not self._closing:
-            self._replaced += 1
-            log.warning(
-                "worker %d exited (%s); starting a replacement",
-                worker.pid,
-                worker.process.returncode,
-            )
-            await self._add_worker()
-
-    async def start(self) -> None:
-        async with trio.open_nursery() as starting:
-            for _ in range(self._size):
-                starting.start_soon(self._add_worker)
+        if self._closing:
+            self._exits["shutdown"] += 1
+            return
+        reason = classify_exit(worker.process.returncode, worker.killed_for)
+        self._exits[reason] += 1
+        self._replaced += 1
+        if reason != RECYCLE:
+            log.warning("worker %d ended (%s, status %s); replacing it", worker.pid, reason,
+                        worker.process.returncode)  # fmt: skip
+        await self._add_worker()
 
     def _checkin(self, worker: WorkerProcess) -> None:
         if not worker.alive:
             return
         if self._closing:
+            self._nursery.start_soon(worker.close)
+            return
+        if worker.requests >= self._recycle_after.get(worker, math.inf):
+            worker.killed_for = RECYCLE  # bounds slow leaks; _watch starts its successor
             self._nursery.start_soon(worker.close)
             return
         self._idle.append(worker)
@@ -118,25 +314,76 @@ class Pool:
                 return self._idle.pop(index)
         return self._idle.pop(0)
 
-    async def run(self, job: Job, timeout_ms: int) -> Reply:
+    # --- running jobs ------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> Reply:
+        tenant = job.tenant
+        counters = self._counters(tenant)
         if self._closing:
             raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
+        left = self._quarantine.remaining_s(tenant)
+        if left is not None:
+            counters.quarantined_requests += 1
+            raise Unavailable(
+                f"this site is paused for {math.ceil(left)} s after repeated limit kills",
+                headers={"Retry-After": str(math.ceil(left))},
+            )
+        limits = self._limits_for(tenant)
+        job = msgspec.structs.replace(
+            job,
+            limits=msgspec.structs.replace(
+                job.limits, cpu_ms=limits.cpu_ms, memory_bytes=limits.memory_mb * MIB
+            ),
+        )
+        queued_at = trio.current_time()
+        if self._available.value == 0:
+            counters.queue_waits += 1
         await self._available.acquire()
-        worker = self._checkout(job.tenant)
+        started = trio.current_time()
+        counters.queue_wait_ms += (started - queued_at) * 1000
+        counters.requests += 1
+        worker = self._checkout(tenant)
+        failure: str | None = None
         try:
-            with trio.fail_after(timeout_ms / 1000):
+            with trio.fail_after(limits.timeout_ms / 1000):
                 reply = await worker.call(job)
         except trio.TooSlowError:
             self._timeouts += 1
-            worker.kill()
-            raise LimitExceeded(
-                f"the script exceeded its wall-time limit of {timeout_ms} ms"
-            ) from None
+            worker.kill(WALL_KILL)
+            failure = WALL_KILL
+        except WorkerFailed as exc:
+            failure = exc.reason
         except BaseException:
-            worker.kill()  # interrupted mid-job: state unknown, never reuse
+            worker.kill()  # interrupted mid-job (e.g. the client left): state unknown
             raise
+        finally:
+            counters.wall_ms += (trio.current_time() - started) * 1000
+        if failure is not None:
+            self._strike(tenant, counters, failure)
+            counters.status_5xx += 1
+            raise failure_error(failure, limits)
+        counters.cpu_ms += reply.cpu_ms
+        if reply.error == MEMORY_LIMIT:
+            self._strike(tenant, counters, MEMORY)
+        self._count_status(counters, reply)
         self._checkin(worker)
         return reply
+
+    def _strike(self, tenant: str, counters: TenantCounters, reason: str) -> None:
+        setattr(counters, KILL_COUNTERS[reason], getattr(counters, KILL_COUNTERS[reason]) + 1)
+        if self._quarantine.strike(tenant):
+            counters.quarantines += 1
+            log.warning("tenant %s quarantined for %g s after repeated limit kills", tenant,
+                        self._config.quarantine_s)  # fmt: skip
+
+    @staticmethod
+    def _count_status(counters: TenantCounters, reply: Reply) -> None:
+        status = 500 if reply.error is not None else reply.status
+        if reply.error == "method_not_allowed":
+            status = 405
+        field_name = f"status_{min(status // 100, 5)}xx"
+        if hasattr(counters, field_name):
+            setattr(counters, field_name, getattr(counters, field_name) + 1)
 
     async def aclose(self) -> None:
         """Ask every worker to exit (stdin closed), then kill what is left after a grace period."""
@@ -152,9 +399,12 @@ class Pool:
 
 
 @asynccontextmanager
-async def open_pool(size: int) -> AsyncIterator[Pool]:
+async def open_pool(
+    config: PoolConfig, limits_for: Callable[[str], TenantLimits] | None = None
+) -> AsyncIterator[Pool]:
+    default_limits = TenantLimits()
     async with trio.open_nursery() as nursery:
-        pool = Pool(nursery, size)
+        pool = Pool(nursery, config, limits_for or (lambda tenant: default_limits))
         try:
             await pool.start()
             yield pool

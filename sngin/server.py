@@ -15,9 +15,11 @@ from sngin.app import Deps, create_app
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
+from sngin.config import MIB
 from sngin.errors import ConfigError
 from sngin.mirror import DiskMirror, mirror_folder
-from sngin.pool import open_pool
+from sngin.pool import PoolConfig, TenantLimits, open_pool
+from sngin.worker_process import WorkerOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,9 +60,36 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
-    async with open_code_source(settings) as store, open_pool(settings.pool.size) as pool:
+    async with (
+        open_code_source(settings) as store,
+        open_pool(pool_config(settings), default_limits(settings)) as pool,
+    ):
         deps = Deps(settings=settings, store=store, pool=pool)
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+def pool_config(settings: Settings) -> PoolConfig:
+    p, limits = settings.pool, settings.limits
+    # RLIMIT_AS for a worker: Python and its libraries (~30 MB measured), twice the Lua cap (a
+    # growing string briefly holds old and new), and a few copies of the largest bodies.
+    largest_body = max(limits.max_request_bytes, limits.max_body_bytes)
+    address_space = 64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body
+    return PoolConfig(
+        size=p.size,
+        max_requests_per_worker=p.max_requests_per_worker,
+        quarantine_strikes=p.quarantine_strikes,
+        quarantine_window_s=p.quarantine_window_s,
+        quarantine_s=p.quarantine_s,
+        worker=WorkerOptions(address_space_bytes=address_space),
+    )
+
+
+def default_limits(settings: Settings) -> Callable[[str], TenantLimits]:
+    limits = settings.limits
+    same = TenantLimits(
+        timeout_ms=limits.timeout_ms, cpu_ms=limits.cpu_ms, memory_mb=limits.memory_mb
+    )
+    return lambda tenant: same
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ import trio.lowlevel
 from sngin.app import Deps
 from sngin.codestore.local import LocalStore
 from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
-from sngin.pool import open_pool
+from sngin.pool import PoolConfig, TenantLimits, open_pool
 from sngin.server import serve_app
 
 if TYPE_CHECKING:
@@ -100,6 +100,9 @@ async def running(
     http: HttpSettings | None = None,
     store=None,
     admin_token: str | None = None,
+    cpu_ms: int = 2000,
+    memory_mb: int = 128,
+    pool: dict | None = None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -113,7 +116,13 @@ async def running(
         admin_token=admin_token,
     )
     stop = trio.Event()
-    async with trio.open_nursery() as nursery, open_pool(workers) as pool:
+    config = PoolConfig(size=workers, **(pool or {}))
+    limits = TenantLimits(timeout_ms=timeout_ms, cpu_ms=cpu_ms, memory_mb=memory_mb)
+
+    def limits_for(tenant: str) -> TenantLimits:
+        return limits
+
+    async with trio.open_nursery() as nursery, open_pool(config, limits_for) as pool:
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)

@@ -7,9 +7,27 @@ import sys
 import pytest
 import trio
 
-from sandbox.protocol import Job, Request
-from sngin.errors import ProtocolError, WorkerCrashed
-from sngin.worker_process import WorkerProcess
+from sandbox.protocol import Job, Limits, Request
+from sngin.worker_process import (
+    CPU_KILL,
+    CRASH,
+    PROTOCOL,
+    WorkerBootFailed,
+    WorkerFailed,
+    WorkerOptions,
+    WorkerProcess,
+)
+
+HELLO_THEN = (
+    "import os, sys\n"
+    "from sandbox.protocol import Hello, encode_frame\n"
+    "sys.stdout.buffer.write(encode_frame(Hello(pid=os.getpid(), lua='fake')))\n"
+    "sys.stdout.buffer.flush()\n"
+)
+
+
+def script(code: str) -> WorkerOptions:
+    return WorkerOptions(argv=(sys.executable, "-c", code))
 
 
 def job(source: bytes | None, *, tenant: str = "a.test", version: str = "v1") -> Job:
@@ -46,25 +64,45 @@ async def test_worker_exits_when_stdin_closes():
 
 
 async def test_malformed_reply_is_a_protocol_error_and_kills_the_worker():
-    garbage = (
-        "import sys; sys.stdout.buffer.write(b'\\xff' * 8); sys.stdout.flush(); sys.stdin.read()"
-    )
+    garbage = HELLO_THEN + "sys.stdin.buffer.read(4)\nsys.stdout.buffer.write(b'\\xff' * 8)\n"
+    garbage += "sys.stdout.buffer.flush()\nsys.stdin.read()\n"
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            worker = await WorkerProcess.start(nursery, (sys.executable, "-c", garbage))
-            with pytest.raises(ProtocolError):
+            worker = await WorkerProcess.start(nursery, script(garbage))
+            with pytest.raises(WorkerFailed) as info:
                 await worker.call(job(b"return 1"))
+            assert info.value.reason == PROTOCOL
             assert not worker.alive
             assert await worker.process.wait() != 0
 
 
-async def test_dead_worker_is_worker_crashed():
+async def test_dead_worker_is_a_crash():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            worker = await WorkerProcess.start(nursery, (sys.executable, "-c", "pass"))
-            await worker.process.wait()
-            with pytest.raises(WorkerCrashed):
+            worker = await WorkerProcess.start(nursery, script(HELLO_THEN + "sys.exit(1)\n"))
+            with pytest.raises(WorkerFailed) as info:
                 await worker.call(job(b"return 1"))
+            assert info.value.reason == CRASH
+
+
+async def test_worker_that_never_says_hello_fails_to_boot():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(WorkerBootFailed):
+                await WorkerProcess.start(nursery, script("import sys; sys.exit(7)"))
+
+
+async def test_cpu_budget_kills_the_worker_with_sigprof():
+    spin = Job(
+        tenant="a.test", key="a.test/spin", version="1", request=Request(method="GET", path="/"),
+        limits=Limits(cpu_ms=200), source=b"while true do end",
+    )  # fmt: skip
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery)
+            with pytest.raises(WorkerFailed) as info:
+                await worker.call(spin)
+            assert info.value.reason == CPU_KILL
 
 
 async def test_stray_output_in_the_worker_cannot_corrupt_frames():
@@ -79,7 +117,7 @@ async def test_stray_output_in_the_worker_cannot_corrupt_frames():
     )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            worker = await WorkerProcess.start(nursery, (sys.executable, "-c", noisy))
+            worker = await WorkerProcess.start(nursery, script(noisy))
             for _ in range(3):
                 assert (await worker.call(job(b"return 'clean'"))).body == b"clean"
             await worker.close()

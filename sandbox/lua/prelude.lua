@@ -356,13 +356,25 @@ local function error_text(err)
   return "(error object is a " .. type(err) .. " value)"
 end
 
+local function lua_error(value)
+  if value == "not enough memory" then return "memory_limit", value end
+  return "lua_error", error_text(value)
+end
+
+local function lifted(lift, ...)
+  lift()
+  return pack(...)
+end
+
 -- Runs one request: returns "ok", status, body, flat header list; or an error kind and message.
-local function run(factory, env, request, method, seed, limits)
+-- lift() ends the request's memory limit as soon as the tenant's code is done, so building the
+-- response (bounded by the output limits) never fails half-way for want of memory.
+local function run(factory, env, request, method, seed, limits, lift)
   randomseed(seed)
   local fn = factory()
   setfenv(fn, env)
   string_mt.__index = env.string
-  local results = pack(pcall(fn))
+  local results = lifted(lift, pcall(fn))
   local ok, kind, status, body, headers
   if results[1] then
     ok, kind, status, body, headers = pcall(respond, results, request, method, limits)
@@ -372,10 +384,10 @@ local function run(factory, env, request, method, seed, limits)
   string_mt.__index = safe_string
   if ok then return kind, status, body, headers end
   if type(kind) == "table" and rawget(kind, OURS) then
-    if kind.kind == "lua_error" then return "lua_error", error_text(kind.value) end
+    if kind.kind == "lua_error" then return lua_error(kind.value) end
     return kind.kind, kind.message
   end
-  return "lua_error", error_text(kind)
+  return lua_error(kind)
 end
 
 -- Compile tenant source as text into a factory: each call makes a fresh closure, so each

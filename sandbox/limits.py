@@ -1,0 +1,47 @@
+"""What a worker drops and caps at start-up, before it runs any tenant code.
+
+Done: an address-space cap (RLIMIT_AS: the Lua cap plus headroom for Python), no core dumps,
+PR_SET_NO_NEW_PRIVS, every inherited fd above stderr closed, an empty environment, and a low
+open-file cap once imports are done. The per-request CPU budget is ITIMER_PROF with the
+default SIGPROF action (the kernel ends the process; no Python handler has to run).
+Not done: seccomp syscall filtering, namespaces or a separate user id; the worker could open
+sockets or files if tenant code ever reached Python, which the Lua sandbox prevents.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+
+PR_SET_NO_NEW_PRIVS = 38
+OPEN_FILES_AFTER_START = 16
+
+
+def apply_at_start(address_space_bytes: int | None) -> None:
+    """Before lupa is imported: caps, privileges, fds and environment."""
+    if address_space_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.environ.clear()
+    # SIGPROF must kill: the CPU budget relies on the default action.
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when a worker stops
+
+
+def apply_after_imports() -> None:
+    """Once every module is loaded the worker needs only its pipes."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES_AFTER_START, OPEN_FILES_AFTER_START))
+
+
+def arm_cpu_budget(seconds: float) -> None:
+    """SIGPROF (default action: terminate) once this process has used `seconds` of CPU."""
+    signal.setitimer(signal.ITIMER_PROF, max(seconds, 0.001))
+
+
+def disarm_cpu_budget() -> None:
+    signal.setitimer(signal.ITIMER_PROF, 0)
