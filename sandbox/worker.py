@@ -72,7 +72,7 @@ def main() -> int:
     frames = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    incoming = os.fdopen(os.dup(0), "rb", buffering=0)
+    incoming = os.fdopen(0, "rb", buffering=0, closefd=False)
     limits.apply_after_imports()
     worker = Worker()
     hello = Hello(pid=os.getpid(), lua=str(lupa.LuaRuntime().lua_implementation))

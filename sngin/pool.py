@@ -194,6 +194,7 @@ class Pool:
         self._boot_failures = 0
         self._exits: Counter[str] = Counter()
         self._tenants: OrderedDict[str, TenantCounters] = OrderedDict()
+        self._change = trio.Event()
 
     # --- statistics --------------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class Pool:
         self._recycle_after[worker] = max(1, int(self._config.max_requests_per_worker * jitter))
         self._nursery.start_soon(self._watch, worker)
         self._checkin(worker)
+        self._changed()
 
     async def _watch(self, worker: WorkerProcess) -> None:
         """Forget a worker once its process ends; replace it unless the pool is closing."""
@@ -289,10 +291,28 @@ class Pool:
         reason = classify_exit(worker.process.returncode, worker.killed_for)
         self._exits[reason] += 1
         self._replaced += 1
-        if reason != RECYCLE:
-            log.warning("worker %d ended (%s, status %s); replacing it", worker.pid, reason,
-                        worker.process.returncode)  # fmt: skip
+        self._changed()
+        if reason == RECYCLE:
+            return  # its successor was started before it was asked to leave
+        log.warning("worker %d ended (%s, status %s); replacing it", worker.pid, reason,
+                    worker.process.returncode)  # fmt: skip
         await self._add_worker()
+
+    async def _recycle(self, worker: WorkerProcess) -> None:
+        """Start the successor first, so recycling never leaves requests waiting for a spawn."""
+        worker.killed_for = RECYCLE
+        await self._add_worker()
+        await worker.close()
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
+
+    async def wait_for_workers(self, count: int | None = None) -> None:
+        """Until `count` (default: the pool size) workers are alive and idle or busy."""
+        wanted = self._config.size if count is None else count
+        while sum(1 for w in self._all if w.alive) < wanted:
+            await self._change.wait()
 
     def _checkin(self, worker: WorkerProcess) -> None:
         if not worker.alive:
@@ -301,8 +321,7 @@ class Pool:
             self._nursery.start_soon(worker.close)
             return
         if worker.requests >= self._recycle_after.get(worker, math.inf):
-            worker.killed_for = RECYCLE  # bounds slow leaks; _watch starts its successor
-            self._nursery.start_soon(worker.close)
+            self._nursery.start_soon(self._recycle, worker)  # bounds slow leaks
             return
         self._idle.append(worker)
         self._available.release()

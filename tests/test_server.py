@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import httpx
@@ -16,8 +17,8 @@ import trio.lowlevel
 from sngin.app import Deps
 from sngin.codestore.local import LocalStore
 from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
-from sngin.pool import PoolConfig, TenantLimits, open_pool
-from sngin.server import serve_app
+from sngin.pool import TenantLimits, open_pool
+from sngin.server import pool_config, serve_app
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -116,7 +117,7 @@ async def running(
         admin_token=admin_token,
     )
     stop = trio.Event()
-    config = PoolConfig(size=workers, **(pool or {}))
+    config = replace(pool_config(settings), **(pool or {}))
     limits = TenantLimits(timeout_ms=timeout_ms, cpu_ms=cpu_ms, memory_mb=memory_mb)
 
     def limits_for(tenant: str) -> TenantLimits:
