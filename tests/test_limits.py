@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -16,6 +16,9 @@ from sngin.pool import PoolConfig, TenantLimits, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
 from tests.test_server import running
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CPU_BOMBS = {
     "jit_loop": "local n = 0 while true do n = n + 1 end",
