@@ -31,6 +31,7 @@ fmt:
 bench:
     @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey)"
     @{{bin}}/python bench/sandbox_bench.py
+    @{{bin}}/python bench/limits_bench.py
     @{{bin}}/python bench/serve_bench.py
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv

@@ -11,6 +11,7 @@ sockets or files if tenant code ever reached Python, which the Lua sandbox preve
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import resource
 import signal
@@ -36,6 +37,14 @@ def apply_at_start(address_space_bytes: int | None) -> None:
 def apply_after_imports() -> None:
     """Once every module is loaded the worker needs only its pipes."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES_AFTER_START, OPEN_FILES_AFTER_START))
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed heap for reuse; after a memory bomb, return it to the OS."""
+    gc.collect()
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def arm_cpu_budget(seconds: float) -> None:

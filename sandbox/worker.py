@@ -61,9 +61,11 @@ class Worker:
         finally:
             limits.disarm_cpu_budget()
         if reply.error == MEMORY_LIMIT:
-            # A runtime that ran out of memory may hold the tenant's garbage: start afresh.
+            # A runtime that ran out of memory may hold the tenant's garbage: start afresh,
+            # and hand the freed heap back to the OS so the worker's RSS drops again.
             runtime.close()
             self.runtime = None
+            limits.release_free_memory()
         return msgspec.structs.replace(reply, cpu_ms=(time.process_time() - started) * 1000)
 
 
