@@ -48,9 +48,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_log_bytes: int = 64 * 1024
 
 
-class Job(msgspec.Struct, frozen=True, kw_only=True):
+class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Run one request. `source` may be omitted when the worker already holds (key, version)."""
 
+    id: int = 0
     tenant: str
     key: str
     version: str
@@ -59,9 +60,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     source: bytes | None = None
 
 
-class Reply(msgspec.Struct, frozen=True, kw_only=True):
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The outcome of a Job: a response, or an error kind from ERROR_KINDS with a message."""
 
+    id: int = 0
     status: int = 200
     headers: list[tuple[bytes, bytes]] = []
     body: bytes = b""
@@ -74,23 +76,75 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     cpu_ms: float = 0.0
 
 
-class Hello(msgspec.Struct, frozen=True, kw_only=True):
+class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A worker's first frame: it has applied its limits and is ready for jobs."""
 
     pid: int
     lua: str
 
 
+class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
+    """http.request as a script asked for it (already form-encoded, params merged into url)."""
+
+    method: str = "GET"
+    url: str
+    headers: list[tuple[str, bytes]] = []
+    body: bytes | None = None
+    timeout_s: float | None = None
+    auth: tuple[bytes, bytes] | None = None
+
+
+class HttpResult(msgspec.Struct, frozen=True, kw_only=True):
+    """status 0 with `error` set: the request failed or the egress guard refused it."""
+
+    status: int = 0
+    headers: list[tuple[str, bytes]] = []
+    body: bytes = b""
+    error: str | None = None
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A running script asks the server to do something for it (a platform call)."""
+
+    id: int
+    call_id: int
+    http: HttpCall | None = None
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The answer to a Call; `error` raises a Lua error in the script (e.g. a spent budget)."""
+
+    id: int
+    call_id: int
+    http: HttpResult | None = None
+    error: str | None = None
+
+
+class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Drop a request that is waiting on a call (its wall time ran out); no Reply follows."""
+
+    id: int
+
+
+class Running(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Sent before resuming a request when several share the worker, so a CPU kill is blamed
+    on the request that was running."""
+
+    id: int
+
+
+ToWorker = Job | CallResult | Cancel
+FromWorker = Hello | Reply | Call | Running
+
 _encoder = msgspec.msgpack.Encoder()
-_job_decoder = msgspec.msgpack.Decoder(Job)
-_reply_decoder = msgspec.msgpack.Decoder(Reply)
-_hello_decoder = msgspec.msgpack.Decoder(Hello)
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
+_from_worker = msgspec.msgpack.Decoder(FromWorker)
 
 # Exit status of a worker that hit its address-space backstop (a Python MemoryError).
 EXIT_MEMORY = 3
 
 
-def encode_frame(message: Job | Reply | Hello) -> bytes:
+def encode_frame(message: ToWorker | FromWorker) -> bytes:
     """One frame: a 4-byte big-endian length, then the msgpack body."""
     body = _encoder.encode(message)
     return HEADER.pack(len(body)) + body
@@ -104,13 +158,11 @@ def frame_length(header: bytes) -> int:
     return int(length)
 
 
-def decode_job(body: bytes) -> Job:
-    return _job_decoder.decode(body)
+def decode_to_worker(body: bytes) -> ToWorker:
+    message: ToWorker = _to_worker.decode(body)
+    return message
 
 
-def decode_reply(body: bytes) -> Reply:
-    return _reply_decoder.decode(body)
-
-
-def decode_hello(body: bytes) -> Hello:
-    return _hello_decoder.decode(body)
+def decode_from_worker(body: bytes) -> FromWorker:
+    message: FromWorker = _from_worker.decode(body)
+    return message

@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
 import lupa.luajit21 as lupa
+import msgspec
 
 from sandbox import host, request
 from sandbox.protocol import (
@@ -78,6 +81,8 @@ class TenantRuntime:
         self._lift = self._api[b"wrap_host"](host.guard("lift", self._lift_memory_limit))
         self._registry, self._saved_references = self._harden()
         self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._active = 0
+        self._memory_base = 0
 
     def _make_host_libraries(self) -> Any:
         lua, api = self._lua, self._api
@@ -161,64 +166,115 @@ class TenantRuntime:
             self._compiled.popitem(last=False)
         return factory, None
 
-    def run(self, job: Job) -> Reply:
-        """Run one request. Lua errors become error Replies; nothing here raises to the caller."""
-        try:
-            return self._run(job)
-        except lupa.LuaMemoryError:
-            return Reply(error=MEMORY_LIMIT, message=memory_message(job))
-        finally:
-            self._lua.set_max_memory(UNLIMITED)
+    # --- running requests ----------------------------------------------------------------------
 
-    def _run(self, job: Job) -> Reply:
+    def begin(self, job: Job) -> RequestRun | Reply:
+        """Prepare a request's coroutine; a Reply instead when it cannot start (bad source...)."""
         factory, failure = self._factory(job)
         if failure is not None:
-            return failure
+            return msgspec.structs.replace(failure, id=job.id)
         lua = self._lua
-        req = request.build(job.request, lua.table_from)
-        limits = lua.table_from(
-            {
-                b"max_body_bytes": job.limits.max_body_bytes,
-                b"max_headers": job.limits.max_headers,
-                b"max_header_bytes": job.limits.max_header_bytes,
-                b"max_log_lines": job.limits.max_log_lines,
-                b"max_log_bytes": job.limits.max_log_bytes,
-            }
-        )
-        env, collect = self._api[b"new_env"](req, self._host_libraries, limits)
-        # The cap counts from what the runtime already holds, so every request gets its budget.
-        lua.set_max_memory(lua.get_memory_used() + job.limits.memory_bytes)
-        method = job.request.method.lower().encode()
-        outcome = self._api[b"run"](
-            factory, env, req, method, secrets.randbits(48), limits, self._lift
-        )
-        lua.set_max_memory(UNLIMITED)
-        lines, dropped = collect()
+        try:
+            req = request.build(job.request, lua.table_from)
+            limits = lua.table_from(
+                {
+                    b"max_body_bytes": job.limits.max_body_bytes,
+                    b"max_headers": job.limits.max_headers,
+                    b"max_header_bytes": job.limits.max_header_bytes,
+                    b"max_log_lines": job.limits.max_log_lines,
+                    b"max_log_bytes": job.limits.max_log_bytes,
+                }
+            )
+            env, collect = self._api[b"new_env"](req, self._host_libraries, limits)
+            method = job.request.method.lower().encode()
+            thread = self._api[b"begin"](
+                factory, env, req, method, secrets.randbits(48), limits, self._lift
+            )
+        except lupa.LuaMemoryError:
+            return Reply(id=job.id, error=MEMORY_LIMIT, message=memory_message(job))
+        if not self._active:
+            # All of a tenant's requests in flight in this worker share one memory budget,
+            # counted from what the runtime held when the first of them began.
+            self._memory_base = lua.get_memory_used()
+        self._active += 1
+        return RequestRun(job=job, thread=thread, collect=collect)
+
+    def step(self, run: RequestRun, answer: Any = None) -> Any:
+        """Resume a request: its next platform call (a Lua table), or its final Reply."""
+        lua = self._lua
+        lua.set_max_memory(self._memory_base + run.job.limits.memory_bytes)
+        try:
+            outcome = self._api[b"step"](run.thread, answer)
+        except lupa.LuaMemoryError:
+            outcome = (b"memory_limit", b"")
+        finally:
+            lua.set_max_memory(UNLIMITED)
+        if outcome[0] == b"call":
+            return outcome[1]
+        self._active -= 1
+        return self._reply(run, outcome)
+
+    def abandon(self, run: RequestRun) -> None:
+        """Forget a request that will never be resumed (its wall time ran out)."""
+        self._active -= 1
+
+    def run(self, job: Job, answer_call: CallAnswerer | None = None) -> Reply:
+        """Run one request to its end, answering platform calls with answer_call."""
+        started = self.begin(job)
+        if isinstance(started, Reply):
+            return started
+        outcome = self.step(started)
+        while not isinstance(outcome, Reply):
+            answer = answer_call(outcome) if answer_call is not None else None
+            outcome = self.step(started, answer if answer is not None else self.refuse_call())
+        return outcome
+
+    def refuse_call(self) -> Any:
+        return self._lua.table_from({b"raise": b"not available in this context"})
+
+    def _reply(self, run: RequestRun, outcome: Any) -> Reply:
+        job = run.job
+        lines, dropped = run.collect()
         logs = [lines[i] for i in range(1, len(lines) + 1)]
         kind = outcome[0].decode()
         if kind == "ok":
             _, status, body, flat = outcome
             headers = [(flat[i], flat[i + 1]) for i in range(1, len(flat) + 1, 2)]
-            return Reply(
-                status=int(status), headers=headers, body=body, logs=logs, logs_dropped=int(dropped)
-            )
-        message = _text(outcome[1])
+            reply = Reply(status=int(status), headers=headers, body=body)
+        else:
+            reply = self._error_reply(job, kind, _text(outcome[1]))
+        return msgspec.structs.replace(reply, id=job.id, logs=logs, logs_dropped=int(dropped))
+
+    @staticmethod
+    def _error_reply(job: Job, kind: str, message: str) -> Reply:
         if kind not in ERROR_KINDS:
             kind, message = LUA_ERROR, "script failed"
         if kind == METHOD_NOT_ALLOWED:
-            allow = message.split(", ")
             return Reply(
                 error=kind,
                 message=f"method {job.request.method} not allowed",
-                allow=allow,
-                logs=logs,
-                logs_dropped=int(dropped),
+                allow=message.split(", "),
             )
         if kind == INVALID_RESPONSE:
             message = f"invalid response: {message}"
         if kind == MEMORY_LIMIT:
             message = memory_message(job)
-        return Reply(error=kind, message=message, logs=logs, logs_dropped=int(dropped))
+        return Reply(error=kind, message=message)
+
+    def table_from(self, value: Any) -> Any:
+        return self._lua.table_from(value)
+
+
+@dataclass(slots=True)
+class RequestRun:
+    """A request in progress in this runtime: its job, its Lua thread and its output."""
+
+    job: Job
+    thread: Any
+    collect: Any
+
+
+CallAnswerer = Callable[[Any], Any]
 
 
 def memory_message(job: Job) -> str:

@@ -1,11 +1,16 @@
-"""The worker loop: read a Job frame, run it in the tenant's runtime, write a Reply frame."""
+"""The worker loop: runs jobs of one tenant as Lua coroutines, interleaved at platform calls.
+
+Frames in: Job (start a request), CallResult (resume one), Cancel (drop one). Frames out:
+Hello once, then Call (a request waits for the server), Running (which request is about to
+run, when several share the worker) and Reply (a request ended).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import lupa.luajit21 as lupa
 import msgspec
@@ -15,14 +20,20 @@ from sandbox.protocol import (
     EXIT_MEMORY,
     HEADER,
     MEMORY_LIMIT,
+    Call,
+    CallResult,
+    Cancel,
+    FromWorker,
     Hello,
+    HttpCall,
     Job,
     Reply,
-    decode_job,
+    Running,
+    decode_to_worker,
     encode_frame,
     frame_length,
 )
-from sandbox.runtime import TenantRuntime
+from sandbox.runtime import RequestRun, TenantRuntime
 
 
 def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
@@ -41,32 +52,132 @@ def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
 class Worker:
     """Serves one tenant at a time; a tenant switch replaces the Lua runtime (~0.2 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, send: Any) -> None:
+        self.send = send
         self.runtime: TenantRuntime | None = None
+        self.runs: dict[int, RequestRun] = {}
+        self.cpu_left_s: dict[int, float] = {}
+        self.cpu_used_s: dict[int, float] = {}
+        self.call_ids = 0
+        self.replace_runtime = False
+
+    def handle(self, message: Any) -> None:
+        if isinstance(message, Job):
+            self.start(message)
+        elif isinstance(message, CallResult):
+            run = self.runs.get(message.id)
+            if run is not None:  # else: cancelled meanwhile
+                self.advance(run, self.answer(message))
+        elif isinstance(message, Cancel):
+            run = self.runs.pop(message.id, None)
+            if run is not None and self.runtime is not None:
+                self.runtime.abandon(run)
+                self.forget(message.id)
 
     def runtime_for(self, job: Job) -> TenantRuntime:
         runtime = self.runtime
-        if runtime is None or runtime.tenant != job.tenant:
+        if (
+            runtime is None
+            or runtime.tenant != job.tenant
+            or (self.replace_runtime and not self.runs)
+        ):
             if runtime is not None:
                 runtime.close()
             runtime = self.runtime = TenantRuntime(job.tenant)
+            self.replace_runtime = False
         return runtime
 
-    def handle(self, job: Job) -> Reply:
+    def start(self, job: Job) -> None:
         runtime = self.runtime_for(job)
-        started = time.process_time()
-        limits.arm_cpu_budget(job.limits.cpu_ms / 1000)
+        self.cpu_left_s[job.id] = job.limits.cpu_ms / 1000
+        self.cpu_used_s[job.id] = 0.0
+        started = self.timed(job.id, lambda: runtime.begin(job))
+        if isinstance(started, Reply):
+            self.finish(job.id, started)
+            return
+        self.runs[job.id] = started
+        self.advance(started, None)
+
+    def advance(self, run: RequestRun, answer: Any) -> None:
+        request_id = run.job.id
+        if len(self.runs) > 1:
+            self.send(Running(id=request_id))
+        runtime = self.runtime
+        assert runtime is not None
+        outcome = self.timed(request_id, lambda: runtime.step(run, answer))
+        if isinstance(outcome, Reply):
+            self.runs.pop(request_id, None)
+            self.finish(request_id, outcome)
+            return
+        self.call_ids += 1
+        self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
+
+    def timed(self, request_id: int, work: Any) -> Any:
+        """Run work under the request's remaining CPU budget (SIGPROF kills past it)."""
+        start = time.process_time()
+        limits.arm_cpu_budget(self.cpu_left_s[request_id])
         try:
-            reply = runtime.run(job)
+            return work()
         finally:
             limits.disarm_cpu_budget()
+            used = time.process_time() - start
+            self.cpu_left_s[request_id] -= used
+            self.cpu_used_s[request_id] += used
+
+    def finish(self, request_id: int, reply: Reply) -> None:
+        cpu_ms = self.cpu_used_s[request_id] * 1000
+        self.forget(request_id)
+        self.send(msgspec.structs.replace(reply, id=request_id, cpu_ms=cpu_ms))
         if reply.error == MEMORY_LIMIT:
-            # A runtime that ran out of memory may hold the tenant's garbage: start afresh,
-            # and hand the freed heap back to the OS so the worker's RSS drops again.
-            runtime.close()
-            self.runtime = None
-            limits.release_free_memory()
-        return msgspec.structs.replace(reply, cpu_ms=(time.process_time() - started) * 1000)
+            # A runtime that ran out of memory may hold the tenant's garbage: start afresh
+            # once no request is using it, and hand the freed heap back to the OS.
+            self.replace_runtime = True
+            if not self.runs and self.runtime is not None:
+                self.runtime.close()
+                self.runtime = None
+                limits.release_free_memory()
+
+    def forget(self, request_id: int) -> None:
+        self.cpu_left_s.pop(request_id, None)
+        self.cpu_used_s.pop(request_id, None)
+
+    def answer(self, result: CallResult) -> Any:
+        runtime = self.runtime
+        assert runtime is not None
+        if result.error is not None:
+            return runtime.table_from({b"raise": result.error.encode()})
+        http = result.http
+        if http is None:
+            return runtime.table_from({b"raise": b"no answer"})
+        if http.error is not None:
+            return runtime.table_from({b"statuscode": 0, b"err": http.error.encode()})
+        headers: dict[bytes, bytes] = {}
+        for name, value in http.headers:
+            key = name.lower().encode("latin-1")
+            headers[key] = headers[key] + b", " + value if key in headers else value
+        return runtime.table_from(
+            {
+                b"statuscode": http.status,
+                b"content": http.body,
+                b"headers": runtime.table_from(headers),
+            }
+        )
+
+
+def http_call(call: Any) -> HttpCall:
+    """The Lua call table (already checked by the prelude) as a protocol message."""
+    flat = call[b"headers"]
+    pairs = [(flat[i].decode("latin-1"), flat[i + 1]) for i in range(1, len(flat) + 1, 2)]
+    user, password = call[b"user"], call[b"password"]
+    timeout = call[b"timeout"]
+    return HttpCall(
+        method=call[b"method"].decode("latin-1"),
+        url=call[b"url"].decode("utf-8", "replace"),
+        headers=pairs,
+        body=call[b"body"],
+        timeout_s=float(timeout) if timeout is not None else None,
+        auth=(user, password) if user is not None and password is not None else None,
+    )
 
 
 def main() -> int:
@@ -76,9 +187,12 @@ def main() -> int:
     sys.stdout = sys.stderr
     incoming = os.fdopen(0, "rb", buffering=0, closefd=False)
     limits.apply_after_imports()
-    worker = Worker()
-    hello = Hello(pid=os.getpid(), lua=str(lupa.LuaRuntime().lua_implementation))
-    frames.write(encode_frame(hello))
+
+    def send(message: FromWorker) -> None:
+        frames.write(encode_frame(message))
+
+    send(Hello(pid=os.getpid(), lua=str(lupa.LuaRuntime().lua_implementation)))
+    worker = Worker(send)
     while True:
         header = read_exactly(incoming, HEADER.size)
         if header is None:
@@ -87,8 +201,7 @@ def main() -> int:
         if body is None:
             raise EOFError("input ended inside a frame")
         try:
-            reply = worker.handle(decode_job(body))
+            worker.handle(decode_to_worker(body))
         except MemoryError:
             # The address-space backstop: this process is no longer trustworthy.
             return EXIT_MEMORY
-        frames.write(encode_frame(reply))

@@ -31,6 +31,7 @@ from sngin.worker_process import (
     PROTOCOL,
     RECYCLE,
     WALL_KILL,
+    CallHandler,
     WorkerBootFailed,
     WorkerFailed,
     WorkerOptions,
@@ -70,6 +71,9 @@ class PoolConfig:
     quarantine_strikes: int = 5
     quarantine_window_s: float = 60.0
     quarantine_s: float = 60.0
+    worker_concurrency: int = 32  # requests of one tenant interleaved in one worker
+    tenant_concurrency: int = 64  # requests of one tenant in flight across the pool
+    queue_timeout_s: float = 10.0  # how long a request may wait for a slot before 503
     worker: WorkerOptions = field(default_factory=WorkerOptions)
 
 
@@ -147,7 +151,21 @@ KILL_COUNTERS: Final = {
 }
 
 
-def failure_error(reason: str, limits: TenantLimits) -> SnginError:
+LIMIT_NAMES: Final = {
+    CPU_KILL: "CPU-time limit",
+    WALL_KILL: "wall-time limit",
+    MEMORY: "memory limit",
+}
+
+
+def failure_error(failure: WorkerFailed, limits: TenantLimits) -> SnginError:
+    reason = failure.reason
+    if failure.sibling:
+        cause = LIMIT_NAMES.get(reason)
+        what = f"exceeded its {cause}" if cause else "crashed it"
+        return WorkerCrashed(
+            f"the request was stopped because another request on its worker {what}"
+        )
     if reason == CPU_KILL:
         return LimitExceeded(f"the script exceeded its CPU-time limit of {limits.cpu_ms} ms")
     if reason == WALL_KILL:
@@ -184,11 +202,11 @@ class Pool:
             window_s=config.quarantine_window_s,
             duration_s=config.quarantine_s,
         )
-        self._idle: list[WorkerProcess] = []
+        # Workers that take requests, least recently used first.
+        self._ready: list[WorkerProcess] = []
         self._all: set[WorkerProcess] = set()
         self._recycle_after: dict[WorkerProcess, int] = {}
-        # Counts idle workers: acquiring it guarantees one is in self._idle.
-        self._available = trio.Semaphore(0)
+        self._tenant_in_flight: Counter[str] = Counter()
         self._closing = False
         self._started = self._replaced = self._timeouts = self._retired_switches = 0
         self._boot_failures = 0
@@ -203,9 +221,9 @@ class Pool:
             WorkerInfo(
                 pid=w.pid,
                 tenant=w.tenant,
-                state="idle" if w in self._idle else "busy",
+                state="busy" if w.in_flight else "idle",
                 requests=w.requests,
-                in_flight=0 if w in self._idle else 1,
+                in_flight=w.in_flight,
                 rss_bytes=rss_bytes(w.pid),
                 age_s=w.age_s,
             )
@@ -219,7 +237,7 @@ class Pool:
         return PoolStatistics(
             size=self._config.size,
             live=len(workers),
-            idle=len(self._idle),
+            idle=sum(1 for w in workers if w.state == "idle"),
             started=self._started,
             replaced=self._replaced,
             timeouts=self._timeouts,
@@ -233,7 +251,7 @@ class Pool:
         return [w.pid for w in self._all]
 
     def busy_pids(self) -> list[int]:
-        return [w.pid for w in self._all if w not in self._idle and w.alive]
+        return [w.pid for w in self._all if w.in_flight and w.alive]
 
     def _counters(self, tenant: str) -> TenantCounters:
         counters = self._tenants.get(tenant)
@@ -278,13 +296,12 @@ class Pool:
         """Forget a worker once its process ends; replace it unless the pool is closing."""
         await worker.process.wait()
         worker.broken = True
+        await worker.release()
         self._all.discard(worker)
         self._recycle_after.pop(worker, None)
         self._retired_switches += worker.switches
-        if worker in self._idle:
-            # Died while idle: take its slot back so no request picks a dead worker.
-            self._idle.remove(worker)
-            self._available.acquire_nowait()
+        if worker in self._ready:
+            self._ready.remove(worker)
         if self._closing:
             self._exits["shutdown"] += 1
             return
@@ -299,9 +316,12 @@ class Pool:
         await self._add_worker()
 
     async def _recycle(self, worker: WorkerProcess) -> None:
-        """Start the successor first, so recycling never leaves requests waiting for a spawn."""
+        """Start the successor first, so recycling never leaves requests waiting for a spawn;
+        the old worker leaves once its requests are done."""
         worker.killed_for = RECYCLE
         await self._add_worker()
+        while worker.in_flight:
+            await self._change.wait()
         await worker.close()
 
     def _changed(self) -> None:
@@ -315,27 +335,75 @@ class Pool:
             await self._change.wait()
 
     def _checkin(self, worker: WorkerProcess) -> None:
-        if not worker.alive:
+        """A new worker, or one that finished a request: available again (or retired)."""
+        self._changed()
+        if not worker.alive or worker not in self._all:
             return
         if self._closing:
-            self._nursery.start_soon(worker.close)
+            if not worker.in_flight:
+                self._nursery.start_soon(worker.close)
             return
         if worker.requests >= self._recycle_after.get(worker, math.inf):
-            self._nursery.start_soon(self._recycle, worker)  # bounds slow leaks
+            if worker in self._ready:
+                self._ready.remove(worker)
+                self._nursery.start_soon(self._recycle, worker)  # bounds slow leaks
             return
-        self._idle.append(worker)
-        self._available.release()
+        if worker not in self._ready:
+            self._ready.append(worker)
 
-    def _checkout(self, tenant: str) -> WorkerProcess:
-        # Prefer a worker already holding this tenant's runtime; else the least recently used.
-        for index in range(len(self._idle) - 1, -1, -1):
-            if self._idle[index].tenant == tenant:
-                return self._idle.pop(index)
-        return self._idle.pop(0)
+    def _pick(self, tenant: str) -> WorkerProcess | None:
+        """Where a request of `tenant` runs next, or None to wait.
+
+        1. an idle worker that already holds the tenant's runtime;
+        2. a worker of the tenant whose requests all wait on platform calls (it is free to
+           run Lua), below the per-worker concurrency;
+        3. the least recently used idle worker (a tenant switch);
+        4. any worker of the tenant below the per-worker concurrency.
+        """
+        limit = self._config.worker_concurrency
+        ready = [w for w in self._ready if w.alive]
+        mine = [w for w in ready if w.tenant == tenant]
+        idle_mine = [w for w in mine if not w.in_flight]
+        waiting_mine = [w for w in mine if w.in_flight < limit and not w.computing]
+        idle_any = [w for w in ready if not w.in_flight]
+        open_mine = [w for w in mine if w.in_flight < limit]
+        worker = None
+        if idle_mine or waiting_mine:
+            worker = (idle_mine or waiting_mine)[-1]  # the most recently used: warm caches
+        elif idle_any:
+            worker = idle_any[0]  # a tenant switch: take the least recently used
+        elif open_mine:
+            worker = min(open_mine, key=lambda w: w.in_flight)
+        if worker is not None:
+            self._ready.remove(worker)
+            self._ready.append(worker)  # most recently used last
+        return worker
+
+    async def _acquire(self, tenant: str, counters: TenantCounters) -> WorkerProcess:
+        queued_at = trio.current_time()
+        waited = False
+        with trio.move_on_after(self._config.queue_timeout_s):
+            while True:
+                if self._tenant_in_flight[tenant] < self._config.tenant_concurrency:
+                    worker = self._pick(tenant)
+                    if worker is not None:
+                        if waited:
+                            counters.queue_waits += 1
+                            counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
+                        return worker
+                waited = True
+                await self._change.wait()
+        counters.queue_waits += 1
+        counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
+        raise Unavailable(
+            "the server is busy with this site's requests; try again shortly",
+            headers={"Retry-After": "1"},
+        )
 
     # --- running jobs ------------------------------------------------------------------------
 
-    async def run(self, job: Job) -> Reply:
+    async def run(self, job: Job, calls: CallHandler | None = None) -> Reply:
+        """Run a job on a worker; platform calls the script makes go to `calls`."""
         tenant = job.tenant
         counters = self._counters(tenant)
         if self._closing:
@@ -354,38 +422,27 @@ class Pool:
                 job.limits, cpu_ms=limits.cpu_ms, memory_bytes=limits.memory_mb * MIB
             ),
         )
-        queued_at = trio.current_time()
-        if self._available.value == 0:
-            counters.queue_waits += 1
-        await self._available.acquire()
+        worker = await self._acquire(tenant, counters)
         started = trio.current_time()
-        counters.queue_wait_ms += (started - queued_at) * 1000
         counters.requests += 1
-        worker = self._checkout(tenant)
-        failure: str | None = None
+        self._tenant_in_flight[tenant] += 1
         try:
-            with trio.fail_after(limits.timeout_ms / 1000):
-                reply = await worker.call(job)
-        except trio.TooSlowError:
-            self._timeouts += 1
-            worker.kill(WALL_KILL)
-            failure = WALL_KILL
+            reply = await worker.call(job, calls, timeout_s=limits.timeout_ms / 1000)
         except WorkerFailed as exc:
-            failure = exc.reason
-        except BaseException:
-            worker.kill()  # interrupted mid-job (e.g. the client left): state unknown
-            raise
+            if exc.reason == WALL_KILL:
+                self._timeouts += 1
+            if not exc.sibling:
+                self._strike(tenant, counters, exc.reason)
+            counters.status_5xx += 1
+            raise failure_error(exc, limits) from None
         finally:
             counters.wall_ms += (trio.current_time() - started) * 1000
-        if failure is not None:
-            self._strike(tenant, counters, failure)
-            counters.status_5xx += 1
-            raise failure_error(failure, limits)
+            self._tenant_in_flight[tenant] -= 1
+            self._checkin(worker)
         counters.cpu_ms += reply.cpu_ms
         if reply.error == MEMORY_LIMIT:
             self._strike(tenant, counters, MEMORY)
         self._count_status(counters, reply)
-        self._checkin(worker)
         return reply
 
     def _strike(self, tenant: str, counters: TenantCounters, reason: str) -> None:
@@ -408,7 +465,7 @@ class Pool:
         """Ask every worker to exit (stdin closed), then kill what is left after a grace period."""
         self._closing = True
         for worker in list(self._all):
-            if worker in self._idle:
+            if not worker.in_flight:
                 await worker.close()
         with trio.move_on_after(SHUTDOWN_GRACE_S):
             for worker in list(self._all):

@@ -1,17 +1,22 @@
-"""One sandbox worker subprocess and its framed pipes: call(job) -> Reply.
+"""One sandbox worker subprocess and its framed pipes.
 
-A worker that fails mid-call is never reused; the reason it ended (CPU kill, wall kill, memory,
-crash, protocol error) is read from its exit status and reported with the error.
+call(job, calls) sends a Job and waits for its Reply while a reader task serves the worker's
+frames: the script's platform calls (answered concurrently through `calls`) and replies for
+other requests interleaved on the same worker. A worker that ends mid-call is never reused; the
+reason (CPU kill, wall kill, memory, crash, protocol error) comes from its exit status, and
+every request in flight on it fails: the one that was running with that reason, the others as
+siblings.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 import trio
@@ -19,10 +24,15 @@ import trio
 from sandbox.protocol import (
     EXIT_MEMORY,
     HEADER,
+    Call,
+    CallResult,
+    Cancel,
+    Hello,
     Job,
     Reply,
-    decode_hello,
-    decode_reply,
+    Running,
+    ToWorker,
+    decode_from_worker,
     encode_frame,
     frame_length,
 )
@@ -46,16 +56,22 @@ RECYCLE: Final = "recycle"
 
 
 class WorkerFailed(Exception):
-    """A call ended with the worker gone; `reason` is one of the constants above."""
+    """A request ended with its worker gone. `reason` is one of the constants above; `sibling`
+    is True when another request on the same worker caused it."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, sibling: bool = False) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.sibling = sibling
 
 
 class WorkerBootFailed(Exception):
     """The worker exited or hung before saying it was ready."""
+
+
+class CallHandler(Protocol):
+    async def __call__(self, call: Call) -> CallResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +85,44 @@ class WorkerOptions:
         return (*self.argv, "--address-space-bytes", str(self.address_space_bytes))
 
 
-class WorkerProcess:
-    """A `python -m sandbox` child. Never reused after a failed or interrupted call."""
+@dataclass(slots=True)
+class Pending:
+    """One request in flight on a worker."""
 
-    def __init__(self, process: trio.Process) -> None:
+    job: Job
+    calls: CallHandler | None
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Reply | None = None
+    failure: WorkerFailed | None = None
+    waiting_call: bool = False  # the worker is waiting for our answer to its Call
+    call_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+async def refuse_calls(call: Call) -> CallResult:
+    return CallResult(id=call.id, call_id=call.call_id, error="not available here")
+
+
+class WorkerProcess:
+    """A `python -m sandbox` child serving one tenant's requests, several at a time."""
+
+    def __init__(self, process: trio.Process, nursery: trio.Nursery) -> None:
         self.process = process
         self.pid = process.pid
         assert process.stdin is not None
         assert process.stdout is not None
         self._stdin: SendStream = process.stdin
         self._stdout: ReceiveStream = process.stdout
+        self._nursery = nursery
+        self._send_lock = trio.Lock()
         self._buffer = bytearray()
+        self._ids = 0
+        self.pending: dict[int, Pending] = {}
+        self._running: int | None = None  # the request the worker said it is resuming
         self.tenant: str | None = None
         self.known: set[tuple[str, str]] = set()
         self.broken = False
         self.killed_for: str | None = None
+        self._blame: int | None = None  # for a wall kill: the request whose time ran out
         self.requests = 0
         self.switches = 0
         self.started_at = trio.current_time()
@@ -92,7 +131,8 @@ class WorkerProcess:
     async def start(
         cls, nursery: trio.Nursery, options: WorkerOptions | None = None
     ) -> WorkerProcess:
-        """Spawn a worker and wait for its Hello frame (its limits are in place by then)."""
+        """Spawn a worker, wait for its Hello frame (its limits are in place by then), and
+        start serving its frames."""
         options = options or WorkerOptions()
         process: trio.Process = await nursery.start(
             partial(
@@ -106,11 +146,12 @@ class WorkerProcess:
                 start_new_session=True,
             )
         )
-        worker = cls(process)
+        worker = cls(process, nursery)
         try:
             with trio.fail_after(BOOT_TIMEOUT_S):
-                header = await worker._receive_exactly(HEADER.size)
-                decode_hello(await worker._receive_exactly(frame_length(header)))
+                hello = await worker._receive()
+            if not isinstance(hello, Hello):
+                raise ValueError("the first frame was not Hello")
         except (trio.TooSlowError, EOFError, ValueError, msgspec.DecodeError) as exc:
             worker.kill()
             with trio.move_on_after(EXIT_STATUS_WAIT_S):
@@ -118,7 +159,10 @@ class WorkerProcess:
             raise WorkerBootFailed(
                 f"worker did not start (exit status {process.returncode}; its stderr is above)"
             ) from exc
+        nursery.start_soon(worker._serve_frames)
         return worker
+
+    # --- state -------------------------------------------------------------------------------
 
     @property
     def alive(self) -> bool:
@@ -128,33 +172,73 @@ class WorkerProcess:
     def age_s(self) -> float:
         return trio.current_time() - self.started_at
 
-    def kill(self, reason: str | None = None) -> None:
-        """SIGKILL: used when a call was interrupted and the worker's state is unknown."""
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    @property
+    def computing(self) -> bool:
+        """True when some request on it is running Lua (not waiting for a platform call)."""
+        return any(not p.waiting_call for p in self.pending.values())
+
+    def kill(self, reason: str | None = None, blame: int | None = None) -> None:
+        """SIGKILL: the worker's state is unknown (e.g. a request overran its wall time)."""
         self.broken = True
         if reason is not None and self.killed_for is None:
             self.killed_for = reason
+            self._blame = blame
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGKILL)
+
+    async def release(self) -> None:
+        """After the process ended: close our ends of its pipes (run_process leaves them)."""
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                await self._stdin.aclose()
+            await self._stdout.aclose()
 
     async def close(self) -> None:
         """Close stdin so the worker exits by itself."""
         self.broken = True
-        await self._stdin.aclose()
+        async with self._send_lock:
+            await self._stdin.aclose()
 
-    async def call(self, job: Job) -> Reply:
-        """Send one job and read its reply; raises WorkerFailed if the worker is gone."""
+    # --- requests ----------------------------------------------------------------------------
+
+    async def call(
+        self, job: Job, calls: CallHandler | None = None, *, timeout_s: float = math.inf
+    ) -> Reply:
+        """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
+        first or the time runs out (WALL_KILL)."""
         if job.tenant != self.tenant:
             if self.tenant is not None:
                 self.switches += 1
             self.tenant = job.tenant
             self.known.clear()
+        self._ids += 1
         cache_key = (job.key, job.version)
-        reply = None
-        if cache_key in self.known:
-            # The worker compiled this version already; send the source only if it evicted it.
-            reply = await self._round_trip(msgspec.structs.replace(job, source=None))
-        if reply is None or reply.need_source:
-            reply = await self._round_trip(job)
+        full = msgspec.structs.replace(job, id=self._ids)
+        lean = msgspec.structs.replace(full, source=None)
+        pending = self.pending[full.id] = Pending(job=full, calls=calls)
+        deadline = trio.current_time() + timeout_s
+        try:
+            await self._send(lean if cache_key in self.known else full)
+            await self._wait(pending, deadline)
+            if pending.reply is not None and pending.reply.need_source:
+                # The worker evicted its compiled copy: send the source this time.
+                pending = self.pending[full.id] = Pending(job=full, calls=calls)
+                await self._send(full)
+                await self._wait(pending, deadline)
+        except BaseException:
+            await self._abandon(pending)
+            raise
+        finally:
+            pending.call_scope.cancel()
+            self.pending.pop(full.id, None)
+        if pending.failure is not None:
+            raise pending.failure
+        reply = pending.reply
+        assert reply is not None
         if reply.need_source:
             self.kill(PROTOCOL)
             raise WorkerFailed(PROTOCOL, "the worker asked for source it was sent")
@@ -164,17 +248,103 @@ class WorkerProcess:
         self.requests += 1
         return reply
 
-    async def _round_trip(self, job: Job) -> Reply:
+    async def _wait(self, pending: Pending, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await pending.done.wait()
+            return
+        if pending.waiting_call:
+            # Waiting for the server, not running Lua: drop just this request.
+            await self._send_cancel(pending)
+        else:
+            self.kill(WALL_KILL, blame=pending.job.id)
+        raise WorkerFailed(WALL_KILL, "the request ran out of wall time")
+
+    async def _abandon(self, pending: Pending) -> None:
+        """The caller went away (e.g. the client left) before the Reply."""
+        if pending.done.is_set() or self.broken:
+            return
+        if pending.waiting_call:
+            await self._send_cancel(pending)
+        elif len(self.pending) == 1:
+            self.kill()  # running Lua for nobody, and nobody else shares the worker
+        # Else it finishes on its own (within its CPU budget) and its Reply is dropped.
+
+    async def _send_cancel(self, pending: Pending) -> None:
+        pending.call_scope.cancel()
+        # Shielded and bounded: the request's own scope may already be cancelled.
+        with trio.move_on_after(1.0, shield=True):
+            await self._send(Cancel(id=pending.job.id))
+
+    async def _send(self, message: ToWorker) -> None:
         try:
-            await self._stdin.send_all(encode_frame(job))
-            header = await self._receive_exactly(HEADER.size)
-            body = await self._receive_exactly(frame_length(header))
-            return decode_reply(body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
-            raise WorkerFailed(await self._exit_reason(), "the worker ended") from None
+            async with self._send_lock:
+                await self._stdin.send_all(encode_frame(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader task sees the worker end and fails every pending request
+
+    # --- the worker's frames -----------------------------------------------------------------
+
+    async def _serve_frames(self) -> None:
+        reason = None
+        try:
+            while True:
+                message = await self._receive()
+                if isinstance(message, Reply):
+                    self._finish(message)
+                elif isinstance(message, Call):
+                    self._start_call(message)
+                elif isinstance(message, Running):
+                    self._running = message.id
+                else:
+                    raise ValueError("unexpected frame")
+        except EOFError:
+            reason = await self._exit_reason()
         except (ValueError, msgspec.DecodeError):
             self.kill(PROTOCOL)
-            raise WorkerFailed(PROTOCOL, "the worker sent a malformed reply") from None
+            reason = PROTOCOL
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reason = await self._exit_reason()
+        self._fail_all(reason)
+
+    def _finish(self, reply: Reply) -> None:
+        if self._running == reply.id:
+            self._running = None
+        pending = self.pending.get(reply.id)
+        if pending is not None:
+            pending.reply = reply
+            pending.done.set()
+
+    def _start_call(self, call: Call) -> None:
+        if self._running == call.id:
+            self._running = None
+        pending = self.pending.get(call.id)
+        if pending is None:
+            return  # cancelled: the worker gets a Cancel, not an answer
+        pending.waiting_call = True
+        self._nursery.start_soon(self._answer_call, pending, call)
+
+    async def _answer_call(self, pending: Pending, call: Call) -> None:
+        with pending.call_scope:
+            handler = pending.calls or refuse_calls
+            result = await handler(call)
+            pending.waiting_call = False
+            await self._send(result)
+
+    def _fail_all(self, reason: str) -> None:
+        culprit = self._culprit()
+        for request_id, pending in list(self.pending.items()):
+            sibling = culprit is not None and request_id != culprit
+            pending.failure = WorkerFailed(reason, "the worker ended", sibling=sibling)
+            pending.done.set()
+
+    def _culprit(self) -> int | None:
+        """The request that was running when the worker ended, as far as we can tell."""
+        if self.killed_for == WALL_KILL and self._blame is not None:
+            return self._blame
+        if self._running is not None:
+            return self._running
+        computing = [i for i, p in self.pending.items() if not p.waiting_call]
+        return computing[0] if computing else None
 
     async def _exit_reason(self) -> str:
         """Why the worker ended, from its exit status (it may take a moment to be reaped)."""
@@ -182,6 +352,10 @@ class WorkerProcess:
         with trio.move_on_after(EXIT_STATUS_WAIT_S):
             await self.process.wait()
         return classify_exit(self.process.returncode, self.killed_for)
+
+    async def _receive(self) -> Hello | Reply | Call | Running:
+        header = await self._receive_exactly(HEADER.size)
+        return decode_from_worker(await self._receive_exactly(frame_length(header)))
 
     async def _receive_exactly(self, size: int) -> bytes:
         while len(self._buffer) < size:

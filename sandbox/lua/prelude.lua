@@ -6,6 +6,8 @@ local setfenv, load, unpack = setfenv, load, unpack
 local concat, sfind, sformat, sbyte, sgsub, slower, supper, ssub = table.concat, string.find,
   string.format, string.byte, string.gsub, string.lower, string.upper, string.sub
 local floor, huge = math.floor, math.huge
+local schar, gmatch, smatch, tsort, tonumber = string.char, string.gmatch, string.match,
+  table.sort, tonumber
 local randomseed = math.randomseed
 
 local function copy(t)
@@ -18,6 +20,182 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
+-- Platform calls (http.request, ...) yield the request's coroutine with this marker. The
+-- tenant's coroutine library relays such yields up to the platform and hands the answers back,
+-- as OpenResty does, so a tenant's own coroutine.wrap/resume never catches them.
+local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
+local co_status, co_running = coroutine.status, coroutine.running
+local PLATFORM = {}
+local request_threads = setmetatable({}, { __mode = "k" })
+
+local function relay(co, ok, ...)
+  if ok and (...) == PLATFORM and co_status(co) == "suspended" then
+    return relay(co, co_resume(co, co_yield(PLATFORM, (select(2, ...)))))
+  end
+  return ok, ...
+end
+
+local function tenant_resume(co, ...)
+  return relay(co, co_resume(co, ...))
+end
+
+local function wrapped_result(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
+local function tenant_wrap(f)
+  local co = co_create(f)
+  return function(...)
+    return wrapped_result(relay(co, co_resume(co, ...)))
+  end
+end
+
+local function tenant_yield(...)
+  if request_threads[co_running()] then
+    error("attempt to yield from outside a coroutine", 2)
+  end
+  return co_yield(...)
+end
+
+local function platform_call(call)
+  return co_yield(PLATFORM, call)
+end
+
+local tenant_coroutine = copy(coroutine)
+tenant_coroutine.resume = tenant_resume
+tenant_coroutine.wrap = tenant_wrap
+tenant_coroutine.yield = tenant_yield
+
+---------------------------------------------------------------------------------------------
+-- http: the request is made by the server (the worker has no sockets), through platform_call.
+
+local function url_escape(value)
+  return (sgsub(tostring(value), "[^%w%-%._~]", function(c) return sformat("%%%02X", sbyte(c)) end))
+end
+
+local function url_unescape(value)
+  value = sgsub(value, "+", " ")
+  return (sgsub(value, "%%(%x%x)", function(h) return schar(tonumber(h, 16)) end))
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in next, t do
+    if type(k) == "string" or type(k) == "number" then keys[#keys + 1] = k end
+  end
+  tsort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+local function qsencode(t)
+  if type(t) ~= "table" then error("http.qsencode: expected a table", 2) end
+  local parts = {}
+  for _, k in next, sorted_keys(t) do
+    local v = rawget(t, k)
+    if type(v) == "table" then
+      for i = 1, #v do parts[#parts + 1] = url_escape(k) .. "=" .. url_escape(rawget(v, i)) end
+    else
+      parts[#parts + 1] = url_escape(k) .. "=" .. url_escape(v)
+    end
+  end
+  return concat(parts, "&")
+end
+
+local function qsparse(s)
+  if type(s) ~= "string" then error("http.qsparse: expected a string", 2) end
+  local result = {}
+  for pair in gmatch(s, "[^&]+") do
+    local k, v = smatch(pair, "^([^=]*)=?(.*)$")
+    k, v = url_unescape(k), url_unescape(v)
+    local old = rawget(result, k)
+    if old == nil then
+      result[k] = v
+    elseif type(old) == "table" then
+      old[#old + 1] = v
+    else
+      result[k] = { old, v }
+    end
+  end
+  return result
+end
+
+local function fail_http(message)
+  error("http.request: " .. message, 3)
+end
+
+local function http_request(arg)
+  local spec = arg
+  if type(arg) == "string" then
+    spec = { url = arg }
+  elseif type(arg) ~= "table" then
+    fail_http("expected a URL or a table of options")
+  end
+  local url = rawget(spec, "url")
+  if type(url) ~= "string" then fail_http("url must be a string") end
+  local method = rawget(spec, "method") or "GET"
+  if type(method) ~= "string" then fail_http("method must be a string") end
+  local flat, has_type = {}, false
+  local headers = rawget(spec, "headers")
+  if headers ~= nil then
+    if type(headers) ~= "table" then fail_http("headers must be a table") end
+    for name, value in next, headers do
+      if type(name) ~= "string" then fail_http("header names must be strings") end
+      if slower(name) == "content-type" then has_type = true end
+      local values = type(value) == "table" and value or { value }
+      for i = 1, #values do
+        flat[#flat + 1] = name
+        flat[#flat + 1] = tostring(rawget(values, i))
+      end
+    end
+  end
+  local body = rawget(spec, "body")
+  local data = rawget(spec, "data")
+  if data ~= nil then
+    if type(data) == "table" then
+      body = qsencode(data)
+      if not has_type then
+        flat[#flat + 1] = "Content-Type"
+        flat[#flat + 1] = "application/x-www-form-urlencoded"
+      end
+    elseif type(data) == "string" then
+      body = data
+    else
+      fail_http("data must be a table or a string")
+    end
+  end
+  if body ~= nil and type(body) ~= "string" then fail_http("body must be a string") end
+  local params = rawget(spec, "params")
+  if params ~= nil then
+    if type(params) ~= "table" then fail_http("params must be a table") end
+    local query = qsencode(params)
+    if query ~= "" then url = url .. (sfind(url, "?", 1, true) and "&" or "?") .. query end
+  end
+  local user, password
+  local auth = rawget(spec, "auth")
+  if auth ~= nil then
+    if type(auth) ~= "table" then fail_http("auth must be {user, password}") end
+    user = rawget(auth, "username") or rawget(auth, "user") or rawget(auth, 1)
+    password = rawget(auth, "password") or rawget(auth, 2)
+    if type(user) ~= "string" or type(password) ~= "string" then
+      fail_http("auth must be {user, password}")
+    end
+  end
+  local timeout = rawget(spec, "timeout")
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
+    fail_http("timeout must be a positive number of seconds")
+  end
+  local answer = platform_call({
+    op = "http", url = url, method = supper(method), headers = flat, body = body,
+    timeout = timeout, user = user, password = password,
+  })
+  local raised = rawget(answer, "raise")
+  if raised then fail_http(raised) end
+  return answer
+end
+
+local http_library = { request = http_request, qsencode = qsencode, qsparse = qsparse }
+
 -- Library templates: copied per request so a change made by one request never reaches another.
 local safe_string = copy(string)
 safe_string.dump = nil
@@ -27,7 +205,8 @@ local LIBRARIES = {
   table = copy(table),
   math = copy(math),
   os = { time = os.time, date = os.date, clock = os.clock, difftime = os.difftime },
-  coroutine = copy(coroutine),
+  coroutine = tenant_coroutine,
+  http = http_library,
   bit = copy(bit),
 }
 local BASE = {}
@@ -361,33 +540,68 @@ local function lua_error(value)
   return "lua_error", error_text(value)
 end
 
-local function lifted(lift, ...)
-  lift()
-  return pack(...)
+-- One request is one coroutine: the script, then the response rules (a method table's handler
+-- may make platform calls too). Both run under pcall inside it, so errors come back as values.
+local function request_body(fn, request, method, limits)
+  local results = pack(pcall(fn))
+  if not results[1] then
+    return false, { [OURS] = true, kind = "lua_error", value = results[2] }
+  end
+  return pcall(respond, results, request, method, limits)
 end
 
--- Runs one request: returns "ok", status, body, flat header list; or an error kind and message.
--- lift() ends the request's memory limit as soon as the tenant's code is done, so building the
--- response (bounded by the output limits) never fails half-way for want of memory.
-local function run(factory, env, request, method, seed, limits, lift)
+local requests = setmetatable({}, { __mode = "k" })
+
+-- Returns a handle (a plain table) for the request: lupa hands a Lua thread to Python as a
+-- different kind of object, so the thread itself never leaves Lua.
+local function begin(factory, env, request, method, seed, limits, lift)
   randomseed(seed)
   local fn = factory()
   setfenv(fn, env)
-  string_mt.__index = env.string
-  local results = lifted(lift, pcall(fn))
-  local ok, kind, status, body, headers
-  if results[1] then
-    ok, kind, status, body, headers = pcall(respond, results, request, method, limits)
-  else
-    ok, kind = false, { [OURS] = true, kind = "lua_error", value = results[2] }
-  end
-  string_mt.__index = safe_string
+  local co = co_create(request_body)
+  request_threads[co] = true
+  local handle = {}
+  requests[handle] = { co = co, env = env, lift = lift, args = { fn, request, method, limits } }
+  return handle
+end
+
+local function finish(ok, kind, status, body, headers)
   if ok then return kind, status, body, headers end
   if type(kind) == "table" and rawget(kind, OURS) then
     if kind.kind == "lua_error" then return lua_error(kind.value) end
     return kind.kind, kind.message
   end
   return lua_error(kind)
+end
+
+-- Resume a request until it makes a platform call ("call", call) or ends: "ok", status,
+-- body, flat header list; or an error kind and message. lift() ends the memory cap as soon as
+-- the request yields, so this bookkeeping never fails for want of memory.
+local function step(handle, answer)
+  local state = requests[handle]
+  local co = state.co
+  string_mt.__index = state.env.string
+  local results
+  if state.args then
+    local args = state.args
+    state.args = nil
+    results = pack(co_resume(co, args[1], args[2], args[3], args[4]))
+  else
+    results = pack(co_resume(co, answer))
+  end
+  state.lift()
+  string_mt.__index = safe_string
+  if not results[1] then
+    requests[handle] = nil
+    return lua_error(results[2])
+  end
+  if co_status(co) == "suspended" then
+    if results[2] == PLATFORM then return "call", results[3] end
+    requests[handle] = nil
+    return "lua_error", "attempt to yield from outside a coroutine"
+  end
+  requests[handle] = nil
+  return finish(results[2], results[3], results[4], results[5], results[6])
 end
 
 -- Compile tenant source as text into a factory: each call makes a fresh closure, so each
@@ -421,7 +635,8 @@ end
 
 return {
   new_env = new_env,
-  run = run,
+  begin = begin,
+  step = step,
   compile = compile,
   json_library = json_library,
   json_null = json_null,
