@@ -23,11 +23,14 @@ from sngin.errors import (
     ScriptError,
     SnginError,
 )
+from sngin.outbound import RequestCalls
+from sngin.pool import TenantLimits
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
     from sngin.codestore import CodeSource
     from sngin.config import Settings
+    from sngin.outbound import Outbound
     from sngin.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class Deps:
     settings: Settings
     store: CodeSource
     pool: Pool
+    outbound: Outbound | None = None  # None: scripts' http.request calls are refused
+    limits_for: Callable[[str], TenantLimits] | None = None
 
 
 class Dispatcher:
@@ -114,12 +119,24 @@ class Dispatcher:
             limits=self._limits,
             source=source.text,
         )
-        reply = await self.deps.pool.run(job)
+        reply = await self.deps.pool.run(job, self._calls(tenant, request.id))
         for line in reply.logs:
             script_log.info("%s %s: %s", key, request.id, line.decode("utf-8", "replace"))
         if reply.logs_dropped:
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         await send_reply(send, reply, head=scope["method"] == "HEAD")
+
+    def _calls(self, tenant: str, request_id: str) -> RequestCalls | None:
+        deps = self.deps
+        if deps.outbound is None:
+            return None
+        limits = deps.limits_for(tenant) if deps.limits_for is not None else TenantLimits()
+        return RequestCalls(
+            deps.outbound,
+            deadline=trio.current_time() + limits.timeout_ms / 1000,
+            request_id=request_id,
+            max_subrequests=deps.settings.limits.max_subrequests,
+        )
 
     def _client(self, scope: Scope, headers: list[tuple[str, bytes]]) -> tuple[str, str]:
         """remote_addr and scheme; X-Forwarded-* only count when the peer is a trusted proxy."""

@@ -44,6 +44,7 @@ class Limits:
     memory_mb: int = 128  # SNGIN_MEMORY_MB: Lua memory per request
     max_body_bytes: int = 10 * MIB  # SNGIN_MAX_BODY_BYTES: response body
     max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
+    max_subrequests: int = 50  # SNGIN_MAX_SUBREQUESTS: http.request calls per request
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +64,9 @@ class PoolSettings:
     quarantine_strikes: int = 5  # SNGIN_QUARANTINE_STRIKES limit kills ...
     quarantine_window_s: float = 60.0  # SNGIN_QUARANTINE_WINDOW_S ... within this window ...
     quarantine_s: float = 60.0  # SNGIN_QUARANTINE_S ... pause the tenant this long
+    worker_concurrency: int = 32  # SNGIN_WORKER_CONCURRENCY: one tenant's requests per worker
+    tenant_concurrency: int = 64  # SNGIN_TENANT_CONCURRENCY: one tenant's requests in flight
+    queue_timeout_s: float = 10.0  # SNGIN_QUEUE_TIMEOUT_S: wait for a slot, then 503
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +105,7 @@ class Settings:
     app_path: Path = field(default_factory=default_app_path)  # SNGIN_APP_PATH: the disk mirror
     mirror_bytes: int = 1024 * MIB  # SNGIN_MIRROR_BYTES; 0 turns the mirror off
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
+    egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -227,6 +232,24 @@ def parse_token(text: str) -> str:
     return token
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*\Z")
+
+
+def parse_egress(text: str) -> tuple[str, ...]:
+    """CIDRs or host names (a leading dot also allows subdomains), comma or space separated."""
+    entries = []
+    for part in text.replace(",", " ").split():
+        try:
+            entries.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            name = part.lower().rstrip(".")
+            if not _HOST_NAME.match(name):
+                raise ValueError(f"{part!r} is neither a CIDR nor a host name") from None
+            entries.append(name)
+    return tuple(entries)
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -269,6 +292,11 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_APP_PATH": ("app_path", parse_app_path),
     "SNGIN_MIRROR_BYTES": ("mirror_bytes", _int_range(0, 1024 * 1024 * MIB)),
     "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
+    "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
+    "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
+    "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", _int_range(1, 1024)),
+    "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", _int_range(1, 100_000)),
+    "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", _float_range(0, 3600)),
 }
 # Their values never appear in an error message.
 SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN"})

@@ -18,6 +18,7 @@ from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
 from sngin.errors import ConfigError
 from sngin.mirror import DiskMirror, mirror_folder
+from sngin.outbound import EgressPolicy, open_outbound
 from sngin.pool import PoolConfig, TenantLimits, open_pool
 from sngin.worker_process import WorkerOptions
 
@@ -60,11 +61,15 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
+    limits_for = default_limits(settings)
     async with (
         open_code_source(settings) as store,
-        open_pool(pool_config(settings), default_limits(settings)) as pool,
+        open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
+        open_pool(pool_config(settings), limits_for) as pool,
     ):
-        deps = Deps(settings=settings, store=store, pool=pool)
+        deps = Deps(
+            settings=settings, store=store, pool=pool, outbound=outbound, limits_for=limits_for
+        )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 
@@ -80,6 +85,9 @@ def pool_config(settings: Settings) -> PoolConfig:
         quarantine_strikes=p.quarantine_strikes,
         quarantine_window_s=p.quarantine_window_s,
         quarantine_s=p.quarantine_s,
+        worker_concurrency=p.worker_concurrency,
+        tenant_concurrency=p.tenant_concurrency,
+        queue_timeout_s=p.queue_timeout_s,
         worker=WorkerOptions(address_space_bytes=address_space),
     )
 

@@ -1,0 +1,266 @@
+"""http.request on behalf of scripts: httpx, with an egress guard checked at connect time.
+
+The guard sits in httpcore's network backend: it resolves the host itself, refuses the connection
+if any address is loopback, private, link-local (the cloud metadata address included), CGNAT,
+multicast, unspecified or reserved (IPv4-mapped, 6to4, Teredo and NAT64 spellings too) unless the
+operator allowed it, and then connects to exactly the addresses it checked, so a DNS answer that
+changes between check and connect (rebinding) cannot slip through. Every redirect hop opens its
+connection through the same guard.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpcore
+import httpx
+import trio
+
+from sandbox.protocol import Call, CallResult, HttpCall, HttpResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S: Final = 10.0
+MAX_RESPONSE_BYTES: Final = 10 * 1024 * 1024
+MAX_REDIRECTS: Final = 5
+# Leave the script this long to answer after a call that used up its wall time.
+WALL_MARGIN_S: Final = 0.05
+NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class EgressRefused(httpcore.ConnectError):
+    """The guard refused a destination."""
+
+
+def is_public(address: Address) -> bool:
+    """True for addresses on the public internet; embedded IPv4 forms are unwrapped first."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return is_public(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            return is_public(address.sixtofour)
+        if address.teredo is not None:
+            return all(is_public(part) for part in address.teredo)
+        if address in NAT64:
+            return is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    """The operator's openings (SNGIN_EGRESS_ALLOW) on top of 'public addresses only'."""
+
+    networks: tuple[Network, ...] = ()
+    hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> EgressPolicy:
+        networks, hosts = [], set()
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(networks=tuple(networks), hosts=frozenset(hosts))
+
+    def allows(self, host: str, address: Address) -> bool:
+        """Host names match exactly; an entry with a leading dot also matches subdomains."""
+        name = host.lower().rstrip(".")
+        if name in self.hosts or any(h.startswith(".") and name.endswith(h) for h in self.hosts):
+            return True
+        if any(address in network for network in self.networks):
+            return True
+        return is_public(address)
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the egress guard in connect_tcp (httpcore's interface
+    passes timeouts as arguments, hence the ASYNC109 exemptions)."""
+
+    def __init__(self, policy: EgressPolicy, resolver: Resolver = system_resolver) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._inner = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            with trio.fail_after(timeout if timeout is not None else DEFAULT_TIMEOUT_S):
+                addresses = await self._resolver(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}")
+        for text in addresses:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if not self._policy.allows(host, address):
+                raise EgressRefused(f"the destination {host} ({address}) is not allowed")
+        failure: Exception | None = None
+        for text in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    text, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise EgressRefused("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+def guarded_client(
+    policy: EgressPolicy,
+    *,
+    resolver: Resolver = system_resolver,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    context = ssl_context or ssl.create_default_context()
+    transport = httpx.AsyncHTTPTransport(verify=context, retries=0)
+    # httpx has no public way to pass a network backend; give its transport a pool built the
+    # way httpx builds it, with the guarded backend.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=100,
+        max_keepalive_connections=20,
+        keepalive_expiry=5.0,
+        network_backend=GuardedBackend(policy, resolver),
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        trust_env=False,  # proxy variables must not route around the guard
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        timeout=DEFAULT_TIMEOUT_S,
+    )
+
+
+class Outbound:
+    """Makes scripts' HTTP requests."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def fetch(self, call: HttpCall, *, timeout_s: float, request_id: str) -> HttpResult:
+        try:
+            url = httpx.URL(call.url)
+        except httpx.InvalidURL as exc:
+            return HttpResult(error=f"invalid URL: {exc}")
+        if url.scheme not in ("http", "https") or not url.host:
+            return HttpResult(error="only http and https URLs are allowed")
+        if timeout_s <= 0:
+            return HttpResult(error="no time left for the request")
+        headers = [(name.encode("latin-1"), value) for name, value in call.headers]
+        headers.append((b"X-Request-Id", request_id.encode()))
+        auth = httpx.BasicAuth(*call.auth) if call.auth is not None else None
+        request = self._client.build_request(
+            call.method,
+            url,
+            headers=headers,
+            content=call.body,
+            timeout=timeout_s,
+        )
+        try:
+            with trio.fail_after(timeout_s):
+                response = await self._client.send(request, auth=auth, stream=True)
+                try:
+                    body = bytearray()
+                    async for chunk in response.aiter_raw():
+                        body += chunk
+                        if len(body) > MAX_RESPONSE_BYTES:
+                            return HttpResult(
+                                error=f"response larger than {MAX_RESPONSE_BYTES} bytes"
+                            )
+                finally:
+                    await response.aclose()
+        except trio.TooSlowError:
+            return HttpResult(error=f"timed out after {timeout_s:.3g} s")
+        except httpx.TooManyRedirects:
+            return HttpResult(error=f"more than {MAX_REDIRECTS} redirects")
+        except httpx.TimeoutException:
+            return HttpResult(error=f"timed out after {timeout_s:.3g} s")
+        except httpx.HTTPError as exc:
+            return HttpResult(error=describe(exc))
+        return HttpResult(
+            status=response.status_code,
+            headers=[(name.decode("latin-1"), value) for name, value in response.headers.raw],
+            body=bytes(body),
+        )
+
+
+def describe(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, EgressRefused):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc) or type(exc).__name__
+    return f"request failed: {text}"[:300]
+
+
+class RequestCalls:
+    """Answers one request's platform calls: its subrequest budget and its deadline."""
+
+    def __init__(
+        self, outbound: Outbound, *, deadline: float, request_id: str, max_subrequests: int
+    ) -> None:
+        self._outbound = outbound
+        self._deadline = deadline
+        self._request_id = request_id
+        self._left = max_subrequests
+        self._max = max_subrequests
+
+    async def __call__(self, call: Call) -> CallResult:
+        if call.http is None:
+            return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
+        if self._left <= 0:
+            return CallResult(
+                id=call.id,
+                call_id=call.call_id,
+                error=f"more than {self._max} subrequests in one request",
+            )
+        self._left -= 1
+        remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
+        timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
+        result = await self._outbound.fetch(
+            call.http, timeout_s=timeout, request_id=self._request_id
+        )
+        return CallResult(id=call.id, call_id=call.call_id, http=result)
+
+
+@asynccontextmanager
+async def open_outbound(
+    policy: EgressPolicy,
+    *,
+    resolver: Resolver = system_resolver,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Outbound]:
+    async with guarded_client(policy, resolver=resolver, ssl_context=ssl_context) as client:
+        yield Outbound(client)
