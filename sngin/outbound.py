@@ -194,15 +194,11 @@ class Outbound:
             with trio.fail_after(timeout_s):
                 response = await self._client.send(request, auth=auth, stream=True)
                 try:
-                    body = bytearray()
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        if len(body) > MAX_RESPONSE_BYTES:
-                            return HttpResult(
-                                error=f"response larger than {MAX_RESPONSE_BYTES} bytes"
-                            )
+                    body = await read_capped(response, MAX_RESPONSE_BYTES)
                 finally:
                     await response.aclose()
+                if body is None:
+                    return HttpResult(error=f"response larger than {MAX_RESPONSE_BYTES} bytes")
         except trio.TooSlowError:
             return HttpResult(error=f"timed out after {timeout_s:.3g} s")
         except httpx.TooManyRedirects:
@@ -218,14 +214,32 @@ class Outbound:
         )
 
 
+async def read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or None if it is larger than cap. A declared size is refused unread; an
+    undeclared one is read to its end (within the call's timeout) but never kept past cap:
+    leaving httpx's stream iterators half-way leaves generators that trio warns about."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    body = bytearray()
+    too_big = False
+    async for chunk in response.aiter_bytes():
+        if not too_big:
+            body += chunk
+            too_big = len(body) > cap
+    return None if too_big else bytes(body)
+
+
 def describe(exc: httpx.HTTPError) -> str:
+    """A short message for the script: the guard's refusal, or the first cause with text."""
+    text = ""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, EgressRefused):
             return str(cause)
+        text = text or str(cause)
         cause = cause.__cause__ or cause.__context__
-    text = str(exc) or type(exc).__name__
-    return f"request failed: {text}"[:300]
+    return f"request failed: {text or type(exc).__name__}"[:300]
 
 
 class RequestCalls:

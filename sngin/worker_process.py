@@ -95,7 +95,11 @@ class Pending:
     reply: Reply | None = None
     failure: WorkerFailed | None = None
     waiting_call: bool = False  # the worker is waiting for our answer to its Call
-    call_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    call_scopes: list[trio.CancelScope] = field(default_factory=list)
+
+    def cancel_calls(self) -> None:
+        for scope in self.call_scopes:
+            scope.cancel()
 
 
 async def refuse_calls(call: Call) -> CallResult:
@@ -233,7 +237,7 @@ class WorkerProcess:
             await self._abandon(pending)
             raise
         finally:
-            pending.call_scope.cancel()
+            pending.cancel_calls()
             self.pending.pop(full.id, None)
         if pending.failure is not None:
             raise pending.failure
@@ -270,7 +274,7 @@ class WorkerProcess:
         # Else it finishes on its own (within its CPU budget) and its Reply is dropped.
 
     async def _send_cancel(self, pending: Pending) -> None:
-        pending.call_scope.cancel()
+        pending.cancel_calls()
         # Shielded and bounded: the request's own scope may already be cancelled.
         with trio.move_on_after(1.0, shield=True):
             await self._send(Cancel(id=pending.job.id))
@@ -324,7 +328,9 @@ class WorkerProcess:
         self._nursery.start_soon(self._answer_call, pending, call)
 
     async def _answer_call(self, pending: Pending, call: Call) -> None:
-        with pending.call_scope:
+        scope = trio.CancelScope()
+        pending.call_scopes.append(scope)
+        with scope:
             handler = pending.calls or refuse_calls
             result = await handler(call)
             pending.waiting_call = False

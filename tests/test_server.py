@@ -104,6 +104,8 @@ async def running(
     cpu_ms: int = 2000,
     memory_mb: int = 128,
     pool: dict | None = None,
+    outbound=None,
+    max_subrequests: int = 50,
     **limits,
 ):
     write_sites(tmp_path)
@@ -111,7 +113,7 @@ async def running(
         bind=Bind(host="127.0.0.1", port=0),
         code_dir=tmp_path,
         pool=PoolSettings(size=workers),
-        limits=Limits(timeout_ms=timeout_ms, **limits),
+        limits=Limits(timeout_ms=timeout_ms, max_subrequests=max_subrequests, **limits),
         trusted_proxies=trusted_proxies,
         http=http or HttpSettings(),
         admin_token=admin_token,
@@ -127,7 +129,13 @@ async def running(
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
-        deps = Deps(settings=settings, store=store or LocalStore(tmp_path), pool=pool)
+        deps = Deps(
+            settings=settings,
+            store=store or LocalStore(tmp_path),
+            pool=pool,
+            outbound=outbound,
+            limits_for=limits_for,
+        )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )

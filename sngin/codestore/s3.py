@@ -17,6 +17,7 @@ from botocore.awsrequest import AWSRequest
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
 from sngin.errors import CodeFetchError
+from sngin.outbound import read_capped
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -133,11 +134,9 @@ class S3Store:
         if status == 404:
             return Missing()
         if status == 200:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_SCRIPT_BYTES:
-                    raise CodeFetchError(f"{key}: script larger than {MAX_SCRIPT_BYTES} bytes")
+            body = await read_capped(response, MAX_SCRIPT_BYTES)
+            if body is None:
+                raise CodeFetchError(f"{key}: script larger than {MAX_SCRIPT_BYTES} bytes")
             version = response.headers.get("etag") or response.headers.get("last-modified") or ""
             source = Source(
                 text=bytes(body),

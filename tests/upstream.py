@@ -1,0 +1,105 @@
+"""Local upstream HTTP(S) servers for http.request tests: echo, slow, redirect, huge, status."""
+
+from __future__ import annotations
+
+import contextlib
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    import ssl
+
+
+class Upstream:
+    """A threaded HTTP server on a loopback address; records every request it answers."""
+
+    def __init__(self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None):
+        self.requests: list[dict[str, object]] = []
+        self.release = threading.Event()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                except OSError:
+                    pass  # the client hung up (e.g. it refused a huge body)
+
+            def handle(self) -> None:
+                with contextlib.suppress(OSError):
+                    super().handle()
+
+            def do_GET(self) -> None:
+                upstream.handle(self)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.host = host
+        self.port = self.server.server_address[1]
+        self.scheme = "https" if ssl_context is not None else "http"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def url(self, path: str = "/", host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        split = urlsplit(handler.path)
+        query = parse_qs(split.query)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        record = {
+            "method": handler.command,
+            "path": split.path,
+            "query": split.query,
+            "headers": {k.lower(): v for k, v in handler.headers.items()},
+            "body": body.decode("latin-1"),
+        }
+        self.requests.append(record)
+        if split.path == "/slow":
+            self.release.wait(float(query.get("s", ["5"])[0]))
+        if split.path == "/redirect":
+            target = query["to"][0]
+            return self.reply(handler, 302, b"", {"Location": target})
+        if split.path == "/huge":
+            return self.reply(handler, 200, b"x" * (11 * 1024 * 1024))
+        if split.path.startswith("/status/"):
+            return self.reply(handler, int(split.path.rsplit("/", 1)[1]), b"status")
+        payload = json.dumps(record).encode()
+        self.reply(handler, 200, payload, {"Content-Type": "application/json", "X-Up": "1"})
+
+    @staticmethod
+    def reply(
+        handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None = None
+    ) -> None:
+        try:
+            handler.send_response(status)
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            if handler.command != "HEAD":
+                handler.wfile.write(body)
+        except OSError:
+            pass
