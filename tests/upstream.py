@@ -28,10 +28,8 @@ class Upstream:
                 pass
 
             def finish(self) -> None:
-                try:
+                with contextlib.suppress(OSError):  # the client hung up (a refused huge body)
                     super().finish()
-                except OSError:
-                    pass  # the client hung up (e.g. it refused a huge body)
 
             def handle(self) -> None:
                 with contextlib.suppress(OSError):
