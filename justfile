@@ -33,6 +33,7 @@ bench:
     @{{bin}}/python bench/sandbox_bench.py
     @{{bin}}/python bench/limits_bench.py
     @{{bin}}/python bench/serve_bench.py
+    @{{bin}}/python bench/wait_bench.py
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv
 lock:

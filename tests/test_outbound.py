@@ -341,3 +341,48 @@ async def test_without_an_outbound_client_calls_raise(tmp_path):
         response = await srv.get("/nocall")
     assert response.status_code == 500
     assert "http.request: not available here" in response.text
+
+
+async def test_busy_tenant_waits_then_gets_503_while_others_are_served(tmp_path, upstream):
+    scripts = {
+        "a.test/wait": f"return http.request('{upstream.url('/slow?s=10')}').content",
+    }
+    pool = {"tenant_concurrency": 1, "queue_timeout_s": 0.3}
+    async with serving(tmp_path, scripts, pool=pool) as srv, trio.open_nursery() as nursery:
+        nursery.start_soon(srv.get, "/wait")
+        while not upstream.requests:
+            await trio.lowlevel.checkpoint()
+        refused = await srv.get("/wait")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert (await srv.get("/", host="b.test")).text == "root of b"
+        upstream.release.set()
+    assert srv.pool.statistics().tenants["a.test"].queue_waits == 1
+
+
+async def test_cpu_kill_is_blamed_on_the_running_request_and_fails_its_sibling(tmp_path, upstream):
+    scripts = {
+        "a.test/wait": f"return http.request('{upstream.url('/slow?s=10')}').content",
+        "a.test/spin": "while true do end",
+    }
+    results = {}
+    async with serving(tmp_path, scripts, pool={"size": 1}, cpu_ms=300) as srv:
+
+        async def wait():
+            results["wait"] = await srv.get("/wait")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            while not upstream.requests:
+                await trio.lowlevel.checkpoint()
+            results["spin"] = await srv.get("/spin")
+        upstream.release.set()
+        stats = srv.pool.statistics().tenants["a.test"]
+    assert results["spin"].status_code == 504
+    assert "CPU-time limit of 300 ms" in results["spin"].text
+    assert results["wait"].status_code == 502
+    assert results["wait"].text == (
+        "the request was stopped because another request on its worker exceeded its "
+        "CPU-time limit\n"
+    )
+    assert stats.cpu_kills == 1  # one kill, one strike

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     import ssl
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A deep accept queue: the default of 5 drops bursts of connections (SYN retried in 1 s).
+    request_queue_size = 256
+
+
 class Upstream:
     """A threaded HTTP server on a loopback address; records every request it answers."""
 
@@ -40,8 +46,7 @@ class Upstream:
 
             do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, 0), Handler)
         if ssl_context is not None:
             self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
         self.host = host
