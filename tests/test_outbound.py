@@ -386,3 +386,20 @@ async def test_cpu_kill_is_blamed_on_the_running_request_and_fails_its_sibling(t
         "CPU-time limit\n"
     )
     assert stats.cpu_kills == 1  # one kill, one strike
+
+
+async def test_cpu_budget_spans_all_of_a_requests_steps(tmp_path, upstream):
+    # Each stretch of Lua between calls stays under the budget; together they exceed it.
+    burn = "local t = os.clock() while os.clock() - t < 0.15 do end"
+    script = f"""
+        for i = 1, 4 do
+          {burn}
+          http.request('{upstream.url("/step")}')
+        end
+        return 'finished'
+    """
+    async with serving(tmp_path, {"a.test/steps": script}, cpu_ms=400) as srv:
+        response = await srv.get("/steps")
+    assert response.status_code == 504
+    assert "CPU-time limit of 400 ms" in response.text
+    assert len(upstream.requests) == 2
