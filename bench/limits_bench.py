@@ -57,7 +57,9 @@ async def main() -> None:
         print(f"worker RSS after a request:          {rss_bytes(pid) / 2**20:6.1f} MiB")
         with contextlib.suppress(SnginError):
             await pool.run(job("bomb", b"local t = {} for i = 1, 1e9 do t[i] = {i} end"))
-        print(f"worker RSS after a 64 MB memory bomb: {rss_bytes(pid) / 2**20:6.1f} MiB")
+        print(f"worker RSS just after a 64 MB memory bomb: {rss_bytes(pid) / 2**20:6.1f} MiB")
+        await pool.run(job("hello", b"return 'hi'"))  # the worker tidies up between frames
+        print(f"worker RSS at its next request:      {rss_bytes(pid) / 2**20:6.1f} MiB")
 
 
 if __name__ == "__main__":

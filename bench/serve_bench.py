@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from sandbox.protocol import HEADER, Job, Request, decode_reply, encode_frame
+from sandbox.protocol import HEADER, Hello, Job, Reply, Request, decode_from_worker, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.s3proxy, the counting proxy the tests use
@@ -151,7 +151,11 @@ def worker_startup_ms(samples: int = 10) -> float:
         proc.stdin.write(encode_frame(job))
         proc.stdin.flush()
         (length,) = HEADER.unpack(proc.stdout.read(HEADER.size))
-        assert decode_reply(proc.stdout.read(length)).body == b"hi"
+        assert isinstance(decode_from_worker(proc.stdout.read(length)), Hello)
+        (length,) = HEADER.unpack(proc.stdout.read(HEADER.size))
+        reply = decode_from_worker(proc.stdout.read(length))
+        assert isinstance(reply, Reply)
+        assert reply.body == b"hi"
         times.append((time.perf_counter() - start) * 1000)
         proc.stdin.close()
         proc.wait()

@@ -130,12 +130,17 @@ class Worker:
         self.send(msgspec.structs.replace(reply, id=request_id, cpu_ms=cpu_ms))
         if reply.error == MEMORY_LIMIT:
             # A runtime that ran out of memory may hold the tenant's garbage: start afresh
-            # once no request is using it, and hand the freed heap back to the OS.
+            # once no request is using it (see tidy_up).
             self.replace_runtime = True
-            if not self.runs and self.runtime is not None:
-                self.runtime.close()
-                self.runtime = None
-                limits.release_free_memory()
+
+    def tidy_up(self) -> None:
+        """Between frames, when nothing refers to the request objects any more: drop a runtime
+        that ran out of memory and hand the freed heap back to the OS."""
+        if self.replace_runtime and not self.runs and self.runtime is not None:
+            self.runtime.close()
+            self.runtime = None
+            self.replace_runtime = False
+            limits.release_free_memory()
 
     def forget(self, request_id: int) -> None:
         self.cpu_left_s.pop(request_id, None)
@@ -202,6 +207,7 @@ def main() -> int:
             raise EOFError("input ended inside a frame")
         try:
             worker.handle(decode_to_worker(body))
+            worker.tidy_up()
         except MemoryError:
             # The address-space backstop: this process is no longer trustworthy.
             return EXIT_MEMORY
