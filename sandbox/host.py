@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
+import hmac
 import json
+import secrets
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 MAX_JSON_DEPTH = 512
 
@@ -66,6 +72,8 @@ class JsonDecoder:
             return (self._to_lua(value, 0),)
         except HostError as exc:
             return (None, f"invalid JSON: {exc}".encode())
+        except RecursionError:
+            return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
 
     def _to_lua(self, value: Any, depth: int) -> Any:
         if depth > MAX_JSON_DEPTH:
@@ -89,3 +97,46 @@ def _short(exc: ValueError) -> str:
     # json's messages name a line and column; the input is the tenant's own, so they are safe.
     text = str(exc)
     return text[:200]
+
+
+HASHES: Final = {b"md5", b"sha1", b"sha256", b"sha512"}
+
+
+def _algorithm(name: Any) -> str:
+    if name not in HASHES:
+        raise HostError("unknown hash")
+    return str(name.decode())
+
+
+def hash_digest(name: Any, data: Any) -> HostResult:
+    raw = hashlib.new(_algorithm(name), expect_bytes(data, "argument")).digest()
+    return (raw, raw.hex().encode())
+
+
+def hmac_digest(name: Any, key: Any, message: Any) -> HostResult:
+    mac = hmac.new(expect_bytes(key, "key"), expect_bytes(message, "message"), _algorithm(name))
+    raw = mac.digest()
+    return (raw, raw.hex().encode())
+
+
+def random_bytes(count: Any) -> HostResult:
+    return (secrets.token_bytes(int(count)),)
+
+
+def new_uuid() -> HostResult:
+    return (str(uuid.uuid4()).encode(),)
+
+
+def b64encode(data: Any) -> HostResult:
+    return (base64.b64encode(expect_bytes(data, "argument")),)
+
+
+def b64decode(data: Any) -> HostResult:
+    """Standard or URL-safe alphabet; whitespace and missing padding are tolerated."""
+    text = b"".join(expect_bytes(data, "argument").split())
+    text = text.replace(b"-", b"+").replace(b"_", b"/")
+    text += b"=" * (-len(text) % 4)
+    try:
+        return (base64.b64decode(text, validate=True),)
+    except (binascii.Error, ValueError):
+        return (None, b"invalid base64")

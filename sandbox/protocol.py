@@ -133,8 +133,15 @@ class Running(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     id: int
 
 
+class Log(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """One print/log line, sent as the script writes it."""
+
+    id: int
+    line: bytes
+
+
 ToWorker = Job | CallResult | Cancel
-FromWorker = Hello | Reply | Call | Running
+FromWorker = Hello | Reply | Call | Running | Log
 
 _encoder = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)

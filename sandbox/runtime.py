@@ -13,7 +13,7 @@ from typing import Any, Final
 import lupa.luajit21 as lupa
 import msgspec
 
-from sandbox import host, request
+from sandbox import compat, host, request
 from sandbox.protocol import (
     BAD_SOURCE,
     ERROR_KINDS,
@@ -66,8 +66,9 @@ def _refuse_attribute(obj: object, name: object, is_setting: bool) -> object:
 class TenantRuntime:
     """One LuaJIT state owned by one tenant; never reused for another tenant."""
 
-    def __init__(self, tenant: str) -> None:
+    def __init__(self, tenant: str, log_sink: Callable[[int, bytes], None] | None = None) -> None:
         self.tenant = tenant
+        self.log_sink = log_sink  # print/log lines as they happen (request id, line)
         self._lua = lupa.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -86,14 +87,28 @@ class TenantRuntime:
 
     def _make_host_libraries(self) -> Any:
         lua, api = self._lua, self._api
+        wrap = api[b"wrap_host"]
         json = api[b"json_library"]()
-        decode = api[b"wrap_host"](
+        decode = wrap(
             host.guard("json.decode", host.JsonDecoder(lua.table_from, api[b"json_null"]))
         )
         json[b"decode"] = decode
         json[b"parse"] = decode
         json[b"stringify"] = json[b"encode"]
-        return lua.table_from({b"json": json})
+        functions = {
+            b"hash": host.guard("crypto", host.hash_digest),
+            b"hmac": host.guard("crypto.hmac", host.hmac_digest),
+            b"random": host.guard("crypto.random", host.random_bytes),
+            b"uuid": host.guard("crypto.uuid", host.new_uuid),
+            b"b64encode": host.guard("base64.encode", host.b64encode),
+            b"b64decode": host.guard("base64.decode", host.b64decode),
+            b"emit": host.guard("log", self._emit_log),
+        }
+        libraries = api[b"host_libraries"](
+            lua.table_from({name: wrap(fn) for name, fn in functions.items()})
+        )
+        libraries[b"json"] = json
+        return libraries
 
     def _harden(self) -> tuple[Any, Any]:
         """Strip lupa's `python` bridge and every unsafe library from the real Lua state."""
@@ -121,6 +136,11 @@ class TenantRuntime:
         lua.gccollect()
         registry[REFERENCES] = None
         return registry, saved_references
+
+    def _emit_log(self, request_id: Any, line: Any) -> tuple[()]:
+        if self.log_sink is not None and isinstance(line, bytes):
+            self.log_sink(int(request_id), line)
+        return ()
 
     def _lift_memory_limit(self) -> tuple[()]:
         self._lua.set_max_memory(UNLIMITED)
@@ -158,7 +178,8 @@ class TenantRuntime:
         if job.source.startswith(b"\x1b"):
             message = f"{job.key}: precompiled bytecode is not accepted; store Lua source text"
             return None, Reply(error=BAD_SOURCE, message=message)
-        factory, err = self._api[b"compile"](job.source, b"=" + job.key.encode())
+        source = compat.rewrite_escapes(job.source)
+        factory, err = self._api[b"compile"](source, b"=" + job.key.encode())
         if factory is None:
             return None, Reply(error=BAD_SOURCE, message=_text(err))
         self._compiled[cache_key] = factory
@@ -185,7 +206,7 @@ class TenantRuntime:
                     b"max_log_bytes": job.limits.max_log_bytes,
                 }
             )
-            env, collect = self._api[b"new_env"](req, self._host_libraries, limits)
+            env, collect = self._api[b"new_env"](req, self._host_libraries, limits, job.id)
             method = job.request.method.lower().encode()
             thread = self._api[b"begin"](
                 factory, env, req, method, secrets.randbits(48), limits, self._lift

@@ -27,6 +27,7 @@ from sandbox.protocol import (
     Hello,
     HttpCall,
     Job,
+    Log,
     Reply,
     Running,
     decode_to_worker,
@@ -83,9 +84,12 @@ class Worker:
         ):
             if runtime is not None:
                 runtime.close()
-            runtime = self.runtime = TenantRuntime(job.tenant)
+            runtime = self.runtime = TenantRuntime(job.tenant, log_sink=self.send_log)
             self.replace_runtime = False
         return runtime
+
+    def send_log(self, request_id: int, line: bytes) -> None:
+        self.send(Log(id=request_id, line=line))
 
     def start(self, job: Job) -> None:
         runtime = self.runtime_for(job)
@@ -192,6 +196,8 @@ def main() -> int:
     sys.stdout = sys.stderr
     incoming = os.fdopen(0, "rb", buffering=0, closefd=False)
     limits.apply_after_imports()
+    # json.decode converts up to 512 levels recursively (a few frames each).
+    sys.setrecursionlimit(5000)
 
     def send(message: FromWorker) -> None:
         frames.write(encode_frame(message))

@@ -120,9 +120,8 @@ class Dispatcher:
             source=source.text,
         )
         reply = await self.deps.pool.run(job, self._calls(tenant, request.id))
-        for line in reply.logs:
-            script_log.info("%s %s: %s", key, request.id, line.decode("utf-8", "replace"))
         if reply.logs_dropped:
+            # The lines themselves were streamed (and logged) as the script wrote them.
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         await send_reply(send, reply, head=scope["method"] == "HEAD")
 

@@ -10,6 +10,8 @@ siblings.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import signal
 import subprocess
@@ -29,6 +31,7 @@ from sandbox.protocol import (
     Cancel,
     Hello,
     Job,
+    Log,
     Reply,
     Running,
     ToWorker,
@@ -39,6 +42,8 @@ from sandbox.protocol import (
 
 if TYPE_CHECKING:
     from trio.abc import ReceiveStream, SendStream
+
+script_log = logging.getLogger("sngin.script")
 
 WORKER_ARGV: Final = (sys.executable, "-m", "sandbox")
 # Versions remembered per worker; past this the set restarts (a miss only resends source).
@@ -299,6 +304,8 @@ class WorkerProcess:
                     self._start_call(message)
                 elif isinstance(message, Running):
                     self._running = message.id
+                elif isinstance(message, Log):
+                    self._log(message)
                 else:
                     raise ValueError("unexpected frame")
         except EOFError:
@@ -309,6 +316,24 @@ class WorkerProcess:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             reason = await self._exit_reason()
         self._fail_all(reason)
+
+    def _log(self, message: Log) -> None:
+        pending = self.pending.get(message.id)
+        if pending is None:
+            return
+        request = pending.job.request
+        # One JSON line per script line, tagged so a tail can follow one tenant or request.
+        script_log.info(
+            "%s",
+            json.dumps(
+                {
+                    "tenant": pending.job.tenant,
+                    "request": request.id,
+                    "path": request.path,
+                    "line": message.line.decode("utf-8", "replace"),
+                }
+            ),
+        )
 
     def _finish(self, reply: Reply) -> None:
         if self._running == reply.id:
@@ -359,7 +384,7 @@ class WorkerProcess:
             await self.process.wait()
         return classify_exit(self.process.returncode, self.killed_for)
 
-    async def _receive(self) -> Hello | Reply | Call | Running:
+    async def _receive(self) -> Hello | Reply | Call | Running | Log:
         header = await self._receive_exactly(HEADER.size)
         return decode_from_worker(await self._receive_exactly(frame_length(header)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 from contextlib import asynccontextmanager
@@ -392,8 +393,21 @@ async def test_idle_workers_are_chosen_by_tenant(server):
 
 async def test_script_output_goes_to_the_server_log(server, caplog):
     caplog.set_level("INFO", logger="sngin.script")
-    assert (await server.get("/printer")).text == "printed"
-    assert any(
-        "a.test/printer" in r.getMessage() and "hello from the script" in r.getMessage()
-        for r in caplog.records
-    )
+    response = await server.get("/printer")
+    assert response.text == "printed"
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sngin.script"]
+    assert lines == [
+        {"tenant": "a.test", "request": lines[0]["request"], "path": "/printer",
+         "line": "hello from the script"}
+    ]  # fmt: skip
+    assert len(lines[0]["request"]) == 32
+
+
+async def test_a_killed_scripts_lines_are_kept(tmp_path, caplog):
+    caplog.set_level("INFO", logger="sngin.script")
+    (tmp_path / "a.test" / "dies").mkdir(parents=True)
+    (tmp_path / "a.test" / "dies" / "index.lua").write_text("print('last words') while true do end")
+    async with running(tmp_path, cpu_ms=200) as srv:
+        assert (await srv.get("/dies")).status_code == 504
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sngin.script"]
+    assert [line["line"] for line in lines] == ["last words"]

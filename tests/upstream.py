@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     import ssl
+
+
+VERIFY_KEY = b"\x00sngin-test-signing-key\xff"
 
 
 class _Server(ThreadingHTTPServer):
@@ -86,6 +92,14 @@ class Upstream:
             return self.reply(handler, 302, b"", {"Location": target})
         if split.path == "/huge":
             return self.reply(handler, 200, b"x" * (11 * 1024 * 1024))
+        if split.path == "/verify":
+            # Checks X-Signature = base64(HMAC-SHA256(VERIFY_KEY, method + path + body)).
+            expected = base64.b64encode(
+                hmac.new(VERIFY_KEY, handler.command.encode() + split.path.encode() + body,
+                         hashlib.sha256).digest()
+            ).decode()  # fmt: skip
+            ok = hmac.compare_digest(handler.headers.get("X-Signature", ""), expected)
+            return self.reply(handler, 200 if ok else 401, b"verified" if ok else b"bad signature")
         if split.path.startswith("/status/"):
             return self.reply(handler, int(split.path.rsplit("/", 1)[1]), b"status")
         payload = json.dumps(record).encode()

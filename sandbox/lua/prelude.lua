@@ -327,7 +327,7 @@ end
 ---------------------------------------------------------------------------------------------
 -- Per-request environment
 
-local function new_output(limits)
+local function new_output(limits, request_id, emit_host)
   local lines, count, bytes, dropped = {}, 0, 0, 0
   local max_lines, max_bytes = limits.max_log_lines, limits.max_log_bytes
   local function emit(...)
@@ -341,6 +341,8 @@ local function new_output(limits)
     count = count + 1
     bytes = bytes + #line
     lines[count] = line
+    -- Streamed as it happens, so a script killed later still leaves its lines behind.
+    if emit_host then emit_host(request_id, line) end
   end
   local function collect()
     return lines, dropped
@@ -348,12 +350,15 @@ local function new_output(limits)
   return emit, collect
 end
 
-local function new_env(request, host_libraries, limits)
+local function new_env(request, host_libraries, limits, request_id)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
   for name, lib in next, LIBRARIES do env[name] = copy(lib) end
-  for name, lib in next, host_libraries do env[name] = copy(lib) end
-  local emit, collect = new_output(limits)
+  for name, lib in next, host_libraries do
+    -- Locked proxies (unsupported names) are shared as they are; the rest are copied.
+    if name ~= "_emit" then env[name] = getmetatable(lib) == nil and copy(lib) or lib end
+  end
+  local emit, collect = new_output(limits, request_id, rawget(host_libraries, "_emit"))
   env.print = emit
   env.log = emit
   env.request = request
@@ -633,12 +638,102 @@ local function json_library()
   }
 end
 
+---------------------------------------------------------------------------------------------
+-- crypto, base64, utils, and the webscript names this server does not provide
+
+local function check_string(value, what)
+  if type(value) ~= "string" then error(what .. " must be a string", 3) end
+end
+
+local function digest_object(raw, hex)
+  return { digest = function() return raw end, hex = function() return hex end }
+end
+
+local function host_libraries(host)
+  local crypto = {}
+  local names = {}
+  for _, algo in next, { "md5", "sha1", "sha256", "sha512" } do
+    local fn = function(s)
+      check_string(s, "crypto." .. algo .. ": the argument")
+      return digest_object(host.hash(algo, s))
+    end
+    crypto[algo] = fn
+    names[fn] = algo
+  end
+  crypto.hmac = function(key, message, hash)
+    check_string(key, "crypto.hmac: the key")
+    check_string(message, "crypto.hmac: the message")
+    local algo = names[hash]
+    if not algo then
+      error("crypto.hmac: the third argument must be crypto.md5, crypto.sha1, crypto.sha256 "
+        .. "or crypto.sha512", 2)
+    end
+    return digest_object(host.hmac(algo, key, message))
+  end
+  crypto.random = function(n)
+    if type(n) ~= "number" or n < 0 or n > 1048576 or n ~= floor(n) then
+      error("crypto.random: expected a whole number of bytes up to 1048576", 2)
+    end
+    return host.random(n)
+  end
+  crypto.uuid = function() return host.uuid() end
+
+  local base64 = {
+    encode = function(s)
+      check_string(s, "base64.encode: the argument")
+      return host.b64encode(s)
+    end,
+    decode = function(s)
+      check_string(s, "base64.decode: the argument")
+      return host.b64decode(s)
+    end,
+  }
+
+  local utils = {
+    trim = function(s)
+      check_string(s, "utils.trim: the argument")
+      return (sgsub(sgsub(s, "^%s+", ""), "%s+$", ""))
+    end,
+    split = function(s, separator)
+      check_string(s, "utils.split: the string")
+      separator = separator or ","
+      check_string(separator, "utils.split: the separator")
+      if separator == "" then error("utils.split: the separator must not be empty", 2) end
+      local parts, start = {}, 1
+      while true do
+        local at, stop = sfind(s, separator, start, true)
+        if not at then break end
+        parts[#parts + 1] = ssub(s, start, at - 1)
+        start = stop + 1
+      end
+      parts[#parts + 1] = ssub(s, start)
+      return parts
+    end,
+    slugify = function(s)
+      check_string(s, "utils.slugify: the argument")
+      local slug = sgsub(slower(s), "[^%w]+", "-")
+      return (sgsub(sgsub(slug, "^%-+", ""), "%-+$", ""))
+    end,
+  }
+
+  local libraries = { crypto = crypto, base64 = base64, utils = utils, _emit = host.emit }
+  -- webscript.io names this server does not provide: a clear error on any use.
+  for _, name in next, { "storage", "lease", "email", "alert" } do
+    local function refuse() error(name .. " is not supported by this server", 2) end
+    libraries[name] = setmetatable({}, {
+      __index = refuse, __newindex = refuse, __call = refuse, __metatable = false,
+    })
+  end
+  return libraries
+end
+
 return {
   new_env = new_env,
   begin = begin,
   step = step,
   compile = compile,
   json_library = json_library,
+  host_libraries = host_libraries,
   json_null = json_null,
   wrap_host = wrap_host,
 }
