@@ -103,12 +103,22 @@ class HttpResult(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class ModuleSource(msgspec.Struct, frozen=True, kw_only=True):
+    """A module's text for `require`, with the version it is cached under."""
+
+    text: bytes
+    version: str
+    chunkname: str
+
+
 class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """A running script asks the server to do something for it (a platform call)."""
+    """A running script asks the server to do something for it (a platform call):
+    an HTTP request, or a module for `require` ("tenant:<path>.lua", "github:<path>.lua")."""
 
     id: int
     call_id: int
     http: HttpCall | None = None
+    module: str | None = None
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -117,6 +127,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     id: int
     call_id: int
     http: HttpResult | None = None
+    module: ModuleSource | None = None
     error: str | None = None
 
 

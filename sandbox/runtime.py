@@ -79,6 +79,7 @@ class TenantRuntime:
         )
         self._api = self._lua.execute(prelude_bytecode(), name=b"=sngin", mode=b"b")
         self._host_libraries = self._make_host_libraries()
+        self._api[b"module_libraries"](self._host_libraries)
         self._lift = self._api[b"wrap_host"](host.guard("lift", self._lift_memory_limit))
         self._registry, self._saved_references = self._harden()
         self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -206,7 +207,7 @@ class TenantRuntime:
                     b"max_log_bytes": job.limits.max_log_bytes,
                 }
             )
-            env, collect = self._api[b"new_env"](req, self._host_libraries, limits, job.id)
+            env, collect, _ = self._api[b"new_env"](req, self._host_libraries, limits, job.id)
             method = job.request.method.lower().encode()
             thread = self._api[b"begin"](
                 factory, env, req, method, secrets.randbits(48), limits, self._lift

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 import lupa.luajit21 as lupa
 import msgspec
 
-from sandbox import limits
+from sandbox import compat, limits
 from sandbox.protocol import (
     EXIT_MEMORY,
     HEADER,
@@ -114,7 +114,11 @@ class Worker:
             self.finish(request_id, outcome)
             return
         self.call_ids += 1
-        self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
+        if outcome[b"op"] == b"module":
+            name = outcome[b"name"].decode("utf-8", "replace")
+            self.send(Call(id=request_id, call_id=self.call_ids, module=name))
+        else:
+            self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
 
     def timed(self, request_id: int, work: Any) -> Any:
         """Run work under the request's remaining CPU budget (SIGPROF kills past it)."""
@@ -155,6 +159,15 @@ class Worker:
         assert runtime is not None
         if result.error is not None:
             return runtime.table_from({b"raise": result.error.encode()})
+        if result.module is not None:
+            module = result.module
+            return runtime.table_from(
+                {
+                    b"source": compat.rewrite_escapes(module.text),
+                    b"version": module.version.encode(),
+                    b"chunkname": module.chunkname.encode(),
+                }
+            )
         http = result.http
         if http is None:
             return runtime.table_from({b"raise": b"no answer"})

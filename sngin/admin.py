@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from typing import TYPE_CHECKING, Any
 
 from quart import request
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from sngin.app import Deps
 
 PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
+# github.com/<user>/<repo>/... -> the module cache's key prefix "<user>/<repo>/..."
+GITHUB_PREFIX = re.compile(r"(?:https://)?github\.com/([\w.-]+/[\w.-]+/(?:[\w./-]*))\Z")
 Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 
 
@@ -57,9 +60,24 @@ def create_admin(deps: Deps) -> QuartTrio:
         dropped = await deps.store.purge(tenant, folder, recursive=PURGE_TYPES[kind])
         return {"purged": dropped, "host": tenant, "path": "/" + folder, "type": kind}, 200
 
+    async def purge_modules(url_prefix: str) -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        match = GITHUB_PREFIX.match(url_prefix)
+        if match is None:
+            return {"error": "url_prefix must look like github.com/<user>/<repo>/"}, 400
+        prefix = match.group(1)
+        dropped = 0
+        if deps.github is not None:
+            dropped = await deps.github.purge_matching(lambda key: key.startswith(prefix))
+        return {"purged": dropped, "url_prefix": url_prefix}, 200
+
     @admin.post("/__sngin/purge")
     async def purge_json() -> Answer:
         body = await request.get_json(force=True, silent=True)
+        if isinstance(body, dict) and isinstance(body.get("url_prefix"), str):
+            return await purge_modules(body["url_prefix"])
         if not isinstance(body, dict) or not isinstance(body.get("host"), str):
             return {"error": 'expected JSON {"host": ..., "path": ..., "type": ...}'}, 400
         path, kind = body.get("path", "/"), body.get("type", "file")

@@ -28,6 +28,7 @@ from sngin.pool import TenantLimits
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
+    from sngin.cache import CodeCache
     from sngin.codestore import CodeSource
     from sngin.config import Settings
     from sngin.outbound import Outbound
@@ -53,6 +54,7 @@ class Deps:
     pool: Pool
     outbound: Outbound | None = None  # None: scripts' http.request calls are refused
     limits_for: Callable[[str], TenantLimits] | None = None
+    github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
 
 
 class Dispatcher:
@@ -125,16 +127,17 @@ class Dispatcher:
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         await send_reply(send, reply, head=scope["method"] == "HEAD")
 
-    def _calls(self, tenant: str, request_id: str) -> RequestCalls | None:
+    def _calls(self, tenant: str, request_id: str) -> RequestCalls:
         deps = self.deps
-        if deps.outbound is None:
-            return None
         limits = deps.limits_for(tenant) if deps.limits_for is not None else TenantLimits()
         return RequestCalls(
             deps.outbound,
+            tenant=tenant,
             deadline=trio.current_time() + limits.timeout_ms / 1000,
             request_id=request_id,
             max_subrequests=deps.settings.limits.max_subrequests,
+            store=deps.store,
+            github=deps.github,
         )
 
     def _client(self, scope: Scope, headers: list[tuple[str, bytes]]) -> tuple[str, str]:

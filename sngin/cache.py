@@ -264,7 +264,10 @@ class CodeCache:
         Fetches already in flight for those keys are not cached when they land, and new
         requests do not join them: the next request fetches unconditionally.
         """
-        covers = covering(tenant, folder, recursive=recursive)
+        return await self.purge_matching(covering(tenant, folder, recursive=recursive))
+
+    async def purge_matching(self, covers: Callable[[str], bool]) -> int:
+        """Drop every entry whose key `covers` accepts (e.g. one GitHub repository's modules)."""
         self._epoch += 1
         self._purges.append((self._epoch, covers))
         self._purged += 1

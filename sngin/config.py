@@ -106,6 +106,7 @@ class Settings:
     mirror_bytes: int = 1024 * MIB  # SNGIN_MIRROR_BYTES; 0 turns the mirror off
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
+    github_raw_url: str = "https://raw.githubusercontent.com"  # SNGIN_GITHUB_RAW_URL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -250,6 +251,13 @@ def parse_egress(text: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def parse_base_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not re.match(r"https?://[^/\s]+(/\S*)?\Z", url):
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -294,6 +302,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
     "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
+    "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", _int_range(1, 1024)),
     "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", _int_range(1, 100_000)),
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", _float_range(0, 3600)),

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpcore
 import httpx
 import trio
 
-from sandbox.protocol import Call, CallResult, HttpCall, HttpResult
+from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
+from sngin.errors import CodeFetchError
+
+if TYPE_CHECKING:
+    from sngin.codestore import CodeSource
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +247,40 @@ def describe(exc: httpx.HTTPError) -> str:
     return f"request failed: {text or type(exc).__name__}"[:300]
 
 
+MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
+
+
 class RequestCalls:
-    """Answers one request's platform calls: its subrequest budget and its deadline."""
+    """Answers one request's platform calls: http.request within its subrequest budget and
+    deadline, and modules for `require` from the tenant's own store or the GitHub raw host."""
 
     def __init__(
-        self, outbound: Outbound, *, deadline: float, request_id: str, max_subrequests: int
+        self,
+        outbound: Outbound | None,
+        *,
+        tenant: str,
+        deadline: float,
+        request_id: str,
+        max_subrequests: int,
+        store: CodeSource | None = None,
+        github: CodeSource | None = None,
     ) -> None:
         self._outbound = outbound
+        self._tenant = tenant
         self._deadline = deadline
         self._request_id = request_id
         self._left = max_subrequests
         self._max = max_subrequests
+        self._store = store
+        self._github = github
 
     async def __call__(self, call: Call) -> CallResult:
+        if call.module is not None:
+            return await self._module(call, call.module)
         if call.http is None:
             return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
+        if self._outbound is None:
+            return CallResult(id=call.id, call_id=call.call_id, error="not available here")
         if self._left <= 0:
             return CallResult(
                 id=call.id,
@@ -270,6 +294,29 @@ class RequestCalls:
             call.http, timeout_s=timeout, request_id=self._request_id
         )
         return CallResult(id=call.id, call_id=call.call_id, http=result)
+
+    async def _module(self, call: Call, name: str) -> CallResult:
+        """'tenant:<path>.lua' from this tenant's store only; 'github:<path>.lua' from the raw
+        host. Module fetches do not count against the subrequest budget."""
+        kind, _, path = name.partition(":")
+        try:
+            if not MODULE_PATH.match(path) or ".." in path.split("/"):
+                raise CodeFetchError(f"invalid module name {path}")
+            if kind == "tenant" and self._store is not None:
+                source = await self._store.fetch(f"{self._tenant}//{path}")
+                chunkname = f"{self._tenant}/{path}"
+            elif kind == "github" and self._github is not None:
+                source = await self._github.fetch(path)
+                chunkname = f"github.com/{path}"
+            else:
+                raise CodeFetchError("modules are not available here")
+        except CodeFetchError as exc:
+            return CallResult(id=call.id, call_id=call.call_id, error=exc.message)
+        if source is None:
+            shown = path if kind == "tenant" else f"github.com/{path}"
+            return CallResult(id=call.id, call_id=call.call_id, error=f"module {shown} not found")
+        module = ModuleSource(text=source.text, version=source.version, chunkname=chunkname)
+        return CallResult(id=call.id, call_id=call.call_id, module=module)
 
 
 @asynccontextmanager

@@ -13,6 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from sngin.app import Deps, create_app
 from sngin.cache import CodeCache
+from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
@@ -64,11 +65,17 @@ async def serve(
     limits_for = default_limits(settings)
     async with (
         open_code_source(settings) as store,
+        open_github_modules(settings) as github,
         open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
         open_pool(pool_config(settings), limits_for) as pool,
     ):
         deps = Deps(
-            settings=settings, store=store, pool=pool, outbound=outbound, limits_for=limits_for
+            settings=settings,
+            store=store,
+            pool=pool,
+            outbound=outbound,
+            limits_for=limits_for,
+            github=github,
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
@@ -98,6 +105,14 @@ def default_limits(settings: Settings) -> Callable[[str], TenantLimits]:
         timeout_ms=limits.timeout_ms, cpu_ms=limits.cpu_ms, memory_mb=limits.memory_mb
     )
     return lambda tenant: same
+
+
+@asynccontextmanager
+async def open_github_modules(settings: Settings) -> AsyncIterator[CodeCache]:
+    """Modules by GitHub URL, behind their own code cache (TTL, 304s, single-flight, stale)."""
+    async with open_github_store(settings.github_raw_url) as store, trio.open_nursery() as nursery:
+        yield CodeCache(store, settings.cache, nursery)
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

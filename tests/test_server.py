@@ -106,6 +106,7 @@ async def running(
     memory_mb: int = 128,
     pool: dict | None = None,
     outbound=None,
+    github=None,
     max_subrequests: int = 50,
     **limits,
 ):
@@ -136,6 +137,7 @@ async def running(
             pool=pool,
             outbound=outbound,
             limits_for=limits_for,
+            github=github,
         )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)

@@ -350,6 +350,8 @@ local function new_output(limits, request_id, emit_host)
   return emit, collect
 end
 
+local make_require  -- defined with the module system below
+
 local function new_env(request, host_libraries, limits, request_id)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
@@ -363,7 +365,8 @@ local function new_env(request, host_libraries, limits, request_id)
   env.log = emit
   env.request = request
   env._G = env
-  return env, collect
+  env.require = make_require(nil, env)
+  return env, collect, emit
 end
 
 ---------------------------------------------------------------------------------------------
@@ -556,6 +559,9 @@ local function request_body(fn, request, method, limits)
 end
 
 local requests = setmetatable({}, { __mode = "k" })
+-- The request being resumed (set by step): whose print a module's print writes to, and which
+-- modules that request is loading (circular requires are per request).
+local current = { emit = function() end, loading = {} }
 
 -- Returns a handle (a plain table) for the request: lupa hands a Lua thread to Python as a
 -- different kind of object, so the thread itself never leaves Lua.
@@ -566,7 +572,10 @@ local function begin(factory, env, request, method, seed, limits, lift)
   local co = co_create(request_body)
   request_threads[co] = true
   local handle = {}
-  requests[handle] = { co = co, env = env, lift = lift, args = { fn, request, method, limits } }
+  requests[handle] = {
+    co = co, env = env, lift = lift, args = { fn, request, method, limits },
+    emit = env.print, loading = {},
+  }
   return handle
 end
 
@@ -586,6 +595,7 @@ local function step(handle, answer)
   local state = requests[handle]
   local co = state.co
   string_mt.__index = state.env.string
+  current.emit, current.loading = state.emit, state.loading
   local results
   if state.args then
     local args = state.args
@@ -611,13 +621,132 @@ end
 
 -- Compile tenant source as text into a factory: each call makes a fresh closure, so each
 -- request gets its own function object whose environment can be set without touching others.
-local function compile(source, chunkname)
+local function compile_text(source, chunkname)
   local fn, err = load(source, chunkname, "t")
   if not fn then return nil, err end
   local factory
   factory, err = load("return function(...) " .. source .. "\nend", chunkname, "t")
   if not factory then return nil, err end
   return factory, nil
+end
+
+---------------------------------------------------------------------------------------------
+-- require: platform libraries, the tenant's own modules, and modules by GitHub URL.
+
+local PLATFORM_MODULES = {
+  json = true, crypto = true, base64 = true, utils = true, http = true, string = true,
+  table = true, math = true, os = true, coroutine = true, bit = true,
+}
+local loaded = {}            -- canonical name -> { version =, value = } (this tenant's runtime)
+local module_factories = {}  -- canonical name .. version -> compiled factory
+local module_tables = setmetatable({}, { __mode = "k" })  -- module env -> module() table
+local saved_host_libraries   -- set by module_libraries()
+-- The request being resumed (set by step): whose print a module's print writes to, and which
+-- modules that request is loading (circular requires are per request).
+
+local SEGMENT = "^[%w_%-%.]+$"
+
+local function valid_path(path)
+  for segment in gmatch(path, "[^/]*") do
+    if segment ~= "" and (not sfind(segment, SEGMENT) or segment == "." or segment == "..") then
+      return false
+    end
+  end
+  return not sfind(path, "//", 1, true) and ssub(path, 1, 1) ~= "/" and ssub(path, -1) ~= "/"
+end
+
+local function fail_require(message)
+  error("require: " .. message, 3)
+end
+
+-- The canonical name of a module: "github:<user>/<repo>/<ref>/<path>.lua" or "tenant:<path>.lua".
+local function resolve(name, base)
+  local url = smatch(name, "^https://(.+)$") or name
+  local user, repo, ref, path = smatch(url, "^github%.com/([^/]+)/([^/]+)/blob/([^/]+)/(.+)$")
+  if user then
+    local full = user .. "/" .. repo .. "/" .. ref .. "/" .. path
+    if not valid_path(full) or not sfind(path, "%.lua$") then
+      fail_require("'" .. name .. "' is not a valid GitHub module URL")
+    end
+    return "github:" .. full
+  end
+  if sfind(name, "[:/\\]") or not sfind(name, "^[%w_]+$") and not sfind(name, "^[%w_][%w_%.]*[%w_]$")
+    or sfind(name, "..", 1, true) then
+    fail_require("'" .. name .. "' is not a module name or a GitHub URL")
+  end
+  local relative = sgsub(name, "%.", "/") .. ".lua"
+  return (base or "tenant:") .. relative
+end
+
+local function module_base(canonical)
+  if ssub(canonical, 1, 7) == "github:" then return smatch(canonical, "^(.*/)") end
+  return nil  -- the tenant's modules resolve from the tenant's root
+end
+
+local function module_env(canonical)
+  local env = {}
+  for name, fn in next, BASE do env[name] = fn end
+  for name, lib in next, LIBRARIES do env[name] = copy(lib) end
+  for name, lib in next, saved_host_libraries do
+    if name ~= "_emit" then env[name] = getmetatable(lib) == nil and copy(lib) or lib end
+  end
+  env.print = function(...) return current.emit(...) end
+  env.log = env.print
+  env._G = env
+  env.require = make_require(module_base(canonical), env)
+  -- Lua 5.1 style: module("name", package.seeall) makes a table the module's environment.
+  env.package = { seeall = function(t) setmetatable(t, { __index = env }) end }
+  env.module = function(name, ...)
+    local t = { _NAME = name }
+    t._M = t
+    for i = 1, select("#", ...) do
+      local option = select(i, ...)
+      if type(option) == "function" then option(t) end
+    end
+    module_tables[env] = t
+    setfenv(2, t)
+    return t
+  end
+  return env
+end
+
+make_require = function(base, env)
+  return function(name)
+    if type(name) ~= "string" then fail_require("expected a module name") end
+    if PLATFORM_MODULES[name] then return env[name] end
+    local canonical = resolve(name, base)
+    local loading = current.loading
+    if loading[canonical] then fail_require("circular require of '" .. name .. "'") end
+    local answer = platform_call({ op = "module", name = canonical })
+    local raised = rawget(answer, "raise")
+    if raised then fail_require(raised) end
+    local version = answer.version
+    local cached = loaded[canonical]
+    if cached and cached.version == version then return cached.value end
+    local key = canonical .. "\0" .. version
+    local factory = module_factories[key]
+    if not factory then
+      local err
+      factory, err = compile_text(answer.source, "=" .. answer.chunkname)
+      if not factory then fail_require(err) end
+      module_factories[key] = factory
+    end
+    local fn = factory()
+    local menv = module_env(canonical)
+    setfenv(fn, menv)
+    loading[canonical] = true
+    local results = pack(pcall(fn, name))
+    loading[canonical] = nil
+    if not results[1] then error(results[2], 0) end
+    local value = results[2]
+    if value == nil then value = module_tables[menv] or menv end
+    loaded[canonical] = { version = version, value = value }
+    return value
+  end
+end
+
+local function module_libraries(libraries)
+  saved_host_libraries = libraries
 end
 
 -- A Lua closure around a guarded Python callable: the callable returns (true, results...) or
@@ -731,7 +860,8 @@ return {
   new_env = new_env,
   begin = begin,
   step = step,
-  compile = compile,
+  compile = compile_text,
+  module_libraries = module_libraries,
   json_library = json_library,
   host_libraries = host_libraries,
   json_null = json_null,

@@ -23,9 +23,14 @@ Signature = tuple[int, int, int, int]
 
 
 def script_file(root: Path, key: str) -> Path | None:
-    """The file for a key, or None if it would resolve outside the tenant's folder (symlinks)."""
-    tenant = key.split("/", 1)[0]
-    candidate = (root / key / SCRIPT_NAME).resolve()
+    """The file for a key ('host/a/b' -> a script's index.lua; 'host//lib/x.lua' -> a module),
+    or None if it would resolve outside the tenant's folder (symlinks included)."""
+    tenant, sep, module = key.partition("//")
+    if sep:
+        candidate = (root / tenant / module).resolve()
+    else:
+        tenant = key.split("/", 1)[0]
+        candidate = (root / key / SCRIPT_NAME).resolve()
     if not candidate.is_relative_to((root / tenant).resolve()):
         return None
     return candidate

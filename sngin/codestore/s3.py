@@ -84,8 +84,12 @@ class S3Store:
         return f"{self._endpoint.base_url}|{self._settings.prefix}"
 
     def object_key(self, key: str) -> str:
+        """'host/a/b' -> prefix/host/a/b/index.lua; a module key 'host//lib/x.lua' ->
+        prefix/host/lib/x.lua."""
+        tenant, sep, module = key.partition("//")
+        path = f"{tenant}/{module}" if sep else f"{key}/{SCRIPT_NAME}"
         prefix = self._settings.prefix
-        return f"{prefix}/{key}/{SCRIPT_NAME}" if prefix else f"{key}/{SCRIPT_NAME}"
+        return f"{prefix}/{path}" if prefix else path
 
     def url_for(self, key: str) -> str:
         # Quoted exactly once; the same string is signed and sent.

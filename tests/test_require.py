@@ -1,0 +1,197 @@
+"""require: platform names, the tenant's own modules, and modules by GitHub URL from a local
+stand-in for the raw host (relative requires, module(), Lua 5.1 escapes, cycles, failures)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trio
+
+from sngin.cache import CodeCache
+from sngin.codestore.github import open_github_store
+from sngin.config import CacheSettings
+from tests.test_purge_mirror import TOKEN
+from tests.test_server import running
+
+REPO = "u/r/main/lib"
+MODULES = {
+    f"{REPO}/top.lua": "local helper = require('util.helper')\n"
+    "return {go = function() return helper.twice(21) end}",
+    f"{REPO}/util/helper.lua": "local M = {}\nfunction M.twice(x) return 2 * x end\nreturn M",
+    f"{REPO}/old.lua": "module('old', package.seeall)\ncounter = 0\n"
+    "function bump() counter = counter + 1 return counter end",
+    f"{REPO}/escape.lua": 'return {strip = function(s) return (s:gsub("^\\&+", "")) end}',
+    f"{REPO}/a.lua": "require('b') return {}",
+    f"{REPO}/b.lua": "require('a') return {}",
+    f"{REPO}/bad.lua": "error('module exploded')",
+    f"{REPO}/globals.lua": "shared = 'from module'\nfunction get() return shared end",
+}
+GH = "github.com/u/r/blob/main/lib"
+SCRIPTS = {
+    "a.test/gh": f"return tostring(require('{GH}/top.lua').go())",
+    "a.test/https": f"return tostring(require('https://{GH}/top.lua').go())",
+    "a.test/old": f"local old = require('{GH}/old.lua') "
+    "return tostring(old.bump()) .. tostring(old.bump()) .. tostring(old.counter)",
+    "a.test/escape": f"return require('{GH}/escape.lua').strip('&&x')",
+    "a.test/circular": f"local ok, err = pcall(require, '{GH}/a.lua') return err",
+    "a.test/bad": f"local ok, err = pcall(require, '{GH}/bad.lua') return err",
+    "a.test/globals": f"local m = require('{GH}/globals.lua') "
+    "return m.get() .. '/' .. tostring(shared)",
+    "a.test/tenant": "return require('lib.util').hello()",
+    "a.test/platform": "return tostring(require('json') == json and require('http') == http)",
+    "a.test/twice": f"local a = require('{GH}/top.lua') local b = require('{GH}/top.lua') "
+    "return tostring(a == b)",
+    "b.test/steal": "return require('lib.util').hello()",
+}
+
+
+class RawHost:
+    """Serves MODULES with ETags and 304s, counting GETs per path."""
+
+    def __init__(self) -> None:
+        self.gets: dict[str, int] = {}
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.lstrip("/")
+                host.gets[path] = host.gets.get(path, 0) + 1
+                body = MODULES.get(path)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = body.encode()
+                etag = '"' + hashlib.md5(data).hexdigest() + '"'
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def raw_host():
+    host = RawHost()
+    yield host
+    host.close()
+
+
+@asynccontextmanager
+async def serving(tmp_path, raw_host, **options):
+    async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:
+        github = CodeCache(store, CacheSettings(), nursery)
+        # write_sites() inside running() adds the shared demo sites; ours go in after it.
+        async with running(tmp_path, github=github, **options) as srv:
+            for key, source in SCRIPTS.items():
+                folder = tmp_path / key
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "index.lua").write_text(source)
+            (tmp_path / "a.test" / "lib").mkdir(exist_ok=True)
+            (tmp_path / "a.test" / "lib" / "util.lua").write_text(
+                "return {hello = function() return 'tenant util' end}"
+            )
+            yield srv, github
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/gh", "42"),
+        ("/https", "42"),
+        ("/old", "122"),
+        ("/escape", "x"),
+        ("/tenant", "tenant util"),
+        ("/platform", "true"),
+        ("/twice", "true"),
+        ("/globals", "from module/nil"),
+    ],
+)
+async def test_modules(tmp_path, raw_host, path, expected):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        response = await srv.get(path)
+    assert (response.status_code, response.text) == (200, expected)
+
+
+async def test_circular_requires_are_a_clear_error(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        text = (await srv.get("/circular")).text
+    assert "circular require of 'a'" in text
+
+
+async def test_a_failing_module_is_an_ordinary_error(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        text = (await srv.get("/bad")).text
+    assert text == "github.com/u/r/main/lib/bad.lua:1: module exploded"
+
+
+async def test_a_tenant_cannot_load_another_tenants_modules(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        response = await srv.get("/steal", host="b.test")
+    assert response.status_code == 500
+    assert "require: module lib/util.lua not found" in response.text
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/etc/passwd", "a..b", "file:///etc/passwd", "a/b", ".a", "a.",
+     "github.com/u/r/blob/main/../x.lua", "github.com/u/r/blob/main/x.txt",
+     "http://github.com/u/r/blob/main/x.lua", "github.com/u/r/tree/main/x.lua"],
+)  # fmt: skip
+async def test_bad_module_names_are_refused(tmp_path, raw_host, name):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        (tmp_path / "a.test" / "name").mkdir(exist_ok=True)
+        (tmp_path / "a.test" / "name" / "index.lua").write_text(
+            f"local ok, err = pcall(require, {name!r}) return tostring(ok) .. ' ' .. err"
+        )
+        text = (await srv.get("/name")).text
+    assert text.startswith("false ")
+    assert "require: " in text
+    assert raw_host.gets == {}
+
+
+async def test_module_fetches_are_cached_and_purgeable(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host, admin_token=TOKEN) as (srv, _):
+        for _ in range(3):
+            assert (await srv.get("/gh")).text == "42"
+        assert raw_host.gets[f"{REPO}/top.lua"] == 1
+        assert raw_host.gets[f"{REPO}/util/helper.lua"] == 1
+        response = await srv.client.post(
+            srv.url + "/__sngin/purge",
+            json={"url_prefix": "github.com/u/r/"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert response.status_code == 200
+        assert response.json()["purged"] == 2
+        assert (await srv.get("/gh")).text == "42"
+        assert raw_host.gets[f"{REPO}/top.lua"] == 2
