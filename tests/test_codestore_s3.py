@@ -262,3 +262,13 @@ async def test_denied_access_is_logged_once_per_interval(autojump_clock, caplog)
         await trio.sleep(31)
         store._log_denied(denied)
         assert sum("denied access" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_tenant_module_keys_map_to_plain_objects(proxy, bucket):
+    bucket.put("sites/a.test/lib/util.lua", "return {}")
+    with trio.fail_after(10):
+        async with s3_store(proxy, bucket, prefix="sites") as store:
+            assert store.object_key("a.test//lib/util.lua") == "sites/a.test/lib/util.lua"
+            result = await store.get("a.test//lib/util.lua", etag=None, last_modified=None)
+    assert isinstance(result, Modified)
+    assert result.source.text == b"return {}"

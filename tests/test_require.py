@@ -195,3 +195,8 @@ async def test_module_fetches_are_cached_and_purgeable(tmp_path, raw_host):
         assert response.json()["purged"] == 2
         assert (await srv.get("/gh")).text == "42"
         assert raw_host.gets[f"{REPO}/top.lua"] == 2
+
+
+async def test_module_fetches_do_not_spend_the_subrequest_budget(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host, max_subrequests=0) as (srv, _):
+        assert (await srv.get("/gh")).text == "42"
