@@ -58,6 +58,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     request: Request
     limits: Limits = Limits()
     source: bytes | None = None
+    env: dict[str, str] = {}  # the tenant's `env` (from its _sngin.json), read-only in Lua
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):

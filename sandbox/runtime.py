@@ -207,7 +207,10 @@ class TenantRuntime:
                     b"max_log_bytes": job.limits.max_log_bytes,
                 }
             )
-            env, collect, _ = self._api[b"new_env"](req, self._host_libraries, limits, job.id)
+            tenant_env = lua.table_from({k.encode(): v.encode() for k, v in job.env.items()})
+            env, collect, _ = self._api[b"new_env"](
+                req, self._host_libraries, limits, job.id, tenant_env
+            )
             method = job.request.method.lower().encode()
             thread = self._api[b"begin"](
                 factory, env, req, method, secrets.randbits(48), limits, self._lift

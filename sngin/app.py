@@ -10,21 +10,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+import msgspec
 import trio
 
 from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Limits, Reply, Request
 from sngin.admin import create_admin
+from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import (
     BadRequest,
     CodeNotFound,
     MethodNotAllowed,
+    RateLimited,
     RequestTimeout,
     RequestTooLarge,
     ScriptError,
     SnginError,
+    TenantNotFound,
+    Unavailable,
 )
 from sngin.outbound import RequestCalls
 from sngin.pool import TenantLimits
+from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from sngin.config import Settings
     from sngin.outbound import Outbound
     from sngin.pool import Pool
+    from sngin.tenant_config import TenantConfigs
 
 log = logging.getLogger(__name__)
 script_log = logging.getLogger("sngin.script")
@@ -55,6 +62,7 @@ class Deps:
     outbound: Outbound | None = None  # None: scripts' http.request calls are refused
     limits_for: Callable[[str], TenantLimits] | None = None
     github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
+    configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
 
 
 class Dispatcher:
@@ -65,7 +73,14 @@ class Dispatcher:
         self.admin = create_admin(deps)  # Quart-trio: fine for admin, too slow for tenants
         settings = deps.settings
         self._trusted = settings.trusted_proxies
-        self._limits = Limits(max_body_bytes=settings.limits.max_body_bytes)
+        self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
+        self._rates = RateLimiter()
+        limits = settings.limits
+        self._default_config = TenantConfig(
+            limits=deps.limits_for("") if deps.limits_for is not None else TenantLimits(),
+            max_body_bytes=limits.max_body_bytes,
+            max_subrequests=limits.max_subrequests,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -88,6 +103,9 @@ class Dispatcher:
         headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
         host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
         tenant = tenant_of(host)
+        if not self._allowlist.allows(tenant):
+            # Decided before any store request: random-Host scans never reach S3.
+            raise TenantNotFound("no site is served at this host")
         key = script_key(tenant, script_path(scope["path"]))
         settings = self.deps.settings
         with trio.move_on_after(settings.http.body_timeout_s) as body_scope:
@@ -97,14 +115,24 @@ class Dispatcher:
                 f"request body not received within {settings.http.body_timeout_s:g} s"
             )
         query = scope.get("query_string", b"")
-        source = await self.deps.store.fetch(key, revalidate=wants_fresh_code(query))
+        fresh = wants_fresh_code(query)
+        config = await self._config(tenant, fresh)
+        if not config.enabled:
+            raise Unavailable("this site is disabled by its configuration")
+        if config.rps:
+            wait = self._rates.admit(tenant, config.rps)
+            if wait is not None:
+                raise RateLimited(
+                    "too many requests for this site", headers={"Retry-After": retry_after(wait)}
+                )
+        source = await self.deps.store.fetch(key, revalidate=fresh)
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")
         remote_addr, scheme = self._client(scope, headers)
         request = Request(
             method=scope["method"],
             path=scope["path"],
-            querystring=scope.get("query_string", b""),
+            querystring=query,
             headers=headers,
             body=body,
             host=tenant,
@@ -118,26 +146,42 @@ class Dispatcher:
             key=key,
             version=source.version,
             request=request,
-            limits=self._limits,
+            limits=Limits(max_body_bytes=config.max_body_bytes),
             source=source.text,
+            env=config.env,
         )
-        reply = await self.deps.pool.run(job, self._calls(tenant, request.id))
+        redact = config.redact if config.secrets else None
+        reply = await self.deps.pool.run(
+            job,
+            self._calls(tenant, request.id, config),
+            limits=config.limits,
+            concurrency=config.concurrency,
+            redact=redact,
+        )
+        if reply.error is not None and redact is not None:
+            reply = msgspec.structs.replace(reply, message=redact(reply.message))
         if reply.logs_dropped:
             # The lines themselves were streamed (and logged) as the script wrote them.
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         await send_reply(send, reply, head=scope["method"] == "HEAD")
 
-    def _calls(self, tenant: str, request_id: str) -> RequestCalls:
+    async def _config(self, tenant: str, fresh: bool) -> TenantConfig:
+        configs = self.deps.configs
+        if configs is None:
+            return self._default_config
+        return await configs.get(tenant, revalidate=fresh)
+
+    def _calls(self, tenant: str, request_id: str, config: TenantConfig) -> RequestCalls:
         deps = self.deps
-        limits = deps.limits_for(tenant) if deps.limits_for is not None else TenantLimits()
         return RequestCalls(
             deps.outbound,
             tenant=tenant,
-            deadline=trio.current_time() + limits.timeout_ms / 1000,
+            deadline=trio.current_time() + config.limits.timeout_ms / 1000,
             request_id=request_id,
-            max_subrequests=deps.settings.limits.max_subrequests,
+            max_subrequests=config.max_subrequests,
             store=deps.store,
             github=deps.github,
+            egress=config.egress,
         )
 
     def _client(self, scope: Scope, headers: list[tuple[str, bytes]]) -> tuple[str, str]:

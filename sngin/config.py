@@ -70,6 +70,17 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Ceilings:
+    """The most a tenant's _sngin.json may ask for; 0 means "the operator's default"."""
+
+    max_timeout_ms: int = 0  # SNGIN_MAX_TIMEOUT_MS
+    max_cpu_ms: int = 0  # SNGIN_MAX_CPU_MS
+    max_memory_mb: int = 0  # SNGIN_MAX_MEMORY_MB
+    max_concurrency: int = 0  # SNGIN_MAX_CONCURRENCY
+    max_rps: float = 0  # SNGIN_MAX_RPS (0: no ceiling; tenants' rate limits are off by default)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class S3Settings:
     """AWS_S3_CODE_PATH=bucket/prefix; credentials, region and endpoint are botocore's."""
 
@@ -107,6 +118,10 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
     github_raw_url: str = "https://raw.githubusercontent.com"  # SNGIN_GITHUB_RAW_URL
+    ceilings: Ceilings = field(default_factory=Ceilings)
+    secrets_file: Path | None = None  # SNGIN_SECRETS_FILE: {"<host>": {"NAME": "value"}}
+    tenants_allow: re.Pattern[str] | None = None  # SNGIN_TENANTS_ALLOW: Hosts served (regex)
+    tenants_allow_file: Path | None = None  # SNGIN_TENANTS_ALLOW_FILE: host or *.suffix lines
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -134,7 +149,12 @@ class Settings:
             local_sites = (cwd or Path.cwd()) / "sites"
             values["code_dir"] = local_sites if local_sites.is_dir() else BUNDLED_SITES
         values.setdefault("pool.size", default_workers())
-        sections = {"limits": Limits, "pool": PoolSettings, "cache": CacheSettings}
+        sections = {
+            "limits": Limits,
+            "pool": PoolSettings,
+            "cache": CacheSettings,
+            "ceilings": Ceilings,
+        }
         for section, kind in sections.items():
             prefix = section + "."
             fields = {
@@ -251,6 +271,20 @@ def parse_egress(text: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def parse_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ValueError("not a readable file")
+    return path.resolve()
+
+
+def parse_regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+
+
 def parse_base_url(text: str) -> str:
     url = text.strip().rstrip("/")
     if not re.match(r"https?://[^/\s]+(/\S*)?\Z", url):
@@ -303,6 +337,14 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
+    "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", _int_range(1, 3_600_000)),
+    "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", _int_range(1, 3_600_000)),
+    "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", _int_range(1, 64 * 1024)),
+    "SNGIN_MAX_CONCURRENCY": ("ceilings.max_concurrency", _int_range(1, 100_000)),
+    "SNGIN_MAX_RPS": ("ceilings.max_rps", _float_range(0.001, 1_000_000)),
+    "SNGIN_SECRETS_FILE": ("secrets_file", parse_file),
+    "SNGIN_TENANTS_ALLOW": ("tenants_allow", parse_regex),
+    "SNGIN_TENANTS_ALLOW_FILE": ("tenants_allow_file", parse_file),
     "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", _int_range(1, 1024)),
     "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", _int_range(1, 100_000)),
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", _float_range(0, 3600)),

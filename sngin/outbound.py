@@ -78,14 +78,26 @@ class EgressPolicy:
                 hosts.add(entry.lower().rstrip("."))
         return cls(networks=tuple(networks), hosts=frozenset(hosts))
 
-    def allows(self, host: str, address: Address) -> bool:
+    def lists(self, host: str, address: Address) -> bool:
         """Host names match exactly; an entry with a leading dot also matches subdomains."""
         name = host.lower().rstrip(".")
         if name in self.hosts or any(h.startswith(".") and name.endswith(h) for h in self.hosts):
             return True
-        if any(address in network for network in self.networks):
-            return True
-        return is_public(address)
+        return any(address in network for network in self.networks)
+
+    def allows(self, host: str, address: Address) -> bool:
+        return self.lists(host, address) or is_public(address)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantEgress:
+    """A tenant's own rule (_sngin.json `egress`): it can only narrow the operator's policy."""
+
+    policy: EgressPolicy
+    deny_public: bool = False
+
+    def allows(self, host: str, address: Address) -> bool:
+        return self.policy.lists(host, address) if self.deny_public else True
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -97,8 +109,14 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend with the egress guard in connect_tcp (httpcore's interface
     passes timeouts as arguments, hence the ASYNC109 exemptions)."""
 
-    def __init__(self, policy: EgressPolicy, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        resolver: Resolver = system_resolver,
+        tenant: TenantEgress | None = None,
+    ) -> None:
         self._policy = policy
+        self._tenant = tenant
         self._resolver = resolver
         self._inner = httpcore.TrioBackend()
 
@@ -119,7 +137,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(f"cannot resolve {host}")
         for text in addresses:
             address = ipaddress.ip_address(text.split("%", 1)[0])
-            if not self._policy.allows(host, address):
+            # The operator's policy always applies; a tenant's rule can only narrow it.
+            if not self._policy.allows(host, address) or (
+                self._tenant is not None and not self._tenant.allows(host, address)
+            ):
                 raise EgressRefused(f"the destination {host} ({address}) is not allowed")
         failure: Exception | None = None
         for text in addresses:
@@ -149,6 +170,7 @@ def guarded_client(
     *,
     resolver: Resolver = system_resolver,
     ssl_context: ssl.SSLContext | None = None,
+    tenant: TenantEgress | None = None,
 ) -> httpx.AsyncClient:
     context = ssl_context or ssl.create_default_context()
     transport = httpx.AsyncHTTPTransport(verify=context, retries=0)
@@ -159,7 +181,7 @@ def guarded_client(
         max_connections=100,
         max_keepalive_connections=20,
         keepalive_expiry=5.0,
-        network_backend=GuardedBackend(policy, resolver),
+        network_backend=GuardedBackend(policy, resolver, tenant),
     )
     return httpx.AsyncClient(
         transport=transport,
@@ -171,12 +193,51 @@ def guarded_client(
 
 
 class Outbound:
-    """Makes scripts' HTTP requests."""
+    """Makes scripts' HTTP requests. Tenants with their own egress rule get their own client,
+    so a pooled connection opened under one rule is never reused under another."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    MAX_TENANT_CLIENTS: Final = 256
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        policy: EgressPolicy | None = None,
+        resolver: Resolver = system_resolver,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._client = client
+        self._policy = policy or EgressPolicy()
+        self._resolver = resolver
+        self._ssl_context = ssl_context
+        self._tenant_clients: dict[TenantEgress, httpx.AsyncClient] = {}
 
-    async def fetch(self, call: HttpCall, *, timeout_s: float, request_id: str) -> HttpResult:
+    def client_for(self, egress: TenantEgress | None) -> httpx.AsyncClient:
+        if egress is None:
+            return self._client
+        client = self._tenant_clients.get(egress)
+        if client is None:
+            if len(self._tenant_clients) >= self.MAX_TENANT_CLIENTS:
+                self._tenant_clients.clear()  # closed at shutdown by aclose(); rare
+            client = self._tenant_clients[egress] = guarded_client(
+                self._policy, resolver=self._resolver, ssl_context=self._ssl_context,
+                tenant=egress,
+            )  # fmt: skip
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._tenant_clients.values():
+            await client.aclose()
+
+    async def fetch(
+        self,
+        call: HttpCall,
+        *,
+        timeout_s: float,
+        request_id: str,
+        egress: TenantEgress | None = None,
+    ) -> HttpResult:
+        client = self.client_for(egress)
         try:
             url = httpx.URL(call.url)
         except httpx.InvalidURL as exc:
@@ -188,7 +249,7 @@ class Outbound:
         headers = [(name.encode("latin-1"), value) for name, value in call.headers]
         headers.append((b"X-Request-Id", request_id.encode()))
         auth = httpx.BasicAuth(*call.auth) if call.auth is not None else None
-        request = self._client.build_request(
+        request = client.build_request(
             call.method,
             url,
             headers=headers,
@@ -197,7 +258,7 @@ class Outbound:
         )
         try:
             with trio.fail_after(timeout_s):
-                response = await self._client.send(request, auth=auth, stream=True)
+                response = await client.send(request, auth=auth, stream=True)
                 try:
                     body = await read_capped(response, MAX_RESPONSE_BYTES)
                 finally:
@@ -264,7 +325,9 @@ class RequestCalls:
         max_subrequests: int,
         store: CodeSource | None = None,
         github: CodeSource | None = None,
+        egress: TenantEgress | None = None,
     ) -> None:
+        self._egress = egress
         self._outbound = outbound
         self._tenant = tenant
         self._deadline = deadline
@@ -291,7 +354,7 @@ class RequestCalls:
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
         timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
         result = await self._outbound.fetch(
-            call.http, timeout_s=timeout, request_id=self._request_id
+            call.http, timeout_s=timeout, request_id=self._request_id, egress=self._egress
         )
         return CallResult(id=call.id, call_id=call.call_id, http=result)
 
@@ -327,4 +390,8 @@ async def open_outbound(
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Outbound]:
     async with guarded_client(policy, resolver=resolver, ssl_context=ssl_context) as client:
-        yield Outbound(client)
+        outbound = Outbound(client, policy=policy, resolver=resolver, ssl_context=ssl_context)
+        try:
+            yield outbound
+        finally:
+            await outbound.aclose()

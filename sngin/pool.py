@@ -379,12 +379,15 @@ class Pool:
             self._ready.append(worker)  # most recently used last
         return worker
 
-    async def _acquire(self, tenant: str, counters: TenantCounters) -> WorkerProcess:
+    async def _acquire(
+        self, tenant: str, counters: TenantCounters, concurrency: int | None
+    ) -> WorkerProcess:
         queued_at = trio.current_time()
         waited = False
+        cap = concurrency or self._config.tenant_concurrency
         with trio.move_on_after(self._config.queue_timeout_s):
             while True:
-                if self._tenant_in_flight[tenant] < self._config.tenant_concurrency:
+                if self._tenant_in_flight[tenant] < cap:
                     worker = self._pick(tenant)
                     if worker is not None:
                         if waited:
@@ -402,8 +405,17 @@ class Pool:
 
     # --- running jobs ------------------------------------------------------------------------
 
-    async def run(self, job: Job, calls: CallHandler | None = None) -> Reply:
-        """Run a job on a worker; platform calls the script makes go to `calls`."""
+    async def run(
+        self,
+        job: Job,
+        calls: CallHandler | None = None,
+        *,
+        limits: TenantLimits | None = None,
+        concurrency: int | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> Reply:
+        """Run a job on a worker; platform calls the script makes go to `calls`. `limits` and
+        `concurrency` override the defaults for this tenant (from its _sngin.json)."""
         tenant = job.tenant
         counters = self._counters(tenant)
         if self._closing:
@@ -415,19 +427,20 @@ class Pool:
                 f"this site is paused for {math.ceil(left)} s after repeated limit kills",
                 headers={"Retry-After": str(math.ceil(left))},
             )
-        limits = self._limits_for(tenant)
+        if limits is None:
+            limits = self._limits_for(tenant)
         job = msgspec.structs.replace(
             job,
             limits=msgspec.structs.replace(
                 job.limits, cpu_ms=limits.cpu_ms, memory_bytes=limits.memory_mb * MIB
             ),
         )
-        worker = await self._acquire(tenant, counters)
+        worker = await self._acquire(tenant, counters, concurrency)
         started = trio.current_time()
         counters.requests += 1
         self._tenant_in_flight[tenant] += 1
         try:
-            reply = await worker.call(job, calls, timeout_s=limits.timeout_ms / 1000)
+            reply = await worker.call(job, calls, timeout_s=limits.timeout_ms / 1000, redact=redact)
         except WorkerFailed as exc:
             if exc.reason == WALL_KILL:
                 self._timeouts += 1

@@ -21,6 +21,7 @@ from sngin.errors import ConfigError
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.outbound import EgressPolicy, open_outbound
 from sngin.pool import PoolConfig, TenantLimits, open_pool
+from sngin.tenant_config import TenantConfigs
 from sngin.worker_process import WorkerOptions
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ async def serve(
             outbound=outbound,
             limits_for=limits_for,
             github=github,
+            configs=TenantConfigs(store, settings),
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 

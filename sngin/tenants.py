@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MAX_PATH_BYTES: Final = 2048
+CONFIG_FILE: Final = "_sngin.json"
 MAX_HOST_LENGTH: Final = 253
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _BAD_PATH_CHARS: Final = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -70,6 +71,9 @@ def covering(tenant: str, folder: str, *, recursive: bool) -> Callable[[str], bo
     ('a' covers 'a' and 'a/x', not 'ab'; the empty folder covers the whole tenant)."""
     target = script_key(tenant, folder)
     if not recursive:
+        if folder == CONFIG_FILE:
+            config = f"{tenant}//{CONFIG_FILE}"  # purging the file drops the tenant's config
+            return lambda key: key in (target, config)
         return lambda key: key == target
     below = target + "/"
     return lambda key: key == target or key.startswith(below)

@@ -41,6 +41,8 @@ from sandbox.protocol import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from trio.abc import ReceiveStream, SendStream
 
 script_log = logging.getLogger("sngin.script")
@@ -100,6 +102,7 @@ class Pending:
     reply: Reply | None = None
     failure: WorkerFailed | None = None
     waiting_call: bool = False  # the worker is waiting for our answer to its Call
+    redact: Callable[[str], str] | None = None  # the tenant's secrets out of its log lines
     call_scopes: list[trio.CancelScope] = field(default_factory=list)
 
     def cancel_calls(self) -> None:
@@ -215,7 +218,12 @@ class WorkerProcess:
     # --- requests ----------------------------------------------------------------------------
 
     async def call(
-        self, job: Job, calls: CallHandler | None = None, *, timeout_s: float = math.inf
+        self,
+        job: Job,
+        calls: CallHandler | None = None,
+        *,
+        timeout_s: float = math.inf,
+        redact: Callable[[str], str] | None = None,
     ) -> Reply:
         """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
         first or the time runs out (WALL_KILL)."""
@@ -228,14 +236,14 @@ class WorkerProcess:
         cache_key = (job.key, job.version)
         full = msgspec.structs.replace(job, id=self._ids)
         lean = msgspec.structs.replace(full, source=None)
-        pending = self.pending[full.id] = Pending(job=full, calls=calls)
+        pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
         deadline = trio.current_time() + timeout_s
         try:
             await self._send(lean if cache_key in self.known else full)
             await self._wait(pending, deadline)
             if pending.reply is not None and pending.reply.need_source:
                 # The worker evicted its compiled copy: send the source this time.
-                pending = self.pending[full.id] = Pending(job=full, calls=calls)
+                pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
                 await self._send(full)
                 await self._wait(pending, deadline)
         except BaseException:
@@ -322,6 +330,9 @@ class WorkerProcess:
         if pending is None:
             return
         request = pending.job.request
+        line = message.line.decode("utf-8", "replace")
+        if pending.redact is not None:
+            line = pending.redact(line)
         # One JSON line per script line, tagged so a tail can follow one tenant or request.
         script_log.info(
             "%s",
@@ -330,7 +341,7 @@ class WorkerProcess:
                     "tenant": pending.job.tenant,
                     "request": request.id,
                     "path": request.path,
-                    "line": message.line.decode("utf-8", "replace"),
+                    "line": line,
                 }
             ),
         )

@@ -352,7 +352,15 @@ end
 
 local make_require  -- defined with the module system below
 
-local function new_env(request, host_libraries, limits, request_id)
+local function read_only(values)
+  return setmetatable({}, {
+    __index = values,
+    __newindex = function() error("env is read-only", 2) end,
+    __metatable = false,
+  })
+end
+
+local function new_env(request, host_libraries, limits, request_id, tenant_env)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
   for name, lib in next, LIBRARIES do env[name] = copy(lib) end
@@ -364,6 +372,7 @@ local function new_env(request, host_libraries, limits, request_id)
   env.print = emit
   env.log = emit
   env.request = request
+  env.env = read_only(tenant_env or {})
   env._G = env
   env.require = make_require(nil, env)
   return env, collect, emit

@@ -1,0 +1,242 @@
+"""The tenant's `_sngin.json` beside its code: limits, env and secrets, egress, on/off.
+
+Read through the same code source (and cache) as scripts, parsed with a strict schema, clamped to
+the operator's ceilings, and cached per version. Loading is I/O, so it lives here, not in
+tenants.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from sngin.errors import ScriptError
+from sngin.outbound import EgressPolicy, TenantEgress
+from sngin.pool import TenantLimits
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sngin.codestore import CodeSource
+    from sngin.config import Settings
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME: Final = "_sngin.json"
+SECRET: Final = re.compile(r"\$\{secret:([A-Za-z0-9_.-]+)\}\Z")
+MAX_PARSED: Final = 10_000
+
+
+class InvalidConfig(ScriptError):
+    """The tenant's _sngin.json is unusable: 500 naming the file and the field."""
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+
+class LimitsSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    timeout_ms: int | None = None
+    cpu_ms: int | None = None
+    memory_mb: int | None = None
+    max_body_bytes: int | None = None
+    max_subrequests: int | None = None
+    concurrency: int | None = None
+    rps: float | None = None
+
+
+class EgressSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    allow: list[str] = []
+    deny_public: bool = False
+
+
+class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
+    env: dict[str, str] = {}
+    egress: EgressSpec | list[str] | None = None
+
+
+# --- what the server uses ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    enabled: bool = True
+    limits: TenantLimits = field(default_factory=TenantLimits)
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_subrequests: int = 50
+    concurrency: int | None = None
+    rps: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    egress: TenantEgress | None = None
+    secrets: tuple[str, ...] = ()
+
+    def redact(self, text: str) -> str:
+        """Best effort: exact secret values become *** (longest first)."""
+        for value in self.secrets:
+            text = text.replace(value, "***")
+        return text
+
+
+def describe_error(error: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    """msgspec's 'Expected `int`, got `str` - at `$.limits.timeout_ms`' as
+    'limits.timeout_ms: expected int, got str'."""
+    text = str(error)
+    message, _, where = text.partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    message = message.replace("`", "")
+    message = message[:1].lower() + message[1:]
+    return f"{path}: {message}" if path else message
+
+
+class SecretsFile:
+    """The operator's SNGIN_SECRETS_FILE ({"<host>": {"NAME": "value"}}), re-read on change."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._secrets: dict[str, dict[str, str]] = {}
+
+    def for_host(self, host: str) -> dict[str, str]:
+        if self._path is None:
+            return {}
+        try:
+            stat = os.stat(self._path)
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                data = json.loads(self._path.read_bytes())
+                if not isinstance(data, dict):
+                    raise ValueError("expected a JSON object")
+                self._secrets = {
+                    str(h): {str(k): str(v) for k, v in values.items()}
+                    for h, values in data.items()
+                    if isinstance(values, dict)
+                }
+                self._stamp = stamp
+        except (OSError, ValueError) as exc:
+            log.error("cannot read SNGIN_SECRETS_FILE: %s", exc)
+        return self._secrets.get(host, {})
+
+
+class TenantConfigs:
+    """Loads, validates and caches each tenant's configuration."""
+
+    def __init__(self, store: CodeSource, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._secrets = SecretsFile(settings.secrets_file)
+        self._parsed: dict[tuple[str, str], TenantConfig] = {}
+        self._clamped_logged: set[tuple[str, str, float]] = set()
+        self._default = self._build(None, "", ConfigSpec())
+
+    @property
+    def default(self) -> TenantConfig:
+        return self._default
+
+    async def get(self, tenant: str, *, revalidate: bool = False) -> TenantConfig:
+        source = await self._store.fetch(f"{tenant}//{CONFIG_NAME}", revalidate=revalidate)
+        if source is None:
+            return self._default
+        key = (tenant, source.version)
+        config = self._parsed.get(key)
+        if config is None:
+            config = self.parse(tenant, source.text)
+            if len(self._parsed) >= MAX_PARSED:
+                self._parsed.clear()
+            self._parsed[key] = config
+        return config
+
+    def parse(self, tenant: str, text: bytes) -> TenantConfig:
+        where = f"{tenant}/{CONFIG_NAME}"
+        try:
+            spec = msgspec.json.decode(text, type=ConfigSpec)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidConfig(f"{where}: {describe_error(exc)}") from None
+        return self._build(tenant, where, spec)
+
+    def _build(self, tenant: str | None, where: str, spec: ConfigSpec) -> TenantConfig:
+        s = self._settings
+        limits, ceilings = s.limits, s.ceilings
+        wanted = spec.limits
+
+        def pick(name: str, value: float | None, default: float, ceiling: float) -> float:
+            if value is None:
+                return default
+            if value <= 0:
+                raise InvalidConfig(f"{where}: limits.{name}: must be positive")
+            if ceiling and value > ceiling:
+                if tenant is not None and (tenant, name, value) not in self._clamped_logged:
+                    self._clamped_logged.add((tenant, name, value))
+                    log.warning("%s: limits.%s %g above the operator's ceiling %g; using %g",
+                                where, name, value, ceiling, ceiling)  # fmt: skip
+                return ceiling
+            return value
+
+        tenant_limits = TenantLimits(
+            timeout_ms=int(pick("timeout_ms", wanted.timeout_ms, limits.timeout_ms,
+                                ceilings.max_timeout_ms)),
+            cpu_ms=int(pick("cpu_ms", wanted.cpu_ms, limits.cpu_ms, ceilings.max_cpu_ms)),
+            memory_mb=int(pick("memory_mb", wanted.memory_mb, limits.memory_mb,
+                               ceilings.max_memory_mb)),
+        )  # fmt: skip
+        concurrency = None
+        if wanted.concurrency is not None:
+            concurrency = int(pick("concurrency", wanted.concurrency, s.pool.tenant_concurrency,
+                                   ceilings.max_concurrency))  # fmt: skip
+        rps = None
+        if wanted.rps is not None:
+            rps = pick("rps", wanted.rps, 0, ceilings.max_rps)
+        env, secrets = self._resolve_env(tenant, where, spec.env)
+        return TenantConfig(
+            enabled=spec.enabled,
+            limits=tenant_limits,
+            max_body_bytes=int(pick("max_body_bytes", wanted.max_body_bytes,
+                                    limits.max_body_bytes, limits.max_body_bytes)),
+            max_subrequests=int(pick("max_subrequests", wanted.max_subrequests,
+                                     limits.max_subrequests, limits.max_subrequests)),
+            concurrency=concurrency,
+            rps=rps,
+            env=env,
+            egress=self._egress(where, spec.egress),
+            secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        )  # fmt: skip
+
+    def _resolve_env(
+        self, tenant: str | None, where: str, values: dict[str, str]
+    ) -> tuple[dict[str, str], set[str]]:
+        env, secrets = {}, set()
+        available = self._secrets.for_host(tenant) if tenant is not None else {}
+        for name, value in values.items():
+            match = SECRET.match(value)
+            if match is None:
+                env[name] = value
+                continue
+            secret = available.get(match.group(1))
+            if secret is None:
+                raise InvalidConfig(f"{where}: env.{name}: no secret {match.group(1)!r}")
+            env[name] = secret
+            if secret:
+                secrets.add(secret)
+        return env, secrets
+
+    @staticmethod
+    def _egress(where: str, spec: EgressSpec | list[str] | None) -> TenantEgress | None:
+        if spec is None:
+            return None
+        rule = EgressSpec(allow=spec) if isinstance(spec, list) else spec
+        for entry in rule.allow:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", entry):
+                    raise InvalidConfig(
+                        f"{where}: egress: {entry!r} is neither a host name nor a CIDR"
+                    ) from None
+        return TenantEgress(EgressPolicy.parse(rule.allow), deny_public=rule.deny_public)
