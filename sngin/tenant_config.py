@@ -86,12 +86,14 @@ class TenantConfig:
 
 
 def describe_error(error: msgspec.ValidationError | msgspec.DecodeError) -> str:
-    """msgspec's 'Expected `int`, got `str` - at `$.limits.timeout_ms`' as
+    """msgspec's 'Expected `int | null`, got `str` - at `$.limits.timeout_ms`' as
     'limits.timeout_ms: expected int, got str'."""
     text = str(error)
+    if not isinstance(error, msgspec.ValidationError):
+        return f"invalid JSON: {text}"
     message, _, where = text.partition(" - at `$")
-    path = where.rstrip("`").lstrip(".")
-    message = message.replace("`", "")
+    path = where.rstrip("`").lstrip(".").replace("[...]", "")
+    message = message.replace("`", "").replace(" | null", "")
     message = message[:1].lower() + message[1:]
     return f"{path}: {message}" if path else message
 

@@ -20,6 +20,7 @@ from sngin.codestore.local import LocalStore
 from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
 from sngin.pool import TenantLimits, open_pool
 from sngin.server import pool_config, serve_app
+from sngin.tenant_config import TenantConfigs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -107,6 +108,8 @@ async def running(
     pool: dict | None = None,
     outbound=None,
     github=None,
+    tenant_configs: bool = False,
+    settings_changes: dict | None = None,
     max_subrequests: int = 50,
     **limits,
 ):
@@ -120,6 +123,7 @@ async def running(
         http=http or HttpSettings(),
         admin_token=admin_token,
     )
+    settings = replace(settings, **(settings_changes or {}))
     stop = trio.Event()
     config = replace(pool_config(settings), **(pool or {}))
     limits = TenantLimits(timeout_ms=timeout_ms, cpu_ms=cpu_ms, memory_mb=memory_mb)
@@ -131,13 +135,15 @@ async def running(
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
+        store = store or LocalStore(tmp_path)
         deps = Deps(
             settings=settings,
-            store=store or LocalStore(tmp_path),
+            store=store,
             pool=pool,
             outbound=outbound,
             limits_for=limits_for,
             github=github,
+            configs=TenantConfigs(store, settings) if tenant_configs else None,
         )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
