@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -28,6 +30,7 @@ from sngin.errors import (
     TenantNotFound,
     Unavailable,
 )
+from sngin.observe import Observer, code_outcome, kill_reason, worker_pid, write_access_log
 from sngin.outbound import RequestCalls
 from sngin.pool import TenantLimits
 from sngin.tenant_config import TenantConfig
@@ -63,6 +66,7 @@ class Deps:
     limits_for: Callable[[str], TenantLimits] | None = None
     github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
     configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
+    observer: Observer = field(default_factory=lambda: Observer())
 
 
 class Dispatcher:
@@ -91,21 +95,68 @@ class Dispatcher:
         if kind != "http":
             return  # websockets are not served; Hypercorn closes the connection
         head = scope["method"] == "HEAD"
+        trace = RequestTrace(id=request_id_of(scope), started=trio.current_time())
+        code_outcome.set("none")
+        worker_pid.set(None)
+        kill_reason.set(None)
+
+        async def traced_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                trace.status = message["status"]
+                headers = [*message.get("headers", []), *trace.headers()]
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                trace.size += len(message.get("body", b""))
+            await send(message)
+
         try:
-            await self._tenant_request(scope, receive, send)
+            await self._tenant_request(scope, receive, traced_send, trace)
         except SnginError as error:
-            await send_error(send, error, head=head)
+            trace.error = error.message
+            await send_error(traced_send, error, head=head)
         except Exception:
             log.exception("unexpected error serving %s", scope["path"])
-            await send_error(send, SnginError("internal server error"), head=head)
+            await send_error(traced_send, SnginError("internal server error"), head=head)
+        finally:
+            self._finished(scope, trace)
 
-    async def _tenant_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _finished(self, scope: Scope, trace: RequestTrace) -> None:
+        wall_s = trio.current_time() - trace.started
+        tenant = trace.tenant or "-"
+        if trace.tenant is not None:
+            kill = kill_reason.get()
+            self.deps.observer.metrics.request_finished(
+                tenant, trace.status, wall_s, trace.cpu_ms / 1000, kill
+            )
+            if trace.error is not None and trace.status >= 500:
+                script_log.info(
+                    "%s",
+                    json.dumps({"tenant": tenant, "request": trace.id, "path": scope["path"],
+                                "error": trace.error}),
+                )  # fmt: skip
+        write_access_log(
+            request_id=trace.id,
+            tenant=tenant,
+            method=scope["method"],
+            path=scope["path"],
+            status=trace.status,
+            size=trace.size,
+            wall_ms=wall_s * 1000,
+            cpu_ms=trace.cpu_ms,
+            code=code_outcome.get(),
+            worker=worker_pid.get(),
+        )
+
+    async def _tenant_request(
+        self, scope: Scope, receive: Receive, send: Send, trace: RequestTrace
+    ) -> None:
         headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
         host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
         tenant = tenant_of(host)
         if not self._allowlist.allows(tenant):
             # Decided before any store request: random-Host scans never reach S3.
             raise TenantNotFound("no site is served at this host")
+        trace.tenant = tenant
         key = script_key(tenant, script_path(scope["path"]))
         settings = self.deps.settings
         with trio.move_on_after(settings.http.body_timeout_s) as body_scope:
@@ -139,7 +190,7 @@ class Dispatcher:
             scheme=scheme,
             port=(scope.get("server") or ("", 80))[1] or 80,
             remote_addr=remote_addr,
-            id=uuid.uuid4().hex,
+            id=trace.id,
         )
         job = Job(
             tenant=tenant,
@@ -160,6 +211,9 @@ class Dispatcher:
         )
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))
+        trace.cpu_ms = reply.cpu_ms
+        if reply.error is not None:
+            trace.error = reply.message
         if reply.logs_dropped:
             # The lines themselves were streamed (and logged) as the script wrote them.
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
@@ -200,6 +254,37 @@ class Dispatcher:
         proto = next((v for n, v in headers if n == "x-forwarded-proto"), b"").decode("latin-1")
         proto = proto.split(",")[0].strip().lower()
         return client, proto if proto in ("http", "https") else scheme
+
+
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}\Z")
+
+
+def request_id_of(scope: Scope) -> str:
+    """A well-formed incoming X-Request-Id is kept (tracing across services); else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and REQUEST_ID.match(value):
+            return str(value.decode("ascii"))
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """What the access log, the metrics and the response's timing headers report."""
+
+    id: str
+    started: float
+    tenant: str | None = None
+    status: int = 500
+    size: int = 0
+    cpu_ms: float = 0.0
+    error: str | None = None
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        wall_ms = (trio.current_time() - self.started) * 1000
+        timing = (
+            f"cpu;dur={self.cpu_ms:.2f}, wall;dur={wall_ms:.2f}, code;desc={code_outcome.get()}"
+        )
+        return [(b"server-timing", timing.encode()), (b"x-request-id", self.id.encode())]
 
 
 def wants_fresh_code(query: bytes) -> bool:

@@ -15,6 +15,7 @@ import trio
 
 from sngin.codestore import Modified, NotModified, Source
 from sngin.errors import CodeFetchError
+from sngin.observe import code_outcome
 from sngin.tenants import covering
 
 if TYPE_CHECKING:
@@ -127,10 +128,15 @@ class CodeCache:
             if entry is not None and entry.expires_at > trio.current_time() and not force:
                 self._hits += 1
                 self._entries.move_to_end(key)
+                code_outcome.set("hit")
                 return entry.source
             if entry is not None:
-                return await self._revalidate(key, entry, wait_fully=force)
+                stale_before = self._stale
+                source = await self._revalidate(key, entry, wait_fully=force)
+                code_outcome.set("stale" if self._stale > stale_before else "revalidated")
+                return source
             flight = self._flights.get(key)
+            code_outcome.set("miss")
             if flight is None:
                 self._misses += 1
                 return await self._fetch_inline(key)

@@ -23,6 +23,7 @@ from sngin.errors import (
     Unavailable,
     WorkerCrashed,
 )
+from sngin.observe import kill_reason, worker_pid
 from sngin.quarantine import Quarantine
 from sngin.worker_process import (
     CPU_KILL,
@@ -436,12 +437,14 @@ class Pool:
             ),
         )
         worker = await self._acquire(tenant, counters, concurrency)
+        worker_pid.set(worker.pid)
         started = trio.current_time()
         counters.requests += 1
         self._tenant_in_flight[tenant] += 1
         try:
             reply = await worker.call(job, calls, timeout_s=limits.timeout_ms / 1000, redact=redact)
         except WorkerFailed as exc:
+            kill_reason.set(exc.reason)
             if exc.reason == WALL_KILL:
                 self._timeouts += 1
             if not exc.sibling:
@@ -454,6 +457,7 @@ class Pool:
             self._checkin(worker)
         counters.cpu_ms += reply.cpu_ms
         if reply.error == MEMORY_LIMIT:
+            kill_reason.set(MEMORY)
             self._strike(tenant, counters, MEMORY)
         self._count_status(counters, reply)
         return reply

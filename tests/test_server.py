@@ -418,4 +418,7 @@ async def test_a_killed_scripts_lines_are_kept(tmp_path, caplog):
     async with running(tmp_path, cpu_ms=200) as srv:
         assert (await srv.get("/dies")).status_code == 504
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sngin.script"]
-    assert [line["line"] for line in lines] == ["last words"]
+    assert [line["line"] for line in lines if "line" in line] == ["last words"]
+    assert [line["error"] for line in lines if "error" in line] == [
+        "the script exceeded its CPU-time limit of 200 ms"
+    ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from sngin.codestore import Source
+from sngin.observe import code_outcome
 from sngin.tenants import covering
 
 if TYPE_CHECKING:
@@ -69,7 +70,9 @@ class LocalStore:
         cached = self._cache.get(key)
         # One stat of a local file costs microseconds, less than a hop to a thread.
         if cached is not None and signature(cached[0]) == cached[1]:
+            code_outcome.set("hit")
             return cached[2]
+        code_outcome.set("miss")
         return await trio.to_thread.run_sync(self._load, key)
 
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:

@@ -1,0 +1,201 @@
+"""Observability: Prometheus metrics with bounded tenant labels, the JSON access log, the live
+per-tenant log tail, and the code outcome of each request."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+access_log = logging.getLogger("sngin.access")
+
+OTHER: Final = "other"
+TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
+
+# Per request (trio tasks inherit context): how the script's code was obtained (set by the code
+# source), which worker ran it and why it was stopped, if it was (set by the pool).
+code_outcome: contextvars.ContextVar[str] = contextvars.ContextVar("code_outcome", default="none")
+worker_pid: contextvars.ContextVar[int | None] = contextvars.ContextVar("worker_pid", default=None)
+kill_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kill_reason", default=None
+)
+
+
+class TenantLabels:
+    """The first `limit` tenants seen get their own label; the rest share "other", so the
+    metrics' cardinality is capped and every series only ever grows."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._named: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        if tenant in self._named:
+            return tenant
+        if len(self._named) < self._limit:
+            self._named.add(tenant)
+            return tenant
+        return OTHER
+
+
+@dataclass(slots=True)
+class Subscriber:
+    send: trio.MemorySendChannel[str]
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class LogHub:
+    """Live tails: each subscriber gets a bounded channel; publishing never waits."""
+
+    subscribers: dict[str, list[Subscriber]] = field(default_factory=dict)
+
+    def subscribe(self, tenant: str) -> tuple[Subscriber, trio.MemoryReceiveChannel[str]]:
+        send, receive = trio.open_memory_channel[str](TAIL_BUFFER)
+        subscriber = Subscriber(send)
+        self.subscribers.setdefault(tenant, []).append(subscriber)
+        return subscriber, receive
+
+    def unsubscribe(self, tenant: str, subscriber: Subscriber) -> None:
+        subscribers = self.subscribers.get(tenant, [])
+        if subscriber in subscribers:
+            subscribers.remove(subscriber)
+        if not subscribers:
+            self.subscribers.pop(tenant, None)
+        subscriber.send.close()
+
+    def publish(self, tenant: str, line: str) -> None:
+        for subscriber in self.subscribers.get(tenant, ()):
+            try:
+                subscriber.send.send_nowait(line)
+            except trio.WouldBlock:
+                subscriber.dropped += 1  # a slow subscriber loses lines, scripts never wait
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+class TailHandler(logging.Handler):
+    """Feeds script lines (sngin.script) and finished requests (sngin.access) to the tails."""
+
+    def __init__(self, hub: LogHub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.hub.subscribers:
+            return
+        try:
+            message = record.getMessage()
+            tenant = json.loads(message).get("tenant")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(tenant, str):
+            self.hub.publish(tenant, message)
+
+
+class Metrics:
+    """Counters updated per request, gauges read from the pool and cache at scrape time."""
+
+    def __init__(self, tenant_limit: int) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = TenantLabels(tenant_limit)
+        self.requests = Counter(
+            "sngin_requests", "Tenant requests answered", ["tenant", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.cpu = Counter(
+            "sngin_cpu_seconds", "CPU time used by scripts", ["tenant"], registry=self.registry
+        )
+        self.wall = Histogram(
+            "sngin_request_seconds", "Wall time of tenant requests", ["tenant"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.kills = Counter(
+            "sngin_limit_kills", "Requests stopped for a limit or a crash", ["tenant", "reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.workers = Gauge("sngin_workers", "Live worker processes", registry=self.registry)
+        self.busy = Gauge("sngin_workers_busy", "Workers running requests", registry=self.registry)
+        self.cache_entries = Gauge(
+            "sngin_code_cache_entries", "Scripts in the code cache", registry=self.registry
+        )
+        self.cache_bytes = Gauge(
+            "sngin_code_cache_bytes", "Bytes in the code cache", registry=self.registry
+        )
+
+    def request_finished(
+        self, tenant: str, status: int, wall_s: float, cpu_s: float, kill: str | None
+    ) -> None:
+        label = self.labels(tenant)
+        self.requests.labels(label, f"{status // 100}xx").inc()
+        self.wall.labels(label).observe(wall_s)
+        if cpu_s > 0:
+            self.cpu.labels(label).inc(cpu_s)
+        if kill is not None:
+            self.kills.labels(label, kill).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def write_access_log(
+    *,
+    request_id: str,
+    tenant: str,
+    method: str,
+    path: str,
+    status: int,
+    size: int,
+    wall_ms: float,
+    cpu_ms: float,
+    code: str,
+    worker: int | None,
+) -> None:
+    access_log.info(
+        "%s",
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "id": request_id,
+                "tenant": tenant,
+                "method": method,
+                "path": path,
+                "status": status,
+                "bytes": size,
+                "wall_ms": round(wall_ms, 2),
+                "cpu_ms": round(cpu_ms, 2),
+                "code": code,
+                "worker": worker,
+            }
+        ),
+    )
+
+
+class Observer:
+    """Everything the admin API reads: metrics, tails, readiness."""
+
+    def __init__(self, tenant_labels: int = 100) -> None:
+        self.metrics = Metrics(tenant_labels)
+        self.hub = LogHub()
+        self.ready = True
+        self.not_ready_reason = ""
+        self._handler = TailHandler(self.hub)
+
+    def attach(self) -> None:
+        """Feed script and access log records to the live tails."""
+        for name in ("sngin.script", "sngin.access"):
+            logger = logging.getLogger(name)
+            if self._handler not in logger.handlers:
+                logger.addHandler(self._handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+
+    def detach(self) -> None:
+        for name in ("sngin.script", "sngin.access"):
+            logging.getLogger(name).removeHandler(self._handler)
