@@ -95,3 +95,16 @@ def create_admin(deps: Deps) -> QuartTrio:
         )
 
     return admin
+
+
+def observe_gauges(deps: Deps) -> None:
+    """Point-in-time values, read when Prometheus scrapes."""
+    metrics = deps.observer.metrics
+    stats = deps.pool.statistics()
+    metrics.workers.set(stats.live)
+    metrics.busy.set(stats.live - stats.idle)
+    statistics = getattr(deps.store, "statistics", None)
+    if statistics is not None:
+        cache = statistics()
+        metrics.cache_entries.set(cache.entries)
+        metrics.cache_bytes.set(cache.bytes)

@@ -32,6 +32,7 @@ ENTRY_OVERHEAD_BYTES: Final = 256
 ERROR_RETRY_S: Final = 5.0
 MAX_FORCED_KEYS: Final = 10_000
 MAX_PURGE_LOG: Final = 1000
+PROBE_KEY: Final = "__sngin_probe__"
 
 
 @dataclass(slots=True)
@@ -115,6 +116,10 @@ class CodeCache:
             mirror_entries=len(self._mirror) if self._mirror is not None else 0,
             mirror_bytes=self._mirror.size_bytes if self._mirror is not None else 0,
         )
+
+    async def probe(self) -> None:
+        """Raises CodeFetchError unless the store answers (any answer, a 404 included)."""
+        await self._store.get(PROBE_KEY, etag=None, last_modified=None)
 
     async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
         """The script for key, or None if there is none.

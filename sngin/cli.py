@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import secrets as secrets_module
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sngin import __version__
@@ -39,12 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-ms", type=int, help="wall time per request (SNGIN_TIMEOUT_MS)")
 
     run = commands.add_parser(
-        "run", parents=[common], help="run one script through the sandbox and print the response"
+        "run", parents=[common], help="run one script file once in a worker and print the response"
     )
-    run.add_argument("target", help="HOST or HOST/PATH, e.g. hello.localhost/json")
+    run.add_argument("file", type=Path, help="a Lua script, e.g. sites/hello.localhost/index.lua")
+    run.add_argument("--host", default="localhost", help="the request's Host (the tenant)")
     run.add_argument("-X", "--method", default="GET")
-    run.add_argument("-d", "--data", default="", help="request body")
+    run.add_argument("--path", default="/", help="path and query, e.g. /items?page=2")
     run.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    run.add_argument("-d", "--body", default="", help="request body")
+
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", default="http://127.0.0.1:8080", help="the running server")
+    remote.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands.add_parser("stats", parents=[remote], help="pool and cache statistics")
+    purge = commands.add_parser("purge", parents=[remote], help="purge cached code")
+    purge.add_argument("host")
+    purge.add_argument("path", nargs="?", default="/")
+    purge.add_argument("--folder", action="store_true", help="everything under the path")
+    logs = commands.add_parser("logs", parents=[remote], help="follow one tenant's log")
+    logs.add_argument("host")
     return parser
 
 
@@ -67,8 +83,22 @@ def serve_forever(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The access log and script lines are JSON already: one bare line each on stderr.
+    json_lines = logging.StreamHandler(sys.stderr)
+    json_lines.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("sngin.access", "sngin.script"):
+        logger = logging.getLogger(name)
+        logger.addHandler(json_lines)
+        logger.propagate = False
     if settings.log_level != "debug":
         logging.getLogger("botocore").setLevel(logging.WARNING)
+
+    if settings.admin_token is None:
+        # Nothing is open by default: a token is generated and shown once.
+        token = secrets_module.token_urlsafe(24)
+        settings = dataclasses.replace(settings, admin_token=token)
+        print(f"sngin: admin token for this run (set SNGIN_ADMIN_TOKEN to choose one): {token}",
+              file=sys.stderr)  # fmt: skip
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
@@ -109,9 +139,21 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "serve":
             return serve_forever(settings)
         if args.command == "run":
-            from sngin.oneshot import run_once
+            from sngin.oneshot import run_file
 
-            return run_once(settings, args.target, args.method, args.data, args.header)
+            return run_file(
+                settings,
+                args.file,
+                host=args.host,
+                method=args.method,
+                url_path=args.path,
+                headers=args.header,
+                body=args.body,
+            )
+        if args.command in ("stats", "purge", "logs"):
+            from sngin.remote import run_remote
+
+            return run_remote(args, os.environ if env is None else env)
     except SnginError as exc:
         print(f"sngin: {exc.message}", file=sys.stderr)
         return 2

@@ -1,71 +1,110 @@
-"""`sngin run`: run one script from the code folder through the sandbox and print the response."""
+"""`sngin run FILE`: run one script once through a real worker, with the same sandbox and limits
+as the server, and print the response: the local development loop."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import sys
 import uuid
 from typing import TYPE_CHECKING
 
+import trio
+
 from sandbox.protocol import Job, Limits, Request
-from sandbox.runtime import TenantRuntime
-from sngin.codestore.local import read_script
-from sngin.errors import CodeNotFound
-from sngin.tenants import script_key, script_path, tenant_of
+from sngin.app import reply_error
+from sngin.errors import BadRequest, SnginError
+from sngin.outbound import EgressPolicy, RequestCalls, open_outbound
+from sngin.pool import open_pool
+from sngin.server import default_limits, pool_config
+from sngin.tenants import tenant_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
+    from sandbox.protocol import Reply
     from sngin.config import Settings
 
 
-def run_once(
-    settings: Settings, target: str, method: str, data: str, headers: Sequence[str]
+def run_file(
+    settings: Settings,
+    path: Path,
+    *,
+    host: str,
+    method: str,
+    url_path: str,
+    headers: Sequence[str],
+    body: str,
 ) -> int:
-    host, _, rest = target.partition("/")
-    path, _, query = rest.partition("?")
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
     tenant = tenant_of(host)
-    key = script_key(tenant, script_path("/" + path))
-    source = read_script(settings.code_dir, key)
-    if source is None:
-        raise CodeNotFound(f"no script for {key}")
-    header_pairs = [
+    request_path, _, query = url_path.partition("?")
+    pairs = [
         (name.strip().lower(), value.strip().encode())
         for name, _, value in (h.partition(":") for h in headers)
     ]
     request = Request(
         method=method.upper(),
-        path="/" + path,
+        path=request_path or "/",
         querystring=query.encode(),
-        headers=[("host", host.encode()), *header_pairs],
-        body=data.encode(),
+        headers=[("host", host.encode()), *pairs],
+        body=body.encode(),
         host=tenant,
         id=uuid.uuid4().hex,
     )
-    limits = Limits(max_body_bytes=settings.limits.max_body_bytes)
-    runtime = TenantRuntime(tenant)
-    try:
-        reply = runtime.run(
-            Job(
-                tenant=tenant,
-                key=key,
-                version=source.version,
-                request=request,
-                limits=limits,
-                source=source.text,
-            )
+    job = Job(
+        tenant=tenant,
+        key=f"{tenant}/{path.stem}",
+        version=hashlib.blake2b(source, digest_size=12).hexdigest(),
+        request=request,
+        limits=Limits(max_body_bytes=settings.limits.max_body_bytes),
+        source=source,
+    )
+    reply = trio.run(_run, settings, job)
+    return print_reply(reply)
+
+
+async def _run(settings: Settings, job: Job) -> Reply | SnginError:
+    config = dataclasses.replace(pool_config(settings), size=1)
+    limits_for = default_limits(settings)
+    limits = limits_for(job.tenant)
+    async with (
+        open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
+        open_pool(config, limits_for) as pool,
+    ):
+        calls = RequestCalls(
+            outbound,
+            tenant=job.tenant,
+            deadline=trio.current_time() + limits.timeout_ms / 1000,
+            request_id=job.request.id,
+            max_subrequests=settings.limits.max_subrequests,
         )
-    finally:
-        runtime.close()
+        try:
+            return await pool.run(job, calls)
+        except SnginError as error:
+            return error
+
+
+def print_reply(reply: Reply | SnginError) -> int:
+    if isinstance(reply, SnginError):
+        print(f"HTTP {reply.status}\n\n{reply.message}")
+        return 1
     for line in reply.logs:
         print(f"log: {line.decode('utf-8', 'replace')}", file=sys.stderr)
     if reply.error is not None:
-        status = 405 if reply.allow else 500
-        print(f"HTTP {status}\n\n{reply.message}")
+        error = reply_error(reply)
+        print(f"HTTP {error.status}\n\n{error.message}")
         return 1
     out = sys.stdout.buffer
     out.write(f"HTTP {reply.status}\n".encode())
     for name, value in reply.headers:
         out.write(name + b": " + value + b"\n")
     out.write(b"\n" + reply.body)
+    if not reply.body.endswith(b"\n"):
+        out.write(b"\n")
     out.flush()
     return 0

@@ -17,8 +17,9 @@ from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
-from sngin.errors import ConfigError
+from sngin.errors import CodeFetchError, ConfigError
 from sngin.mirror import DiskMirror, mirror_folder
+from sngin.observe import Observer
 from sngin.outbound import EgressPolicy, open_outbound
 from sngin.pool import PoolConfig, TenantLimits, open_pool
 from sngin.tenant_config import TenantConfigs
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from sngin.config import Settings
 
 log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 10.0
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -78,6 +81,7 @@ async def serve(
             limits_for=limits_for,
             github=github,
             configs=TenantConfigs(store, settings),
+            observer=Observer(settings.metrics_tenants),
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
@@ -146,11 +150,38 @@ async def serve_app(
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run Hypercorn for the app over already opened resources."""
+    """Run Hypercorn for the app over already opened resources, with the readiness probe."""
     app: Any = create_app(deps)
-    await hypercorn_serve(
-        app,
-        hypercorn_config(deps.settings),
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-    )
+    deps.observer.attach()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe_forever, deps)
+            await hypercorn_serve(
+                app,
+                hypercorn_config(deps.settings),
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        deps.observer.detach()
+
+
+async def probe_once(deps: Deps) -> None:
+    """Is the code store reachable? Owned by the server, so readiness never waits on requests."""
+    probe = getattr(deps.store, "probe", None)
+    reason = ""
+    if probe is not None:
+        try:
+            with trio.fail_after(PROBE_TIMEOUT_S):
+                await probe()
+        except (CodeFetchError, trio.TooSlowError) as exc:
+            reason = f"code store unreachable: {getattr(exc, 'message', 'timed out')}"
+    deps.observer.ready = not reason
+    deps.observer.not_ready_reason = reason
+
+
+async def probe_forever(deps: Deps) -> None:
+    while True:
+        await probe_once(deps)
+        await trio.sleep(deps.settings.probe_interval_s)

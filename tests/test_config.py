@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 
-from sngin.cli import main
+from sngin.cli import build_parser, main, settings_from
 from sngin.config import BUNDLED_SITES, Bind, Settings, default_workers
 from sngin.errors import ConfigError
 
@@ -122,14 +121,10 @@ def test_cli_bad_env_is_one_line_and_exit_2(capsys):
     assert err == "sngin: SNGIN_WORKERS='x': not an integer\n"
 
 
-def test_cli_flag_overrides_env(capsys, tmp_path):
-    site = tmp_path / "t.test"
-    site.mkdir()
-    (site / "index.lua").write_text("return 'from flag'")
-    assert (
-        main(["run", "--code-dir", str(tmp_path), "t.test"], env={"SNGIN_CODE_DIR": "/nope"}) == 0
-    )
-    assert capsys.readouterr().out.endswith("from flag")
+def test_cli_flag_overrides_env():
+    args = build_parser().parse_args(["serve", "--workers", "3", "--timeout-ms", "700"])
+    settings = settings_from(args, {"SNGIN_WORKERS": "5", "SNGIN_TIMEOUT_MS": "100"})
+    assert (settings.pool.size, settings.limits.timeout_ms) == (3, 700)
 
 
 def test_cli_version(capsys):
@@ -139,12 +134,24 @@ def test_cli_version(capsys):
     assert capsys.readouterr().out.startswith("sngin ")
 
 
-def test_cli_runs_the_bundled_demo(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "hello.localhost/?name=ci"], env={}) == 0
-    assert capsys.readouterr().out.endswith("Hello, ci!\n")
+def test_cli_runs_a_script_file_in_a_worker(capsys):
+    script = BUNDLED_SITES / "hello.localhost" / "index.lua"
+    argv = ["run", str(script), "--host", "hello.localhost", "--path", "/?name=ci"]
+    assert main(argv, env={}) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("HTTP 200\n")
+    assert out.endswith("Hello, ci!\n")
+
+
+def test_cli_run_reports_limits(capsys, tmp_path):
+    script = tmp_path / "spin.lua"
+    script.write_text("while true do end")
+    assert main(["run", str(script)], env={"SNGIN_CPU_MS": "100"}) == 1
+    out = capsys.readouterr().out
+    assert out == "HTTP 504\n\nthe script exceeded its CPU-time limit of 100 ms\n"
 
 
 def test_cli_missing_script_is_a_clear_error(capsys):
-    assert main(["run", "--code-dir", str(Path(__file__).parent), "none.test/x"], env={}) == 2
-    assert capsys.readouterr().err == "sngin: no script for none.test/x\n"
+    assert main(["run", "/nonexistent/script.lua"], env={}) == 2
+    err = capsys.readouterr().err
+    assert err == "sngin: cannot read /nonexistent/script.lua: No such file or directory\n"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from sngin.codestore import Source
+from sngin.errors import CodeFetchError
 from sngin.observe import code_outcome
 from sngin.tenants import covering
 
@@ -74,6 +75,10 @@ class LocalStore:
             return cached[2]
         code_outcome.set("miss")
         return await trio.to_thread.run_sync(self._load, key)
+
+    async def probe(self) -> None:
+        if not await trio.to_thread.run_sync(self.root.is_dir):
+            raise CodeFetchError(f"code folder {self.root.name!r} is missing")
 
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
         """Drop in-memory copies; the next fetch re-reads the file."""
