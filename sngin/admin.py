@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import re
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import request
 from quart_trio import QuartTrio
 
@@ -13,6 +15,8 @@ from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sngin.app import Deps
 
 PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
@@ -46,6 +50,65 @@ def create_admin(deps: Deps) -> QuartTrio:
             "workers": stats.live,
         }, status
 
+    @admin.get("/__sngin/ready")
+    async def ready() -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        observer = deps.observer
+        if deps.pool.statistics().live == 0:
+            return {"ready": False, "reason": "no live workers"}, 503
+        if not observer.ready:
+            return {"ready": False, "reason": observer.not_ready_reason}, 503
+        return {"ready": True}, 200
+
+    @admin.get("/__sngin/stats")
+    async def stats() -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        body: dict[str, Any] = {"pool": dataclasses.asdict(deps.pool.statistics())}
+        for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
+            statistics = getattr(source, "statistics", None)
+            if statistics is not None:
+                body[name] = dataclasses.asdict(statistics())
+        return body, 200
+
+    @admin.get("/__sngin/metrics")
+    async def metrics() -> Any:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        observe_gauges(deps)
+        return deps.observer.metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    @admin.get("/__sngin/logs")
+    async def logs() -> Any:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        try:
+            tenant = tenant_of(request.args.get("host", ""))
+        except BadRequest as exc:
+            return {"error": exc.message}, 400
+        hub = deps.observer.hub
+        subscriber, lines = hub.subscribe(tenant)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": tailing " + tenant.encode() + b"\n\n"
+                async for line in lines:
+                    if subscriber.dropped:
+                        # A slow reader loses lines rather than slowing scripts; say how many.
+                        yield f"event: dropped\ndata: {subscriber.dropped}\n\n".encode()
+                        subscriber.dropped = 0
+                    yield b"data: " + line.encode() + b"\n\n"
+            finally:
+                hub.unsubscribe(tenant, subscriber)
+
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return events(), 200, headers
+
     async def purge(host: str, path: str, kind: str) -> Answer:
         denied = authorize(deps)
         if denied is not None:
@@ -75,6 +138,9 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.post("/__sngin/purge")
     async def purge_json() -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
         body = await request.get_json(force=True, silent=True)
         if isinstance(body, dict) and isinstance(body.get("url_prefix"), str):
             return await purge_modules(body["url_prefix"])

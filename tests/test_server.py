@@ -149,7 +149,9 @@ async def running(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )
         async with httpx.AsyncClient() as client:
-            yield Server(binds[0], pool, client, stop)
+            server = Server(binds[0], pool, client, stop)
+            server.deps = deps
+            yield server
         stop.set()
         watchdog.cancel()
 

@@ -1,0 +1,187 @@
+"""The admin API and observability: auth, stats, metrics, the live tail, readiness, timing."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from sngin.observe import TAIL_BUFFER, LogHub, Metrics
+from sngin.server import probe_once
+from tests.test_codestore_s3 import code_cache
+from tests.test_purge_mirror import TOKEN
+from tests.test_server import running
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENDPOINTS = [
+    ("GET", "/__sngin/ready"),
+    ("GET", "/__sngin/stats"),
+    ("GET", "/__sngin/metrics"),
+    ("GET", "/__sngin/logs?host=a.test"),
+    ("POST", "/__sngin/purge"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+async def test_every_admin_endpoint_needs_the_token(tmp_path, method, path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        for headers, expected in (({}, 401), ({"Authorization": "Bearer nope"}, 401),
+                                  ({"Authorization": f"Basic {TOKEN}"}, 401)):  # fmt: skip
+            response = await srv.client.request(method, srv.url + path, headers=headers)
+            assert response.status_code == expected
+        if path.startswith("/__sngin/logs"):
+            async with srv.client.stream(method, srv.url + path, headers=AUTH) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+        else:
+            body = {"host": "a.test", "path": "/"} if method == "POST" else None
+            response = await srv.client.request(method, srv.url + path, headers=AUTH, json=body)
+            assert response.status_code == 200
+        assert (await srv.get("/__sngin/health")).status_code == 200  # health stays open
+
+
+async def test_stats_schema(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        await srv.get("/")
+        await srv.get("/err")
+        stats = (await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)).json()
+    pool = stats["pool"]
+    assert pool["live"] == 2
+    assert {"pid", "tenant", "state", "requests", "in_flight", "rss_bytes", "age_s"} <= set(
+        pool["workers"][0]
+    )
+    tenant = pool["tenants"]["a.test"]
+    assert (tenant["requests"], tenant["status_2xx"], tenant["status_5xx"]) == (2, 1, 1)
+    assert {"wall_kills", "cpu_kills", "memory_kills", "crashes", "quarantines", "cpu_ms",
+            "wall_ms", "queue_waits"} <= set(tenant)  # fmt: skip
+
+
+async def test_stats_include_the_code_cache(proxy, bucket, tmp_path):
+    bucket.put("a.test/index.lua", "return 'x'")
+    async with (
+        code_cache(proxy, bucket) as cache,
+        running(tmp_path, store=cache, admin_token=TOKEN) as srv,
+    ):
+        await srv.get("/")
+        await srv.get("/")
+        stats = (await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)).json()
+    assert {"entries", "bytes", "hits", "misses", "revalidated_304", "revalidated_200",
+            "revalidated_404", "stale_served", "store_errors", "purges",
+            "mirror_bytes"} <= set(stats["code_cache"])  # fmt: skip
+    assert (stats["code_cache"]["misses"], stats["code_cache"]["hits"]) == (1, 1)
+
+
+async def test_metrics_parse(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        await srv.get("/")
+        await srv.get("/", host="b.test")
+        text = (await srv.client.get(srv.url + "/__sngin/metrics", headers=AUTH)).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    samples = [s for s in families["sngin_requests"].samples if s.name == "sngin_requests_total"]
+    assert {(s.labels["tenant"], s.labels["status"], s.value) for s in samples} == {
+        ("a.test", "2xx", 1.0), ("b.test", "2xx", 1.0)
+    }  # fmt: skip
+    assert families["sngin_workers"].samples[0].value == 2
+
+
+def test_tenant_labels_are_capped():
+    metrics = Metrics(tenant_limit=100)
+    for i in range(1000):
+        metrics.request_finished(f"t{i}.test", 200, 0.01, 0.001, None)
+    families = list(text_string_to_metric_families(metrics.render().decode()))
+    requests = next(f for f in families if f.name == "sngin_requests")
+    totals = {s.labels["tenant"]: s.value for s in requests.samples if s.name.endswith("_total")}
+    assert len(totals) == 101
+    assert totals["other"] == 900
+    assert totals["t0.test"] == 1
+
+
+async def read_events(stream, count: int) -> list[dict]:
+    """The first `count` data events of a server-sent event stream (read off the raw socket)."""
+    buffer = b""
+    while True:
+        events = re.findall(rb"\ndata: (.*)\n", buffer)
+        if len(events) >= count:
+            return [json.loads(e) for e in events[:count]]
+        chunk = await stream.receive_some(65536)
+        assert chunk, buffer
+        buffer += chunk
+
+
+async def test_tail_receives_prints_and_request_lines(tmp_path):
+    (tmp_path / "a.test" / "talk").mkdir(parents=True)
+    (tmp_path / "a.test" / "talk" / "index.lua").write_text("print('hello tail') return 'ok'")
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        tail = await trio.open_tcp_stream("127.0.0.1", srv.port)
+        async with tail:
+            await tail.send_all(
+                b"GET /__sngin/logs?host=a.test HTTP/1.1\r\nHost: admin\r\n"
+                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+            )
+            header = await tail.receive_some(65536)
+            assert header.startswith(b"HTTP/1.1 200")
+            await srv.get("/talk")
+            await srv.get("/", host="b.test")  # another tenant: not in this tail
+            with trio.fail_after(1):
+                received = await read_events(tail, 2)
+        assert received[0]["line"] == "hello tail"
+        assert (received[1]["path"], received[1]["status"]) == ("/talk", 200)
+        # The subscriber went away; the server cleans up and keeps serving.
+        assert (await srv.get("/talk")).text == "ok"
+        with trio.fail_after(5):
+            while srv.deps.observer.hub.subscribers:
+                await srv.get("/talk")  # a line to a gone subscriber ends its stream
+
+
+def test_slow_subscriber_loses_lines_and_is_told():
+    hub = LogHub()
+    subscriber, _receive = hub.subscribe("a.test")
+    for i in range(TAIL_BUFFER + 5):
+        hub.publish("a.test", f"line {i}")
+    assert subscriber.dropped == 5
+
+
+async def test_readiness_follows_the_store(proxy, bucket, tmp_path):
+    async with (
+        code_cache(proxy, bucket) as cache,
+        running(tmp_path, store=cache, admin_token=TOKEN) as srv,
+    ):
+        await probe_once(srv.deps)
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        proxy.refuse()
+        await probe_once(srv.deps)
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+        assert ready.status_code == 503
+        assert ready.json()["reason"].startswith("code store unreachable")
+        proxy.restore()
+        await probe_once(srv.deps)
+        assert (await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)).status_code == 200
+
+
+async def test_timing_headers_and_request_ids(tmp_path, caplog):
+    caplog.set_level("INFO", logger="sngin.access")
+    async with running(tmp_path) as srv:
+        response = await srv.get("/")
+        kept = await srv.get("/", headers={"X-Request-Id": "trace-123"})
+        replaced = await srv.get("/", headers={"X-Request-Id": "bad id with spaces"})
+        missing = await srv.get("/nothing")
+    timing = response.headers["server-timing"]
+    match = re.fullmatch(r"cpu;dur=([\d.]+), wall;dur=([\d.]+), code;desc=(\w+)", timing)
+    assert match is not None
+    assert float(match.group(1)) <= float(match.group(2))
+    assert match.group(3) in ("hit", "miss")
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    assert kept.headers["x-request-id"] == "trace-123"
+    assert replaced.headers["x-request-id"] != "bad id with spaces"
+    assert "server-timing" in missing.headers
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sngin.access"]
+    first = records[0]
+    assert set(first) == {"time", "id", "tenant", "method", "path", "status", "bytes", "wall_ms",
+                          "cpu_ms", "code", "worker"}  # fmt: skip
+    assert (first["tenant"], first["status"], first["bytes"]) == ("a.test", 200, 9)
+    assert first["worker"] in srv.pool.pids() or isinstance(first["worker"], int)
+    assert records[-1]["status"] == 404
