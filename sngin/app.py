@@ -54,6 +54,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 RESERVED_PREFIXES = ("/__sngin/", "/__purge/")
 RESERVED_EXACT = ("/__sngin", "/__purge")
+HEALTH = "/__sngin/health"
 TEXT = b"text/plain; charset=utf-8"
 
 
@@ -77,6 +78,7 @@ class Dispatcher:
         self.admin = create_admin(deps)  # Quart-trio: fine for admin, too slow for tenants
         settings = deps.settings
         self._trusted = settings.trusted_proxies
+        self._admin_elsewhere = settings.admin_bind is not None
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._rates = RateLimiter()
         limits = settings.limits
@@ -90,6 +92,10 @@ class Dispatcher:
         kind = scope["type"]
         path = scope.get("path", "")
         if kind == "lifespan" or path.startswith(RESERVED_PREFIXES) or path in RESERVED_EXACT:
+            if self._admin_elsewhere and kind == "http" and path != HEALTH:
+                # SNGIN_ADMIN_BIND moved the admin API to its own listener.
+                await send_error(send, TenantNotFound("not found"), head=False)
+                return
             await self.admin(scope, receive, send)  # type: ignore[arg-type]
             return
         if kind != "http":
@@ -350,6 +356,25 @@ async def send_error(send: Send, error: SnginError, *, head: bool) -> None:
 
 def create_app(deps: Deps) -> Dispatcher:
     return Dispatcher(deps)
+
+
+class AdminListener:
+    """The ASGI app of the SNGIN_ADMIN_BIND listener: the admin API only. The public listener
+    already ran the admin app's lifespan, so this one answers lifespan events itself."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.admin = dispatcher.admin
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await self.admin(scope, receive, send)  # type: ignore[arg-type]
 
 
 __all__ = ["BadRequest", "Deps", "Dispatcher", "create_app"]

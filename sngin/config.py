@@ -123,6 +123,7 @@ class Settings:
     tenants_allow: re.Pattern[str] | None = None  # SNGIN_TENANTS_ALLOW: Hosts served (regex)
     tenants_allow_file: Path | None = None  # SNGIN_TENANTS_ALLOW_FILE: host or *.suffix lines
     metrics_tenants: int = 100  # SNGIN_METRICS_TENANTS: tenants with their own metrics label
+    admin_bind: Bind | None = None  # SNGIN_ADMIN_BIND: a separate listener for the admin API
     probe_interval_s: float = 10.0  # how often readiness checks the code store
 
     @classmethod
@@ -348,6 +349,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_TENANTS_ALLOW": ("tenants_allow", parse_regex),
     "SNGIN_TENANTS_ALLOW_FILE": ("tenants_allow_file", parse_file),
     "SNGIN_METRICS_TENANTS": ("metrics_tenants", _int_range(0, 100_000)),
+    "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),
     "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", _int_range(1, 1024)),
     "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", _int_range(1, 100_000)),
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", _float_range(0, 3600)),

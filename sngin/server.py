@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import signal
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from sngin.app import Deps, create_app
+from sngin.app import AdminListener, Deps, create_app
 from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
@@ -151,17 +152,35 @@ async def serve_app(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Hypercorn for the app over already opened resources, with the readiness probe."""
-    app: Any = create_app(deps)
+    dispatcher = create_app(deps)
+    app: Any = dispatcher
+    settings = deps.settings
     deps.observer.attach()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
-            await hypercorn_serve(
-                app,
-                hypercorn_config(deps.settings),
-                shutdown_trigger=shutdown_trigger,
-                task_status=task_status,
-            )
+            # One trigger for every listener (a signal is delivered to one receiver only).
+            stop = trio.Event()
+
+            async def trigger() -> None:
+                await shutdown_trigger()
+                stop.set()
+
+            nursery.start_soon(trigger)
+            async with trio.open_nursery() as servers:
+                binds: list[str] = await servers.start(
+                    partial(
+                        hypercorn_serve, app, hypercorn_config(settings), shutdown_trigger=stop.wait
+                    )
+                )
+                if settings.admin_bind is not None:
+                    admin_config = hypercorn_config(settings)
+                    admin_config.bind = [str(settings.admin_bind)]
+                    admin: Any = AdminListener(dispatcher)
+                    binds += await servers.start(
+                        partial(hypercorn_serve, admin, admin_config, shutdown_trigger=stop.wait)
+                    )
+                task_status.started(binds)
             nursery.cancel_scope.cancel()
     finally:
         deps.observer.detach()

@@ -185,3 +185,17 @@ async def test_timing_headers_and_request_ids(tmp_path, caplog):
     assert (first["tenant"], first["status"], first["bytes"]) == ("a.test", 200, 9)
     assert first["worker"] in srv.pool.pids() or isinstance(first["worker"], int)
     assert records[-1]["status"] == 404
+
+
+async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
+    from sngin.config import Bind
+
+    changes = {"admin_bind": Bind(host="127.0.0.1", port=0)}
+    async with running(tmp_path, admin_token=TOKEN, settings_changes=changes) as srv:
+        admin_url = srv.binds[1]
+        assert (await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)).status_code == 404
+        assert (await srv.get("/__sngin/health")).status_code == 200  # stays public
+        stats = await srv.client.get(admin_url + "/__sngin/stats", headers=AUTH)
+        assert stats.status_code == 200
+        assert stats.json()["pool"]["live"] == 2
+        assert (await srv.get("/")).text == "root of a"

@@ -151,6 +151,7 @@ async def running(
         async with httpx.AsyncClient() as client:
             server = Server(binds[0], pool, client, stop)
             server.deps = deps
+            server.binds = binds
             yield server
         stop.set()
         watchdog.cancel()
