@@ -199,3 +199,25 @@ async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
         assert stats.status_code == 200
         assert stats.json()["pool"]["live"] == 2
         assert (await srv.get("/")).text == "root of a"
+
+
+async def test_cli_stats_and_purge_against_a_running_server(tmp_path, capsys):
+    from sngin.cli import main
+
+    env = {"SNGIN_ADMIN_TOKEN": TOKEN}
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        await srv.get("/")
+        # The CLI is synchronous: run it off the event loop the server needs.
+        code = await trio.to_thread.run_sync(main, ["stats", "--url", srv.url], env)
+        assert code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("workers: 2 live")
+        assert "a.test" in out
+        code = await trio.to_thread.run_sync(
+            main, ["purge", "a.test", "/", "--folder", "--url", srv.url, "--json"], env
+        )
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)["type"] == "folder"
+        code = await trio.to_thread.run_sync(main, ["stats", "--url", srv.url], {})
+        assert code == 2
+        assert "SNGIN_ADMIN_TOKEN" in capsys.readouterr().err

@@ -28,6 +28,7 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
     site.mkdir()
     (site / "index.lua").write_text("return 'hi from serve'")
     env = {**os.environ, "SNGIN_CODE_DIR": str(tmp_path), "SNGIN_WORKERS": "2"}
+    env.pop("SNGIN_ADMIN_TOKEN", None)
     argv = [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"]
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(argv, env=env, stderr=subprocess.PIPE)
@@ -38,9 +39,17 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
                 assert chunk, log.decode()
                 log += chunk
             url = match.group(1).decode()
+            # No SNGIN_ADMIN_TOKEN: one is generated and printed once.
+            token = re.search(rb"admin token for this run [^:]*: (\S+)", log)
+            assert token is not None
             async with httpx.AsyncClient() as client:
                 response = await client.get(url + "/", headers={"Host": "hello.localhost"})
+                auth = {"Authorization": b"Bearer " + token.group(1)}
+                stats = await client.get(url + "/__sngin/stats", headers=auth)
+                unauthorized = await client.get(url + "/__sngin/stats")
             assert response.text == "hi from serve"
+            assert stats.status_code == 200
+            assert unauthorized.status_code == 401
             workers = children_of(process.pid)
             assert len(workers) == 2
             process.send_signal(signum)
