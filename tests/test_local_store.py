@@ -35,3 +35,14 @@ async def test_symlink_out_of_the_tenant_folder_is_refused(tmp_path):
     os.symlink(tmp_path / "b.test", tmp_path / "a.test" / "steal")
     assert await LocalStore(tmp_path).fetch("a.test/steal") is None
     assert await LocalStore(tmp_path).fetch("b.test") is not None
+
+
+async def test_a_missing_script_appears_as_soon_as_it_is_written(tmp_path):
+    store = LocalStore(tmp_path)
+    assert await store.fetch("a.test/new") is None
+    assert await store.fetch("a.test/new") is None  # answered from the remembered miss
+    (tmp_path / "a.test" / "new").mkdir(parents=True)
+    (tmp_path / "a.test" / "new" / "index.lua").write_text("return 'now'")
+    source = await store.fetch("a.test/new")
+    assert source is not None
+    assert source.text == b"return 'now'"

@@ -65,6 +65,9 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._cache: dict[str, tuple[Path, Signature, Source]] = {}
+        # Keys whose file was missing, with the path checked: most tenants have no
+        # _sngin.json, and a stat of a missing file is far cheaper than a hop to a thread.
+        self._missing: dict[str, Path] = {}
 
     async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
         # Every fetch checks the file, so `$cb` (revalidate) needs nothing more here.
@@ -73,8 +76,31 @@ class LocalStore:
         if cached is not None and signature(cached[0]) == cached[1]:
             code_outcome.set("hit")
             return cached[2]
+        missing = self._missing.get(key)
+        if missing is not None and signature(missing) is None:
+            code_outcome.set("hit")
+            return None
         code_outcome.set("miss")
-        return await trio.to_thread.run_sync(self._load, key)
+        path, source, stamp = await trio.to_thread.run_sync(self._load, key)
+        self._remember(key, path, source, stamp)
+        return source
+
+    def _remember(
+        self, key: str, path: Path | None, source: Source | None, stamp: Signature | None
+    ) -> None:
+        self._cache.pop(key, None)
+        self._missing.pop(key, None)
+        if path is None:
+            return
+        if source is None:
+            store = self._missing
+            if len(store) >= MAX_CACHED:
+                store.pop(next(iter(store)))
+            store[key] = path
+        elif stamp is not None:
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = (path, stamp, source)
 
     async def probe(self) -> None:
         if not await trio.to_thread.run_sync(self.root.is_dir):
@@ -86,16 +112,18 @@ class LocalStore:
         keys = [key for key in self._cache if covers(key)]
         for key in keys:
             del self._cache[key]
+        for key in [key for key in self._missing if covers(key)]:
+            del self._missing[key]
         return len(keys)
 
-    def _load(self, key: str) -> Source | None:
+    def _load(self, key: str) -> tuple[Path | None, Source | None, Signature | None]:
+        """Blocking: the file's path, its source (None if missing), and a stamp to trust it by
+        (None if it changed while being read)."""
         path = script_file(self.root, key)
-        before = signature(path) if path is not None else None
+        if path is None:
+            return None, None, None
+        before = signature(path)
         source = read_script(self.root, key)
-        if path is None or source is None or before is None or signature(path) != before:
-            self._cache.pop(key, None)
-            return source
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = (path, before, source)
-        return source
+        if source is None or before is None or signature(path) != before:
+            return path, source, None
+        return path, source, before
