@@ -55,8 +55,13 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
 def start_sngin(port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", "0", str(BIN / "sngin"), "serve", "--bind", f"127.0.0.1:{port}",
             "--workers", "2", "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "SNGIN_CODE_DIR": str(ROOT / "sngin" / "demo" / "sites")}
-    return subprocess.Popen(argv, env={**env, **(extra_env or {})}, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "SNGIN_CODE_DIR": str(ROOT / "sngin" / "demo" / "sites"),
+           "SNGIN_ADMIN_TOKEN": "bench-admin-token-0123456789"}  # fmt: skip
+    # The access log (one JSON line per request) is part of the measured cost; discard it.
+    return subprocess.Popen(
+        argv, env={**env, **(extra_env or {})}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 class S3Fixture:
