@@ -692,7 +692,7 @@ local function module_base(canonical)
   return nil  -- the tenant's modules resolve from the tenant's root
 end
 
-local function module_env(canonical)
+local function module_env(canonical, chunk)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
   for name, lib in next, LIBRARIES do env[name] = copy(lib) end
@@ -713,7 +713,8 @@ local function module_env(canonical)
       if type(option) == "function" then option(t) end
     end
     module_tables[env] = t
-    setfenv(2, t)
+    -- Only ever the module's own chunk (never "the caller", which could be anything).
+    setfenv(chunk, t)
     return t
   end
   return env
@@ -741,7 +742,7 @@ make_require = function(base, env)
       module_factories[key] = factory
     end
     local fn = factory()
-    local menv = module_env(canonical)
+    local menv = module_env(canonical, fn)
     setfenv(fn, menv)
     loading[canonical] = true
     local results = pack(pcall(fn, name))
