@@ -27,12 +27,12 @@ fmt:
     {{bin}}/ruff format .
     {{bin}}/ruff check --fix .
 
-# benchmarks
-bench:
+# benchmarks (`just bench --quick`: one short round of the HTTP suite)
+bench *args:
     @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey)"
     @{{bin}}/python bench/sandbox_bench.py
     @{{bin}}/python bench/limits_bench.py
-    @{{bin}}/python bench/serve_bench.py
+    @{{bin}}/python bench/serve_bench.py {{args}}
     @{{bin}}/python bench/wait_bench.py
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv

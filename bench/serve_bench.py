@@ -1,8 +1,12 @@
-"""HTTP benchmark: sngin's demo tenant against a bare Hypercorn-trio ASGI hello (the floor).
+"""HTTP benchmark: sngin against a bare Hypercorn-trio ASGI hello (the floor) and a Quart-trio
+hello, all measured in the same run.
 
-Both servers (and sngin's workers) are pinned to core 0 and `hey` to core 1; scenarios alternate
-over ROUNDS rounds so drift hits both alike. Also measures a worker's start-up time.
-Run: .venv/bin/python bench/serve_bench.py   (needs `hey`: apt-get install hey)
+Servers (and sngin's workers) are pinned to core 0 and `hey` to core 1; scenarios alternate
+over ROUNDS rounds so drift hits all alike. For each: req/s (median, min-max), p50/p99, server
+CPU per request (the server and all its children, from /proc), peak RSS, ratio to the floor.
+Also: a worker's start-up time, a 10 s load on one S3 script with the S3 GETs seen, and a cold
+storm of 100 concurrent first hits on an uncached S3 script.
+Run: .venv/bin/python bench/serve_bench.py [--quick]   (needs `hey`: apt-get install hey)
 """
 
 from __future__ import annotations
@@ -15,18 +19,22 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sandbox.protocol import HEADER, Hello, Job, Reply, Request, decode_from_worker, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.s3proxy, the counting proxy the tests use
 BIN = Path(sys.executable).parent
-ROUNDS = 3
-REQUESTS = 4000
+QUICK = "--quick" in sys.argv
+ROUNDS = 1 if QUICK else 3
+REQUESTS = 1000 if QUICK else 4000
 CONCURRENCY = 20
 RESULTS = ROOT / "bench" / "results" / "latest.json"
+SITES_DIR = Path(tempfile.mkdtemp(prefix="sngin-bench-")) / "sites"
 
 
 def free_port() -> int:
@@ -46,6 +54,70 @@ def wait_listening(port: int, deadline_s: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+JSON_BODY = json.dumps({"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"]}
+                                  for i in range(40)]}).encode()[:2048]  # fmt: skip
+SITES = {
+    "hello.localhost/index.lua": (ROOT / "sngin/demo/sites/hello.localhost/index.lua").read_text(),
+    "json.bench/index.lua": "local data = json.decode(request.body) "
+    "return {count = #data.items, first = data.items[1].name}",
+    "config.bench/index.lua": "return 'Hello, ' .. env.WHO .. '!\\n'",
+    "config.bench/_sngin.json": '{"env": {"WHO": "world"}, "limits": {"cpu_ms": 1000}}',
+}
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def write_sites(root: Path) -> Path:
+    for path, text in SITES.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return root
+
+
+def start_quart(port: int) -> subprocess.Popen[bytes]:
+    argv = ["taskset", "-c", "0", str(BIN / "hypercorn"), "-k", "trio", "--bind",
+            f"127.0.0.1:{port}", "hello_quart:app"]  # fmt: skip
+    return subprocess.Popen(argv, cwd=ROOT / "bench", stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", "0", str(BIN / "hypercorn"), "-k", "trio", "--bind",
             f"127.0.0.1:{port}", "hello_asgi:app"]  # fmt: skip
@@ -55,7 +127,7 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
 def start_sngin(port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", "0", str(BIN / "sngin"), "serve", "--bind", f"127.0.0.1:{port}",
             "--workers", "2", "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "SNGIN_CODE_DIR": str(ROOT / "sngin" / "demo" / "sites"),
+    env = {**os.environ, "SNGIN_CODE_DIR": str(SITES_DIR),
            "SNGIN_ADMIN_TOKEN": "bench-admin-token-0123456789"}  # fmt: skip
     # The access log (one JSON line per request) is part of the measured cost; discard it.
     return subprocess.Popen(
@@ -86,6 +158,7 @@ class S3Fixture:
             aws_access_key_id="bench", aws_secret_access_key="bench",
         )  # fmt: skip
         client.create_bucket(Bucket="bench")
+        self.client = client
         demo = ROOT / "sngin" / "demo" / "sites" / "hello.localhost" / "index.lua"
         client.put_object(Bucket="bench", Key="sites/hello.localhost/index.lua",
                           Body=demo.read_bytes())  # fmt: skip
@@ -130,9 +203,14 @@ def s3_load(s3: S3Fixture, seconds: int = 10) -> tuple[float, int]:
         server.wait(timeout=30)
 
 
-def hey(port: int, n: int) -> dict[str, float]:
-    argv = ["taskset", "-c", "1", "hey", "-n", str(n), "-c", str(CONCURRENCY), "-host",
-            "hello.localhost", f"http://127.0.0.1:{port}/"]  # fmt: skip
+def hey(port: int, n: int, host: str = "hello.localhost", body: bytes | None = None
+        ) -> dict[str, float]:  # fmt: skip
+    argv = ["taskset", "-c", "1", "hey", "-n", str(n), "-c", str(CONCURRENCY), "-host", host]
+    if body is not None:
+        body_file = SITES_DIR.parent / "body.json"
+        body_file.write_bytes(body)
+        argv += ["-m", "POST", "-T", "application/json", "-D", str(body_file)]
+    argv.append(f"http://127.0.0.1:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1))  # type: ignore[union-attr]
@@ -167,56 +245,119 @@ def worker_startup_ms(samples: int = 10) -> float:
     return statistics.median(times)
 
 
+# name -> (start the server, Host header, request body or None)
+Scenario = tuple[Any, str, bytes | None]
+
+
+def measure(start: Any, host: str, body: bytes | None) -> dict[str, float]:
+    port = free_port()
+    server = start(port)
+    try:
+        wait_listening(port)
+        hey(port, 500, host, body)  # warm-up
+        tree = process_tree(server.pid)
+        before = cpu_seconds(tree)
+        result = hey(port, REQUESTS, host, body)
+        used = cpu_seconds(tree) - before
+        result["cpu_us_per_request"] = used / REQUESTS * 1e6
+        result["processes"] = len(tree)
+        result["peak_rss_server_mib"] = peak_rss_mib(tree[0])
+        result["peak_rss_workers_mib"] = max((peak_rss_mib(p) for p in tree[1:]), default=0.0)
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def cold_storm(s3: S3Fixture, requests: int = 100) -> tuple[int, int]:
+    """`requests` concurrent first hits on a script not cached yet: statuses OK, S3 GETs seen."""
+    import httpx
+    import trio
+
+    key = "sites/storm.bench/index.lua"
+    s3.client.put_object(Bucket="bench", Key=key, Body=b"return 'storm'")
+    port = free_port()
+    server = start_sngin(port, s3.env())
+    try:
+        await trio.to_thread.run_sync(wait_listening, port)
+        ok = 0
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+
+            async def one() -> None:
+                nonlocal ok
+                response = await c.get(f"http://127.0.0.1:{port}/", headers={"Host": "storm.bench"})
+                ok += response.status_code == 200
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(requests):
+                    nursery.start_soon(one)
+        return ok, s3.proxy.gets(key)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("bench: `hey` is not installed (apt-get install hey)")
+    import trio
+
+    write_sites(SITES_DIR)
     s3 = S3Fixture()
-    scenarios = {
-        "bare hypercorn-trio ASGI hello (floor)": start_bare,
-        "sngin demo tenant, folder store": start_sngin,
-        "sngin demo tenant, S3 store (cached)": lambda port: start_sngin(port, s3.env()),
-    }
+    scenarios: dict[str, Scenario] = {
+        "floor: bare hypercorn-trio ASGI hello": (start_bare, "hello.localhost", None),
+        "floor-quart: hypercorn + quart-trio hello": (start_quart, "hello.localhost", None),
+        "sngin hello, folder store": (start_sngin, "hello.localhost", None),
+        "sngin hello, S3 store (cached)": (lambda port: start_sngin(port, s3.env()),
+                                           "hello.localhost", None),
+        "sngin JSON: decode a 2 KiB body, encode a reply": (start_sngin, "json.bench", JSON_BODY),
+        "sngin hello with _sngin.json and env": (start_sngin, "config.bench", None),
+    }  # fmt: skip
     figures: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for round_number in range(ROUNDS):
-        for name, start in scenarios.items():
-            port = free_port()
-            server = start(port)
-            try:
-                wait_listening(port)
-                hey(port, 500)  # warm-up
-                figures[name].append(hey(port, REQUESTS))
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+        for name, (start, host, body) in scenarios.items():
+            figures[name].append(measure(start, host, body))
         print(f"round {round_number + 1}/{ROUNDS} done", file=sys.stderr)
-    print(f"hey -n {REQUESTS} -c {CONCURRENCY}, servers on core 0, hey on core 1, {ROUNDS} rounds")
+    print(f"hey -n {REQUESTS} -c {CONCURRENCY}, servers (and workers) on core 0, hey on core 1, "
+          f"{ROUNDS} round(s)")  # fmt: skip
     floor = statistics.median(r["rps"] for r in figures[next(iter(scenarios))])
     rows = []
     for name, runs in figures.items():
         rps = [r["rps"] for r in runs]
         row = {
             "scenario": name,
+            "processes": runs[0]["processes"],
+            "concurrency": CONCURRENCY,
             "rps_median": statistics.median(rps),
             "rps_min": min(rps),
             "rps_max": max(rps),
             "p50_ms": statistics.median(r["p50_ms"] for r in runs),
             "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in runs),
+            "peak_rss_server_mib": max(r["peak_rss_server_mib"] for r in runs),
+            "peak_rss_workers_mib": max(r["peak_rss_workers_mib"] for r in runs),
             "ratio_to_floor": statistics.median(rps) / floor,
         }
         rows.append(row)
         spread = f"({row['rps_min']:.0f}-{row['rps_max']:.0f})"
-        print(f"  {name:40} {row['rps_median']:8.0f} req/s {spread}"
-              f"  p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms"
+        print(f"  {name:48} {row['rps_median']:6.0f} req/s {spread:13}"
+              f" p50 {row['p50_ms']:5.1f} ms  p99 {row['p99_ms']:5.1f} ms"
+              f"  {row['cpu_us_per_request']:5.0f} us CPU/req"
+              f"  RSS {row['peak_rss_server_mib']:.0f}+{row['peak_rss_workers_mib']:.0f} MiB"
               f"  {row['ratio_to_floor']:.2f}x floor")  # fmt: skip
     startup = worker_startup_ms()
     print(f"  worker start-up (spawn to first reply, median of 10): {startup:.0f} ms")
-    load_rps, s3_gets = s3_load(s3)
-    print(f"  10 s load on one S3 script (hey -z 10s -c {CONCURRENCY}): {load_rps:.0f} req/s,"
-          f" {s3_gets} S3 requests during the load")  # fmt: skip
+    load_rps, s3_gets = s3_load(s3, seconds=3 if QUICK else 10)
+    print(f"  {3 if QUICK else 10} s load on one S3 script (hey -z, -c {CONCURRENCY}): "
+          f"{load_rps:.0f} req/s, {s3_gets} S3 requests during the load")  # fmt: skip
+    storm_ok, storm_gets = trio.run(cold_storm, s3)
+    print(f"  cold storm: 100 concurrent first hits on an uncached S3 script: {storm_ok} x 200, "
+          f"{storm_gets} S3 GET(s)")  # fmt: skip
     s3.close()
     RESULTS.parent.mkdir(exist_ok=True)
     summary = {"rows": rows, "worker_startup_ms": startup,
-               "s3_load": {"rps": load_rps, "s3_requests": s3_gets}}  # fmt: skip
+               "s3_load": {"rps": load_rps, "s3_requests": s3_gets},
+               "cold_storm": {"ok": storm_ok, "s3_gets": storm_gets}}  # fmt: skip
     RESULTS.write_text(json.dumps(summary, indent=2))
 
 
