@@ -165,9 +165,6 @@ class TenantRuntime:
     def compiled_count(self) -> int:
         return len(self._compiled)
 
-    def has_compiled(self, key: str, version: str) -> bool:
-        return (key, version) in self._compiled
-
     def _factory(self, job: Job) -> tuple[Any, Reply | None]:
         cache_key = (job.key, job.version)
         factory = self._compiled.get(cache_key)

@@ -16,11 +16,10 @@ a traceback. Foreign errors are wrapped on entry (`raise CodeFetchError(key) fro
 
 from __future__ import annotations
 
-from typing import Final
-
 
 class SnginError(Exception):
-    """Base of every error sngin raises on purpose."""
+    """Base of every error sngin raises on purpose; `status` is its HTTP status (the one table:
+    each class below sets its own, and the error handler reads it)."""
 
     status: int = 500
 
@@ -84,31 +83,3 @@ class Unavailable(SnginError):
 
 class LimitExceeded(SnginError):
     status = 504
-
-
-STATUS: Final[dict[type[SnginError], int]] = {
-    cls: cls.status
-    for cls in (
-        BadRequest,
-        TenantNotFound,
-        CodeNotFound,
-        MethodNotAllowed,
-        RequestTimeout,
-        RequestTooLarge,
-        RateLimited,
-        ScriptError,
-        WorkerCrashed,
-        ProtocolError,
-        CodeFetchError,
-        Unavailable,
-        LimitExceeded,
-    )
-}
-
-
-def status_of(error: SnginError) -> int:
-    """The HTTP status for an error: its own class's entry, else the nearest base's."""
-    for cls in type(error).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
