@@ -25,6 +25,7 @@ import trio
 
 from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
 from sngin.errors import CodeFetchError
+from sngin.tenants import file_key
 
 if TYPE_CHECKING:
     from sngin.codestore import CodeSource
@@ -366,7 +367,7 @@ class RequestCalls:
             if not MODULE_PATH.match(path) or ".." in path.split("/"):
                 raise CodeFetchError(f"invalid module name {path}")
             if kind == "tenant" and self._store is not None:
-                source = await self._store.fetch(f"{self._tenant}//{path}")
+                source = await self._store.fetch(file_key(self._tenant, path))
                 chunkname = f"{self._tenant}/{path}"
             elif kind == "github" and self._github is not None:
                 source = await self._github.fetch(path)

@@ -20,6 +20,7 @@ import msgspec
 from sngin.errors import ScriptError
 from sngin.outbound import EgressPolicy, TenantEgress
 from sngin.pool import TenantLimits
+from sngin.tenants import file_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -143,7 +144,7 @@ class TenantConfigs:
         return self._default
 
     async def get(self, tenant: str, *, revalidate: bool = False) -> TenantConfig:
-        source = await self._store.fetch(f"{tenant}//{CONFIG_NAME}", revalidate=revalidate)
+        source = await self._store.fetch(file_key(tenant, CONFIG_NAME), revalidate=revalidate)
         if source is None:
             return self._default
         key = (tenant, source.version)

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MAX_PATH_BYTES: Final = 2048
-CONFIG_FILE: Final = "_sngin.json"
 MAX_HOST_LENGTH: Final = 253
 _LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _BAD_PATH_CHARS: Final = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -66,14 +65,18 @@ def script_key(tenant: str, folder: str) -> str:
     return f"{tenant}/{folder}" if folder else tenant
 
 
+def file_key(tenant: str, path: str) -> str:
+    """The key of a plain file of the tenant ('host//lib/util.lua', 'host//_sngin.json'): a
+    module or the tenant's configuration. The double slash never occurs in a script key."""
+    return f"{tenant}//{path}"
+
+
 def covering(tenant: str, folder: str, *, recursive: bool) -> Callable[[str], bool]:
-    """Which keys a purge covers: one script, or a folder at segment boundaries
-    ('a' covers 'a' and 'a/x', not 'ab'; the empty folder covers the whole tenant)."""
-    target = script_key(tenant, folder)
+    """Which keys a purge covers: the script and the file at that path, or everything under a
+    folder at segment boundaries ('a' covers 'a' and 'a/x', not 'ab'; the empty folder covers
+    the whole tenant, its modules and configuration included)."""
+    script, file = script_key(tenant, folder), file_key(tenant, folder)
     if not recursive:
-        if folder == CONFIG_FILE:
-            config = f"{tenant}//{CONFIG_FILE}"  # purging the file drops the tenant's config
-            return lambda key: key in (target, config)
-        return lambda key: key == target
-    below = target + "/"
-    return lambda key: key == target or key.startswith(below)
+        return lambda key: key in (script, file)
+    below, files_below = script + "/", file + "/"
+    return lambda key: key in (script, file) or key.startswith(below) or key.startswith(files_below)

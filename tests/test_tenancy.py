@@ -56,3 +56,20 @@ def test_invalid_paths(path):
 def test_script_key():
     assert script_key("a.test", "") == "a.test"
     assert script_key("a.test", "x/y") == "a.test/x/y"
+
+
+def test_purge_covers_scripts_and_files_at_segment_boundaries():
+    from sngin.tenants import covering
+
+    keys = ["a.test", "a.test/lib", "a.test/lib/x", "a.test/libx", "a.test//lib/util.lua",
+            "a.test//_sngin.json", "a.test//libx.lua", "b.test/lib"]  # fmt: skip
+    assert [k for k in keys if covering("a.test", "lib/util.lua", recursive=False)(k)] == [
+        "a.test//lib/util.lua"
+    ]
+    assert [k for k in keys if covering("a.test", "_sngin.json", recursive=False)(k)] == [
+        "a.test//_sngin.json"
+    ]
+    assert [k for k in keys if covering("a.test", "lib", recursive=True)(k)] == [
+        "a.test/lib", "a.test/lib/x", "a.test//lib/util.lua"
+    ]  # fmt: skip
+    assert [k for k in keys if covering("a.test", "", recursive=True)(k)] == keys[:-1]
