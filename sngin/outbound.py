@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -211,19 +212,22 @@ class Outbound:
         self._policy = policy or EgressPolicy()
         self._resolver = resolver
         self._ssl_context = ssl_context
-        self._tenant_clients: dict[TenantEgress, httpx.AsyncClient] = {}
+        self._tenant_clients: OrderedDict[TenantEgress, httpx.AsyncClient] = OrderedDict()
 
-    def client_for(self, egress: TenantEgress | None) -> httpx.AsyncClient:
+    async def client_for(self, egress: TenantEgress | None) -> httpx.AsyncClient:
         if egress is None:
             return self._client
         client = self._tenant_clients.get(egress)
-        if client is None:
-            if len(self._tenant_clients) >= self.MAX_TENANT_CLIENTS:
-                self._tenant_clients.clear()  # closed at shutdown by aclose(); rare
-            client = self._tenant_clients[egress] = guarded_client(
-                self._policy, resolver=self._resolver, ssl_context=self._ssl_context,
-                tenant=egress,
-            )  # fmt: skip
+        if client is not None:
+            self._tenant_clients.move_to_end(egress)
+            return client
+        if len(self._tenant_clients) >= self.MAX_TENANT_CLIENTS:
+            # The least recently used rule's client goes, connections and all.
+            _, oldest = self._tenant_clients.popitem(last=False)
+            await oldest.aclose()
+        client = self._tenant_clients[egress] = guarded_client(
+            self._policy, resolver=self._resolver, ssl_context=self._ssl_context, tenant=egress
+        )
         return client
 
     async def aclose(self) -> None:
@@ -238,7 +242,7 @@ class Outbound:
         request_id: str,
         egress: TenantEgress | None = None,
     ) -> HttpResult:
-        client = self.client_for(egress)
+        client = await self.client_for(egress)
         try:
             url = httpx.URL(call.url)
         except httpx.InvalidURL as exc:

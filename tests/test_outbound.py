@@ -404,3 +404,17 @@ async def test_cpu_budget_spans_all_of_a_requests_steps(tmp_path, upstream):
     assert response.status_code == 504
     assert "CPU-time limit of 400 ms" in response.text
     assert len(upstream.requests) == 2
+
+
+async def test_per_rule_clients_are_bounded_and_closed():
+    from sngin.outbound import TenantEgress
+
+    async with open_outbound(LOOPBACK_ONLY) as outbound:
+        outbound.MAX_TENANT_CLIENTS = 2  # type: ignore[misc]
+        rules = [TenantEgress(EgressPolicy.parse([f"10.0.0.{i}"])) for i in range(3)]
+        first = await outbound.client_for(rules[0])
+        assert await outbound.client_for(rules[0]) is first
+        await outbound.client_for(rules[1])
+        await outbound.client_for(rules[2])  # evicts rules[0]'s client
+        assert first.is_closed
+        assert not (await outbound.client_for(rules[1])).is_closed
