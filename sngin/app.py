@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 import trio
 
-from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Limits, Reply, Request
+from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Reply, Request
 from sngin.admin import create_admin
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import (
@@ -203,7 +203,7 @@ class Dispatcher:
             key=key,
             version=source.version,
             request=request,
-            limits=Limits(max_body_bytes=config.max_body_bytes),
+            limits=config.job_limits,
             source=source.text,
             env=config.env,
         )

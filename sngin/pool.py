@@ -430,12 +430,14 @@ class Pool:
             )
         if limits is None:
             limits = self._limits_for(tenant)
-        job = msgspec.structs.replace(
-            job,
-            limits=msgspec.structs.replace(
-                job.limits, cpu_ms=limits.cpu_ms, memory_bytes=limits.memory_mb * MIB
-            ),
-        )
+        memory_bytes = limits.memory_mb * MIB
+        if job.limits.cpu_ms != limits.cpu_ms or job.limits.memory_bytes != memory_bytes:
+            job = msgspec.structs.replace(
+                job,
+                limits=msgspec.structs.replace(
+                    job.limits, cpu_ms=limits.cpu_ms, memory_bytes=memory_bytes
+                ),
+            )
         worker = await self._acquire(tenant, counters, concurrency)
         worker_pid.set(worker.pid)
         started = trio.current_time()

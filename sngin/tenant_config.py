@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from sandbox.protocol import Limits
 from sngin.errors import ScriptError
 from sngin.outbound import EgressPolicy, TenantEgress
 from sngin.pool import TenantLimits
@@ -78,6 +79,17 @@ class TenantConfig:
     env: dict[str, str] = field(default_factory=dict)
     egress: TenantEgress | None = None
     secrets: tuple[str, ...] = ()
+
+    # What the worker enforces: derived once per configuration rather than per request.
+    job_limits: Limits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        job_limits = Limits(
+            cpu_ms=self.limits.cpu_ms,
+            memory_bytes=self.limits.memory_mb * 1024 * 1024,
+            max_body_bytes=self.max_body_bytes,
+        )
+        object.__setattr__(self, "job_limits", job_limits)
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""

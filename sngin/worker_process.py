@@ -235,11 +235,12 @@ class WorkerProcess:
         self._ids += 1
         cache_key = (job.key, job.version)
         full = msgspec.structs.replace(job, id=self._ids)
-        lean = msgspec.structs.replace(full, source=None)
         pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
         deadline = trio.current_time() + timeout_s
         try:
-            await self._send(lean if cache_key in self.known else full)
+            # The worker compiled this version already: the source need not cross the pipe.
+            known = cache_key in self.known
+            await self._send(msgspec.structs.replace(full, source=None) if known else full)
             await self._wait(pending, deadline)
             if pending.reply is not None and pending.reply.need_source:
                 # The worker evicted its compiled copy: send the source this time.
