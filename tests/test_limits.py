@@ -15,7 +15,7 @@ from sandbox.protocol import Job, Request
 from sngin.pool import PoolConfig, TenantLimits, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
-from tests.test_server import running
+from tests.test_server import running, start_busy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -107,18 +107,11 @@ async def test_huge_output_is_refused_before_it_crosses_the_pipe(tmp_path):
 async def test_segfaulting_worker_is_502_and_replaced(tmp_path):
     async with running(tmp_path) as srv:
         results = {}
-
-        async def spin():
-            results["spin"] = await srv.get("/spin")
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(spin)
-            while not srv.pool.busy_pids():
-                await trio.lowlevel.checkpoint()
-            (victim,) = srv.pool.busy_pids()
+            (victim,) = await start_busy(srv, nursery, "/spin", results)
             os.kill(victim, signal.SIGSEGV)
-        assert results["spin"].status_code == 502
-        assert results["spin"].text == "the script's worker process crashed\n"
+        assert results["/spin"].status_code == 502
+        assert results["/spin"].text == "the script's worker process crashed\n"
         assert (await srv.get("/")).text == "root of a"
         stats = srv.pool.statistics()
         assert stats.exits["crash"] == 1

@@ -54,6 +54,19 @@ SITES = {
 }
 
 
+async def start_busy(srv, nursery: trio.Nursery, path: str, results: dict) -> list[int]:
+    """Start GET `path` in the background (its response lands in results[path]) and return once
+    a worker is running it: the busy workers' pids."""
+
+    async def request():
+        results[path] = await srv.get(path)
+
+    nursery.start_soon(request)
+    while not srv.pool.busy_pids():
+        await trio.lowlevel.checkpoint()
+    return srv.pool.busy_pids()
+
+
 async def deadline(seconds: float, task_status=trio.TASK_STATUS_IGNORED) -> None:
     with trio.CancelScope() as scope:
         task_status.started(scope)
@@ -287,19 +300,13 @@ async def test_runaway_script_is_504_while_other_tenants_are_served(tmp_path):
     with trio.fail_after(30):
         async with running(tmp_path, workers=2, timeout_ms=1500) as srv:
             results = {}
-
-            async def spin():
-                results["spin"] = await srv.get("/spin")
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(spin)
-                while not srv.pool.busy_pids():
-                    await trio.lowlevel.checkpoint()
+                await start_busy(srv, nursery, "/spin", results)
                 with trio.fail_after(1):
                     other = await srv.get("/", host="b.test")
                 assert other.text == "root of b"
-            assert results["spin"].status_code == 504
-            assert "1500 ms" in results["spin"].text
+            assert results["/spin"].status_code == 504
+            assert "1500 ms" in results["/spin"].text
             assert (await srv.get("/")).text == "root of a"
 
 
@@ -307,17 +314,10 @@ async def test_killed_worker_is_502_then_recovers(tmp_path):
     with trio.fail_after(30):
         async with running(tmp_path, workers=2) as srv:
             results = {}
-
-            async def spin():
-                results["spin"] = await srv.get("/spin")
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(spin)
-                while not srv.pool.busy_pids():
-                    await trio.lowlevel.checkpoint()
-                (victim,) = srv.pool.busy_pids()
+                (victim,) = await start_busy(srv, nursery, "/spin", results)
                 os.kill(victim, signal.SIGKILL)
-            assert results["spin"].status_code == 502
+            assert results["/spin"].status_code == 502
             for _ in range(4):
                 assert (await srv.get("/")).text == "root of a"
             assert victim not in srv.pool.pids()
@@ -361,17 +361,10 @@ async def test_forwarded_headers_only_from_trusted_proxies(tmp_path):
 
 async def test_in_flight_request_finishes_during_graceful_shutdown(tmp_path):
     results = {}
-    async with running(tmp_path) as srv:
-
-        async def busy():
-            results["busy"] = await srv.get("/busy")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(busy)
-            while not srv.pool.busy_pids():
-                await trio.lowlevel.checkpoint()
-            srv.stop.set()  # shut down while /busy is still running in its worker
-    assert results["busy"].text == "finished"
+    async with running(tmp_path) as srv, trio.open_nursery() as nursery:
+        await start_busy(srv, nursery, "/busy", results)
+        srv.stop.set()  # shut down while /busy is still running in its worker
+    assert results["/busy"].text == "finished"
 
 
 async def test_slow_headers_are_cut_off(tmp_path):
