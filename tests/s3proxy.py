@@ -10,8 +10,10 @@ import http.client
 import socket
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
+
+from tests.httpserver import LoopbackServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 SLOW_DOWN = (
@@ -31,8 +33,7 @@ class CountingProxy:
         self._released = threading.Event()
         self._connections: set[socket.socket] = set()
         self._in_progress = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
         self.port = 0
 
     # --- control -------------------------------------------------------------------------
@@ -65,22 +66,14 @@ class CountingProxy:
 
             do_PUT = do_HEAD = do_DELETE = do_POST = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._http = LoopbackServer(Handler, port=self.port)  # restore() reuses the port
+        self.port = self._http.port
 
     def stop(self) -> None:
         self._released.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
 
     def refuse(self) -> None:
         """Stop listening and drop open connections: new ones are refused until restore()."""

@@ -4,9 +4,8 @@ stand-in for the raw host (relative requires, module(), Lua 5.1 escapes, cycles,
 from __future__ import annotations
 
 import hashlib
-import threading
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import trio
@@ -14,6 +13,7 @@ import trio
 from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.config import CacheSettings
+from tests.httpserver import LoopbackServer
 from tests.test_purge_mirror import TOKEN
 from tests.test_server import running
 
@@ -85,18 +85,11 @@ class RawHost:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
+        self._http = LoopbackServer(Handler)
+        self.url = f"http://127.0.0.1:{self._http.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self._http.stop()
 
 
 @pytest.fixture

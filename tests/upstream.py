@@ -8,21 +8,17 @@ import hashlib
 import hmac
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
+
+from tests.httpserver import LoopbackServer
 
 if TYPE_CHECKING:
     import ssl
 
 
 VERIFY_KEY = b"\x00sngin-test-signing-key\xff"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # A deep accept queue: the default of 5 drops bursts of connections (SYN retried in 1 s).
-    request_queue_size = 256
 
 
 class Upstream:
@@ -52,25 +48,17 @@ class Upstream:
 
             do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
-        self.server = _Server((host, 0), Handler)
-        if ssl_context is not None:
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self._http = LoopbackServer(Handler, host=host, ssl_context=ssl_context)
         self.host = host
-        self.port = self.server.server_address[1]
+        self.port = self._http.port
         self.scheme = "https" if ssl_context is not None else "http"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
 
     def url(self, path: str = "/", host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self._http.stop()
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         split = urlsplit(handler.path)
