@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from sngin.codestore.local import LocalStore
+from sngin.observe import code_outcome
 
 
 async def test_fetch_reads_and_sees_edits(tmp_path):
@@ -40,7 +41,9 @@ async def test_symlink_out_of_the_tenant_folder_is_refused(tmp_path):
 async def test_a_missing_script_appears_as_soon_as_it_is_written(tmp_path):
     store = LocalStore(tmp_path)
     assert await store.fetch("a.test/new") is None
-    assert await store.fetch("a.test/new") is None  # answered from the remembered miss
+    assert code_outcome.get() == "miss"  # read off the event loop
+    assert await store.fetch("a.test/new") is None
+    assert code_outcome.get() == "hit"  # answered from the remembered miss: one stat
     (tmp_path / "a.test" / "new").mkdir(parents=True)
     (tmp_path / "a.test" / "new" / "index.lua").write_text("return 'now'")
     source = await store.fetch("a.test/new")
