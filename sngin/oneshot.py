@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import sys
 import uuid
 from typing import TYPE_CHECKING
@@ -64,7 +65,16 @@ def run_file(
         limits=Limits(max_body_bytes=settings.limits.max_body_bytes),
         source=source,
     )
-    reply = trio.run(_run, settings, job)
+    # The script's print/log lines arrive while it runs, as the server logs them: JSON lines.
+    lines = logging.StreamHandler(sys.stderr)
+    lines.setFormatter(logging.Formatter("%(message)s"))
+    script_log = logging.getLogger("sngin.script")
+    script_log.addHandler(lines)
+    script_log.setLevel(logging.INFO)
+    try:
+        reply = trio.run(_run, settings, job)
+    finally:
+        script_log.removeHandler(lines)
     return print_reply(reply)
 
 
@@ -93,8 +103,6 @@ def print_reply(reply: Reply | SnginError) -> int:
     if isinstance(reply, SnginError):
         print(f"HTTP {reply.status}\n\n{reply.message}")
         return 1
-    for line in reply.logs:
-        print(f"log: {line.decode('utf-8', 'replace')}", file=sys.stderr)
     if reply.error is not None:
         error = reply_error(reply)
         print(f"HTTP {error.status}\n\n{error.message}")

@@ -155,3 +155,12 @@ def test_cli_missing_script_is_a_clear_error(capsys):
     assert main(["run", "/nonexistent/script.lua"], env={}) == 2
     err = capsys.readouterr().err
     assert err == "sngin: cannot read /nonexistent/script.lua: No such file or directory\n"
+
+
+def test_cli_run_shows_the_scripts_lines(capsys, tmp_path):
+    script = tmp_path / "talk.lua"
+    script.write_text("print('from the script') return 'done'")
+    assert main(["run", str(script)], env={}) == 0
+    captured = capsys.readouterr()
+    assert captured.out.endswith("done\n")
+    assert '"line": "from the script"' in captured.err
