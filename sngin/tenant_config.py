@@ -151,10 +151,6 @@ class TenantConfigs:
         self._clamped_logged: set[tuple[str, str, float]] = set()
         self._default = self._build(None, "", ConfigSpec())
 
-    @property
-    def default(self) -> TenantConfig:
-        return self._default
-
     async def get(self, tenant: str, *, revalidate: bool = False) -> TenantConfig:
         source = await self._store.fetch(file_key(tenant, CONFIG_NAME), revalidate=revalidate)
         if source is None:
