@@ -245,3 +245,5 @@ async def test_worker_runs_stripped_down(tmp_path):
             assert "Max core file size        0" in limits
             address_space = next(line for line in limits.splitlines() if "address space" in line)
             assert "unlimited" not in address_space
+            # Jobs written to its pipe do not preempt the server (replies batch up).
+            assert os.sched_getscheduler(pid) == os.SCHED_BATCH
