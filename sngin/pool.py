@@ -211,6 +211,7 @@ class Pool:
         self._closing = False
         self._started = self._replaced = self._timeouts = self._retired_switches = 0
         self._boot_failures = 0
+        self._gave_up = False
         self._exits: Counter[str] = Counter()
         self._tenants: OrderedDict[str, TenantCounters] = OrderedDict()
         self._change = trio.Event()
@@ -277,8 +278,11 @@ class Pool:
                 worker = await WorkerProcess.start(self._nursery, self._config.worker)
                 break
             except (WorkerBootFailed, OSError) as exc:
+                if self._gave_up:
+                    return  # another spawner already stopped the pool: one error is enough
                 self._boot_failures += 1
                 if self._boot_failures >= MAX_BOOT_FAILURES:
+                    self._gave_up = True
                     raise WorkerBootError(
                         f"workers fail to start ({self._boot_failures} times in a row): {exc}"
                     ) from None

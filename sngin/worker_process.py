@@ -39,11 +39,10 @@ from sandbox.protocol import (
     encode_frame,
     frame_length,
 )
+from sngin.pipes import PipeReader, PipeWriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from trio.abc import ReceiveStream, SendStream
 
 script_log = logging.getLogger("sngin.script")
 
@@ -120,13 +119,14 @@ class WorkerProcess:
     def __init__(self, process: trio.Process, nursery: trio.Nursery) -> None:
         self.process = process
         self.pid = process.pid
-        assert process.stdin is not None
-        assert process.stdout is not None
-        self._stdin: SendStream = process.stdin
-        self._stdout: ReceiveStream = process.stdout
+        # trio opens a child's pipes as non-blocking FdStreams; sngin.pipes uses their fds.
+        assert isinstance(process.stdin, trio.lowlevel.FdStream)
+        assert isinstance(process.stdout, trio.lowlevel.FdStream)
+        self._stdin = process.stdin
+        self._stdout = process.stdout
         self._nursery = nursery
-        self._send_lock = trio.Lock()
-        self._buffer = bytearray()
+        self._writer = PipeWriter(self._stdin.fileno(), nursery)
+        self._reader = PipeReader(self._stdout.fileno())
         self._ids = 0
         self.pending: dict[int, Pending] = {}
         self._running: int | None = None  # the request the worker said it is resuming
@@ -178,7 +178,9 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return not self.broken and self.process.returncode is None
+        # Not process.returncode: that polls (a waitpid) on every check. The reader task marks
+        # the worker broken as soon as its output ends, before it fails what is in flight.
+        return not self.broken
 
     @property
     def age_s(self) -> float:
@@ -204,16 +206,17 @@ class WorkerProcess:
 
     async def release(self) -> None:
         """After the process ended: close our ends of its pipes (run_process leaves them)."""
+        self._writer.close()
+        self._reader.closed = True
         with trio.CancelScope(shield=True):
-            async with self._send_lock:
-                await self._stdin.aclose()
+            await self._stdin.aclose()
             await self._stdout.aclose()
 
     async def close(self) -> None:
         """Close stdin so the worker exits by itself."""
         self.broken = True
-        async with self._send_lock:
-            await self._stdin.aclose()
+        self._writer.close()
+        await self._stdin.aclose()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -240,15 +243,15 @@ class WorkerProcess:
         try:
             # The worker compiled this version already: the source need not cross the pipe.
             known = cache_key in self.known
-            await self._send(msgspec.structs.replace(full, source=None) if known else full)
+            self._send(msgspec.structs.replace(full, source=None) if known else full)
             await self._wait(pending, deadline)
             if pending.reply is not None and pending.reply.need_source:
                 # The worker evicted its compiled copy: send the source this time.
                 pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
-                await self._send(full)
+                self._send(full)
                 await self._wait(pending, deadline)
         except BaseException:
-            await self._abandon(pending)
+            self._abandon(pending)
             raise
         finally:
             pending.cancel_calls()
@@ -272,33 +275,29 @@ class WorkerProcess:
             return
         if pending.waiting_call:
             # Waiting for the server, not running Lua: drop just this request.
-            await self._send_cancel(pending)
+            self._send_cancel(pending)
         else:
             self.kill(WALL_KILL, blame=pending.job.id)
         raise WorkerFailed(WALL_KILL, "the request ran out of wall time")
 
-    async def _abandon(self, pending: Pending) -> None:
+    def _abandon(self, pending: Pending) -> None:
         """The caller went away (e.g. the client left) before the Reply."""
         if pending.done.is_set() or self.broken:
             return
         if pending.waiting_call:
-            await self._send_cancel(pending)
+            self._send_cancel(pending)
         elif len(self.pending) == 1:
             self.kill()  # running Lua for nobody, and nobody else shares the worker
         # Else it finishes on its own (within its CPU budget) and its Reply is dropped.
 
-    async def _send_cancel(self, pending: Pending) -> None:
+    def _send_cancel(self, pending: Pending) -> None:
         pending.cancel_calls()
-        # Shielded and bounded: the request's own scope may already be cancelled.
-        with trio.move_on_after(1.0, shield=True):
-            await self._send(Cancel(id=pending.job.id))
+        self._send(Cancel(id=pending.job.id))
 
-    async def _send(self, message: ToWorker) -> None:
-        try:
-            async with self._send_lock:
-                await self._stdin.send_all(encode_frame(message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the reader task sees the worker end and fails every pending request
+    def _send(self, message: ToWorker) -> None:
+        # Never waits: frames the pipe cannot take now are queued in order. A worker that is
+        # gone is noticed by the reader task, which fails every pending request.
+        self._writer.send(encode_frame(message))
 
     # --- the worker's frames -----------------------------------------------------------------
 
@@ -371,7 +370,7 @@ class WorkerProcess:
             handler = pending.calls or refuse_calls
             result = await handler(call)
             pending.waiting_call = False
-            await self._send(result)
+            self._send(result)
 
     def _fail_all(self, reason: str) -> None:
         culprit = self._culprit()
@@ -397,18 +396,8 @@ class WorkerProcess:
         return classify_exit(self.process.returncode, self.killed_for)
 
     async def _receive(self) -> Hello | Reply | Call | Running | Log:
-        header = await self._receive_exactly(HEADER.size)
-        return decode_from_worker(await self._receive_exactly(frame_length(header)))
-
-    async def _receive_exactly(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            chunk = await self._stdout.receive_some(max(65536, size - len(self._buffer)))
-            if not chunk:
-                raise EOFError("worker closed its output")
-            self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+        header = await self._reader.receive_exactly(HEADER.size)
+        return decode_from_worker(await self._reader.receive_exactly(frame_length(header)))
 
 
 def classify_exit(returncode: int | None, killed_for: str | None) -> str:

@@ -1,0 +1,110 @@
+"""Frames over a worker's pipes without a scheduler round trip per frame.
+
+trio's FdStream checkpoints before every send_all and receive_some, and a lock around send_all
+adds two more; on a busy server each of those is a trip through the run loop per request. Here
+a frame is written with one os.write when the pipe has room, and only a full pipe queues the
+rest for a flusher task; reads wait for readability only when nothing is buffered. Both ends
+are the non-blocking fds trio opened for the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final
+
+import trio
+
+READ_SIZE: Final = 65536
+READS_BEFORE_YIELD: Final = 16  # a flooding writer cannot keep the reader from yielding
+
+
+class PipeWriter:
+    """Writes whole frames in order. send() never waits: a frame the pipe cannot take now is
+    queued, and one flusher task (in the owner's nursery) writes the queue as the pipe drains.
+    The queue is bounded by what the caller has in flight (jobs, call results)."""
+
+    def __init__(self, fd: int, nursery: trio.Nursery) -> None:
+        self._fd = fd
+        self._nursery = nursery
+        self._queue = bytearray()
+        self.closed = False
+        self.broken = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def send(self, frame: bytes) -> None:
+        if self.closed or self.broken:
+            return  # the reader sees the process end and fails what is in flight
+        if self._queue:
+            self._queue += frame  # behind earlier frames; the flusher is on it
+            return
+        sent = self._write(frame)
+        if sent < len(frame):
+            self._queue += frame[sent:]
+            self._nursery.start_soon(self._flush)
+
+    def _write(self, data: bytes | bytearray) -> int:
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True  # EPIPE: the worker is gone; EBADF: closed meanwhile
+            self._queue.clear()
+            return len(data)
+
+    async def _flush(self) -> None:
+        while self._queue and not self.closed and not self.broken:
+            try:
+                await trio.lowlevel.wait_writable(self._fd)
+            except (trio.ClosedResourceError, OSError):
+                self.broken = True
+                break
+            del self._queue[: self._write(self._queue)]
+        self._queue.clear()
+
+    def close(self) -> None:
+        """Stop writing; the owner then closes the fd itself (the process's stdin stream).
+        Called first: once closed, the fd's number may belong to another file."""
+        self.closed = True
+        self._queue.clear()
+
+
+class PipeReader:
+    """Reads exact byte counts, waiting for readability only when the buffer runs short."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._reads = 0
+        self.closed = False
+
+    async def receive_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            if self.closed:
+                # Set before the fd is closed: its number may already belong to another file.
+                raise trio.ClosedResourceError("the pipe was closed")
+            self._reads += 1
+            if self._reads >= READS_BEFORE_YIELD:
+                self._reads = 0
+                await trio.lowlevel.checkpoint()
+                continue
+            try:
+                chunk = os.read(self._fd, max(READ_SIZE, size - len(self._buffer)))
+            except BlockingIOError:
+                self._reads = 0
+                await trio.lowlevel.wait_readable(self._fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the pipe was closed") from None
+                raise trio.BrokenResourceError from exc
+            if not chunk:
+                raise EOFError("the other end closed the pipe")
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
