@@ -124,6 +124,27 @@ def test_explicit_content_type_is_kept(runtime):
     assert header(reply, "content-type") == [b"text/html"]
 
 
+def test_content_length_is_set_from_the_body(runtime):
+    assert header(ok(runtime, "return 'hello'"), "content-length") == [b"5"]
+    assert header(ok(runtime, "local x = 1"), "content-length") == [b"0"]
+    assert header(ok(runtime, "return 'x', {['X-A'] = 'b'}"), "content-length") == [b"1"]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_statuses_get_no_content_length(runtime, status):
+    assert header(ok(runtime, f"return {status}"), "content-length") == []
+
+
+def test_framing_and_hop_by_hop_headers_from_a_script_are_dropped(runtime):
+    source = """return 'hello', {['Content-Length'] = '3', ['transfer-encoding'] = 'chunked',
+        Connection = 'close', ['Keep-Alive'] = 'timeout=99', TE = 'trailers',
+        Trailer = 'X-T', Upgrade = 'h2c', ['Proxy-Connection'] = 'close', ['X-Kept'] = 'yes'}"""
+    reply = ok(runtime, source)
+    names = sorted(name.lower() for name, _ in reply.headers)
+    assert names == [b"content-length", b"content-type", b"x-kept"]
+    assert header(reply, "content-length") == [b"5"]
+
+
 def test_method_table_calls_the_requests_method(runtime):
     source = "return {get = function() return 'got' end, post = function() return 201, 'made' end}"
     assert ok(runtime, source).body == b"got"

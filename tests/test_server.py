@@ -44,6 +44,7 @@ SITES = {
         "return {status = 418, body = 'teapot', headers = {['Set-Cookie'] = {'a=1', 'b=2'}}}"
     ),
     "a.test/err": "local t = nil\nreturn t.x",
+    "a.test/framing": "return 'hello', {['Content-Length'] = '3', Connection = 'close'}",
     "a.test/bad": "return 'x', {['X-Bad'] = 'a\\r\\nb'}",
     "a.test/spin": "while true do end",
     "a.test/busy": "local t = os.clock() while os.clock() - t < 0.3 do end return 'finished'",
@@ -181,6 +182,34 @@ async def test_string_response(server):
     assert response.status_code == 200
     assert response.text == "root of a"
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+async def test_responses_have_a_content_length_not_chunks_on_the_wire(server):
+    raw = await server.raw(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: 9" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"root of a"
+
+
+async def test_a_scripts_framing_headers_cannot_cut_the_body_or_close_the_connection(server):
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        request = b"GET /framing HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        await stream.send_all(request + request)  # two requests on one kept-alive connection
+        data = b""
+        while data.count(b"hello") < 2:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+    assert data.lower().count(b"content-length: 5\r\n") == 2
+    assert b"connection: close" not in data.lower()
+
+
+async def test_head_keeps_the_content_length_of_the_body(server):
+    response = await server.client.head(server.url + "/", headers={"Host": "a.test"})
+    assert (response.status_code, response.content) == (200, b"")
+    assert response.headers["content-length"] == "9"
 
 
 async def test_method_table_and_headers(server):

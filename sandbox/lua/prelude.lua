@@ -518,6 +518,12 @@ read_values = function(state, values, first, limits, depth)
   end
 end
 
+local FRAMING_HEADERS = {
+  ["content-length"] = true, ["transfer-encoding"] = true, ["connection"] = true,
+  ["keep-alive"] = true, ["proxy-connection"] = true, ["te"] = true, ["trailer"] = true,
+  ["upgrade"] = true,
+}
+
 local function respond(values, request, method, limits)
   local state = {
     status = 200, headers = {}, header_count = 0, header_bytes = 0,
@@ -531,16 +537,27 @@ local function respond(values, request, method, limits)
   if #body > limits.max_body_bytes then
     invalid(sformat("body of %d bytes exceeds the %d byte limit", #body, limits.max_body_bytes))
   end
-  local has_type = false
-  local flat = state.headers
-  for i = 1, #flat, 2 do
-    if slower(flat[i]) == "content-type" then has_type = true break end
+  -- The server owns the message framing: a script's Content-Length or Transfer-Encoding could
+  -- only contradict the body, and hop-by-hop headers are the connection's, not the script's.
+  local has_type, flat, given = false, {}, state.headers
+  for i = 1, #given, 2 do
+    local name = slower(given[i])
+    if name == "content-type" then has_type = true end
+    if not FRAMING_HEADERS[name] then
+      flat[#flat + 1] = given[i]
+      flat[#flat + 1] = given[i + 1]
+    end
   end
   if not has_type then
     flat[#flat + 1] = "Content-Type"
     flat[#flat + 1] = state.json and "application/json" or "text/plain; charset=utf-8"
   end
-  return "ok", state.status, body, flat
+  local status = state.status
+  if status >= 200 and status ~= 204 and status ~= 304 then
+    flat[#flat + 1] = "Content-Length"  -- a known length: no chunked encoding
+    flat[#flat + 1] = tostring(#body)
+  end
+  return "ok", status, body, flat
 end
 
 local function error_text(err)
