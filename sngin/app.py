@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from sngin.errors import (
     TenantNotFound,
     Unavailable,
 )
-from sngin.observe import Observer, code_outcome, kill_reason, worker_pid, write_access_log
+from sngin.observe import Observer, code_outcome, kill_reason, worker_pid
 from sngin.outbound import RequestCalls
 from sngin.pool import TenantLimits
 from sngin.tenant_config import TenantConfig
@@ -81,6 +82,7 @@ class Dispatcher:
         self._admin_elsewhere = settings.admin_bind is not None
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._rates = RateLimiter()
+        self._request_ids = RequestIds()
         limits = settings.limits
         self._default_config = TenantConfig(
             limits=deps.limits_for("") if deps.limits_for is not None else TenantLimits(),
@@ -94,35 +96,28 @@ class Dispatcher:
         if kind == "lifespan" or path.startswith(RESERVED_PREFIXES) or path in RESERVED_EXACT:
             if self._admin_elsewhere and kind == "http" and path != HEALTH:
                 # SNGIN_ADMIN_BIND moved the admin API to its own listener.
-                await send_error(send, TenantNotFound("not found"), head=False)
+                await respond_error(send, TenantNotFound("not found"), head=False)
                 return
             await self.admin(scope, receive, send)  # type: ignore[arg-type]
             return
         if kind != "http":
             return  # websockets are not served; Hypercorn closes the connection
         head = scope["method"] == "HEAD"
-        trace = RequestTrace(id=request_id_of(scope), started=trio.current_time())
+        trace = RequestTrace(id=self._request_ids.of(scope), started=trio.current_time())
         code_outcome.set("none")
         worker_pid.set(None)
         kill_reason.set(None)
-
-        async def traced_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                trace.status = message["status"]
-                headers = [*message.get("headers", []), *trace.headers()]
-                message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body":
-                trace.size += len(message.get("body", b""))
-            await send(message)
-
         try:
-            await self._tenant_request(scope, receive, traced_send, trace)
+            reply = await self._tenant_request(scope, receive, trace)
+            if reply.error is not None:
+                raise reply_error(reply)
+            await respond(send, trace, reply.status, reply.headers, reply.body, head=head)
         except SnginError as error:
             trace.error = error.message
-            await send_error(traced_send, error, head=head)
+            await respond_error(send, error, head=head, trace=trace)
         except Exception:
             log.exception("unexpected error serving %s", scope["path"])
-            await send_error(traced_send, SnginError("internal server error"), head=head)
+            await respond_error(send, SnginError("internal server error"), head=head, trace=trace)
         finally:
             self._finished(scope, trace)
 
@@ -140,7 +135,7 @@ class Dispatcher:
                     json.dumps({"tenant": tenant, "request": trace.id, "path": scope["path"],
                                 "error": trace.error}),
                 )  # fmt: skip
-        write_access_log(
+        self.deps.observer.access.write(
             request_id=trace.id,
             tenant=tenant,
             method=scope["method"],
@@ -153,9 +148,7 @@ class Dispatcher:
             worker=worker_pid.get(),
         )
 
-    async def _tenant_request(
-        self, scope: Scope, receive: Receive, send: Send, trace: RequestTrace
-    ) -> None:
+    async def _tenant_request(self, scope: Scope, receive: Receive, trace: RequestTrace) -> Reply:
         headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
         host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
         tenant = tenant_of(host)
@@ -165,12 +158,9 @@ class Dispatcher:
         trace.tenant = tenant
         key = script_key(tenant, script_path(scope["path"]))
         settings = self.deps.settings
-        with trio.move_on_after(settings.http.body_timeout_s) as body_scope:
-            body = await read_body(scope, receive, settings.limits.max_request_bytes)
-        if body_scope.cancelled_caught:
-            raise RequestTimeout(
-                f"request body not received within {settings.http.body_timeout_s:g} s"
-            )
+        body = await read_body(
+            scope, receive, settings.limits.max_request_bytes, settings.http.body_timeout_s
+        )
         query = scope.get("query_string", b"")
         fresh = wants_fresh_code(query)
         config = await self._config(tenant, fresh)
@@ -223,7 +213,7 @@ class Dispatcher:
         if reply.logs_dropped:
             # The lines themselves were streamed (and logged) as the script wrote them.
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
-        await send_reply(send, reply, head=scope["method"] == "HEAD")
+        return reply
 
     async def _config(self, tenant: str, fresh: bool) -> TenantConfig:
         configs = self.deps.configs
@@ -265,12 +255,19 @@ class Dispatcher:
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}\Z")
 
 
-def request_id_of(scope: Scope) -> str:
-    """A well-formed incoming X-Request-Id is kept (tracing across services); else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and REQUEST_ID.match(value):
-            return str(value.decode("ascii"))
-    return uuid.uuid4().hex
+class RequestIds:
+    """A well-formed incoming X-Request-Id is kept (tracing across services); else a new one:
+    a random prefix per server and a counter, 32 hex digits like a UUID without a syscall."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def of(self, scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and REQUEST_ID.match(value):
+                return str(value.decode("ascii"))
+        return f"{self._prefix}{next(self._count):016x}"
 
 
 @dataclass(slots=True)
@@ -312,11 +309,25 @@ def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, or RequestTooLarge as soon as it is known to exceed limit."""
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The request body, or RequestTooLarge as soon as it is known to exceed limit, or
+    RequestTimeout if it does not arrive within timeout_s."""
+    expected = False
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise RequestTooLarge(f"request body larger than {limit} bytes")
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise RequestTooLarge(f"request body larger than {limit} bytes")
+            expected = expected or value != b"0"
+        elif name == b"transfer-encoding":
+            expected = True
+    if not expected:
+        return b""  # the framing says there is none: nothing to wait for
+    with trio.move_on_after(timeout_s):
+        return await _receive_body(receive, limit)
+    raise RequestTimeout(f"request body not received within {timeout_s:g} s")
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -338,18 +349,38 @@ def reply_error(reply: Reply) -> SnginError:
     return ScriptError(reply.message)
 
 
-async def send_reply(send: Send, reply: Reply, *, head: bool) -> None:
-    if reply.error is not None:
-        await send_error(send, reply_error(reply), head=head)
-        return
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+async def respond(
+    send: Send,
+    trace: RequestTrace,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    head: bool,
+) -> None:
+    """Send a response with the trace's timing headers, and note what was sent."""
+    trace.status = status
+    trace.size = 0 if head else len(body)
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + trace.headers()}
+    )
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-async def send_error(send: Send, error: SnginError, *, head: bool) -> None:
+def error_response(error: SnginError) -> tuple[list[tuple[bytes, bytes]], bytes]:
     body = error.message.encode("utf-8", "replace") + b"\n"
     headers = [(b"content-type", TEXT), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    return headers, body
+
+
+async def respond_error(
+    send: Send, error: SnginError, *, head: bool, trace: RequestTrace | None = None
+) -> None:
+    headers, body = error_response(error)
+    if trace is not None:
+        await respond(send, trace, error.status, headers, body, head=head)
+        return
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 

@@ -83,13 +83,12 @@ def serve_forever(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # The access log and script lines are JSON already: one bare line each on stderr.
+    # Script lines are JSON already: one bare line each on stderr, like the access log's.
     json_lines = logging.StreamHandler(sys.stderr)
     json_lines.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("sngin.access", "sngin.script"):
-        logger = logging.getLogger(name)
-        logger.addHandler(json_lines)
-        logger.propagate = False
+    script_lines = logging.getLogger("sngin.script")
+    script_lines.addHandler(json_lines)
+    script_lines.propagate = False
     if settings.log_level != "debug":
         logging.getLogger("botocore").setLevel(logging.WARNING)
 

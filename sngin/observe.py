@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, BinaryIO, Final
 
+import msgspec
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-access_log = logging.getLogger("sngin.access")
 
 OTHER: Final = "other"
 TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
@@ -81,7 +81,7 @@ class LogHub:
 
 
 class TailHandler(logging.Handler):
-    """Feeds script lines (sngin.script) and finished requests (sngin.access) to the tails."""
+    """Feeds script lines (sngin.script) to the tails."""
 
     def __init__(self, hub: LogHub) -> None:
         super().__init__()
@@ -97,6 +97,15 @@ class TailHandler(logging.Handler):
             return
         if isinstance(tenant, str):
             self.hub.publish(tenant, message)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSeries:
+    """The labelled series one (tenant label, status class) updates on every request."""
+
+    requests: Any
+    wall: Any
+    cpu: Any
 
 
 class Metrics:
@@ -128,15 +137,25 @@ class Metrics:
         self.cache_bytes = Gauge(
             "sngin_code_cache_bytes", "Bytes in the code cache", registry=self.registry
         )
+        # Looking a labelled series up costs more than updating it (~9 vs ~2 us a request).
+        # Bounded: labels are capped by TenantLabels, status classes are 1xx-5xx.
+        self._series: dict[tuple[str, int], RequestSeries] = {}
 
     def request_finished(
         self, tenant: str, status: int, wall_s: float, cpu_s: float, kill: str | None
     ) -> None:
         label = self.labels(tenant)
-        self.requests.labels(label, f"{status // 100}xx").inc()
-        self.wall.labels(label).observe(wall_s)
+        series = self._series.get((label, status // 100))
+        if series is None:
+            series = self._series[(label, status // 100)] = RequestSeries(
+                self.requests.labels(label, f"{status // 100}xx"),
+                self.wall.labels(label),
+                self.cpu.labels(label),
+            )
+        series.requests.inc()
+        series.wall.observe(wall_s)
         if cpu_s > 0:
-            self.cpu.labels(label).inc(cpu_s)
+            series.cpu.inc(cpu_s)
         if kill is not None:
             self.kills.labels(label, kill).inc()
 
@@ -144,58 +163,85 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def write_access_log(
-    *,
-    request_id: str,
-    tenant: str,
-    method: str,
-    path: str,
-    status: int,
-    size: int,
-    wall_ms: float,
-    cpu_ms: float,
-    code: str,
-    worker: int | None,
-) -> None:
-    access_log.info(
-        "%s",
-        json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "id": request_id,
-                "tenant": tenant,
-                "method": method,
-                "path": path,
-                "status": status,
-                "bytes": size,
-                "wall_ms": round(wall_ms, 2),
-                "cpu_ms": round(cpu_ms, 2),
-                "code": code,
-                "worker": worker,
-            }
-        ),
-    )
+class AccessLog:
+    """One JSON line per finished request, on stderr (or `stream`) and to the live tails of the
+    request's tenant. Written directly rather than through logging: ~1.5 us a line instead of
+    ~17 us, on every request. Each line is flushed as it is written, so none is lost."""
+
+    def __init__(self, hub: LogHub, stream: BinaryIO | None = None) -> None:
+        self._hub = hub
+        self._stream = stream
+        self._encode = msgspec.json.Encoder().encode
+        self._second = -1
+        self._stamp = ""
+
+    def write(
+        self,
+        *,
+        request_id: str,
+        tenant: str,
+        method: str,
+        path: str,
+        status: int,
+        size: int,
+        wall_ms: float,
+        cpu_ms: float,
+        code: str,
+        worker: int | None,
+    ) -> None:
+        record = {
+            "time": self._now(),
+            "id": request_id,
+            "tenant": tenant,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes": size,
+            "wall_ms": round(wall_ms, 2),
+            "cpu_ms": round(cpu_ms, 2),
+            "code": code,
+            "worker": worker,
+        }
+        try:
+            line = self._encode(record) + b"\n"
+        except UnicodeEncodeError:  # a lone surrogate: JSON's \u escapes carry it
+            line = json.dumps(record).encode() + b"\n"
+        stream = self._stream or getattr(sys.stderr, "buffer", None)
+        if stream is None:
+            sys.stderr.write(line.decode())
+        else:
+            stream.write(line)
+            stream.flush()
+        if self._hub.subscribers:
+            self._hub.publish(tenant, line[:-1].decode())
+
+    def _now(self) -> str:
+        """The local time to the second, formatted once per second."""
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+        return self._stamp
 
 
 class Observer:
     """Everything the admin API reads: metrics, tails, readiness."""
 
-    def __init__(self, tenant_labels: int = 100) -> None:
+    def __init__(self, tenant_labels: int = 100, access_stream: BinaryIO | None = None) -> None:
         self.metrics = Metrics(tenant_labels)
         self.hub = LogHub()
+        self.access = AccessLog(self.hub, access_stream)
         self.ready = True
         self.not_ready_reason = ""
         self._handler = TailHandler(self.hub)
 
     def attach(self) -> None:
-        """Feed script and access log records to the live tails."""
-        for name in ("sngin.script", "sngin.access"):
-            logger = logging.getLogger(name)
-            if self._handler not in logger.handlers:
-                logger.addHandler(self._handler)
-            if logger.level == logging.NOTSET or logger.level > logging.INFO:
-                logger.setLevel(logging.INFO)
+        """Feed script lines to the live tails (the access log feeds them itself)."""
+        logger = logging.getLogger("sngin.script")
+        if self._handler not in logger.handlers:
+            logger.addHandler(self._handler)
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
 
     def detach(self) -> None:
-        for name in ("sngin.script", "sngin.access"):
-            logging.getLogger(name).removeHandler(self._handler)
+        logging.getLogger("sngin.script").removeHandler(self._handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -162,9 +163,9 @@ async def test_readiness_follows_the_store(proxy, bucket, tmp_path):
         assert (await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)).status_code == 200
 
 
-async def test_timing_headers_and_request_ids(tmp_path, caplog):
-    caplog.set_level("INFO", logger="sngin.access")
-    async with running(tmp_path) as srv:
+async def test_timing_headers_and_request_ids(tmp_path):
+    access_log = io.BytesIO()
+    async with running(tmp_path, access_log=access_log) as srv:
         response = await srv.get("/")
         kept = await srv.get("/", headers={"X-Request-Id": "trace-123"})
         replaced = await srv.get("/", headers={"X-Request-Id": "bad id with spaces"})
@@ -176,10 +177,12 @@ async def test_timing_headers_and_request_ids(tmp_path, caplog):
     assert float(match.group(1)) <= float(match.group(2))
     assert match.group(3) in ("hit", "miss")
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    assert response.headers["x-request-id"] != missing.headers["x-request-id"]
     assert kept.headers["x-request-id"] == "trace-123"
     assert replaced.headers["x-request-id"] != "bad id with spaces"
     assert "server-timing" in missing.headers
-    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sngin.access"]
+    records = [json.loads(line) for line in access_log.getvalue().splitlines()]
+    assert len(records) == 4
     first = records[0]
     assert set(first) == {"time", "id", "tenant", "method", "path", "status", "bytes", "wall_ms",
                           "cpu_ms", "code", "worker"}  # fmt: skip

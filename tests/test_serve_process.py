@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -54,6 +55,14 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
             assert len(workers) == 2
             process.send_signal(signum)
             assert await process.wait() == 0
+            while chunk := await process.stderr.receive_some(4096):
+                log += chunk
+            # Every request's access-log line reached stderr before the server stopped.
+            request_id = response.headers["x-request-id"].encode()
+            lines = [json.loads(line) for line in log.splitlines() if request_id in line]
+            assert [(r["tenant"], r["status"], r["bytes"]) for r in lines] == [
+                ("hello.localhost", 200, len("hi from serve"))
+            ]
         finally:
             if process.returncode is None:
                 process.kill()

@@ -18,6 +18,7 @@ import trio.lowlevel
 from sngin.app import Deps
 from sngin.codestore.local import LocalStore
 from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
+from sngin.observe import Observer
 from sngin.pool import TenantLimits, open_pool
 from sngin.server import pool_config, serve_app
 from sngin.tenant_config import TenantConfigs
@@ -125,6 +126,7 @@ async def running(
     tenant_configs: bool = False,
     settings_changes: dict | None = None,
     max_subrequests: int = 50,
+    access_log=None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -158,6 +160,7 @@ async def running(
             limits_for=limits_for,
             github=github,
             configs=TenantConfigs(store, settings) if tenant_configs else None,
+            observer=Observer(access_stream=access_log),
         )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
