@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import secrets
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +46,27 @@ OS_KEPT: Final = (b"time", b"date", b"clock", b"difftime")
 
 
 @functools.cache
+class RandomSeeds:
+    """48-bit seeds for each request's math.random, from the OS's CSPRNG 256 at a time: one
+    getrandom per 256 requests instead of one per request."""
+
+    BATCH: Final = 256
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._at = 0
+
+    def next(self) -> int:
+        if self._at >= len(self._bytes):
+            self._bytes, self._at = os.urandom(6 * self.BATCH), 0
+        seed = int.from_bytes(self._bytes[self._at : self._at + 6], "big")
+        self._at += 6
+        return seed
+
+
+random_seeds = RandomSeeds()
+
+
 def prelude_bytecode() -> bytes:
     """The prelude compiled once per process: loading bytecode is ~3x faster than parsing it.
 
@@ -210,7 +231,7 @@ class TenantRuntime:
             )
             method = job.request.method.lower().encode()
             thread = self._api[b"begin"](
-                factory, env, req, method, secrets.randbits(48), limits, self._lift
+                factory, env, req, method, random_seeds.next(), limits, self._lift
             )
         except lupa.LuaMemoryError:
             return Reply(id=job.id, error=MEMORY_LIMIT, message=memory_message(job))

@@ -366,19 +366,22 @@ class Pool:
         4. any worker of the tenant below the per-worker concurrency.
         """
         limit = self._config.worker_concurrency
-        ready = [w for w in self._ready if w.alive]
-        mine = [w for w in ready if w.tenant == tenant]
-        idle_mine = [w for w in mine if not w.in_flight]
-        waiting_mine = [w for w in mine if w.in_flight < limit and not w.computing]
-        idle_any = [w for w in ready if not w.in_flight]
-        open_mine = [w for w in mine if w.in_flight < limit]
-        worker = None
-        if idle_mine or waiting_mine:
-            worker = (idle_mine or waiting_mine)[-1]  # the most recently used: warm caches
-        elif idle_any:
-            worker = idle_any[0]  # a tenant switch: take the least recently used
-        elif open_mine:
-            worker = min(open_mine, key=lambda w: w.in_flight)
+        idle_mine = waiting_mine = open_mine = idle_any = None
+        for w in self._ready:  # one pass: least recently used first
+            if not w.alive:
+                continue
+            in_flight = w.in_flight
+            if w.tenant == tenant:
+                if not in_flight:
+                    idle_mine = w  # the last one seen is the most recently used
+                elif in_flight < limit:
+                    if not w.computing:
+                        waiting_mine = w
+                    if open_mine is None or in_flight < open_mine.in_flight:
+                        open_mine = w
+            elif not in_flight and idle_any is None:
+                idle_any = w
+        worker = idle_mine or waiting_mine or idle_any or open_mine
         if worker is not None:
             self._ready.remove(worker)
             self._ready.append(worker)  # most recently used last
@@ -387,20 +390,21 @@ class Pool:
     async def _acquire(
         self, tenant: str, counters: TenantCounters, concurrency: int | None
     ) -> WorkerProcess:
-        queued_at = trio.current_time()
-        waited = False
         cap = concurrency or self._config.tenant_concurrency
+        if self._tenant_in_flight[tenant] < cap:
+            worker = self._pick(tenant)
+            if worker is not None:
+                return worker  # the usual case: no queue, no cancel scope
+        queued_at = trio.current_time()
         with trio.move_on_after(self._config.queue_timeout_s):
             while True:
+                await self._change.wait()
                 if self._tenant_in_flight[tenant] < cap:
                     worker = self._pick(tenant)
                     if worker is not None:
-                        if waited:
-                            counters.queue_waits += 1
-                            counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
+                        counters.queue_waits += 1
+                        counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
                         return worker
-                waited = True
-                await self._change.wait()
         counters.queue_waits += 1
         counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
         raise Unavailable(

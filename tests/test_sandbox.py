@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -568,3 +569,36 @@ def test_string_metatable_cannot_be_changed(runtime):
     """
     assert ok(runtime, attempts).body == b"falsefalsefalse"
     assert ok(runtime, "return ('x'):upper()").body == b"X"
+
+
+# --- the worker's input and seeds --------------------------------------------------------------
+
+
+def test_frame_input_reads_queued_frames_with_one_read_and_tells_clean_end_from_torn():
+    from sandbox.worker import FrameInput
+
+    read_fd, write_fd = os.pipe()
+    try:
+        os.write(write_fd, b"aaabbbbcc")
+        os.close(write_fd)
+        frames = FrameInput(read_fd)
+        assert [frames.read(3), frames.read(4)] == [b"aaa", b"bbbb"]
+        with pytest.raises(EOFError):
+            frames.read(3)  # 2 bytes left: the input ended inside a frame
+    finally:
+        os.close(read_fd)
+    read_fd, write_fd = os.pipe()
+    os.close(write_fd)
+    try:
+        assert FrameInput(read_fd).read(4) is None  # nothing pending: a clean end
+    finally:
+        os.close(read_fd)
+
+
+def test_random_seeds_are_48_bit_and_refilled_past_a_batch():
+    from sandbox.runtime import RandomSeeds
+
+    seeds = RandomSeeds()
+    drawn = [seeds.next() for _ in range(RandomSeeds.BATCH * 2 + 1)]
+    assert all(0 <= seed < 2**48 for seed in drawn)
+    assert len(set(drawn)) == len(drawn)
