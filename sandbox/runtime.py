@@ -45,7 +45,6 @@ REFERENCES: Final = b"LUPA_PYTHON_REFERENCES_TABLE"
 OS_KEPT: Final = (b"time", b"date", b"clock", b"difftime")
 
 
-@functools.cache
 class RandomSeeds:
     """48-bit seeds for each request's math.random, from the OS's CSPRNG 256 at a time: one
     getrandom per 256 requests instead of one per request."""
@@ -67,6 +66,7 @@ class RandomSeeds:
 random_seeds = RandomSeeds()
 
 
+@functools.cache
 def prelude_bytecode() -> bytes:
     """The prelude compiled once per process: loading bytecode is ~3x faster than parsing it.
 

@@ -602,3 +602,9 @@ def test_random_seeds_are_48_bit_and_refilled_past_a_batch():
     drawn = [seeds.next() for _ in range(RandomSeeds.BATCH * 2 + 1)]
     assert all(0 <= seed < 2**48 for seed in drawn)
     assert len(set(drawn)) == len(drawn)
+
+
+def test_the_prelude_is_compiled_once_per_process():
+    from sandbox.runtime import prelude_bytecode
+
+    assert prelude_bytecode() is prelude_bytecode()
