@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import random
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -186,6 +186,16 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A request waiting for a worker; the pool hands it one (reserved) and sets `ready`."""
+
+    tenant: str
+    cap: int
+    ready: trio.Event = field(default_factory=trio.Event)
+    worker: WorkerProcess | None = None
+
+
 class Pool:
     """Runs jobs on worker subprocesses; a worker serves one request at a time."""
 
@@ -215,6 +225,7 @@ class Pool:
         self._exits: Counter[str] = Counter()
         self._tenants: OrderedDict[str, TenantCounters] = OrderedDict()
         self._change = trio.Event()
+        self._waiters: deque[Waiter] = deque()
 
     # --- statistics --------------------------------------------------------------------------
 
@@ -355,6 +366,8 @@ class Pool:
             return
         if worker not in self._ready:
             self._ready.append(worker)
+        if self._waiters:
+            self._hand_out()
 
     def _pick(self, tenant: str) -> WorkerProcess | None:
         """Where a request of `tenant` runs next, or None to wait.
@@ -390,27 +403,93 @@ class Pool:
     async def _acquire(
         self, tenant: str, counters: TenantCounters, concurrency: int | None
     ) -> WorkerProcess:
+        """A worker for one request of `tenant`, reserved for it and counted against the
+        tenant's concurrency; waits its turn (first come, first served) up to the queue
+        timeout."""
         cap = concurrency or self._config.tenant_concurrency
-        if self._tenant_in_flight[tenant] < cap:
-            worker = self._pick(tenant)
+        if not self._waiters:
+            worker = self._take(tenant, cap)
             if worker is not None:
                 return worker  # the usual case: no queue, no cancel scope
         queued_at = trio.current_time()
         with trio.move_on_after(self._config.queue_timeout_s):
             while True:
-                await self._change.wait()
-                if self._tenant_in_flight[tenant] < cap:
-                    worker = self._pick(tenant)
-                    if worker is not None:
-                        counters.queue_waits += 1
-                        counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
-                        return worker
+                waiter = Waiter(tenant, cap)
+                self._waiters.append(waiter)
+                try:
+                    await waiter.ready.wait()
+                except BaseException:  # timed out or cancelled: a worker handed meanwhile goes back
+                    handed = self._leave(waiter)
+                    if handed is not None:
+                        self._release(handed, tenant)
+                    raise
+                worker = self._leave(waiter)
+                if worker is not None:
+                    counters.queue_waits += 1
+                    counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
+                    return worker
         counters.queue_waits += 1
         counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
         raise Unavailable(
             "the server is busy with this site's requests; try again shortly",
             headers={"Retry-After": "1"},
         )
+
+    def _take(self, tenant: str, cap: int) -> WorkerProcess | None:
+        """Reserve a worker for one request of `tenant` now, or None."""
+        if self._tenant_in_flight[tenant] >= cap:
+            return None
+        worker = self._pick(tenant)
+        if worker is None:
+            return None
+        worker.reserved += 1
+        self._tenant_in_flight[tenant] += 1
+        return worker
+
+    def _release(self, worker: WorkerProcess, tenant: str) -> None:
+        """Give back a reservation that will not be used."""
+        worker.reserved -= 1
+        self._tenant_in_flight[tenant] -= 1
+        self._checkin(worker)
+
+    def _leave(self, waiter: Waiter) -> WorkerProcess | None:
+        """The waiter stops waiting: its worker if it was handed a live one (else None, and a
+        dead one's reservation is given back)."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        worker = waiter.worker
+        if worker is not None and not worker.alive:
+            self._release(worker, waiter.tenant)
+            return None
+        return worker
+
+    def _hand_out(self) -> None:
+        """Hand free capacity to waiting requests in arrival order: each woken request holds
+        its worker already, so a freed worker wakes one request, not every waiting one."""
+        idle, open_tenants = self._capacity()
+        for waiter in list(self._waiters):
+            if not idle and waiter.tenant not in open_tenants:
+                continue  # nothing it could take: skip it without a full pick
+            worker = self._take(waiter.tenant, waiter.cap)
+            if worker is not None:
+                self._waiters.remove(waiter)
+                waiter.worker = worker
+                waiter.ready.set()
+                idle, open_tenants = self._capacity()
+                if not idle and not open_tenants:
+                    return
+
+    def _capacity(self) -> tuple[int, set[str | None]]:
+        """Idle workers, and the tenants whose busy workers can take one more request."""
+        limit = self._config.worker_concurrency
+        idle, open_tenants = 0, set()
+        for w in self._ready:
+            if w.alive:
+                if not w.in_flight:
+                    idle += 1
+                elif w.in_flight < limit:
+                    open_tenants.add(w.tenant)
+        return idle, open_tenants
 
     # --- running jobs ------------------------------------------------------------------------
 
@@ -450,7 +529,6 @@ class Pool:
         worker_pid.set(worker.pid)
         started = trio.current_time()
         counters.requests += 1
-        self._tenant_in_flight[tenant] += 1
         try:
             reply = await worker.call(job, calls, timeout_s=limits.timeout_ms / 1000, redact=redact)
         except WorkerFailed as exc:

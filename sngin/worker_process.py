@@ -129,6 +129,7 @@ class WorkerProcess:
         self._reader = PipeReader(self._stdout.fileno())
         self._ids = 0
         self.pending: dict[int, Pending] = {}
+        self.reserved = 0  # requests the pool handed this worker that have not called yet
         self._running: int | None = None  # the request the worker said it is resuming
         self.tenant: str | None = None
         self.known: set[tuple[str, str]] = set()
@@ -188,12 +189,13 @@ class WorkerProcess:
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + self.reserved
 
     @property
     def computing(self) -> bool:
-        """True when some request on it is running Lua (not waiting for a platform call)."""
-        return any(not p.waiting_call for p in self.pending.values())
+        """True when some request on it is running Lua (not waiting for a platform call), or
+        is about to (handed this worker, not started yet)."""
+        return self.reserved > 0 or any(not p.waiting_call for p in self.pending.values())
 
     def kill(self, reason: str | None = None, blame: int | None = None) -> None:
         """SIGKILL: the worker's state is unknown (e.g. a request overran its wall time)."""
@@ -230,6 +232,11 @@ class WorkerProcess:
     ) -> Reply:
         """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
         first or the time runs out (WALL_KILL)."""
+        if self.reserved:
+            self.reserved -= 1
+        if self.broken:
+            # Ended after it was handed out: its reader is gone and could not fail this request.
+            raise WorkerFailed(CRASH, "the worker ended before the request started", sibling=True)
         if job.tenant != self.tenant:
             if self.tenant is not None:
                 self.switches += 1

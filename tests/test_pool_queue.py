@@ -1,0 +1,123 @@
+"""The pool's queue: a freed worker goes to the request that waited longest, and a request
+that leaves the queue gives back a worker it was handed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
+from sngin.errors import Unavailable
+from sngin.pool import PoolConfig, open_pool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+WAITS_UPSTREAM = b"return http.request('http://upstream.test/').content"
+
+
+def job(tenant: str, source: bytes) -> Job:
+    return Job(tenant=tenant, key=f"{tenant}/index", version="v1",
+               request=Request(method="GET", path="/"), source=source)  # fmt: skip
+
+
+class Gate:
+    """A platform-call handler that holds a script at http.request until opened."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.opened = trio.Event()
+
+    async def __call__(self, call: Call) -> CallResult:
+        self.entered.set()
+        await self.opened.wait()
+        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+
+
+async def occupy_both_workers(pool, nursery, results: dict[str, bytes]) -> list[Gate]:
+    gates = [Gate(), Gate()]
+    for tenant, gate in zip(("a.test", "b.test"), gates, strict=True):
+        nursery.start_soon(run_into, pool, job(tenant, WAITS_UPSTREAM), gate, results)
+        await gate.entered.wait()
+    return gates
+
+
+async def run_into(pool, the_job: Job, calls, results: dict[str, bytes]) -> None:
+    reply = await pool.run(the_job, calls)
+    results[the_job.tenant] = reply.body
+
+
+async def queue_up(pool, nursery, tenants, on_done: Callable[[str], None]) -> None:
+    for tenant in tenants:
+
+        async def one(tenant: str = tenant) -> None:
+            await pool.run(job(tenant, f"return '{tenant}'".encode()))
+            on_done(tenant)
+
+        nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()  # queued before the next one arrives
+
+
+class Finished:
+    """Records the order requests finish in; `all` is set once `expected` have."""
+
+    def __init__(self, expected: int) -> None:
+        self.order: list[str] = []
+        self.expected = expected
+        self.all = trio.Event()
+
+    def __call__(self, tenant: str) -> None:
+        self.order.append(tenant)
+        if len(self.order) == self.expected:
+            self.all.set()
+
+
+async def test_freed_workers_serve_waiting_requests_in_arrival_order():
+    finished = Finished(3)
+    order = finished.order
+    results: dict[str, bytes] = {}
+    async with open_pool(PoolConfig(size=2)) as pool, trio.open_nursery() as nursery:
+        gates = await occupy_both_workers(pool, nursery, results)
+        await queue_up(pool, nursery, ["c.test", "d.test", "e.test"], finished)
+        assert order == []  # both workers are taken
+        gates[0].opened.set()  # one worker frees up and serves the queue, oldest first
+        with trio.fail_after(20):
+            await finished.all.wait()
+        gates[1].opened.set()
+    assert order == ["c.test", "d.test", "e.test"]
+    assert results == {"a.test": b"up", "b.test": b"up"}
+    assert all(w.in_flight == 0 for w in pool._all)
+
+
+async def test_a_request_that_leaves_the_queue_gives_its_turn_to_the_next():
+    finished = Finished(1)
+    order = finished.order
+    results: dict[str, bytes] = {}
+    async with open_pool(PoolConfig(size=2)) as pool, trio.open_nursery() as nursery:
+        gates = await occupy_both_workers(pool, nursery, results)
+        with trio.CancelScope() as leaving:
+            async with trio.open_nursery() as inner:
+                await queue_up(pool, inner, ["c.test"], finished)
+                await queue_up(pool, nursery, ["d.test"], finished)
+                leaving.cancel()  # the client of c.test went away while queued
+        gates[0].opened.set()
+        with trio.fail_after(20):
+            await finished.all.wait()
+        gates[1].opened.set()
+    assert order == ["d.test"]
+    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool._all)
+
+
+async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothing():
+    results: dict[str, bytes] = {}
+    config = PoolConfig(size=2, queue_timeout_s=0.5)
+    async with open_pool(config) as pool, trio.open_nursery() as nursery:
+        gates = await occupy_both_workers(pool, nursery, results)
+        with pytest.raises(Unavailable):
+            await pool.run(job("c.test", b"return 'c'"))
+        gates[0].opened.set()
+        gates[1].opened.set()
+    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool._all)
