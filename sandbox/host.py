@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import json
@@ -31,7 +30,6 @@ def guard(name: str, fn: Callable[..., HostResult]) -> Guarded:
     interpreter, so every exception, including BaseException, becomes a plain message here.
     """
 
-    @functools.wraps(fn)
     def call(*args: Any) -> HostResult:
         try:
             return (True, *fn(*args))

@@ -29,20 +29,20 @@ PRELUDE: Final = resources.files("sandbox").joinpath("lua/prelude.lua").read_byt
 MAX_COMPILED: Final = 256
 UNLIMITED: Final = 0
 
-# Names left in the real globals table; everything else lupa or LuaJIT put there is removed.
-REAL_GLOBALS_KEPT: Final = frozenset(
-    {
-        b"assert", b"error", b"ipairs", b"next", b"pairs", b"pcall", b"xpcall", b"rawequal",
-        b"rawget", b"rawset", b"select", b"setmetatable", b"getmetatable", b"tonumber",
-        b"tostring", b"type", b"unpack", b"_VERSION", b"string", b"table", b"math",
-        b"coroutine", b"bit",
-    }
-)  # fmt: skip
-LOADED_KEPT: Final = frozenset({b"string", b"table", b"math", b"coroutine", b"bit"})
-# Registry entries lupa creates. POBJECT stays: lupa dispatches calls to the guarded host
-# functions through it. The registry itself is unreachable (no `debug`).
+# lupa's table of Python references: the prelude's harden() removes it from the registry and
+# hands it to Python, which puts it back only to close the state.
 REFERENCES: Final = b"LUPA_PYTHON_REFERENCES_TABLE"
-OS_KEPT: Final = (b"time", b"date", b"clock", b"difftime")
+
+
+# Guarded once per process: they hold no state of a runtime or tenant.
+STATELESS_HOST_FUNCTIONS: Final = {
+    b"hash": host.guard("crypto", host.hash_digest),
+    b"hmac": host.guard("crypto.hmac", host.hmac_digest),
+    b"random": host.guard("crypto.random", host.random_bytes),
+    b"uuid": host.guard("crypto.uuid", host.new_uuid),
+    b"b64encode": host.guard("base64.encode", host.b64encode),
+    b"b64decode": host.guard("base64.decode", host.b64decode),
+}
 
 
 class RandomSeeds:
@@ -109,54 +109,20 @@ class TenantRuntime:
 
     def _make_host_libraries(self) -> Any:
         lua, api = self._lua, self._api
-        wrap = api[b"wrap_host"]
-        json = api[b"json_library"]()
-        decode = wrap(
-            host.guard("json.decode", host.JsonDecoder(lua.table_from, api[b"json_null"]))
-        )
-        json[b"decode"] = decode
-        json[b"parse"] = decode
-        json[b"stringify"] = json[b"encode"]
         functions = {
-            b"hash": host.guard("crypto", host.hash_digest),
-            b"hmac": host.guard("crypto.hmac", host.hmac_digest),
-            b"random": host.guard("crypto.random", host.random_bytes),
-            b"uuid": host.guard("crypto.uuid", host.new_uuid),
-            b"b64encode": host.guard("base64.encode", host.b64encode),
-            b"b64decode": host.guard("base64.decode", host.b64decode),
+            **STATELESS_HOST_FUNCTIONS,
             b"emit": host.guard("log", self._emit_log),
+            b"json_decode": host.guard(
+                "json.decode", host.JsonDecoder(lua.table_from, api[b"json_null"])
+            ),
         }
-        libraries = api[b"host_libraries"](
-            lua.table_from({name: wrap(fn) for name, fn in functions.items()})
-        )
-        libraries[b"json"] = json
-        return libraries
+        # One call: Lua wraps each guarded callable and builds the libraries around them.
+        return api[b"host_libraries"](lua.table_from(functions))
 
     def _harden(self) -> tuple[Any, Any]:
-        """Strip lupa's `python` bridge and every unsafe library from the real Lua state."""
-        lua = self._lua
-        registry = lua.eval("debug.getregistry()")
-        saved_references = registry[REFERENCES]
-        pobject = registry[b"POBJECT"]
-        if pobject is not None:
-            pobject[b"__metatable"] = False
-        registry[b"Py_None"] = None
-        loaded = registry[b"_LOADED"]
-        for name in [k for k in loaded if k not in LOADED_KEPT]:
-            loaded[name] = None
-        preload = registry[b"_PRELOAD"]
-        for name in list(preload):
-            preload[name] = None
-        real = lua.globals()
-        os_table = real[b"os"]
-        safe_os = lua.table_from({name: os_table[name] for name in OS_KEPT})
-        for name in [k for k in real if k not in REAL_GLOBALS_KEPT]:
-            real[name] = None
-        real[b"os"] = safe_os
-        # Finalise the now unreachable `python.*` and `Py_None` wrappers while lupa's references
-        # table is still registered: their finalisers look it up and would crash without it.
-        lua.gccollect()
-        registry[REFERENCES] = None
+        """Strip lupa's `python` bridge and every unsafe library from the real Lua state (in
+        Lua, one call: done from Python it cost ~100 crossings per runtime)."""
+        registry, saved_references = self._api[b"harden"]()
         return registry, saved_references
 
     def _emit_log(self, request_id: Any, line: Any) -> tuple[()]:

@@ -9,6 +9,20 @@ local floor, huge = math.floor, math.huge
 local schar, gmatch, smatch, tsort, tonumber = string.char, string.gmatch, string.match,
   table.sort, tonumber
 local randomseed = math.randomseed
+local collectgarbage, getregistry, real_globals = collectgarbage, debug.getregistry, _G
+
+-- lupa's `python` bridge goes first, while the heap is still small: the full collection that
+-- finalises its wrappers (their finalisers need lupa's references table) is cheap now, and
+-- harden() can drop that table later without collecting again. Until harden(), setting up
+-- makes no garbage worth collecting.
+do
+  local registry = getregistry()
+  python = nil
+  registry._LOADED.python = nil
+  registry.Py_None = nil
+  collectgarbage()
+  collectgarbage("stop")
+end
 
 local function copy(t)
   local c = {}
@@ -805,7 +819,12 @@ local function digest_object(raw, hex)
   return { digest = function() return raw end, hex = function() return hex end }
 end
 
-local function host_libraries(host)
+local function host_libraries(python_functions)
+  -- Each guarded Python callable stays an upvalue of its Lua wrapper: tenants never see it.
+  local host = {}
+  for name, fn in next, python_functions do host[name] = wrap_host(fn) end
+  local json = json_library()
+  json.decode, json.parse, json.stringify = host.json_decode, host.json_decode, json.encode
   local crypto = {}
   local names = {}
   for _, algo in next, { "md5", "sha1", "sha256", "sha512" } do
@@ -872,7 +891,9 @@ local function host_libraries(host)
     end,
   }
 
-  local libraries = { crypto = crypto, base64 = base64, utils = utils, _emit = host.emit }
+  local libraries = {
+    crypto = crypto, base64 = base64, utils = utils, json = json, _emit = host.emit,
+  }
   -- webscript.io names this server does not provide: a clear error on any use.
   for _, name in next, { "storage", "lease", "email", "alert" } do
     local function refuse() error(name .. " is not supported by this server", 2) end
@@ -883,13 +904,58 @@ local function host_libraries(host)
   return libraries
 end
 
+---------------------------------------------------------------------------------------------
+-- Hardening the real state, once, in one call from Python.
+
+-- Names left in the real globals table and in package.loaded; everything else lupa or LuaJIT
+-- put there is removed. os keeps only its clock and date functions.
+local REAL_GLOBALS_KEPT = {}
+for _, name in next, {
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "rawequal", "rawget",
+  "rawset", "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack",
+  "_VERSION", "string", "table", "math", "coroutine", "bit",
+} do REAL_GLOBALS_KEPT[name] = true end
+local LOADED_KEPT = { string = true, table = true, math = true, coroutine = true, bit = true }
+local OS_KEPT = { "time", "date", "clock", "difftime" }
+local REFERENCES = "LUPA_PYTHON_REFERENCES_TABLE"
+
+-- Strips lupa's `python` bridge and every unsafe library from the real state. Returns the
+-- registry and lupa's references table, which Python restores only to close the state.
+-- POBJECT stays (lupa dispatches calls to the guarded host functions through it) but its
+-- metatable is locked; the registry itself is unreachable once `debug` is gone.
+local function harden()
+  local registry = getregistry()
+  getregistry = nil
+  local references = registry[REFERENCES]
+  local pobject = registry.POBJECT
+  if pobject ~= nil then pobject.__metatable = false end
+  local loaded, preload = registry._LOADED, registry._PRELOAD
+  for name in next, copy(loaded) do
+    if not LOADED_KEPT[name] then loaded[name] = nil end
+  end
+  for name in next, copy(preload) do preload[name] = nil end
+  local real, safe_os = real_globals, {}
+  real_globals = nil
+  for _, name in next, OS_KEPT do safe_os[name] = real.os[name] end
+  for name in next, copy(real) do
+    if not REAL_GLOBALS_KEPT[name] then real[name] = nil end
+  end
+  real.os = safe_os
+  -- The `python.*` wrappers were finalised at the top, while lupa's references table was
+  -- registered (their finalisers look it up); since then only the host functions became
+  -- Python references, and they stay reachable until the state closes.
+  registry[REFERENCES] = nil
+  collectgarbage("restart")
+  return registry, references
+end
+
 return {
+  harden = harden,
   new_env = new_env,
   begin = begin,
   step = step,
   compile = compile_text,
   module_libraries = module_libraries,
-  json_library = json_library,
   host_libraries = host_libraries,
   json_null = json_null,
   wrap_host = wrap_host,
