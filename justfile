@@ -29,7 +29,7 @@ fmt:
 
 # benchmarks (`just bench --quick`: one short round of the HTTP suite)
 bench *args:
-    @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey)"
+    @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey, wrk)"
     @{{bin}}/python bench/sandbox_bench.py
     @{{bin}}/python bench/limits_bench.py
     @{{bin}}/python bench/serve_bench.py {{args}}

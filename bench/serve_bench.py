@@ -4,9 +4,13 @@ hello, all measured in the same run.
 Servers (and sngin's workers) are pinned to core 0 and `hey` to core 1; scenarios alternate
 over ROUNDS rounds so drift hits all alike. For each: req/s (median, min-max), p50/p99, server
 CPU per request (the server and all its children, from /proc), peak RSS, ratio to the floor.
-Also: a worker's start-up time, a 10 s load on one S3 script with the S3 GETs seen, and a cold
-storm of 100 concurrent first hits on an uncached S3 script.
-Run: .venv/bin/python bench/serve_bench.py [--quick]   (needs `hey`: apt-get install hey)
+The tenant scenarios (1 tenant vs 1,000 tenants round-robin) use wrk, whose Lua request()
+rotates the Host header, and are compared with each other.
+Also: a worker's start-up time, a 10 s load on one S3 script with the S3 GETs seen, a cold
+storm of 100 concurrent first hits on an uncached S3 script, each worker's RSS after 10,000
+requests, and the server's RSS with 10,000 cached S3 scripts (--quick: 2,000 and 1,000).
+Run: .venv/bin/python bench/serve_bench.py [--quick]   (needs hey and wrk: apt-get install hey
+wrk)
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ ROUNDS = 1 if QUICK else 3
 REQUESTS = 1000 if QUICK else 4000
 CONCURRENCY = 20
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-SITES_DIR = Path(tempfile.mkdtemp(prefix="sngin-bench-")) / "sites"
+BENCH_DIR = Path(tempfile.mkdtemp(prefix="sngin-bench-"))
+SITES_DIR = BENCH_DIR / "sites"
+TENANTS = 1000  # the round-robin scenario's tenants
+CACHED_SCRIPTS = 1000 if QUICK else 10_000  # the server-RSS scenario's scripts
+WORKER_REQUESTS = 2000 if QUICK else 10_000  # requests per worker before its RSS is read
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+WRK_SCRIPT = BENCH_DIR / "rotate.lua"
 
 
 def free_port() -> int:
@@ -104,11 +114,28 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def write_sites(root: Path) -> Path:
-    for path, text in SITES.items():
+    sites = {**SITES, **{f"{tenant_host(n)}/index.lua": f"return 'Hello from tenant {n}'\n"
+                         for n in range(TENANTS)}}  # fmt: skip
+    for path, text in sites.items():
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     return root
+
+
+def tenant_host(n: int) -> str:
+    return f"t{n:04d}.bench"
+
+
+# wrk sends the requests of the tenant scenarios: hey sends one Host header, wrk's Lua
+# request() picks the next tenant for each request.
+ROTATE_LUA = """
+local n, tenants = 0, tonumber(os.getenv("BENCH_TENANTS"))
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/", {Host = string.format("t%04d.bench", n % tenants)})
+end
+"""
 
 
 def start_quart(port: int) -> subprocess.Popen[bytes]:
@@ -127,8 +154,8 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
 def start_sngin(port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", "0", str(BIN / "sngin"), "serve", "--bind", f"127.0.0.1:{port}",
             "--workers", "2", "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "SNGIN_CODE_DIR": str(SITES_DIR),
-           "SNGIN_ADMIN_TOKEN": "bench-admin-token-0123456789"}  # fmt: skip
+    env = {**os.environ, "SNGIN_CODE_DIR": str(SITES_DIR), "SNGIN_ADMIN_TOKEN": ADMIN_TOKEN,
+           "SNGIN_APP_PATH": str(BENCH_DIR / "app")}  # fmt: skip
     # The access log (one JSON line per request) is part of the measured cost; discard it.
     return subprocess.Popen(
         argv, env={**env, **(extra_env or {})}, stdout=subprocess.DEVNULL,
@@ -297,12 +324,133 @@ async def cold_storm(s3: S3Fixture, requests: int = 100) -> tuple[int, int]:
         server.wait(timeout=30)
 
 
+def wrk(port: int, seconds: float, tenants: int) -> dict[str, float]:
+    """wrk -c CONCURRENCY for `seconds`, each request to the next of `tenants` tenants."""
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds}s", "--latency",
+            "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/"]  # fmt: skip
+    env = {**os.environ, "BENCH_TENANTS": str(tenants)}
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "requests": requests, "p50_ms": wrk_ms(out, "50%"),
+            "p99_ms": wrk_ms(out, "99%")}  # fmt: skip
+
+
+def wrk_ms(out: str, percentile: str) -> float:
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure_tenants(tenants: int) -> dict[str, float]:
+    """sngin hello spread over `tenants` tenants, round-robin (wrk)."""
+    port = free_port()
+    server = start_sngin(port)
+    try:
+        wait_listening(port)
+        wrk(port, 3 if tenants > 1 else 1, tenants)  # warm-up: every tenant seen at least once
+        tree = process_tree(server.pid)
+        before = cpu_seconds(tree)
+        result = wrk(port, 3 if QUICK else 5, tenants)
+        result["cpu_us_per_request"] = (cpu_seconds(tree) - before) / result["requests"] * 1e6
+        result["processes"] = len(tree)
+        result["peak_rss_server_mib"] = peak_rss_mib(tree[0])
+        result["peak_rss_workers_mib"] = max((peak_rss_mib(p) for p in tree[1:]), default=0.0)
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def admin_stats(port: int) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.get(f"http://127.0.0.1:{port}/__sngin/stats",
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def current_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_rss_after_requests() -> dict[str, Any]:
+    """Each of 2 workers serves WORKER_REQUESTS requests (recycling off), then their RSS."""
+    port = free_port()
+    server = start_sngin(port, {"SNGIN_WORKER_MAX_REQUESTS": "1000000000"})
+    try:
+        wait_listening(port)
+        hey(port, 2 * WORKER_REQUESTS)
+        workers = admin_stats(port)["pool"]["workers"]
+        return {"requests": [w["requests"] for w in workers],
+                "rss_mib": [round(current_rss_mib(w["pid"]), 1) for w in workers]}  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def server_rss_with_cached_scripts(s3: S3Fixture) -> dict[str, Any]:
+    """CACHED_SCRIPTS distinct S3 scripts (100 tenants), each requested once, then the
+    server's RSS and its code cache's size."""
+    import httpx
+    import trio
+    from moto.s3.models import s3_backends
+
+    backend = next(iter(s3_backends.values()))["global"]
+    per_tenant = CACHED_SCRIPTS // 100
+    body = ("-- a typical small script\n" + "local greeting = 'hello'\n" * 12 +
+            "return {greeting = greeting, path = request.path}\n").encode()  # fmt: skip
+    paths = [(f"r{t:02d}.bench", f"/p{n}") for t in range(100) for n in range(per_tenant)]
+    for host, path in paths:  # straight into moto: 10,000 PUTs over HTTP take minutes
+        backend.put_object("bench", f"sites/{host}{path}/index.lua", body)
+    port = free_port()
+    server = start_sngin(port, {**s3.env(), "SNGIN_MIRROR_BYTES": "0"})
+    try:
+        wait_listening(port)
+        before = current_rss_mib(server.pid)
+
+        async def fetch_all() -> int:
+            ok = 0
+            async with httpx.AsyncClient(timeout=60) as client:
+
+                async def worker(chunk: list[tuple[str, str]]) -> None:
+                    nonlocal ok
+                    for host, path in chunk:
+                        response = await client.get(f"http://127.0.0.1:{port}{path}",
+                                                    headers={"Host": host})  # fmt: skip
+                        ok += response.status_code == 200
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(CONCURRENCY):
+                        nursery.start_soon(worker, paths[i::CONCURRENCY])
+            return ok
+
+        ok = trio.run(fetch_all)
+        stats = admin_stats(port)
+        return {"scripts": len(paths), "ok": ok, "rss_before_mib": round(before, 1),
+                "rss_after_mib": round(current_rss_mib(server.pid), 1),
+                "cache_entries": stats["code_cache"]["entries"],
+                "cache_bytes": stats["code_cache"]["bytes"]}  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     if shutil.which("hey") is None:
         sys.exit("bench: `hey` is not installed (apt-get install hey)")
     import trio
 
+    if shutil.which("wrk") is None:
+        sys.exit("bench: `wrk` is not installed (apt-get install wrk)")
     write_sites(SITES_DIR)
+    WRK_SCRIPT.write_text(ROTATE_LUA)
     s3 = S3Fixture()
     scenarios: dict[str, Scenario] = {
         "floor: bare hypercorn-trio ASGI hello": (start_bare, "hello.localhost", None),
@@ -313,14 +461,24 @@ def main() -> None:
         "sngin JSON: decode a 2 KiB body, encode a reply": (start_sngin, "json.bench", JSON_BODY),
         "sngin hello with _sngin.json and env": (start_sngin, "config.bench", None),
     }  # fmt: skip
-    figures: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+    # The tenant scenarios use wrk (hey sends one Host): compared with each other, not the floor.
+    tenant_scenarios = {
+        "sngin hello, 1 tenant (wrk)": 1,
+        f"sngin hello, {TENANTS:,} tenants round-robin (wrk)": TENANTS,
+    }
+    figures: dict[str, list[dict[str, float]]] = {
+        name: [] for name in [*scenarios, *tenant_scenarios]
+    }
     for round_number in range(ROUNDS):
         for name, (start, host, body) in scenarios.items():
             figures[name].append(measure(start, host, body))
+        for name, tenants in tenant_scenarios.items():
+            figures[name].append(measure_tenants(tenants))
         print(f"round {round_number + 1}/{ROUNDS} done", file=sys.stderr)
     print(f"hey -n {REQUESTS} -c {CONCURRENCY}, servers (and workers) on core 0, hey on core 1, "
           f"{ROUNDS} round(s)")  # fmt: skip
     floor = statistics.median(r["rps"] for r in figures[next(iter(scenarios))])
+    single = statistics.median(r["rps"] for r in figures[next(iter(tenant_scenarios))])
     rows = []
     for name, runs in figures.items():
         rps = [r["rps"] for r in runs]
@@ -338,13 +496,17 @@ def main() -> None:
             "peak_rss_workers_mib": max(r["peak_rss_workers_mib"] for r in runs),
             "ratio_to_floor": statistics.median(rps) / floor,
         }
+        if name in tenant_scenarios:
+            row["ratio_to_one_tenant"] = statistics.median(rps) / single
         rows.append(row)
         spread = f"({row['rps_min']:.0f}-{row['rps_max']:.0f})"
         print(f"  {name:48} {row['rps_median']:6.0f} req/s {spread:13}"
               f" p50 {row['p50_ms']:5.1f} ms  p99 {row['p99_ms']:5.1f} ms"
               f"  {row['cpu_us_per_request']:5.0f} us CPU/req"
               f"  RSS {row['peak_rss_server_mib']:.0f}+{row['peak_rss_workers_mib']:.0f} MiB"
-              f"  {row['ratio_to_floor']:.2f}x floor")  # fmt: skip
+              f"  {row['ratio_to_floor']:.2f}x floor"
+              + (f", {row['ratio_to_one_tenant']:.2f}x 1 tenant" if name in tenant_scenarios
+                 else ""))  # fmt: skip
     startup = worker_startup_ms()
     print(f"  worker start-up (spawn to first reply, median of 10): {startup:.0f} ms")
     load_rps, s3_gets = s3_load(s3, seconds=3 if QUICK else 10)
@@ -353,11 +515,21 @@ def main() -> None:
     storm_ok, storm_gets = trio.run(cold_storm, s3)
     print(f"  cold storm: 100 concurrent first hits on an uncached S3 script: {storm_ok} x 200, "
           f"{storm_gets} S3 GET(s)")  # fmt: skip
+    worker_rss = worker_rss_after_requests()
+    print(f"  worker RSS after {WORKER_REQUESTS:,} requests each (recycling off): "
+          f"{worker_rss['rss_mib']} MiB after {worker_rss['requests']} requests")  # fmt: skip
+    cached = server_rss_with_cached_scripts(s3)
+    cache_mib = cached["cache_bytes"] / 2**20
+    print(f"  server RSS with {cached['scripts']:,} cached S3 scripts ({cached['ok']:,} x 200; "
+          f"code cache {cached['cache_entries']:,} entries, {cache_mib:.1f} MiB): "
+          f"{cached['rss_after_mib']} MiB (at start {cached['rss_before_mib']} MiB)")  # fmt: skip
     s3.close()
     RESULTS.parent.mkdir(exist_ok=True)
     summary = {"rows": rows, "worker_startup_ms": startup,
                "s3_load": {"rps": load_rps, "s3_requests": s3_gets},
-               "cold_storm": {"ok": storm_ok, "s3_gets": storm_gets}}  # fmt: skip
+               "cold_storm": {"ok": storm_ok, "s3_gets": storm_gets},
+               "worker_rss_after_requests": worker_rss,
+               "server_rss_with_cached_scripts": cached}  # fmt: skip
     RESULTS.write_text(json.dumps(summary, indent=2))
 
 
