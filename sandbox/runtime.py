@@ -103,6 +103,9 @@ class TenantRuntime:
         self._api[b"module_libraries"](self._host_libraries)
         self._lift = self._api[b"wrap_host"](host.guard("lift", self._lift_memory_limit))
         self._registry, self._saved_references = self._harden()
+        # Looked up once: indexing the API table from Python crosses into Lua each time.
+        self._new_env, self._begin = self._api[b"new_env"], self._api[b"begin"]
+        self._step, self._compile = self._api[b"step"], self._api[b"compile"]
         self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._active = 0
         self._memory_base = 0
@@ -146,7 +149,7 @@ class TenantRuntime:
         self._registry[REFERENCES] = self._saved_references
         self._compiled.clear()
         self._api = self._host_libraries = self._registry = self._saved_references = None
-        self._lift = None
+        self._lift = self._new_env = self._begin = self._step = self._compile = None
         self._lua = None
 
     def compiled_count(self) -> int:
@@ -164,7 +167,7 @@ class TenantRuntime:
             message = f"{job.key}: precompiled bytecode is not accepted; store Lua source text"
             return None, Reply(error=BAD_SOURCE, message=message)
         source = compat.rewrite_escapes(job.source)
-        factory, err = self._api[b"compile"](source, b"=" + job.key.encode())
+        factory, err = self._compile(source, b"=" + job.key.encode())
         if factory is None:
             return None, Reply(error=BAD_SOURCE, message=_text(err))
         self._compiled[cache_key] = factory
@@ -192,11 +195,11 @@ class TenantRuntime:
                 }
             )
             tenant_env = lua.table_from({k.encode(): v.encode() for k, v in job.env.items()})
-            env, collect, _ = self._api[b"new_env"](
+            env, collect, _ = self._new_env(
                 req, self._host_libraries, limits, job.id, tenant_env
             )
             method = job.request.method.lower().encode()
-            thread = self._api[b"begin"](
+            thread = self._begin(
                 factory, env, req, method, random_seeds.next(), limits, self._lift
             )
         except lupa.LuaMemoryError:
@@ -213,7 +216,7 @@ class TenantRuntime:
         lua = self._lua
         lua.set_max_memory(self._memory_base + run.job.limits.memory_bytes)
         try:
-            outcome = self._api[b"step"](run.thread, answer)
+            outcome = self._step(run.thread, answer)
         except lupa.LuaMemoryError:
             outcome = (b"memory_limit", b"")
         finally:
