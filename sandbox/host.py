@@ -67,28 +67,35 @@ class JsonDecoder:
         except ValueError as exc:
             return (None, f"invalid JSON: {_short(exc)}".encode())
         try:
-            return (self._to_lua(value, 0),)
+            plain = self._plain(value, 0)
+            if isinstance(plain, dict | list):
+                # lupa builds the nested tables in one call (C), not one call per table.
+                return (self._table_from(plain, recursive=True),)
+            return (plain,)
         except HostError as exc:
             return (None, f"invalid JSON: {exc}".encode())
         except RecursionError:
             return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
 
-    def _to_lua(self, value: Any, depth: int) -> Any:
-        if depth > MAX_JSON_DEPTH:
-            raise HostError(f"JSON nested more than {MAX_JSON_DEPTH} levels")
+    def _plain(self, value: Any, depth: int) -> Any:
+        """The decoded value as lupa converts it: strings as bytes, null as json.null, integers
+        beyond 2^53 as floats (Lua numbers are doubles). json.loads makes exact types, so
+        `type(...) is` checks, most common first, suffice."""
+        kind = type(value)
+        if kind is str:
+            return value.encode()
+        if kind is int:
+            return value if -(2**53) <= value <= 2**53 else float(value)
+        if kind is dict or kind is list:
+            if depth > MAX_JSON_DEPTH or (depth == MAX_JSON_DEPTH and value):
+                raise HostError(f"JSON nested more than {MAX_JSON_DEPTH} levels")
+            plain = self._plain
+            if kind is list:
+                return [plain(item, depth + 1) for item in value]
+            return {key.encode(): plain(item, depth + 1) for key, item in value.items()}
         if value is None:
             return self._null
-        if isinstance(value, str):
-            return value.encode()
-        if isinstance(value, bool | float):
-            return value
-        if isinstance(value, int):
-            return value if -(2**53) <= value <= 2**53 else float(value)
-        if isinstance(value, list):
-            return self._table_from([self._to_lua(item, depth + 1) for item in value])
-        return self._table_from(
-            {key.encode(): self._to_lua(item, depth + 1) for key, item in value.items()}
-        )
+        return value  # float or bool
 
 
 def _short(exc: ValueError) -> str:

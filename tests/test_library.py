@@ -6,6 +6,7 @@ import base64
 import hmac
 import itertools
 import json
+import sys
 
 import pytest
 
@@ -161,6 +162,24 @@ def test_json_depth_limits(runtime):
     )
     assert "512" in body["encode"]
     assert "512" in body["decode"]
+
+
+def test_json_decode_accepts_values_512_levels_deep_and_refuses_513(runtime):
+    script = """
+        local ok_value = json.decode(string.rep("[", 512) .. "7" .. string.rep("]", 512))
+        local inner = ok_value
+        for i = 1, 511 do inner = inner[1] end
+        local too_deep, err = json.decode(string.rep("[", 513) .. "7" .. string.rep("]", 513))
+        return {inner = inner[1], refused = too_deep == nil, err = err}"""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(5000)  # as a worker runs (sandbox/worker.py)
+    try:
+        body = json.loads(run(runtime, script))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert body["inner"] == 7
+    assert body["refused"] is True
+    assert "nested more than 512 levels" in body["err"]
 
 
 def test_utils(runtime):
