@@ -54,7 +54,7 @@ def expect_bytes(value: Any, what: str) -> bytes:
 class JsonDecoder:
     """json.decode: text -> Lua values, `nil, message` on bad input, JSON null -> json.null."""
 
-    def __init__(self, table_from: Callable[[Any], Any], null: Any) -> None:
+    def __init__(self, table_from: Callable[..., Any], null: Any) -> None:
         self._table_from = table_from
         self._null = null
 

@@ -195,13 +195,9 @@ class TenantRuntime:
                 }
             )
             tenant_env = lua.table_from({k.encode(): v.encode() for k, v in job.env.items()})
-            env, collect, _ = self._new_env(
-                req, self._host_libraries, limits, job.id, tenant_env
-            )
+            env, collect, _ = self._new_env(req, self._host_libraries, limits, job.id, tenant_env)
             method = job.request.method.lower().encode()
-            thread = self._begin(
-                factory, env, req, method, random_seeds.next(), limits, self._lift
-            )
+            thread = self._begin(factory, env, req, method, random_seeds.next(), limits, self._lift)
         except lupa.LuaMemoryError:
             return Reply(id=job.id, error=MEMORY_LIMIT, message=memory_message(job))
         if not self._active:
