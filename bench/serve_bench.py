@@ -3,7 +3,8 @@ hello, all measured in the same run.
 
 Servers (and sngin's workers) are pinned to core 0 and `hey` to core 1; scenarios alternate
 over ROUNDS rounds so drift hits all alike. For each: req/s (median, min-max), p50/p99, server
-CPU per request (the server and all its children, from /proc), peak RSS, ratio to the floor.
+CPU per request (the server and all its children, from /proc), peak RSS, ratio to the floor
+(the median of per-round ratios), and a closing list of the targets met or missed.
 The tenant scenarios (1 tenant vs 1,000 tenants round-robin) use wrk, whose Lua request()
 rotates the Host header, and are compared with each other.
 Also: a worker's start-up time, a 10 s load on one S3 script with the S3 GETs seen, a cold
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.s3proxy, the counting proxy the tests use
 BIN = Path(sys.executable).parent
 QUICK = "--quick" in sys.argv
-ROUNDS = 1 if QUICK else 3
+ROUNDS = 1 if QUICK else 5
 REQUESTS = 1000 if QUICK else 4000
 CONCURRENCY = 20
 RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -477,8 +478,20 @@ def main() -> None:
         print(f"round {round_number + 1}/{ROUNDS} done", file=sys.stderr)
     print(f"hey -n {REQUESTS} -c {CONCURRENCY}, servers (and workers) on core 0, hey on core 1, "
           f"{ROUNDS} round(s)")  # fmt: skip
-    floor = statistics.median(r["rps"] for r in figures[next(iter(scenarios))])
-    single = statistics.median(r["rps"] for r in figures[next(iter(tenant_scenarios))])
+    floor_name, single_name = next(iter(scenarios)), next(iter(tenant_scenarios))
+
+    def ratio(name: str, baseline: str) -> float:
+        """The median over rounds of name's req/s over baseline's in the same round: drift
+        between rounds cancels out."""
+        pairs = zip(figures[name], figures[baseline], strict=True)
+        return statistics.median(run["rps"] / base["rps"] for run, base in pairs)
+
+    def added_cpu(name: str, baseline: str) -> float:
+        pairs = zip(figures[name], figures[baseline], strict=True)
+        return statistics.median(
+            run["cpu_us_per_request"] - base["cpu_us_per_request"] for run, base in pairs
+        )
+
     rows = []
     for name, runs in figures.items():
         rps = [r["rps"] for r in runs]
@@ -494,10 +507,10 @@ def main() -> None:
             "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in runs),
             "peak_rss_server_mib": max(r["peak_rss_server_mib"] for r in runs),
             "peak_rss_workers_mib": max(r["peak_rss_workers_mib"] for r in runs),
-            "ratio_to_floor": statistics.median(rps) / floor,
+            "ratio_to_floor": ratio(name, floor_name),
         }
         if name in tenant_scenarios:
-            row["ratio_to_one_tenant"] = statistics.median(rps) / single
+            row["ratio_to_one_tenant"] = ratio(name, single_name)
         rows.append(row)
         spread = f"({row['rps_min']:.0f}-{row['rps_max']:.0f})"
         print(f"  {name:48} {row['rps_median']:6.0f} req/s {spread:13}"
@@ -524,12 +537,36 @@ def main() -> None:
           f"code cache {cached['cache_entries']:,} entries, {cache_mib:.1f} MiB): "
           f"{cached['rss_after_mib']} MiB (at start {cached['rss_before_mib']} MiB)")  # fmt: skip
     s3.close()
+    folder, s3_cached, config = (
+        "sngin hello, folder store", "sngin hello, S3 store (cached)",
+        "sngin hello with _sngin.json and env",
+    )  # fmt: skip
+    many = list(tenant_scenarios)[1]
+    targets = [
+        ("sngin hello / floor (median of per-round ratios)", ratio(folder, floor_name),
+         ">=", 0.75),
+        ("sngin's added CPU per request, us (sngin hello - floor)",
+         added_cpu(folder, floor_name), "<=", 300),
+        ("S3 cached / folder store", ratio(s3_cached, folder), ">=", 0.95),
+        (f"{TENANTS:,} tenants round-robin / 1 tenant", ratio(many, single_name), ">=", 0.7),
+        ("tenant config cost (1 - config / folder)", 1 - ratio(config, folder), "<=", 0.05),
+        ("cold storm: S3 GETs for the object", storm_gets, "<=", 1),
+        ("worker RSS after the requests, MiB", max(worker_rss["rss_mib"]), "<=", 40),
+        (f"server RSS with {cached['scripts']:,} cached scripts, MiB", cached["rss_after_mib"],
+         "<=", 150),
+    ]  # fmt: skip
+    print("targets (issue 11; the I/O-bound one is bench/wait_bench.py):")
+    for label, value, sense, goal in targets:
+        met = value >= goal if sense == ">=" else value <= goal
+        print(f"  {label:58} {value:8.2f}  target {sense} {goal:<6}  {'met' if met else 'MISSED'}")
     RESULTS.parent.mkdir(exist_ok=True)
     summary = {"rows": rows, "worker_startup_ms": startup,
                "s3_load": {"rps": load_rps, "s3_requests": s3_gets},
                "cold_storm": {"ok": storm_ok, "s3_gets": storm_gets},
                "worker_rss_after_requests": worker_rss,
-               "server_rss_with_cached_scripts": cached}  # fmt: skip
+               "server_rss_with_cached_scripts": cached,
+               "targets": [{"target": label, "value": value, "sense": sense, "goal": goal}
+                           for label, value, sense, goal in targets]}  # fmt: skip
     RESULTS.write_text(json.dumps(summary, indent=2))
 
 
