@@ -166,8 +166,12 @@ class TenantRuntime:
         if job.source.startswith(b"\x1b"):
             message = f"{job.key}: precompiled bytecode is not accepted; store Lua source text"
             return None, Reply(error=BAD_SOURCE, message=message)
-        source = compat.rewrite_escapes(job.source)
-        factory, err = self._compile(source, b"=" + job.key.encode())
+        chunkname = b"=" + job.key.encode()
+        factory, err = self._compile(job.source, chunkname)
+        if factory is None and b"invalid escape sequence" in _bytes(err):
+            # A Lua 5.1 escape LuaJIT rejects: rewritten only when there is one (the rewrite
+            # walks the source in Python; most scripts never need it).
+            factory, err = self._compile(compat.rewrite_escapes(job.source), chunkname)
         if factory is None:
             return None, Reply(error=BAD_SOURCE, message=_text(err))
         self._compiled[cache_key] = factory
@@ -295,3 +299,7 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()

@@ -210,6 +210,16 @@ def test_lua51_escapes_run_unmodified(runtime):
     assert run(runtime, 'return (("&&b"):gsub("^\\&+", ""))') == b"b"
 
 
+def test_scripts_that_compile_as_they_are_skip_the_rewrite(runtime, monkeypatch):
+    from sandbox import compat
+
+    def refuse(source: bytes) -> bytes:
+        raise AssertionError("rewrote a script LuaJIT accepts")
+
+    monkeypatch.setattr(compat, "rewrite_escapes", refuse)
+    assert run(runtime, 'return "tab\\there"') == b"tab\there"
+
+
 @pytest.mark.parametrize(
     ("source", "expected"),
     [

@@ -13,15 +13,18 @@ local collectgarbage, getregistry, real_globals = collectgarbage, debug.getregis
 
 -- lupa's `python` bridge goes first, while the heap is still small: the full collection that
 -- finalises its wrappers (their finalisers need lupa's references table) is cheap now, and
--- harden() can drop that table later without collecting again. Until harden(), setting up
--- makes no garbage worth collecting.
+-- harden() can drop that table later without collecting again. The long pause set here puts
+-- the next collection well past set-up and the first requests (harden() restores the default
+-- for the cycles after); stopping the collector instead would start a cycle on the first
+-- allocation after restarting it.
+local DEFAULT_GC_PAUSE = 200
 do
   local registry = getregistry()
   python = nil
   registry._LOADED.python = nil
   registry.Py_None = nil
+  collectgarbage("setpause", 1000)
   collectgarbage()
-  collectgarbage("stop")
 end
 
 local function copy(t)
@@ -945,7 +948,7 @@ local function harden()
   -- registered (their finalisers look it up); since then only the host functions became
   -- Python references, and they stay reachable until the state closes.
   registry[REFERENCES] = nil
-  collectgarbage("restart")
+  collectgarbage("setpause", DEFAULT_GC_PAUSE)
   return registry, references
 end
 
