@@ -428,6 +428,8 @@ class Pool:
                     counters.queue_waits += 1
                     counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
                     return worker
+                if self._closing:
+                    raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
         counters.queue_waits += 1
         counters.queue_wait_ms += (trio.current_time() - queued_at) * 1000
         raise Unavailable(
@@ -569,6 +571,8 @@ class Pool:
     async def aclose(self) -> None:
         """Ask every worker to exit (stdin closed), then kill what is left after a grace period."""
         self._closing = True
+        for waiter in self._waiters:
+            waiter.ready.set()  # no worker is coming: they answer 503 now, not at their timeout
         for worker in list(self._all):
             if not worker.in_flight:
                 await worker.close()
