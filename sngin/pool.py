@@ -1,10 +1,9 @@
-"""The worker pool: sizing, tenant-affine checkout, limits, quarantine, supervision, statistics."""
+"""The worker pool: sizing, tenant-affine checkout, the queue, limits, quarantine, supervision."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections import Counter, OrderedDict, deque
 from contextlib import asynccontextmanager
@@ -24,6 +23,13 @@ from sngin.errors import (
     WorkerCrashed,
 )
 from sngin.observe import kill_reason, worker_pid
+from sngin.pool_statistics import (
+    PoolStatistics,
+    TenantCounters,
+    TenantStatistics,
+    WorkerInfo,
+    rss_bytes,
+)
 from sngin.quarantine import Quarantine
 from sngin.worker_process import (
     CPU_KILL,
@@ -50,7 +56,6 @@ SPAWN_RETRY_S: Final = 0.5
 MAX_BOOT_FAILURES: Final = 5
 MAX_TENANT_STATS: Final = 10_000
 RECYCLE_JITTER: Final = 0.1
-PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 MIB: Final = 1024 * 1024
 
 
@@ -76,71 +81,6 @@ class PoolConfig:
     tenant_concurrency: int = 64  # requests of one tenant in flight across the pool
     queue_timeout_s: float = 10.0  # how long a request may wait for a slot before 503
     worker: WorkerOptions = field(default_factory=WorkerOptions)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    pid: int
-    tenant: str | None
-    state: str  # "idle" or "busy"
-    requests: int
-    in_flight: int
-    rss_bytes: int
-    age_s: float
-
-
-@dataclass(slots=True)
-class TenantCounters:
-    requests: int = 0
-    status_2xx: int = 0
-    status_3xx: int = 0
-    status_4xx: int = 0
-    status_5xx: int = 0
-    wall_kills: int = 0
-    cpu_kills: int = 0
-    memory_kills: int = 0
-    crashes: int = 0
-    protocol_errors: int = 0
-    quarantines: int = 0
-    quarantined_requests: int = 0
-    cpu_ms: float = 0.0
-    wall_ms: float = 0.0
-    queue_waits: int = 0
-    queue_wait_ms: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TenantStatistics:
-    requests: int
-    status_2xx: int
-    status_3xx: int
-    status_4xx: int
-    status_5xx: int
-    wall_kills: int
-    cpu_kills: int
-    memory_kills: int
-    crashes: int
-    protocol_errors: int
-    quarantines: int
-    quarantined_requests: int
-    cpu_ms: float
-    wall_ms: float
-    queue_waits: int
-    queue_wait_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
-    size: int
-    live: int
-    idle: int
-    started: int
-    replaced: int
-    timeouts: int
-    tenant_switches: int
-    exits: dict[str, int]
-    workers: tuple[WorkerInfo, ...]
-    tenants: dict[str, TenantStatistics]
 
 
 KILL_COUNTERS: Final = {
@@ -176,14 +116,6 @@ def failure_error(failure: WorkerFailed, limits: TenantLimits) -> SnginError:
     if reason == PROTOCOL:
         return ProtocolError("the script's worker sent a malformed reply")
     return WorkerCrashed("the script's worker process crashed")
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * PAGE_BYTES
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 @dataclass(eq=False, slots=True)

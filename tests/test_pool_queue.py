@@ -126,19 +126,19 @@ async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothin
 async def test_requests_still_queued_when_the_pool_closes_are_refused_at_once():
     results: dict[str, bytes] = {}
     refused: list[str] = []
-    async with trio.open_nursery() as nursery:
-        async with open_pool(PoolConfig(size=2, queue_timeout_s=60)) as pool:
-            gates = await occupy_both_workers(pool, nursery, results)
+    config = PoolConfig(size=2, queue_timeout_s=60)
+    async with trio.open_nursery() as nursery, open_pool(config) as pool:
+        gates = await occupy_both_workers(pool, nursery, results)
 
-            async def queued() -> None:
-                with pytest.raises(Unavailable) as caught:
-                    await pool.run(job("c.test", b"return 'c'"))
-                refused.append(caught.value.message)
-                for gate in gates:
-                    gate.opened.set()  # let the busy ones finish so the pool can close
+        async def queued() -> None:
+            with pytest.raises(Unavailable) as caught:
+                await pool.run(job("c.test", b"return 'c'"))
+            refused.append(caught.value.message)
+            for gate in gates:
+                gate.opened.set()  # let the busy ones finish so the pool can close
 
-            nursery.start_soon(queued)
-            await trio.testing.wait_all_tasks_blocked()
-            with trio.fail_after(10):  # far below the queue timeout
-                await pool.aclose()
+        nursery.start_soon(queued)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(10):  # far below the queue timeout
+            await pool.aclose()
     assert refused == ["the server is shutting down"]
