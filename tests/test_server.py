@@ -45,6 +45,7 @@ SITES = {
         "return {status = 418, body = 'teapot', headers = {['Set-Cookie'] = {'a=1', 'b=2'}}}"
     ),
     "a.test/err": "local t = nil\nreturn t.x",
+    "a.test/size": "return tostring(#request.body) .. ' ' .. request.body:sub(-5)",
     "a.test/framing": "return 'hello', {['Content-Length'] = '3', Connection = 'close'}",
     "a.test/bad": "return 'x', {['X-Bad'] = 'a\\r\\nb'}",
     "a.test/spin": "while true do end",
@@ -213,6 +214,23 @@ async def test_head_keeps_the_content_length_of_the_body(server):
     response = await server.client.head(server.url + "/", headers={"Host": "a.test"})
     assert (response.status_code, response.content) == (200, b"")
     assert response.headers["content-length"] == "9"
+
+
+async def test_bodies_larger_than_the_pipe_cross_whole_and_in_order(server):
+    # Far past a pipe's 64 KiB: the frames queue and drain in order, several at once.
+    bodies = [bytes([65 + n]) * (300_000 + n) + b"%05d" % n for n in range(4)]
+    answers: dict[int, str] = {}
+
+    async def post(n: int) -> None:
+        response = await server.client.post(
+            server.url + "/size", headers={"Host": "a.test"}, content=bodies[n]
+        )
+        answers[n] = response.text
+
+    async with trio.open_nursery() as nursery:
+        for n in range(len(bodies)):
+            nursery.start_soon(post, n)
+    assert answers == {n: f"{len(bodies[n])} {n:05d}" for n in range(len(bodies))}
 
 
 async def test_method_table_and_headers(server):
