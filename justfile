@@ -27,11 +27,11 @@ fmt:
     {{bin}}/ruff format .
     {{bin}}/ruff check --fix .
 
-# benchmarks (`just bench --quick`: one short round of the HTTP suite)
+# benchmarks (`just bench --quick`: fewer rounds everywhere, under a minute)
 bench *args:
     @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey, wrk)"
-    @{{bin}}/python bench/sandbox_bench.py
-    @{{bin}}/python bench/limits_bench.py
+    @{{bin}}/python bench/sandbox_bench.py {{args}}
+    @{{bin}}/python bench/limits_bench.py {{args}}
     @{{bin}}/python bench/serve_bench.py {{args}}
     @{{bin}}/python bench/wait_bench.py
 

@@ -22,7 +22,7 @@ from sngin.pool import PoolConfig, TenantLimits, open_pool
 from sngin.pool_statistics import rss_bytes
 
 BUDGET_MS = 200
-SAMPLES = 10
+SAMPLES = 3 if "--quick" in sys.argv else 10
 RUNAWAYS = {
     "JIT loop": b"local n = 0 while true do n = n + 1 end",
     "catastrophic string.find": b"return string.find(string.rep('a', 5000), "

@@ -6,6 +6,7 @@ Run: .venv/bin/python bench/sandbox_bench.py
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import lupa.luajit21 as lupa
@@ -13,7 +14,7 @@ import lupa.luajit21 as lupa
 from sandbox.protocol import Job, Request
 from sandbox.runtime import TenantRuntime
 
-ROUNDS = 5
+ROUNDS = 2 if "--quick" in sys.argv else 5
 
 
 def per_call_us(fn, n: int) -> float:

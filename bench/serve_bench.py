@@ -9,7 +9,7 @@ The tenant scenarios (1 tenant vs 1,000 tenants round-robin) use wrk, whose Lua 
 rotates the Host header, and are compared with each other.
 Also: a worker's start-up time, a 10 s load on one S3 script with the S3 GETs seen, a cold
 storm of 100 concurrent first hits on an uncached S3 script, each worker's RSS after 10,000
-requests, and the server's RSS with 10,000 cached S3 scripts (--quick: 2,000 and 1,000).
+requests, and the server's RSS with 10,000 cached S3 scripts (--quick: 1,000 and 500).
 Run: .venv/bin/python bench/serve_bench.py [--quick]   (needs hey and wrk: apt-get install hey
 wrk)
 """
@@ -42,8 +42,8 @@ RESULTS = ROOT / "bench" / "results" / "latest.json"
 BENCH_DIR = Path(tempfile.mkdtemp(prefix="sngin-bench-"))
 SITES_DIR = BENCH_DIR / "sites"
 TENANTS = 1000  # the round-robin scenario's tenants
-CACHED_SCRIPTS = 1000 if QUICK else 10_000  # the server-RSS scenario's scripts
-WORKER_REQUESTS = 2000 if QUICK else 10_000  # requests per worker before its RSS is read
+CACHED_SCRIPTS = 500 if QUICK else 10_000  # the server-RSS scenario's scripts
+WORKER_REQUESTS = 1000 if QUICK else 10_000  # requests per worker before its RSS is read
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 WRK_SCRIPT = BENCH_DIR / "rotate.lua"
 
