@@ -174,6 +174,7 @@ class AccessLog:
         self._encode = msgspec.json.Encoder().encode
         self._second = -1
         self._stamp = ""
+        self.lost = 0  # lines stderr would not take
 
     def write(
         self,
@@ -207,11 +208,15 @@ class AccessLog:
         except UnicodeEncodeError:  # a lone surrogate: JSON's \u escapes carry it
             line = json.dumps(record).encode() + b"\n"
         stream = self._stream or getattr(sys.stderr, "buffer", None)
-        if stream is None:
-            sys.stderr.write(line.decode())
-        else:
-            stream.write(line)
-            stream.flush()
+        try:
+            if stream is None:
+                sys.stderr.write(line.decode())
+            else:
+                stream.write(line)
+                stream.flush()
+        except (OSError, ValueError):
+            # stderr is gone (a closed pipe, a full disk): requests still get answered.
+            self.lost += 1
         if self._hub.subscribers:
             self._hub.publish(tenant, line[:-1].decode())
 

@@ -191,6 +191,21 @@ async def test_timing_headers_and_request_ids(tmp_path):
     assert records[-1]["status"] == 404
 
 
+class BrokenStream(io.RawIOBase):
+    """stderr after the process reading it went away."""
+
+    def write(self, data) -> int:  # type: ignore[override]
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_requests_are_answered_when_the_access_log_cannot_be_written(tmp_path):
+    async with running(tmp_path, access_log=BrokenStream()) as srv:
+        statuses = [(await srv.get("/")).status_code for _ in range(2)]
+        access = srv.deps.observer.access
+    assert statuses == [200, 200]
+    assert access.lost == 2  # counted once the server has finished both requests
+
+
 async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
     from sngin.config import Bind
 
