@@ -169,6 +169,7 @@ def observe_gauges(deps: Deps) -> None:
     stats = deps.pool.statistics()
     metrics.workers.set(stats.live)
     metrics.busy.set(stats.live - stats.idle)
+    metrics.access_lost.set(deps.observer.access.lost)
     statistics = getattr(deps.store, "statistics", None)
     if statistics is not None:
         cache = statistics()

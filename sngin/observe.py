@@ -137,6 +137,10 @@ class Metrics:
         self.cache_bytes = Gauge(
             "sngin_code_cache_bytes", "Bytes in the code cache", registry=self.registry
         )
+        self.access_lost = Gauge(
+            "sngin_access_log_lost_lines", "Access-log lines stderr would not take, since start",
+            registry=self.registry,
+        )  # fmt: skip
         # Looking a labelled series up costs more than updating it (~9 vs ~2 us a request).
         # Bounded: labels are capped by TenantLabels, status classes are 1xx-5xx.
         self._series: dict[tuple[str, int], RequestSeries] = {}

@@ -10,6 +10,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from sngin.admin import observe_gauges
 from sngin.observe import TAIL_BUFFER, LogHub, Metrics
 from sngin.server import probe_once
 from tests.test_codestore_s3 import code_cache
@@ -204,6 +205,8 @@ async def test_requests_are_answered_when_the_access_log_cannot_be_written(tmp_p
         access = srv.deps.observer.access
     assert statuses == [200, 200]
     assert access.lost == 2  # counted once the server has finished both requests
+    observe_gauges(srv.deps)
+    assert b"sngin_access_log_lost_lines 2.0" in srv.deps.observer.metrics.render()
 
 
 async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
