@@ -283,8 +283,15 @@ class Pool:
             await self._change.wait()
 
     def _checkin(self, worker: WorkerProcess) -> None:
-        """A new worker, or one that finished a request: available again (or retired)."""
+        """A new worker, or one that finished a request: available again (or retired). Either
+        way capacity may have freed up (a worker, or a slot under a tenant's concurrency cap),
+        so waiting requests get their turn."""
         self._changed()
+        self._return(worker)
+        if self._waiters and not self._closing:
+            self._hand_out()
+
+    def _return(self, worker: WorkerProcess) -> None:
         if not worker.alive or worker not in self._all:
             return
         if self._closing:
@@ -298,8 +305,6 @@ class Pool:
             return
         if worker not in self._ready:
             self._ready.append(worker)
-        if self._waiters:
-            self._hand_out()
 
     def _pick(self, tenant: str) -> WorkerProcess | None:
         """Where a request of `tenant` runs next, or None to wait.

@@ -142,3 +142,39 @@ async def test_requests_still_queued_when_the_pool_closes_are_refused_at_once():
         with trio.fail_after(10):  # far below the queue timeout
             await pool.aclose()
     assert refused == ["the server is shutting down"]
+
+
+async def test_a_slot_freed_by_a_dead_worker_goes_to_the_next_request_of_that_tenant():
+    import os
+    import signal
+
+    from sngin.errors import SnginError
+
+    gate = Gate()
+    outcomes: dict[str, object] = {}
+
+    async def first() -> None:
+        try:
+            await pool.run(job("a.test", WAITS_UPSTREAM), gate, concurrency=1)
+        except SnginError as error:
+            outcomes["first"] = error.status
+
+    async def second() -> None:
+        reply = await pool.run(job("a.test", b"return 'second'"), concurrency=1)
+        outcomes["second"] = reply.body
+        second_done.set()
+
+    second_done = trio.Event()
+
+    config = PoolConfig(size=2, queue_timeout_s=60)
+    async with open_pool(config) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await gate.entered.wait()
+        nursery.start_soon(second)  # waits: the tenant may have one request in flight
+        await trio.testing.wait_all_tasks_blocked()
+        assert "second" not in outcomes
+        (busy,) = pool.busy_pids()
+        os.kill(busy, signal.SIGKILL)  # the first request's worker dies under it
+        with trio.fail_after(20):  # far below the queue timeout
+            await second_done.wait()
+    assert outcomes == {"first": 502, "second": b"second"}
