@@ -19,6 +19,9 @@ ERROR_KINDS: Final = frozenset(
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
+# A worker keeps the runtimes of the tenants it served last (each still only ever that tenant's),
+# so switching back to one costs nothing; the server routes tenants to the worker holding theirs.
+DORMANT_RUNTIMES: Final = 64
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):

@@ -155,6 +155,9 @@ class TenantRuntime:
     def compiled_count(self) -> int:
         return len(self._compiled)
 
+    def memory_used(self) -> int:
+        return int(self._lua.get_memory_used())
+
     def _factory(self, job: Job) -> tuple[Any, Reply | None]:
         cache_key = (job.key, job.version)
         factory = self._compiled.get(cache_key)

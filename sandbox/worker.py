@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 import lupa.luajit21 as lupa
@@ -17,6 +18,7 @@ import msgspec
 
 from sandbox import compat, limits
 from sandbox.protocol import (
+    DORMANT_RUNTIMES,
     EXIT_MEMORY,
     HEADER,
     MEMORY_LIMIT,
@@ -37,6 +39,10 @@ from sandbox.protocol import (
 from sandbox.runtime import RequestRun, TenantRuntime
 
 READ_SIZE = 65536
+# A runtime holding more than this (garbage included) is closed rather than kept dormant, and
+# the dormant ones together stay under the total (a fresh runtime holds ~80 KiB).
+DORMANT_MAX_BYTES = 1024 * 1024
+DORMANT_TOTAL_BYTES = 16 * 1024 * 1024
 
 
 class FrameInput:
@@ -67,6 +73,9 @@ class Worker:
     def __init__(self, send: Any) -> None:
         self.send = send
         self.runtime: TenantRuntime | None = None
+        # Runtimes set aside, least recently served first, with their size then.
+        self.dormant: OrderedDict[str, tuple[TenantRuntime, int]] = OrderedDict()
+        self.dormant_bytes = 0
         self.runs: dict[int, RequestRun] = {}
         self.cpu_left_s: dict[int, float] = {}
         self.cpu_used_s: dict[int, float] = {}
@@ -88,16 +97,37 @@ class Worker:
 
     def runtime_for(self, job: Job) -> TenantRuntime:
         runtime = self.runtime
-        if (
-            runtime is None
-            or runtime.tenant != job.tenant
-            or (self.replace_runtime and not self.runs)
-        ):
-            if runtime is not None:
-                runtime.close()
-            runtime = self.runtime = TenantRuntime(job.tenant, log_sink=self.send_log)
-            self.replace_runtime = False
+        if runtime is not None and runtime.tenant == job.tenant:
+            if not (self.replace_runtime and not self.runs):
+                return runtime
+            runtime.close()  # ran out of memory: start afresh
+        elif runtime is not None:
+            self.set_aside(runtime)
+        self.replace_runtime = False
+        kept = self.dormant.pop(job.tenant, None)
+        if kept is not None:
+            runtime, size = kept
+            self.dormant_bytes -= size
+        else:
+            runtime = TenantRuntime(job.tenant, log_sink=self.send_log)
+        self.runtime = runtime
         return runtime
+
+    def set_aside(self, runtime: TenantRuntime) -> None:
+        """Keep the runtime of the tenant served until now for its next request (a fresh one
+        costs ~0.3 ms), unless it ran out of memory or holds more than a small heap. The
+        dormant runtimes together stay small, so they never crowd the address-space limit
+        the running tenant's requests need."""
+        size = runtime.memory_used()
+        if self.replace_runtime or size > DORMANT_MAX_BYTES:
+            runtime.close()
+            return
+        self.dormant[runtime.tenant] = (runtime, size)
+        self.dormant_bytes += size
+        while len(self.dormant) > DORMANT_RUNTIMES or self.dormant_bytes > DORMANT_TOTAL_BYTES:
+            _, (oldest, oldest_size) = self.dormant.popitem(last=False)
+            self.dormant_bytes -= oldest_size
+            oldest.close()
 
     def send_log(self, request_id: int, line: bytes) -> None:
         self.send(Log(id=request_id, line=line))

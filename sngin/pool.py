@@ -312,11 +312,12 @@ class Pool:
         1. an idle worker that already holds the tenant's runtime;
         2. a worker of the tenant whose requests all wait on platform calls (it is free to
            run Lua), below the per-worker concurrency;
-        3. the least recently used idle worker (a tenant switch);
-        4. any worker of the tenant below the per-worker concurrency.
+        3. an idle worker keeping the tenant's runtime dormant (a switch back: no new runtime);
+        4. the least recently used idle worker (a tenant switch);
+        5. any worker of the tenant below the per-worker concurrency.
         """
         limit = self._config.worker_concurrency
-        idle_mine = waiting_mine = open_mine = idle_any = None
+        idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = None
         for w in self._ready:  # one pass: least recently used first
             if not w.alive:
                 continue
@@ -329,9 +330,12 @@ class Pool:
                         waiting_mine = w
                     if open_mine is None or in_flight < open_mine.in_flight:
                         open_mine = w
-            elif not in_flight and idle_any is None:
-                idle_any = w
-        worker = idle_mine or waiting_mine or idle_any or open_mine
+            elif not in_flight:
+                if idle_any is None:
+                    idle_any = w
+                if tenant in w.dormant:
+                    idle_dormant = w
+        worker = idle_mine or waiting_mine or idle_dormant or idle_any or open_mine
         if worker is not None:
             self._ready.remove(worker)
             self._ready.append(worker)  # most recently used last

@@ -16,6 +16,7 @@ import math
 import signal
 import subprocess
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Final, Protocol
@@ -24,6 +25,7 @@ import msgspec
 import trio
 
 from sandbox.protocol import (
+    DORMANT_RUNTIMES,
     EXIT_MEMORY,
     HEADER,
     Call,
@@ -133,6 +135,7 @@ class WorkerProcess:
         self._running: int | None = None  # the request the worker said it is resuming
         self.tenant: str | None = None
         self.known: set[tuple[str, str]] = set()
+        self.dormant: OrderedDict[str, None] = OrderedDict()  # tenants whose runtime it keeps
         self.broken = False
         self.killed_for: str | None = None
         self._blame: int | None = None  # for a wall kill: the request whose time ran out
@@ -240,6 +243,8 @@ class WorkerProcess:
         if job.tenant != self.tenant:
             if self.tenant is not None:
                 self.switches += 1
+                self._set_aside(self.tenant)
+            self.dormant.pop(job.tenant, None)
             self.tenant = job.tenant
             self.known.clear()
         self._ids += 1
@@ -275,6 +280,13 @@ class WorkerProcess:
         self.known.add(cache_key)
         self.requests += 1
         return reply
+
+    def _set_aside(self, tenant: str) -> None:
+        """Mirror of the worker's dormant runtimes (sandbox/worker.py), for routing. It can
+        only be optimistic (the worker also drops big runtimes): a miss costs a new runtime."""
+        self.dormant[tenant] = None
+        while len(self.dormant) > DORMANT_RUNTIMES:
+            self.dormant.popitem(last=False)
 
     async def _wait(self, pending: Pending, deadline: float) -> None:
         with trio.move_on_at(deadline):

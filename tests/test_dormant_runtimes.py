@@ -1,0 +1,87 @@
+"""A worker keeps the runtimes of the tenants it served last, each still that tenant's alone,
+and the pool sends a tenant back to the worker keeping its runtime."""
+
+from __future__ import annotations
+
+import trio
+
+from sandbox.protocol import DORMANT_RUNTIMES, Job, Request
+from sandbox.worker import DORMANT_MAX_BYTES, DORMANT_TOTAL_BYTES, Worker
+from sngin.observe import worker_pid
+from sngin.pool import PoolConfig, open_pool
+
+_ids = iter(range(1, 1_000_000))
+
+
+def job(tenant: str, source: bytes = b"return 'hi'") -> Job:
+    return Job(id=next(_ids), tenant=tenant, key=f"{tenant}/index", version="v1",
+               request=Request(method="GET", path="/"), source=source)  # fmt: skip
+
+
+def served(worker: Worker, the_job: Job) -> None:
+    worker.handle(the_job)
+    worker.tidy_up()
+
+
+def test_switching_back_reuses_the_tenants_own_runtime():
+    worker = Worker(lambda message: None)
+    served(worker, job("a.test"))
+    a_runtime = worker.runtime
+    served(worker, job("b.test"))
+    assert worker.runtime is not a_runtime
+    assert worker.runtime is not None
+    assert worker.runtime.tenant == "b.test"
+    served(worker, job("a.test"))
+    assert worker.runtime is a_runtime
+    assert set(worker.dormant) == {"b.test"}
+
+
+def test_a_runtime_holding_a_big_heap_is_closed_not_kept():
+    worker = Worker(lambda message: None)
+    # Garbage counts too: the runtime holds it until a collection.
+    bloat = b"local t = {} for i = 1, 16 do t[i] = string.rep('x', 100000) .. i end return 'big'"
+    served(worker, job("a.test", bloat))
+    assert worker.runtime is not None
+    assert worker.runtime.memory_used() > DORMANT_MAX_BYTES
+    served(worker, job("b.test"))
+    assert "a.test" not in worker.dormant
+
+
+def test_the_least_recently_served_runtime_goes_when_the_worker_keeps_too_many():
+    worker = Worker(lambda message: None)
+    for n in range(DORMANT_RUNTIMES + 2):
+        served(worker, job(f"t{n}.test"))
+    assert len(worker.dormant) == DORMANT_RUNTIMES
+    assert "t0.test" not in worker.dormant
+    assert f"t{DORMANT_RUNTIMES}.test" in worker.dormant
+
+
+def test_dormant_runtimes_together_stay_under_their_total():
+    worker = Worker(lambda message: None)
+    # Each just under the single-runtime limit: the total, not the count, decides.
+    heavy = b"local t = {} for i = 1, 4 do t[i] = string.rep('y', 100000) .. i end return 'h'"
+    for n in range(40):
+        served(worker, job(f"h{n}.test", heavy))
+    sizes = [size for _, size in worker.dormant.values()]
+    assert all(size <= DORMANT_MAX_BYTES for size in sizes)
+    assert 10 < len(worker.dormant) < 40  # kept, up to the total
+    assert sum(sizes) == worker.dormant_bytes <= DORMANT_TOTAL_BYTES
+    assert "h0.test" not in worker.dormant  # the least recently served went first
+
+
+async def test_the_pool_sends_a_tenant_back_to_the_worker_keeping_its_runtime():
+    async def pid_for(pool, tenant: str) -> int | None:
+        await pool.run(job(tenant))
+        return worker_pid.get()
+
+    async with open_pool(PoolConfig(size=2)) as pool:
+        first = await pid_for(pool, "a.test")
+        # b.test takes the other worker, c.test a.test's: a.test's runtime waits dormant in
+        # a worker that is now the more recently used, which a plain switch would not pick.
+        for tenant in ("b.test", "c.test"):
+            await pid_for(pool, tenant)
+        with trio.fail_after(20):
+            again = await pid_for(pool, "a.test")
+        holders = [w.pid for w in pool._all if "a.test" in w.dormant or w.tenant == "a.test"]
+    assert again == first
+    assert holders == [first]
