@@ -55,8 +55,13 @@ class JsonDecoder:
     """json.decode: text -> Lua values, `nil, message` on bad input, JSON null -> json.null."""
 
     def __init__(self, table_from: Callable[..., Any], null: Any) -> None:
-        self._table_from = table_from
+        self._table_from: Callable[..., Any] | None = table_from
         self._null = null
+
+    def forget_runtime(self) -> None:
+        """Drop the references back to the Lua runtime: the runtime holds this decoder, so
+        until then the two keep each other alive past close() (until a full collection)."""
+        self._table_from = self._null = None
 
     def __call__(self, text: Any = None, *_: Any) -> HostResult:
         data = expect_bytes(text, "argument")
@@ -69,6 +74,8 @@ class JsonDecoder:
         try:
             plain = self._plain(value, 0)
             if isinstance(plain, dict | list):
+                if self._table_from is None:
+                    raise HostError("the runtime is closed")
                 # lupa builds the nested tables in one call (C), not one call per table.
                 return (self._table_from(plain, recursive=True),)
             return (plain,)

@@ -112,12 +112,11 @@ class TenantRuntime:
 
     def _make_host_libraries(self) -> Any:
         lua, api = self._lua, self._api
+        self._json_decoder = host.JsonDecoder(lua.table_from, api[b"json_null"])
         functions = {
             **STATELESS_HOST_FUNCTIONS,
             b"emit": host.guard("log", self._emit_log),
-            b"json_decode": host.guard(
-                "json.decode", host.JsonDecoder(lua.table_from, api[b"json_null"])
-            ),
+            b"json_decode": host.guard("json.decode", self._json_decoder),
         }
         # One call: Lua wraps each guarded callable and builds the libraries around them.
         return api[b"host_libraries"](lua.table_from(functions))
@@ -147,6 +146,9 @@ class TenantRuntime:
         # lupa's finaliser for each wrapped host function unrefs it from this table; without it
         # the finaliser would index nil and crash the process when the state is closed.
         self._registry[REFERENCES] = self._saved_references
+        decoder = getattr(self, "_json_decoder", None)
+        if decoder is not None:
+            decoder.forget_runtime()  # else the state outlives close() in a reference cycle
         self._compiled.clear()
         self._api = self._host_libraries = self._registry = self._saved_references = None
         self._lift = self._new_env = self._begin = self._step = self._compile = None

@@ -85,3 +85,26 @@ async def test_the_pool_sends_a_tenant_back_to_the_worker_keeping_its_runtime():
         holders = [w.pid for w in pool._all if "a.test" in w.dormant or w.tenant == "a.test"]
     assert again == first
     assert holders == [first]
+
+
+def test_a_closed_runtime_is_freed_at_once_not_at_a_full_collection():
+    import gc
+
+    from sandbox.runtime import TenantRuntime
+
+    def live_states() -> int:
+        return sum(1 for o in gc.get_objects() if type(o).__name__ == "LuaRuntime")
+
+    gc.collect()
+    gc.disable()  # only reference counting: what close() leaves in a cycle stays visible
+    try:
+        before = live_states()
+        for n in range(20):
+            runtime = TenantRuntime(f"t{n}.test")
+            runtime.run(job(f"t{n}.test", b"return json.encode(json.decode('[1, {}]'))"))
+            runtime.close()
+            del runtime
+        after = live_states()
+    finally:
+        gc.enable()
+    assert after == before
