@@ -278,16 +278,26 @@ Scenario = tuple[Any, str, bytes | None]
 
 
 def measure(start: Any, host: str, body: bytes | None) -> dict[str, float]:
+    """One hey run against a fresh server, after a warm-up."""
+    return load_server(
+        start,
+        warm_up=lambda port: hey(port, 500, host, body),
+        load=lambda port: {**hey(port, REQUESTS, host, body), "requests": REQUESTS},
+    )
+
+
+def load_server(start: Any, *, warm_up: Any, load: Any) -> dict[str, float]:
+    """Start a server, warm it up, run the load: the load's figures plus the CPU per request
+    of the server and its workers and their peak RSS."""
     port = free_port()
     server = start(port)
     try:
         wait_listening(port)
-        hey(port, 500, host, body)  # warm-up
+        warm_up(port)
         tree = process_tree(server.pid)
         before = cpu_seconds(tree)
-        result = hey(port, REQUESTS, host, body)
-        used = cpu_seconds(tree) - before
-        result["cpu_us_per_request"] = used / REQUESTS * 1e6
+        result: dict[str, float] = load(port)
+        result["cpu_us_per_request"] = (cpu_seconds(tree) - before) / result["requests"] * 1e6
         result["processes"] = len(tree)
         result["peak_rss_server_mib"] = peak_rss_mib(tree[0])
         result["peak_rss_workers_mib"] = max((peak_rss_mib(p) for p in tree[1:]), default=0.0)
@@ -346,22 +356,12 @@ def wrk_ms(out: str, percentile: str) -> float:
 
 def measure_tenants(tenants: int) -> dict[str, float]:
     """sngin hello spread over `tenants` tenants, round-robin (wrk)."""
-    port = free_port()
-    server = start_sngin(port)
-    try:
-        wait_listening(port)
-        wrk(port, 3 if tenants > 1 else 1, tenants)  # warm-up: every tenant seen at least once
-        tree = process_tree(server.pid)
-        before = cpu_seconds(tree)
-        result = wrk(port, 3 if QUICK else 5, tenants)
-        result["cpu_us_per_request"] = (cpu_seconds(tree) - before) / result["requests"] * 1e6
-        result["processes"] = len(tree)
-        result["peak_rss_server_mib"] = peak_rss_mib(tree[0])
-        result["peak_rss_workers_mib"] = max((peak_rss_mib(p) for p in tree[1:]), default=0.0)
-        return result
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    return load_server(
+        start_sngin,
+        # warm-up: every tenant seen at least once
+        warm_up=lambda port: wrk(port, 3 if tenants > 1 else 1, tenants),
+        load=lambda port: wrk(port, 3 if QUICK else 5, tenants),
+    )
 
 
 def admin_stats(port: int) -> dict[str, Any]:
