@@ -85,3 +85,13 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
     return monkeypatch
+
+
+@pytest.fixture
+def upstream():
+    """A loopback HTTP server scripts call with http.request (tests/upstream.py)."""
+    from tests.upstream import Upstream
+
+    server = Upstream()
+    yield server
+    server.close()

@@ -19,13 +19,6 @@ from tests.upstream import Upstream
 LOOPBACK_ONLY = EgressPolicy.parse(["127.0.0.1"])
 
 
-@pytest.fixture
-def upstream():
-    server = Upstream()
-    yield server
-    server.close()
-
-
 @asynccontextmanager
 async def serving(tmp_path, scripts: dict[str, str], *, policy=LOOPBACK_ONLY, resolver=None,
                   ssl_context=None, **options):  # fmt: skip

@@ -17,7 +17,6 @@ from sngin.outbound import EgressPolicy, open_outbound
 from tests.test_codestore_s3 import code_cache
 from tests.test_purge_mirror import TOKEN
 from tests.test_server import running
-from tests.upstream import Upstream
 
 SECRET = "s3cr3t-value-0001"
 
@@ -27,13 +26,6 @@ def write(root, files: dict[str, str]) -> None:
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-
-
-@pytest.fixture
-def upstream():
-    server = Upstream()
-    yield server
-    server.close()
 
 
 @asynccontextmanager
