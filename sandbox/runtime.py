@@ -173,7 +173,7 @@ class TenantRuntime:
             return None, Reply(error=BAD_SOURCE, message=message)
         chunkname = b"=" + job.key.encode()
         factory, err = self._compile(job.source, chunkname)
-        if factory is None and b"invalid escape sequence" in _bytes(err):
+        if factory is None and "invalid escape sequence" in _text(err):
             # A Lua 5.1 escape LuaJIT rejects: rewritten only when there is one (the rewrite
             # walks the source in Python; most scripts never need it).
             factory, err = self._compile(compat.rewrite_escapes(job.source), chunkname)
@@ -304,7 +304,3 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def _bytes(value: object) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
