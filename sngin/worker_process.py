@@ -135,7 +135,8 @@ class WorkerProcess:
         self._running: int | None = None  # the request the worker said it is resuming
         self.tenant: str | None = None
         self.known: set[tuple[str, str]] = set()
-        self.dormant: OrderedDict[str, None] = OrderedDict()  # tenants whose runtime it keeps
+        # Tenants whose runtime the worker keeps dormant, with the versions it has compiled.
+        self.dormant: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         self.broken = False
         self.killed_for: str | None = None
         self._blame: int | None = None  # for a wall kill: the request whose time ran out
@@ -244,9 +245,9 @@ class WorkerProcess:
             if self.tenant is not None:
                 self.switches += 1
                 self._set_aside(self.tenant)
-            self.dormant.pop(job.tenant, None)
+            # A runtime kept dormant kept what it compiled: its versions need no source.
+            self.known = self.dormant.pop(job.tenant, set())
             self.tenant = job.tenant
-            self.known.clear()
         self._ids += 1
         cache_key = (job.key, job.version)
         full = msgspec.structs.replace(job, id=self._ids)
@@ -282,9 +283,10 @@ class WorkerProcess:
         return reply
 
     def _set_aside(self, tenant: str) -> None:
-        """Mirror of the worker's dormant runtimes (sandbox/worker.py), for routing. It can
-        only be optimistic (the worker also drops big runtimes): a miss costs a new runtime."""
-        self.dormant[tenant] = None
+        """Mirror of the worker's dormant runtimes (sandbox/worker.py), for routing and for
+        the source it need not resend. It can only be optimistic (the worker also drops big
+        runtimes): a miss costs a new runtime, and the worker asks for the source it lacks."""
+        self.dormant[tenant] = self.known
         while len(self.dormant) > DORMANT_RUNTIMES:
             self.dormant.popitem(last=False)
 

@@ -57,6 +57,21 @@ async def test_worker_runs_jobs_and_reuses_compiled_source():
             assert await worker.process.wait() == 0
 
 
+async def test_a_runtime_the_worker_dropped_gets_its_source_sent_again():
+    # Over 1 MiB: the worker closes a.test's runtime at the switch instead of keeping it,
+    # while the server still counts it as kept and sends no source for a.test's next request.
+    bloat = b"local t = {} for i = 1, 16 do t[i] = string.rep('x', 100000) .. i end return 'big'"
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery)
+            assert (await worker.call(job(bloat))).body == b"big"
+            assert (await worker.call(job(b"return 'b'", tenant="b.test"))).body == b"b"
+            assert "a.test" in worker.dormant
+            assert (await worker.call(job(bloat))).body == b"big"  # asked for, sent, compiled
+            assert worker.alive
+            await worker.close()
+
+
 async def test_worker_exits_when_stdin_closes():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
