@@ -34,6 +34,7 @@ from sngin.errors import (
 from sngin.observe import Observer, code_outcome, kill_reason, worker_pid
 from sngin.outbound import RequestCalls
 from sngin.pool import TenantLimits
+from sngin.response_rules import response_headers
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
@@ -108,16 +109,24 @@ class Dispatcher:
         worker_pid.set(None)
         kill_reason.set(None)
         try:
-            reply = await self._tenant_request(scope, receive, trace)
-            if reply.error is not None:
-                raise reply_error(reply)
-            await respond(send, trace, reply.status, reply.headers, reply.body, head=head)
-        except SnginError as error:
-            trace.error = error.message
-            await respond_error(send, error, head=head, trace=trace)
+            try:
+                reply = await self._tenant_request(scope, receive, trace)
+                if reply.error is not None:
+                    raise reply_error(reply)
+                headers = response_headers(reply.status, reply.headers, len(reply.body))
+            except SnginError as error:
+                trace.error = error.message
+                await respond_error(send, error, head=head, trace=trace)
+            except Exception:
+                log.exception("unexpected error serving %s", scope["path"])
+                internal = SnginError("internal server error")
+                await respond_error(send, internal, head=head, trace=trace)
+            else:
+                await respond(send, trace, reply.status, headers, reply.body, head=head)
         except Exception:
-            log.exception("unexpected error serving %s", scope["path"])
-            await respond_error(send, SnginError("internal server error"), head=head, trace=trace)
+            # Sending failed (the response was checked, so this is a bug or a connection
+            # state we did not foresee): this connection is lost, no other task is.
+            log.exception("could not send the response for %s", scope["path"])
         finally:
             self._finished(scope, trace)
 

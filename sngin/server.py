@@ -18,6 +18,7 @@ from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
+from sngin.connection_guard import contain_connection_errors
 from sngin.errors import CodeFetchError, ConfigError
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
@@ -152,6 +153,7 @@ async def serve_app(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run Hypercorn for the app over already opened resources, with the readiness probe."""
+    contain_connection_errors()
     dispatcher = create_app(deps)
     app: Any = dispatcher
     settings = deps.settings

@@ -287,7 +287,7 @@ async def test_script_error_is_500_with_message(server):
 async def test_invalid_response_is_500(server):
     response = await server.get("/bad")
     assert response.status_code == 500
-    assert "CR, LF or NUL" in response.text
+    assert "contains a control character" in response.text
 
 
 async def test_missing_script_is_404(server):

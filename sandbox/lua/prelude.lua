@@ -422,6 +422,15 @@ local function is_status(v)
   return type(v) == "number" and v == floor(v) and v >= 100 and v <= 599
 end
 
+-- A final response: 1xx are interim answers the server never sends on a script's behalf (h11
+-- refuses them, or a 101 switches protocols).
+local function is_final_status(v)
+  return is_status(v) and v >= 200
+end
+
+-- RFC 9110 field values: no control characters but horizontal tab.
+local CONTROL_BYTES = "[%z\1-\8\10-\31\127]"
+
 local function is_response_table(t)
   local status = rawget(t, "status") or rawget(t, "statuscode") or rawget(t, "code")
   local body = rawget(t, "body") or rawget(t, "content")
@@ -467,8 +476,8 @@ local function collect_headers(state, headers, limits)
     if bytes > limits.max_header_bytes then
       invalid(sformat("response headers exceed %d bytes", limits.max_header_bytes))
     end
-    if sfind(value, "[\r\n%z]") then
-      invalid("header " .. name .. " contains CR, LF or NUL")
+    if sfind(value, CONTROL_BYTES) then
+      invalid("header " .. name .. " contains a control character (bytes 0-31 but tab, or 127)")
     end
     flat[#flat + 1] = name
     flat[#flat + 1] = value
@@ -535,10 +544,12 @@ read_values = function(state, values, first, limits, depth)
   end
 end
 
-local FRAMING_HEADERS = {
+-- Headers the server owns: the framing (sngin sets Content-Length itself), hop-by-hop headers,
+-- and the ones it writes on every response (a script's copy would only contradict them).
+local SERVER_HEADERS = {
   ["content-length"] = true, ["transfer-encoding"] = true, ["connection"] = true,
   ["keep-alive"] = true, ["proxy-connection"] = true, ["te"] = true, ["trailer"] = true,
-  ["upgrade"] = true,
+  ["upgrade"] = true, ["x-request-id"] = true, ["server-timing"] = true, ["date"] = true,
 }
 
 local function respond(values, request, method, limits)
@@ -547,8 +558,8 @@ local function respond(values, request, method, limits)
     request = request, method = method,
   }
   read_values(state, values, 2, limits, 0)
-  if not is_status(state.status) then
-    invalid("status " .. tostring(state.status) .. " is not an integer from 100 to 599")
+  if not is_final_status(state.status) then
+    invalid("status " .. tostring(state.status) .. " is not an integer from 200 to 599")
   end
   local body = state.body or ""
   if #body > limits.max_body_bytes then
@@ -560,7 +571,7 @@ local function respond(values, request, method, limits)
   for i = 1, #given, 2 do
     local name = slower(given[i])
     if name == "content-type" then has_type = true end
-    if not FRAMING_HEADERS[name] then
+    if not SERVER_HEADERS[name] then
       flat[#flat + 1] = given[i]
       flat[#flat + 1] = given[i + 1]
     end
@@ -569,12 +580,7 @@ local function respond(values, request, method, limits)
     flat[#flat + 1] = "Content-Type"
     flat[#flat + 1] = state.json and "application/json" or "text/plain; charset=utf-8"
   end
-  local status = state.status
-  if status >= 200 and status ~= 204 and status ~= 304 then
-    flat[#flat + 1] = "Content-Length"  -- a known length: no chunked encoding
-    flat[#flat + 1] = tostring(#body)
-  end
-  return "ok", status, body, flat
+  return "ok", state.status, body, flat
 end
 
 local function error_text(err)
