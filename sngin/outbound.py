@@ -25,6 +25,7 @@ import httpx
 import trio
 
 from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
+from sngin.call_rules import http_call_problem, module_name_problem
 from sngin.errors import CodeFetchError
 from sngin.tenants import file_key
 
@@ -133,7 +134,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         try:
             with trio.fail_after(timeout if timeout is not None else DEFAULT_TIMEOUT_S):
                 addresses = await self._resolver(host, port)
-        except (OSError, trio.TooSlowError) as exc:
+        except (OSError, UnicodeError, ValueError, trio.TooSlowError) as exc:
+            # UnicodeError: the name is not valid IDNA ('a..com', a 64-character label).
             raise httpcore.ConnectError(f"cannot resolve {host}") from exc
         if not addresses:
             raise httpcore.ConnectError(f"cannot resolve {host}")
@@ -245,9 +247,10 @@ class Outbound:
         client = await self.client_for(egress)
         try:
             url = httpx.URL(call.url)
-        except httpx.InvalidURL as exc:
-            return HttpResult(error=f"invalid URL: {exc}")
-        if url.scheme not in ("http", "https") or not url.host:
+            url.host  # noqa: B018 (decodes an IDNA host: a bad A-label raises here)
+        except (httpx.InvalidURL, ValueError) as exc:  # idna's errors are ValueErrors
+            return HttpResult(error=f"invalid URL: {str(exc)[:200]}")
+        if url.scheme not in ("http", "https") or not url.raw_host:
             return HttpResult(error="only http and https URLs are allowed")
         if timeout_s <= 0:
             return HttpResult(error="no time left for the request")
@@ -355,6 +358,9 @@ class RequestCalls:
                 call_id=call.call_id,
                 error=f"more than {self._max} subrequests in one request",
             )
+        problem = http_call_problem(call.http)
+        if problem is not None:
+            return CallResult(id=call.id, call_id=call.call_id, error=problem)
         self._left -= 1
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
         timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
@@ -368,6 +374,9 @@ class RequestCalls:
         host. Module fetches do not count against the subrequest budget."""
         kind, _, path = name.partition(":")
         try:
+            problem = module_name_problem(path)
+            if problem is not None:
+                raise CodeFetchError(problem)
             if not MODULE_PATH.match(path) or ".." in path.split("/"):
                 raise CodeFetchError(f"invalid module name {path}")
             if kind == "tenant" and self._store is not None:

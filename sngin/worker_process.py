@@ -46,6 +46,7 @@ from sngin.pipes import PipeReader, PipeWriter
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+log = logging.getLogger(__name__)
 script_log = logging.getLogger("sngin.script")
 
 WORKER_ARGV: Final = (sys.executable, "-m", "sandbox")
@@ -99,6 +100,7 @@ class Pending:
 
     job: Job
     calls: CallHandler | None
+    nursery: trio.Nursery  # the request's own: its platform calls run here
     done: trio.Event = field(default_factory=trio.Event)
     reply: Reply | None = None
     failure: WorkerFailed | None = None
@@ -235,7 +237,23 @@ class WorkerProcess:
         redact: Callable[[str], str] | None = None,
     ) -> Reply:
         """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
-        first or the time runs out (WALL_KILL)."""
+        first or the time runs out (WALL_KILL). The request's platform calls run in a nursery
+        it owns, so none outlives it."""
+        try:
+            async with trio.open_nursery() as call_nursery:
+                return await self._call(job, calls, call_nursery, timeout_s, redact)
+        except BaseExceptionGroup as group:
+            # Only the body raises (each call task answers its own errors): unwrap it.
+            raise sole_exception(group) from None
+
+    async def _call(
+        self,
+        job: Job,
+        calls: CallHandler | None,
+        call_nursery: trio.Nursery,
+        timeout_s: float,
+        redact: Callable[[str], str] | None,
+    ) -> Reply:
         if self.reserved:
             self.reserved -= 1
         if self.broken:
@@ -251,7 +269,9 @@ class WorkerProcess:
         self._ids += 1
         cache_key = (job.key, job.version)
         full = msgspec.structs.replace(job, id=self._ids)
-        pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
+        pending = self.pending[full.id] = Pending(
+            job=full, calls=calls, nursery=call_nursery, redact=redact
+        )
         deadline = trio.current_time() + timeout_s
         try:
             # The worker compiled this version already: the source need not cross the pipe.
@@ -260,7 +280,9 @@ class WorkerProcess:
             await self._wait(pending, deadline)
             if pending.reply is not None and pending.reply.need_source:
                 # The worker evicted its compiled copy: send the source this time.
-                pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
+                pending = self.pending[full.id] = Pending(
+                    job=full, calls=calls, nursery=call_nursery, redact=redact
+                )
                 self._send(full)
                 await self._wait(pending, deadline)
         except BaseException:
@@ -382,14 +404,22 @@ class WorkerProcess:
         if pending is None:
             return  # cancelled: the worker gets a Cancel, not an answer
         pending.waiting_call = True
-        self._nursery.start_soon(self._answer_call, pending, call)
+        pending.nursery.start_soon(self._answer_call, pending, call)
 
     async def _answer_call(self, pending: Pending, call: Call) -> None:
         scope = trio.CancelScope()
         pending.call_scopes.append(scope)
         with scope:
             handler = pending.calls or refuse_calls
-            result = await handler(call)
+            try:
+                result = await handler(call)
+            except Exception:
+                # The arguments are the tenant's: whatever they break is that script's error,
+                # never the server's (the traceback is logged once, here).
+                log.exception("platform call of %s failed", pending.job.tenant)
+                result = CallResult(
+                    id=call.id, call_id=call.call_id, error="the server could not complete the call"
+                )
             pending.waiting_call = False
             self._send(result)
 
@@ -419,6 +449,13 @@ class WorkerProcess:
     async def _receive(self) -> Hello | Reply | Call | Running | Log:
         header = await self._reader.receive_exactly(HEADER.size)
         return decode_from_worker(await self._reader.receive_exactly(frame_length(header)))
+
+
+def sole_exception(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (or the group itself)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def classify_exit(returncode: int | None, killed_for: str | None) -> str:

@@ -97,3 +97,125 @@ async def test_an_error_while_sending_ends_only_its_connection():
                 response = await client.get(binds[0] + "/good")
                 assert (response.status_code, response.text) == (200, "ok")
             stop.set()
+
+
+# --- platform calls: a hostile argument is the calling script's error, never the server's ------
+
+CALLS = {
+    "method": ("{url = U, method = 'g\\233t'}", "method must be an HTTP token"),
+    "nan": ("{url = U, timeout = 0/0}", "timeout must be a positive number"),
+    "inf": ("{url = U, timeout = math.huge}", "timeout must be a positive number"),
+    "name": ("{url = U, headers = {['\\233x'] = 'v'}}", "is not an HTTP token"),
+    "space": ("{url = U, headers = {['a b'] = 'v'}}", "is not an HTTP token"),
+    "value": ("{url = U, headers = {X = 'a\\r\\nInjected: 1'}}", "contains a control character"),
+    "empty_label": ("'http://a..com/'", "cannot resolve"),
+    "long_label": ("'http://' .. string.rep('a', 64) .. '.com/'", "cannot resolve"),
+    "bad_alabel": ("'http://xn--zz.com/'", "invalid URL"),
+    "huge_url": ("'http://x.test/' .. string.rep('a', 70000)", "url longer than"),
+    "ctl_url": ("'http://x.test/\\0'", "control character"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALLS))
+async def test_hostile_http_request_arguments_are_the_scripts_error(tmp_path, upstream, case):
+    from sngin.outbound import EgressPolicy, open_outbound
+
+    call, message = CALLS[case]
+    script = f"""
+        local U = '{upstream.url("/plain")}'
+        local ok, r = pcall(http.request, {call})
+        if not ok then return 'error: ' .. tostring(r) end
+        return 'status ' .. tostring(r.statuscode) .. ': ' .. tostring(r.err)
+    """
+    add_sites(tmp_path, {"a.test/call": script})
+    async with (
+        open_outbound(EgressPolicy.parse(["127.0.0.1"])) as outbound,
+        running(tmp_path, outbound=outbound) as srv,
+    ):
+        response = await srv.get("/call")
+        assert response.status_code == 200, response.text
+        assert message in response.text
+        await still_serving(srv)
+
+
+async def test_an_anonymous_client_cannot_kill_the_server_through_a_script(tmp_path):
+    from sngin.outbound import EgressPolicy, open_outbound
+
+    add_sites(tmp_path, {"a.test/proxy": "return http.request(request.query.url).err or 'ok'"})
+    async with (
+        open_outbound(EgressPolicy.parse(["127.0.0.1"])) as outbound,
+        running(tmp_path, outbound=outbound) as srv,
+    ):
+        for url in ["http://a..com/", "http://xn--zz.com/", "gopher://x/", "http://[::1/"]:
+            response = await srv.get("/proxy", params={"url": url})
+            assert response.status_code in (200, 500), response.text
+            await still_serving(srv)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("string.rep('a', 300)", "longer than 200 bytes"),
+        ("string.rep('a', 70000)", "module name longer than 1024 bytes"),
+        ("'lib.' .. string.rep('b', 250)", "longer than 200 bytes"),
+    ],
+)
+async def test_hostile_module_names_are_the_scripts_error(tmp_path, name, message):
+    add_sites(tmp_path, {"a.test/req": f"local ok, e = pcall(require, {name}) return tostring(e)"})
+    async with running(tmp_path) as srv:
+        response = await srv.get("/req")
+        assert response.status_code == 200, response.text
+        assert message in response.text
+        await still_serving(srv)
+
+
+async def test_a_failing_platform_call_is_an_ordinary_lua_error(tmp_path, caplog):
+    """The catch-all at the boundary: whatever escapes the code answering a call becomes the
+    script's error (pcall-able), its traceback is logged once, and the server goes on."""
+    from sngin.outbound import EgressPolicy, Outbound, guarded_client
+
+    class Exploding(Outbound):
+        async def fetch(self, call, **kw):
+            raise RuntimeError("boom")
+
+    script = "local ok, e = pcall(http.request, 'http://x.test/') return tostring(e)"
+    add_sites(tmp_path, {"a.test/boom": script})
+    async with guarded_client(EgressPolicy()) as client:
+        async with running(tmp_path, outbound=Exploding(client)) as srv:
+            response = await srv.get("/boom")
+            assert response.status_code == 200
+            assert "the server could not complete the call" in response.text
+            await still_serving(srv)
+    failures = [r for r in caplog.records if "platform call of a.test failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info[0] is RuntimeError
+
+
+async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
+    """A compromised worker can send what the prelude never would: the server checks again."""
+    import math
+
+    from sandbox.protocol import Call, HttpCall
+    from sngin.codestore.local import LocalStore
+    from sngin.outbound import EgressPolicy, Outbound, RequestCalls, guarded_client
+
+    async with guarded_client(EgressPolicy()) as client:
+        calls = RequestCalls(
+            Outbound(client), tenant="a.test", deadline=math.inf, request_id="r",
+            max_subrequests=50, store=LocalStore(tmp_path), github=LocalStore(tmp_path),
+        )  # fmt: skip
+        forged = [
+            (HttpCall(url="http://x.test/", timeout_s=math.nan), "timeout"),
+            (HttpCall(url="http://x.test/", timeout_s=-1.0), "timeout"),
+            (HttpCall(url="http://x.test/", method="G\u00e9T"), "method"),
+            (HttpCall(url="http://x.test/", headers=[("\u00e9", b"v")]), "header name"),
+            (HttpCall(url="http://x.test/" + "a" * 70_000), "url longer"),
+        ]
+        for http_call, fragment in forged:
+            result = await calls(Call(id=1, call_id=1, http=http_call))
+            assert result.error is not None
+            assert fragment in result.error
+        for name in ["tenant:" + "a" * 300 + ".lua", "github:u/r/m/" + "a" * 70_000 + ".lua"]:
+            result = await calls(Call(id=1, call_id=1, module=name))
+            assert result.error is not None
+            assert "longer than" in result.error

@@ -199,7 +199,7 @@ local function http_request(arg)
     end
   end
   local timeout = rawget(spec, "timeout")
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout <= 0) then
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0) or timeout == huge) then
     fail_http("timeout must be a positive number of seconds")
   end
   local answer = platform_call({
@@ -710,6 +710,7 @@ end
 
 -- The canonical name of a module: "github:<user>/<repo>/<ref>/<path>.lua" or "tenant:<path>.lua".
 local function resolve(name, base)
+  if #name > 1024 then fail_require("module name longer than 1024 bytes") end
   local url = smatch(name, "^https://(.+)$") or name
   local user, repo, ref, path = smatch(url, "^github%.com/([^/]+)/([^/]+)/blob/([^/]+)/(.+)$")
   if user then
