@@ -180,12 +180,14 @@ async def test_a_failing_platform_call_is_an_ordinary_lua_error(tmp_path, caplog
 
     script = "local ok, e = pcall(http.request, 'http://x.test/') return tostring(e)"
     add_sites(tmp_path, {"a.test/boom": script})
-    async with guarded_client(EgressPolicy()) as client:
-        async with running(tmp_path, outbound=Exploding(client)) as srv:
-            response = await srv.get("/boom")
-            assert response.status_code == 200
-            assert "the server could not complete the call" in response.text
-            await still_serving(srv)
+    async with (
+        guarded_client(EgressPolicy()) as client,
+        running(tmp_path, outbound=Exploding(client)) as srv,
+    ):
+        response = await srv.get("/boom")
+        assert response.status_code == 200
+        assert "the server could not complete the call" in response.text
+        await still_serving(srv)
     failures = [r for r in caplog.records if "platform call of a.test failed" in r.getMessage()]
     assert len(failures) == 1
     assert failures[0].exc_info[0] is RuntimeError
