@@ -190,17 +190,20 @@ class TenantConfigs:
                 return ceiling
             return value
 
+        # An unset ceiling (0) is the operator's default: a tenant may lower a limit, never
+        # lift it past what the operator chose, unless the operator set a ceiling above it.
         tenant_limits = TenantLimits(
             timeout_ms=int(pick("timeout_ms", wanted.timeout_ms, limits.timeout_ms,
-                                ceilings.max_timeout_ms)),
-            cpu_ms=int(pick("cpu_ms", wanted.cpu_ms, limits.cpu_ms, ceilings.max_cpu_ms)),
+                                ceilings.max_timeout_ms or limits.timeout_ms)),
+            cpu_ms=int(pick("cpu_ms", wanted.cpu_ms, limits.cpu_ms,
+                            ceilings.max_cpu_ms or limits.cpu_ms)),
             memory_mb=int(pick("memory_mb", wanted.memory_mb, limits.memory_mb,
-                               ceilings.max_memory_mb)),
+                               ceilings.max_memory_mb or limits.memory_mb)),
         )  # fmt: skip
         concurrency = None
         if wanted.concurrency is not None:
             concurrency = int(pick("concurrency", wanted.concurrency, s.pool.tenant_concurrency,
-                                   ceilings.max_concurrency))  # fmt: skip
+                                   ceilings.max_concurrency or s.pool.tenant_concurrency))  # fmt: skip
         rps = None
         if wanted.rps is not None:
             rps = pick("rps", wanted.rps, 0, ceilings.max_rps)

@@ -267,3 +267,43 @@ async def test_rate_limited_tenant_gets_429(tmp_path):
     assert statuses[:2] == [200, 200]
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "1"
+
+
+def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path, caplog):
+    from sngin.codestore.local import LocalStore
+    from sngin.config import Limits, PoolSettings, Settings
+    from sngin.tenant_config import TenantConfigs
+
+    settings = Settings(
+        code_dir=tmp_path,
+        limits=Limits(timeout_ms=5000, cpu_ms=2000, memory_mb=128),
+        pool=PoolSettings(tenant_concurrency=64),
+    )
+    configs = TenantConfigs(LocalStore(tmp_path), settings)
+    greedy = b"""{"limits": {"timeout_ms": 999999, "cpu_ms": 999999, "memory_mb": 4096,
+                             "concurrency": 100000}}"""
+    caplog.set_level("WARNING", logger="sngin.tenant_config")
+    for _ in range(3):
+        config = configs.parse("a.test", greedy)
+    limits = config.limits
+    assert (limits.timeout_ms, limits.cpu_ms, limits.memory_mb) == (5000, 2000, 128)
+    assert config.concurrency == 64
+    clamps = [r.getMessage() for r in caplog.records if "ceiling" in r.getMessage()]
+    assert len(clamps) == 4  # each clamp logged once, not once per parse
+    assert any("limits.cpu_ms 999999 above the operator's ceiling 2000" in c for c in clamps)
+    modest = configs.parse("a.test", b'{"limits": {"cpu_ms": 500, "memory_mb": 64}}').limits
+    assert (modest.cpu_ms, modest.memory_mb) == (500, 64)
+
+
+async def test_a_greedy_tenant_is_killed_at_the_operators_default_cpu_limit(tmp_path):
+    from sngin.config import Limits
+
+    files = {
+        "a.test/_sngin.json": '{"limits": {"cpu_ms": 999999, "memory_mb": 4096}}',
+        "a.test/spin/index.lua": "while true do end",
+    }
+    changes = {"limits": Limits(cpu_ms=300)}
+    async with site(tmp_path, files, settings_changes=changes) as (srv, _):
+        response = await srv.get("/spin")
+    assert response.status_code == 504
+    assert "CPU-time limit of 300 ms" in response.text
