@@ -202,8 +202,9 @@ class TenantConfigs:
         )  # fmt: skip
         concurrency = None
         if wanted.concurrency is not None:
-            concurrency = int(pick("concurrency", wanted.concurrency, s.pool.tenant_concurrency,
-                                   ceilings.max_concurrency or s.pool.tenant_concurrency))  # fmt: skip
+            default = s.pool.tenant_concurrency
+            concurrency = int(pick("concurrency", wanted.concurrency, default,
+                                   ceilings.max_concurrency or default))  # fmt: skip
         rps = None
         if wanted.rps is not None:
             rps = pick("rps", wanted.rps, 0, ceilings.max_rps)
