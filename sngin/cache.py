@@ -15,6 +15,7 @@ import trio
 
 from sngin.codestore import Modified, NotModified, Source
 from sngin.errors import CodeFetchError
+from sngin.mirror import ABSENT, Absent
 from sngin.observe import code_outcome
 from sngin.tenants import covering
 
@@ -84,9 +85,13 @@ class CodeCache:
         settings: CacheSettings,
         nursery: trio.Nursery,
         mirror: DiskMirror | None = None,
+        mirror_absence: Callable[[str], bool] = lambda key: False,
     ) -> None:
         self._store = store
         self._mirror = mirror
+        # Keys whose absence the mirror keeps too (a tenant's configuration: without it, a node
+        # restarted during an outage could not tell "no _sngin.json" from "unknown").
+        self._mirror_absence = mirror_absence
         self._settings = settings
         self._nursery = nursery  # owns revalidations that outlive the request that began them
         self._entries: OrderedDict[str, Entry] = OrderedDict()
@@ -215,21 +220,31 @@ class CodeCache:
         """Ask the store (conditionally when a copy is known) and record what it says."""
         epoch = self._epoch
         known = entry.source if entry is not None else None
+        absent_on_disk = False
         if entry is None and self._mirror is not None:
             # A memory miss with a copy on disk: revalidate it rather than download it again.
-            known = await self._mirror.read(key)
+            mirrored = await self._mirror.read(key)
+            absent_on_disk = isinstance(mirrored, Absent)
+            known = None if isinstance(mirrored, Absent) else mirrored
         etag = known.version if known is not None and known.version.startswith('"') else None
         last_modified = known.last_modified if known is not None else None
         try:
             result = await self._store.get(key, etag=etag, last_modified=last_modified)
         except CodeFetchError as exc:
             self._errors += 1
+            retry_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
+            if known is None and absent_on_disk:
+                # The mirror remembers there is none (a tenant without _sngin.json).
+                log.warning("%s: using the remembered absence: %s", key, exc.message)
+                self._stale += 1
+                if not self._purged_since(key, epoch):
+                    self._store_entry(key, None, retry_at)
+                return None
             if known is None:
                 log.warning("cannot fetch %s and no copy to serve: %s", key, exc.message)
                 raise
             log.warning("serving the cached copy of %s: %s", key, exc.message)
             self._stale += 1
-            retry_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
             if entry is not None:
                 entry.expires_at = retry_at
             elif not self._purged_since(key, epoch):
@@ -263,8 +278,13 @@ class CodeCache:
             self._revalidated[404] += 1
         if wanted:
             self._store_entry(key, None, now + self._settings.negative_ttl_s)
-        if self._mirror is not None and known is not None:
-            await self._mirror.delete(key)
+        if self._mirror is not None:
+            if self._mirror_absence(key):
+                if not self._mirror.records_absence(key):
+                    still_wanted = lambda: not self._purged_since(key, epoch)  # noqa: E731
+                    await self._mirror.write(key, ABSENT, still_wanted)
+            elif known is not None:
+                await self._mirror.delete(key)
         return None
 
     # --- purge ---------------------------------------------------------------------------------

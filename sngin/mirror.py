@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -37,7 +38,19 @@ def file_name(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest() + SUFFIX
 
 
-def encode(key: str, source: Source) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """The store said there is no such object (kept for a tenant's configuration, so a node
+    restarted during an outage knows a tenant has none)."""
+
+
+ABSENT: Final = Absent()
+Mirrored = Source | Absent
+
+
+def encode(key: str, source: Mirrored) -> bytes:
+    if isinstance(source, Absent):
+        return json.dumps({"key": key, "absent": True, "length": 0}).encode() + b"\n"
     header = {
         "key": key,
         "etag": source.version,
@@ -47,14 +60,17 @@ def encode(key: str, source: Source) -> bytes:
     return json.dumps(header).encode() + b"\n" + source.text
 
 
-def decode(data: bytes) -> tuple[str, Source] | None:
+def decode(data: bytes) -> tuple[str, Mirrored] | None:
     """The key and source in a mirror file, or None if it is damaged or incomplete."""
     header_line, newline, body = data.partition(b"\n")
     if not newline or len(header_line) > MAX_HEADER_BYTES:
         return None
     try:
         header = json.loads(header_line)
-        key, etag, length = header["key"], header["etag"], header["length"]
+        key, length = header["key"], header["length"]
+        if header.get("absent") is True:
+            return (key, ABSENT) if isinstance(key, str) and length == len(body) == 0 else None
+        etag = header["etag"]
         last_modified = header.get("last_modified")
     except (ValueError, KeyError, TypeError):
         return None
@@ -70,6 +86,7 @@ class DiskMirror:
         self.folder = folder
         self.max_bytes = max_bytes
         self._index: OrderedDict[str, int] = OrderedDict()  # key -> file size, LRU order
+        self._absent: set[str] = set()  # keys whose file records an absence
         self._bytes = 0
         self._lock = trio.Lock()
 
@@ -101,6 +118,8 @@ class DiskMirror:
                 continue
             stat = path.stat()
             found.append((stat.st_mtime, decoded[0], stat.st_size))
+            if isinstance(decoded[1], Absent):
+                self._absent.add(decoded[0])
         for _, key, size in sorted(found):
             self._index[key] = size
             self._bytes += size
@@ -109,7 +128,10 @@ class DiskMirror:
 
     # The index is only changed on the event loop; threads do file work only.
 
-    async def read(self, key: str) -> Source | None:
+    def records_absence(self, key: str) -> bool:
+        return key in self._absent
+
+    async def read(self, key: str) -> Mirrored | None:
         if key not in self._index:
             return None
         async with self._lock:
@@ -120,7 +142,7 @@ class DiskMirror:
                 self._index.move_to_end(key)
         return source
 
-    def _read_file(self, key: str) -> Source | None:
+    def _read_file(self, key: str) -> Mirrored | None:
         path = self.folder / file_name(key)
         try:
             data = path.read_bytes()
@@ -133,8 +155,9 @@ class DiskMirror:
             return None
         return decoded[1]
 
-    async def write(self, key: str, source: Source, still_wanted: Callable[[], bool]) -> None:
-        """Store source for key unless still_wanted() says a purge has covered it meanwhile."""
+    async def write(self, key: str, source: Mirrored, still_wanted: Callable[[], bool]) -> None:
+        """Store source (or an absence) for key unless still_wanted() says a purge has covered
+        it meanwhile."""
         async with self._lock:
             if not still_wanted():
                 return
@@ -144,10 +167,12 @@ class DiskMirror:
             self._forget(key)
             self._index[key] = size
             self._bytes += size
+            if isinstance(source, Absent):
+                self._absent.add(key)
             victims = self._over_budget()
             await trio.to_thread.run_sync(self._unlink_all, victims)
 
-    def _write_file(self, key: str, source: Source) -> int | None:
+    def _write_file(self, key: str, source: Mirrored) -> int | None:
         data = encode(key, source)
         if len(data) > self.max_bytes:
             return None
@@ -186,6 +211,7 @@ class DiskMirror:
                 (self.folder / file_name(key)).unlink(missing_ok=True)
 
     def _forget(self, key: str) -> None:
+        self._absent.discard(key)
         size = self._index.pop(key, None)
         if size is not None:
             self._bytes -= size

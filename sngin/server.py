@@ -25,6 +25,7 @@ from sngin.observe import Observer
 from sngin.outbound import EgressPolicy, open_outbound
 from sngin.pool import PoolConfig, TenantLimits, open_pool
 from sngin.tenant_config import TenantConfigs
+from sngin.tenants import is_config_key
 from sngin.worker_process import WorkerOptions
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ async def open_code_source(settings: Settings) -> AsyncIterator[CodeSource]:
                 raise ConfigError(
                     f"SNGIN_APP_PATH: cannot use {settings.app_path}: {exc}"
                 ) from None
-        yield CodeCache(s3, settings.cache, nursery, mirror)
+        yield CodeCache(s3, settings.cache, nursery, mirror, mirror_absence=is_config_key)
         nursery.cancel_scope.cancel()
 
 

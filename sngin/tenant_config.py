@@ -21,7 +21,7 @@ from sandbox.protocol import Limits
 from sngin.errors import ScriptError
 from sngin.outbound import EgressPolicy, TenantEgress
 from sngin.pool import TenantLimits
-from sngin.tenants import file_key
+from sngin.tenants import CONFIG_NAME, file_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME: Final = "_sngin.json"
 SECRET: Final = re.compile(r"\$\{secret:([A-Za-z0-9_.-]+)\}\Z")
 MAX_PARSED: Final = 10_000
 

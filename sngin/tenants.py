@@ -71,6 +71,15 @@ def file_key(tenant: str, path: str) -> str:
     return f"{tenant}//{path}"
 
 
+CONFIG_NAME: Final = "_sngin.json"
+
+
+def is_config_key(key: str) -> bool:
+    """True for the key of a tenant's configuration ('host//_sngin.json')."""
+    tenant, sep, path = key.partition("//")
+    return bool(sep) and path == CONFIG_NAME
+
+
 def covering(tenant: str, folder: str, *, recursive: bool) -> Callable[[str], bool]:
     """Which keys a purge covers: the script and the file at that path, or everything under a
     folder at segment boundaries ('a' covers 'a' and 'a/x', not 'ab'; the empty folder covers

@@ -221,3 +221,31 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
             result = await calls(Call(id=1, call_id=1, module=name))
             assert result.error is not None
             assert "longer than" in result.error
+
+
+# --- S3 outages ----------------------------------------------------------------------------------
+
+
+async def test_a_node_restarted_during_an_outage_serves_tenants_without_a_config(
+    proxy, bucket, tmp_path
+):
+    """'No _sngin.json' is mirrored too: after a restart with S3 down, a tenant without one is
+    served from the mirror instead of failing its configuration lookup with a 502."""
+    from tests.test_purge_mirror import node
+
+    bucket.put("a.test/hello/index.lua", "return 'hello from the mirror'")
+    sites, mirror = tmp_path / "sites", tmp_path / "mirror"
+    async with (
+        node(proxy, bucket, mirror) as cache,
+        running(sites, store=cache, tenant_configs=True) as srv,
+    ):
+        response = await srv.get("/hello")
+        assert (response.status_code, response.text) == (200, "hello from the mirror")
+    proxy.refuse()
+    async with (
+        node(proxy, bucket, mirror) as cache,
+        running(sites, store=cache, tenant_configs=True) as srv,
+    ):
+        response = await srv.get("/hello")
+        assert (response.status_code, response.text) == (200, "hello from the mirror")
+        assert (await srv.get("/unknown")).status_code == 502  # never seen: nothing to go on
