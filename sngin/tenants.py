@@ -76,8 +76,7 @@ CONFIG_NAME: Final = "_sngin.json"
 
 def is_config_key(key: str) -> bool:
     """True for the key of a tenant's configuration ('host//_sngin.json')."""
-    tenant, sep, path = key.partition("//")
-    return bool(sep) and path == CONFIG_NAME
+    return key.partition("//")[2] == CONFIG_NAME
 
 
 def covering(tenant: str, folder: str, *, recursive: bool) -> Callable[[str], bool]:
