@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from sngin.codestore import Modified, NotModified, Source
-from sngin.errors import CodeFetchError
+from sngin.errors import CodeFetchError, StoreMisconfigured
 from sngin.mirror import ABSENT, Absent
 from sngin.observe import code_outcome
 from sngin.tenants import covering
@@ -34,6 +34,10 @@ ERROR_RETRY_S: Final = 5.0
 MAX_FORCED_KEYS: Final = 10_000
 MAX_PURGE_LOG: Final = 1000
 PROBE_KEY: Final = "__sngin_probe__"
+MISSING_KEY_DENIED: Final = (
+    "S3 answers 403 AccessDenied for a key that does not exist: the credentials need "
+    "s3:ListBucket on the bucket as well as s3:GetObject on the prefix (see the README)"
+)
 
 
 @dataclass(slots=True)
@@ -123,8 +127,16 @@ class CodeCache:
         )
 
     async def probe(self) -> None:
-        """Raises CodeFetchError unless the store answers (any answer, a 404 included)."""
-        await self._store.get(PROBE_KEY, etag=None, last_modified=None)
+        """Raises CodeFetchError unless the store answers as a working one: a 404 (or the
+        object) for a key that does not exist."""
+        try:
+            await self._store.get(PROBE_KEY, etag=None, last_modified=None)
+        except StoreMisconfigured as exc:
+            if exc.code == "AccessDenied":
+                # S3 answers 403, not 404, for a missing key when the credentials lack
+                # s3:ListBucket: every tenant without _sngin.json would get a 502.
+                raise StoreMisconfigured(MISSING_KEY_DENIED, code=exc.code) from exc
+            raise
 
     async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
         """The script for key, or None if there is none.

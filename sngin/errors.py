@@ -6,7 +6,7 @@ SnginError ─ ConfigError (start-up, one line naming the variable)
            ─ RequestTimeout 408 · RequestTooLarge 413 · RateLimited 429 (+Retry-After)
            ─ ScriptError 500 (Lua error, invalid response, memory limit, invalid tenant config)
            ─ WorkerCrashed 502 · ProtocolError 502 (that worker is killed)
-           ─ CodeFetchError 502 (no copy)
+           ─ CodeFetchError 502 (no copy) ─ StoreMisconfigured (bucket missing, access denied)
            ─ Unavailable 503 (+Retry-After: quarantine, queue full, tenant disabled, shutting down)
            ─ LimitExceeded 504 (wall time or CPU time; the body names which)
 
@@ -75,6 +75,15 @@ class ProtocolError(SnginError):
 
 class CodeFetchError(SnginError):
     status = 502
+
+
+class StoreMisconfigured(CodeFetchError):
+    """The store answered, but not as a working store would: the bucket does not exist or the
+    credentials are refused. Never read as "no such script"; `code` is S3's error code."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Unavailable(SnginError):

@@ -242,6 +242,7 @@ class Observer:
         self.access = AccessLog(self.hub, access_stream)
         self.ready = True
         self.not_ready_reason = ""
+        self.probed = False  # the code store has been probed once
         self._handler = TailHandler(self.hub)
 
     def attach(self) -> None:

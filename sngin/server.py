@@ -19,7 +19,7 @@ from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
 from sngin.connection_guard import contain_connection_errors
-from sngin.errors import CodeFetchError, ConfigError
+from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import EgressPolicy, open_outbound
@@ -190,17 +190,29 @@ async def serve_app(
 
 
 async def probe_once(deps: Deps) -> None:
-    """Is the code store reachable? Owned by the server, so readiness never waits on requests."""
+    """Does the code store answer as it should? Owned by the server, so readiness never waits
+    on requests. A change of state is logged once."""
     probe = getattr(deps.store, "probe", None)
     reason = ""
     if probe is not None:
         try:
             with trio.fail_after(PROBE_TIMEOUT_S):
                 await probe()
-        except (CodeFetchError, trio.TooSlowError) as exc:
-            reason = f"code store unreachable: {getattr(exc, 'message', 'timed out')}"
-    deps.observer.ready = not reason
-    deps.observer.not_ready_reason = reason
+        except StoreMisconfigured as exc:
+            reason = f"code store misconfigured: {exc.message}"
+        except CodeFetchError as exc:
+            reason = f"code store unreachable: {exc.message}"
+        except trio.TooSlowError:
+            reason = f"code store unreachable: no answer within {PROBE_TIMEOUT_S:g} s"
+    observer = deps.observer
+    if not observer.probed or reason != observer.not_ready_reason:
+        if reason:
+            log.error("not ready: %s", reason)
+        elif probe is not None:
+            log.info("code store answered: ready")
+    observer.probed = True
+    observer.ready = not reason
+    observer.not_ready_reason = reason
 
 
 async def probe_forever(deps: Deps) -> None:

@@ -20,6 +20,10 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 
 
 class CountingProxy:
@@ -88,7 +92,8 @@ class CountingProxy:
         self.start()
 
     def fail(self, kind: str, times: int = 1, delay: float = 0.0) -> None:
-        """The next `times` requests get fault `kind`: 'slowdown' (503) or 'delay'."""
+        """The next `times` requests get fault `kind`: 'slowdown' (503), 'delay', or
+        'get_object_only' (a missing key is 403 AccessDenied, as without s3:ListBucket)."""
         with self._lock:
             self._faults.extend([(kind, delay)] * times)
 
@@ -149,6 +154,10 @@ class CountingProxy:
             data = response.read()
             out = {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP}
             out.pop("Content-Length", None)
+            if fault is not None and fault[0] == "get_object_only" and b"NoSuchKey" in data:
+                # What S3 answers for a missing key when the policy lacks s3:ListBucket.
+                self._reply(handler, path, 403, {"Content-Type": "application/xml"}, DENIED)
+                return
             self._reply(handler, path, response.status, out, data)
         finally:
             upstream.close()

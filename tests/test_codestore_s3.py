@@ -254,13 +254,13 @@ async def test_denied_access_is_logged_once_per_interval(autojump_clock, caplog)
     settings = S3Settings(bucket="b", **FAST)
     async with httpx.AsyncClient() as http:
         store = S3Store(http, settings, Endpoint("http://127.0.0.1:9/b", "us-east-1"), None)
-        denied = httpx.Response(403)
-        store._log_denied(denied)
+        message = "S3 denied access to bucket %s (403 %s): check the credentials"
+        store._log_misconfigured(message, "b", "AccessDenied")
         await trio.sleep(30)
-        store._log_denied(denied)
+        store._log_misconfigured(message, "b", "AccessDenied")
         assert sum("denied access" in r.getMessage() for r in caplog.records) == 1
         await trio.sleep(31)
-        store._log_denied(denied)
+        store._log_misconfigured(message, "b", "AccessDenied")
         assert sum("denied access" in r.getMessage() for r in caplog.records) == 2
 
 

@@ -249,3 +249,69 @@ async def test_a_node_restarted_during_an_outage_serves_tenants_without_a_config
         response = await srv.get("/hello")
         assert (response.status_code, response.text) == (200, "hello from the mirror")
         assert (await srv.get("/unknown")).status_code == 502  # never seen: nothing to go on
+
+
+AUTH = {"Authorization": "Bearer test-admin-token-0123456789"}
+
+
+async def test_a_get_object_only_policy_is_detected_and_reported(proxy, bucket, tmp_path, caplog):
+    """Without s3:ListBucket, S3 answers 403 for a key that does not exist: the probe says
+    so in one log line and in readiness."""
+    from sngin.server import probe_once
+    from tests.test_codestore_s3 import code_cache
+
+    proxy.fail_always("get_object_only")
+    async with (
+        code_cache(proxy, bucket) as cache,
+        running(tmp_path, store=cache, admin_token=AUTH["Authorization"][7:]) as srv,
+    ):
+        await probe_once(srv.deps)
+        await probe_once(srv.deps)
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+    assert ready.status_code == 503
+    reason = ready.json()["reason"]
+    assert "403 AccessDenied for a key that does not exist" in reason
+    assert "s3:ListBucket" in reason
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready")]
+    assert lines == [f"not ready: {reason}"]  # once, not once per probe
+
+
+async def test_a_missing_bucket_is_loud_and_not_ready(proxy, tmp_path, caplog):
+    from sngin.server import probe_once
+    from tests.test_codestore_s3 import code_cache
+
+    class NoBucket:
+        name = "sngin-does-not-exist"
+
+    async with (
+        code_cache(proxy, NoBucket()) as cache,
+        running(tmp_path, store=cache, admin_token=AUTH["Authorization"][7:]) as srv,
+    ):
+        await probe_once(srv.deps)
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+        response = await srv.get("/x", host="a.test")
+    assert ready.status_code == 503
+    assert "S3 bucket sngin-does-not-exist does not exist" in ready.json()["reason"]
+    assert response.status_code == 502  # not a 404: the bucket, not the script, is missing
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("does not exist (NoSuchBucket)" in line for line in errors)
+
+
+async def test_a_vanished_bucket_never_turns_a_cached_script_into_a_404(
+    proxy, bucket, s3_admin, tmp_path
+):
+    """`$cb` asks S3 at once; a NoSuchBucket answer keeps the cached copy and its mirror file."""
+    from tests.test_purge_mirror import node
+
+    bucket.put("a.test/hello/index.lua", "return 'still here'")
+    mirror = tmp_path / "mirror"
+    async with node(proxy, bucket, mirror) as cache, running(tmp_path / "s", store=cache) as srv:
+        assert (await srv.get("/hello")).text == "still here"
+        s3_admin.delete_object(Bucket=bucket.name, Key="a.test/hello/index.lua")
+        s3_admin.delete_bucket(Bucket=bucket.name)
+        response = await srv.get("/hello", params={"$cb": "1"})
+        assert (response.status_code, response.text) == (200, "still here")
+    proxy.refuse()
+    async with node(proxy, bucket, mirror) as cache, running(tmp_path / "s", store=cache) as srv:
+        response = await srv.get("/hello")
+        assert (response.status_code, response.text) == (200, "still here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -16,7 +17,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
-from sngin.errors import CodeFetchError
+from sngin.errors import CodeFetchError, StoreMisconfigured
 from sngin.outbound import read_capped
 
 if TYPE_CHECKING:
@@ -136,6 +137,15 @@ class S3Store:
         if status == 304:
             return NotModified()
         if status == 404:
+            code = await error_code(response)
+            if code == "NoSuchBucket":
+                self._log_misconfigured(
+                    "S3 bucket %s does not exist (NoSuchBucket): no script can be served",
+                    self._settings.bucket,
+                )
+                raise StoreMisconfigured(
+                    f"S3 bucket {self._settings.bucket} does not exist", code=code
+                )
             return Missing()
         if status == 200:
             body = await read_capped(response, MAX_SCRIPT_BYTES)
@@ -151,18 +161,21 @@ class S3Store:
         if status in (429, 500, 502, 503, 504):
             raise TransientError(f"S3 answered {status}")
         if status == 403:
-            self._log_denied(response)
-            raise CodeFetchError("code store denied access")
+            code = await error_code(response) or "AccessDenied"
+            self._log_misconfigured(
+                "S3 denied access to bucket %s (403 %s): check the credentials and their policy",
+                self._settings.bucket,
+                code,
+            )
+            raise StoreMisconfigured("code store denied access", code=code)
         raise CodeFetchError(f"code store answered {status}")
 
-    def _log_denied(self, response: httpx.Response) -> None:
+    def _log_misconfigured(self, message: str, *args: object) -> None:
+        """Loudly, but once a minute: every request would say the same."""
         now = trio.current_time()
         if self._denied_logged_at is None or now - self._denied_logged_at >= DENIED_LOG_INTERVAL_S:
             self._denied_logged_at = now
-            log.error(
-                "S3 denied access to bucket %s (403): check the credentials and their policy",
-                self._settings.bucket,
-            )
+            log.error(message, *args)
 
     async def _sign(self, url: str, headers: dict[str, str]) -> dict[str, str]:
         if self._credentials is None:
@@ -172,6 +185,17 @@ class S3Store:
         request = AWSRequest(method="GET", url=url, headers=headers)
         S3SigV4Auth(frozen, "s3", self._endpoint.region).add_auth(request)
         return dict(request.headers.items())
+
+
+ERROR_CODE: Final = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+MAX_ERROR_BYTES: Final = 16 * 1024
+
+
+async def error_code(response: httpx.Response) -> str | None:
+    """S3's error code (`NoSuchKey`, `NoSuchBucket`, `AccessDenied`...) from an error body."""
+    body = await read_capped(response, MAX_ERROR_BYTES)
+    match = ERROR_CODE.search(body or b"")
+    return match.group(1).decode() if match else None
 
 
 @asynccontextmanager
