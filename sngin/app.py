@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -94,6 +94,14 @@ class Dispatcher:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         path = scope.get("path", "")
+        if kind == "http":
+            refusal = refuse_framing(scope)
+            if refusal is not None:
+                trace = RequestTrace(id=self._request_ids.of(scope), started=trio.current_time())
+                trace.error = refusal.message
+                await respond_error(send, refusal, head=False, trace=trace)
+                self._finished(scope, trace)
+                return
         if kind == "lifespan" or path.startswith(RESERVED_PREFIXES) or path in RESERVED_EXACT:
             if self._admin_elsewhere and kind == "http" and path != HEALTH:
                 # SNGIN_ADMIN_BIND moved the admin API to its own listener.
@@ -350,6 +358,29 @@ async def _receive_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+def refuse_framing(scope: Scope) -> SnginError | None:
+    """Requests no route may see: CONNECT (a 2xx answer would turn the connection into a
+    tunnel), and a body framed by both Content-Length and Transfer-Encoding, the classic
+    request-smuggling shape: 400, and the connection is closed (RFC 9112 section 6.1)."""
+    if scope["method"] == "CONNECT":
+        return MethodNotAllowed("CONNECT is not served", headers={"Allow": ALLOWED_METHODS})
+    length = chunked = False
+    for name, _ in scope["headers"]:
+        if name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            chunked = True
+    if length and chunked:
+        return BadRequest(
+            "a request cannot have both Content-Length and Transfer-Encoding",
+            headers={"Connection": "close"},
+        )
+    return None
 
 
 def reply_error(reply: Reply) -> SnginError:

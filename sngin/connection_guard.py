@@ -4,28 +4,72 @@ Hypercorn runs every connection's task in the listener's nursery, and lets an ex
 one connection (an h11 LocalProtocolError raised while a response is sent, say) leave it: that
 ends the listener and `serve`. sngin validates responses before sending them
 (sngin.response_rules), so this is the backstop: Hypercorn's per-connection server class is
-replaced, once, by one that logs such an error and closes only that connection.
+replaced, once, by one that logs such an error and closes only that connection (and closes
+connections without resetting them, see ContainedTCPServer._close).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Final
 
+import h11
 import hypercorn.trio.run
+import trio
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger(__name__)
 
+LINGER_S: Final = 1.0
+LINGER_READ_BYTES: Final = 65536
+
 
 class ContainedTCPServer(TCPServer):
     """Hypercorn's connection handler; an Exception ends this connection only (cancellation
-    still propagates)."""
+    still propagates), and a connection the server closes lingers briefly (below)."""
+
+    _closing = False
+    _ending = False  # run() is ending: close whatever state the protocol is in
 
     async def run(self) -> None:
         try:
             await super().run()
         except* Exception as group:
             log.error("a connection ended with an unexpected error", exc_info=group)
+        finally:
+            self._ending = True
+            await self._close()
+
+    def _responding(self) -> bool:
+        """An HTTP/1.1 response is being sent: h11 gives up on a pipelined request that
+        follows a `Connection: close` answer, and Hypercorn's reader would then close the
+        socket under the response. The response's own end closes it instead."""
+        connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
+        return isinstance(connection, h11.Connection) and connection.our_state in (
+            h11.SEND_RESPONSE,
+            h11.SEND_BODY,
+        )
+
+    async def _close(self) -> None:
+        """Lingering close, as nginx does: after the last response (FIN sent), read and drop
+        what the client still sends for up to LINGER_S before closing. Closing a socket with
+        unread data makes the kernel send a reset, which can destroy the response in flight
+        (a `Connection: close` answer to a pipelined request, say). Hypercorn closes from
+        several tasks; the first one lingers and closes, the others leave it to that one."""
+        if self._closing or (self._responding() and not self._ending):
+            return
+        self._closing = True
+        try:
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.BusyResourceError, trio.ClosedResourceError
+            ):
+                await self.stream.send_eof()
+                with trio.move_on_after(LINGER_S):
+                    while await self.stream.receive_some(LINGER_READ_BYTES):
+                        pass
+        finally:
+            await self.stream.aclose()
 
 
 def contain_connection_errors() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
 from tests.test_server import running
 
@@ -315,3 +316,34 @@ async def test_a_vanished_bucket_never_turns_a_cached_script_into_a_404(
     async with node(proxy, bucket, mirror) as cache, running(tmp_path / "s", store=cache) as srv:
         response = await srv.get("/hello")
         assert (response.status_code, response.text) == (200, "still here")
+
+
+# --- HTTP hygiene ------------------------------------------------------------------------------
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_closes(tmp_path):
+    smuggled = (
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /echo HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    )
+    async with running(tmp_path) as srv:
+        with trio.fail_after(3):  # closed at once, not after the keep-alive timeout
+            answer = await srv.raw(smuggled)
+        await still_serving(srv)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled request was never served
+    assert b"both Content-Length and Transfer-Encoding" in answer
+
+
+@pytest.mark.parametrize("target", [b"a.test:443", b"/"])
+async def test_connect_is_405_without_tracebacks(tmp_path, caplog, target):
+    async with running(tmp_path) as srv:
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+        async with stream:
+            await stream.send_all(b"CONNECT " + target + b" HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            answer = await stream.receive_some(65536)
+        await still_serving(srv)
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in answer
+    assert not [r for r in caplog.records if r.exc_info]
