@@ -337,8 +337,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float
             expected = expected or value != b"0"
         elif name == b"transfer-encoding":
             expected = True
-    if not expected:
-        return b""  # the framing says there is none: nothing to wait for
+    if not expected and scope.get("http_version") in ("1.0", "1.1"):
+        # HTTP/1 framing says there is none: nothing to wait for. HTTP/2 and 3 frame bodies
+        # themselves and need no Content-Length: read to the end of the stream.
+        return b""
     with trio.move_on_after(timeout_s):
         return await _receive_body(receive, limit)
     raise RequestTimeout(f"request body not received within {timeout_s:g} s")

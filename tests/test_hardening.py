@@ -347,3 +347,17 @@ async def test_connect_is_405_without_tracebacks(tmp_path, caplog, target):
     assert answer.startswith(b"HTTP/1.1 405 ")
     assert b"\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in answer
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_http2_bodies_without_content_length_are_read(tmp_path):
+    import httpx
+
+    async def chunks():
+        for part in (b"hello ", b"over ", b"h2"):
+            yield part
+
+    async with running(tmp_path) as srv, httpx.AsyncClient(http1=False, http2=True) as h2:
+        response = await h2.post(srv.url + "/size", headers={"Host": "a.test"}, content=chunks())
+        assert response.http_version == "HTTP/2"
+        assert "content-length" not in response.request.headers
+        assert (response.status_code, response.text) == (200, "13 er h2")
