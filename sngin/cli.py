@@ -79,26 +79,19 @@ def serve_forever(settings: Settings) -> int:
 
     import trio
 
+    from sngin.logsetup import configure as configure_logging
     from sngin.server import serve
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Script lines are JSON already: one bare line each on stderr, like the access log's.
-    json_lines = logging.StreamHandler(sys.stderr)
-    json_lines.setFormatter(logging.Formatter("%(message)s"))
-    script_lines = logging.getLogger("sngin.script")
-    script_lines.addHandler(json_lines)
-    script_lines.propagate = False
-    if settings.log_level != "debug":
-        logging.getLogger("botocore").setLevel(logging.WARNING)
+    chosen = configure_logging(settings.log_level, settings.log_format)
+    settings = dataclasses.replace(settings, log_format=chosen)
+    log = logging.getLogger("sngin")
 
     if settings.admin_token is None:
-        # Nothing is open by default: a token is generated and shown once.
+        # Nothing is open by default: a token is generated and shown once (the only secret
+        # sngin ever writes to its log: the operator has no other way to learn it).
         token = secrets_module.token_urlsafe(24)
         settings = dataclasses.replace(settings, admin_token=token)
-        print(f"sngin: admin token for this run (set SNGIN_ADMIN_TOKEN to choose one): {token}",
-              file=sys.stderr)  # fmt: skip
+        log.warning("admin token for this run (set SNGIN_ADMIN_TOKEN to choose one): %s", token)
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
@@ -107,11 +100,17 @@ def serve_forever(settings: Settings) -> int:
             # server: out of the collector's sight, a full collection no longer walks it (those
             # walks were the p99 latency spikes under load: 33-43 ms, now ~16 ms).
             gc.freeze()
-            logging.getLogger("sngin").info(
-                "serving %s on %s with %d workers",
-                settings.code_dir,
-                ", ".join(binds),
+            admin = (
+                f"admin API on {binds[-1]}"
+                if settings.admin_bind is not None
+                else "admin API on the same listener under /__sngin/"
+            )
+            log.info(
+                "serving %s on %s with %d workers; %s",
+                code_location(settings),
+                binds[0],
                 settings.pool.size,
+                admin,
             )
 
     try:
@@ -123,6 +122,12 @@ def serve_forever(settings: Settings) -> int:
             raise
         raise found from None
     return 0
+
+
+def code_location(settings: Settings) -> str:
+    if settings.s3 is None:
+        return f"folder {settings.code_dir}"
+    return f"s3://{settings.s3.bucket}/{settings.s3.prefix}"
 
 
 def first_sngin_error(error: BaseException) -> SnginError | None:

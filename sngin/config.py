@@ -107,6 +107,7 @@ class Settings:
     bind: Bind = field(default_factory=Bind)
     code_dir: Path = BUNDLED_SITES
     log_level: str = "info"
+    log_format: str | None = None  # SNGIN_LOG_FORMAT: json or text; None: text on a terminal
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     limits: Limits = field(default_factory=Limits)
     pool: PoolSettings = field(default_factory=PoolSettings)
@@ -302,6 +303,13 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+def parse_log_format(text: str) -> str:
+    chosen = text.strip().lower()
+    if chosen not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return chosen
+
+
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for part in text.replace(",", " ").split():
@@ -317,6 +325,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_BIND": ("bind", parse_bind),
     "SNGIN_CODE_DIR": ("code_dir", parse_dir),
     "SNGIN_LOG_LEVEL": ("log_level", parse_log_level),
+    "SNGIN_LOG_FORMAT": ("log_format", parse_log_format),
     "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
     "SNGIN_WORKERS": ("pool.size", _int_range(2, 1024)),
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", _int_range(1, 3_600_000)),

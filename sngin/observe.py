@@ -172,9 +172,10 @@ class AccessLog:
     request's tenant. Written directly rather than through logging: ~1.5 us a line instead of
     ~17 us, on every request. Each line is flushed as it is written, so none is lost."""
 
-    def __init__(self, hub: LogHub, stream: BinaryIO | None = None) -> None:
+    def __init__(self, hub: LogHub, stream: BinaryIO | None = None, *, text: bool = False) -> None:
         self._hub = hub
         self._stream = stream
+        self._text = text  # SNGIN_LOG_FORMAT=text: the server log's text form (tails get JSON)
         self._encode = msgspec.json.Encoder().encode
         self._second = -1
         self._stamp = ""
@@ -196,6 +197,8 @@ class AccessLog:
     ) -> None:
         record = {
             "time": self._now(),
+            "level": "info",
+            "logger": "sngin.access",
             "id": request_id,
             "tenant": tenant,
             "method": method,
@@ -211,6 +214,10 @@ class AccessLog:
             line = self._encode(record) + b"\n"
         except UnicodeEncodeError:  # a lone surrogate: JSON's \u escapes carry it
             line = json.dumps(record).encode() + b"\n"
+        if self._hub.subscribers:
+            self._hub.publish(tenant, line[:-1].decode())
+        if self._text:
+            line = text_line(record)
         stream = self._stream or getattr(sys.stderr, "buffer", None)
         try:
             if stream is None:
@@ -221,8 +228,6 @@ class AccessLog:
         except (OSError, ValueError):
             # stderr is gone (a closed pipe, a full disk): requests still get answered.
             self.lost += 1
-        if self._hub.subscribers:
-            self._hub.publish(tenant, line[:-1].decode())
 
     def _now(self) -> str:
         """The local time to the second, formatted once per second."""
@@ -233,13 +238,29 @@ class AccessLog:
         return self._stamp
 
 
+def text_line(record: dict[str, Any]) -> bytes:
+    """An access-log record in the text log format."""
+    return (
+        f"{record['time']} INFO sngin.access: {record['method']} {record['tenant']}"
+        f"{record['path']} {record['status']} {record['bytes']}B {record['wall_ms']}ms"
+        f" cpu={record['cpu_ms']}ms code={record['code']} worker={record['worker']}"
+        f" id={record['id']}\n"
+    ).encode("utf-8", "backslashreplace")
+
+
 class Observer:
     """Everything the admin API reads: metrics, tails, readiness."""
 
-    def __init__(self, tenant_labels: int = 100, access_stream: BinaryIO | None = None) -> None:
+    def __init__(
+        self,
+        tenant_labels: int = 100,
+        access_stream: BinaryIO | None = None,
+        *,
+        text_log: bool = False,
+    ) -> None:
         self.metrics = Metrics(tenant_labels)
         self.hub = LogHub()
-        self.access = AccessLog(self.hub, access_stream)
+        self.access = AccessLog(self.hub, access_stream, text=text_log)
         self.ready = True
         self.not_ready_reason = ""
         self.probed = False  # the code store has been probed once

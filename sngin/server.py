@@ -20,6 +20,7 @@ from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
 from sngin.connection_guard import contain_connection_errors
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
+from sngin.logsetup import quiet_libraries
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import EgressPolicy, open_outbound
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from sngin.codestore import CodeSource
-    from sngin.config import Settings
+    from sngin.config import Bind, Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ async def serve(
             limits_for=limits_for,
             github=github,
             configs=TenantConfigs(store, settings),
-            observer=Observer(settings.metrics_tenants),
+            observer=Observer(settings.metrics_tenants, text_log=settings.log_format == "text"),
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
@@ -155,6 +156,7 @@ async def serve_app(
 ) -> None:
     """Run Hypercorn for the app over already opened resources, with the readiness probe."""
     contain_connection_errors()
+    quiet_libraries()
     dispatcher = create_app(deps)
     app: Any = dispatcher
     settings = deps.settings
@@ -171,22 +173,38 @@ async def serve_app(
 
             nursery.start_soon(trigger)
             async with trio.open_nursery() as servers:
-                binds: list[str] = await servers.start(
-                    partial(
-                        hypercorn_serve, app, hypercorn_config(settings), shutdown_trigger=stop.wait
-                    )
+                binds: list[str] = await listen(
+                    servers, app, hypercorn_config(settings), settings.bind, stop
                 )
                 if settings.admin_bind is not None:
                     admin_config = hypercorn_config(settings)
                     admin_config.bind = [str(settings.admin_bind)]
                     admin: Any = AdminListener(dispatcher)
-                    binds += await servers.start(
-                        partial(hypercorn_serve, admin, admin_config, shutdown_trigger=stop.wait)
-                    )
+                    binds += await listen(servers, admin, admin_config, settings.admin_bind, stop)
                 task_status.started(binds)
             nursery.cancel_scope.cancel()
     finally:
         deps.observer.detach()
+
+
+async def listen(
+    nursery: trio.Nursery, app: Any, config: Config, bind: Bind, stop: trio.Event
+) -> list[str]:
+    """Start one Hypercorn listener; a bind that fails is one line naming the address."""
+    try:
+        urls: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
+        )
+    except (OSError, BaseExceptionGroup) as exc:
+        # Hypercorn binds inside nested nurseries: the OSError arrives wrapped in groups.
+        error = exc
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not isinstance(error, OSError):
+            raise
+        reason = (error.strerror or str(error)).lower()
+        raise ConfigError(f"cannot listen on {bind}: {reason}") from None
+    return urls
 
 
 async def probe_once(deps: Deps) -> None:

@@ -185,8 +185,9 @@ async def test_timing_headers_and_request_ids(tmp_path):
     records = [json.loads(line) for line in access_log.getvalue().splitlines()]
     assert len(records) == 4
     first = records[0]
-    assert set(first) == {"time", "id", "tenant", "method", "path", "status", "bytes", "wall_ms",
-                          "cpu_ms", "code", "worker"}  # fmt: skip
+    assert set(first) == {"time", "level", "logger", "id", "tenant", "method", "path", "status",
+                          "bytes", "wall_ms", "cpu_ms", "code", "worker"}  # fmt: skip
+    assert (first["level"], first["logger"]) == ("info", "sngin.access")
     assert (first["tenant"], first["status"], first["bytes"]) == ("a.test", 200, 9)
     assert first["worker"] in workers
     assert records[-1]["status"] == 404

@@ -23,6 +23,16 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+async def wait_until_serving(process) -> tuple[str, bytes]:
+    """The public URL from the start-up line, and the log so far."""
+    log = b""
+    while not (match := re.search(rb"serving .* on (http://127\.0\.0\.1:\d+)", log)):
+        chunk = await process.stderr.receive_some(4096)
+        assert chunk, log.decode()
+        log += chunk
+    return match.group(1).decode(), log
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
     site = tmp_path / "hello.localhost"
@@ -34,14 +44,9 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(argv, env=env, stderr=subprocess.PIPE)
         try:
-            log = b""
-            while not (match := re.search(rb"serving .* on (http://127\.0\.0\.1:\d+)", log)):
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, log.decode()
-                log += chunk
-            url = match.group(1).decode()
-            # No SNGIN_ADMIN_TOKEN: one is generated and printed once.
-            token = re.search(rb"admin token for this run [^:]*: (\S+)", log)
+            url, log = await wait_until_serving(process)
+            # No SNGIN_ADMIN_TOKEN: one is generated and shown once.
+            token = re.search(rb"admin token for this run [^:]*: ([\w-]+)", log)
             assert token is not None
             async with httpx.AsyncClient() as client:
                 response = await client.get(url + "/", headers={"Host": "hello.localhost"})
@@ -108,3 +113,75 @@ def test_unusable_app_path_stops_start_up_with_one_line(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("sngin: SNGIN_APP_PATH: cannot use ")
+
+
+SECRET = "s3cr3t-in-a-query-0042"
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+async def test_one_log_format_with_a_time_on_every_line_and_no_secret(
+    tmp_path, upstream, log_format
+):
+    """A script sends its API key in a query string: no line of the server log shows it (not
+    httpx's request line, not at debug level), and every line has the chosen format."""
+    site = tmp_path / "a.test"
+    site.mkdir()
+    url = upstream.url(f"/plain?key={SECRET}")
+    (site / "index.lua").write_text(f"print('calling') return http.request('{url}').content")
+    env = {
+        **os.environ,
+        "SNGIN_CODE_DIR": str(tmp_path),
+        "SNGIN_WORKERS": "2",
+        "SNGIN_EGRESS_ALLOW": "127.0.0.1",
+        "SNGIN_LOG_FORMAT": log_format,
+        "SNGIN_LOG_LEVEL": "debug",
+        "SNGIN_ADMIN_TOKEN": "test-admin-token-0123456789",
+    }
+    argv = [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"]
+    with trio.fail_after(30):
+        process = await trio.lowlevel.open_process(argv, env=env, stderr=subprocess.PIPE)
+        try:
+            base, log = await wait_until_serving(process)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(base + "/", headers={"Host": "a.test"})
+            assert response.status_code == 200
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+            while chunk := await process.stderr.receive_some(4096):
+                log += chunk
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert upstream.requests, "the script's request reached the upstream"
+    text = log.decode()
+    assert SECRET not in text
+    lines = text.splitlines()
+    assert any("calling" in line for line in lines)  # the script's print is in the log
+    assert any(response.headers["x-request-id"] in line for line in lines)  # the access line
+    for line in lines:
+        if log_format == "json":
+            assert "time" in json.loads(line), line
+        else:
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} [A-Z]+ [\w.]+: ", line), line
+
+
+def test_a_port_in_use_is_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "sngin", "serve", "--bind", f"127.0.0.1:{port}"],
+            env={**os.environ, "SNGIN_ADMIN_TOKEN": "test-admin-token-0123456789"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"sngin: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert "Traceback" not in result.stderr

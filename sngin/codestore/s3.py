@@ -203,6 +203,12 @@ async def open_s3_store(settings: S3Settings) -> AsyncIterator[S3Store]:
     endpoint, credentials = await trio.to_thread.run_sync(resolve_endpoint, settings.bucket)
     if credentials is None:
         log.warning("no AWS credentials found: fetching code from S3 anonymously")
-    log.info("code store: S3 %s (region %s)", endpoint.base_url, endpoint.region)
+    log.info(
+        "code store: s3://%s/%s at %s (region %s)",
+        settings.bucket,
+        settings.prefix,
+        endpoint.base_url,
+        endpoint.region,
+    )
     async with httpx.AsyncClient(timeout=settings.attempt_timeout_s) as http:
         yield S3Store(http, settings, endpoint, credentials)
