@@ -44,8 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", parents=[common], help="run one script file once in a worker and print the response"
     )
-    run.add_argument("file", type=Path, help="a Lua script, e.g. sites/hello.localhost/index.lua")
-    run.add_argument("--host", default="localhost", help="the request's Host (the tenant)")
+    run.add_argument(
+        "file", type=Path, help="a Lua script, e.g. sngin/demo/sites/hello.localhost/index.lua"
+    )
+    run.add_argument(
+        "--host",
+        help="the request's Host (the tenant); default: the tenant folder the file is in "
+        "under the code dir, else localhost. require() loads that tenant's modules from the "
+        "code dir",
+    )
     run.add_argument("-X", "--method", default="GET")
     run.add_argument("--path", default="/", help="path and query, e.g. /items?page=2")
     run.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")

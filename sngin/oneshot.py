@@ -14,10 +14,12 @@ import trio
 
 from sandbox.protocol import Job, Limits, Request
 from sngin.app import reply_error
+from sngin.codestore.local import LocalStore
 from sngin.errors import BadRequest, SnginError
 from sngin.outbound import EgressPolicy, RequestCalls, open_outbound
 from sngin.pool import open_pool
-from sngin.server import default_limits, pool_config
+from sngin.response_rules import response_headers
+from sngin.server import default_limits, open_github_modules, pool_config
 from sngin.tenants import tenant_of
 
 if TYPE_CHECKING:
@@ -28,11 +30,20 @@ if TYPE_CHECKING:
     from sngin.config import Settings
 
 
+def tenant_folder(path: Path, code_dir: Path) -> str | None:
+    """The tenant whose folder in the code root holds the file, if it lies in one."""
+    try:
+        relative = path.resolve().relative_to(code_dir.resolve())
+    except ValueError:
+        return None
+    return relative.parts[0] if len(relative.parts) > 1 else None
+
+
 def run_file(
     settings: Settings,
     path: Path,
     *,
-    host: str,
+    host: str | None,
     method: str,
     url_path: str,
     headers: Sequence[str],
@@ -42,7 +53,9 @@ def run_file(
         source = path.read_bytes()
     except OSError as exc:
         raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
-    tenant = tenant_of(host)
+    # A file inside the code root (<code dir>/<host>/...) runs as that tenant by default, and
+    # require() finds the tenant's modules beside it; elsewhere the tenant is --host.
+    tenant = tenant_of(host or tenant_folder(path, settings.code_dir) or "localhost")
     request_path, _, query = url_path.partition("?")
     pairs = [
         (name.strip().lower(), value.strip().encode())
@@ -52,14 +65,14 @@ def run_file(
         method=method.upper(),
         path=request_path or "/",
         querystring=query.encode(),
-        headers=[("host", host.encode()), *pairs],
+        headers=[("host", (host or tenant).encode()), *pairs],
         body=body.encode(),
         host=tenant,
         id=uuid.uuid4().hex,
     )
     job = Job(
         tenant=tenant,
-        key=f"{tenant}/{path.stem}",
+        key=str(path),  # errors name the script by the path it was run as
         version=hashlib.blake2b(source, digest_size=12).hexdigest(),
         request=request,
         limits=Limits(max_body_bytes=settings.limits.max_body_bytes),
@@ -84,6 +97,7 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
     limits = limits_for(job.tenant)
     async with (
         open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
+        open_github_modules(settings) as github,
         open_pool(config, limits_for) as pool,
     ):
         calls = RequestCalls(
@@ -92,6 +106,8 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             deadline=trio.current_time() + limits.timeout_ms / 1000,
             request_id=job.request.id,
             max_subrequests=settings.limits.max_subrequests,
+            store=LocalStore(settings.code_dir),
+            github=github,
         )
         try:
             return await pool.run(job, calls)
@@ -107,9 +123,14 @@ def print_reply(reply: Reply | SnginError) -> int:
         error = reply_error(reply)
         print(f"HTTP {error.status}\n\n{error.message}")
         return 1
+    try:
+        headers = response_headers(reply.status, reply.headers, len(reply.body))
+    except SnginError as error:
+        print(f"HTTP {error.status}\n\n{error.message}")
+        return 1
     out = sys.stdout.buffer
     out.write(f"HTTP {reply.status}\n".encode())
-    for name, value in reply.headers:
+    for name, value in headers:
         out.write(name + b": " + value + b"\n")
     out.write(b"\n" + reply.body)
     if not reply.body.endswith(b"\n"):
