@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
@@ -41,14 +43,19 @@ def authorize(deps: Deps) -> Answer | None:
 def create_admin(deps: Deps) -> QuartTrio:
     admin = QuartTrio("sngin.admin")
 
+    @admin.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Answer:
+        # Unknown /__sngin/ paths and wrong methods: JSON like every other admin answer.
+        code = error.code or 500
+        headers = {name: value for name, value in error.get_headers() if name == "Allow"}
+        return {"error": f"{code} {error.name}"}, code, headers
+
+    # Public and polled often: O(1) in tenants, no /proc reads (statistics() does both).
     @admin.get("/__sngin/health")
     async def health() -> Answer:
-        stats = deps.pool.statistics()
-        status = 200 if stats.live > 0 else 503
-        return {
-            "status": "ok" if status == 200 else "no live workers",
-            "workers": stats.live,
-        }, status
+        live = deps.pool.live_count()
+        status = 200 if live > 0 else 503
+        return {"status": "ok" if status == 200 else "no live workers", "workers": live}, status
 
     @admin.get("/__sngin/ready")
     async def ready() -> Answer:
@@ -56,7 +63,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         if denied is not None:
             return denied
         observer = deps.observer
-        if deps.pool.statistics().live == 0:
+        if deps.pool.live_count() == 0:
             return {"ready": False, "reason": "no live workers"}, 503
         if not observer.ready:
             return {"ready": False, "reason": observer.not_ready_reason}, 503
@@ -67,7 +74,10 @@ def create_admin(deps: Deps) -> QuartTrio:
         denied = authorize(deps)
         if denied is not None:
             return denied
-        body: dict[str, Any] = {"pool": dataclasses.asdict(deps.pool.statistics())}
+        body: dict[str, Any] = {
+            "pool": dataclasses.asdict(deps.pool.statistics()),
+            "quarantined": quarantine_list(deps),
+        }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)
             if statistics is not None:
@@ -151,6 +161,24 @@ def create_admin(deps: Deps) -> QuartTrio:
             return {"error": "path and type must be strings"}, 400
         return await purge(body["host"], path, kind)
 
+    @admin.get("/__sngin/quarantine")
+    async def quarantine() -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        return {"quarantined": quarantine_list(deps)}, 200
+
+    @admin.delete("/__sngin/quarantine/<host>")
+    async def lift_quarantine(host: str) -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        try:
+            tenant = tenant_of(host)
+        except BadRequest as exc:
+            return {"error": exc.message}, 400
+        return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
+
     @admin.post("/__purge")
     @admin.post("/__purge/")
     @admin.post("/__purge/<path:path>")
@@ -161,6 +189,19 @@ def create_admin(deps: Deps) -> QuartTrio:
         )
 
     return admin
+
+
+def quarantine_list(deps: Deps) -> list[dict[str, Any]]:
+    """Paused tenants, each with its seconds left and the wall-clock time it ends."""
+    now = time.time()
+    return [
+        {
+            "host": tenant,
+            "remaining_s": round(left, 1),
+            "until": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now + left)),
+        }
+        for tenant, left in deps.pool.quarantined().items()
+    ]
 
 
 def observe_gauges(deps: Deps) -> None:

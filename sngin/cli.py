@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sngin import __version__
 from sngin.config import Settings
 from sngin.errors import SnginError
+from sngin.remote import TOKEN_HELP, URL_HELP
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -59,15 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-d", "--body", default="", help="request body")
 
     remote = argparse.ArgumentParser(add_help=False)
-    remote.add_argument("--url", default="http://127.0.0.1:8080", help="the running server")
+    remote.add_argument("--url", help=URL_HELP)
+    remote.add_argument("--token", help=TOKEN_HELP)
     remote.add_argument("--json", action="store_true", help="print JSON for scripts")
-    commands.add_parser("stats", parents=[remote], help="pool and cache statistics")
-    purge = commands.add_parser("purge", parents=[remote], help="purge cached code")
+    commands.add_parser("stats", parents=[remote], help="pool, quarantine and cache statistics")
+    purge = commands.add_parser(
+        "purge", parents=[remote], help="purge cached code: a tenant, a script or a folder"
+    )
     purge.add_argument("host")
-    purge.add_argument("path", nargs="?", default="/")
+    purge.add_argument("path", nargs="?", help="one script's path (default: the whole tenant)")
     purge.add_argument("--folder", action="store_true", help="everything under the path")
     logs = commands.add_parser("logs", parents=[remote], help="follow one tenant's log")
     logs.add_argument("host")
+    quarantine = commands.add_parser(
+        "quarantine", parents=[remote], help="list quarantined tenants, or lift one's quarantine"
+    )
+    quarantine.add_argument("--lift", metavar="HOST", help="end this tenant's quarantine now")
     return parser
 
 
@@ -166,11 +174,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
-        if args.command in ("stats", "purge", "logs"):
+        if args.command in ("stats", "purge", "logs", "quarantine"):
             from sngin.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)
     except SnginError as exc:
         print(f"sngin: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Piped into `head`, which stopped reading: not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

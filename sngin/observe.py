@@ -55,12 +55,24 @@ class LogHub:
     """Live tails: each subscriber gets a bounded channel; publishing never waits."""
 
     subscribers: dict[str, list[Subscriber]] = field(default_factory=dict)
+    closed: bool = False
 
     def subscribe(self, tenant: str) -> tuple[Subscriber, trio.MemoryReceiveChannel[str]]:
         send, receive = trio.open_memory_channel[str](TAIL_BUFFER)
         subscriber = Subscriber(send)
-        self.subscribers.setdefault(tenant, []).append(subscriber)
+        if self.closed:
+            send.close()  # shutting down: the tail ends at once
+        else:
+            self.subscribers.setdefault(tenant, []).append(subscriber)
         return subscriber, receive
+
+    def close_all(self) -> None:
+        """End every tail (at shutdown: an open follower must not hold the server up)."""
+        self.closed = True
+        for subscribers in self.subscribers.values():
+            for subscriber in subscribers:
+                subscriber.send.close()
+        self.subscribers.clear()
 
     def unsubscribe(self, tenant: str, subscriber: Subscriber) -> None:
         subscribers = self.subscribers.get(tenant, [])

@@ -192,6 +192,20 @@ class Pool:
             tenants=tenants,
         )
 
+    def live_count(self) -> int:
+        """Live workers, without the per-tenant and /proc work of statistics()."""
+        return sum(1 for w in self._all if w.alive)
+
+    def quarantined(self) -> dict[str, float]:
+        """Tenants in quarantine, with the seconds each has left."""
+        return self._quarantine.paused()
+
+    def lift_quarantine(self, tenant: str) -> bool:
+        lifted = self._quarantine.lift(tenant)
+        if lifted:
+            log.warning("quarantine of tenant %s lifted by the operator", tenant)
+        return lifted
+
     def pids(self) -> list[int]:
         return [w.pid for w in self._all]
 

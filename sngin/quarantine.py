@@ -42,6 +42,17 @@ class Quarantine:
             return None
         return left
 
+    def paused(self) -> dict[str, float]:
+        """Every tenant in quarantine, with its seconds left."""
+        now = trio.current_time()
+        self._until = {t: u for t, u in self._until.items() if u > now}
+        return {tenant: until - now for tenant, until in sorted(self._until.items())}
+
+    def lift(self, tenant: str) -> bool:
+        """End a tenant's quarantine now (and forget its strikes); False if it had none."""
+        self._strikes.pop(tenant, None)
+        return self._until.pop(tenant, None) is not None
+
     def _prune(self, now: float) -> None:
         if len(self._strikes) <= MAX_TRACKED_TENANTS:
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
@@ -15,23 +15,53 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
+DEFAULT_ADDRESS: Final = "127.0.0.1:8080"
+URL_HELP: Final = (
+    "the running server's admin API (default: SNGIN_ADMIN_BIND, else SNGIN_BIND, else "
+    f"{DEFAULT_ADDRESS}); a scheme is optional"
+)
+TOKEN_HELP: Final = "the admin token (default: SNGIN_ADMIN_TOKEN)"
+
+
+def admin_url(given: str | None, env: Mapping[str, str]) -> str:
+    """http://HOST:PORT of the admin API: --url, else where the server's settings put it."""
+    address = given or env.get("SNGIN_ADMIN_BIND") or env.get("SNGIN_BIND") or DEFAULT_ADDRESS
+    address = address.strip().rstrip("/")
+    if "://" not in address:
+        address = "http://" + address
+    # A server bound to every interface is reached on loopback.
+    return address.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
 def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    token = env.get("SNGIN_ADMIN_TOKEN")
+    token = args.token or env.get("SNGIN_ADMIN_TOKEN")
     if not token:
-        raise BadRequest("set SNGIN_ADMIN_TOKEN to the server's admin token")
+        raise BadRequest("give the server's admin token with --token or SNGIN_ADMIN_TOKEN")
     headers = {"Authorization": f"Bearer {token}"}
-    base = args.url.rstrip("/")
+    base = admin_url(args.url, env)
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=10, trust_env=False) as client:
             if args.command == "stats":
                 return show_stats(client.get("/__sngin/stats"), as_json=args.json)
             if args.command == "purge":
-                kind = "folder" if args.folder else "file"
-                body = {"host": args.host, "path": args.path, "type": kind}
+                # No path: the whole tenant. A path: that script, or with --folder all below.
+                kind = "folder" if args.folder or args.path is None else "file"
+                body = {"host": args.host, "path": args.path or "/", "type": kind}
                 return show(client.post("/__sngin/purge", json=body), as_json=args.json)
+            if args.command == "quarantine":
+                if args.lift:
+                    path = f"/__sngin/quarantine/{args.lift}"
+                    return show(client.delete(path), as_json=args.json)
+                return show_quarantine(client.get("/__sngin/quarantine"), as_json=args.json)
             return follow(client, args.host, as_json=args.json)
     except httpx.HTTPError as exc:
-        raise BadRequest(f"cannot reach {base}: {type(exc).__name__}") from None
+        raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
+
+
+def describe(exc: httpx.HTTPError) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause or exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def show(response: httpx.Response, *, as_json: bool) -> int:
@@ -57,6 +87,11 @@ def show_stats(response: httpx.Response, *, as_json: bool) -> int:
     for name, t in sorted(pool["tenants"].items()):
         kills = t["wall_kills"] + t["cpu_kills"] + t["memory_kills"]
         print(f"{name:30} {t['requests']:>8} {t['status_5xx']:>6} {kills:>6} {t['cpu_ms']:>10.1f}")
+    paused = data.get("quarantined") or []
+    if paused:
+        print(f"\n{'QUARANTINED':30} {'UNTIL':25} {'LEFT S':>8}")
+        for entry in paused:
+            print(f"{entry['host']:30} {entry['until']:25} {entry['remaining_s']:>8.1f}")
     cache = data.get("code_cache")
     if cache:
         print(f"\ncode cache: {cache['entries']} entries, {cache['bytes']} bytes, "
@@ -64,23 +99,45 @@ def show_stats(response: httpx.Response, *, as_json: bool) -> int:
     return 0
 
 
-def follow(client: httpx.Client, host: str, *, as_json: bool) -> int:
-    with client.stream("GET", "/__sngin/logs", params={"host": host}, timeout=None) as response:
-        if response.status_code != 200:
-            response.read()
-            return show(response, as_json=True)
-        event = "message"
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-                if event == "dropped":
-                    print(f"... {data} lines dropped (the tail fell behind)", file=sys.stderr)
-                else:
-                    print(data if as_json else readable(data), flush=True)
-                event = "message"
+def show_quarantine(response: httpx.Response, *, as_json: bool) -> int:
+    if response.status_code != 200 or as_json:
+        return show(response, as_json=True)
+    paused = response.json()["quarantined"]
+    if not paused:
+        print("no tenant is quarantined")
+    for entry in paused:
+        print(f"{entry['host']} until {entry['until']} ({entry['remaining_s']:.1f} s left)")
     return 0
+
+
+def follow(client: httpx.Client, host: str, *, as_json: bool) -> int:
+    try:
+        with client.stream("GET", "/__sngin/logs", params={"host": host}, timeout=None) as answer:
+            if answer.status_code != 200:
+                answer.read()
+                return show(answer, as_json=True)
+            event = "message"
+            for line in answer.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                    if event == "dropped":
+                        print(f"... {data} lines dropped (the tail fell behind)", file=sys.stderr)
+                    else:
+                        print(data if as_json else readable(data), flush=True)
+                    event = "message"
+    except httpx.TransportError:
+        print("sngin: the server went away", file=sys.stderr)
+        return 1
+    print("sngin: the server ended the log (it is shutting down)", file=sys.stderr)
+    return 0
+
+
+def short_id(request_id: object) -> str:
+    """The part of a request id that tells requests apart: generated ids share a per-server
+    prefix and end in a counter, so the end is what differs."""
+    return str(request_id or "-")[-8:]
 
 
 def readable(data: str) -> str:
@@ -89,8 +146,8 @@ def readable(data: str) -> str:
     except ValueError:
         return data
     if "line" in record:
-        return f"{record.get('request', '')[:8]} {record['line']}"
+        return f"{short_id(record.get('request'))} {record['line']}"
     if "error" in record:
-        return f"{record.get('request', '')[:8]} ERROR {record['error']}"
-    return (f"{record.get('id', '')[:8]} {record.get('method')} {record.get('path')} "
+        return f"{short_id(record.get('request'))} ERROR {record['error']}"
+    return (f"{short_id(record.get('id'))} {record.get('method')} {record.get('path')} "
             f"{record.get('status')} {record.get('wall_ms')} ms")  # fmt: skip

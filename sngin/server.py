@@ -169,6 +169,7 @@ async def serve_app(
 
             async def trigger() -> None:
                 await shutdown_trigger()
+                deps.observer.hub.close_all()  # live tails end now, not at the grace deadline
                 stop.set()
 
             nursery.start_soon(trigger)

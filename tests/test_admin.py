@@ -24,6 +24,8 @@ ENDPOINTS = [
     ("GET", "/__sngin/metrics"),
     ("GET", "/__sngin/logs?host=a.test"),
     ("POST", "/__sngin/purge"),
+    ("GET", "/__sngin/quarantine"),
+    ("DELETE", "/__sngin/quarantine/a.test"),
 ]
 
 
@@ -243,4 +245,4 @@ async def test_cli_stats_and_purge_against_a_running_server(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["type"] == "folder"
         code = await trio.to_thread.run_sync(main, ["stats", "--url", srv.url], {})
         assert code == 2
-        assert "SNGIN_ADMIN_TOKEN" in capsys.readouterr().err
+        assert "--token or SNGIN_ADMIN_TOKEN" in capsys.readouterr().err
