@@ -49,3 +49,19 @@ async def test_a_missing_script_appears_as_soon_as_it_is_written(tmp_path):
     source = await store.fetch("a.test/new")
     assert source is not None
     assert source.text == b"return 'now'"
+
+
+async def test_a_purge_drops_and_counts_the_in_memory_copies(tmp_path):
+    """As the README says: nothing needs purging, and `purged` counts the copies dropped."""
+    for path in ("a.test", "a.test/x", "b.test"):
+        (tmp_path / path).mkdir(parents=True, exist_ok=True)
+        (tmp_path / path / "index.lua").write_text("return 1")
+    store = LocalStore(tmp_path)
+    for key in ("a.test", "a.test/x", "b.test", "a.test/missing"):
+        await store.fetch(key)
+    assert await store.purge("a.test", "", recursive=True) == 2  # a.test and a.test/x
+    code_outcome.set("none")
+    await store.fetch("a.test/x")
+    assert code_outcome.get() == "miss"  # read again
+    await store.fetch("b.test")
+    assert code_outcome.get() == "hit"  # another tenant's copy stays
