@@ -77,15 +77,20 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
             os.kill(pid, 0)
 
 
-def test_serve_rejects_a_bad_setting_with_one_line():
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve"],
-        env={**os.environ, "SNGIN_TIMEOUT_MS": "soon"},
+def serve_until_exit(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    """`sngin serve` expected to stop at start-up: its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "sngin", "serve", *flags],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_serve_rejects_a_bad_setting_with_one_line():
+    result = serve_until_exit({"SNGIN_TIMEOUT_MS": "soon"})
     assert result.returncode == 2
     assert result.stderr == "sngin: SNGIN_TIMEOUT_MS='soon': not an integer\n"
 
@@ -94,7 +99,6 @@ def test_unusable_app_path_stops_start_up_with_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     env = {
-        **os.environ,
         "AWS_S3_CODE_PATH": "bucket/prefix",
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
         "AWS_ACCESS_KEY_ID": "testing",
@@ -102,14 +106,7 @@ def test_unusable_app_path_stops_start_up_with_one_line(tmp_path):
         "AWS_DEFAULT_REGION": "us-east-1",
         "SNGIN_APP_PATH": str(blocker / "below"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_until_exit(env, "--bind", "127.0.0.1:0")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("sngin: SNGIN_APP_PATH: cannot use ")
@@ -173,14 +170,8 @@ def test_a_port_in_use_is_one_line():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "sngin", "serve", "--bind", f"127.0.0.1:{port}"],
-            env={**os.environ, "SNGIN_ADMIN_TOKEN": "test-admin-token-0123456789"},
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        token = {"SNGIN_ADMIN_TOKEN": "test-admin-token-0123456789"}
+        result = serve_until_exit(token, "--bind", f"127.0.0.1:{port}")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"sngin: cannot listen on 127.0.0.1:{port}: address already in use"
