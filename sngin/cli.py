@@ -115,18 +115,7 @@ def serve_forever(settings: Settings) -> int:
             # server: out of the collector's sight, a full collection no longer walks it (those
             # walks were the p99 latency spikes under load: 33-43 ms, now ~16 ms).
             gc.freeze()
-            admin = (
-                f"admin API on {binds[-1]}"
-                if settings.admin_bind is not None
-                else "admin API on the same listener under /__sngin/"
-            )
-            log.info(
-                "serving %s on %s with %d workers; %s",
-                code_location(settings),
-                binds[0],
-                settings.pool.size,
-                admin,
-            )
+            log.info("%s", startup_line(settings, binds))
 
     try:
         trio.run(main_task)
@@ -137,6 +126,17 @@ def serve_forever(settings: Settings) -> int:
             raise
         raise found from None
     return 0
+
+
+def startup_line(settings: Settings, binds: Sequence[str]) -> str:
+    """What is served, where, and where the admin API listens."""
+    admin = (
+        f"admin API on {binds[-1]}"
+        if settings.admin_bind is not None
+        else "admin API on the same listener under /__sngin/"
+    )
+    workers = settings.pool.size
+    return f"serving {code_location(settings)} on {binds[0]} with {workers} workers; {admin}"
 
 
 def code_location(settings: Settings) -> str:

@@ -148,7 +148,8 @@ def test_slow_subscriber_loses_lines_and_is_told():
     assert subscriber.dropped == 5
 
 
-async def test_readiness_follows_the_store(proxy, bucket, tmp_path):
+async def test_readiness_follows_the_store(proxy, bucket, tmp_path, caplog):
+    caplog.set_level("INFO", logger="sngin.server")
     async with (
         code_cache(proxy, bucket) as cache,
         running(tmp_path, store=cache, admin_token=TOKEN) as srv,
@@ -164,6 +165,12 @@ async def test_readiness_follows_the_store(proxy, bucket, tmp_path):
         proxy.restore()
         await probe_once(srv.deps)
         assert (await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)).status_code == 200
+    # Each change of state is one line: whether the store answered, and why not.
+    changes = [r.getMessage() for r in caplog.records if r.name == "sngin.server"]
+    changes = [m for m in changes if "ready" in m]
+    assert changes[0] == "code store answered: ready"
+    assert changes[1].startswith("not ready: code store unreachable")
+    assert changes[2:] == ["code store answered: ready"]
 
 
 async def test_timing_headers_and_request_ids(tmp_path):

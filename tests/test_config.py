@@ -164,3 +164,22 @@ def test_cli_run_shows_the_scripts_lines(capsys, tmp_path):
     captured = capsys.readouterr()
     assert captured.out.endswith("done\n")
     assert '"line": "from the script"' in captured.err
+
+
+def test_the_start_up_line_names_the_code_location_and_the_admin_listener(tmp_path):
+    from sngin.cli import startup_line
+    from sngin.config import Bind, S3Settings, Settings
+
+    folder = Settings(code_dir=tmp_path)
+    assert startup_line(folder, ["http://127.0.0.1:8080"]) == (
+        f"serving folder {tmp_path} on http://127.0.0.1:8080 with 4 workers; "
+        "admin API on the same listener under /__sngin/"
+    )
+    s3 = Settings(
+        s3=S3Settings(bucket="my-scripts", prefix="prod/eu"),
+        admin_bind=Bind(host="127.0.0.1", port=9090),
+    )
+    assert startup_line(s3, ["http://0.0.0.0:8080", "http://127.0.0.1:9090"]) == (
+        "serving s3://my-scripts/prod/eu on http://0.0.0.0:8080 with 4 workers; "
+        "admin API on http://127.0.0.1:9090"
+    )
