@@ -361,3 +361,19 @@ async def test_http2_bodies_without_content_length_are_read(tmp_path):
         assert response.http_version == "HTTP/2"
         assert "content-length" not in response.request.headers
         assert (response.status_code, response.text) == (200, "13 er h2")
+
+
+async def test_a_path_no_file_or_object_can_have_is_a_404(tmp_path, proxy, bucket, caplog):
+    """A 300-byte path segment (over the filesystem's 255) or a key over S3's 1,024 bytes is
+    no script: a 404, not a 500 or 502 with a traceback."""
+    from tests.test_codestore_s3 import code_cache
+
+    long_segment = "/" + "a" * 300
+    long_key = "/" + "/".join(["b" * 200] * 6)
+    async with running(tmp_path / "folder") as srv:
+        assert (await srv.get(long_segment)).status_code == 404
+        assert (await srv.get(long_key)).status_code == 404
+    async with code_cache(proxy, bucket) as cache, running(tmp_path / "s3", store=cache) as srv:
+        assert (await srv.get(long_segment)).status_code == 404
+        assert (await srv.get(long_key)).status_code == 404
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]

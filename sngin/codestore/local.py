@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 SCRIPT_NAME = "index.lua"
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
 MAX_CACHED = 10_000
+NO_SUCH_FILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
 
 # (device, inode, size, mtime_ns): a file whose signature is unchanged has unchanged bytes.
 Signature = tuple[int, int, int, int]
@@ -47,12 +49,18 @@ def signature(path: Path) -> Signature | None:
 
 
 def read_script(root: Path, key: str) -> Source | None:
-    """Blocking read of one script; the version is a hash of its bytes."""
+    """Blocking read of one script; the version is a hash of its bytes. A name no file can
+    have (a path segment over the filesystem's 255 bytes) is simply no script."""
     path = script_file(root, key)
-    if path is None or not path.is_file():
-        return None
-    with path.open("rb") as handle:
-        text = handle.read(MAX_SCRIPT_BYTES + 1)
+    try:
+        if path is None or not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            text = handle.read(MAX_SCRIPT_BYTES + 1)
+    except OSError as exc:
+        if exc.errno in NO_SUCH_FILE:
+            return None
+        raise CodeFetchError(f"cannot read the script: {exc.strerror}") from None
     if len(text) > MAX_SCRIPT_BYTES:
         text = b"error('script larger than 4 MiB', 0)"
     return Source(text=text, version=hashlib.blake2b(text, digest_size=12).hexdigest())

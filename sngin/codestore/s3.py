@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SCRIPT_NAME: Final = "index.lua"
 MAX_SCRIPT_BYTES: Final = 4 * 1024 * 1024
 DENIED_LOG_INTERVAL_S: Final = 60.0
+MAX_KEY_BYTES: Final = 1024  # S3's limit for an object key
 
 
 class TransientError(Exception):
@@ -98,6 +99,8 @@ class S3Store:
 
     async def get(self, key: str, *, etag: str | None, last_modified: str | None) -> StoreResult:
         settings = self._settings
+        if len(self.object_key(key).encode()) > MAX_KEY_BYTES:
+            return Missing()  # no object can have this key: S3 would answer 400, not 404
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(settings.max_attempts),
             wait=tenacity.wait_random_exponential(multiplier=0.1, max=2.0),
