@@ -35,6 +35,10 @@ bench *args:
     @{{bin}}/python bench/serve_bench.py {{args}}
     @{{bin}}/python bench/wait_bench.py
 
+# server CPU per request of this install against another sngin (e.g. a worktree's venv)
+bench-compare other rounds="6":
+    {{bin}}/python bench/compare_bench.py {{other}} {{rounds}}
+
 # regenerate constraints.txt from pyproject.toml in a throwaway venv
 lock:
     rm -rf /tmp/sngin-lock && python3 -m venv /tmp/sngin-lock

@@ -1,0 +1,86 @@
+"""A/B: server CPU per request of two sngin installs, measured in alternating rounds.
+
+For a change whose cost is smaller than the run-to-run noise of `serve_bench.py` (req/s swings
++-25% between runs here): both servers run side by side on core 0 (2 workers each, the bundled
+hello site), `hey` on core 1, and rounds alternate A, B, A, B, so drift hits both alike. CPU is
+the server and all its workers (utime+stime from /proc), per request.
+Run: .venv/bin/python bench/compare_bench.py OTHER_SNGIN [ROUNDS]
+  e.g. git worktree add /tmp/base main~5 && python3 -m venv /tmp/base-venv &&
+       /tmp/base-venv/bin/pip install -q -c constraints.txt -e /tmp/base &&
+       .venv/bin/python bench/compare_bench.py /tmp/base-venv/bin/sngin
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import cpu_seconds, free_port, process_tree, wait_listening
+
+THIS = Path(sys.executable).parent / "sngin"
+REQUESTS = 4000
+CONCURRENCY = 20
+
+
+def start(sngin: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SNGIN_WORKERS": "2",
+        "SNGIN_ADMIN_TOKEN": "bench-admin-token-0123456789",
+        # No recycling: a worker replaced mid-round would take its CPU time with it.
+        "SNGIN_WORKER_MAX_REQUESTS": "1000000",
+    }
+    argv = ["taskset", "-c", "0", str(sngin), "serve", "--bind", f"127.0.0.1:{port}"]
+    # From an empty folder: both serve their bundled demo sites.
+    process = subprocess.Popen(argv, env=env, cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_listening(port)
+    return process
+
+
+def load(port: int, requests: int) -> float:
+    argv = ["taskset", "-c", "1", "hey", "-n", str(requests), "-c", str(CONCURRENCY), "-host",
+            "hello.localhost", f"http://127.0.0.1:{port}/"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else 0.0
+
+
+def main() -> None:
+    other, rounds = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    installs = {"this": THIS, "other": other}
+    print(f"hey -n {REQUESTS} -c {CONCURRENCY} per round, {rounds} alternating rounds;"
+          f" this = {THIS}, other = {other}")  # fmt: skip
+    ports = {name: free_port() for name in installs}
+    servers = {name: start(path, ports[name]) for name, path in installs.items()}
+    cpu: dict[str, list[float]] = {name: [] for name in installs}
+    rps: dict[str, list[float]] = {name: [] for name in installs}
+    try:
+        for name in installs:
+            load(ports[name], 2000)  # warm-up: workers compiled, caches full
+        for _ in range(rounds):
+            for name, server in servers.items():
+                pids = process_tree(server.pid)
+                before = cpu_seconds(pids)
+                rps[name].append(load(ports[name], REQUESTS))
+                cpu[name].append((cpu_seconds(pids) - before) / REQUESTS * 1e6)
+    finally:
+        for server in servers.values():
+            server.terminate()
+            server.wait()
+    for name in installs:
+        print(f"  {name:6} server CPU/request median {statistics.median(cpu[name]):6.1f} us"
+              f" (rounds: {', '.join(f'{c:.0f}' for c in cpu[name])});"
+              f" req/s median {statistics.median(rps[name]):.0f}")  # fmt: skip
+    ratio = statistics.median(cpu["this"]) / statistics.median(cpu["other"])
+    print(f"  this / other CPU per request: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
