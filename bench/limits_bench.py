@@ -18,7 +18,8 @@ import contextlib
 
 from sandbox.protocol import Job, Request
 from sngin.errors import SnginError
-from sngin.pool import PoolConfig, TenantLimits, open_pool
+from sngin.limits import TenantLimits
+from sngin.pool import PoolConfig, open_pool
 from sngin.pool_statistics import rss_bytes
 
 BUDGET_MS = 200

@@ -17,9 +17,12 @@ from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
-    from sngin.app import Deps
+    from sngin.deps import Deps
+
+    Scope = MutableMapping[str, Any]
+    Message = MutableMapping[str, Any]
 
 PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
 # github.com/<user>/<repo>/... -> the module cache's key prefix "<user>/<repo>/..."
@@ -216,3 +219,27 @@ def observe_gauges(deps: Deps) -> None:
         cache = statistics()
         metrics.cache_entries.set(cache.entries)
         metrics.cache_bytes.set(cache.bytes)
+
+
+class AdminListener:
+    """The ASGI app of the SNGIN_ADMIN_BIND listener: the admin API only. The public listener
+    already ran the admin app's lifespan, so this one answers lifespan events itself."""
+
+    def __init__(self, admin: QuartTrio) -> None:
+        self.admin = admin
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await self.admin(scope, receive, send)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_to_bytes
 
@@ -31,20 +31,15 @@ from sngin.errors import (
     TenantNotFound,
     Unavailable,
 )
-from sngin.observe import Observer, code_outcome, kill_reason, worker_pid
+from sngin.limits import TenantLimits
+from sngin.observe import code_outcome, kill_reason, worker_pid
 from sngin.outbound import RequestCalls
-from sngin.pool import TenantLimits
 from sngin.response_rules import response_headers
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
-    from sngin.cache import CodeCache
-    from sngin.codestore import CodeSource
-    from sngin.config import Settings
-    from sngin.outbound import Outbound
-    from sngin.pool import Pool
-    from sngin.tenant_config import TenantConfigs
+    from sngin.deps import Deps
 
 log = logging.getLogger(__name__)
 script_log = logging.getLogger("sngin.script")
@@ -58,18 +53,6 @@ RESERVED_PREFIXES = ("/__sngin/", "/__purge/")
 RESERVED_EXACT = ("/__sngin", "/__purge")
 HEALTH = "/__sngin/health"
 TEXT = b"text/plain; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class Deps:
-    settings: Settings
-    store: CodeSource
-    pool: Pool
-    outbound: Outbound | None = None  # None: scripts' http.request calls are refused
-    limits_for: Callable[[str], TenantLimits] | None = None
-    github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
-    configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
-    observer: Observer = field(default_factory=lambda: Observer())
 
 
 class Dispatcher:
@@ -431,23 +414,4 @@ def create_app(deps: Deps) -> Dispatcher:
     return Dispatcher(deps)
 
 
-class AdminListener:
-    """The ASGI app of the SNGIN_ADMIN_BIND listener: the admin API only. The public listener
-    already ran the admin app's lifespan, so this one answers lifespan events itself."""
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.admin = dispatcher.admin
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        await self.admin(scope, receive, send)  # type: ignore[arg-type]
-
-
-__all__ = ["BadRequest", "Deps", "Dispatcher", "create_app"]
+__all__ = ["BadRequest", "Dispatcher", "create_app"]

@@ -15,8 +15,9 @@ import trio
 from sandbox.protocol import Job, Limits, Request
 from sngin.app import reply_error
 from sngin.codestore.local import LocalStore
+from sngin.egress import EgressPolicy
 from sngin.errors import BadRequest, SnginError
-from sngin.outbound import EgressPolicy, RequestCalls, open_outbound
+from sngin.outbound import RequestCalls, open_outbound
 from sngin.pool import open_pool
 from sngin.response_rules import response_headers
 from sngin.server import default_limits, open_github_modules, pool_config

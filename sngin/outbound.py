@@ -17,7 +17,6 @@ import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import httpcore
@@ -26,7 +25,9 @@ import trio
 
 from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
 from sngin.call_rules import http_call_problem, module_name_problem
+from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import CodeFetchError
+from sngin.http_body import read_capped
 from sngin.tenants import file_key
 
 if TYPE_CHECKING:
@@ -39,68 +40,11 @@ MAX_RESPONSE_BYTES: Final = 10 * 1024 * 1024
 MAX_REDIRECTS: Final = 5
 # Leave the script this long to answer after a call that used up its wall time.
 WALL_MARGIN_S: Final = 0.05
-NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class EgressRefused(httpcore.ConnectError):
     """The guard refused a destination."""
-
-
-def is_public(address: Address) -> bool:
-    """True for addresses on the public internet; embedded IPv4 forms are unwrapped first."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return is_public(address.ipv4_mapped)
-        if address.sixtofour is not None:
-            return is_public(address.sixtofour)
-        if address.teredo is not None:
-            return all(is_public(part) for part in address.teredo)
-        if address in NAT64:
-            return is_public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-    return address.is_global and not address.is_multicast and not address.is_reserved
-
-
-@dataclass(frozen=True, slots=True)
-class EgressPolicy:
-    """The operator's openings (SNGIN_EGRESS_ALLOW) on top of 'public addresses only'."""
-
-    networks: tuple[Network, ...] = ()
-    hosts: frozenset[str] = frozenset()
-
-    @classmethod
-    def parse(cls, entries: Iterable[str]) -> EgressPolicy:
-        networks, hosts = [], set()
-        for entry in entries:
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                hosts.add(entry.lower().rstrip("."))
-        return cls(networks=tuple(networks), hosts=frozenset(hosts))
-
-    def lists(self, host: str, address: Address) -> bool:
-        """Host names match exactly; an entry with a leading dot also matches subdomains."""
-        name = host.lower().rstrip(".")
-        if name in self.hosts or any(h.startswith(".") and name.endswith(h) for h in self.hosts):
-            return True
-        return any(address in network for network in self.networks)
-
-    def allows(self, host: str, address: Address) -> bool:
-        return self.lists(host, address) or is_public(address)
-
-
-@dataclass(frozen=True, slots=True)
-class TenantEgress:
-    """A tenant's own rule (_sngin.json `egress`): it can only narrow the operator's policy."""
-
-    policy: EgressPolicy
-    deny_public: bool = False
-
-    def allows(self, host: str, address: Address) -> bool:
-        return self.policy.lists(host, address) if self.deny_public else True
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -286,22 +230,6 @@ class Outbound:
             headers=[(name.decode("latin-1"), value) for name, value in response.headers.raw],
             body=bytes(body),
         )
-
-
-async def read_capped(response: httpx.Response, cap: int) -> bytes | None:
-    """The body, or None if it is larger than cap. A declared size is refused unread; an
-    undeclared one is read to its end (within the call's timeout) but never kept past cap:
-    leaving httpx's stream iterators half-way leaves generators that trio warns about."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        return None
-    body = bytearray()
-    too_big = False
-    async for chunk in response.aiter_bytes():
-        if not too_big:
-            body += chunk
-            too_big = len(body) > cap
-    return None if too_big else bytes(body)
 
 
 def describe(exc: httpx.HTTPError) -> str:

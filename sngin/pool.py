@@ -22,6 +22,7 @@ from sngin.errors import (
     Unavailable,
     WorkerCrashed,
 )
+from sngin.limits import TenantLimits
 from sngin.observe import kill_reason, worker_pid
 from sngin.pool_statistics import (
     PoolStatistics,
@@ -61,13 +62,6 @@ MIB: Final = 1024 * 1024
 
 class WorkerBootError(SnginError):
     """Workers keep failing to start: the server stops rather than respawn forever."""
-
-
-@dataclass(frozen=True, slots=True)
-class TenantLimits:
-    timeout_ms: int = 5000
-    cpu_ms: int = 2000
-    memory_mb: int = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,19 +12,23 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from sngin.app import AdminListener, Deps, create_app
+from sngin.admin import AdminListener
+from sngin.app import create_app
 from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import MIB
 from sngin.connection_guard import contain_connection_errors
+from sngin.deps import Deps
+from sngin.egress import EgressPolicy
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
+from sngin.limits import TenantLimits
 from sngin.logsetup import quiet_libraries
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
-from sngin.outbound import EgressPolicy, open_outbound
-from sngin.pool import PoolConfig, TenantLimits, open_pool
+from sngin.outbound import open_outbound
+from sngin.pool import PoolConfig, open_pool
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 from sngin.worker_process import WorkerOptions
@@ -180,7 +184,7 @@ async def serve_app(
                 if settings.admin_bind is not None:
                     admin_config = hypercorn_config(settings)
                     admin_config.bind = [str(settings.admin_bind)]
-                    admin: Any = AdminListener(dispatcher)
+                    admin: Any = AdminListener(dispatcher.admin)
                     binds += await listen(servers, admin, admin_config, settings.admin_bind, stop)
                 task_status.started(binds)
             nursery.cancel_scope.cancel()

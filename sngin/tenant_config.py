@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from sandbox.protocol import Limits
+from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import ScriptError
-from sngin.outbound import EgressPolicy, TenantEgress
-from sngin.pool import TenantLimits
+from sngin.limits import TenantLimits
 from sngin.tenants import CONFIG_NAME, file_key
 
 if TYPE_CHECKING:

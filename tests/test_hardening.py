@@ -119,7 +119,8 @@ CALLS = {
 
 @pytest.mark.parametrize("case", sorted(CALLS))
 async def test_hostile_http_request_arguments_are_the_scripts_error(tmp_path, upstream, case):
-    from sngin.outbound import EgressPolicy, open_outbound
+    from sngin.egress import EgressPolicy
+    from sngin.outbound import open_outbound
 
     call, message = CALLS[case]
     script = f"""
@@ -140,7 +141,8 @@ async def test_hostile_http_request_arguments_are_the_scripts_error(tmp_path, up
 
 
 async def test_an_anonymous_client_cannot_kill_the_server_through_a_script(tmp_path):
-    from sngin.outbound import EgressPolicy, open_outbound
+    from sngin.egress import EgressPolicy
+    from sngin.outbound import open_outbound
 
     add_sites(tmp_path, {"a.test/proxy": "return http.request(request.query.url).err or 'ok'"})
     async with (
@@ -173,7 +175,8 @@ async def test_hostile_module_names_are_the_scripts_error(tmp_path, name, messag
 async def test_a_failing_platform_call_is_an_ordinary_lua_error(tmp_path, caplog):
     """The catch-all at the boundary: whatever escapes the code answering a call becomes the
     script's error (pcall-able), its traceback is logged once, and the server goes on."""
-    from sngin.outbound import EgressPolicy, Outbound, guarded_client
+    from sngin.egress import EgressPolicy
+    from sngin.outbound import Outbound, guarded_client
 
     class Exploding(Outbound):
         async def fetch(self, call, **kw):
@@ -200,7 +203,8 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
 
     from sandbox.protocol import Call, HttpCall
     from sngin.codestore.local import LocalStore
-    from sngin.outbound import EgressPolicy, Outbound, RequestCalls, guarded_client
+    from sngin.egress import EgressPolicy
+    from sngin.outbound import Outbound, RequestCalls, guarded_client
 
     async with guarded_client(EgressPolicy()) as client:
         calls = RequestCalls(

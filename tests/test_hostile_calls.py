@@ -9,7 +9,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sngin.outbound import EgressPolicy, open_outbound
+from sngin.egress import EgressPolicy
+from sngin.outbound import open_outbound
 from tests.test_server import running
 
 

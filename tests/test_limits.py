@@ -12,7 +12,8 @@ import trio
 import trio.lowlevel
 
 from sandbox.protocol import Job, Request
-from sngin.pool import PoolConfig, TenantLimits, WorkerBootError, open_pool
+from sngin.limits import TenantLimits
+from sngin.pool import PoolConfig, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
 from tests.test_server import running, start_busy

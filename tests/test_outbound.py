@@ -12,7 +12,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from sngin.outbound import EgressPolicy, is_public, open_outbound
+from sngin.egress import EgressPolicy, is_public
+from sngin.outbound import open_outbound
 from tests.test_server import running
 from tests.upstream import Upstream
 
@@ -400,7 +401,7 @@ async def test_cpu_budget_spans_all_of_a_requests_steps(tmp_path, upstream):
 
 
 async def test_per_rule_clients_are_bounded_and_closed():
-    from sngin.outbound import TenantEgress
+    from sngin.egress import TenantEgress
 
     async with open_outbound(LOOPBACK_ONLY) as outbound:
         outbound.MAX_TENANT_CLIENTS = 2  # type: ignore[misc]

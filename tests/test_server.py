@@ -15,11 +15,12 @@ import pytest
 import trio
 import trio.lowlevel
 
-from sngin.app import Deps
 from sngin.codestore.local import LocalStore
 from sngin.config import Bind, HttpSettings, Limits, PoolSettings, Settings
+from sngin.deps import Deps
+from sngin.limits import TenantLimits
 from sngin.observe import Observer
-from sngin.pool import TenantLimits, open_pool
+from sngin.pool import open_pool
 from sngin.server import pool_config, serve_app
 from sngin.tenant_config import TenantConfigs
 

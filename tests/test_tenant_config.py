@@ -13,7 +13,8 @@ import trio
 from sngin.admission import RateLimiter, TenantAllowlist
 from sngin.cache import PROBE_KEY
 from sngin.config import Ceilings
-from sngin.outbound import EgressPolicy, open_outbound
+from sngin.egress import EgressPolicy
+from sngin.outbound import open_outbound
 from tests.test_codestore_s3 import code_cache
 from tests.test_purge_mirror import TOKEN
 from tests.test_server import running

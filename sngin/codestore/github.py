@@ -12,7 +12,7 @@ import trio
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
 from sngin.errors import CodeFetchError
-from sngin.outbound import read_capped
+from sngin.http_body import read_capped
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

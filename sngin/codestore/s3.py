@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
 from sngin.errors import CodeFetchError, StoreMisconfigured
-from sngin.outbound import read_capped
+from sngin.http_body import read_capped
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
