@@ -13,9 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sngin.admin import observe_gauges
 from sngin.observe import TAIL_BUFFER, LogHub, Metrics
 from sngin.server import probe_once
-from tests.test_codestore_s3 import code_cache
-from tests.test_purge_mirror import TOKEN
-from tests.test_server import running
+from tests.support import TOKEN, code_cache, running
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENDPOINTS = [

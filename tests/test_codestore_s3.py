@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import httpx
 import pytest
 import trio
-from botocore.credentials import Credentials
 
 from sngin.cache import CodeCache
 from sngin.codestore import Missing, Modified, NotModified
 from sngin.codestore.s3 import Endpoint, S3Store, open_s3_store
-from sngin.config import CacheSettings, S3Settings
+from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
-
-FAST = {"attempt_timeout_s": 0.5, "deadline_s": 5.0, "max_attempts": 3}
-
-
-@asynccontextmanager
-async def s3_store(proxy, bucket, *, prefix: str = "", **overrides):
-    settings = S3Settings(bucket=bucket.name, prefix=prefix, **{**FAST, **overrides})
-    endpoint = Endpoint(base_url=f"{proxy.url}/{bucket.name}", region="us-east-1")
-    async with httpx.AsyncClient() as http:
-        yield S3Store(http, settings, endpoint, Credentials("testing", "testing"))
-
-
-@asynccontextmanager
-async def code_cache(proxy, bucket, *, ttl_s: float = 60.0, negative_ttl_s: float = 10.0, **s3):
-    async with s3_store(proxy, bucket, **s3) as store, trio.open_nursery() as nursery:
-        yield CodeCache(store, CacheSettings(ttl_s=ttl_s, negative_ttl_s=negative_ttl_s), nursery)
-        nursery.cancel_scope.cancel()
-
+from tests.support import FAST, code_cache, s3_store
 
 # --- the store ---------------------------------------------------------------------------------
 
@@ -218,7 +198,7 @@ async def test_no_copy_and_s3_down_is_a_fetch_error(proxy, bucket):
 
 
 async def test_http_request_runs_a_script_from_s3(proxy, bucket, tmp_path):
-    from tests.test_server import running
+    from tests.support import running
 
     bucket.put("s3.test/hello/index.lua", "return 'hello from s3'")
     async with code_cache(proxy, bucket) as cache, running(tmp_path, store=cache) as srv:
@@ -228,7 +208,7 @@ async def test_http_request_runs_a_script_from_s3(proxy, bucket, tmp_path):
 
 
 async def test_http_request_with_s3_down_and_no_copy_is_502(proxy, bucket, tmp_path):
-    from tests.test_server import running
+    from tests.support import running
 
     proxy.fail_always("slowdown")
     async with code_cache(proxy, bucket) as cache, running(tmp_path, store=cache) as srv:

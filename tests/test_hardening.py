@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.test_server import running
-
-
-def add_sites(root, scripts: dict[str, str]) -> None:
-    for key, source in scripts.items():
-        folder = root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.lua").write_text(source)
+from tests.support import add_sites, running
 
 
 async def still_serving(srv) -> None:
@@ -236,7 +229,7 @@ async def test_a_node_restarted_during_an_outage_serves_tenants_without_a_config
 ):
     """'No _sngin.json' is mirrored too: after a restart with S3 down, a tenant without one is
     served from the mirror instead of failing its configuration lookup with a 502."""
-    from tests.test_purge_mirror import node
+    from tests.support import node
 
     bucket.put("a.test/hello/index.lua", "return 'hello from the mirror'")
     sites, mirror = tmp_path / "sites", tmp_path / "mirror"
@@ -263,7 +256,7 @@ async def test_a_get_object_only_policy_is_detected_and_reported(proxy, bucket, 
     """Without s3:ListBucket, S3 answers 403 for a key that does not exist: the probe says
     so in one log line and in readiness."""
     from sngin.server import probe_once
-    from tests.test_codestore_s3 import code_cache
+    from tests.support import code_cache
 
     proxy.fail_always("get_object_only")
     async with (
@@ -283,7 +276,7 @@ async def test_a_get_object_only_policy_is_detected_and_reported(proxy, bucket, 
 
 async def test_a_missing_bucket_is_loud_and_not_ready(proxy, tmp_path, caplog):
     from sngin.server import probe_once
-    from tests.test_codestore_s3 import code_cache
+    from tests.support import code_cache
 
     class NoBucket:
         name = "sngin-does-not-exist"
@@ -306,7 +299,7 @@ async def test_a_vanished_bucket_never_turns_a_cached_script_into_a_404(
     proxy, bucket, s3_admin, tmp_path
 ):
     """`$cb` asks S3 at once; a NoSuchBucket answer keeps the cached copy and its mirror file."""
-    from tests.test_purge_mirror import node
+    from tests.support import node
 
     bucket.put("a.test/hello/index.lua", "return 'still here'")
     mirror = tmp_path / "mirror"
@@ -370,7 +363,7 @@ async def test_http2_bodies_without_content_length_are_read(tmp_path):
 async def test_a_path_no_file_or_object_can_have_is_a_404(tmp_path, proxy, bucket, caplog):
     """A 300-byte path segment (over the filesystem's 255) or a key over S3's 1,024 bytes is
     no script: a 404, not a 500 or 502 with a traceback."""
-    from tests.test_codestore_s3 import code_cache
+    from tests.support import code_cache
 
     long_segment = "/" + "a" * 300
     long_key = "/" + "/".join(["b" * 200] * 6)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sngin.egress import EgressPolicy
 from sngin.outbound import open_outbound
-from tests.test_server import running
+from tests.support import running
 
 
 def lua_string(data: bytes) -> str:

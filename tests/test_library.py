@@ -13,7 +13,7 @@ import pytest
 from sandbox.compat import rewrite_escapes
 from sandbox.protocol import Job, Request
 from sandbox.runtime import TenantRuntime
-from tests.test_outbound import serving
+from tests.support import serving
 from tests.upstream import VERIFY_KEY, Upstream
 
 _versions = itertools.count()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -16,10 +15,7 @@ from sngin.limits import TenantLimits
 from sngin.pool import PoolConfig, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
-from tests.test_server import running, start_busy
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from tests.support import add_sites, running, start_busy
 
 CPU_BOMBS = {
     "jit_loop": "local n = 0 while true do n = n + 1 end",
@@ -40,13 +36,6 @@ MEMORY_BOMBS = {
     "table_growth": "local t = {} for i = 1, 1e9 do t[i] = {i} end",
     "concat_loop": "local s = 'x' while true do s = s .. s end",
 }
-
-
-def add_sites(root: Path, scripts: dict[str, str]) -> None:
-    for key, source in scripts.items():
-        folder = root / key
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.lua").write_text(source)
 
 
 @pytest.mark.parametrize("name", list(CPU_BOMBS))

@@ -14,9 +14,7 @@ import trio
 
 from sngin.cli import main
 from sngin.remote import admin_url, short_id
-from tests.test_purge_mirror import TOKEN
-from tests.test_serve_process import wait_until_serving
-from tests.test_server import running
+from tests.support import TOKEN, running, wait_until_serving
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import ssl
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -14,42 +13,10 @@ import trio.testing
 
 from sngin.egress import EgressPolicy, is_public
 from sngin.outbound import open_outbound
-from tests.test_server import running
+from tests.support import run_call, running, serving
 from tests.upstream import Upstream
 
 LOOPBACK_ONLY = EgressPolicy.parse(["127.0.0.1"])
-
-
-@asynccontextmanager
-async def serving(tmp_path, scripts: dict[str, str], *, policy=LOOPBACK_ONLY, resolver=None,
-                  ssl_context=None, **options):  # fmt: skip
-    for key, source in scripts.items():
-        folder = tmp_path / key
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.lua").write_text(source)
-    extra = {"resolver": resolver} if resolver is not None else {}
-    async with (
-        open_outbound(policy, ssl_context=ssl_context, **extra) as outbound,
-        running(tmp_path, outbound=outbound, **options) as srv,
-    ):
-        yield srv
-
-
-def fetch_script(call: str) -> str:
-    """A script that makes one call and answers with what came back, as JSON."""
-    return f"""
-        local r = http.request({call})
-        -- (keys other than status/body, which would make this a response table)
-        return {{sc = r.statuscode, err = r.err, payload = r.content,
-                 up = r.headers and r.headers['x-up']}}
-    """
-
-
-async def run_call(tmp_path, call: str, **options) -> dict:
-    async with serving(tmp_path, {"a.test/call": fetch_script(call)}, **options) as srv:
-        response = await srv.get("/call")
-        assert response.status_code == 200, response.text
-        return response.json()
 
 
 # --- argument forms ----------------------------------------------------------------------------

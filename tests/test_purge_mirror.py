@@ -5,37 +5,13 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-import httpx
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from botocore.credentials import Credentials
 
-from sngin.cache import CodeCache
-from sngin.codestore.s3 import Endpoint, S3Store
-from sngin.config import CacheSettings, S3Settings
 from sngin.errors import CodeFetchError
-from sngin.mirror import DiskMirror
-from sngin.tenants import is_config_key
-from tests.test_server import running
-
-FAST = {"attempt_timeout_s": 0.3, "deadline_s": 1.0, "max_attempts": 2}
-TOKEN = "test-admin-token-0123456789"
-
-
-@asynccontextmanager
-async def node(proxy, bucket, mirror_path, *, ttl_s=60.0, cb_interval_s=1.0, prefix=""):
-    """One sngin node's code path: S3 store, disk mirror, code cache (a 'restart' = a new one)."""
-    settings = S3Settings(bucket=bucket.name, prefix=prefix, **FAST)
-    endpoint = Endpoint(base_url=f"{proxy.url}/{bucket.name}", region="us-east-1")
-    mirror = DiskMirror(mirror_path, 1024 * 1024)
-    await mirror.open()
-    cache_settings = CacheSettings(ttl_s=ttl_s, cb_interval_s=cb_interval_s)
-    async with httpx.AsyncClient() as http, trio.open_nursery() as nursery:
-        store = S3Store(http, settings, endpoint, Credentials("testing", "testing"))
-        yield CodeCache(store, cache_settings, nursery, mirror, mirror_absence=is_config_key)
-        nursery.cancel_scope.cancel()
+from tests.support import TOKEN, node, running
 
 
 def put_sites(bucket):

@@ -14,8 +14,7 @@ from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.config import CacheSettings
 from tests.httpserver import LoopbackServer
-from tests.test_purge_mirror import TOKEN
-from tests.test_server import running
+from tests.support import TOKEN, running
 
 REPO = "u/r/main/lib"
 MODULES = {

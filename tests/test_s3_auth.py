@@ -185,7 +185,7 @@ async def test_expiring_credentials_are_refreshed_without_a_restart(auth_s3):
 async def test_denied_access_through_the_server_is_502(auth_s3, aws_env, tmp_path):
     from sngin.cache import CodeCache
     from sngin.config import CacheSettings
-    from tests.test_server import running
+    from tests.support import running
 
     endpoint, key_id, _ = auth_s3
     aws_env.setenv("AWS_ACCESS_KEY_ID", key_id)

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import trio
 
+from tests.support import wait_until_serving
+
 
 def children_of(pid: int) -> set[int]:
     found: set[int] = set()
@@ -21,16 +23,6 @@ def children_of(pid: int) -> set[int]:
         text = (task / "children").read_text()
         found.update(int(p) for p in text.split())
     return found
-
-
-async def wait_until_serving(process) -> tuple[str, bytes]:
-    """The public URL from the start-up line, and the log so far."""
-    log = b""
-    while not (match := re.search(rb"serving .* on (http://127\.0\.0\.1:\d+)", log)):
-        chunk = await process.stderr.receive_some(4096)
-        assert chunk, log.decode()
-        log += chunk
-    return match.group(1).decode(), log
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

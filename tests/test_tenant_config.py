@@ -15,9 +15,7 @@ from sngin.cache import PROBE_KEY
 from sngin.config import Ceilings
 from sngin.egress import EgressPolicy
 from sngin.outbound import open_outbound
-from tests.test_codestore_s3 import code_cache
-from tests.test_purge_mirror import TOKEN
-from tests.test_server import running
+from tests.support import TOKEN, code_cache, running
 
 SECRET = "s3cr3t-value-0001"
 
@@ -259,15 +257,20 @@ async def test_token_bucket(autojump_clock):
     assert limiter.admit("a.test", rps=2) == 0.5
 
 
-async def test_rate_limited_tenant_gets_429(tmp_path):
+async def test_rate_limited_tenant_gets_429(tmp_path, mock_clock):
+    """On trio's mock clock, frozen unless the test moves it: however slow the machine, no
+    token refills between requests."""
     files = {"a.test/_sngin.json": '{"limits": {"rps": 1}}'}
     async with site(tmp_path, files) as (srv, _):
         statuses = [(await srv.get("/")).status_code for _ in range(3)]
         limited = await srv.get("/")
         assert (await srv.get("/", host="b.test")).status_code == 200
-    assert statuses[:2] == [200, 200]
+        mock_clock.jump(1.0)  # one token back
+        again = [(await srv.get("/")).status_code for _ in range(2)]
+    assert statuses == [200, 200, 429]  # a burst of 2 x rps, then refused
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "1"
+    assert again == [200, 429]
 
 
 def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path, caplog):
