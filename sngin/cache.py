@@ -1,62 +1,47 @@
-"""CodeCache: an in-memory LRU of scripts in front of a remote store.
+"""CodeCache: scripts in memory in front of a remote store (S3, the GitHub raw host).
 
-TTL on trio.current_time(), conditional revalidation, negative entries, single-flight fetches,
-stale-if-error, and byte bounds with a per-tenant share.
+It composes a byte-bounded LRU (sngin.lru), single-flight fetches (sngin.single_flight) and a
+purge log (sngin.purge_log), and adds what is its own: TTLs on trio.current_time(), conditional
+revalidation (in its own nursery, so it outlives the request that began it), stale-if-error,
+`$cb`, and the disk mirror.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
-from sngin.codestore import Modified, NotModified, Source
+from sngin.codestore import Modified, NotModified
 from sngin.errors import CodeFetchError, StoreMisconfigured
+from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU, Entry
 from sngin.mirror import ABSENT, Absent
 from sngin.observe import code_outcome
+from sngin.purge_log import PurgeLog
+from sngin.single_flight import Flight, Flights
 from sngin.tenants import covering
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sngin.codestore import ConditionalStore
+    from sngin.codestore import ConditionalStore, Source, StoreResult
     from sngin.config import CacheSettings
     from sngin.mirror import DiskMirror
 
 log = logging.getLogger(__name__)
 
-ENTRY_OVERHEAD_BYTES: Final = 256
+__all__ = ["ENTRY_OVERHEAD_BYTES", "PROBE_KEY", "CacheStatistics", "CodeCache"]
+
 # After a failed revalidation, serve the stale copy this long before asking the store again.
 ERROR_RETRY_S: Final = 5.0
 MAX_FORCED_KEYS: Final = 10_000
-MAX_PURGE_LOG: Final = 1000
 PROBE_KEY: Final = "__sngin_probe__"
 MISSING_KEY_DENIED: Final = (
     "S3 answers 403 AccessDenied for a key that does not exist: the credentials need "
     "s3:ListBucket on the bucket as well as s3:GetObject on the prefix (see the README)"
 )
-
-
-@dataclass(slots=True)
-class Entry:
-    key: str
-    tenant: str
-    source: Source | None  # None: the store said there is no such script
-    expires_at: float
-    size: int
-
-
-@dataclass(slots=True)
-class Flight:
-    """One fetch in progress; everyone else asking for the key waits on `done`."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Source | None = None
-    error: CodeFetchError | None = None
-    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +61,13 @@ class CacheStatistics:
     mirror_bytes: int
 
 
-def tenant_of_key(key: str) -> str:
-    return key.split("/", 1)[0]
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the cache knew of a key before asking the store."""
+
+    source: Source | None  # a copy in memory or in the mirror
+    absent: bool  # the mirror remembers the store had none
+    entry: Entry | None  # the (expired) memory entry, if there was one
 
 
 class CodeCache:
@@ -98,21 +88,21 @@ class CodeCache:
         self._mirror_absence = mirror_absence
         self._settings = settings
         self._nursery = nursery  # owns revalidations that outlive the request that began them
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self._flights: dict[str, Flight] = {}
-        self._bytes = 0
-        self._tenant_bytes: dict[str, int] = {}
-        self._hits = self._misses = self._stale = self._errors = self._evictions = 0
+        self._lru = ByteBoundedLRU(
+            max_entries=settings.max_entries,
+            max_bytes=settings.max_bytes,
+            tenant_share=settings.tenant_share,
+        )
+        self._flights = Flights()
+        self._purges = PurgeLog()
+        self._hits = self._misses = self._stale = self._errors = 0
         self._revalidated = {304: 0, 200: 0, 404: 0}
         self._forced_at: dict[str, float] = {}
-        self._epoch = 0
-        self._purges: deque[tuple[int, Callable[[str], bool]]] = deque(maxlen=MAX_PURGE_LOG)
-        self._purged = 0
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
-            entries=len(self._entries),
-            bytes=self._bytes,
+            entries=len(self._lru),
+            bytes=self._lru.bytes,
             hits=self._hits,
             misses=self._misses,
             revalidated_304=self._revalidated[304],
@@ -120,8 +110,8 @@ class CodeCache:
             revalidated_404=self._revalidated[404],
             stale_served=self._stale,
             store_errors=self._errors,
-            evictions=self._evictions,
-            purges=self._purged,
+            evictions=self._lru.evictions,
+            purges=self._purges.count,
             mirror_entries=len(self._mirror) if self._mirror is not None else 0,
             mirror_bytes=self._mirror.size_bytes if self._mirror is not None else 0,
         )
@@ -146,10 +136,10 @@ class CodeCache:
         """
         force = revalidate and self._may_force(key)
         while True:
-            entry = self._entries.get(key)
+            entry = self._lru.get(key)
             if entry is not None and entry.expires_at > trio.current_time() and not force:
                 self._hits += 1
-                self._entries.move_to_end(key)
+                self._lru.touch(key)
                 code_outcome.set("hit")
                 return entry.source
             if entry is not None:
@@ -182,7 +172,7 @@ class CodeCache:
 
     async def _fetch_inline(self, key: str) -> Source | None:
         """Cold miss: this request fetches; concurrent ones for the key wait on its flight."""
-        flight = self._flights[key] = Flight()
+        flight = self._flights.begin(key)
         try:
             flight.result = await self._load(key, None)
             flight.finished = True
@@ -191,19 +181,13 @@ class CodeCache:
             flight.error = exc
             raise
         finally:
-            self._end_flight(key, flight)
-
-    def _end_flight(self, key: str, flight: Flight) -> None:
-        # A purge may have replaced the flight already; only remove our own.
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        flight.done.set()
+            self._flights.end(key, flight)
 
     async def _revalidate(self, key: str, entry: Entry, *, wait_fully: bool) -> Source | None:
         """Expired: revalidate in the cache's nursery; wait for it briefly, else serve stale."""
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._flights[key] = Flight()
+            flight = self._flights.begin(key)
             self._nursery.start_soon(self._revalidate_in_background, key, entry, flight)
         if wait_fully:
             await flight.done.wait()
@@ -226,78 +210,93 @@ class CodeCache:
             flight.finished = True
             log.debug("revalidation of %s failed: %s", key, exc.message)
         finally:
-            self._end_flight(key, flight)
+            self._flights.end(key, flight)
+
+    # --- one conditional fetch and what it leaves behind ----------------------------------------
 
     async def _load(self, key: str, entry: Entry | None) -> Source | None:
         """Ask the store (conditionally when a copy is known) and record what it says."""
-        epoch = self._epoch
-        known = entry.source if entry is not None else None
-        absent_on_disk = False
-        if entry is None and self._mirror is not None:
-            # A memory miss with a copy on disk: revalidate it rather than download it again.
-            mirrored = await self._mirror.read(key)
-            absent_on_disk = isinstance(mirrored, Absent)
-            known = None if isinstance(mirrored, Absent) else mirrored
-        etag = known.version if known is not None and known.version.startswith('"') else None
-        last_modified = known.last_modified if known is not None else None
+        epoch = self._purges.epoch
+        known = await self._known(key, entry)
+        source = known.source
+        etag = source.version if source is not None and source.version.startswith('"') else None
+        last_modified = source.last_modified if source is not None else None
         try:
             result = await self._store.get(key, etag=etag, last_modified=last_modified)
         except CodeFetchError as exc:
-            self._errors += 1
-            retry_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
-            if known is None and absent_on_disk:
-                # The mirror remembers there is none (a tenant without _sngin.json).
-                log.warning("%s: using the remembered absence: %s", key, exc.message)
-                self._stale += 1
-                if not self._purged_since(key, epoch):
-                    self._store_entry(key, None, retry_at)
-                return None
-            if known is None:
-                log.warning("cannot fetch %s and no copy to serve: %s", key, exc.message)
-                raise
+            return self._store_failed(key, known, epoch, exc)
+        return await self._store_answered(key, known, epoch, result)
+
+    async def _known(self, key: str, entry: Entry | None) -> Known:
+        if entry is not None or self._mirror is None:
+            return Known(source=entry.source if entry else None, absent=False, entry=entry)
+        # A memory miss with a copy on disk: revalidate it rather than download it again.
+        mirrored = await self._mirror.read(key)
+        if isinstance(mirrored, Absent):
+            return Known(source=None, absent=True, entry=None)
+        return Known(source=mirrored, absent=False, entry=None)
+
+    def _store_failed(
+        self, key: str, known: Known, epoch: int, exc: CodeFetchError
+    ) -> Source | None:
+        """Stale-if-error: serve what was known (a copy, or a remembered absence) for a few
+        seconds before asking again; with nothing known, the error stands."""
+        self._errors += 1
+        if known.source is None and not known.absent:
+            log.warning("cannot fetch %s and no copy to serve: %s", key, exc.message)
+            raise exc
+        if known.absent:
+            log.warning("%s: using the remembered absence: %s", key, exc.message)
+        else:
             log.warning("serving the cached copy of %s: %s", key, exc.message)
-            self._stale += 1
-            if entry is not None:
-                entry.expires_at = retry_at
-            elif not self._purged_since(key, epoch):
-                self._store_entry(key, known, retry_at)
-            return known
+        self._stale += 1
+        retry_at = trio.current_time() + min(self._settings.ttl_s, ERROR_RETRY_S)
+        if known.entry is not None:
+            known.entry.expires_at = retry_at
+        elif not self._purges.covered_since(key, epoch):
+            self._lru.put(key, known.source, retry_at)
+        return known.source
+
+    async def _store_answered(
+        self, key: str, known: Known, epoch: int, result: StoreResult
+    ) -> Source | None:
         now = trio.current_time()
-        wanted = not self._purged_since(key, epoch)
-        if isinstance(result, NotModified) and known is None:
-            raise CodeFetchError("code store answered 304 to an unconditional request")
-        if isinstance(result, NotModified) and known is not None:
+        wanted = not self._purges.covered_since(key, epoch)
+        if isinstance(result, NotModified):
+            if known.source is None:
+                raise CodeFetchError("code store answered 304 to an unconditional request")
             self._revalidated[304] += 1
-            if entry is not None:
-                entry.expires_at = now + self._settings.ttl_s
-                self._entries.move_to_end(key)
+            if known.entry is not None:
+                known.entry.expires_at = now + self._settings.ttl_s
+                self._lru.touch(key)
             elif wanted:
-                self._store_entry(key, known, now + self._settings.ttl_s)
+                self._lru.put(key, known.source, now + self._settings.ttl_s)
             if self._mirror is not None:
                 self._mirror.touch(key)
-            return known
+            return known.source
         if isinstance(result, Modified):
-            if entry is not None:
+            if known.entry is not None:
                 self._revalidated[200] += 1
             if wanted:
-                self._store_entry(key, result.source, now + self._settings.ttl_s)
+                self._lru.put(key, result.source, now + self._settings.ttl_s)
                 if self._mirror is not None:
-                    await self._mirror.write(
-                        key, result.source, lambda: not self._purged_since(key, epoch)
-                    )
+                    await self._mirror.write(key, result.source, self._unpurged(key, epoch))
             return result.source
-        if known is not None:
+        # Missing.
+        if known.source is not None:
             self._revalidated[404] += 1
         if wanted:
-            self._store_entry(key, None, now + self._settings.negative_ttl_s)
+            self._lru.put(key, None, now + self._settings.negative_ttl_s)
         if self._mirror is not None:
             if self._mirror_absence(key):
                 if not self._mirror.records_absence(key):
-                    still_wanted = lambda: not self._purged_since(key, epoch)  # noqa: E731
-                    await self._mirror.write(key, ABSENT, still_wanted)
-            elif known is not None:
+                    await self._mirror.write(key, ABSENT, self._unpurged(key, epoch))
+            elif known.source is not None:
                 await self._mirror.delete(key)
         return None
+
+    def _unpurged(self, key: str, epoch: int) -> Callable[[], bool]:
+        return lambda: not self._purges.covered_since(key, epoch)
 
     # --- purge ---------------------------------------------------------------------------------
 
@@ -311,62 +310,9 @@ class CodeCache:
 
     async def purge_matching(self, covers: Callable[[str], bool]) -> int:
         """Drop every entry whose key `covers` accepts (e.g. one GitHub repository's modules)."""
-        self._epoch += 1
-        self._purges.append((self._epoch, covers))
-        self._purged += 1
-        dropped = 0
-        for key in [key for key in self._entries if covers(key)]:
-            self._drop(key)
-            dropped += 1
-        for key in [key for key in self._flights if covers(key)]:
-            del self._flights[key]
+        self._purges.record(covers)
+        dropped = self._lru.drop_matching(covers)
+        self._flights.forget_matching(covers)
         if self._mirror is not None:
             dropped += await self._mirror.purge(covers)
         return dropped
-
-    def _purged_since(self, key: str, epoch: int) -> bool:
-        if epoch == self._epoch:
-            return False
-        if not self._purges or self._purges[0][0] > epoch + 1:
-            return True  # the log no longer reaches back that far: assume covered
-        return any(covers(key) for e, covers in self._purges if e > epoch)
-
-    # --- bounded storage ---------------------------------------------------------------------
-
-    def _store_entry(self, key: str, source: Source | None, expires_at: float) -> None:
-        self._drop(key)
-        tenant = tenant_of_key(key)
-        size = ENTRY_OVERHEAD_BYTES + len(key) + (len(source.text) if source is not None else 0)
-        tenant_limit = int(self._settings.max_bytes * self._settings.tenant_share)
-        if size > tenant_limit:
-            log.warning("%s is too large to cache (%d bytes)", key, size)
-            return
-        # Make room within the tenant's share first (its own oldest entries), then overall.
-        while self._tenant_bytes.get(tenant, 0) + size > tenant_limit:
-            self._evict_oldest(tenant)
-        while self._entries and (
-            len(self._entries) >= self._settings.max_entries
-            or self._bytes + size > self._settings.max_bytes
-        ):
-            self._evict_oldest(None)
-        self._entries[key] = Entry(key, tenant, source, expires_at, size)
-        self._bytes += size
-        self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
-
-    def _evict_oldest(self, tenant: str | None) -> None:
-        for key, entry in self._entries.items():
-            if tenant is None or entry.tenant == tenant:
-                self._drop(key)
-                self._evictions += 1
-                return
-
-    def _drop(self, key: str) -> Entry | None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry.size
-            remaining = self._tenant_bytes[entry.tenant] - entry.size
-            if remaining:
-                self._tenant_bytes[entry.tenant] = remaining
-            else:
-                del self._tenant_bytes[entry.tenant]
-        return entry

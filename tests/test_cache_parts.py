@@ -1,0 +1,61 @@
+"""The code cache's parts on their own: the byte-bounded LRU and the purge log (pure logic)."""
+
+from __future__ import annotations
+
+from sngin.codestore import Source
+from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
+from sngin.purge_log import PurgeLog
+
+
+def source(size: int) -> Source:
+    return Source(text=b"x" * size, version="v")
+
+
+def test_lru_evicts_the_least_recently_used_first():
+    lru = ByteBoundedLRU(max_entries=2, max_bytes=10**6, tenant_share=1.0)
+    lru.put("a.test/1", source(1), 0)
+    lru.put("a.test/2", source(1), 0)
+    lru.touch("a.test/1")
+    lru.put("a.test/3", source(1), 0)
+    assert lru.get("a.test/2") is None
+    assert lru.get("a.test/1") is not None
+    assert lru.evictions == 1
+
+
+def test_one_tenant_cannot_take_more_than_its_share():
+    per_entry = ENTRY_OVERHEAD_BYTES + len("a.test/0") + 1000
+    lru = ByteBoundedLRU(max_entries=1000, max_bytes=4 * per_entry, tenant_share=0.5)
+    lru.put("b.test/0", source(1000), 0)
+    for index in range(10):
+        lru.put(f"a.test/{index}", source(1000), 0)
+    assert lru.get("b.test/0") is not None  # the other tenant's entry survived
+    assert sum(lru.get(f"a.test/{i}") is not None for i in range(10)) == 2
+    assert lru.bytes == 3 * per_entry
+
+
+def test_an_entry_larger_than_a_share_is_not_kept():
+    lru = ByteBoundedLRU(max_entries=10, max_bytes=2000, tenant_share=0.25)
+    lru.put("a.test/big", source(1000), 0)
+    assert (len(lru), lru.bytes) == (0, 0)
+
+
+def test_drop_matching_counts_and_frees_bytes():
+    lru = ByteBoundedLRU(max_entries=10, max_bytes=10**6, tenant_share=1.0)
+    for key in ("a.test/x", "a.test/x/y", "b.test/x"):
+        lru.put(key, source(10), 0)
+    assert lru.drop_matching(lambda key: key.startswith("a.test/")) == 2
+    assert len(lru) == 1
+    assert lru.bytes == ENTRY_OVERHEAD_BYTES + len("b.test/x") + 10
+
+
+def test_purge_log_answers_what_a_purge_covered_since_an_epoch():
+    log = PurgeLog(size=3)
+    before = log.epoch
+    log.record(lambda key: key == "a.test/x")
+    assert log.covered_since("a.test/x", before)
+    assert not log.covered_since("a.test/y", before)
+    assert not log.covered_since("a.test/x", log.epoch)  # nothing since now
+    for _ in range(3):
+        log.record(lambda key: False)
+    # The log no longer reaches back to `before`: assume covered rather than cache stale code.
+    assert log.covered_since("a.test/y", before)
