@@ -234,7 +234,7 @@ class WorkerProcess:
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def call(
+    async def run(
         self,
         job: Job,
         calls: CallHandler | None = None,
@@ -246,13 +246,13 @@ class WorkerProcess:
         first or the time runs out (WALL_KILL). The request's platform calls run in a nursery
         it owns (see _serve_calls), so none outlives it."""
         try:
-            return await self._call(job, calls, timeout_s, redact)
+            return await self._run(job, calls, timeout_s, redact)
         except BaseExceptionGroup as group:
             # From the calls' nursery: only its body raises (each call task answers its own
             # errors), so the group holds one exception.
             raise sole_exception(group) from None
 
-    async def _call(
+    async def _run(
         self,
         job: Job,
         calls: CallHandler | None,

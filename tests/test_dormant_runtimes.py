@@ -82,7 +82,9 @@ async def test_the_pool_sends_a_tenant_back_to_the_worker_keeping_its_runtime():
             await pid_for(pool, tenant)
         with trio.fail_after(20):
             again = await pid_for(pool, "a.test")
-        holders = [w.pid for w in pool._all if "a.test" in w.dormant or w.tenant == "a.test"]
+        holders = [
+            w.pid for w in pool.supervisor.workers if "a.test" in w.dormant or w.tenant == "a.test"
+        ]
     assert again == first
     assert holders == [first]
 

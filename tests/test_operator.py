@@ -150,7 +150,7 @@ async def test_health_does_not_build_statistics(tmp_path, monkeypatch):
 
     async with running(tmp_path, admin_token=TOKEN) as srv:
         for index in range(10_000):
-            srv.pool._counters(f"t{index}.test")
+            srv.pool.accounting.counters(f"t{index}.test")
 
         def forbidden(self):
             raise AssertionError("health built the full statistics")

@@ -89,7 +89,7 @@ async def test_freed_workers_serve_waiting_requests_in_arrival_order():
         gates[1].opened.set()
     assert order == ["c.test", "d.test", "e.test"]
     assert results == {"a.test": b"up", "b.test": b"up"}
-    assert all(w.in_flight == 0 for w in pool._all)
+    assert all(w.in_flight == 0 for w in pool.supervisor.workers)
 
 
 async def test_a_request_that_leaves_the_queue_gives_its_turn_to_the_next():
@@ -108,7 +108,7 @@ async def test_a_request_that_leaves_the_queue_gives_its_turn_to_the_next():
             await finished.all.wait()
         gates[1].opened.set()
     assert order == ["d.test"]
-    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool._all)
+    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool.supervisor.workers)
 
 
 async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothing():
@@ -120,7 +120,7 @@ async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothin
             await pool.run(job("c.test", b"return 'c'"))
         gates[0].opened.set()
         gates[1].opened.set()
-    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool._all)
+    assert all(w.in_flight == 0 and w.reserved == 0 for w in pool.supervisor.workers)
 
 
 async def test_requests_still_queued_when_the_pool_closes_are_refused_at_once():

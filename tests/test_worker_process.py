@@ -44,15 +44,15 @@ async def test_worker_runs_jobs_and_reuses_compiled_source():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery)
-            assert (await worker.call(job(b"return 'one'"))).body == b"one"
+            assert (await worker.run(job(b"return 'one'"))).body == b"one"
             # Same version: the worker runs what it compiled; the new text is not even sent.
-            assert (await worker.call(job(b"return 'changed'"))).body == b"one"
-            assert (await worker.call(job(b"return 'two'", version="v2"))).body == b"two"
+            assert (await worker.run(job(b"return 'changed'"))).body == b"one"
+            assert (await worker.run(job(b"return 'two'", version="v2"))).body == b"two"
             # A tenant switch builds b.test a fresh runtime; a.test's waits dormant in the worker,
             # with what it compiled, for a.test's next request.
-            assert (await worker.call(job(b"return 'b'", tenant="b.test"))).body == b"b"
-            assert (await worker.call(job(b"return 'again'"))).body == b"one"
-            assert (await worker.call(job(b"return 'three'", version="v3"))).body == b"three"
+            assert (await worker.run(job(b"return 'b'", tenant="b.test"))).body == b"b"
+            assert (await worker.run(job(b"return 'again'"))).body == b"one"
+            assert (await worker.run(job(b"return 'three'", version="v3"))).body == b"three"
             await worker.close()
             assert await worker.process.wait() == 0
 
@@ -64,10 +64,10 @@ async def test_a_runtime_the_worker_dropped_gets_its_source_sent_again():
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery)
-            assert (await worker.call(job(bloat))).body == b"big"
-            assert (await worker.call(job(b"return 'b'", tenant="b.test"))).body == b"b"
+            assert (await worker.run(job(bloat))).body == b"big"
+            assert (await worker.run(job(b"return 'b'", tenant="b.test"))).body == b"b"
             assert "a.test" in worker.dormant
-            assert (await worker.call(job(bloat))).body == b"big"  # asked for, sent, compiled
+            assert (await worker.run(job(bloat))).body == b"big"  # asked for, sent, compiled
             assert worker.alive
             await worker.close()
 
@@ -87,7 +87,7 @@ async def test_malformed_reply_is_a_protocol_error_and_kills_the_worker():
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery, script(garbage))
             with pytest.raises(WorkerFailed) as info:
-                await worker.call(job(b"return 1"))
+                await worker.run(job(b"return 1"))
             assert info.value.reason == PROTOCOL
             assert not worker.alive
             assert await worker.process.wait() != 0
@@ -98,7 +98,7 @@ async def test_dead_worker_is_a_crash():
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery, script(HELLO_THEN + "sys.exit(1)\n"))
             with pytest.raises(WorkerFailed) as info:
-                await worker.call(job(b"return 1"))
+                await worker.run(job(b"return 1"))
             assert info.value.reason == CRASH
 
 
@@ -118,7 +118,7 @@ async def test_cpu_budget_kills_the_worker_with_sigprof():
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery)
             with pytest.raises(WorkerFailed) as info:
-                await worker.call(spin)
+                await worker.run(spin)
             assert info.value.reason == CPU_KILL
 
 
@@ -136,6 +136,6 @@ async def test_stray_output_in_the_worker_cannot_corrupt_frames():
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery, script(noisy))
             for _ in range(3):
-                assert (await worker.call(job(b"return 'clean'"))).body == b"clean"
+                assert (await worker.run(job(b"return 'clean'"))).body == b"clean"
             await worker.close()
             assert await worker.process.wait() == 0

@@ -1,0 +1,233 @@
+"""Which worker runs a tenant's next request, and who waits: the pool's scheduling, as pure
+logic over workers it only reads (no processes, no I/O), so it can be tested with stand-ins.
+
+Requests of one tenant share a worker while they wait on platform calls (up to
+`worker_concurrency`); a tenant has at most `cap` requests in flight; requests that find no
+capacity queue first come, first served, and are handed a reserved worker as capacity frees.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from sngin.errors import Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+
+class Schedulable(Protocol):
+    """What the scheduler reads of a worker (and the one thing it writes: `reserved`)."""
+
+    @property
+    def alive(self) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def computing(self) -> bool: ...
+
+    tenant: str | None
+    reserved: int
+
+    @property
+    def dormant(self) -> Collection[str]: ...
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """A request waiting for a worker; the scheduler hands it one (reserved) and sets `ready`."""
+
+    tenant: str
+    cap: int
+    ready: trio.Event = field(default_factory=trio.Event)
+    worker: Schedulable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A worker reserved for one request, and how long the request queued for it (None: it
+    never queued)."""
+
+    worker: Schedulable
+    queued_s: float | None
+
+
+class QueueTimeout(Unavailable):
+    """No capacity came free within the queue timeout; `queued_s` is how long it waited."""
+
+    def __init__(self, message: str, *, queued_s: float) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+        self.queued_s = queued_s
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        worker_concurrency: int,
+        tenant_concurrency: int,
+        check_in: Callable[[Schedulable], None],
+    ) -> None:
+        # check_in: the pool's hook for a worker whose reservation came back unused (it decides
+        # whether the worker takes requests again, and calls hand_out).
+        self._check_in = check_in
+        self.worker_concurrency = worker_concurrency
+        self.tenant_concurrency = tenant_concurrency
+        # Workers that take requests, least recently used first.
+        self.ready: list[Schedulable] = []
+        self.tenant_in_flight: Counter[str] = Counter()
+        self.waiters: deque[Waiter] = deque()
+        self.closing = False
+
+    # --- the ready list ------------------------------------------------------------------------
+
+    def offer(self, worker: Schedulable) -> None:
+        """A worker may take requests (new, or back from one)."""
+        if worker not in self.ready:
+            self.ready.append(worker)
+
+    def withdraw(self, worker: Schedulable) -> None:
+        """A worker takes no more requests (recycling, ended)."""
+        if worker in self.ready:
+            self.ready.remove(worker)
+
+    def pick(self, tenant: str) -> Schedulable | None:
+        """Where a request of `tenant` runs next, or None to wait.
+
+        1. an idle worker that already holds the tenant's runtime;
+        2. a worker of the tenant whose requests all wait on platform calls (it is free to
+           run Lua), below the per-worker concurrency;
+        3. an idle worker keeping the tenant's runtime dormant (a switch back: no new runtime);
+        4. the least recently used idle worker (a tenant switch);
+        5. any worker of the tenant below the per-worker concurrency.
+        """
+        limit = self.worker_concurrency
+        idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = None
+        for w in self.ready:  # one pass: least recently used first
+            if not w.alive:
+                continue
+            in_flight = w.in_flight
+            if w.tenant == tenant:
+                if not in_flight:
+                    idle_mine = w  # the last one seen is the most recently used
+                elif in_flight < limit:
+                    if not w.computing:
+                        waiting_mine = w
+                    if open_mine is None or in_flight < open_mine.in_flight:
+                        open_mine = w
+            elif not in_flight:
+                if idle_any is None:
+                    idle_any = w
+                if tenant in w.dormant:
+                    idle_dormant = w
+        worker = idle_mine or waiting_mine or idle_dormant or idle_any or open_mine
+        if worker is not None:
+            self.ready.remove(worker)
+            self.ready.append(worker)  # most recently used last
+        return worker
+
+    # --- reservations --------------------------------------------------------------------------
+
+    def take(self, tenant: str, cap: int) -> Schedulable | None:
+        """Reserve a worker for one request of `tenant` now, or None."""
+        if self.tenant_in_flight[tenant] >= cap:
+            return None
+        worker = self.pick(tenant)
+        if worker is None:
+            return None
+        worker.reserved += 1
+        self.tenant_in_flight[tenant] += 1
+        return worker
+
+    def release(self, worker: Schedulable, tenant: str) -> None:
+        """Give back a reservation that will not be used."""
+        worker.reserved -= 1
+        self.finished(tenant)
+        self._check_in(worker)
+
+    def finished(self, tenant: str) -> None:
+        """One request of `tenant` is over (its worker is checked in separately)."""
+        self.tenant_in_flight[tenant] -= 1
+        if not self.tenant_in_flight[tenant]:
+            del self.tenant_in_flight[tenant]
+
+    async def admit(self, tenant: str, cap: int | None, timeout_s: float) -> Admitted:
+        """A worker reserved for one request of `tenant`, counted against the tenant's
+        concurrency; waits its turn (first come, first served) up to timeout_s."""
+        cap = cap or self.tenant_concurrency
+        if not self.waiters:
+            worker = self.take(tenant, cap)
+            if worker is not None:
+                return Admitted(worker, None)  # the usual case: no queue, no cancel scope
+        queued_at = trio.current_time()
+        with trio.move_on_after(timeout_s):
+            while True:
+                waiter = Waiter(tenant, cap)
+                self.waiters.append(waiter)
+                try:
+                    await waiter.ready.wait()
+                except BaseException:  # timed out or cancelled: a worker handed meanwhile goes back
+                    handed = self._leave(waiter)
+                    if handed is not None:
+                        self.release(handed, tenant)
+                    raise
+                worker = self._leave(waiter)
+                if worker is not None:
+                    return Admitted(worker, trio.current_time() - queued_at)
+                if self.closing:
+                    raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
+        raise QueueTimeout(
+            "the server is busy with this site's requests; try again shortly",
+            queued_s=trio.current_time() - queued_at,
+        )
+
+    def _leave(self, waiter: Waiter) -> Schedulable | None:
+        """The waiter stops waiting: its worker if it was handed a live one (else None, and a
+        dead one's reservation is given back)."""
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+        worker = waiter.worker
+        if worker is not None and not worker.alive:
+            self.release(worker, waiter.tenant)
+            return None
+        return worker
+
+    def hand_out(self) -> None:
+        """Hand free capacity to waiting requests in arrival order: each woken request holds
+        its worker already, so a freed worker wakes one request, not every waiting one."""
+        if not self.waiters or self.closing:
+            return
+        idle, open_tenants = self._capacity()
+        for waiter in list(self.waiters):
+            if not idle and waiter.tenant not in open_tenants:
+                continue  # nothing it could take: skip it without a full pick
+            worker = self.take(waiter.tenant, waiter.cap)
+            if worker is not None:
+                self.waiters.remove(waiter)
+                waiter.worker = worker
+                waiter.ready.set()
+                idle, open_tenants = self._capacity()
+                if not idle and not open_tenants:
+                    return
+
+    def close(self) -> None:
+        """No worker is coming: waiting requests answer 503 now, not at their timeout."""
+        self.closing = True
+        for waiter in self.waiters:
+            waiter.ready.set()
+
+    def _capacity(self) -> tuple[int, set[str | None]]:
+        """Idle workers, and the tenants whose busy workers can take one more request."""
+        limit = self.worker_concurrency
+        idle, open_tenants = 0, set()
+        for w in self.ready:
+            if w.alive:
+                if not w.in_flight:
+                    idle += 1
+                elif w.in_flight < limit:
+                    open_tenants.add(w.tenant)
+        return idle, open_tenants

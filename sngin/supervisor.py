@@ -1,0 +1,167 @@
+"""Worker supervision, after gunicorn's arbiter: start the pool's workers, replace one that
+ends, recycle one after its share of requests (its successor first), give up only when workers
+keep failing to start, and stop them all at close."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from sngin.errors import SnginError
+from sngin.worker_process import RECYCLE, WorkerBootFailed, WorkerProcess, classify_exit
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sngin.worker_process import WorkerOptions
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S: Final = 5.0
+SPAWN_RETRY_S: Final = 0.5
+MAX_BOOT_FAILURES: Final = 5
+RECYCLE_JITTER: Final = 0.1
+
+
+class WorkerBootError(SnginError):
+    """Workers keep failing to start: the server stops rather than respawn forever."""
+
+
+class Supervisor:
+    """Owns the worker processes. `on_ready(worker)` is called when a worker has started,
+    `on_gone(worker)` when one has ended (before its replacement is started)."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        size: int,
+        max_requests_per_worker: int,
+        options: WorkerOptions,
+        on_ready: Callable[[WorkerProcess], None],
+        on_gone: Callable[[WorkerProcess], None],
+    ) -> None:
+        self._nursery = nursery
+        self.size = size
+        self._max_requests = max_requests_per_worker
+        self._options = options
+        self._on_ready = on_ready
+        self._on_gone = on_gone
+        self.workers: set[WorkerProcess] = set()
+        self._recycle_after: dict[WorkerProcess, int] = {}
+        self.closing = False
+        self.started = self.replaced = self.retired_switches = 0
+        self.exits: Counter[str] = Counter()
+        self._boot_failures = 0
+        self._gave_up = False
+        self._change = trio.Event()
+
+    def live(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.alive]
+
+    def changed(self) -> None:
+        """Something about the workers changed (one started, ended, or finished a request)."""
+        self._change.set()
+        self._change = trio.Event()
+
+    async def wait_for_workers(self, count: int | None = None) -> None:
+        """Until `count` (default: the pool size) workers are alive."""
+        wanted = self.size if count is None else count
+        while sum(1 for w in self.workers if w.alive) < wanted:
+            await self._change.wait()
+
+    # --- starting and replacing ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with trio.open_nursery() as starting:
+            for _ in range(self.size):
+                starting.start_soon(self._add_worker)
+
+    async def _add_worker(self) -> None:
+        while True:
+            try:
+                worker = await WorkerProcess.start(self._nursery, self._options)
+                break
+            except (WorkerBootFailed, OSError) as exc:
+                if self._gave_up:
+                    return  # another spawner already stopped the pool: one error is enough
+                self._boot_failures += 1
+                if self._boot_failures >= MAX_BOOT_FAILURES:
+                    self._gave_up = True
+                    raise WorkerBootError(
+                        f"workers fail to start ({self._boot_failures} times in a row): {exc}"
+                    ) from None
+                log.error("cannot start a worker: %s; retrying", exc)
+                await trio.sleep(SPAWN_RETRY_S)
+        self._boot_failures = 0
+        self.started += 1
+        self.workers.add(worker)
+        jitter = random.uniform(1 - RECYCLE_JITTER, 1 + RECYCLE_JITTER)
+        self._recycle_after[worker] = max(1, int(self._max_requests * jitter))
+        self._nursery.start_soon(self._watch, worker)
+        self._on_ready(worker)
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        """Forget a worker once its process ends; replace it unless the pool is closing."""
+        await worker.process.wait()
+        worker.broken = True
+        await worker.release()
+        self.workers.discard(worker)
+        self._recycle_after.pop(worker, None)
+        self.retired_switches += worker.switches
+        self._on_gone(worker)
+        if self.closing:
+            self.exits["shutdown"] += 1
+            return
+        reason = classify_exit(worker.process.returncode, worker.killed_for)
+        self.exits[reason] += 1
+        self.replaced += 1
+        self.changed()
+        if reason == RECYCLE:
+            return  # its successor was started before it was asked to leave
+        log.warning("worker %d ended (%s, status %s); replacing it", worker.pid, reason,
+                    worker.process.returncode)  # fmt: skip
+        await self._add_worker()
+
+    # --- recycling -----------------------------------------------------------------------------
+
+    def due_for_recycle(self, worker: WorkerProcess) -> bool:
+        """It served its share of requests (± jitter, so workers do not all recycle at once)."""
+        return worker.requests >= self._recycle_after.get(worker, math.inf)
+
+    def recycle(self, worker: WorkerProcess) -> None:
+        """Bounds slow leaks: see _recycle."""
+        self._nursery.start_soon(self._recycle, worker)
+
+    async def _recycle(self, worker: WorkerProcess) -> None:
+        """Start the successor first, so recycling never leaves requests waiting for a spawn;
+        the old worker leaves once its requests are done."""
+        worker.killed_for = RECYCLE
+        await self._add_worker()
+        while worker.in_flight:
+            await self._change.wait()
+        await worker.close()
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def close_when_idle(self, worker: WorkerProcess) -> None:
+        """During close: a worker whose last request just finished leaves now."""
+        if not worker.in_flight:
+            self._nursery.start_soon(worker.close)
+
+    async def aclose(self) -> None:
+        """Ask every worker to exit (stdin closed), then kill what is left after a grace period."""
+        self.closing = True
+        for worker in list(self.workers):
+            if not worker.in_flight:
+                await worker.close()
+        with trio.move_on_after(SHUTDOWN_GRACE_S):
+            for worker in list(self.workers):
+                await worker.process.wait()
+        for worker in list(self.workers):
+            worker.kill()

@@ -1,0 +1,150 @@
+"""The scheduler on its own, with stand-in workers: no processes, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.lowlevel
+
+from sngin.errors import Unavailable
+from sngin.scheduler import QueueTimeout, Scheduler
+
+
+@dataclass(eq=False)
+class StandIn:
+    """What the scheduler reads of a worker."""
+
+    tenant: str | None = None
+    busy: int = 0  # requests running on it (the pool's own count, outside the scheduler)
+    waiting: bool = False  # its requests all wait on platform calls
+    reserved: int = 0
+    alive: bool = True
+    dormant: set[str] = field(default_factory=set)
+
+    @property
+    def in_flight(self) -> int:
+        return self.busy + self.reserved
+
+    @property
+    def computing(self) -> bool:
+        return self.reserved > 0 or (self.busy > 0 and not self.waiting)
+
+
+def scheduler(*workers: StandIn, worker_concurrency: int = 4, tenant_concurrency: int = 8):
+    checked_in: list[StandIn] = []
+    s = Scheduler(
+        worker_concurrency=worker_concurrency,
+        tenant_concurrency=tenant_concurrency,
+        check_in=checked_in.append,
+    )
+    for worker in workers:
+        s.offer(worker)
+    return s, checked_in
+
+
+def test_pick_prefers_the_tenants_idle_worker_then_a_waiting_one_then_a_dormant_one():
+    mine_idle = StandIn("a")
+    mine_waiting = StandIn("a", busy=1, waiting=True)
+    dormant = StandIn("b", dormant={"a"})
+    other_idle = StandIn("c")
+    s, _ = scheduler(other_idle, dormant, mine_waiting, mine_idle)
+    assert s.pick("a") is mine_idle
+    mine_idle.busy = 1
+    assert s.pick("a") is mine_waiting
+    mine_waiting.waiting = False
+    assert s.pick("a") is dormant  # a switch back to a kept runtime
+    dormant.busy = 1
+    assert s.pick("a") is other_idle  # the least recently used idle worker
+    other_idle.busy = 1
+    assert s.pick("a") in (mine_idle, mine_waiting)  # any of the tenant's below the limit
+
+
+def test_dead_workers_and_full_workers_are_never_picked():
+    dead = StandIn("a", alive=False)
+    full = StandIn("a", busy=4)
+    s, _ = scheduler(dead, full, worker_concurrency=4)
+    assert s.pick("a") is None
+
+
+def test_a_tenant_cannot_exceed_its_cap():
+    s, _ = scheduler(StandIn(), StandIn(), StandIn(), StandIn())
+    first = s.take("a", cap=2)
+    assert first is not None
+    assert s.take("a", cap=2) is not None
+    assert s.take("a", cap=2) is None
+    assert s.take("b", cap=2) is not None  # another tenant is not held back
+    first.reserved -= 1  # its request ran and finished
+    s.finished("a")
+    assert s.take("a", cap=2) is not None
+
+
+async def test_waiters_are_served_first_come_first_served(autojump_clock):
+    worker = StandIn()
+    s, _ = scheduler(worker, worker_concurrency=1)
+    first = await s.admit("a", None, timeout_s=10)
+    assert first.queued_s is None
+    order: list[str] = []
+
+    async def wait(tenant: str) -> None:
+        admitted = await s.admit(tenant, None, timeout_s=10)
+        order.append(tenant)
+        assert admitted.queued_s == 1.0
+        admitted.worker.reserved -= 1  # runs (the pool's job), then finishes:
+        s.finished(tenant)
+        s.hand_out()
+
+    async with trio.open_nursery() as nursery:
+        for tenant in ("b", "c", "d"):
+            nursery.start_soon(wait, tenant)
+            await trio.lowlevel.checkpoint()
+        await trio.sleep(1)
+        worker.reserved -= 1
+        s.finished("a")
+        s.hand_out()
+    assert order == ["b", "c", "d"]
+
+
+async def test_a_request_that_finds_no_capacity_times_out_with_how_long_it_waited(
+    autojump_clock,
+):
+    s, _ = scheduler(StandIn(busy=1, tenant="x"), worker_concurrency=1)
+    with pytest.raises(QueueTimeout) as info:
+        await s.admit("a", None, timeout_s=3)
+    assert info.value.queued_s == 3
+    assert info.value.status == 503
+    assert not s.waiters
+
+
+async def test_close_answers_waiting_requests_at_once(autojump_clock):
+    s, _ = scheduler(StandIn(busy=1, tenant="x"), worker_concurrency=1)
+
+    async def closer() -> None:
+        await trio.sleep(1)
+        s.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(closer)
+        with pytest.raises(Unavailable, match="shutting down"):
+            await s.admit("a", None, timeout_s=60)
+    assert trio.current_time() == 1
+
+
+async def test_a_cancelled_waiter_gives_back_a_worker_it_was_handed(autojump_clock):
+    worker = StandIn()
+    s, checked_in = scheduler(StandIn(busy=1, tenant="x"), worker_concurrency=1)
+    with trio.move_on_after(1):
+        async with trio.open_nursery() as nursery:
+
+            async def hand_over() -> None:
+                await trio.sleep(0.5)
+                nursery.cancel_scope.cancel()  # the waiter is cancelled, and before it runs
+                s.offer(worker)
+                s.hand_out()  # a worker is handed to it
+
+            nursery.start_soon(hand_over)
+            await s.admit("a", None, timeout_s=60)
+    assert worker.reserved == 0
+    assert not s.tenant_in_flight
+    assert checked_in == [worker]  # back to the pool
