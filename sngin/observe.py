@@ -9,11 +9,16 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import msgspec
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sandbox.protocol import Request
 
 OTHER: Final = "other"
 TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
@@ -90,6 +95,21 @@ class LogHub:
                 subscriber.dropped += 1  # a slow subscriber loses lines, scripts never wait
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+script_log = logging.getLogger("sngin.script")
+
+
+def forward_script_line(
+    tenant: str, request: Request, line: bytes, redact: Callable[[str], str] | None
+) -> None:
+    """One print/log line of a script, as it is written: one JSON line in the server log,
+    tagged so a tail can follow one tenant or request (the tenant's secrets redacted)."""
+    text = line.decode("utf-8", "replace")
+    if redact is not None:
+        text = redact(text)
+    record = {"tenant": tenant, "request": request.id, "path": request.path, "line": text}
+    script_log.info("%s", json.dumps(record))
 
 
 class TailHandler(logging.Handler):

@@ -29,8 +29,9 @@ class Schedulable(Protocol):
     def in_flight(self) -> int: ...
     @property
     def computing(self) -> bool: ...
+    @property
+    def tenant(self) -> str | None: ...
 
-    tenant: str | None
     reserved: int
 
     @property

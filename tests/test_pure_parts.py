@@ -1,4 +1,4 @@
-"""The code cache's parts on their own: the byte-bounded LRU and the purge log (pure logic)."""
+"""Small pure parts on their own: the byte-bounded LRU, the purge log, the runtime mirror."""
 
 from __future__ import annotations
 
@@ -59,3 +59,22 @@ def test_purge_log_answers_what_a_purge_covered_since_an_epoch():
         log.record(lambda key: False)
     # The log no longer reaches back to `before`: assume covered rather than cache stale code.
     assert log.covered_since("a.test/y", before)
+
+
+def test_the_runtime_mirror_follows_switches_and_dormant_runtimes():
+    from sandbox.protocol import DORMANT_RUNTIMES
+    from sngin.runtime_mirror import RuntimeMirror
+
+    mirror = RuntimeMirror()
+    mirror.switch_to("a.test")
+    mirror.compiled(("a.test", "v1"))
+    mirror.switch_to("b.test")
+    assert (mirror.tenant, mirror.switches) == ("b.test", 1)
+    assert not mirror.has_compiled(("a.test", "v1"))  # another runtime is active
+    assert "a.test" in mirror.dormant
+    mirror.switch_to("a.test")  # back to the kept runtime: what it compiled is known
+    assert mirror.has_compiled(("a.test", "v1"))
+    for index in range(DORMANT_RUNTIMES + 1):
+        mirror.switch_to(f"t{index}.test")
+    assert "a.test" not in mirror.dormant  # the oldest dormant runtime is forgotten
+    assert len(mirror.dormant) == DORMANT_RUNTIMES

@@ -1,0 +1,47 @@
+"""The server's mirror of what one worker child holds: the tenant whose runtime is active, the
+script versions that runtime has compiled (their source need not cross the pipe again), and the
+runtimes the child keeps dormant for the tenants it served last (sandbox/worker.py)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final
+
+from sandbox.protocol import DORMANT_RUNTIMES
+
+# Versions remembered per runtime; past this the set restarts (a miss only resends source).
+MAX_KNOWN: Final = 1024
+
+Version = tuple[str, str]  # (script key, version)
+
+
+class RuntimeMirror:
+    """Optimistic, as it must be (the child also drops big runtimes): a miss costs a new
+    runtime, and the child asks for the source it lacks."""
+
+    def __init__(self) -> None:
+        self.tenant: str | None = None
+        self.switches = 0
+        self._known: set[Version] = set()
+        self.dormant: OrderedDict[str, set[Version]] = OrderedDict()
+
+    def switch_to(self, tenant: str) -> None:
+        """The next job is `tenant`'s: the active runtime is set aside (kept dormant) and the
+        tenant's own comes back, with what it compiled, if the child kept it."""
+        if tenant == self.tenant:
+            return
+        if self.tenant is not None:
+            self.switches += 1
+            self.dormant[self.tenant] = self._known
+            while len(self.dormant) > DORMANT_RUNTIMES:
+                self.dormant.popitem(last=False)
+        self._known = self.dormant.pop(tenant, set())
+        self.tenant = tenant
+
+    def has_compiled(self, version: Version) -> bool:
+        return version in self._known
+
+    def compiled(self, version: Version) -> None:
+        if len(self._known) >= MAX_KNOWN:
+            self._known.clear()
+        self._known.add(version)

@@ -1,0 +1,42 @@
+"""Why a worker ended, and how a request on it learns: the exit reasons, the errors, and the
+classification of an exit status."""
+
+from __future__ import annotations
+
+import signal
+from typing import Final
+
+from sandbox.protocol import EXIT_MEMORY
+
+# Why a worker ended.
+CPU_KILL: Final = "cpu"
+WALL_KILL: Final = "wall"
+MEMORY: Final = "memory"
+CRASH: Final = "crash"
+PROTOCOL: Final = "protocol"
+RECYCLE: Final = "recycle"
+
+
+class WorkerFailed(Exception):
+    """A request ended with its worker gone. `reason` is one of the constants above; `sibling`
+    is True when another request on the same worker caused it."""
+
+    def __init__(self, reason: str, detail: str, *, sibling: bool = False) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.sibling = sibling
+
+
+class WorkerBootFailed(Exception):
+    """The worker exited or hung before saying it was ready."""
+
+
+def classify_exit(returncode: int | None, killed_for: str | None) -> str:
+    if killed_for is not None:
+        return killed_for
+    if returncode == -signal.SIGPROF:
+        return CPU_KILL
+    if returncode == EXIT_MEMORY:
+        return MEMORY
+    return CRASH
