@@ -82,7 +82,7 @@ async def test_no_traceback_when_the_output_is_closed(tmp_path):
 
 
 def test_log_lines_show_the_part_of_the_id_that_differs():
-    from sngin.app import RequestIds
+    from sngin.tracing import RequestIds
 
     ids = RequestIds()
     scope = {"headers": []}

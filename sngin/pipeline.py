@@ -1,0 +1,157 @@
+"""The tenant pipeline: from a request the edge has accepted to the worker's Reply.
+
+resolve(): Host -> tenant (allowlist) and path -> script key, before the body is read;
+run(): tenant config (enabled, rate limit) -> code (the store, `$cb`) -> Job -> pool, with the
+request's platform calls answered by RequestCalls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+import trio
+
+from sandbox.protocol import Job, Reply, Request
+from sngin.admission import RateLimiter, TenantAllowlist, retry_after
+from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
+from sngin.forwarding import client_of
+from sngin.limits import TenantLimits
+from sngin.outbound import RequestCalls
+from sngin.tenant_config import TenantConfig
+from sngin.tenants import script_key, script_path, tenant_of
+
+if TYPE_CHECKING:
+    from sngin.deps import Deps
+    from sngin.tracing import RequestTrace
+
+log = logging.getLogger(__name__)
+script_log = logging.getLogger("sngin.script")
+
+Scope = MutableMapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: its tenant and script key, and its headers as str names."""
+
+    tenant: str
+    key: str
+    headers: list[tuple[str, bytes]]
+
+
+def wants_fresh_code(query: bytes) -> bool:
+    """True when the query has a `$cb` parameter (the seed's cache buster; bare `cb` is not)."""
+    if b"cb" not in query:
+        return False
+    for part in query.split(b"&"):
+        name = part.split(b"=", 1)[0]
+        if name == b"$cb" or unquote_to_bytes(name.replace(b"+", b" ")) == b"$cb":
+            return True
+    return False
+
+
+class TenantPipeline:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        settings = deps.settings
+        self._trusted = settings.trusted_proxies
+        self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
+        self._rates = RateLimiter()
+        limits = settings.limits
+        self._default_config = TenantConfig(
+            limits=deps.limits_for("") if deps.limits_for is not None else TenantLimits(),
+            max_body_bytes=limits.max_body_bytes,
+            max_subrequests=limits.max_subrequests,
+        )
+
+    def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
+        """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
+        operator does not serve. Decided before any store request: random-Host scans never
+        reach S3."""
+        headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
+        host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
+        tenant = tenant_of(host)
+        if not self._allowlist.allows(tenant):
+            raise TenantNotFound("no site is served at this host")
+        trace.tenant = tenant
+        return Route(tenant, script_key(tenant, script_path(scope["path"])), headers)
+
+    async def run(self, scope: Scope, route: Route, body: bytes, trace: RequestTrace) -> Reply:
+        tenant, key = route.tenant, route.key
+        query = scope.get("query_string", b"")
+        fresh = wants_fresh_code(query)
+        config = await self._config(tenant, fresh)
+        if not config.enabled:
+            raise Unavailable("this site is disabled by its configuration")
+        if config.rps:
+            wait = self._rates.admit(tenant, config.rps)
+            if wait is not None:
+                raise RateLimited(
+                    "too many requests for this site", headers={"Retry-After": retry_after(wait)}
+                )
+        source = await self.deps.store.fetch(key, revalidate=fresh)
+        if source is None:
+            raise CodeNotFound(f"no script for {scope['path']}")
+        remote_addr, scheme = client_of(scope, route.headers, self._trusted)
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            querystring=query,
+            headers=route.headers,
+            body=body,
+            host=tenant,
+            scheme=scheme,
+            port=(scope.get("server") or ("", 80))[1] or 80,
+            remote_addr=remote_addr,
+            id=trace.id,
+        )
+        job = Job(
+            tenant=tenant,
+            key=key,
+            version=source.version,
+            request=request,
+            limits=config.job_limits,
+            source=source.text,
+            env=config.env,
+        )
+        redact = config.redact if config.secrets else None
+        reply = await self.deps.pool.run(
+            job,
+            self._calls(tenant, request.id, config),
+            limits=config.limits,
+            concurrency=config.concurrency,
+            redact=redact,
+        )
+        if reply.error is not None and redact is not None:
+            reply = msgspec.structs.replace(reply, message=redact(reply.message))
+        trace.cpu_ms = reply.cpu_ms
+        if reply.error is not None:
+            trace.error = reply.message
+        if reply.logs_dropped:
+            # The lines themselves were streamed (and logged) as the script wrote them.
+            script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
+        return reply
+
+    async def _config(self, tenant: str, fresh: bool) -> TenantConfig:
+        configs = self.deps.configs
+        if configs is None:
+            return self._default_config
+        return await configs.get(tenant, revalidate=fresh)
+
+    def _calls(self, tenant: str, request_id: str, config: TenantConfig) -> RequestCalls:
+        deps = self.deps
+        return RequestCalls(
+            deps.outbound,
+            tenant=tenant,
+            deadline=trio.current_time() + config.limits.timeout_ms / 1000,
+            request_id=request_id,
+            max_subrequests=config.max_subrequests,
+            store=deps.store,
+            github=deps.github,
+            egress=config.egress,
+        )
