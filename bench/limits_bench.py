@@ -18,7 +18,7 @@ import contextlib
 
 from sandbox.protocol import Job, Request
 from sngin.errors import SnginError
-from sngin.limits import TenantLimits
+from sngin.limits import Limits
 from sngin.pool import PoolConfig, open_pool
 from sngin.pool_statistics import rss_bytes
 
@@ -38,7 +38,7 @@ def job(key: str, source: bytes) -> Job:
 
 
 async def main() -> None:
-    limits = TenantLimits(timeout_ms=30_000, cpu_ms=BUDGET_MS, memory_mb=64)
+    limits = Limits(timeout_ms=30_000, cpu_ms=BUDGET_MS, memory_mb=64)
     config = PoolConfig(size=1, quarantine_strikes=10_000)
     async with open_pool(config, lambda tenant: limits) as pool:
         print(f"CPU budget {BUDGET_MS} ms, {SAMPLES} kills each (one worker; wall time to 504)")

@@ -39,8 +39,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     id: str = ""
 
 
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-request limits the worker enforces: CPU and Lua memory, and the response's size."""
+class WireLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-request limits as the worker receives them (derived from sngin.limits.Limits):
+    CPU and Lua memory, and the response's size."""
 
     cpu_ms: int = 2000
     memory_bytes: int = 128 * 1024 * 1024
@@ -59,7 +60,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     key: str
     version: str
     request: Request
-    limits: Limits = Limits()
+    limits: WireLimits = WireLimits()
     source: bytes | None = None
     env: dict[str, str] = {}  # the tenant's `env` (from its _sngin.json), read-only in Lua
 

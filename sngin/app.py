@@ -106,7 +106,7 @@ class Dispatcher:
         route = self.pipeline.resolve(scope, trace)  # a bad Host or path: before the body
         settings = self.deps.settings
         body = await read_body(
-            scope, receive, settings.limits.max_request_bytes, settings.http.body_timeout_s
+            scope, receive, settings.http.max_request_bytes, settings.http.body_timeout_s
         )
         return await self.pipeline.run(scope, route, body, trace)
 

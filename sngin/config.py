@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from sngin.errors import ConfigError
+from sngin.limits import MIB, Limits
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-MIB: Final = 1024 * 1024
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BUNDLED_SITES: Final = Path(__file__).parent / "demo" / "sites"
 MIN_TOKEN_LENGTH: Final = 16
@@ -38,19 +38,10 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    timeout_ms: int = 5000  # SNGIN_TIMEOUT_MS: wall time per request
-    cpu_ms: int = 2000  # SNGIN_CPU_MS: CPU time per request
-    memory_mb: int = 128  # SNGIN_MEMORY_MB: Lua memory per request
-    max_body_bytes: int = 10 * MIB  # SNGIN_MAX_BODY_BYTES: response body
-    max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
-    max_subrequests: int = 50  # SNGIN_MAX_SUBREQUESTS: http.request calls per request
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpSettings:
     """Front-end timeouts that keep slow clients from holding connections."""
 
+    max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
     keep_alive_s: float = 5.0  # idle connection, including one still sending its headers
     read_timeout_s: int = 30  # one read from the socket
     body_timeout_s: float = 30.0  # the whole request body
@@ -158,6 +149,7 @@ class Settings:
             "pool": PoolSettings,
             "cache": CacheSettings,
             "ceilings": Ceilings,
+            "http": HttpSettings,
         }
         for section, kind in sections.items():
             prefix = section + "."
@@ -336,7 +328,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_QUARANTINE_WINDOW_S": ("pool.quarantine_window_s", _float_range(0.001, 86400)),
     "SNGIN_QUARANTINE_S": ("pool.quarantine_s", _float_range(0, 86400)),
     "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
-    "SNGIN_MAX_REQUEST_BYTES": ("limits.max_request_bytes", _int_range(0, 1024 * MIB)),
+    "SNGIN_MAX_REQUEST_BYTES": ("http.max_request_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),
     "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", _float_range(0, 86400)),
     "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),

@@ -8,12 +8,9 @@ from typing import TYPE_CHECKING
 from sngin.observe import Observer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from sngin.cache import CodeCache
     from sngin.codestore import CodeSource
     from sngin.config import Settings
-    from sngin.limits import TenantLimits
     from sngin.outbound import Outbound
     from sngin.pool import Pool
     from sngin.tenant_config import TenantConfigs
@@ -25,7 +22,6 @@ class Deps:
     store: CodeSource
     pool: Pool
     outbound: Outbound | None = None  # None: scripts' http.request calls are refused
-    limits_for: Callable[[str], TenantLimits] | None = None
     github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
     configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
     observer: Observer = field(default_factory=lambda: Observer())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from sandbox.protocol import Job, Limits, Request
+from sandbox.protocol import Job, Request
 from sngin.app import reply_error
 from sngin.codestore.local import LocalStore
 from sngin.egress import EgressPolicy
@@ -76,7 +76,7 @@ def run_file(
         key=str(path),  # errors name the script by the path it was run as
         version=hashlib.blake2b(source, digest_size=12).hexdigest(),
         request=request,
-        limits=Limits(max_body_bytes=settings.limits.max_body_bytes),
+        limits=settings.limits.wire,
         source=source,
     )
     # The script's print/log lines arrive while it runs, as the server logs them: JSON lines.

@@ -20,7 +20,6 @@ from sandbox.protocol import Job, Reply, Request
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
-from sngin.limits import TenantLimits
 from sngin.outbound import RequestCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
@@ -62,12 +61,7 @@ class TenantPipeline:
         self._trusted = settings.trusted_proxies
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._rates = RateLimiter()
-        limits = settings.limits
-        self._default_config = TenantConfig(
-            limits=deps.limits_for("") if deps.limits_for is not None else TenantLimits(),
-            max_body_bytes=limits.max_body_bytes,
-            max_subrequests=limits.max_subrequests,
-        )
+        self._default_config = TenantConfig(limits=settings.limits)
 
     def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
         """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
@@ -115,7 +109,7 @@ class TenantPipeline:
             key=key,
             version=source.version,
             request=request,
-            limits=config.job_limits,
+            limits=config.limits.wire,
             source=source.text,
             env=config.env,
         )
@@ -150,7 +144,7 @@ class TenantPipeline:
             tenant=tenant,
             deadline=trio.current_time() + config.limits.timeout_ms / 1000,
             request_id=request_id,
-            max_subrequests=config.max_subrequests,
+            max_subrequests=config.limits.max_subrequests,
             store=deps.store,
             github=deps.github,
             egress=config.egress,

@@ -27,7 +27,7 @@ from sngin.errors import (
     Unavailable,
     WorkerCrashed,
 )
-from sngin.limits import TenantLimits
+from sngin.limits import Limits
 from sngin.observe import kill_reason, worker_pid
 from sngin.pool_statistics import PoolStatistics, WorkerInfo, rss_bytes
 from sngin.quarantine import Quarantine
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Pool", "PoolConfig", "WorkerBootError", "open_pool"]
 
-MIB: Final = 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
@@ -76,7 +74,7 @@ LIMIT_NAMES: Final = {
 }
 
 
-def failure_error(failure: WorkerFailed, limits: TenantLimits) -> SnginError:
+def failure_error(failure: WorkerFailed, limits: Limits) -> SnginError:
     reason = failure.reason
     if failure.sibling:
         cause = LIMIT_NAMES.get(reason)
@@ -103,7 +101,7 @@ class Pool:
         self,
         nursery: trio.Nursery,
         config: PoolConfig,
-        limits_for: Callable[[str], TenantLimits],
+        limits_for: Callable[[str], Limits],
     ) -> None:
         self._config = config
         self._limits_for = limits_for
@@ -217,7 +215,7 @@ class Pool:
         job: Job,
         calls: CallHandler | None = None,
         *,
-        limits: TenantLimits | None = None,
+        limits: Limits | None = None,
         concurrency: int | None = None,
         redact: Callable[[str], str] | None = None,
     ) -> Reply:
@@ -236,14 +234,9 @@ class Pool:
             )
         if limits is None:
             limits = self._limits_for(tenant)
-        memory_bytes = limits.memory_mb * MIB
-        if job.limits.cpu_ms != limits.cpu_ms or job.limits.memory_bytes != memory_bytes:
-            job = msgspec.structs.replace(
-                job,
-                limits=msgspec.structs.replace(
-                    job.limits, cpu_ms=limits.cpu_ms, memory_bytes=memory_bytes
-                ),
-            )
+        if job.limits is not limits.wire:
+            # The job runs under exactly these limits (the pipeline built it so already).
+            job = msgspec.structs.replace(job, limits=limits.wire)
         try:
             admitted = await self.scheduler.admit(tenant, concurrency, self._config.queue_timeout_s)
         except QueueTimeout as exc:
@@ -285,9 +278,9 @@ class Pool:
 
 @asynccontextmanager
 async def open_pool(
-    config: PoolConfig, limits_for: Callable[[str], TenantLimits] | None = None
+    config: PoolConfig, limits_for: Callable[[str], Limits] | None = None
 ) -> AsyncIterator[Pool]:
-    default_limits = TenantLimits()
+    default_limits = Limits()
     async with trio.open_nursery() as nursery:
         pool = Pool(nursery, config, limits_for or (lambda tenant: default_limits))
         try:

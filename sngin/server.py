@@ -18,12 +18,11 @@ from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
-from sngin.config import MIB
 from sngin.connection_guard import contain_connection_errors
 from sngin.deps import Deps
 from sngin.egress import EgressPolicy
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
-from sngin.limits import TenantLimits
+from sngin.limits import MIB, Limits
 from sngin.logsetup import quiet_libraries
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
@@ -86,7 +85,6 @@ async def serve(
             store=store,
             pool=pool,
             outbound=outbound,
-            limits_for=limits_for,
             github=github,
             configs=TenantConfigs(store, settings),
             observer=Observer(settings.metrics_tenants, text_log=settings.log_format == "text"),
@@ -98,7 +96,7 @@ def pool_config(settings: Settings) -> PoolConfig:
     p, limits = settings.pool, settings.limits
     # RLIMIT_AS for a worker: Python and its libraries (~30 MB measured), twice the Lua cap (a
     # growing string briefly holds old and new), and a few copies of the largest bodies.
-    largest_body = max(limits.max_request_bytes, limits.max_body_bytes)
+    largest_body = max(settings.http.max_request_bytes, limits.max_body_bytes)
     address_space = 64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body
     return PoolConfig(
         size=p.size,
@@ -113,12 +111,9 @@ def pool_config(settings: Settings) -> PoolConfig:
     )
 
 
-def default_limits(settings: Settings) -> Callable[[str], TenantLimits]:
-    limits = settings.limits
-    same = TenantLimits(
-        timeout_ms=limits.timeout_ms, cpu_ms=limits.cpu_ms, memory_mb=limits.memory_mb
-    )
-    return lambda tenant: same
+def default_limits(settings: Settings) -> Callable[[str], Limits]:
+    """Every tenant's limits before its _sngin.json: the operator's."""
+    return lambda tenant: settings.limits
 
 
 @asynccontextmanager

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from sandbox.protocol import Limits
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import ScriptError
-from sngin.limits import TenantLimits
+from sngin.limits import Limits
 from sngin.tenants import CONFIG_NAME, file_key
 
 if TYPE_CHECKING:
@@ -70,25 +69,12 @@ class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 @dataclass(frozen=True, slots=True)
 class TenantConfig:
     enabled: bool = True
-    limits: TenantLimits = field(default_factory=TenantLimits)
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_subrequests: int = 50
+    limits: Limits = field(default_factory=Limits)  # its wire form is derived once, here
     concurrency: int | None = None
     rps: float | None = None
     env: dict[str, str] = field(default_factory=dict)
     egress: TenantEgress | None = None
     secrets: tuple[str, ...] = ()
-
-    # What the worker enforces: derived once per configuration rather than per request.
-    job_limits: Limits = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        job_limits = Limits(
-            cpu_ms=self.limits.cpu_ms,
-            memory_bytes=self.limits.memory_mb * 1024 * 1024,
-            max_body_bytes=self.max_body_bytes,
-        )
-        object.__setattr__(self, "job_limits", job_limits)
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -191,13 +177,17 @@ class TenantConfigs:
 
         # An unset ceiling (0) is the operator's default: a tenant may lower a limit, never
         # lift it past what the operator chose, unless the operator set a ceiling above it.
-        tenant_limits = TenantLimits(
+        tenant_limits = Limits(
             timeout_ms=int(pick("timeout_ms", wanted.timeout_ms, limits.timeout_ms,
                                 ceilings.max_timeout_ms or limits.timeout_ms)),
             cpu_ms=int(pick("cpu_ms", wanted.cpu_ms, limits.cpu_ms,
                             ceilings.max_cpu_ms or limits.cpu_ms)),
             memory_mb=int(pick("memory_mb", wanted.memory_mb, limits.memory_mb,
                                ceilings.max_memory_mb or limits.memory_mb)),
+            max_body_bytes=int(pick("max_body_bytes", wanted.max_body_bytes,
+                                    limits.max_body_bytes, limits.max_body_bytes)),
+            max_subrequests=int(pick("max_subrequests", wanted.max_subrequests,
+                                     limits.max_subrequests, limits.max_subrequests)),
         )  # fmt: skip
         concurrency = None
         if wanted.concurrency is not None:
@@ -211,10 +201,6 @@ class TenantConfigs:
         return TenantConfig(
             enabled=spec.enabled,
             limits=tenant_limits,
-            max_body_bytes=int(pick("max_body_bytes", wanted.max_body_bytes,
-                                    limits.max_body_bytes, limits.max_body_bytes)),
-            max_subrequests=int(pick("max_subrequests", wanted.max_subrequests,
-                                     limits.max_subrequests, limits.max_subrequests)),
             concurrency=concurrency,
             rps=rps,
             env=env,

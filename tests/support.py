@@ -17,23 +17,15 @@ from botocore.credentials import Credentials
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import Endpoint, S3Store
-from sngin.config import (
-    Bind,
-    CacheSettings,
-    HttpSettings,
-    Limits,
-    PoolSettings,
-    S3Settings,
-    Settings,
-)
+from sngin.config import Bind, CacheSettings, HttpSettings, PoolSettings, S3Settings, Settings
 from sngin.deps import Deps
 from sngin.egress import EgressPolicy
-from sngin.limits import TenantLimits
+from sngin.limits import Limits
 from sngin.mirror import DiskMirror
 from sngin.observe import Observer
 from sngin.outbound import open_outbound
 from sngin.pool import open_pool
-from sngin.server import pool_config, serve_app
+from sngin.server import default_limits, pool_config, serve_app
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 
@@ -163,22 +155,28 @@ async def running(
     **limits,
 ):
     write_sites(tmp_path)
+    http = http or HttpSettings()
+    if "max_request_bytes" in limits:
+        http = replace(http, max_request_bytes=limits.pop("max_request_bytes"))
     settings = Settings(
         bind=Bind(host="127.0.0.1", port=0),
         code_dir=tmp_path,
         pool=PoolSettings(size=workers),
-        limits=Limits(timeout_ms=timeout_ms, max_subrequests=max_subrequests, **limits),
+        limits=Limits(
+            timeout_ms=timeout_ms,
+            cpu_ms=cpu_ms,
+            memory_mb=memory_mb,
+            max_subrequests=max_subrequests,
+            **limits,
+        ),
         trusted_proxies=trusted_proxies,
-        http=http or HttpSettings(),
+        http=http,
         admin_token=admin_token,
     )
     settings = replace(settings, **(settings_changes or {}))
     stop = trio.Event()
     config = replace(pool_config(settings), **(pool or {}))
-    limits = TenantLimits(timeout_ms=timeout_ms, cpu_ms=cpu_ms, memory_mb=memory_mb)
-
-    def limits_for(tenant: str) -> TenantLimits:
-        return limits
+    limits_for = default_limits(settings)
 
     async with trio.open_nursery() as nursery, open_pool(config, limits_for) as pool:
         # A deadline for the whole test, also when `running` is entered by a fixture (a
@@ -190,7 +188,6 @@ async def running(
             store=store,
             pool=pool,
             outbound=outbound,
-            limits_for=limits_for,
             github=github,
             configs=TenantConfigs(store, settings) if tenant_configs else None,
             observer=Observer(access_stream=access_log),

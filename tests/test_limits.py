@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 
 from sandbox.protocol import Job, Request
-from sngin.limits import TenantLimits
+from sngin.limits import Limits
 from sngin.pool import PoolConfig, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
@@ -187,7 +187,7 @@ async def test_no_fd_leak_across_1000_requests_and_50_replacements():
     spin = Job(tenant="a.test", key="a.test/spin", version="1",
                request=Request(method="GET", path="/"), source=b"while true do end")  # fmt: skip
     seen: set[int] = set()
-    limits = TenantLimits(cpu_ms=50)
+    limits = Limits(cpu_ms=50)
     with trio.fail_after(120):
         config = PoolConfig(size=2, quarantine_strikes=1000)
         async with open_pool(config, lambda tenant: limits) as pool:

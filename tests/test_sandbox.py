@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from sandbox.protocol import Job, Limits, Reply, Request
+from sandbox.protocol import Job, Reply, Request, WireLimits
 from sandbox.runtime import TenantRuntime
 
 _versions = itertools.count()
@@ -26,7 +26,7 @@ def run(
     *,
     method: str = "GET",
     key: str = "a.test/x",
-    limits: Limits | None = None,
+    limits: WireLimits | None = None,
     **request: object,
 ) -> Reply:
     text = source.encode() if isinstance(source, str) else source
@@ -35,7 +35,7 @@ def run(
         key=key,
         version=str(next(_versions)),
         request=Request(method=method, path=request.pop("path", "/x"), **request),  # type: ignore[arg-type]
-        limits=limits or Limits(),
+        limits=limits or WireLimits(),
         source=text,
     )
     return rt.run(job)
@@ -209,16 +209,16 @@ def test_many_headers_sharing_one_string_stop_before_copying(runtime):
 
 
 def test_body_over_limit_is_invalid(runtime):
-    reply = run(runtime, "return string.rep('a', 1001)", limits=Limits(max_body_bytes=1000))
+    reply = run(runtime, "return string.rep('a', 1001)", limits=WireLimits(max_body_bytes=1000))
     assert reply.error == "invalid_response"
     assert "1001 bytes" in reply.message
-    assert ok(runtime, "return string.rep('a', 1000)", limits=Limits(max_body_bytes=1000))
+    assert ok(runtime, "return string.rep('a', 1000)", limits=WireLimits(max_body_bytes=1000))
 
 
 def test_json_body_over_limit_is_invalid(runtime):
     reply = run(
         runtime, "local t = {} for i = 1, 1000 do t[i] = i end return t",
-        limits=Limits(max_body_bytes=100),
+        limits=WireLimits(max_body_bytes=100),
     )  # fmt: skip
     assert reply.error == "invalid_response"
     assert "exceeds 100 bytes" in reply.message

@@ -275,7 +275,8 @@ async def test_rate_limited_tenant_gets_429(tmp_path, mock_clock):
 
 def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path, caplog):
     from sngin.codestore.local import LocalStore
-    from sngin.config import Limits, PoolSettings, Settings
+    from sngin.config import PoolSettings, Settings
+    from sngin.limits import Limits
     from sngin.tenant_config import TenantConfigs
 
     settings = Settings(
@@ -300,7 +301,7 @@ def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path
 
 
 async def test_a_greedy_tenant_is_killed_at_the_operators_default_cpu_limit(tmp_path):
-    from sngin.config import Limits
+    from sngin.limits import Limits
 
     files = {
         "a.test/_sngin.json": '{"limits": {"cpu_ms": 999999, "memory_mb": 4096}}',

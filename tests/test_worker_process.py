@@ -7,7 +7,7 @@ import sys
 import pytest
 import trio
 
-from sandbox.protocol import Job, Limits, Request
+from sandbox.protocol import Job, Request, WireLimits
 from sngin.worker_process import (
     CPU_KILL,
     CRASH,
@@ -112,7 +112,7 @@ async def test_worker_that_never_says_hello_fails_to_boot():
 async def test_cpu_budget_kills_the_worker_with_sigprof():
     spin = Job(
         tenant="a.test", key="a.test/spin", version="1", request=Request(method="GET", path="/"),
-        limits=Limits(cpu_ms=200), source=b"while true do end",
+        limits=WireLimits(cpu_ms=200), source=b"while true do end",
     )  # fmt: skip
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
