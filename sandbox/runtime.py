@@ -25,7 +25,16 @@ from sandbox.protocol import (
     Reply,
 )
 
-PRELUDE: Final = resources.files("sandbox").joinpath("lua/prelude.lua").read_bytes()
+# The prelude's parts, by concern (sandbox/lua/prelude/NN-name.lua), joined in name order into
+# the one chunk that prelude_bytecode() compiles once per process.
+PRELUDE_PARTS: Final = tuple(
+    sorted(
+        (p for p in resources.files("sandbox").joinpath("lua/prelude").iterdir()
+         if p.name.endswith(".lua")),
+        key=lambda p: p.name,
+    )
+)  # fmt: skip
+PRELUDE: Final = b"\n".join(part.read_bytes() for part in PRELUDE_PARTS)
 MAX_COMPILED: Final = 256
 UNLIMITED: Final = 0
 

@@ -637,3 +637,21 @@ def test_runtimes_made_and_closed_in_a_loop_collect_their_garbage_without_crashi
     result = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "end, (function() marker_escaped = true end)(), function()",
+        "return 1 end, (function() marker_escaped = true end)(), function(...) return 2",
+    ],
+)
+def test_a_source_that_closes_its_wrapper_never_runs_in_the_real_globals(runtime, source):
+    """Invariant 3 of the prelude (08-requests): source is compiled whole on its own before
+    it is wrapped, so a source that ends the wrapper early is a syntax error, not code that
+    runs at the factory's level."""
+    reply = run(runtime, source)
+    assert reply.error == "bad_source" or reply.error == "lua_error"
+    probe = ok(runtime, "return tostring(rawget(_G, 'marker_escaped'))")
+    assert probe.body == b"nil"
+    assert runtime._lua.globals()[b"marker_escaped"] is None  # the real globals

@@ -1,0 +1,98 @@
+-- prelude/10-host-libraries: crypto, base64, utils, and clear errors for the webscript names
+-- this server does not provide. Host functions are Lua closures around guarded Python
+-- callables (wrap_host in 09-modules): the Python object stays an unreachable upvalue.
+---------------------------------------------------------------------------------------------
+-- crypto, base64, utils, and the webscript names this server does not provide
+
+local function check_string(value, what)
+  if type(value) ~= "string" then error(what .. " must be a string", 3) end
+end
+
+local function digest_object(raw, hex)
+  return { digest = function() return raw end, hex = function() return hex end }
+end
+
+local function host_libraries(python_functions)
+  -- Each guarded Python callable stays an upvalue of its Lua wrapper: tenants never see it.
+  local host = {}
+  for name, fn in next, python_functions do host[name] = wrap_host(fn) end
+  local json = json_library()
+  json.decode, json.parse, json.stringify = host.json_decode, host.json_decode, json.encode
+  local crypto = {}
+  local names = {}
+  for _, algo in next, { "md5", "sha1", "sha256", "sha512" } do
+    local fn = function(s)
+      check_string(s, "crypto." .. algo .. ": the argument")
+      return digest_object(host.hash(algo, s))
+    end
+    crypto[algo] = fn
+    names[fn] = algo
+  end
+  crypto.hmac = function(key, message, hash)
+    check_string(key, "crypto.hmac: the key")
+    check_string(message, "crypto.hmac: the message")
+    local algo = names[hash]
+    if not algo then
+      error("crypto.hmac: the third argument must be crypto.md5, crypto.sha1, crypto.sha256 "
+        .. "or crypto.sha512", 2)
+    end
+    return digest_object(host.hmac(algo, key, message))
+  end
+  crypto.random = function(n)
+    if type(n) ~= "number" or n < 0 or n > 1048576 or n ~= floor(n) then
+      error("crypto.random: expected a whole number of bytes up to 1048576", 2)
+    end
+    return host.random(n)
+  end
+  crypto.uuid = function() return host.uuid() end
+
+  local base64 = {
+    encode = function(s)
+      check_string(s, "base64.encode: the argument")
+      return host.b64encode(s)
+    end,
+    decode = function(s)
+      check_string(s, "base64.decode: the argument")
+      return host.b64decode(s)
+    end,
+  }
+
+  local utils = {
+    trim = function(s)
+      check_string(s, "utils.trim: the argument")
+      return (sgsub(sgsub(s, "^%s+", ""), "%s+$", ""))
+    end,
+    split = function(s, separator)
+      check_string(s, "utils.split: the string")
+      separator = separator or ","
+      check_string(separator, "utils.split: the separator")
+      if separator == "" then error("utils.split: the separator must not be empty", 2) end
+      local parts, start = {}, 1
+      while true do
+        local at, stop = sfind(s, separator, start, true)
+        if not at then break end
+        parts[#parts + 1] = ssub(s, start, at - 1)
+        start = stop + 1
+      end
+      parts[#parts + 1] = ssub(s, start)
+      return parts
+    end,
+    slugify = function(s)
+      check_string(s, "utils.slugify: the argument")
+      local slug = sgsub(slower(s), "[^%w]+", "-")
+      return (sgsub(sgsub(slug, "^%-+", ""), "%-+$", ""))
+    end,
+  }
+
+  local libraries = {
+    crypto = crypto, base64 = base64, utils = utils, json = json, _emit = host.emit,
+  }
+  -- webscript.io names this server does not provide: a clear error on any use.
+  for _, name in next, { "storage", "lease", "email", "alert" } do
+    local function refuse() error(name .. " is not supported by this server", 2) end
+    libraries[name] = setmetatable({}, {
+      __index = refuse, __newindex = refuse, __call = refuse, __metatable = false,
+    })
+  end
+  return libraries
+end
