@@ -6,6 +6,7 @@ import dataclasses
 import hmac
 import re
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -78,13 +79,13 @@ def create_admin(deps: Deps) -> QuartTrio:
         if denied is not None:
             return denied
         body: dict[str, Any] = {
-            "pool": dataclasses.asdict(deps.pool.statistics()),
+            "pool": plain(deps.pool.statistics()),
             "quarantined": quarantine_list(deps),
         }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)
             if statistics is not None:
-                body[name] = dataclasses.asdict(statistics())
+                body[name] = plain(statistics())
         return body, 200
 
     @admin.get("/__sngin/metrics")
@@ -192,6 +193,17 @@ def create_admin(deps: Deps) -> QuartTrio:
         )
 
     return admin
+
+
+def plain(value: Any) -> Any:
+    """A statistics snapshot (frozen dataclasses, read-only mappings, tuples) as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    return value
 
 
 def quarantine_list(deps: Deps) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import logging
 import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
@@ -152,9 +153,9 @@ class Pool:
             timeouts=self._timeouts,
             tenant_switches=supervisor.retired_switches
             + sum(w.switches for w in supervisor.workers),
-            exits=dict(supervisor.exits),
+            exits=MappingProxyType(dict(supervisor.exits)),
             workers=workers,
-            tenants=self.accounting.statistics(),
+            tenants=MappingProxyType(self.accounting.statistics()),
         )
 
     def live_count(self) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 
@@ -69,9 +72,9 @@ class PoolStatistics:
     replaced: int
     timeouts: int
     tenant_switches: int
-    exits: dict[str, int]
+    exits: Mapping[str, int]  # read-only views: a snapshot never changes under its reader
     workers: tuple[WorkerInfo, ...]
-    tenants: dict[str, TenantStatistics]
+    tenants: Mapping[str, TenantStatistics]
 
 
 def rss_bytes(pid: int) -> int:

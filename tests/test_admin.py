@@ -251,3 +251,19 @@ async def test_cli_stats_and_purge_against_a_running_server(tmp_path, capsys):
         code = await trio.to_thread.run_sync(main, ["stats", "--url", srv.url], {})
         assert code == 2
         assert "--token or SNGIN_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+async def test_pool_statistics_are_frozen_snapshots(tmp_path):
+    import dataclasses
+
+    async with running(tmp_path) as srv:
+        await srv.get("/")
+        stats = srv.pool.statistics()
+        with pytest.raises(TypeError):
+            stats.tenants["x.test"] = stats.tenants["a.test"]  # type: ignore[index]
+        with pytest.raises(TypeError):
+            stats.exits["cpu"] = 1  # type: ignore[index]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.live = 0  # type: ignore[misc]
+        await srv.get("/", host="b.test")
+        assert "b.test" not in stats.tenants  # a later request does not change the snapshot
