@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 from sandbox.protocol import METHOD_NOT_ALLOWED
 from sngin.pool_statistics import TenantCounters, TenantStatistics
-from sngin.worker_process import CPU_KILL, CRASH, MEMORY, PROTOCOL, WALL_KILL
+from sngin.worker_failures import CPU_KILL, CRASH, MEMORY, PROTOCOL, WALL_KILL
 
 if TYPE_CHECKING:
     from sandbox.protocol import Reply
