@@ -21,7 +21,6 @@ from sngin.errors import (
     SnginError,
     TenantNotFound,
 )
-from sngin.observe import code_outcome, kill_reason, worker_pid
 from sngin.pipeline import TenantPipeline
 from sngin.response_rules import response_headers
 from sngin.tracing import RequestIds, RequestTrace
@@ -77,9 +76,6 @@ class Dispatcher:
             return  # websockets are not served; Hypercorn closes the connection
         head = scope["method"] == "HEAD"
         trace = RequestTrace(id=self._request_ids.of(scope), started=trio.current_time())
-        code_outcome.set("none")
-        worker_pid.set(None)
-        kill_reason.set(None)
         try:
             try:
                 reply = await self._tenant_request(scope, receive, trace)
@@ -114,7 +110,7 @@ class Dispatcher:
         wall_s = trio.current_time() - trace.started
         tenant = trace.tenant or "-"
         if trace.tenant is not None:
-            kill = kill_reason.get()
+            kill = trace.run.kill
             self.deps.observer.metrics.request_finished(
                 tenant, trace.status, wall_s, trace.cpu_ms / 1000, kill
             )
@@ -133,8 +129,8 @@ class Dispatcher:
             size=trace.size,
             wall_ms=wall_s * 1000,
             cpu_ms=trace.cpu_ms,
-            code=code_outcome.get(),
-            worker=worker_pid.get(),
+            code=trace.fetch.outcome,
+            worker=trace.run.worker,
         )
 
 

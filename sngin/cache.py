@@ -18,7 +18,6 @@ from sngin.codestore import Modified, NotModified
 from sngin.errors import CodeFetchError, StoreMisconfigured
 from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU, Entry
 from sngin.mirror import ABSENT, Absent
-from sngin.observe import code_outcome
 from sngin.purge_log import PurgeLog
 from sngin.single_flight import Flight, Flights
 from sngin.tenants import covering
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from sngin.codestore import ConditionalStore, Source, StoreResult
     from sngin.config import CacheSettings
     from sngin.mirror import DiskMirror
+    from sngin.notes import FetchNote
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class CodeCache:
                 raise StoreMisconfigured(MISSING_KEY_DENIED, code=exc.code) from exc
             raise
 
-    async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
+    async def fetch(
+        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+    ) -> Source | None:
         """The script for key, or None if there is none.
 
         revalidate=True (`$cb`) asks the store before answering, at most once per
@@ -140,15 +142,18 @@ class CodeCache:
             if entry is not None and entry.expires_at > trio.current_time() and not force:
                 self._hits += 1
                 self._lru.touch(key)
-                code_outcome.set("hit")
+                if note is not None:
+                    note.outcome = "hit"
                 return entry.source
             if entry is not None:
                 stale_before = self._stale
                 source = await self._revalidate(key, entry, wait_fully=force)
-                code_outcome.set("stale" if self._stale > stale_before else "revalidated")
+                if note is not None:
+                    note.outcome = "stale" if self._stale > stale_before else "revalidated"
                 return source
             flight = self._flights.get(key)
-            code_outcome.set("miss")
+            if note is not None:
+                note.outcome = "miss"
             if flight is None:
                 self._misses += 1
                 return await self._fetch_inline(key)

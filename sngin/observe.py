@@ -3,7 +3,6 @@ per-tenant log tail, and the code outcome of each request."""
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import sys
@@ -22,14 +21,6 @@ if TYPE_CHECKING:
 
 OTHER: Final = "other"
 TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
-
-# Per request (trio tasks inherit context): how the script's code was obtained (set by the code
-# source), which worker ran it and why it was stopped, if it was (set by the pool).
-code_outcome: contextvars.ContextVar[str] = contextvars.ContextVar("code_outcome", default="none")
-worker_pid: contextvars.ContextVar[int | None] = contextvars.ContextVar("worker_pid", default=None)
-kill_reason: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "kill_reason", default=None
-)
 
 
 class TenantLabels:

@@ -88,7 +88,7 @@ class TenantPipeline:
                 raise RateLimited(
                     "too many requests for this site", headers={"Retry-After": retry_after(wait)}
                 )
-        source = await self.deps.store.fetch(key, revalidate=fresh)
+        source = await self.deps.store.fetch(key, revalidate=fresh, note=trace.fetch)
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")
         remote_addr, scheme = client_of(scope, route.headers, self._trusted)
@@ -120,6 +120,7 @@ class TenantPipeline:
             limits=config.limits,
             concurrency=config.concurrency,
             redact=redact,
+            note=trace.run,
         )
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))

@@ -29,7 +29,7 @@ from sngin.errors import (
     WorkerCrashed,
 )
 from sngin.limits import Limits
-from sngin.observe import kill_reason, worker_pid
+from sngin.notes import RunNote
 from sngin.pool_statistics import PoolStatistics, WorkerInfo, rss_bytes
 from sngin.quarantine import Quarantine
 from sngin.scheduler import QueueTimeout, Scheduler
@@ -219,9 +219,12 @@ class Pool:
         limits: Limits | None = None,
         concurrency: int | None = None,
         redact: Callable[[str], str] | None = None,
+        note: RunNote | None = None,
     ) -> Reply:
         """Run a job on a worker; platform calls the script makes go to `calls`. `limits` and
-        `concurrency` override the defaults for this tenant (from its _sngin.json)."""
+        `concurrency` override the defaults for this tenant (from its _sngin.json); `note`
+        gets the worker that ran it and the limit it was killed for."""
+        note = note or RunNote()
         tenant = job.tenant
         counters = self.accounting.counters(tenant)
         if self.supervisor.closing:
@@ -248,13 +251,13 @@ class Pool:
             counters.queue_waits += 1
             counters.queue_wait_ms += admitted.queued_s * 1000
         worker = cast("WorkerProcess", admitted.worker)
-        worker_pid.set(worker.pid)
+        note.worker = worker.pid
         started = trio.current_time()
         counters.requests += 1
         try:
             reply = await worker.run(job, calls, timeout_s=limits.timeout_ms / 1000, redact=redact)
         except WorkerFailed as exc:
-            kill_reason.set(exc.reason)
+            note.kill = exc.reason
             if exc.reason == WALL_KILL:
                 self._timeouts += 1
             if not exc.sibling:
@@ -267,7 +270,7 @@ class Pool:
             self._check_in(worker)
         counters.cpu_ms += reply.cpu_ms
         if reply.error == MEMORY_LIMIT:
-            kill_reason.set(MEMORY)
+            note.kill = MEMORY
             self.accounting.strike(tenant, counters, MEMORY)
         self.accounting.count_status(counters, reply)
         return reply

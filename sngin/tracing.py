@@ -7,12 +7,12 @@ import itertools
 import re
 import secrets
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
 
-from sngin.observe import code_outcome
+from sngin.notes import FetchNote, RunNote
 
 Scope = MutableMapping[str, Any]
 
@@ -45,10 +45,12 @@ class RequestTrace:
     size: int = 0
     cpu_ms: float = 0.0
     error: str | None = None
+    fetch: FetchNote = field(default_factory=FetchNote)  # the script's code fetch
+    run: RunNote = field(default_factory=RunNote)  # its worker, and a limit kill
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         wall_ms = (trio.current_time() - self.started) * 1000
         timing = (
-            f"cpu;dur={self.cpu_ms:.2f}, wall;dur={wall_ms:.2f}, code;desc={code_outcome.get()}"
+            f"cpu;dur={self.cpu_ms:.2f}, wall;dur={wall_ms:.2f}, code;desc={self.fetch.outcome}"
         )
         return [(b"server-timing", timing.encode()), (b"x-request-id", self.id.encode())]

@@ -267,3 +267,20 @@ async def test_pool_statistics_are_frozen_snapshots(tmp_path):
             stats.live = 0  # type: ignore[misc]
         await srv.get("/", host="b.test")
         assert "b.test" not in stats.tenants  # a later request does not change the snapshot
+
+
+async def test_the_code_outcome_is_the_scripts_not_the_configs(tmp_path):
+    """Server-Timing's `code` says how the script itself was fetched, whatever the fetches of
+    the tenant's configuration and of the modules it requires said (each fetch reports to
+    the request explicitly now, not through a shared context variable)."""
+    (tmp_path / "a.test" / "lib").mkdir(parents=True)
+    (tmp_path / "a.test" / "mod").mkdir()
+    (tmp_path / "a.test" / "mod" / "index.lua").write_text("return require('lib.m').v")
+    async with running(tmp_path, tenant_configs=True) as srv:
+        (tmp_path / "a.test" / "lib" / "m.lua").write_text("return {v = 'one'}")
+        first = await srv.get("/mod")
+        (tmp_path / "a.test" / "lib" / "m.lua").write_text("return {v = 'two!'}")
+        second = await srv.get("/mod")  # the module is read again (a miss), the script is not
+    assert (first.text, second.text) == ("one", "two!")
+    assert "code;desc=miss" in first.headers["server-timing"]
+    assert "code;desc=hit" in second.headers["server-timing"]

@@ -7,7 +7,7 @@ import trio
 
 from sandbox.protocol import DORMANT_RUNTIMES, Job, Request
 from sandbox.worker import DORMANT_MAX_BYTES, DORMANT_TOTAL_BYTES, Worker
-from sngin.observe import worker_pid
+from sngin.notes import RunNote
 from sngin.pool import PoolConfig, open_pool
 
 _ids = iter(range(1, 1_000_000))
@@ -71,8 +71,9 @@ def test_dormant_runtimes_together_stay_under_their_total():
 
 async def test_the_pool_sends_a_tenant_back_to_the_worker_keeping_its_runtime():
     async def pid_for(pool, tenant: str) -> int | None:
-        await pool.run(job(tenant))
-        return worker_pid.get()
+        note = RunNote()
+        await pool.run(job(tenant), note=note)
+        return note.worker
 
     async with open_pool(PoolConfig(size=2)) as pool:
         first = await pid_for(pool, "a.test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from sngin.codestore.local import LocalStore
-from sngin.observe import code_outcome
+from sngin.notes import FetchNote
 
 
 async def test_fetch_reads_and_sees_edits(tmp_path):
@@ -40,10 +40,11 @@ async def test_symlink_out_of_the_tenant_folder_is_refused(tmp_path):
 
 async def test_a_missing_script_appears_as_soon_as_it_is_written(tmp_path):
     store = LocalStore(tmp_path)
-    assert await store.fetch("a.test/new") is None
-    assert code_outcome.get() == "miss"  # read off the event loop
-    assert await store.fetch("a.test/new") is None
-    assert code_outcome.get() == "hit"  # answered from the remembered miss: one stat
+    note = FetchNote()
+    assert await store.fetch("a.test/new", note=note) is None
+    assert note.outcome == "miss"  # read off the event loop
+    assert await store.fetch("a.test/new", note=note) is None
+    assert note.outcome == "hit"  # answered from the remembered miss: one stat
     (tmp_path / "a.test" / "new").mkdir(parents=True)
     (tmp_path / "a.test" / "new" / "index.lua").write_text("return 'now'")
     source = await store.fetch("a.test/new")
@@ -60,8 +61,8 @@ async def test_a_purge_drops_and_counts_the_in_memory_copies(tmp_path):
     for key in ("a.test", "a.test/x", "b.test", "a.test/missing"):
         await store.fetch(key)
     assert await store.purge("a.test", "", recursive=True) == 2  # a.test and a.test/x
-    code_outcome.set("none")
-    await store.fetch("a.test/x")
-    assert code_outcome.get() == "miss"  # read again
-    await store.fetch("b.test")
-    assert code_outcome.get() == "hit"  # another tenant's copy stays
+    note = FetchNote()
+    await store.fetch("a.test/x", note=note)
+    assert note.outcome == "miss"  # read again
+    await store.fetch("b.test", note=note)
+    assert note.outcome == "hit"  # another tenant's copy stays

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sngin.notes import FetchNote
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +21,13 @@ class Source:
 class CodeSource(Protocol):
     """What the server asks for a script: the folder store directly, or the S3 code cache."""
 
-    async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
+    async def fetch(
+        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+    ) -> Source | None:
         """The script for key ('host/a/b' -> host/a/b/index.lua), or None if there is none.
 
         revalidate: the request carries `$cb`; confirm with the store before answering.
+        note: where to say how the fetch was answered (hit, miss, ...).
         """
         ...
 

@@ -11,11 +11,12 @@ import trio
 
 from sngin.codestore import Source
 from sngin.errors import CodeFetchError
-from sngin.observe import code_outcome
 from sngin.tenants import covering
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from sngin.notes import FetchNote
 
 SCRIPT_NAME = "index.lua"
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
@@ -66,6 +67,11 @@ def read_script(root: Path, key: str) -> Source | None:
     return Source(text=text, version=hashlib.blake2b(text, digest_size=12).hexdigest())
 
 
+def _note(note: FetchNote | None, outcome: str) -> None:
+    if note is not None:
+        note.outcome = outcome
+
+
 class LocalStore:
     """Reads scripts from a folder. An edit is visible on the next request: each fetch compares
     the file's stat signature with the cached copy's and re-reads (off the event loop) on change."""
@@ -77,18 +83,20 @@ class LocalStore:
         # _sngin.json, and a stat of a missing file is far cheaper than a hop to a thread.
         self._missing: dict[str, Path] = {}
 
-    async def fetch(self, key: str, *, revalidate: bool = False) -> Source | None:
+    async def fetch(
+        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+    ) -> Source | None:
         # Every fetch checks the file, so `$cb` (revalidate) needs nothing more here.
         cached = self._cache.get(key)
         # One stat of a local file costs microseconds, less than a hop to a thread.
         if cached is not None and signature(cached[0]) == cached[1]:
-            code_outcome.set("hit")
+            _note(note, "hit")
             return cached[2]
         missing = self._missing.get(key)
         if missing is not None and signature(missing) is None:
-            code_outcome.set("hit")
+            _note(note, "hit")
             return None
-        code_outcome.set("miss")
+        _note(note, "miss")
         path, source, stamp = await trio.to_thread.run_sync(self._load, key)
         self._remember(key, path, source, stamp)
         return source
