@@ -31,7 +31,7 @@ def main() -> None:
     bare = per_call_us(lambda: lupa.LuaRuntime(encoding=None, register_eval=False), 300)
     tenant = per_call_us(lambda: TenantRuntime("bench.test").close(), 300)
     rt = TenantRuntime("bench.test")
-    request = Request(method="GET", path="/", querystring=b"name=x", headers=[("a", b"b")])
+    request = Request(method="GET", path="/", querystring=b"name=x", headers=[(b"a", b"b")])
     hello = Job(tenant="t", key="t/hello", version="1", request=request, source=b"return 'hi'")
     table = Job(
         tenant="t", key="t/json", version="1", request=request,

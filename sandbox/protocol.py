@@ -30,7 +30,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     method: str
     path: str
     querystring: bytes = b""
-    headers: list[tuple[str, bytes]] = []
+    headers: list[tuple[bytes, bytes]] = []  # as the server received them: no re-encoding
     body: bytes = b""
     host: str = ""
     scheme: str = "http"
@@ -75,7 +75,6 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     error: str | None = None
     message: str = ""
     allow: list[str] = []
-    logs: list[bytes] = []
     logs_dropped: int = 0
     need_source: bool = False
     cpu_ms: float = 0.0

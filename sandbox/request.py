@@ -44,7 +44,7 @@ def _unquote(text: bytes) -> bytes:
 
 def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
     """Build the Lua `request` table (fresh per request, so scripts may modify it freely)."""
-    headers = [(name.encode("latin-1"), value) for name, value in request.headers]
+    headers = request.headers
     header_map = dict(headers)
     fields: dict[bytes, Any] = {
         b"method": request.method.encode(),

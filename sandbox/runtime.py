@@ -260,8 +260,7 @@ class TenantRuntime:
 
     def _reply(self, run: RequestRun, outcome: Any) -> Reply:
         job = run.job
-        lines, dropped = run.collect()
-        logs = [lines[i] for i in range(1, len(lines) + 1)]
+        dropped = run.collect()
         kind = outcome[0].decode()
         if kind == "ok":
             _, status, body, flat = outcome
@@ -269,7 +268,7 @@ class TenantRuntime:
             reply = Reply(status=int(status), headers=headers, body=body)
         else:
             reply = self._error_reply(job, kind, _text(outcome[1]))
-        return msgspec.structs.replace(reply, id=job.id, logs=logs, logs_dropped=int(dropped))
+        return msgspec.structs.replace(reply, id=job.id, logs_dropped=int(dropped))
 
     @staticmethod
     def _error_reply(job: Job, kind: str, message: str) -> Reply:

@@ -188,9 +188,7 @@ class Worker:
     def finish(self, request_id: int, reply: Reply) -> None:
         cpu_ms = self.cpu_used_s[request_id] * 1000
         self.forget(request_id)
-        # The lines already crossed the pipe as Log frames while the script ran: only their
-        # count is repeated here, not the lines.
-        self.send(msgspec.structs.replace(reply, id=request_id, cpu_ms=cpu_ms, logs=[]))
+        self.send(msgspec.structs.replace(reply, id=request_id, cpu_ms=cpu_ms))
         if reply.error == MEMORY_LIMIT:
             # A runtime that ran out of memory may hold the tenant's garbage: start afresh
             # once no request is using it (see tidy_up).

@@ -119,6 +119,7 @@ class Dispatcher:
                     "%s",
                     json.dumps({"tenant": tenant, "request": trace.id, "path": scope["path"],
                                 "error": trace.error}),
+                    extra={"tenant": tenant},
                 )  # fmt: skip
         self.deps.observer.access.write(
             request_id=trace.id,

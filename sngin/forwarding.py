@@ -19,19 +19,21 @@ def in_networks(address: str, networks: Networks) -> bool:
     return any(ip in network for network in networks)
 
 
-def client_of(scope: Scope, headers: list[tuple[str, bytes]], trusted: Networks) -> tuple[str, str]:
+def client_of(
+    scope: Scope, headers: list[tuple[bytes, bytes]], trusted: Networks
+) -> tuple[str, str]:
     """remote_addr and scheme; the right-most address not in `trusted` is the client."""
     peer = (scope.get("client") or ("", 0))[0]
     scheme = scope.get("scheme", "http")
     if not trusted or not in_networks(peer, trusted):
         return peer, scheme
-    forwarded = [v for n, v in headers if n == "x-forwarded-for"]
+    forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
     hops = [h.strip() for v in forwarded for h in v.decode("latin-1").split(",") if h.strip()]
     client = peer
     for hop in reversed(hops):
         client = hop
         if not in_networks(hop, trusted):
             break
-    proto = next((v for n, v in headers if n == "x-forwarded-proto"), b"").decode("latin-1")
+    proto = next((v for n, v in headers if n == b"x-forwarded-proto"), b"").decode("latin-1")
     proto = proto.split(",")[0].strip().lower()
     return client, proto if proto in ("http", "https") else scheme

@@ -43,7 +43,10 @@ class JsonLines(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if record.name == SCRIPT_LOGGER and message.startswith("{"):
+        carried = getattr(record, "fields", None)
+        if isinstance(carried, dict):
+            fields.update(carried)
+        elif record.name == SCRIPT_LOGGER and message.startswith("{"):
             try:
                 fields.update(json.loads(message))
             except ValueError:

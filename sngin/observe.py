@@ -100,7 +100,9 @@ def forward_script_line(
     if redact is not None:
         text = redact(text)
     record = {"tenant": tenant, "request": request.id, "path": request.path, "line": text}
-    script_log.info("%s", json.dumps(record))
+    # The tenant and fields travel on the record too: the tail and the JSON log format use
+    # them as they are, rather than parsing the line again.
+    script_log.info("%s", json.dumps(record), extra={"tenant": tenant, "fields": record})
 
 
 class TailHandler(logging.Handler):
@@ -113,13 +115,10 @@ class TailHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not self.hub.subscribers:
             return
-        try:
-            message = record.getMessage()
-            tenant = json.loads(message).get("tenant")
-        except (ValueError, AttributeError):
-            return
+        # The tenant travels on the record (`extra`): the JSON line is not parsed again.
+        tenant = getattr(record, "tenant", None)
         if isinstance(tenant, str):
-            self.hub.publish(tenant, message)
+            self.hub.publish(tenant, record.getMessage())
 
 
 @dataclass(frozen=True, slots=True)

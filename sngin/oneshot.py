@@ -59,14 +59,14 @@ def run_file(
     tenant = tenant_of(host or tenant_folder(path, settings.code_dir) or "localhost")
     request_path, _, query = url_path.partition("?")
     pairs = [
-        (name.strip().lower(), value.strip().encode())
+        (name.strip().lower().encode(), value.strip().encode())
         for name, _, value in (h.partition(":") for h in headers)
     ]
     request = Request(
         method=method.upper(),
         path=request_path or "/",
         querystring=query.encode(),
-        headers=[("host", (host or tenant).encode()), *pairs],
+        headers=[(b"host", (host or tenant).encode()), *pairs],
         body=body.encode(),
         host=tenant,
         id=uuid.uuid4().hex,

@@ -36,11 +36,10 @@ Scope = MutableMapping[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where a request goes: its tenant and script key, and its headers as str names."""
+    """Where a request goes: its tenant and script key."""
 
     tenant: str
     key: str
-    headers: list[tuple[str, bytes]]
 
 
 def wants_fresh_code(query: bytes) -> bool:
@@ -67,13 +66,12 @@ class TenantPipeline:
         """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
         operator does not serve. Decided before any store request: random-Host scans never
         reach S3."""
-        headers = [(name.decode("latin-1"), value) for name, value in scope["headers"]]
-        host = next((v for n, v in headers if n == "host"), b"").decode("latin-1")
+        host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
         tenant = tenant_of(host)
         if not self._allowlist.allows(tenant):
             raise TenantNotFound("no site is served at this host")
         trace.tenant = tenant
-        return Route(tenant, script_key(tenant, script_path(scope["path"])), headers)
+        return Route(tenant, script_key(tenant, script_path(scope["path"])))
 
     async def run(self, scope: Scope, route: Route, body: bytes, trace: RequestTrace) -> Reply:
         tenant, key = route.tenant, route.key
@@ -91,12 +89,13 @@ class TenantPipeline:
         source = await self.deps.store.fetch(key, revalidate=fresh, note=trace.fetch)
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")
-        remote_addr, scheme = client_of(scope, route.headers, self._trusted)
+        headers = scope["headers"]
+        remote_addr, scheme = client_of(scope, headers, self._trusted)
         request = Request(
             method=scope["method"],
             path=scope["path"],
             querystring=query,
-            headers=route.headers,
+            headers=headers,
             body=body,
             host=tenant,
             scheme=scheme,

@@ -39,7 +39,7 @@ def test_example_runs(runtime, number):
         tenant="docs.test",
         key=f"docs.test/example{number}",
         version="1",
-        request=Request(method="GET", path="/", headers=[("user-agent", b"docs")]),
+        request=Request(method="GET", path="/", headers=[(b"user-agent", b"docs")]),
         source=EXAMPLES[number].encode(),
     )
     reply = runtime.run(job, answer)

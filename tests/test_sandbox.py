@@ -250,7 +250,7 @@ def test_request_fields(runtime):
         method="PUT",
         path="/a/b",
         querystring=b"a=1&m=x&m=y",
-        headers=[("user-agent", b"curl"), ("referer", b"http://r.test/")],
+        headers=[(b"user-agent", b"curl"), (b"referer", b"http://r.test/")],
         body=b"payload",
         host="a.test",
         scheme="https",
@@ -271,7 +271,7 @@ def test_form_is_parsed_for_urlencoded_bodies(runtime):
         runtime,
         "return request.form.name .. '|' .. request.form.x",
         method="POST",
-        headers=[("content-type", b"application/x-www-form-urlencoded; charset=utf-8")],
+        headers=[(b"content-type", b"application/x-www-form-urlencoded; charset=utf-8")],
         body=b"name=J%C3%B6rg+X&x=",
     )
     assert reply.body == "Jörg X|".encode()
@@ -345,25 +345,38 @@ def test_compiled_once_per_version(runtime):
 # --- print and log -------------------------------------------------------------------------
 
 
-def test_print_and_log_are_captured(runtime):
+@pytest.fixture
+def logged():
+    """A runtime whose print/log lines are collected as they are streamed."""
+    lines: list[bytes] = []
+    rt = TenantRuntime("a.test", log_sink=lambda request_id, line: lines.append(line))
+    yield rt, lines
+    rt.close()
+
+
+def test_print_and_log_are_streamed(logged):
+    runtime, lines = logged
     reply = ok(runtime, "print('a', 1, nil, true) log('b') return 'x'")
-    assert reply.logs == [b"a\t1\tnil\ttrue", b"b"]
+    assert lines == [b"a\t1\tnil\ttrue", b"b"]
     assert reply.logs_dropped == 0
 
 
-def test_log_is_bounded_and_counts_the_excess(runtime):
+def test_log_is_bounded_and_counts_the_excess(logged):
+    runtime, lines = logged
     reply = ok(runtime, "for i = 1, 150 do print(i) end")
-    assert len(reply.logs) == 100
+    assert len(lines) == 100
     assert reply.logs_dropped == 50
+    lines.clear()
     reply = ok(runtime, "for i = 1, 10 do print(string.rep('x', 10000)) end")
-    assert sum(len(line) for line in reply.logs) <= 64 * 1024
+    assert sum(len(line) for line in lines) <= 64 * 1024
     assert reply.logs_dropped == 4
 
 
-def test_logs_are_kept_when_the_script_fails(runtime):
+def test_logs_are_kept_when_the_script_fails(logged):
+    runtime, lines = logged
     reply = run(runtime, "print('before') error('after')")
     assert reply.error == "lua_error"
-    assert reply.logs == [b"before"]
+    assert lines == [b"before"]
 
 
 # --- isolation -----------------------------------------------------------------------------

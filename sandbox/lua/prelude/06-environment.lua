@@ -3,8 +3,11 @@
 ---------------------------------------------------------------------------------------------
 -- Per-request environment
 
+-- print/log lines are streamed to the host as they happen (so a script killed later still
+-- leaves its lines behind), within the request's line and byte budget; only the count of the
+-- lines past it is kept.
 local function new_output(limits, request_id, emit_host)
-  local lines, count, bytes, dropped = {}, 0, 0, 0
+  local count, bytes, dropped = 0, 0, 0
   local max_lines, max_bytes = limits.max_log_lines, limits.max_log_bytes
   local function emit(...)
     local parts = {}
@@ -16,12 +19,10 @@ local function new_output(limits, request_id, emit_host)
     end
     count = count + 1
     bytes = bytes + #line
-    lines[count] = line
-    -- Streamed as it happens, so a script killed later still leaves its lines behind.
     if emit_host then emit_host(request_id, line) end
   end
   local function collect()
-    return lines, dropped
+    return dropped
   end
   return emit, collect
 end
