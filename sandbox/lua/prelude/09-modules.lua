@@ -11,8 +11,6 @@ local loaded = {}            -- canonical name -> { version =, value = } (this t
 local module_factories = {}  -- canonical name .. version -> compiled factory
 local module_tables = setmetatable({}, { __mode = "k" })  -- module env -> module() table
 local saved_host_libraries   -- set by module_libraries()
--- The request being resumed (set by step): whose print a module's print writes to, and which
--- modules that request is loading (circular requires are per request).
 
 local SEGMENT = "^[%w_%-%.]+$"
 
