@@ -21,7 +21,10 @@ HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 # A worker keeps the runtimes of the tenants it served last (each still only ever that tenant's),
 # so switching back to one costs nothing; the server routes tenants to the worker holding theirs.
-DORMANT_RUNTIMES: Final = 64
+# How many it keeps is bounded by their Lua heap together (a hello runtime holds ~80 KiB, so
+# ~400 of them), not by a count; a runtime over the per-runtime cap is closed instead.
+DORMANT_TOTAL_BYTES: Final = 32 * 1024 * 1024
+DORMANT_MAX_BYTES: Final = 1024 * 1024
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +81,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     logs_dropped: int = 0
     need_source: bool = False
     cpu_ms: float = 0.0
+    fresh_runtime: bool = False  # the job needed a new runtime (none active or kept for it)
+    dropped_runtimes: list[str] = []  # tenants whose kept runtimes were closed meanwhile
 
 
 class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -18,7 +18,8 @@ import msgspec
 
 from sandbox import compat, limits
 from sandbox.protocol import (
-    DORMANT_RUNTIMES,
+    DORMANT_MAX_BYTES,
+    DORMANT_TOTAL_BYTES,
     EXIT_MEMORY,
     HEADER,
     MEMORY_LIMIT,
@@ -39,10 +40,6 @@ from sandbox.protocol import (
 from sandbox.runtime import RequestRun, TenantRuntime
 
 READ_SIZE = 65536
-# A runtime holding more than this (garbage included) is closed rather than kept dormant, and
-# the dormant ones together stay under the total (a fresh runtime holds ~80 KiB).
-DORMANT_MAX_BYTES = 1024 * 1024
-DORMANT_TOTAL_BYTES = 16 * 1024 * 1024
 
 
 class FrameInput:
@@ -78,6 +75,9 @@ class Worker:
         # Runtimes set aside, least recently served first, with their size then.
         self.dormant: OrderedDict[str, tuple[TenantRuntime, int]] = OrderedDict()
         self.dormant_bytes = 0
+        # Reported with the next Reply, so the server's mirror of the dormant set stays true.
+        self.dropped: list[str] = []
+        self.fresh: set[int] = set()  # requests that needed a new runtime
         self.runs: dict[int, RequestRun] = {}
         self.cpu_left_s: dict[int, float] = {}
         self.cpu_used_s: dict[int, float] = {}
@@ -112,6 +112,7 @@ class Worker:
             self.dormant_bytes -= size
         else:
             runtime = TenantRuntime(job.tenant, log_sink=self.send_log)
+            self.fresh.add(job.id)
         self.runtime = runtime
         return runtime
 
@@ -122,13 +123,15 @@ class Worker:
         the running tenant's requests need."""
         size = runtime.memory_used()
         if self.replace_runtime or size > DORMANT_MAX_BYTES:
+            self.dropped.append(runtime.tenant)
             runtime.close()
             return
         self.dormant[runtime.tenant] = (runtime, size)
         self.dormant_bytes += size
-        while len(self.dormant) > DORMANT_RUNTIMES or self.dormant_bytes > DORMANT_TOTAL_BYTES:
-            _, (oldest, oldest_size) = self.dormant.popitem(last=False)
+        while self.dormant_bytes > DORMANT_TOTAL_BYTES:
+            tenant, (oldest, oldest_size) = self.dormant.popitem(last=False)
             self.dormant_bytes -= oldest_size
+            self.dropped.append(tenant)
             oldest.close()
 
     def send_log(self, request_id: int, line: bytes) -> None:
@@ -187,8 +190,18 @@ class Worker:
 
     def finish(self, request_id: int, reply: Reply) -> None:
         cpu_ms = self.cpu_used_s[request_id] * 1000
+        fresh = request_id in self.fresh
         self.forget(request_id)
-        self.send(msgspec.structs.replace(reply, id=request_id, cpu_ms=cpu_ms))
+        dropped, self.dropped = self.dropped, []
+        self.send(
+            msgspec.structs.replace(
+                reply,
+                id=request_id,
+                cpu_ms=cpu_ms,
+                fresh_runtime=fresh,
+                dropped_runtimes=dropped,
+            )
+        )
         if reply.error == MEMORY_LIMIT:
             # A runtime that ran out of memory may hold the tenant's garbage: start afresh
             # once no request is using it (see tidy_up).
@@ -206,6 +219,7 @@ class Worker:
     def forget(self, request_id: int) -> None:
         self.cpu_left_s.pop(request_id, None)
         self.cpu_used_s.pop(request_id, None)
+        self.fresh.discard(request_id)
 
     def answer(self, result: CallResult) -> Any:
         runtime = self.runtime

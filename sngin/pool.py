@@ -107,6 +107,7 @@ class Pool:
         self._config = config
         self._limits_for = limits_for
         self._timeouts = 0
+        self._fresh_runtimes = 0
         self.accounting = TenantAccounting(
             Quarantine(
                 strikes=config.quarantine_strikes,
@@ -153,6 +154,7 @@ class Pool:
             timeouts=self._timeouts,
             tenant_switches=supervisor.retired_switches
             + sum(w.switches for w in supervisor.workers),
+            fresh_runtimes=self._fresh_runtimes,
             exits=MappingProxyType(dict(supervisor.exits)),
             workers=workers,
             tenants=MappingProxyType(self.accounting.statistics()),
@@ -269,6 +271,7 @@ class Pool:
             self.scheduler.finished(tenant)
             self._check_in(worker)
         counters.cpu_ms += reply.cpu_ms
+        self._fresh_runtimes += reply.fresh_runtime
         if reply.error == MEMORY_LIMIT:
             note.kill = MEMORY
             self.accounting.strike(tenant, counters, MEMORY)

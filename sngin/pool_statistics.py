@@ -72,6 +72,7 @@ class PoolStatistics:
     replaced: int
     timeouts: int
     tenant_switches: int
+    fresh_runtimes: int  # requests that needed a new Lua runtime (none kept for the tenant)
     exits: Mapping[str, int]  # read-only views: a snapshot never changes under its reader
     workers: tuple[WorkerInfo, ...]
     tenants: Mapping[str, TenantStatistics]

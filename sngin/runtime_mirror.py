@@ -7,17 +7,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Final
 
-from sandbox.protocol import DORMANT_RUNTIMES
-
 # Versions remembered per runtime; past this the set restarts (a miss only resends source).
 MAX_KNOWN: Final = 1024
+# The child bounds its dormant runtimes by memory and reports the ones it closes (forget());
+# this only bounds the mirror itself, should reports ever be lost.
+MAX_DORMANT: Final = 10_000
 
 Version = tuple[str, str]  # (script key, version)
 
 
 class RuntimeMirror:
-    """Optimistic, as it must be (the child also drops big runtimes): a miss costs a new
-    runtime, and the child asks for the source it lacks."""
+    """Kept true by the child's reports (Reply.dropped_runtimes); where it is still wrong, a
+    miss costs a new runtime, and the child asks for the source it lacks."""
 
     def __init__(self) -> None:
         self.tenant: str | None = None
@@ -33,10 +34,15 @@ class RuntimeMirror:
         if self.tenant is not None:
             self.switches += 1
             self.dormant[self.tenant] = self._known
-            while len(self.dormant) > DORMANT_RUNTIMES:
+            while len(self.dormant) > MAX_DORMANT:
                 self.dormant.popitem(last=False)
         self._known = self.dormant.pop(tenant, set())
         self.tenant = tenant
+
+    def forget(self, tenants: list[str]) -> None:
+        """The child closed these tenants' kept runtimes (its memory bound, or one too big)."""
+        for tenant in tenants:
+            self.dormant.pop(tenant, None)
 
     def has_compiled(self, version: Version) -> bool:
         return version in self._known

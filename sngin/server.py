@@ -12,6 +12,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from sandbox.protocol import DORMANT_TOTAL_BYTES
 from sngin.admin import AdminListener
 from sngin.app import create_app
 from sngin.cache import CodeCache
@@ -97,7 +98,11 @@ def pool_config(settings: Settings) -> PoolConfig:
     # RLIMIT_AS for a worker: Python and its libraries (~30 MB measured), twice the Lua cap (a
     # growing string briefly holds old and new), and a few copies of the largest bodies.
     largest_body = max(settings.http.max_request_bytes, limits.max_body_bytes)
-    address_space = 64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body
+    # And the runtimes a worker keeps for recent tenants (their Lua heap, with LuaJIT's own
+    # structures about twice that).
+    address_space = (
+        64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body + 2 * DORMANT_TOTAL_BYTES
+    )
     return PoolConfig(
         size=p.size,
         max_requests_per_worker=p.max_requests_per_worker,

@@ -219,5 +219,7 @@ class WorkerProcess:
             redact=redact,
         )
         self.mirror.compiled(version)
+        if reply.dropped_runtimes:
+            self.mirror.forget(reply.dropped_runtimes)
         self.requests += 1
         return reply

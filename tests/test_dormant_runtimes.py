@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import trio
 
-from sandbox.protocol import DORMANT_RUNTIMES, Job, Request
-from sandbox.worker import DORMANT_MAX_BYTES, DORMANT_TOTAL_BYTES, Worker
+from sandbox.protocol import DORMANT_MAX_BYTES, DORMANT_TOTAL_BYTES, Job, Reply, Request
+from sandbox.worker import Worker
 from sngin.notes import RunNote
 from sngin.pool import PoolConfig, open_pool
 
@@ -47,26 +47,37 @@ def test_a_runtime_holding_a_big_heap_is_closed_not_kept():
     assert "a.test" not in worker.dormant
 
 
-def test_the_least_recently_served_runtime_goes_when_the_worker_keeps_too_many():
+def test_the_worker_keeps_hundreds_of_small_runtimes_not_a_fixed_count():
     worker = Worker(lambda message: None)
-    for n in range(DORMANT_RUNTIMES + 2):
+    for n in range(300):
         served(worker, job(f"t{n}.test"))
-    assert len(worker.dormant) == DORMANT_RUNTIMES
-    assert "t0.test" not in worker.dormant
-    assert f"t{DORMANT_RUNTIMES}.test" in worker.dormant
+    assert len(worker.dormant) == 299  # memory, not a count, bounds them
+    assert worker.dormant_bytes <= DORMANT_TOTAL_BYTES
 
 
 def test_dormant_runtimes_together_stay_under_their_total():
-    worker = Worker(lambda message: None)
+    replies = []
+    worker = Worker(lambda message: replies.append(message) if isinstance(message, Reply) else None)
     # Each just under the single-runtime limit: the total, not the count, decides.
     heavy = b"local t = {} for i = 1, 4 do t[i] = string.rep('y', 100000) .. i end return 'h'"
-    for n in range(40):
+    for n in range(120):
         served(worker, job(f"h{n}.test", heavy))
     sizes = [size for _, size in worker.dormant.values()]
     assert all(size <= DORMANT_MAX_BYTES for size in sizes)
-    assert 10 < len(worker.dormant) < 40  # kept, up to the total
+    assert 30 < len(worker.dormant) < 119  # kept, up to the total
     assert sum(sizes) == worker.dormant_bytes <= DORMANT_TOTAL_BYTES
     assert "h0.test" not in worker.dormant  # the least recently served went first
+    # Every closed runtime was reported to the server, which mirrors the dormant set.
+    reported = [tenant for reply in replies for tenant in reply.dropped_runtimes]
+    assert set(reported) == {f"h{n}.test" for n in range(119)} - set(worker.dormant)
+
+
+def test_replies_say_when_a_request_needed_a_fresh_runtime():
+    replies = []
+    worker = Worker(lambda message: replies.append(message) if isinstance(message, Reply) else None)
+    for tenant in ("a.test", "a.test", "b.test", "a.test"):
+        served(worker, job(tenant))
+    assert [reply.fresh_runtime for reply in replies] == [True, False, True, False]
 
 
 async def test_the_pool_sends_a_tenant_back_to_the_worker_keeping_its_runtime():

@@ -57,17 +57,31 @@ async def test_worker_runs_jobs_and_reuses_compiled_source():
             assert await worker.process.wait() == 0
 
 
-async def test_a_runtime_the_worker_dropped_gets_its_source_sent_again():
-    # Over 1 MiB: the worker closes a.test's runtime at the switch instead of keeping it,
-    # while the server still counts it as kept and sends no source for a.test's next request.
+async def test_a_runtime_the_worker_dropped_is_reported_and_made_again():
+    # Over 1 MiB: the worker closes a.test's runtime at the switch instead of keeping it, and
+    # says so in its Reply, so the server no longer counts it as kept.
     bloat = b"local t = {} for i = 1, 16 do t[i] = string.rep('x', 100000) .. i end return 'big'"
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             worker = await WorkerProcess.start(nursery)
             assert (await worker.run(job(bloat))).body == b"big"
             assert (await worker.run(job(b"return 'b'", tenant="b.test"))).body == b"b"
-            assert "a.test" in worker.dormant
-            assert (await worker.run(job(bloat))).body == b"big"  # asked for, sent, compiled
+            assert "a.test" not in worker.dormant
+            again = await worker.run(job(bloat))
+            assert (again.body, again.fresh_runtime) == (b"big", True)
+            assert worker.alive
+            await worker.close()
+
+
+async def test_source_the_server_wrongly_thinks_compiled_is_asked_for_and_sent():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery)
+            assert (await worker.run(job(b"return 'one'"))).body == b"one"
+            # A stale mirror: the server believes a version compiled that the worker never saw.
+            worker.mirror.compiled(("a.test/x", "v7"))
+            reply = await worker.run(job(b"return 'seven'", version="v7"))
+            assert reply.body == b"seven"  # the worker asked for the source, and got it
             assert worker.alive
             await worker.close()
 
