@@ -23,6 +23,7 @@ from sandbox.protocol import (
     METHOD_NOT_ALLOWED,
     Job,
     Reply,
+    WireLimits,
 )
 
 # The prelude's parts, by concern (sandbox/lua/prelude/NN-name.lua), joined in name order into
@@ -36,6 +37,7 @@ PRELUDE_PARTS: Final = tuple(
 )  # fmt: skip
 PRELUDE: Final = b"\n".join(part.read_bytes() for part in PRELUDE_PARTS)
 MAX_COMPILED: Final = 256
+MAX_CONFIG_TABLES: Final = 16  # a tenant's configurations seen lately (usually one)
 UNLIMITED: Final = 0
 
 # lupa's table of Python references: the prelude's harden() removes it from the registry and
@@ -116,6 +118,8 @@ class TenantRuntime:
         self._new_env, self._begin = self._api[b"new_env"], self._api[b"begin"]
         self._step, self._compile = self._api[b"step"], self._api[b"compile"]
         self._compiled: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._limits_tables: dict[WireLimits, Any] = {}
+        self._env_tables: dict[tuple[tuple[str, str], ...], Any] = {}
         self._active = 0
         self._memory_base = 0
 
@@ -203,16 +207,8 @@ class TenantRuntime:
         lua = self._lua
         try:
             req = request.build(job.request, lua.table_from)
-            limits = lua.table_from(
-                {
-                    b"max_body_bytes": job.limits.max_body_bytes,
-                    b"max_headers": job.limits.max_headers,
-                    b"max_header_bytes": job.limits.max_header_bytes,
-                    b"max_log_lines": job.limits.max_log_lines,
-                    b"max_log_bytes": job.limits.max_log_bytes,
-                }
-            )
-            tenant_env = lua.table_from({k.encode(): v.encode() for k, v in job.env.items()})
+            limits = self._limits_table(job.limits)
+            tenant_env = self._env_table(job.env)
             env, collect, _ = self._new_env(req, self._host_libraries, limits, job.id, tenant_env)
             method = job.request.method.lower().encode()
             thread = self._begin(factory, env, req, method, random_seeds.next(), limits, self._lift)
@@ -224,6 +220,37 @@ class TenantRuntime:
             self._memory_base = lua.get_memory_used()
         self._active += 1
         return RequestRun(job=job, thread=thread, collect=collect)
+
+    # The per-configuration tables, built once per value rather than per request. Sharing them
+    # is safe: the prelude only reads `limits`, and tenant code sees `env` only through a
+    # fresh read-only proxy whose metatable is locked (06-environment: read_only).
+
+    def _limits_table(self, limits: WireLimits) -> Any:
+        table = self._limits_tables.get(limits)
+        if table is None:
+            if len(self._limits_tables) >= MAX_CONFIG_TABLES:
+                self._limits_tables.clear()
+            table = self._limits_tables[limits] = self._lua.table_from(
+                {
+                    b"max_body_bytes": limits.max_body_bytes,
+                    b"max_headers": limits.max_headers,
+                    b"max_header_bytes": limits.max_header_bytes,
+                    b"max_log_lines": limits.max_log_lines,
+                    b"max_log_bytes": limits.max_log_bytes,
+                }
+            )
+        return table
+
+    def _env_table(self, env: dict[str, str]) -> Any:
+        key = tuple(env.items())
+        table = self._env_tables.get(key)
+        if table is None:
+            if len(self._env_tables) >= MAX_CONFIG_TABLES:
+                self._env_tables.clear()
+            table = self._env_tables[key] = self._lua.table_from(
+                {k.encode(): v.encode() for k, v in env.items()}
+            )
+        return table
 
     def step(self, run: RequestRun, answer: Any = None) -> Any:
         """Resume a request: its next platform call (a Lua table), or its final Reply."""

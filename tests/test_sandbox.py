@@ -668,3 +668,18 @@ def test_a_source_that_closes_its_wrapper_never_runs_in_the_real_globals(runtime
     probe = ok(runtime, "return tostring(rawget(_G, 'marker_escaped'))")
     assert probe.body == b"nil"
     assert runtime._lua.globals()[b"marker_escaped"] is None  # the real globals
+
+
+def test_env_tables_built_once_per_configuration_follow_a_changed_configuration(runtime):
+    """The worker keeps a tenant's env table per configuration: a changed _sngin.json is seen
+    at once, and one request cannot change what the next one sees."""
+
+    def with_env(env: dict[str, str], source: str) -> Reply:
+        job = Job(tenant=runtime.tenant, key="a.test/env", version=source, env=env,
+                  request=Request(method="GET", path="/"), source=source.encode())  # fmt: skip
+        return runtime.run(job)
+
+    assert with_env({"A": "1"}, "return env.A").body == b"1"
+    assert with_env({"A": "1"}, "pcall(function() env.A = 'x' end) return env.A").body == b"1"
+    assert with_env({"A": "1"}, "return env.A .. ''").body == b"1"
+    assert with_env({"A": "2"}, "return env.A").body == b"2"
