@@ -84,10 +84,11 @@ def measure(tenants: int) -> dict[str, float]:
     extra = {"SNGIN_CODE_DIR": str(DIR / "sites")}
 
     def load(port: int) -> dict[str, float]:
-        before = admin_stats(port)["pool"]["fresh_runtimes"]
+        # (-1: a server from before the pool counted fresh runtimes)
+        before = admin_stats(port)["pool"].get("fresh_runtimes", -1)
         result = wrk(port, SECONDS, tenants)
-        fresh = admin_stats(port)["pool"]["fresh_runtimes"] - before
-        result["fresh_share"] = fresh / max(1, result["requests"])
+        fresh = admin_stats(port)["pool"].get("fresh_runtimes", -1) - before
+        result["fresh_share"] = fresh / max(1, result["requests"]) if before >= 0 else -1.0
         return result
 
     return load_server(
