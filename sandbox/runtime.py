@@ -163,6 +163,11 @@ class TenantRuntime:
         if decoder is not None:
             decoder.forget_runtime()  # else the state outlives close() in a reference cycle
         self._compiled.clear()
+        # Lua objects held on the Python side keep the state alive through a reference cycle
+        # (each holds its runtime): drop them all, so the state is freed now, not at the next
+        # cyclic collection.
+        self._limits_tables.clear()
+        self._env_tables.clear()
         self._api = self._host_libraries = self._registry = self._saved_references = None
         self._lift = self._new_env = self._begin = self._step = self._compile = None
         self._lua = None
