@@ -171,10 +171,13 @@ _from_worker = msgspec.msgpack.Decoder(FromWorker)
 EXIT_MEMORY = 3
 
 
-def encode_frame(message: ToWorker | FromWorker) -> bytes:
-    """One frame: a 4-byte big-endian length, then the msgpack body."""
-    body = _encoder.encode(message)
-    return HEADER.pack(len(body)) + body
+def encode_frame(message: ToWorker | FromWorker) -> bytearray:
+    """One frame: a 4-byte big-endian length, then the msgpack body, encoded in place after
+    the header (a large body is not copied again to prepend it)."""
+    frame = bytearray(HEADER.size)
+    _encoder.encode_into(message, frame, HEADER.size)
+    HEADER.pack_into(frame, 0, len(frame) - HEADER.size)
+    return frame
 
 
 def frame_length(header: bytes) -> int:

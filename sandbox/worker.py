@@ -59,7 +59,8 @@ class FrameInput:
                     raise EOFError("input ended inside a frame")
                 return None
             self._buffer += chunk
-        data = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:  # one copy: a bytearray slice would be two
+            data = bytes(view[:size])
         del self._buffer[:size]
         return data
 

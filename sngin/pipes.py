@@ -35,7 +35,7 @@ class PipeWriter:
     def queued(self) -> int:
         return len(self._queue)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes | bytearray) -> None:
         if self.closed or self.broken:
             return  # the reader sees the process end and fails what is in flight
         if self._queue:
@@ -73,6 +73,15 @@ class PipeWriter:
         self._queue.clear()
 
 
+def take(buffer: bytearray, size: int) -> bytes:
+    """The first size bytes of buffer, removed from it: one copy (a slice of the bytearray
+    itself would be a second)."""
+    with memoryview(buffer) as view:
+        data = bytes(view[:size])
+    del buffer[:size]
+    return data
+
+
 class PipeReader:
     """Reads exact byte counts, waiting for readability only when the buffer runs short."""
 
@@ -105,6 +114,4 @@ class PipeReader:
             if not chunk:
                 raise EOFError("the other end closed the pipe")
             self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
+        return take(self._buffer, size)
