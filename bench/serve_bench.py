@@ -335,10 +335,11 @@ async def cold_storm(s3: S3Fixture, requests: int = 100) -> tuple[int, int]:
         server.wait(timeout=30)
 
 
-def wrk(port: int, seconds: float, tenants: int) -> dict[str, float]:
-    """wrk -c CONCURRENCY for `seconds`, each request to the next of `tenants` tenants."""
+def wrk(port: int, seconds: float, tenants: int, script: Path = WRK_SCRIPT) -> dict[str, float]:
+    """wrk -c CONCURRENCY for `seconds`; `script` picks each request's tenant among `tenants`
+    (by default the next one, round-robin)."""
     argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds}s", "--latency",
-            "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/"]  # fmt: skip
+            "-s", str(script), f"http://127.0.0.1:{port}/"]  # fmt: skip
     env = {**os.environ, "BENCH_TENANTS": str(tenants)}
     out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
     if "Non-2xx" in out or "Socket errors" in out:

@@ -11,23 +11,15 @@ Run: .venv/bin/python bench/zipf_bench.py [--quick]   (needs wrk: apt-get instal
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import (
-    CONCURRENCY,
-    admin_stats,
-    load_server,
-    start_sngin,
-    wrk_ms,
-)
+import serve_bench
+from serve_bench import CONCURRENCY, admin_stats, load_server, start_sngin
 
 QUICK = "--quick" in sys.argv
 ROUNDS = 1 if QUICK else 3
@@ -65,17 +57,7 @@ def write_sites(root: Path) -> None:
 
 
 def wrk(port: int, seconds: float, tenants: int) -> dict[str, float]:
-    script = DIR / "zipf.lua"
-    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONCURRENCY}", f"-d{seconds}s", "--latency",
-            "-s", str(script), f"http://127.0.0.1:{port}/"]  # fmt: skip
-    env = {**os.environ, "BENCH_TENANTS": str(tenants)}
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw errors:\n{out}")
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "requests": requests, "p50_ms": wrk_ms(out, "50%"),
-            "p99_ms": wrk_ms(out, "99%")}  # fmt: skip
+    return serve_bench.wrk(port, seconds, tenants, DIR / "zipf.lua")
 
 
 def measure(tenants: int) -> dict[str, float]:
