@@ -180,7 +180,7 @@ def encode_frame(message: ToWorker | FromWorker) -> bytearray:
     return frame
 
 
-def frame_length(header: bytes) -> int:
+def frame_length(header: bytes | bytearray) -> int:
     """The body length announced by a frame header; rejects absurd sizes."""
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME_BYTES:
@@ -188,11 +188,11 @@ def frame_length(header: bytes) -> int:
     return int(length)
 
 
-def decode_to_worker(body: bytes) -> ToWorker:
+def decode_to_worker(body: bytes | bytearray) -> ToWorker:
     message: ToWorker = _to_worker.decode(body)
     return message
 
 
-def decode_from_worker(body: bytes) -> FromWorker:
+def decode_from_worker(body: bytes | bytearray) -> FromWorker:
     message: FromWorker = _from_worker.decode(body)
     return message

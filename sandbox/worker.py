@@ -50,8 +50,11 @@ class FrameInput:
         self._fd = fd
         self._buffer = bytearray()
 
-    def read(self, size: int) -> bytes | None:
-        """size bytes, or None at a clean end of input (the parent closed our stdin)."""
+    def read(self, size: int) -> bytes | bytearray | None:
+        """size bytes, or None at a clean end of input (the parent closed our stdin). A frame
+        larger than one read goes straight into a buffer of its own: one copy, not three."""
+        if size > READ_SIZE and len(self._buffer) < size:
+            return self._read_large(size)
         while len(self._buffer) < size:
             chunk = os.read(self._fd, max(READ_SIZE, size - len(self._buffer)))
             if not chunk:
@@ -63,6 +66,19 @@ class FrameInput:
             data = bytes(view[:size])
         del self._buffer[:size]
         return data
+
+    def _read_large(self, size: int) -> bytearray:
+        frame = bytearray(size)
+        have = len(self._buffer)
+        frame[:have] = self._buffer
+        self._buffer.clear()
+        with memoryview(frame) as view:
+            while have < size:
+                got = os.readv(self._fd, [view[have:]])
+                if not got:
+                    raise EOFError("input ended inside a frame")
+                have += got
+        return frame
 
 
 class Worker:

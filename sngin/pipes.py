@@ -111,7 +111,11 @@ class PipeReader:
         self._reads = 0
         self.closed = False
 
-    async def receive_exactly(self, size: int) -> bytes:
+    async def receive_exactly(self, size: int) -> bytes | bytearray:
+        """size bytes. A frame larger than one read is read straight into a buffer of its own
+        (one copy, from the kernel), not in chunks appended to the shared buffer."""
+        if size > READ_SIZE and len(self._buffer) < size:
+            return await self._receive_large(size)
         while len(self._buffer) < size:
             if self.closed:
                 # Set before the fd is closed: its number may already belong to another file.
@@ -135,3 +139,27 @@ class PipeReader:
                 raise EOFError("the other end closed the pipe")
             self._buffer += chunk
         return take(self._buffer, size)
+
+    async def _receive_large(self, size: int) -> bytearray:
+        frame = bytearray(size)
+        have = len(self._buffer)
+        frame[:have] = self._buffer
+        self._buffer.clear()
+        with memoryview(frame) as view:
+            while have < size:
+                if self.closed:
+                    raise trio.ClosedResourceError("the pipe was closed")
+                try:
+                    got = os.readv(self._fd, [view[have:]])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(self._fd)
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise trio.ClosedResourceError("the pipe was closed") from None
+                    raise trio.BrokenResourceError from exc
+                if not got:
+                    raise EOFError("the other end closed the pipe")
+                have += got
+                await trio.lowlevel.checkpoint()  # a large frame never starves other tasks
+        return frame
