@@ -33,14 +33,17 @@ def tenant_of_key(key: str) -> str:
 
 class ByteBoundedLRU:
     """At most `max_entries` entries and `max_bytes` bytes, least recently used out; no tenant
-    holds more than `tenant_share` of the bytes (its own oldest entries go first)."""
+    holds more than `tenant_share` of either (its own oldest entries go first), negative
+    entries included: requests for missing paths of one host cannot flush the others."""
 
     def __init__(self, *, max_entries: int, max_bytes: int, tenant_share: float) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._tenant_limit = int(max_bytes * tenant_share)
+        self._tenant_entry_limit = max(1, int(max_entries * tenant_share))
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._tenant_bytes: dict[str, int] = {}
+        self._tenant_entries: dict[str, int] = {}
         self.bytes = 0
         self.evictions = 0
 
@@ -64,7 +67,10 @@ class ByteBoundedLRU:
         if size > self._tenant_limit:
             log.warning("%s is too large to cache (%d bytes)", key, size)
             return
-        while self._tenant_bytes.get(tenant, 0) + size > self._tenant_limit:
+        while (
+            self._tenant_bytes.get(tenant, 0) + size > self._tenant_limit
+            or self._tenant_entries.get(tenant, 0) >= self._tenant_entry_limit
+        ):
             self._evict_oldest(tenant)
         while self._entries and (
             len(self._entries) >= self._max_entries or self.bytes + size > self._max_bytes
@@ -73,16 +79,20 @@ class ByteBoundedLRU:
         self._entries[key] = Entry(key, tenant, source, expires_at, size)
         self.bytes += size
         self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
+        self._tenant_entries[tenant] = self._tenant_entries.get(tenant, 0) + 1
 
     def drop(self, key: str) -> Entry | None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.bytes -= entry.size
             remaining = self._tenant_bytes[entry.tenant] - entry.size
-            if remaining:
+            count = self._tenant_entries[entry.tenant] - 1
+            if count:
                 self._tenant_bytes[entry.tenant] = remaining
+                self._tenant_entries[entry.tenant] = count
             else:
                 del self._tenant_bytes[entry.tenant]
+                del self._tenant_entries[entry.tenant]
         return entry
 
     def drop_matching(self, covers: Callable[[str], bool]) -> int:

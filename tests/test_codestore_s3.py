@@ -11,7 +11,7 @@ from sngin.codestore import Missing, Modified, NotModified
 from sngin.codestore.s3 import Endpoint, S3Store, open_s3_store
 from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
-from tests.support import FAST, code_cache, s3_store
+from tests.support import FAST, code_cache, running, s3_store
 
 # --- the store ---------------------------------------------------------------------------------
 
@@ -252,3 +252,26 @@ async def test_tenant_module_keys_map_to_plain_objects(proxy, bucket):
             result = await store.get("a.test//lib/util.lua", etag=None, last_modified=None)
     assert isinstance(result, Modified)
     assert result.source.text == b"return {}"
+
+
+async def test_missing_paths_of_one_host_do_not_flush_another_tenants_scripts(
+    proxy, bucket, tmp_path
+):
+    """The tenant share bounds entries as well as bytes, negative entries included."""
+    from sngin.config import CacheSettings
+
+    bucket.put("b.test/index.lua", "return 'b stays'")
+    settings = CacheSettings(max_entries=40, tenant_share=0.25)
+    async with (
+        s3_store(proxy, bucket) as store,
+        trio.open_nursery() as nursery,
+        running(tmp_path, store=CodeCache(store, settings, nursery)) as srv,
+    ):
+        assert (await srv.get("/", host="b.test")).text == "b stays"
+        for index in range(60):  # more than the whole cache holds
+            assert (await srv.get(f"/missing/{index}")).status_code == 404
+        again = await srv.get("/", host="b.test")
+        nursery.cancel_scope.cancel()
+    assert (again.status_code, again.text) == (200, "b stays")
+    assert "code;desc=hit" in again.headers["server-timing"]
+    assert proxy.gets("b.test/index.lua") == 1

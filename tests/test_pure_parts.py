@@ -80,3 +80,16 @@ def test_the_runtime_mirror_follows_switches_and_dormant_runtimes():
     assert "a.test" not in mirror.dormant
     assert "t0.test" not in mirror.dormant
     assert "t1.test" in mirror.dormant
+
+
+def test_one_tenant_cannot_take_more_than_its_share_of_entries():
+    """Negative entries too: 10,000 requests for missing paths of one host leave every other
+    tenant's scripts cached."""
+    lru = ByteBoundedLRU(max_entries=1000, max_bytes=10**9, tenant_share=0.25)
+    for index in range(200):
+        lru.put(f"b.test/{index}", source(10), 0)
+    for index in range(10_000):
+        lru.put(f"a.test/missing/{index}", None, 0)
+    assert all(lru.get(f"b.test/{i}") is not None for i in range(200))
+    assert sum(lru.get(f"a.test/missing/{i}") is not None for i in range(10_000)) == 250
+    assert len(lru) == 450
