@@ -112,6 +112,7 @@ def create_admin(deps: Deps) -> QuartTrio:
             try:
                 yield b": tailing " + tenant.encode() + b"\n\n"
                 async for line in lines:
+                    subscriber.taken(line)
                     if subscriber.dropped:
                         # A slow reader loses lines rather than slowing scripts; say how many.
                         yield f"event: dropped\ndata: {subscriber.dropped}\n\n".encode()

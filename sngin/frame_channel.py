@@ -68,6 +68,8 @@ class Pending:
     waiting_call: bool = False  # the worker is waiting for our answer to its Call
     redact: Callable[[str], str] | None = None  # the tenant's secrets out of its log lines
     call_scopes: list[trio.CancelScope] = field(default_factory=list)
+    log_bytes: int = 0  # of script lines written to the log for this request
+    log_dropped: int = 0  # lines past the budget, dropped here rather than in the worker
 
     def cancel_calls(self) -> None:
         for scope in self.call_scopes:
@@ -178,6 +180,10 @@ class FrameChannel:
         if reply.need_source:
             self._owner.kill(PROTOCOL)
             raise WorkerFailed(PROTOCOL, "the worker asked for source it was sent")
+        if pending.log_dropped:
+            reply = msgspec.structs.replace(
+                reply, logs_dropped=reply.logs_dropped + pending.log_dropped
+            )
         return reply
 
     async def _wait(self, pending: Pending, deadline: float) -> None:
@@ -256,9 +262,17 @@ class FrameChannel:
 
     def _log(self, message: Log) -> None:
         pending = self.pending.get(message.id)
-        if pending is not None:
-            job = pending.job
-            forward_script_line(job.tenant, job.request, message.line, pending.redact)
+        if pending is None:
+            return
+        job = pending.job
+        # The worker caps the lines' raw bytes; this caps what is written (escaped, invalid
+        # UTF-8 replaced), which is what the documented 64 KiB is about.
+        budget = job.limits.max_log_bytes - pending.log_bytes
+        written = forward_script_line(job.tenant, job.request, message.line, pending.redact, budget)
+        if written is None:
+            pending.log_dropped += 1
+        else:
+            pending.log_bytes += written
 
     def _finish(self, reply: Reply) -> None:
         if self._running == reply.id:

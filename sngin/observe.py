@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 OTHER: Final = "other"
 TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
+TAIL_BUFFER_BYTES: Final = 1024 * 1024  # ... and characters of them
 
 
 class TenantLabels:
@@ -44,6 +45,10 @@ class TenantLabels:
 class Subscriber:
     send: trio.MemorySendChannel[str]
     dropped: int = 0
+    queued_bytes: int = 0  # published and not yet taken (taken() gives them back)
+
+    def taken(self, line: str) -> None:
+        self.queued_bytes -= len(line)
 
 
 @dataclass(slots=True)
@@ -80,8 +85,12 @@ class LogHub:
 
     def publish(self, tenant: str, line: str) -> None:
         for subscriber in self.subscribers.get(tenant, ()):
+            if subscriber.queued_bytes + len(line) > TAIL_BUFFER_BYTES:
+                subscriber.dropped += 1  # bounded in bytes: lines can be 64 KiB each
+                continue
             try:
                 subscriber.send.send_nowait(line)
+                subscriber.queued_bytes += len(line)
             except trio.WouldBlock:
                 subscriber.dropped += 1  # a slow subscriber loses lines, scripts never wait
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -92,17 +101,28 @@ script_log = logging.getLogger("sngin.script")
 
 
 def forward_script_line(
-    tenant: str, request: Request, line: bytes, redact: Callable[[str], str] | None
-) -> None:
+    tenant: str,
+    request: Request,
+    line: bytes,
+    redact: Callable[[str], str] | None,
+    budget: int,
+) -> int | None:
     """One print/log line of a script, as it is written: one JSON line in the server log,
-    tagged so a tail can follow one tenant or request (the tenant's secrets redacted)."""
+    tagged so a tail can follow one tenant or request (the tenant's secrets redacted). It is
+    written only if it fits in `budget` bytes as written (bytes that are not UTF-8 become
+    U+FFFD, three bytes each); returns the bytes it took, or None if it was dropped."""
     text = line.decode("utf-8", "replace")
     if redact is not None:
         text = redact(text)
     record = {"tenant": tenant, "request": request.id, "path": request.path, "line": text}
+    encoded = json.dumps(record, ensure_ascii=False)
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size > budget:
+        return None
     # The tenant and fields travel on the record too: the tail and the JSON log format use
     # them as they are, rather than parsing the line again.
-    script_log.info("%s", json.dumps(record), extra={"tenant": tenant, "fields": record})
+    script_log.info("%s", encoded, extra={"tenant": tenant, "fields": record})
+    return size
 
 
 class TailHandler(logging.Handler):

@@ -146,6 +146,41 @@ def test_slow_subscriber_loses_lines_and_is_told():
     assert subscriber.dropped == 5
 
 
+def test_a_stalled_tail_holds_at_most_a_mebibyte_of_lines():
+    """Bounded in bytes, not only in lines: script lines can be 64 KiB each."""
+    from sngin.observe import TAIL_BUFFER_BYTES
+
+    hub = LogHub()
+    subscriber, receive = hub.subscribe("a.test")
+    line = "x" * (64 * 1024)
+    for _ in range(40):
+        hub.publish("a.test", line)
+    assert subscriber.queued_bytes <= TAIL_BUFFER_BYTES
+    assert subscriber.dropped == 40 - TAIL_BUFFER_BYTES // len(line)
+    taken = receive.receive_nowait()
+    subscriber.taken(taken)  # reading makes room again
+    hub.publish("a.test", line)
+    assert subscriber.dropped == 40 - TAIL_BUFFER_BYTES // len(line)
+
+
+async def test_the_log_cap_counts_what_is_written(tmp_path, caplog):
+    """Bytes that are not UTF-8 are written as U+FFFD (three bytes each): a script within
+    its 64 KiB of raw output cannot write more than 64 KiB to the server log."""
+    caplog.set_level("INFO", logger="sngin.script")
+    (tmp_path / "a.test" / "noisy").mkdir(parents=True)
+    (tmp_path / "a.test" / "noisy" / "index.lua").write_text(
+        "print('first') print(string.rep('\\255', 30000)) print(string.rep('\\255', 30000))"
+        " print('last') return 'ok'"
+    )
+    async with running(tmp_path) as srv:
+        assert (await srv.get("/noisy")).text == "ok"
+    lines = [r.getMessage() for r in caplog.records if r.name == "sngin.script"]
+    written = [json.loads(m)["line"] for m in lines if m.startswith("{")]
+    assert written == ["first", "last"]
+    assert sum(len(m.encode()) for m in lines if m.startswith("{")) <= 64 * 1024
+    assert any(m.endswith(": 2 more lines dropped") for m in lines)
+
+
 async def test_readiness_follows_the_store(proxy, bucket, tmp_path, caplog):
     caplog.set_level("INFO", logger="sngin.server")
     caplog.set_level("INFO")
