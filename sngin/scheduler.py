@@ -96,8 +96,10 @@ class Scheduler:
         if worker in self.ready:
             self.ready.remove(worker)
 
-    def pick(self, tenant: str) -> Schedulable | None:
-        """Where a request of `tenant` runs next, or None to wait.
+    def pick(self, tenant: str, *, stack: bool = True) -> Schedulable | None:
+        """Where a request of `tenant` runs next, or None to wait. With stack=False only an
+        idle worker will do (rules 1, 3, 4): another tenant's older request is waiting for a
+        worker to come free, and stacking more of this tenant's requests would keep it busy.
 
         1. an idle worker that already holds the tenant's runtime;
         2. a worker of the tenant whose requests all wait on platform calls (it is free to
@@ -125,6 +127,8 @@ class Scheduler:
                     idle_any = w
                 if tenant in w.dormant:
                     idle_dormant = w
+        if not stack:
+            waiting_mine = open_mine = None
         worker = idle_mine or waiting_mine or idle_dormant or idle_any or open_mine
         if worker is not None:
             self.ready.remove(worker)
@@ -133,11 +137,11 @@ class Scheduler:
 
     # --- reservations --------------------------------------------------------------------------
 
-    def take(self, tenant: str, cap: int) -> Schedulable | None:
+    def take(self, tenant: str, cap: int, *, stack: bool = True) -> Schedulable | None:
         """Reserve a worker for one request of `tenant` now, or None."""
         if self.tenant_in_flight[tenant] >= cap:
             return None
-        worker = self.pick(tenant)
+        worker = self.pick(tenant, stack=stack)
         if worker is None:
             return None
         worker.reserved += 1
@@ -181,10 +185,11 @@ class Scheduler:
                     return Admitted(worker, trio.current_time() - queued_at)
                 if self.closing:
                     raise Unavailable("the server is shutting down", headers={"Retry-After": "1"})
-        raise QueueTimeout(
-            "the server is busy with this site's requests; try again shortly",
-            queued_s=trio.current_time() - queued_at,
-        )
+        if self.tenant_in_flight[tenant] >= cap:
+            cause = f"this site already has {cap} requests in flight, its concurrency limit"
+        else:
+            cause = f"no worker came free within {timeout_s:g} s: the server is busy"
+        raise QueueTimeout(f"{cause}; try again shortly", queued_s=trio.current_time() - queued_at)
 
     def _leave(self, waiter: Waiter) -> Schedulable | None:
         """The waiter stops waiting: its worker if it was handed a live one (else None, and a
@@ -203,11 +208,20 @@ class Scheduler:
         if not self.waiters or self.closing:
             return
         idle, open_tenants = self._capacity()
+        # Fairness: once a waiter (within its own cap) finds no worker, later waiters get idle
+        # workers only. A busy tenant cannot keep stacking requests onto its workers while
+        # another tenant's older request waits for one of them to come free.
+        starving = False
         for waiter in list(self.waiters):
-            if not idle and waiter.tenant not in open_tenants:
+            if self.tenant_in_flight[waiter.tenant] >= waiter.cap:
+                continue  # held back by its own tenant's cap, not by the others
+            if not idle and (starving or waiter.tenant not in open_tenants):
+                starving = True
                 continue  # nothing it could take: skip it without a full pick
-            worker = self.take(waiter.tenant, waiter.cap)
-            if worker is not None:
+            worker = self.take(waiter.tenant, waiter.cap, stack=not starving)
+            if worker is None:
+                starving = True
+            else:
                 self.waiters.remove(waiter)
                 waiter.worker = worker
                 waiter.ready.set()

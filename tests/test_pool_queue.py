@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
@@ -178,3 +179,31 @@ async def test_a_slot_freed_by_a_dead_worker_goes_to_the_next_request_of_that_te
         with trio.fail_after(20):  # far below the queue timeout
             await second_done.wait()
     assert outcomes == {"first": 502, "second": b"second"}
+
+
+async def test_a_tenant_under_load_does_not_starve_another(tmp_path):
+    """End to end: eight clients keep a CPU-bound tenant's requests (0.2 s each) stacked on
+    both workers; another tenant's single request is served as soon as a worker drains,
+    instead of waiting behind requests the busy tenant keeps stacking (it got a 503)."""
+    from tests.support import add_sites, running
+
+    add_sites(tmp_path, {
+        "a.test/churn": "local t = os.clock() while os.clock() - t < 0.2 do end return 'a'",
+        "b.test/quick": "return 'b'",
+    })  # fmt: skip
+    pool = {"queue_timeout_s": 10.0}
+    async with running(tmp_path, workers=2, pool=pool) as srv, trio.open_nursery() as load:
+        stop = trio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                assert (await srv.get("/churn")).text == "a"
+
+        for _ in range(8):
+            load.start_soon(client)
+        while len(srv.pool.busy_pids()) < 2:  # both workers run a.test
+            await trio.lowlevel.checkpoint()
+        with trio.fail_after(5):  # a worker drains in under 1 s; the queue timeout is 10 s
+            response = await srv.get("/quick", host="b.test")
+        stop.set()
+    assert (response.status_code, response.text) == (200, "b")

@@ -148,3 +148,38 @@ async def test_a_cancelled_waiter_gives_back_a_worker_it_was_handed(autojump_clo
     assert worker.reserved == 0
     assert not s.tenant_in_flight
     assert checked_in == [worker]  # back to the pool
+
+
+async def test_a_busy_tenant_cannot_stack_requests_while_another_tenant_waits(autojump_clock):
+    """Fairness: once another tenant's request waits, the busy tenant's workers drain instead
+    of taking more of its requests, and the first one to come free goes to the waiter."""
+    w1, w2 = StandIn("a", busy=2), StandIn("a", busy=1)
+    s, _ = scheduler(w1, w2, worker_concurrency=4)
+    served: list[str] = []
+
+    async def request(tenant: str) -> None:
+        admitted = await s.admit(tenant, None, timeout_s=60)
+        served.append(f"{tenant}@{'w1' if admitted.worker is w1 else 'w2'}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request, "b")  # no idle worker: b waits
+        await trio.sleep(1)
+        nursery.start_soon(request, "a")  # behind b: it may not stack onto a's workers
+        await trio.sleep(1)
+        w1.busy = 1  # one of a's requests on w1 ends; w1 is still busy
+        s.hand_out()
+        await trio.sleep(1)
+        assert served == []
+        w1.busy = 0  # w1 comes free: it goes to b, the oldest waiter; with nobody else
+        s.hand_out()  # waiting, a may stack onto its own busy worker again
+    assert sorted(served) == ["a@w2", "b@w1"]  # woken together: either may run first
+
+
+async def test_the_queue_timeout_names_its_real_cause(autojump_clock):
+    s, _ = scheduler(StandIn("x", busy=4), worker_concurrency=4)
+    with pytest.raises(QueueTimeout, match="no worker came free within 2 s: the server is busy"):
+        await s.admit("b", None, timeout_s=2)
+    s, _ = scheduler(StandIn(), StandIn(), worker_concurrency=4)
+    assert s.take("a", cap=1) is not None
+    with pytest.raises(QueueTimeout, match="already has 1 requests in flight, its concurrency"):
+        await s.admit("a", 1, timeout_s=2)
