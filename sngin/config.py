@@ -339,6 +339,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_MIRROR_BYTES": ("mirror_bytes", _int_range(0, 1024 * 1024 * MIB)),
     "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
     "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
+    "SNGIN_MAX_MODULES": ("limits.max_modules", _int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", _int_range(1, 3_600_000)),

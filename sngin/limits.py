@@ -20,6 +20,7 @@ class Limits:
     memory_mb: int = 128  # SNGIN_MEMORY_MB: Lua memory per request (a tenant's, per worker)
     max_body_bytes: int = 10 * MIB  # SNGIN_MAX_BODY_BYTES: response body
     max_subrequests: int = 50  # SNGIN_MAX_SUBREQUESTS: http.request calls per request
+    max_modules: int = 100  # SNGIN_MAX_MODULES: module fetches for `require` per request
     # What the worker enforces, in its own terms.
     wire: WireLimits = field(init=False, repr=False, compare=False)
 

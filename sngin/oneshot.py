@@ -107,6 +107,7 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             deadline=trio.current_time() + limits.timeout_ms / 1000,
             request_id=job.request.id,
             max_subrequests=settings.limits.max_subrequests,
+            max_modules=settings.limits.max_modules,
             store=LocalStore(settings.code_dir),
             github=github,
         )

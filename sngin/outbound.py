@@ -249,7 +249,8 @@ MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
 
 class RequestCalls:
     """Answers one request's platform calls: http.request within its subrequest budget and
-    deadline, and modules for `require` from the tenant's own store or the GitHub raw host."""
+    deadline, and modules for `require` (within their own budget) from the tenant's own store
+    or the GitHub raw host."""
 
     def __init__(
         self,
@@ -259,6 +260,7 @@ class RequestCalls:
         deadline: float,
         request_id: str,
         max_subrequests: int,
+        max_modules: int = 100,
         store: CodeSource | None = None,
         github: CodeSource | None = None,
         egress: TenantEgress | None = None,
@@ -270,11 +272,20 @@ class RequestCalls:
         self._request_id = request_id
         self._left = max_subrequests
         self._max = max_subrequests
+        self._modules_left = max_modules
+        self._max_modules = max_modules
         self._store = store
         self._github = github
 
     async def __call__(self, call: Call) -> CallResult:
         if call.module is not None:
+            if self._modules_left <= 0:
+                return CallResult(
+                    id=call.id,
+                    call_id=call.call_id,
+                    error=f"more than {self._max_modules} module fetches in one request",
+                )
+            self._modules_left -= 1
             return await self._module(call, call.module)
         if call.http is None:
             return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
@@ -299,7 +310,7 @@ class RequestCalls:
 
     async def _module(self, call: Call, name: str) -> CallResult:
         """'tenant:<path>.lua' from this tenant's store only; 'github:<path>.lua' from the raw
-        host. Module fetches do not count against the subrequest budget."""
+        host. Module fetches have their own budget, not the subrequests'."""
         kind, _, path = name.partition(":")
         try:
             problem = module_name_problem(path)

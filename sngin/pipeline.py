@@ -145,6 +145,7 @@ class TenantPipeline:
             deadline=trio.current_time() + config.limits.timeout_ms / 1000,
             request_id=request_id,
             max_subrequests=config.limits.max_subrequests,
+            max_modules=config.limits.max_modules,
             store=deps.store,
             github=deps.github,
             egress=config.egress,

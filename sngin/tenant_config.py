@@ -188,6 +188,7 @@ class TenantConfigs:
                                     limits.max_body_bytes, limits.max_body_bytes)),
             max_subrequests=int(pick("max_subrequests", wanted.max_subrequests,
                                      limits.max_subrequests, limits.max_subrequests)),
+            max_modules=limits.max_modules,
         )  # fmt: skip
         concurrency = None
         if wanted.concurrency is not None:

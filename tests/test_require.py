@@ -192,3 +192,19 @@ async def test_module_fetches_are_cached_and_purgeable(tmp_path, raw_host):
 async def test_module_fetches_do_not_spend_the_subrequest_budget(tmp_path, raw_host):
     async with serving(tmp_path, raw_host, max_subrequests=0) as (srv, _):
         assert (await srv.get("/gh")).text == "42"
+
+
+async def test_module_fetches_have_a_budget_of_their_own(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host, max_modules=2) as (srv, _):
+        for name in ("m1", "m2", "m3"):
+            (tmp_path / "a.test" / "lib" / f"{name}.lua").write_text(f"return '{name}'")
+        script = tmp_path / "a.test" / "many"
+        script.mkdir()
+        (script / "index.lua").write_text(
+            "local a, b = require('lib.m1'), require('lib.m2') "
+            "local ok, err = pcall(require, 'lib.m3') return a .. b .. ' ' .. tostring(err)"
+        )
+        response = await srv.get("/many")
+    assert response.status_code == 200
+    assert response.text.startswith("m1m2 ")
+    assert "more than 2 module fetches in one request" in response.text
