@@ -9,7 +9,7 @@ revalidation (in its own nursery, so it outlives the request that began it), sta
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -68,6 +68,7 @@ class Known:
     source: Source | None  # a copy in memory or in the mirror
     absent: bool  # the mirror remembers the store had none
     entry: Entry | None  # the (expired) memory entry, if there was one
+    owner: str | None = None  # whose share a new entry counts against (None: its key's)
 
 
 class CodeCache:
@@ -129,7 +130,12 @@ class CodeCache:
             raise
 
     async def fetch(
-        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+        self,
+        key: str,
+        *,
+        revalidate: bool = False,
+        note: FetchNote | None = None,
+        owner: str | None = None,
     ) -> Source | None:
         """The script for key, or None if there is none.
 
@@ -156,7 +162,7 @@ class CodeCache:
                 note.outcome = "miss"
             if flight is None:
                 self._misses += 1
-                return await self._fetch_inline(key)
+                return await self._fetch_inline(key, owner)
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
@@ -175,11 +181,11 @@ class CodeCache:
         self._forced_at[key] = now
         return True
 
-    async def _fetch_inline(self, key: str) -> Source | None:
+    async def _fetch_inline(self, key: str, owner: str | None) -> Source | None:
         """Cold miss: this request fetches; concurrent ones for the key wait on its flight."""
         flight = self._flights.begin(key)
         try:
-            flight.result = await self._load(key, None)
+            flight.result = await self._load(key, None, owner)
             flight.finished = True
             return flight.result
         except CodeFetchError as exc:
@@ -206,7 +212,7 @@ class CodeCache:
 
     async def _revalidate_in_background(self, key: str, entry: Entry, flight: Flight) -> None:
         try:
-            flight.result = await self._load(key, entry)
+            flight.result = await self._load(key, entry, None)
             flight.finished = True
         except CodeFetchError as exc:
             # Only an expired *negative* entry gets here (a stored copy is served by _load):
@@ -219,10 +225,12 @@ class CodeCache:
 
     # --- one conditional fetch and what it leaves behind ----------------------------------------
 
-    async def _load(self, key: str, entry: Entry | None) -> Source | None:
+    async def _load(self, key: str, entry: Entry | None, owner: str | None) -> Source | None:
         """Ask the store (conditionally when a copy is known) and record what it says."""
         epoch = self._purges.epoch
         known = await self._known(key, entry)
+        # A kept entry stays with the share it was counted against.
+        known = replace(known, owner=entry.tenant if entry is not None else owner)
         source = known.source
         etag = source.version if source is not None and source.version.startswith('"') else None
         last_modified = source.last_modified if source is not None else None
@@ -259,7 +267,7 @@ class CodeCache:
         if known.entry is not None:
             known.entry.expires_at = retry_at
         elif not self._purges.covered_since(key, epoch):
-            self._lru.put(key, known.source, retry_at)
+            self._lru.put(key, known.source, retry_at, known.owner)
         return known.source
 
     async def _store_answered(
@@ -275,7 +283,7 @@ class CodeCache:
                 known.entry.expires_at = now + self._settings.ttl_s
                 self._lru.touch(key)
             elif wanted:
-                self._lru.put(key, known.source, now + self._settings.ttl_s)
+                self._lru.put(key, known.source, now + self._settings.ttl_s, known.owner)
             if self._mirror is not None:
                 self._mirror.touch(key)
             return known.source
@@ -283,7 +291,7 @@ class CodeCache:
             if known.entry is not None:
                 self._revalidated[200] += 1
             if wanted:
-                self._lru.put(key, result.source, now + self._settings.ttl_s)
+                self._lru.put(key, result.source, now + self._settings.ttl_s, known.owner)
                 if self._mirror is not None:
                     await self._mirror.write(key, result.source, self._unpurged(key, epoch))
             return result.source
@@ -291,7 +299,7 @@ class CodeCache:
         if known.source is not None:
             self._revalidated[404] += 1
         if wanted:
-            self._lru.put(key, None, now + self._settings.negative_ttl_s)
+            self._lru.put(key, None, now + self._settings.negative_ttl_s, known.owner)
         if self._mirror is not None:
             if self._mirror_absence(key):
                 if not self._mirror.records_absence(key):

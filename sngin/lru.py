@@ -58,11 +58,14 @@ class ByteBoundedLRU:
         if key in self._entries:
             self._entries.move_to_end(key)
 
-    def put(self, key: str, source: Source | None, expires_at: float) -> None:
+    def put(
+        self, key: str, source: Source | None, expires_at: float, owner: str | None = None
+    ) -> None:
         """Store (or replace) key's entry, evicting to make room; an entry larger than a
-        tenant's share is not kept at all."""
+        tenant's share is not kept at all. The entry counts against `owner`'s share (the
+        tenant that asked for a module by URL), else the tenant its key names."""
         self.drop(key)
-        tenant = tenant_of_key(key)
+        tenant = owner or tenant_of_key(key)
         size = ENTRY_OVERHEAD_BYTES + len(key) + (len(source.text) if source is not None else 0)
         if size > self._tenant_limit:
             log.warning("%s is too large to cache (%d bytes)", key, size)

@@ -322,7 +322,9 @@ class RequestCalls:
                 source = await self._store.fetch(file_key(self._tenant, path))
                 chunkname = f"{self._tenant}/{path}"
             elif kind == "github" and self._github is not None:
-                source = await self._github.fetch(path)
+                # Counted against this tenant's share of the module cache, which every tenant
+                # shares: one tenant's many URLs cannot flush the others' modules.
+                source = await self._github.fetch(path, owner=self._tenant)
                 chunkname = f"github.com/{path}"
             else:
                 raise CodeFetchError("modules are not available here")

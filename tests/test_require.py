@@ -208,3 +208,30 @@ async def test_module_fetches_have_a_budget_of_their_own(tmp_path, raw_host):
     assert response.status_code == 200
     assert response.text.startswith("m1m2 ")
     assert "more than 2 module fetches in one request" in response.text
+
+
+async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules(raw_host):
+    """The module cache is shared by every tenant; each tenant's fetches count against its
+    own share of it (entries and bytes, misses included)."""
+    import math
+
+    from sandbox.protocol import Call
+    from sngin.outbound import RequestCalls
+
+    settings = CacheSettings(max_entries=40, tenant_share=0.25)
+    async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:
+        cache = CodeCache(store, settings, nursery)
+
+        def calls(tenant: str) -> RequestCalls:
+            return RequestCalls(None, tenant=tenant, deadline=math.inf, request_id="r",
+                                max_subrequests=0, max_modules=1000, github=cache)  # fmt: skip
+
+        kept = Call(id=1, call_id=1, module=f"github:{REPO}/top.lua")
+        assert (await calls("b.test")(kept)).module is not None
+        flood = calls("a.test")
+        for index in range(60):
+            missing = Call(id=1, call_id=1, module=f"github:u/r/main/junk{index}.lua")
+            assert (await flood(missing)).error is not None
+        assert (await calls("b.test")(kept)).module is not None
+        nursery.cancel_scope.cancel()
+    assert raw_host.gets[f"{REPO}/top.lua"] == 1  # still cached: no second fetch

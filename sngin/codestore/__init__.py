@@ -22,12 +22,18 @@ class CodeSource(Protocol):
     """What the server asks for a script: the folder store directly, or the S3 code cache."""
 
     async def fetch(
-        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+        self,
+        key: str,
+        *,
+        revalidate: bool = False,
+        note: FetchNote | None = None,
+        owner: str | None = None,
     ) -> Source | None:
         """The script for key ('host/a/b' -> host/a/b/index.lua), or None if there is none.
 
         revalidate: the request carries `$cb`; confirm with the store before answering.
         note: where to say how the fetch was answered (hit, miss, ...).
+        owner: the tenant a cached copy counts against (for keys that name no tenant).
         """
         ...
 

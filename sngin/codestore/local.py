@@ -84,7 +84,12 @@ class LocalStore:
         self._missing: dict[str, Path] = {}
 
     async def fetch(
-        self, key: str, *, revalidate: bool = False, note: FetchNote | None = None
+        self,
+        key: str,
+        *,
+        revalidate: bool = False,
+        note: FetchNote | None = None,
+        owner: str | None = None,  # every key names its tenant here
     ) -> Source | None:
         # Every fetch checks the file, so `$cb` (revalidate) needs nothing more here.
         cached = self._cache.get(key)
