@@ -290,9 +290,26 @@ def test_lua_error_names_tenant_path_and_line(runtime):
     assert reply.message == "a.test/err:2: attempt to index local 't' (a nil value)"
 
 
-def test_error_with_table_value(runtime):
-    reply = run(runtime, "error({code = 1})")
-    assert reply.message == "(error object is a table value)"
+def test_error_with_table_value_names_the_script_and_line(runtime):
+    reply = run(runtime, "local x = 1\nerror({code = 1})", key="a.test/err")
+    assert reply.message == "a.test/err:2: (error object is a table value)"
+    reply = run(runtime, "return {get = function()\n error({2}) end}", key="a.test/m")
+    assert reply.message == "a.test/m:2: (error object is a table value)"
+
+
+def test_an_error_objects_tostring_never_runs_past_the_memory_cap(runtime):
+    """Its __tostring is tenant code: it is not run at all (it used to run after the cap was
+    lifted, allocating 200 MiB under a 16 MiB limit)."""
+    source = """
+        local t = setmetatable({}, {__tostring = function()
+          local s = {} for i = 1, 20 do s[i] = string.rep('x', 10 * 1024 * 1024) .. i end
+          return 'big'
+        end})
+        error(t)
+    """
+    reply = run(runtime, source, key="a.test/e", limits=WireLimits(memory_bytes=16 * 1024 * 1024))
+    assert reply.message == "a.test/e:6: (error object is a table value)"
+    assert runtime.memory_used() < 16 * 1024 * 1024
 
 
 def test_syntax_error_names_the_script(runtime):

@@ -12,6 +12,8 @@
 --    (08-requests: compile_text).
 -- 4. Errors the rules raise carry a private key (07-response-rules), so tenant code cannot
 --    forge one.
+-- 5. No tenant code runs once a request's memory cap is lifted: an error object that is not a
+--    string is described where it is raised, never converted (07-response-rules).
 -- It runs once per runtime while the real globals are still intact and returns the
 -- privileged helpers that only the Python side holds; tenant code never sees them.
 local pairs, next, type, tostring, select, error, pcall = pairs, next, type, tostring, select, error, pcall
@@ -24,6 +26,8 @@ local schar, gmatch, smatch, tsort, tonumber = string.char, string.gmatch, strin
   table.sort, tonumber
 local randomseed = math.randomseed
 local collectgarbage, getregistry, real_globals = collectgarbage, debug.getregistry, _G
+-- Only for locating a non-string error object (describe_error); `debug` itself is removed.
+local getinfo, xpcall = debug.getinfo, xpcall
 
 -- lupa's `python` bridge goes first, while the heap is still small: the full collection that
 -- finalises its wrappers (their finalisers need lupa's references table) is cheap now, and

@@ -105,6 +105,26 @@ local function collect_headers(state, headers, limits)
   state.header_count, state.header_bytes = count, bytes
 end
 
+-- A non-string error object is described, never converted: its __tostring is tenant code, and
+-- by the time the reply is built the request's memory cap no longer applies. describe_error
+-- runs as the error is raised (xpcall), under the cap, and says where it was raised.
+local function error_text(err)
+  if type(err) == "string" then return err end
+  return "(error object is a " .. type(err) .. " value)"
+end
+
+local function describe_error(err)
+  if type(err) == "string" then return err end
+  for level = 2, 32 do
+    local info = getinfo(level, "Sl")
+    if info == nil then break end
+    if info.what ~= "C" and info.currentline and info.currentline > 0 then
+      return info.short_src .. ":" .. info.currentline .. ": " .. error_text(err)
+    end
+  end
+  return error_text(err)
+end
+
 local read_values
 
 local function read_value(state, v, limits, depth)
@@ -132,7 +152,7 @@ local function read_value(state, v, limits, depth)
     else
       local handler = depth == 0 and method_handler(v, state.method)
       if handler then
-        local results = pack(pcall(handler, state.request))
+        local results = pack(xpcall(handler, describe_error, state.request))
         if not results[1] then fail("lua_error", nil, results[2]) end
         read_values(state, results, 2, limits, depth + 1)
       else
@@ -187,15 +207,6 @@ local function respond(values, request, method, limits)
     flat[#flat + 1] = state.json and "application/json" or "text/plain; charset=utf-8"
   end
   return "ok", state.status, body, flat
-end
-
-local function error_text(err)
-  if type(err) == "string" then return err end
-  if type(err) == "table" or type(err) == "userdata" then
-    local ok, text = pcall(tostring, err)
-    if ok and type(text) == "string" and not sfind(text, "^table: ") then return text end
-  end
-  return "(error object is a " .. type(err) .. " value)"
 end
 
 local function lua_error(value)

@@ -3,7 +3,7 @@
 -- One request is one coroutine: the script, then the response rules (a method table's handler
 -- may make platform calls too). Both run under pcall inside it, so errors come back as values.
 local function request_body(fn, request, method, limits)
-  local results = pack(pcall(fn))
+  local results = pack(xpcall(fn, describe_error))
   if not results[1] then
     return false, { [OURS] = true, kind = "lua_error", value = results[2] }
   end
