@@ -12,9 +12,14 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T", bytes, int)
 
 READ_SIZE: Final = 65536
 READS_BEFORE_YIELD: Final = 16  # a flooding writer cannot keep the reader from yielding
@@ -117,26 +122,15 @@ class PipeReader:
         if size > READ_SIZE and len(self._buffer) < size:
             return await self._receive_large(size)
         while len(self._buffer) < size:
-            if self.closed:
-                # Set before the fd is closed: its number may already belong to another file.
-                raise trio.ClosedResourceError("the pipe was closed")
             self._reads += 1
             if self._reads >= READS_BEFORE_YIELD:
                 self._reads = 0
                 await trio.lowlevel.checkpoint()
                 continue
-            try:
-                chunk = os.read(self._fd, max(READ_SIZE, size - len(self._buffer)))
-            except BlockingIOError:
+            chunk = await self._read_once(os.read, max(READ_SIZE, size - len(self._buffer)))
+            if chunk is None:
                 self._reads = 0
-                await trio.lowlevel.wait_readable(self._fd)
                 continue
-            except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the pipe was closed") from None
-                raise trio.BrokenResourceError from exc
-            if not chunk:
-                raise EOFError("the other end closed the pipe")
             self._buffer += chunk
         return take(self._buffer, size)
 
@@ -147,19 +141,27 @@ class PipeReader:
         self._buffer.clear()
         with memoryview(frame) as view:
             while have < size:
-                if self.closed:
-                    raise trio.ClosedResourceError("the pipe was closed")
-                try:
-                    got = os.readv(self._fd, [view[have:]])
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self._fd)
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        raise trio.ClosedResourceError("the pipe was closed") from None
-                    raise trio.BrokenResourceError from exc
-                if not got:
-                    raise EOFError("the other end closed the pipe")
-                have += got
-                await trio.lowlevel.checkpoint()  # a large frame never starves other tasks
+                got = await self._read_once(os.readv, [view[have:]])
+                if got is not None:
+                    have += got
+                    await trio.lowlevel.checkpoint()  # a large frame never starves the others
         return frame
+
+    async def _read_once(self, read: Callable[[int, Any], T], arg: Any) -> T | None:
+        """read(fd, arg) once (os.read: bytes; os.readv: a count), or None after waiting for
+        readability (read again). An empty read is the other end closing it."""
+        if self.closed:
+            # Set before the fd is closed: its number may already belong to another file.
+            raise trio.ClosedResourceError("the pipe was closed")
+        try:
+            data = read(self._fd, arg)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(self._fd)
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("the pipe was closed") from None
+            raise trio.BrokenResourceError from exc
+        if not data:
+            raise EOFError("the other end closed the pipe")
+        return data
