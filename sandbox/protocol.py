@@ -188,6 +188,15 @@ def frame_length(header: bytes | bytearray) -> int:
     return int(length)
 
 
+def take_prefix(buffer: bytearray, size: int) -> bytes:
+    """The first size bytes of a read buffer, removed from it: one copy (a slice of the
+    bytearray itself would be a second). Both ends of the pipe read frames with it."""
+    with memoryview(buffer) as view:
+        data = bytes(view[:size])
+    del buffer[:size]
+    return data
+
+
 def decode_to_worker(body: bytes | bytearray) -> ToWorker:
     message: ToWorker = _to_worker.decode(body)
     return message

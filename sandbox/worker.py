@@ -36,6 +36,7 @@ from sandbox.protocol import (
     decode_to_worker,
     encode_frame,
     frame_length,
+    take_prefix,
 )
 from sandbox.runtime import RequestRun, TenantRuntime
 
@@ -62,10 +63,7 @@ class FrameInput:
                     raise EOFError("input ended inside a frame")
                 return None
             self._buffer += chunk
-        with memoryview(self._buffer) as view:  # one copy: a bytearray slice would be two
-            data = bytes(view[:size])
-        del self._buffer[:size]
-        return data
+        return take_prefix(self._buffer, size)
 
     def _read_large(self, size: int) -> bytearray:
         frame = bytearray(size)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
+from sandbox.protocol import take_prefix
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -98,15 +100,6 @@ class PipeWriter:
         self._drop_queue()
 
 
-def take(buffer: bytearray, size: int) -> bytes:
-    """The first size bytes of buffer, removed from it: one copy (a slice of the bytearray
-    itself would be a second)."""
-    with memoryview(buffer) as view:
-        data = bytes(view[:size])
-    del buffer[:size]
-    return data
-
-
 class PipeReader:
     """Reads exact byte counts, waiting for readability only when the buffer runs short."""
 
@@ -132,7 +125,7 @@ class PipeReader:
                 self._reads = 0
                 continue
             self._buffer += chunk
-        return take(self._buffer, size)
+        return take_prefix(self._buffer, size)
 
     async def _receive_large(self, size: int) -> bytearray:
         frame = bytearray(size)
