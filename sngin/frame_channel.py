@@ -137,21 +137,6 @@ class FrameChannel:
         Reply within timeout_s; raises WorkerFailed if the worker ends first or the time runs
         out (WALL_KILL). The request's platform calls run in a nursery it owns (see
         _serve_calls), so none outlives it."""
-        try:
-            return await self._exchange(job, calls, source_known, timeout_s, redact)
-        except BaseExceptionGroup as group:
-            # From the calls' nursery: only its body raises (each call task answers its own
-            # errors), so the group holds one exception.
-            raise sole_exception(group) from None
-
-    async def _exchange(
-        self,
-        job: Job,
-        calls: CallHandler | None,
-        source_known: bool,
-        timeout_s: float,
-        redact: Callable[[str], str] | None,
-    ) -> Reply:
         if self._owner.broken:
             # Ended after it was handed out: its reader is gone and could not fail this request.
             raise WorkerFailed(CRASH, "the worker ended before the request started", sibling=True)
@@ -203,16 +188,21 @@ class FrameChannel:
         """The script made a platform call: answer its calls in a nursery this request owns
         until its Reply. Opened only now: most requests make no call, and a nursery costs
         ~13 us per request on this machine."""
-        async with trio.open_nursery() as nursery:
-            pending.nursery = nursery
-            for call in pending.queued:
-                nursery.start_soon(self._answer_call, pending, call)
-            pending.queued.clear()
-            try:
-                await pending.done.wait()
-            finally:
-                pending.nursery = None
-                pending.cancel_calls()
+        try:
+            async with trio.open_nursery() as nursery:
+                pending.nursery = nursery
+                for call in pending.queued:
+                    nursery.start_soon(self._answer_call, pending, call)
+                pending.queued.clear()
+                try:
+                    await pending.done.wait()
+                finally:
+                    pending.nursery = None
+                    pending.cancel_calls()
+        except BaseExceptionGroup as group:
+            # Only the body raises (each call task answers its own errors): unwrap it, so
+            # callers see the exception itself (a cancellation, say), as without a nursery.
+            raise sole_exception(group) from None
 
     def _abandon(self, pending: Pending) -> None:
         """The caller went away (e.g. the client left) before the Reply."""
