@@ -207,7 +207,9 @@ class Worker:
         cpu_ms = self.cpu_used_s[request_id] * 1000
         fresh = request_id in self.fresh
         self.forget(request_id)
-        dropped, self.dropped = self.dropped, []
+        dropped = self.dropped
+        if dropped:  # (most replies report none: no new list per request)
+            self.dropped = []
         self.send(
             msgspec.structs.replace(
                 reply,

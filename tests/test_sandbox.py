@@ -700,3 +700,4 @@ def test_env_tables_built_once_per_configuration_follow_a_changed_configuration(
     assert with_env({"A": "1"}, "pcall(function() env.A = 'x' end) return env.A").body == b"1"
     assert with_env({"A": "1"}, "return env.A .. ''").body == b"1"
     assert with_env({"A": "2"}, "return env.A").body == b"2"
+    assert len(runtime._env_tables) == 2  # one table per configuration, not per request
