@@ -252,14 +252,12 @@ class AccessLog:
             "code": code,
             "worker": worker,
         }
-        try:
-            line = self._encode(record) + b"\n"
-        except UnicodeEncodeError:  # a lone surrogate: JSON's \u escapes carry it
-            line = json.dumps(record).encode() + b"\n"
-        if self._hub.subscribers:
-            self._hub.publish(tenant, line[:-1].decode())
-        if self._text:
-            line = text_line(record)
+        # JSON only where it is read: the log in json format, and this tenant's live tails.
+        tailed = tenant in self._hub.subscribers
+        json_line = self._json_line(record) if tailed or not self._text else b""
+        if tailed:
+            self._hub.publish(tenant, json_line[:-1].decode())
+        line = text_line(record) if self._text else json_line
         stream = self._stream or getattr(sys.stderr, "buffer", None)
         try:
             if stream is None:
@@ -270,6 +268,12 @@ class AccessLog:
         except (OSError, ValueError):
             # stderr is gone (a closed pipe, a full disk): requests still get answered.
             self.lost += 1
+
+    def _json_line(self, record: dict[str, Any]) -> bytes:
+        try:
+            return self._encode(record) + b"\n"
+        except UnicodeEncodeError:  # a lone surrogate: JSON's \u escapes carry it
+            return json.dumps(record).encode() + b"\n"
 
     def _now(self) -> str:
         """The local time to the second, formatted once per second."""
