@@ -112,7 +112,7 @@ class Dispatcher:
         if trace.tenant is not None:
             kill = trace.run.kill
             self.deps.observer.metrics.request_finished(
-                tenant, trace.status, wall_s, trace.cpu_ms / 1000, kill
+                tenant, trace.status, wall_s, trace.cpu_ms / 1000, kill, trace.decode_ms / 1000
             )
             if trace.error is not None and trace.status >= 500:
                 script_log.info(

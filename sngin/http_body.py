@@ -1,24 +1,116 @@
-"""Reading an HTTP response body with a size cap (scripts' subrequests, S3 and GitHub fetches)."""
+"""Reading an HTTP response body with a size cap (scripts' subrequests, S3 and GitHub fetches).
+
+The cap holds for the decoded body: a gzip or deflate body is inflated here, never more than
+one byte past the cap, so a small compressed body that inflates to gigabytes (a "gzip bomb")
+costs what reading the cap costs. httpx's own decoding inflates each received chunk whole
+(64 KiB of a bomb is ~64 MB), which is why bodies are read raw.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Final
 
-if TYPE_CHECKING:
-    import httpx
+import httpx
+import trio
+
+# What every client of the server asks for: the codings read_capped can undo. (httpx would
+# also offer br and zstd whenever their packages happen to be installed.)
+ACCEPT_ENCODING: Final = "gzip, deflate"
+GZIP_WBITS: Final = zlib.MAX_WBITS | 16
+RAW_DEFLATE_WBITS: Final = -zlib.MAX_WBITS
 
 
-async def read_capped(response: httpx.Response, cap: int) -> bytes | None:
-    """The body, or None if it is larger than cap. A declared size is refused unread; an
-    undeclared one is read to its end (within the call's timeout) but never kept past cap:
-    leaving httpx's stream iterators half-way leaves generators that trio warns about."""
+class BodyDecodeError(httpx.DecodingError):
+    """The body is not valid in its declared Content-Encoding (an httpx.HTTPError, as httpx's
+    own decoding error is, so callers handle both alike)."""
+
+
+class _Inflater:
+    """One gzip or deflate layer. Deflate is tried as zlib data first, then as a raw deflate
+    stream (servers send both; httpx accepts both the same way)."""
+
+    def __init__(self, coding: str) -> None:
+        self._deflate = coding == "deflate"
+        self._inflate = zlib.decompressobj(zlib.MAX_WBITS if self._deflate else GZIP_WBITS)
+        self._started = False
+
+    def inflate(self, data: bytes, limit: int) -> bytes:
+        """Up to limit bytes of output (limit >= 1). Input left over means the output hit the
+        limit; the caller stops there, so it is never needed."""
+        try:
+            out = self._inflate.decompress(data, limit)
+        except zlib.error as exc:
+            if self._deflate and not self._started:
+                self._deflate = False
+                self._inflate = zlib.decompressobj(RAW_DEFLATE_WBITS)
+                return self.inflate(data, limit)
+            raise BodyDecodeError(f"the body is not valid {self._name}: {exc}") from exc
+        self._started = True
+        return out
+
+    @property
+    def _name(self) -> str:
+        return "deflate data" if self._deflate else "gzip data"
+
+
+class BoundedDecoder:
+    """Undoes a response's Content-Encoding (gzip, x-gzip, deflate; identity and codings this
+    server never asks for pass through unchanged, as httpx does), bounded per call."""
+
+    def __init__(self, content_encoding: str) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        layers = [
+            _Inflater("deflate" if c == "deflate" else "gzip")
+            for c in codings
+            if c in ("gzip", "x-gzip", "deflate")
+        ]
+        self._layers = layers[::-1]  # the coding applied last is undone first
+        self.cpu_s = 0.0  # time spent inflating (this thread's CPU)
+
+    def decode(self, data: bytes, limit: int) -> bytes:
+        if not self._layers:
+            return data
+        started = time.thread_time()
+        try:
+            for layer in self._layers:
+                data = layer.inflate(data, limit)
+        finally:
+            self.cpu_s += time.thread_time() - started
+        return data
+
+
+@dataclass(slots=True)
+class BodyCost:
+    """Server CPU a request's subrequest bodies cost (inflating them), charged to the tenant."""
+
+    decode_s: float = 0.0
+
+
+async def read_capped(
+    response: httpx.Response, cap: int, *, cost: BodyCost | None = None
+) -> bytes | None:
+    """The decoded body, or None if it is larger than cap. A declared size is refused unread; a
+    body that turns out larger stops being read at the cap (the connection is then closed by
+    response.aclose()). BodyDecodeError for a body its coding cannot undo."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         return None
+    decoder = BoundedDecoder(response.headers.get("content-encoding", ""))
     body = bytearray()
-    too_big = False
-    async for chunk in response.aiter_bytes():
-        if not too_big:
-            body += chunk
-            too_big = len(body) > cap
-    return None if too_big else bytes(body)
+    try:
+        with trio.CancelScope() as reading:
+            async for chunk in response.aiter_raw():
+                if len(body) > cap:
+                    continue  # (buffered chunks, until the cancellation below lands)
+                body += decoder.decode(chunk, cap + 1 - len(body))
+                if len(body) > cap:
+                    # Breaking out would leave httpx's and httpcore's nested stream generators
+                    # to the garbage collector; cancelling ends them all at the next read.
+                    reading.cancel()
+    finally:
+        if cost is not None:
+            cost.decode_s += decoder.cpu_s
+    return None if len(body) > cap else bytes(body)

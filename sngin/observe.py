@@ -163,6 +163,12 @@ class Metrics:
         self.cpu = Counter(
             "sngin_cpu_seconds", "CPU time used by scripts", ["tenant"], registry=self.registry
         )
+        self.decode_cpu = Counter(
+            "sngin_decode_cpu_seconds",
+            "Server CPU spent inflating scripts' compressed subrequest bodies",
+            ["tenant"],
+            registry=self.registry,
+        )
         self.wall = Histogram(
             "sngin_request_seconds", "Wall time of tenant requests", ["tenant"],
             registry=self.registry,
@@ -188,7 +194,13 @@ class Metrics:
         self._series: dict[tuple[str, int], RequestSeries] = {}
 
     def request_finished(
-        self, tenant: str, status: int, wall_s: float, cpu_s: float, kill: str | None
+        self,
+        tenant: str,
+        status: int,
+        wall_s: float,
+        cpu_s: float,
+        kill: str | None,
+        decode_s: float = 0.0,
     ) -> None:
         label = self.labels(tenant)
         series = self._series.get((label, status // 100))
@@ -204,6 +216,8 @@ class Metrics:
             series.cpu.inc(cpu_s)
         if kill is not None:
             self.kills.labels(label, kill).inc()
+        if decode_s > 0:
+            self.decode_cpu.labels(label).inc(decode_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,7 +27,7 @@ from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSourc
 from sngin.call_rules import http_call_problem, module_name_problem
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import CodeFetchError
-from sngin.http_body import read_capped
+from sngin.http_body import ACCEPT_ENCODING, BodyCost, read_capped
 from sngin.tenants import file_key
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ def guarded_client(
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,
         timeout=DEFAULT_TIMEOUT_S,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
     )
 
 
@@ -187,6 +188,7 @@ class Outbound:
         timeout_s: float,
         request_id: str,
         egress: TenantEgress | None = None,
+        cost: BodyCost | None = None,
     ) -> HttpResult:
         client = await self.client_for(egress)
         try:
@@ -212,7 +214,7 @@ class Outbound:
             with trio.fail_after(timeout_s):
                 response = await client.send(request, auth=auth, stream=True)
                 try:
-                    body = await read_capped(response, MAX_RESPONSE_BYTES)
+                    body = await read_capped(response, MAX_RESPONSE_BYTES, cost=cost)
                 finally:
                     await response.aclose()
                 if body is None:
@@ -276,6 +278,7 @@ class RequestCalls:
         self._max_modules = max_modules
         self._store = store
         self._github = github
+        self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
 
     async def __call__(self, call: Call) -> CallResult:
         if call.module is not None:
@@ -304,7 +307,11 @@ class RequestCalls:
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
         timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
         result = await self._outbound.fetch(
-            call.http, timeout_s=timeout, request_id=self._request_id, egress=self._egress
+            call.http,
+            timeout_s=timeout,
+            request_id=self._request_id,
+            egress=self._egress,
+            cost=self.cost,
         )
         return CallResult(id=call.id, call_id=call.call_id, http=result)
 

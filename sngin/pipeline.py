@@ -113,14 +113,19 @@ class TenantPipeline:
             env=config.env,
         )
         redact = config.redact if config.secrets else None
-        reply = await self.deps.pool.run(
-            job,
-            self._calls(tenant, request.id, config),
-            limits=config.limits,
-            concurrency=config.concurrency,
-            redact=redact,
-            note=trace.run,
-        )
+        calls = self._calls(tenant, request.id, config)
+        try:
+            reply = await self.deps.pool.run(
+                job,
+                calls,
+                limits=config.limits,
+                concurrency=config.concurrency,
+                redact=redact,
+                note=trace.run,
+            )
+        finally:
+            # Also when the run ends in a limit kill: the server's work is still the tenant's.
+            trace.decode_ms = calls.cost.decode_s * 1000
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))
         trace.cpu_ms = reply.cpu_ms

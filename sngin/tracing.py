@@ -44,6 +44,7 @@ class RequestTrace:
     status: int = 500
     size: int = 0
     cpu_ms: float = 0.0
+    decode_ms: float = 0.0  # server CPU inflating the request's subrequest bodies
     error: str | None = None
     fetch: FetchNote = field(default_factory=FetchNote)  # the script's code fetch
     run: RunNote = field(default_factory=RunNote)  # its worker, and a limit kill
@@ -53,4 +54,6 @@ class RequestTrace:
         timing = (
             f"cpu;dur={self.cpu_ms:.2f}, wall;dur={wall_ms:.2f}, code;desc={self.fetch.outcome}"
         )
+        if self.decode_ms:
+            timing += f", decode;dur={self.decode_ms:.2f}"
         return [(b"server-timing", timing.encode()), (b"x-request-id", self.id.encode())]

@@ -130,6 +130,35 @@ async def test_huge_response_is_refused(tmp_path, upstream):
     assert result["err"] == f"response larger than {10 * 1024 * 1024} bytes"
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "raw-deflate"])
+async def test_compressed_bodies_are_inflated(tmp_path, upstream, coding):
+    result = await run_call(tmp_path, f"'{upstream.url('/' + coding)}'")
+    assert result["sc"] == 200
+    assert result["payload"] == "inflated " * 1000
+
+
+async def test_a_gzip_bomb_stops_at_the_cap_and_is_charged_to_the_request(tmp_path, upstream):
+    """An endless compressed body: inflating stops one byte past the 10 MiB cap (reading it to
+    its end would never finish), the connection is closed, and the server's CPU shows up in the
+    request's Server-Timing and the tenant's metrics."""
+    script = f"local r = http.request('{upstream.url('/gzip-bomb')}') return r.err or 'no error'"
+    async with serving(tmp_path, {"a.test/bomb": script}) as srv:
+        with trio.fail_after(20):  # a safety net: before the fix this read never ended
+            response = await srv.get("/bomb")
+        assert response.text == f"response larger than {10 * 1024 * 1024} bytes"
+        timing = dict(
+            part.strip().split(";", 1) for part in response.headers["server-timing"].split(",")
+        )
+        decode_ms = float(timing["decode"].removeprefix("dur="))
+        assert decode_ms > 0
+        await trio.testing.wait_all_tasks_blocked()  # the request's metrics are written last
+        metrics = srv.deps.observer.metrics.render().decode()
+        charged = re.search(r'sngin_decode_cpu_seconds_total\{tenant="a.test"\} (\S+)', metrics)
+        assert charged is not None
+        assert float(charged.group(1)) == pytest.approx(decode_ms / 1000, rel=0.01)
+    upstream.release.set()
+
+
 async def test_redirects_are_followed_up_to_five(tmp_path, upstream):
     target = upstream.url("/landed")
     for _ in range(5):

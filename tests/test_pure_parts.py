@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
+import pytest
+
 from sngin.codestore import Source
+from sngin.http_body import BodyDecodeError, BoundedDecoder
 from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 from sngin.purge_log import PurgeLog
 
@@ -93,3 +98,28 @@ def test_one_tenant_cannot_take_more_than_its_share_of_entries():
     assert all(lru.get(f"b.test/{i}") is not None for i in range(200))
     assert sum(lru.get(f"a.test/missing/{i}") is not None for i in range(10_000)) == 250
     assert len(lru) == 450
+
+
+def test_the_bounded_decoder_never_inflates_past_its_limit():
+    """64 KiB of a gzip bomb is ~64 MB inflated in one call; the decoder stops at the limit."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    bomb = packer.compress(bytes(256 << 20)) + packer.flush()
+    chunk = bomb[:65536]
+    assert len(zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(chunk)) > 60 << 20
+    decoder = BoundedDecoder("gzip")
+    assert len(decoder.decode(chunk, 1000)) == 1000
+    assert decoder.cpu_s >= 0
+
+
+def test_the_bounded_decoder_undoes_codings_in_reverse_and_passes_unknown_ones():
+    data = b"hello " * 100
+    gz = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    gzipped = gz.compress(data) + gz.flush()
+    raw = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    both = raw.compress(gzipped) + raw.flush()  # gzip first, then (raw) deflate
+    assert BoundedDecoder("gzip, deflate").decode(both, 10_000) == data
+    assert BoundedDecoder("x-gzip").decode(gzipped, 10_000) == data
+    assert BoundedDecoder("br").decode(b"as sent", 10_000) == b"as sent"
+    assert BoundedDecoder("").decode(b"plain", 10_000) == b"plain"
+    with pytest.raises(BodyDecodeError, match="not valid gzip data"):
+        BoundedDecoder("gzip").decode(b"not gzip at all", 10_000)

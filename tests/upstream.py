@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +28,7 @@ class Upstream:
     def __init__(self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None):
         self.requests: list[dict[str, object]] = []
         self.release = threading.Event()
+        self.bomb_sent: list[int] = []
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,6 +80,15 @@ class Upstream:
         if split.path == "/redirect":
             target = query["to"][0]
             return self.reply(handler, 302, b"", {"Location": target})
+        if split.path in ("/gzip", "/deflate", "/raw-deflate"):
+            coding = split.path.strip("/")
+            wbits = {"gzip": 31, "deflate": 15, "raw-deflate": -15}[coding]
+            packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+            packed = packer.compress(b"inflated " * 1000) + packer.flush()
+            encoding = "deflate" if coding == "raw-deflate" else coding
+            return self.reply(handler, 200, packed, {"Content-Encoding": encoding})
+        if split.path == "/gzip-bomb":
+            return self.gzip_bomb(handler)
         if split.path == "/huge":
             return self.reply(handler, 200, b"x" * (11 * 1024 * 1024))
         if split.path == "/verify":
@@ -92,6 +103,25 @@ class Upstream:
             return self.reply(handler, int(split.path.rsplit("/", 1)[1]), b"status")
         payload = json.dumps(record).encode()
         self.reply(handler, 200, payload, {"Content-Type": "application/json", "X-Up": "1"})
+
+    def gzip_bomb(self, handler: BaseHTTPRequestHandler) -> None:
+        """An endless gzip body of zeros, ~1,000:1, chunked, until the client hangs up; records
+        how many compressed bytes went out."""
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        zeros, sent = bytes(1 << 20), 0
+        try:
+            while not self.release.is_set():
+                data = packer.compress(zeros)
+                if data:
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    sent += len(data)
+        except OSError:
+            pass
+        self.bomb_sent.append(sent)
 
     @staticmethod
     def reply(

@@ -12,7 +12,7 @@ import trio
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
 from sngin.errors import CodeFetchError
-from sngin.http_body import read_capped
+from sngin.http_body import ACCEPT_ENCODING, read_capped
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -61,6 +61,9 @@ class GitHubStore:
 @asynccontextmanager
 async def open_github_store(raw_base: str) -> AsyncIterator[GitHubStore]:
     async with httpx.AsyncClient(
-        trust_env=False, follow_redirects=False, timeout=TIMEOUT_S
+        trust_env=False,
+        follow_redirects=False,
+        timeout=TIMEOUT_S,
+        headers={"Accept-Encoding": ACCEPT_ENCODING},
     ) as http:
         yield GitHubStore(http, raw_base)

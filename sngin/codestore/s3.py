@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 
 from sngin.codestore import Missing, Modified, NotModified, Source, StoreResult
 from sngin.errors import CodeFetchError, StoreMisconfigured
-from sngin.http_body import read_capped
+from sngin.http_body import ACCEPT_ENCODING, read_capped
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -213,5 +213,7 @@ async def open_s3_store(settings: S3Settings) -> AsyncIterator[S3Store]:
         endpoint.base_url,
         endpoint.region,
     )
-    async with httpx.AsyncClient(timeout=settings.attempt_timeout_s) as http:
+    async with httpx.AsyncClient(
+        timeout=settings.attempt_timeout_s, headers={"Accept-Encoding": ACCEPT_ENCODING}
+    ) as http:
         yield S3Store(http, settings, endpoint, credentials)
