@@ -94,6 +94,18 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundSettings:
+    """Scripts' http.request connections, shared by all tenants."""
+
+    connections: int = 100  # SNGIN_OUTBOUND_CONNECTIONS: open at once, all tenants together
+    tenant_share: float = 0.25  # SNGIN_OUTBOUND_TENANT_SHARE: of connections, per tenant
+
+    @property
+    def per_tenant(self) -> int:
+        return max(1, int(self.connections * self.tenant_share))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     bind: Bind = field(default_factory=Bind)
     code_dir: Path = BUNDLED_SITES
@@ -109,6 +121,7 @@ class Settings:
     mirror_bytes: int = 1024 * MIB  # SNGIN_MIRROR_BYTES; 0 turns the mirror off
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     github_raw_url: str = "https://raw.githubusercontent.com"  # SNGIN_GITHUB_RAW_URL
     ceilings: Ceilings = field(default_factory=Ceilings)
     secrets_file: Path | None = None  # SNGIN_SECRETS_FILE: {"<host>": {"NAME": "value"}}
@@ -150,6 +163,7 @@ class Settings:
             "cache": CacheSettings,
             "ceilings": Ceilings,
             "http": HttpSettings,
+            "outbound": OutboundSettings,
         }
         for section, kind in sections.items():
             prefix = section + "."
@@ -341,6 +355,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
     "SNGIN_MAX_MODULES": ("limits.max_modules", _int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
+    "SNGIN_OUTBOUND_CONNECTIONS": ("outbound.connections", _int_range(1, 100_000)),
+    "SNGIN_OUTBOUND_TENANT_SHARE": ("outbound.tenant_share", _float_range(0.01, 1.0)),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", _int_range(1, 3_600_000)),
     "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", _int_range(1, 3_600_000)),

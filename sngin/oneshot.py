@@ -97,7 +97,9 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
     limits_for = default_limits(settings)
     limits = limits_for(job.tenant)
     async with (
-        open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
+        open_outbound(
+            EgressPolicy.parse(settings.egress_allow), settings=settings.outbound
+        ) as outbound,
         open_github_modules(settings) as github,
         open_pool(config, limits_for) as pool,
     ):

@@ -25,9 +25,11 @@ import trio
 
 from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
 from sngin.call_rules import http_call_problem, module_name_problem
+from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import CodeFetchError
 from sngin.http_body import ACCEPT_ENCODING, BodyCost, read_capped
+from sngin.tenant_shares import TenantShares
 from sngin.tenants import file_key
 
 if TYPE_CHECKING:
@@ -119,6 +121,7 @@ def guarded_client(
     resolver: Resolver = system_resolver,
     ssl_context: ssl.SSLContext | None = None,
     tenant: TenantEgress | None = None,
+    max_connections: int = 100,
 ) -> httpx.AsyncClient:
     context = ssl_context or ssl.create_default_context()
     transport = httpx.AsyncHTTPTransport(verify=context, retries=0)
@@ -126,8 +129,8 @@ def guarded_client(
     # way httpx builds it, with the guarded backend.
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=context,
-        max_connections=100,
-        max_keepalive_connections=20,
+        max_connections=max_connections,
+        max_keepalive_connections=min(20, max_connections),
         keepalive_expiry=5.0,
         network_backend=GuardedBackend(policy, resolver, tenant),
     )
@@ -154,8 +157,11 @@ class Outbound:
         policy: EgressPolicy | None = None,
         resolver: Resolver = system_resolver,
         ssl_context: ssl.SSLContext | None = None,
+        settings: OutboundSettings | None = None,
     ) -> None:
         self._client = client
+        self._settings = settings or OutboundSettings()
+        self.shares = TenantShares(self._settings.per_tenant)
         self._policy = policy or EgressPolicy()
         self._resolver = resolver
         self._ssl_context = ssl_context
@@ -173,7 +179,11 @@ class Outbound:
             _, oldest = self._tenant_clients.popitem(last=False)
             await oldest.aclose()
         client = self._tenant_clients[egress] = guarded_client(
-            self._policy, resolver=self._resolver, ssl_context=self._ssl_context, tenant=egress
+            self._policy,
+            resolver=self._resolver,
+            ssl_context=self._ssl_context,
+            tenant=egress,
+            max_connections=self._settings.connections,
         )
         return client
 
@@ -187,6 +197,7 @@ class Outbound:
         *,
         timeout_s: float,
         request_id: str,
+        tenant: str = "",
         egress: TenantEgress | None = None,
         cost: BodyCost | None = None,
     ) -> HttpResult:
@@ -210,16 +221,25 @@ class Outbound:
             content=call.body,
             timeout=timeout_s,
         )
+        holding = False  # one of the tenant's connection slots, once it has one
         try:
             with trio.fail_after(timeout_s):
-                response = await client.send(request, auth=auth, stream=True)
-                try:
-                    body = await read_capped(response, MAX_RESPONSE_BYTES, cost=cost)
-                finally:
-                    await response.aclose()
+                async with self.shares.slot(tenant):
+                    holding = True
+                    response = await client.send(request, auth=auth, stream=True)
+                    try:
+                        body = await read_capped(response, MAX_RESPONSE_BYTES, cost=cost)
+                    finally:
+                        await response.aclose()
                 if body is None:
                     return HttpResult(error=f"response larger than {MAX_RESPONSE_BYTES} bytes")
         except trio.TooSlowError:
+            if not holding:
+                share = self.shares.per_tenant
+                return HttpResult(
+                    error=f"timed out after {timeout_s:.3g} s waiting for a connection: this site"
+                    f" already uses its share of {share} outbound connection{'s' * (share != 1)}"
+                )
             return HttpResult(error=f"timed out after {timeout_s:.3g} s")
         except httpx.TooManyRedirects:
             return HttpResult(error=f"more than {MAX_REDIRECTS} redirects")
@@ -310,6 +330,7 @@ class RequestCalls:
             call.http,
             timeout_s=timeout,
             request_id=self._request_id,
+            tenant=self._tenant,
             egress=self._egress,
             cost=self.cost,
         )
@@ -350,9 +371,15 @@ async def open_outbound(
     *,
     resolver: Resolver = system_resolver,
     ssl_context: ssl.SSLContext | None = None,
+    settings: OutboundSettings | None = None,
 ) -> AsyncIterator[Outbound]:
-    async with guarded_client(policy, resolver=resolver, ssl_context=ssl_context) as client:
-        outbound = Outbound(client, policy=policy, resolver=resolver, ssl_context=ssl_context)
+    settings = settings or OutboundSettings()
+    async with guarded_client(
+        policy, resolver=resolver, ssl_context=ssl_context, max_connections=settings.connections
+    ) as client:
+        outbound = Outbound(
+            client, policy=policy, resolver=resolver, ssl_context=ssl_context, settings=settings
+        )
         try:
             yield outbound
         finally:

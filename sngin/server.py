@@ -78,7 +78,9 @@ async def serve(
     async with (
         open_code_source(settings) as store,
         open_github_modules(settings) as github,
-        open_outbound(EgressPolicy.parse(settings.egress_allow)) as outbound,
+        open_outbound(
+            EgressPolicy.parse(settings.egress_allow), settings=settings.outbound
+        ) as outbound,
         open_pool(pool_config(settings), limits_for) as pool,
     ):
         deps = Deps(

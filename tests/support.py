@@ -206,14 +206,16 @@ async def running(
 
 @asynccontextmanager
 async def serving(tmp_path, scripts: dict[str, str], *, policy=LOOPBACK_ONLY, resolver=None,
-                  ssl_context=None, **options):  # fmt: skip
+                  ssl_context=None, outbound_settings=None, **options):  # fmt: skip
     for key, source in scripts.items():
         folder = tmp_path / key
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "index.lua").write_text(source)
     extra = {"resolver": resolver} if resolver is not None else {}
     async with (
-        open_outbound(policy, ssl_context=ssl_context, **extra) as outbound,
+        open_outbound(
+            policy, ssl_context=ssl_context, settings=outbound_settings, **extra
+        ) as outbound,
         running(tmp_path, outbound=outbound, **options) as srv,
     ):
         yield srv

@@ -11,6 +11,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, is_public
 from sngin.outbound import open_outbound
 from tests.support import run_call, running, serving
@@ -157,6 +158,61 @@ async def test_a_gzip_bomb_stops_at_the_cap_and_is_charged_to_the_request(tmp_pa
         assert charged is not None
         assert float(charged.group(1)) == pytest.approx(decode_ms / 1000, rel=0.01)
     upstream.release.set()
+
+
+async def test_one_tenant_holds_at_most_its_share_of_outbound_connections(tmp_path, upstream):
+    """Four connections, half of them per tenant: a's four slow calls hold two, and b's call is
+    answered while they still wait (with one pool for everyone, b's call timed out). Five
+    workers: a's four requests, however they spread, leave one for b."""
+    scripts = {
+        "a.test/hold": f"return tostring(http.request('{upstream.url('/slow?s=60')}').statuscode)",
+        "b.test/fast": f"local r = http.request{{url = '{upstream.url('/')}', timeout = 3}}"
+        " return r.err or tostring(r.statuscode)",
+    }
+    shares = OutboundSettings(connections=4, tenant_share=0.5)
+    async with (
+        serving(tmp_path, scripts, outbound_settings=shares, timeout_ms=20_000, workers=5) as srv,
+        trio.open_nursery() as nursery,
+    ):
+        held = []
+
+        async def hold() -> None:
+            held.append((await srv.get("/hold", timeout=30)).text)
+
+        for _ in range(4):
+            nursery.start_soon(hold)
+        await trio.to_thread.run_sync(upstream.wait_for, "/slow", 2)
+        outbound = srv.deps.outbound
+        while outbound.shares.waiting("a.test") < 2:  # a's other two calls reach their turn
+            await trio.testing.wait_all_tasks_blocked()
+        assert outbound.shares.held("a.test") == 2
+        fast = await srv.get("/fast", host="b.test")
+        assert fast.text == "200"
+        assert sum(r["path"] == "/slow" for r in upstream.requests) == 2
+        assert held == []  # a's calls are all still waiting
+        upstream.release.set()
+    assert held == ["200"] * 4
+    assert outbound.shares.tenants() == 0
+
+
+async def test_a_call_that_waits_too_long_for_its_share_says_so(tmp_path, upstream):
+    scripts = {
+        "a.test/hold": f"return tostring(http.request('{upstream.url('/slow?s=60')}').statuscode)",
+        "a.test/late": f"return http.request{{url = '{upstream.url('/')}', timeout = 0.3}}.err",
+    }
+    shares = OutboundSettings(connections=2, tenant_share=0.5)
+    async with (
+        serving(tmp_path, scripts, outbound_settings=shares, timeout_ms=20_000, workers=3) as srv,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(srv.get, "/hold")
+        await trio.to_thread.run_sync(upstream.wait_for, "/slow", 1)
+        late = await srv.get("/late")
+        assert late.text == (
+            "timed out after 0.3 s waiting for a connection: this site already uses its share of"
+            " 1 outbound connection"
+        )
+        upstream.release.set()
 
 
 async def test_redirects_are_followed_up_to_five(tmp_path, upstream):

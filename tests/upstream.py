@@ -29,6 +29,7 @@ class Upstream:
         self.requests: list[dict[str, object]] = []
         self.release = threading.Event()
         self.bomb_sent: list[int] = []
+        self._arrived = threading.Condition()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +59,15 @@ class Upstream:
     def url(self, path: str = "/", host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
+    def wait_for(self, path: str, count: int, timeout_s: float = 10.0) -> None:
+        """Block (in a thread) until `count` requests for path have arrived."""
+        with self._arrived:
+            arrived = self._arrived.wait_for(
+                lambda: sum(r["path"] == path for r in self.requests) >= count, timeout_s
+            )
+        if not arrived:
+            raise TimeoutError(f"{count} requests for {path} did not arrive")
+
     def close(self) -> None:
         self.release.set()
         self._http.stop()
@@ -74,7 +84,9 @@ class Upstream:
             "headers": {k.lower(): v for k, v in handler.headers.items()},
             "body": body.decode("latin-1"),
         }
-        self.requests.append(record)
+        with self._arrived:
+            self.requests.append(record)
+            self._arrived.notify_all()
         if split.path == "/slow":
             self.release.wait(float(query.get("s", ["5"])[0]))
         if split.path == "/redirect":
