@@ -33,7 +33,7 @@ from sngin.notes import RunNote
 from sngin.pool_statistics import PoolStatistics, WorkerInfo, rss_bytes
 from sngin.quarantine import Quarantine
 from sngin.scheduler import QueueTimeout, Scheduler
-from sngin.supervisor import Supervisor, WorkerBootError
+from sngin.supervisor import MAX_SPAWN_RETRY_S, SPAWN_RETRY_S, Supervisor, WorkerBootError
 from sngin.worker_process import (
     CPU_KILL,
     MEMORY,
@@ -66,6 +66,8 @@ class PoolConfig:
     tenant_concurrency: int = 64  # requests of one tenant in flight across the pool
     queue_timeout_s: float = 10.0  # how long a request may wait for a slot before 503
     worker: WorkerOptions = field(default_factory=WorkerOptions)
+    spawn_retry_s: float = SPAWN_RETRY_S  # backoff for a worker that cannot start ...
+    max_spawn_retry_s: float = MAX_SPAWN_RETRY_S  # ... doubling up to this once serving
 
 
 LIMIT_NAMES: Final = {
@@ -127,6 +129,8 @@ class Pool:
             options=config.worker,
             on_ready=self._check_in,
             on_gone=self._gone,
+            spawn_retry_s=config.spawn_retry_s,
+            max_spawn_retry_s=config.max_spawn_retry_s,
         )
 
     # --- statistics --------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class Pool:
             idle=sum(1 for w in workers if w.state == "idle"),
             started=supervisor.started,
             replaced=supervisor.replaced,
+            spawn_failures=supervisor.spawn_failures,
             timeouts=self._timeouts,
             tenant_switches=supervisor.retired_switches
             + sum(w.switches for w in supervisor.workers),

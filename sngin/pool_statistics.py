@@ -70,6 +70,7 @@ class PoolStatistics:
     idle: int
     started: int
     replaced: int
+    spawn_failures: int  # worker starts that failed since the server started
     timeouts: int
     tenant_switches: int
     fresh_runtimes: int  # requests that needed a new Lua runtime (none kept for the tenant)

@@ -1,6 +1,10 @@
 """Worker supervision, after gunicorn's arbiter: start the pool's workers, replace one that
-ends, recycle one after its share of requests (its successor first), give up only when workers
-keep failing to start, and stop them all at close."""
+ends, recycle one after its share of requests (its successor first), and stop them all at close.
+
+Workers that keep failing to start stop the server only while it starts (a broken install is
+one clear error, not a loop). Once it serves, a worker that cannot start (descriptors or memory
+short for a while) is retried forever with capped backoff while the live workers serve what they
+can; readiness says not ready while none is live."""
 
 from __future__ import annotations
 
@@ -23,13 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S: Final = 5.0
-SPAWN_RETRY_S: Final = 0.5
-MAX_BOOT_FAILURES: Final = 5
+SPAWN_RETRY_S: Final = 0.5  # the first retry; doubled per failure ...
+MAX_SPAWN_RETRY_S: Final = 30.0  # ... up to this, once serving
+MAX_BOOT_FAILURES: Final = 5  # in a row, while starting
 RECYCLE_JITTER: Final = 0.1
 
 
 class WorkerBootError(SnginError):
-    """Workers keep failing to start: the server stops rather than respawn forever."""
+    """Workers keep failing to start while the server starts: it stops with this error."""
 
 
 class Supervisor:
@@ -45,6 +50,8 @@ class Supervisor:
         options: WorkerOptions,
         on_ready: Callable[[WorkerProcess], None],
         on_gone: Callable[[WorkerProcess], None],
+        spawn_retry_s: float = SPAWN_RETRY_S,
+        max_spawn_retry_s: float = MAX_SPAWN_RETRY_S,
     ) -> None:
         self._nursery = nursery
         self.size = size
@@ -59,6 +66,10 @@ class Supervisor:
         self.exits: Counter[str] = Counter()
         self._boot_failures = 0
         self._gave_up = False
+        self.serving = False  # start() is done: from now on a failed start is retried forever
+        self._spawn_retry_s = spawn_retry_s
+        self._max_spawn_retry_s = max_spawn_retry_s
+        self.spawn_failures = 0  # since start, all told
         self._change = trio.Event()
 
     def live(self) -> list[WorkerProcess]:
@@ -72,7 +83,11 @@ class Supervisor:
     async def wait_for_workers(self, count: int | None = None) -> None:
         """Until `count` (default: the pool size) workers are alive."""
         wanted = self.size if count is None else count
-        while sum(1 for w in self.workers if w.alive) < wanted:
+        await self.wait_until(lambda: sum(1 for w in self.workers if w.alive) >= wanted)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Until condition() holds, checked whenever the workers change (or a start fails)."""
+        while not condition():
             await self._change.wait()
 
     # --- starting and replacing ------------------------------------------------------------------
@@ -81,6 +96,7 @@ class Supervisor:
         async with trio.open_nursery() as starting:
             for _ in range(self.size):
                 starting.start_soon(self._add_worker)
+        self.serving = True
 
     async def _add_worker(self) -> None:
         while True:
@@ -91,13 +107,21 @@ class Supervisor:
                 if self._gave_up:
                     return  # another spawner already stopped the pool: one error is enough
                 self._boot_failures += 1
-                if self._boot_failures >= MAX_BOOT_FAILURES:
+                self.spawn_failures += 1
+                self.changed()
+                if not self.serving and self._boot_failures >= MAX_BOOT_FAILURES:
                     self._gave_up = True
                     raise WorkerBootError(
                         f"workers fail to start ({self._boot_failures} times in a row): {exc}"
                     ) from None
-                log.error("cannot start a worker: %s; retrying", exc)
-                await trio.sleep(SPAWN_RETRY_S)
+                if self.closing:
+                    return
+                delay = min(
+                    self._spawn_retry_s * 2 ** min(self._boot_failures - 1, 30),
+                    self._max_spawn_retry_s,
+                )
+                log.error("cannot start a worker: %s; retrying in %.3g s", exc, delay)
+                await trio.sleep(delay)
         self._boot_failures = 0
         self.started += 1
         self.workers.add(worker)

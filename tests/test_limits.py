@@ -15,7 +15,7 @@ from sngin.limits import Limits
 from sngin.pool import PoolConfig, WorkerBootError, open_pool
 from sngin.quarantine import Quarantine
 from sngin.worker_process import WorkerOptions
-from tests.support import add_sites, running, start_busy
+from tests.support import AUTH, TOKEN, add_sites, running, start_busy
 
 CPU_BOMBS = {
     "jit_loop": "local n = 0 while true do n = n + 1 end",
@@ -215,6 +215,70 @@ async def test_workers_that_never_boot_stop_the_pool_with_a_clear_error():
     with trio.fail_after(60), pytest.RaisesGroup(WorkerBootError, flatten_subgroups=True):
         async with open_pool(PoolConfig(size=2, worker=broken)):
             pass
+
+
+async def test_once_serving_a_worker_that_cannot_start_is_retried_while_the_others_serve(
+    tmp_path,
+):
+    """Past start-up, five failed starts in a row no longer stop the server: the replacement
+    is retried (with backoff) while the live worker serves, and arrives once starts work."""
+    failing = tmp_path / "starts-fail"
+    gate = (
+        "import os, sys\n"
+        f"if os.path.exists({str(failing)!r}): sys.exit(3)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'sandbox'])\n"
+    )
+    options = WorkerOptions(argv=(sys.executable, "-c", gate))
+    config = PoolConfig(size=2, worker=options, spawn_retry_s=0.01, max_spawn_retry_s=0.05)
+    with trio.fail_after(60):
+        async with open_pool(config) as pool:
+            victim = pool.pids()[0]
+            failing.touch()
+            os.kill(victim, signal.SIGKILL)
+            supervisor = pool.supervisor
+            await supervisor.wait_until(lambda: supervisor.spawn_failures >= 8)
+            assert pool.live_count() == 1
+            reply = await pool.run(
+                Job(tenant="a.test", key="a.test", version="1",
+                    request=Request(method="GET", path="/"), source=b"return 'still serving'")
+            )  # fmt: skip
+            assert reply.body == b"still serving"
+            failing.unlink()
+            await pool.wait_for_workers()
+            assert victim not in pool.pids()
+            assert pool.statistics().spawn_failures >= 8
+
+
+async def test_readiness_says_not_ready_while_no_worker_can_start(tmp_path):
+    failing = tmp_path / "starts-fail"
+    gate = (
+        "import os, sys\n"
+        f"if os.path.exists({str(failing)!r}): sys.exit(3)\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'sandbox'])\n"
+    )
+    pool = {
+        "worker": WorkerOptions(argv=(sys.executable, "-c", gate)),
+        "spawn_retry_s": 0.01,
+        "max_spawn_retry_s": 0.05,
+    }
+    async with running(tmp_path, admin_token=TOKEN, pool=pool) as srv:
+        srv.deps.observer.ready = True  # (the code store side of readiness is not tested here)
+        failing.touch()
+        for pid in srv.pool.pids():
+            os.kill(pid, signal.SIGKILL)
+        supervisor = srv.pool.supervisor
+        await supervisor.wait_until(lambda: srv.pool.live_count() == 0)
+        await supervisor.wait_until(lambda: supervisor.spawn_failures >= 6)
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+        assert (ready.status_code, ready.json()) == (
+            503,
+            {"ready": False, "reason": "no live workers"},
+        )
+        failing.unlink()
+        await srv.pool.wait_for_workers()
+        ready = await srv.client.get(srv.url + "/__sngin/ready", headers=AUTH)
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        assert (await srv.get("/")).status_code == 200
 
 
 def read_proc(pid: int, name: str) -> bytes:
