@@ -78,9 +78,11 @@ def create_admin(deps: Deps) -> QuartTrio:
         denied = authorize(deps)
         if denied is not None:
             return denied
+        gate = deps.connections
         body: dict[str, Any] = {
             "pool": plain(deps.pool.statistics()),
             "quarantined": quarantine_list(deps),
+            "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
         }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)

@@ -42,6 +42,9 @@ class HttpSettings:
     """Front-end timeouts that keep slow clients from holding connections."""
 
     max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
+    # SNGIN_MAX_CONNECTIONS: client connections at once; None: what the descriptor limit leaves
+    # after the server's reserve (sngin.descriptors)
+    max_connections: int | None = None
     keep_alive_s: float = 5.0  # idle connection, including one still sending its headers
     read_timeout_s: int = 30  # one read from the socket
     body_timeout_s: float = 30.0  # the whole request body
@@ -343,6 +346,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_QUARANTINE_S": ("pool.quarantine_s", _float_range(0, 86400)),
     "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_MAX_REQUEST_BYTES": ("http.max_request_bytes", _int_range(0, 1024 * MIB)),
+    "SNGIN_MAX_CONNECTIONS": ("http.max_connections", _int_range(1, 10_000_000)),
     "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),
     "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", _float_range(0, 86400)),
     "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),

@@ -1,4 +1,4 @@
-"""Keeps an unexpected error inside the connection that raised it.
+"""Keeps an unexpected error inside the connection that raised it, and caps connections.
 
 Hypercorn runs every connection's task in the listener's nursery, and lets an exception from
 one connection (an h11 LocalProtocolError raised while a response is sent, say) leave it: that
@@ -6,6 +6,10 @@ ends the listener and `serve`. sngin validates responses before sending them
 (sngin.response_rules), so this is the backstop: Hypercorn's per-connection server class is
 replaced, once, by one that logs such an error and closes only that connection (and closes
 connections without resetting them, see ContainedTCPServer._close).
+
+Hypercorn has no connection cap either. A listener whose Config carries a ConnectionGate
+(GatedConfig) serves at most its limit of connections at once; one past it is answered `503`
+and closed at once, so slow clients cannot take the descriptors the server needs for itself.
 """
 
 from __future__ import annotations
@@ -17,12 +21,54 @@ from typing import Final
 import h11
 import hypercorn.trio.run
 import trio
+from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger(__name__)
 
 LINGER_S: Final = 1.0
 LINGER_READ_BYTES: Final = 65536
+REFUSAL: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 36\r\n\r\nthe server has too many connections\n"
+)
+# A fresh socket's buffer takes the 503 at once; what the client already sent is then read for
+# at most this long, so the close does not reset the connection and destroy the 503.
+REFUSAL_LINGER_S: Final = 0.05
+REFUSAL_LOG_EVERY_S: Final = 10.0
+
+
+class ConnectionGate:
+    """Counts a listener's open connections against its limit (None: no limit)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self._logged_at = -REFUSAL_LOG_EVERY_S
+
+    def enter(self) -> bool:
+        if self.limit is not None and self.open >= self.limit:
+            self.refused += 1
+            now = trio.current_time()
+            if now - self._logged_at >= REFUSAL_LOG_EVERY_S:
+                self._logged_at = now
+                log.warning(
+                    "%d connections open, the limit (SNGIN_MAX_CONNECTIONS): refusing new ones "
+                    "(%d refused so far)", self.open, self.refused,
+                )  # fmt: skip
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
+class GatedConfig(Config):
+    """Hypercorn's Config with the listener's ConnectionGate."""
+
+    connection_gate: ConnectionGate | None = None
 
 
 class ContainedTCPServer(TCPServer):
@@ -33,13 +79,33 @@ class ContainedTCPServer(TCPServer):
     _ending = False  # run() is ending: close whatever state the protocol is in
 
     async def run(self) -> None:
+        gate = getattr(self.config, "connection_gate", None)
+        if gate is not None and not gate.enter():
+            await self._refuse()
+            return
         try:
             await super().run()
         except* Exception as group:
             log.error("a connection ended with an unexpected error", exc_info=group)
         finally:
             self._ending = True
-            await self._close()
+            try:
+                await self._close()
+            finally:
+                if gate is not None:
+                    gate.leave()
+
+    async def _refuse(self) -> None:
+        """Over the limit: a 503, then close within REFUSAL_LINGER_S whatever the client does."""
+        with (
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            trio.move_on_after(REFUSAL_LINGER_S),
+        ):
+            await self.stream.send_all(REFUSAL)
+            await self.stream.send_eof()
+            while await self.stream.receive_some(LINGER_READ_BYTES):
+                pass
+        await trio.aclose_forcefully(self.stream)
 
     def _responding(self) -> bool:
         """An HTTP/1.1 response is being sent: h11 gives up on a pipelined request that

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
 
 if TYPE_CHECKING:
@@ -25,3 +26,5 @@ class Deps:
     github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
     configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
     observer: Observer = field(default_factory=lambda: Observer())
+    # The public listener's client connections (its limit is set when it starts listening).
+    connections: ConnectionGate = field(default_factory=ConnectionGate)

@@ -9,7 +9,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from sandbox.protocol import DORMANT_TOTAL_BYTES
@@ -19,8 +18,9 @@ from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
-from sngin.connection_guard import contain_connection_errors
+from sngin.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
 from sngin.deps import Deps
+from sngin.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
 from sngin.egress import EgressPolicy
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
 from sngin.limits import MIB, Limits
@@ -36,6 +36,8 @@ from sngin.worker_process import WorkerOptions
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from hypercorn.config import Config
+
     from sngin.codestore import CodeSource
     from sngin.config import Bind, Settings
 
@@ -44,8 +46,9 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 10.0
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    config = Config()
+def hypercorn_config(settings: Settings, gate: ConnectionGate | None = None) -> GatedConfig:
+    config = GatedConfig()
+    config.connection_gate = gate
     config.bind = [str(settings.bind)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -74,6 +77,12 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
+    descriptors = raise_descriptor_limit()
+    log.info(
+        "file descriptors: %d; client connections: at most %d",
+        descriptors,
+        connection_limit(settings, descriptors),  # a setting it cannot honour stops start-up here
+    )
     limits_for = default_limits(settings)
     async with (
         open_code_source(settings) as store,
@@ -166,6 +175,7 @@ async def serve_app(
     dispatcher = create_app(deps)
     app: Any = dispatcher
     settings = deps.settings
+    deps.connections.limit = connection_limit(settings)
     deps.observer.attach()
     try:
         async with trio.open_nursery() as nursery:
@@ -180,11 +190,11 @@ async def serve_app(
 
             nursery.start_soon(trigger)
             async with trio.open_nursery() as servers:
-                binds: list[str] = await listen(
-                    servers, app, hypercorn_config(settings), settings.bind, stop
-                )
+                config = hypercorn_config(settings, deps.connections)
+                binds: list[str] = await listen(servers, app, config, settings.bind, stop)
                 if settings.admin_bind is not None:
-                    admin_config = hypercorn_config(settings)
+                    admin_gate = ConnectionGate(ADMIN_MAX_CONNECTIONS)
+                    admin_config = hypercorn_config(settings, admin_gate)
                     admin_config.bind = [str(settings.admin_bind)]
                     admin: Any = AdminListener(dispatcher.admin)
                     binds += await listen(servers, admin, admin_config, settings.admin_bind, stop)

@@ -128,6 +128,8 @@ class Supervisor:
         jitter = random.uniform(1 - RECYCLE_JITTER, 1 + RECYCLE_JITTER)
         self._recycle_after[worker] = max(1, int(self._max_requests * jitter))
         self._nursery.start_soon(self._watch, worker)
+        if self.serving:
+            log.info("worker %d started", worker.pid)
         self._on_ready(worker)
 
     async def _watch(self, worker: WorkerProcess) -> None:
