@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 
 from sandbox.protocol import METHOD_NOT_ALLOWED, Reply
 from sngin.admin import create_admin
+from sngin.budgets import SMALL_RESPONSE_BYTES
 from sngin.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -20,12 +21,14 @@ from sngin.errors import (
     ScriptError,
     SnginError,
     TenantNotFound,
+    Unavailable,
 )
 from sngin.pipeline import TenantPipeline
 from sngin.response_rules import response_headers
 from sngin.tracing import RequestIds, RequestTrace
 
 if TYPE_CHECKING:
+    from sngin.budgets import Lease
     from sngin.deps import Deps
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ class Dispatcher:
                 internal = SnginError("internal server error")
                 await respond_error(send, internal, head=head, trace=trace)
             else:
-                await respond(send, trace, reply.status, headers, reply.body, head=head)
+                await self._respond_reply(send, trace, reply, headers, head=head)
         except Exception:
             # Sending failed (the response was checked, so this is a bug or a connection
             # state we did not foresee): this connection is lost, no other task is.
@@ -100,11 +103,43 @@ class Dispatcher:
 
     async def _tenant_request(self, scope: Scope, receive: Receive, trace: RequestTrace) -> Reply:
         route = self.pipeline.resolve(scope, trace)  # a bad Host or path: before the body
-        settings = self.deps.settings
-        body = await read_body(
-            scope, receive, settings.http.max_request_bytes, settings.http.body_timeout_s
-        )
-        return await self.pipeline.run(scope, route, body, trace)
+        http = self.deps.settings.http
+        lease = self.deps.budgets.request_bodies.lease()
+        try:
+            body = await read_body(
+                scope, receive, http.max_request_bytes, http.body_timeout_s, lease=lease
+            )
+            return await self.pipeline.run(scope, route, body, trace)
+        finally:
+            lease.release()  # the body went to the worker; the reply does not need it
+
+    async def _respond_reply(
+        self,
+        send: Send,
+        trace: RequestTrace,
+        reply: Reply,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        head: bool,
+    ) -> None:
+        """A large body is held against the responses budget until it is sent (a client that
+        stops reading holds it at most SNGIN_SEND_TIMEOUT_S); past the budget the client gets a
+        503 and the body is dropped at once."""
+        size = 0 if head else len(reply.body)
+        lease = self.deps.budgets.responses.lease()
+        if size > SMALL_RESPONSE_BYTES and not lease.take(size):
+            error = Unavailable(
+                "the server is holding as many responses for slow clients as it may; try again"
+                " shortly",
+                headers={"Retry-After": "1"},
+            )
+            trace.error = error.message
+            await respond_error(send, error, head=head, trace=trace)
+            return
+        try:
+            await respond(send, trace, reply.status, headers, reply.body, head=head)
+        finally:
+            lease.release()
 
     def _finished(self, scope: Scope, trace: RequestTrace) -> None:
         wall_s = trio.current_time() - trace.started
@@ -135,14 +170,20 @@ class Dispatcher:
         )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, timeout_s: float, *, lease: Lease | None = None
+) -> bytes:
     """The request body, or RequestTooLarge as soon as it is known to exceed limit, or
-    RequestTimeout if it does not arrive within timeout_s."""
+    RequestTimeout if it does not arrive within timeout_s. With a lease, the body is held
+    against the server's budget for request bodies as it arrives: a 503 (and the connection
+    closed) when the budget cannot take it, at once for a declared length it has no room for."""
     expected = False
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise RequestTooLarge(f"request body larger than {limit} bytes")
+            if value.isdigit() and lease is not None and int(value) > lease.room():
+                raise bodies_budget_full()
             expected = expected or value != b"0"
         elif name == b"transfer-encoding":
             expected = True
@@ -151,24 +192,33 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float
         # themselves and need no Content-Length: read to the end of the stream.
         return b""
     with trio.move_on_after(timeout_s):
-        return await _receive_body(receive, limit)
+        return await _receive_body(receive, limit, lease)
     raise RequestTimeout(f"request body not received within {timeout_s:g} s")
 
 
-async def _receive_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+def bodies_budget_full() -> Unavailable:
+    return Unavailable(
+        "the server is receiving as many request bodies as it may; try again shortly",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+
+
+async def _receive_body(receive: Receive, limit: int, lease: Lease | None) -> bytes:
+    # One buffer, grown in place: no list of chunks joined into a second copy at the end.
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return b""  # client went away
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise RequestTooLarge(f"request body larger than {limit} bytes")
-        chunks.append(chunk)
+        if lease is not None and not lease.take(len(chunk)):
+            raise bodies_budget_full()
+        body += chunk
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            # The buffer itself, not a copy: bytes-like, and msgspec frames it as bytes.
+            return cast("bytes", body)
 
 
 ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"

@@ -45,6 +45,9 @@ class HttpSettings:
     # SNGIN_MAX_CONNECTIONS: client connections at once; None: what the descriptor limit leaves
     # after the server's reserve (sngin.descriptors)
     max_connections: int | None = None
+    request_bodies_bytes: int = 256 * MIB  # SNGIN_REQUEST_BODIES_BYTES: being received, all told
+    responses_bytes: int = 256 * MIB  # SNGIN_RESPONSES_BYTES: large ones not yet sent, all told
+    send_timeout_s: float = 30.0  # SNGIN_SEND_TIMEOUT_S: a client that stops reading
     keep_alive_s: float = 5.0  # idle connection, including one still sending its headers
     read_timeout_s: int = 30  # one read from the socket
     body_timeout_s: float = 30.0  # the whole request body
@@ -102,6 +105,7 @@ class OutboundSettings:
 
     connections: int = 100  # SNGIN_OUTBOUND_CONNECTIONS: open at once, all tenants together
     tenant_share: float = 0.25  # SNGIN_OUTBOUND_TENANT_SHARE: of connections, per tenant
+    bodies_bytes: int = 256 * MIB  # SNGIN_SUBREQUEST_BODIES_BYTES: in flight, all told
 
     @property
     def per_tenant(self) -> int:
@@ -347,6 +351,10 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_MAX_REQUEST_BYTES": ("http.max_request_bytes", _int_range(0, 1024 * MIB)),
     "SNGIN_MAX_CONNECTIONS": ("http.max_connections", _int_range(1, 10_000_000)),
+    "SNGIN_REQUEST_BODIES_BYTES": ("http.request_bodies_bytes", _int_range(MIB, 1024**4)),
+    "SNGIN_RESPONSES_BYTES": ("http.responses_bytes", _int_range(MIB, 1024**4)),
+    "SNGIN_SEND_TIMEOUT_S": ("http.send_timeout_s", _float_range(0.1, 86400)),
+    "SNGIN_SUBREQUEST_BODIES_BYTES": ("outbound.bodies_bytes", _int_range(MIB, 1024**4)),
     "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),
     "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", _float_range(0, 86400)),
     "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),

@@ -7,6 +7,11 @@ ends the listener and `serve`. sngin validates responses before sending them
 replaced, once, by one that logs such an error and closes only that connection (and closes
 connections without resetting them, see ContainedTCPServer._close).
 
+Hypercorn has no write timeout: its writes are shielded from cancellation, so a client that
+stops reading holds its connection, and the response waiting for it, for good. A GatedConfig's
+send_timeout_s bounds how long one write may make no progress; past it the connection is closed
+and the response dropped.
+
 Hypercorn has no connection cap either. A listener whose Config carries a ConnectionGate
 (GatedConfig) serves at most its limit of connections at once; one past it is answered `503`
 and closed at once, so slow clients cannot take the descriptors the server needs for itself.
@@ -22,6 +27,7 @@ import h11
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ REFUSAL: Final = (
 # at most this long, so the close does not reset the connection and destroy the 503.
 REFUSAL_LINGER_S: Final = 0.05
 REFUSAL_LOG_EVERY_S: Final = 10.0
+SEND_SLICE_BYTES: Final = 256 * 1024  # the unit of progress the send timeout watches
 
 
 class ConnectionGate:
@@ -66,9 +73,14 @@ class ConnectionGate:
 
 
 class GatedConfig(Config):
-    """Hypercorn's Config with the listener's ConnectionGate."""
+    """Hypercorn's Config with the listener's ConnectionGate and send timeout."""
 
     connection_gate: ConnectionGate | None = None
+    send_timeout_s: float | None = None
+
+
+class SendTimedOut(Exception):
+    """The client took nothing of a write for send_timeout_s."""
 
 
 class ContainedTCPServer(TCPServer):
@@ -106,6 +118,30 @@ class ContainedTCPServer(TCPServer):
             while await self.stream.receive_some(LINGER_READ_BYTES):
                 pass
         await trio.aclose_forcefully(self.stream)
+
+    async def protocol_send(self, event: Event) -> None:
+        timeout = getattr(self.config, "send_timeout_s", None)
+        if timeout is None or not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                # Shielded as Hypercorn's own write is: only the timeout cuts a write short.
+                with trio.CancelScope(shield=True):
+                    await self._send_within(event.data, timeout)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, SendTimedOut):
+                await self.protocol.handle(Closed())
+
+    async def _send_within(self, data: bytes, timeout_s: float) -> None:
+        """Send data in slices, each of which must go within timeout_s: a slow client that
+        keeps reading is served, one that stopped is dropped."""
+        with memoryview(data) as view:
+            for start in range(0, len(view), SEND_SLICE_BYTES):
+                with trio.move_on_after(timeout_s) as timer:
+                    await self.stream.send_all(view[start : start + SEND_SLICE_BYTES])
+                if timer.cancelled_caught:
+                    log.debug("a client read nothing for %g s: its connection is closed", timeout_s)
+                    raise SendTimedOut
 
     def _responding(self) -> bool:
         """An HTTP/1.1 response is being sent: h11 gives up on a pipelined request that

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sngin.budgets import Budgets
 from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
 
@@ -28,3 +29,7 @@ class Deps:
     observer: Observer = field(default_factory=lambda: Observer())
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
+    budgets: Budgets = field(init=False)  # from settings, below
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))

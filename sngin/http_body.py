@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 import trio
+
+if TYPE_CHECKING:
+    from sngin.budgets import Lease
 
 # What every client of the server asks for: the codings read_capped can undo. (httpx would
 # also offer br and zstd whenever their packages happen to be installed.)
@@ -82,6 +85,10 @@ class BoundedDecoder:
         return data
 
 
+class BodyBudgetExceeded(Exception):
+    """The server-wide budget for bodies in flight cannot take this one now."""
+
+
 @dataclass(slots=True)
 class BodyCost:
     """Server CPU a request's subrequest bodies cost (inflating them), charged to the tenant."""
@@ -90,11 +97,16 @@ class BodyCost:
 
 
 async def read_capped(
-    response: httpx.Response, cap: int, *, cost: BodyCost | None = None
-) -> bytes | None:
+    response: httpx.Response,
+    cap: int,
+    *,
+    cost: BodyCost | None = None,
+    lease: Lease | None = None,
+) -> bytearray | None:
     """The decoded body, or None if it is larger than cap. A declared size is refused unread; a
     body that turns out larger stops being read at the cap (the connection is then closed by
-    response.aclose()). BodyDecodeError for a body its coding cannot undo."""
+    response.aclose()). BodyDecodeError for a body its coding cannot undo; with a lease, each
+    decoded chunk is held against its budget first, BodyBudgetExceeded when it cannot be."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         return None
@@ -105,7 +117,10 @@ async def read_capped(
             async for chunk in response.aiter_raw():
                 if len(body) > cap:
                     continue  # (buffered chunks, until the cancellation below lands)
-                body += decoder.decode(chunk, cap + 1 - len(body))
+                decoded = decoder.decode(chunk, cap + 1 - len(body))
+                if lease is not None and not lease.take(len(decoded)):
+                    raise BodyBudgetExceeded
+                body += decoded
                 if len(body) > cap:
                     # Breaking out would leave httpx's and httpcore's nested stream generators
                     # to the garbage collector; cancelling ends them all at the next read.
@@ -113,4 +128,5 @@ async def read_capped(
     finally:
         if cost is not None:
             cost.decode_s += decoder.cpu_s
-    return None if len(body) > cap else bytes(body)
+    # The bytearray itself, not a copy: bytes-like, and msgspec frames it as bytes.
+    return None if len(body) > cap else body

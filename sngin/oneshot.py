@@ -17,8 +17,9 @@ from sngin.app import reply_error
 from sngin.codestore.local import LocalStore
 from sngin.egress import EgressPolicy
 from sngin.errors import BadRequest, SnginError
-from sngin.outbound import RequestCalls, open_outbound
+from sngin.outbound import open_outbound
 from sngin.pool import open_pool
+from sngin.request_calls import RequestCalls
 from sngin.response_rules import response_headers
 from sngin.server import default_limits, open_github_modules, pool_config
 from sngin.tenants import tenant_of

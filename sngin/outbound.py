@@ -12,36 +12,30 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httpcore
 import httpx
 import trio
 
-from sandbox.protocol import Call, CallResult, HttpCall, HttpResult, ModuleSource
-from sngin.call_rules import http_call_problem, module_name_problem
+from sandbox.protocol import HttpCall, HttpResult
 from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, TenantEgress
-from sngin.errors import CodeFetchError
-from sngin.http_body import ACCEPT_ENCODING, BodyCost, read_capped
+from sngin.http_body import ACCEPT_ENCODING, BodyBudgetExceeded, BodyCost, read_capped
 from sngin.tenant_shares import TenantShares
-from sngin.tenants import file_key
 
 if TYPE_CHECKING:
-    from sngin.codestore import CodeSource
+    from sngin.budgets import Lease
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S: Final = 10.0
 MAX_RESPONSE_BYTES: Final = 10 * 1024 * 1024
 MAX_REDIRECTS: Final = 5
-# Leave the script this long to answer after a call that used up its wall time.
-WALL_MARGIN_S: Final = 0.05
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -200,6 +194,7 @@ class Outbound:
         tenant: str = "",
         egress: TenantEgress | None = None,
         cost: BodyCost | None = None,
+        lease: Lease | None = None,
     ) -> HttpResult:
         client = await self.client_for(egress)
         try:
@@ -228,7 +223,9 @@ class Outbound:
                     holding = True
                     response = await client.send(request, auth=auth, stream=True)
                     try:
-                        body = await read_capped(response, MAX_RESPONSE_BYTES, cost=cost)
+                        body = await read_capped(
+                            response, MAX_RESPONSE_BYTES, cost=cost, lease=lease
+                        )
                     finally:
                         await response.aclose()
                 if body is None:
@@ -241,6 +238,11 @@ class Outbound:
                     f" already uses its share of {share} outbound connection{'s' * (share != 1)}"
                 )
             return HttpResult(error=f"timed out after {timeout_s:.3g} s")
+        except BodyBudgetExceeded:
+            return HttpResult(
+                error="the server is holding as many subrequest bodies as it may"
+                " (SNGIN_SUBREQUEST_BODIES_BYTES); try again shortly"
+            )
         except httpx.TooManyRedirects:
             return HttpResult(error=f"more than {MAX_REDIRECTS} redirects")
         except httpx.TimeoutException:
@@ -250,7 +252,8 @@ class Outbound:
         return HttpResult(
             status=response.status_code,
             headers=[(name.decode("latin-1"), value) for name, value in response.headers.raw],
-            body=bytes(body),
+            # The bytearray read_capped filled, not a copy: msgspec frames it as bytes.
+            body=cast("bytes", body),
         )
 
 
@@ -264,105 +267,6 @@ def describe(exc: httpx.HTTPError) -> str:
         text = text or str(cause)
         cause = cause.__cause__ or cause.__context__
     return f"request failed: {text or type(exc).__name__}"[:300]
-
-
-MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
-
-
-class RequestCalls:
-    """Answers one request's platform calls: http.request within its subrequest budget and
-    deadline, and modules for `require` (within their own budget) from the tenant's own store
-    or the GitHub raw host."""
-
-    def __init__(
-        self,
-        outbound: Outbound | None,
-        *,
-        tenant: str,
-        deadline: float,
-        request_id: str,
-        max_subrequests: int,
-        max_modules: int = 100,
-        store: CodeSource | None = None,
-        github: CodeSource | None = None,
-        egress: TenantEgress | None = None,
-    ) -> None:
-        self._egress = egress
-        self._outbound = outbound
-        self._tenant = tenant
-        self._deadline = deadline
-        self._request_id = request_id
-        self._left = max_subrequests
-        self._max = max_subrequests
-        self._modules_left = max_modules
-        self._max_modules = max_modules
-        self._store = store
-        self._github = github
-        self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
-
-    async def __call__(self, call: Call) -> CallResult:
-        if call.module is not None:
-            if self._modules_left <= 0:
-                return CallResult(
-                    id=call.id,
-                    call_id=call.call_id,
-                    error=f"more than {self._max_modules} module fetches in one request",
-                )
-            self._modules_left -= 1
-            return await self._module(call, call.module)
-        if call.http is None:
-            return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
-        if self._outbound is None:
-            return CallResult(id=call.id, call_id=call.call_id, error="not available here")
-        if self._left <= 0:
-            return CallResult(
-                id=call.id,
-                call_id=call.call_id,
-                error=f"more than {self._max} subrequests in one request",
-            )
-        problem = http_call_problem(call.http)
-        if problem is not None:
-            return CallResult(id=call.id, call_id=call.call_id, error=problem)
-        self._left -= 1
-        remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
-        timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
-        result = await self._outbound.fetch(
-            call.http,
-            timeout_s=timeout,
-            request_id=self._request_id,
-            tenant=self._tenant,
-            egress=self._egress,
-            cost=self.cost,
-        )
-        return CallResult(id=call.id, call_id=call.call_id, http=result)
-
-    async def _module(self, call: Call, name: str) -> CallResult:
-        """'tenant:<path>.lua' from this tenant's store only; 'github:<path>.lua' from the raw
-        host. Module fetches have their own budget, not the subrequests'."""
-        kind, _, path = name.partition(":")
-        try:
-            problem = module_name_problem(path)
-            if problem is not None:
-                raise CodeFetchError(problem)
-            if not MODULE_PATH.match(path) or ".." in path.split("/"):
-                raise CodeFetchError(f"invalid module name {path}")
-            if kind == "tenant" and self._store is not None:
-                source = await self._store.fetch(file_key(self._tenant, path))
-                chunkname = f"{self._tenant}/{path}"
-            elif kind == "github" and self._github is not None:
-                # Counted against this tenant's share of the module cache, which every tenant
-                # shares: one tenant's many URLs cannot flush the others' modules.
-                source = await self._github.fetch(path, owner=self._tenant)
-                chunkname = f"github.com/{path}"
-            else:
-                raise CodeFetchError("modules are not available here")
-        except CodeFetchError as exc:
-            return CallResult(id=call.id, call_id=call.call_id, error=exc.message)
-        if source is None:
-            shown = path if kind == "tenant" else f"github.com/{path}"
-            return CallResult(id=call.id, call_id=call.call_id, error=f"module {shown} not found")
-        module = ModuleSource(text=source.text, version=source.version, chunkname=chunkname)
-        return CallResult(id=call.id, call_id=call.call_id, module=module)
 
 
 @asynccontextmanager

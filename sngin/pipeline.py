@@ -20,7 +20,7 @@ from sandbox.protocol import Job, Reply, Request
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
-from sngin.outbound import RequestCalls
+from sngin.request_calls import RequestCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
@@ -154,4 +154,5 @@ class TenantPipeline:
             store=deps.store,
             github=deps.github,
             egress=config.egress,
+            bodies=deps.budgets.subrequest_bodies,
         )

@@ -49,6 +49,7 @@ PROBE_TIMEOUT_S = 10.0
 def hypercorn_config(settings: Settings, gate: ConnectionGate | None = None) -> GatedConfig:
     config = GatedConfig()
     config.connection_gate = gate
+    config.send_timeout_s = settings.http.send_timeout_s
     config.bind = [str(settings.bind)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -197,7 +197,8 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
     from sandbox.protocol import Call, HttpCall
     from sngin.codestore.local import LocalStore
     from sngin.egress import EgressPolicy
-    from sngin.outbound import Outbound, RequestCalls, guarded_client
+    from sngin.outbound import Outbound, guarded_client
+    from sngin.request_calls import RequestCalls
 
     async with guarded_client(EgressPolicy()) as client:
         calls = RequestCalls(

@@ -216,7 +216,7 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
     import math
 
     from sandbox.protocol import Call
-    from sngin.outbound import RequestCalls
+    from sngin.request_calls import RequestCalls
 
     settings = CacheSettings(max_entries=40, tenant_share=0.25)
     async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:

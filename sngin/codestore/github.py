@@ -55,7 +55,7 @@ class GitHubStore:
         version = response.headers.get("etag") or response.headers.get("last-modified") or ""
         if not version:
             version = hashlib.blake2b(body, digest_size=12).hexdigest()
-        return Modified(Source(body, version, response.headers.get("last-modified")))
+        return Modified(Source(bytes(body), version, response.headers.get("last-modified")))
 
 
 @asynccontextmanager

@@ -1,0 +1,88 @@
+"""Server-wide memory budgets: bytes of request bodies being received, of large responses
+waiting for slow clients, and of subrequest bodies in flight. Each has a setting; past it the
+request gets a 503 (bodies, responses) or the script's http.request an error, instead of the
+server growing until the kernel steps in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from sngin.config import Settings
+
+# Responses up to this size are sent without a reservation: they are bounded by the
+# connections anyway, and refusing a small answer frees nothing.
+SMALL_RESPONSE_BYTES: Final = 64 * 1024
+
+
+class MemoryBudget:
+    """Bytes held against a limit, by leases that give back all they took at once."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.refused = 0
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+    def room(self) -> int:
+        return self.limit - self.held
+
+
+class Lease:
+    """One request's share of a budget."""
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Hold size more bytes, or False (holding nothing more) if the budget cannot."""
+        budget = self._budget
+        if budget.held + size > budget.limit:
+            budget.refused += 1
+            return False
+        budget.held += size
+        budget.peak = max(budget.peak, budget.held)
+        self.held += size
+        return True
+
+    def room(self) -> int:
+        return self._budget.room()
+
+    def release(self) -> None:
+        self._budget.held -= self.held
+        self.held = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    request_bodies: MemoryBudget
+    responses: MemoryBudget
+    subrequest_bodies: MemoryBudget
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        http = settings.http
+        return cls(
+            request_bodies=MemoryBudget("request bodies", http.request_bodies_bytes),
+            responses=MemoryBudget("responses", http.responses_bytes),
+            subrequest_bodies=MemoryBudget("subrequest bodies", settings.outbound.bodies_bytes),
+        )
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        return {
+            budget.name.replace(" ", "_"): {
+                "held": budget.held,
+                "peak": budget.peak,
+                "limit": budget.limit,
+                "refused": budget.refused,
+            }
+            for budget in (self.request_bodies, self.responses, self.subrequest_bodies)
+        }
