@@ -83,6 +83,7 @@ def create_admin(deps: Deps) -> QuartTrio:
             "pool": plain(deps.pool.statistics()),
             "quarantined": quarantine_list(deps),
             "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
+            "budgets": deps.budgets.statistics(),
         }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)

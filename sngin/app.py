@@ -182,7 +182,7 @@ async def read_body(
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise RequestTooLarge(f"request body larger than {limit} bytes")
-            if value.isdigit() and lease is not None and int(value) > lease.room():
+            if value.isdigit() and lease is not None and not lease.fits(int(value)):
                 raise bodies_budget_full()
             expected = expected or value != b"0"
         elif name == b"transfer-encoding":

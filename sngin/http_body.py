@@ -112,21 +112,29 @@ async def read_capped(
         return None
     decoder = BoundedDecoder(response.headers.get("content-encoding", ""))
     body = bytearray()
+    failure: Exception | None = None  # raised once the stream has ended cleanly
     try:
         with trio.CancelScope() as reading:
             async for chunk in response.aiter_raw():
-                if len(body) > cap:
+                if reading.cancel_called:
                     continue  # (buffered chunks, until the cancellation below lands)
-                decoded = decoder.decode(chunk, cap + 1 - len(body))
-                if lease is not None and not lease.take(len(decoded)):
-                    raise BodyBudgetExceeded
+                try:
+                    decoded = decoder.decode(chunk, cap + 1 - len(body))
+                    if lease is not None and not lease.take(len(decoded)):
+                        raise BodyBudgetExceeded
+                except (BodyDecodeError, BodyBudgetExceeded) as exc:
+                    failure = exc
+                    decoded = b""
                 body += decoded
-                if len(body) > cap:
-                    # Breaking out would leave httpx's and httpcore's nested stream generators
-                    # to the garbage collector; cancelling ends them all at the next read.
+                if failure is not None or len(body) > cap:
+                    # Breaking out (or raising) would leave httpx's and httpcore's nested stream
+                    # generators to the garbage collector; cancelling ends them all at the next
+                    # read.
                     reading.cancel()
     finally:
         if cost is not None:
             cost.decode_s += decoder.cpu_s
+    if failure is not None:
+        raise failure
     # The bytearray itself, not a copy: bytes-like, and msgspec frames it as bytes.
     return None if len(body) > cap else body

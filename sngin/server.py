@@ -14,6 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from sandbox.protocol import DORMANT_TOTAL_BYTES
 from sngin.admin import AdminListener
 from sngin.app import create_app
+from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
 from sngin.codestore.github import open_github_store
 from sngin.codestore.local import LocalStore
@@ -79,6 +80,7 @@ async def serve(
 ) -> None:
     """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
     descriptors = raise_descriptor_limit()
+    return_large_blocks_to_the_os()
     log.info(
         "file descriptors: %d; client connections: at most %d",
         descriptors,

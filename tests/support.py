@@ -212,6 +212,9 @@ async def serving(tmp_path, scripts: dict[str, str], *, policy=LOOPBACK_ONLY, re
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "index.lua").write_text(source)
     extra = {"resolver": resolver} if resolver is not None else {}
+    if outbound_settings is not None:  # the server's budgets read the same settings
+        changes = options.setdefault("settings_changes", {})
+        changes["outbound"] = outbound_settings
     async with (
         open_outbound(
             policy, ssl_context=ssl_context, settings=outbound_settings, **extra

@@ -138,6 +138,12 @@ async def test_compressed_bodies_are_inflated(tmp_path, upstream, coding):
     assert result["payload"] == "inflated " * 1000
 
 
+async def test_a_body_its_coding_cannot_undo_is_the_scripts_error(tmp_path, upstream):
+    result = await run_call(tmp_path, f"'{upstream.url('/bad-gzip')}'")
+    assert result["sc"] == 0
+    assert result["err"].startswith("request failed: the body is not valid gzip data")
+
+
 async def test_a_gzip_bomb_stops_at_the_cap_and_is_charged_to_the_request(tmp_path, upstream):
     """An endless compressed body: inflating stops one byte past the 10 MiB cap (reading it to
     its end would never finish), the connection is closed, and the server's CPU shows up in the

@@ -99,8 +99,22 @@ class Upstream:
             packed = packer.compress(b"inflated " * 1000) + packer.flush()
             encoding = "deflate" if coding == "raw-deflate" else coding
             return self.reply(handler, 200, packed, {"Content-Encoding": encoding})
+        if split.path == "/bad-gzip":
+            return self.reply(handler, 200, b"not gzip at all" * 100, {"Content-Encoding": "gzip"})
         if split.path == "/gzip-bomb":
             return self.gzip_bomb(handler)
+        if split.path == "/two-mib":
+            return self.reply(handler, 200, b"y" * (2 * 1024 * 1024))
+        if split.path == "/stall":
+            # 2 MiB declared; 1.5 MiB sent, the rest once released.
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(2 * 1024 * 1024))
+            handler.end_headers()
+            handler.wfile.write(b"s" * (3 * 1024 * 1024 // 2))
+            handler.wfile.flush()
+            self.release.wait(30)
+            handler.wfile.write(b"s" * (1024 * 1024 // 2))
+            return None
         if split.path == "/huge":
             return self.reply(handler, 200, b"x" * (11 * 1024 * 1024))
         if split.path == "/verify":

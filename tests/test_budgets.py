@@ -1,0 +1,172 @@
+"""Server-wide memory budgets and the send timeout, through a real listener: request bodies being
+received, large responses waiting for slow clients, subrequest bodies in flight."""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.testing
+
+from sngin.config import HttpSettings, OutboundSettings
+from tests.support import running, serving
+from tests.upstream import Upstream
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+async def until(condition) -> None:
+    """Until condition() holds: re-checked whenever the server's tasks have all settled."""
+    while not condition():
+        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+
+
+async def connect(port: int, *, receive_buffer: int | None = None) -> trio.SocketStream:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    if receive_buffer is not None:  # set before connecting, so the window starts small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+def post(length: int, *, chunked: bool = False) -> bytes:
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
+    return b"POST /count HTTP/1.1\r\nHost: a.test\r\n%s\r\n\r\n" % framing
+
+
+async def test_request_bodies_past_the_budget_get_503_while_the_first_is_received(tmp_path):
+    (tmp_path / "a.test" / "count").mkdir(parents=True)
+    (tmp_path / "a.test" / "count" / "index.lua").write_text("return tostring(#request.body)")
+    http = HttpSettings(request_bodies_bytes=1 * MIB)
+    async with running(tmp_path, http=http) as srv:
+        budget = srv.deps.budgets.request_bodies
+        slow = await connect(srv.port)
+        await slow.send_all(post(800 * KIB) + b"x" * (700 * KIB))  # and then it stalls
+        await until(lambda: budget.held == 700 * KIB)
+
+        declared = await connect(srv.port)  # 500 KiB declared: no room, refused unread
+        await declared.send_all(post(500 * KIB))
+        answer = await read_all(declared)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in answer.lower()
+        assert answer.endswith(b"receiving as many request bodies as it may; try again shortly\n")
+
+        chunked = await connect(srv.port)  # no length: refused when the budget runs out
+        await chunked.send_all(post(0, chunked=True))
+        chunk = b"x" * (100 * KIB)
+        for _ in range(4):
+            await chunked.send_all(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        assert (await read_all(chunked)).startswith(b"HTTP/1.1 503 ")
+        assert budget.held == 700 * KIB
+
+        await slow.send_all(b"x" * (100 * KIB) + b"")
+        answer = await read_all_until(slow, b"819200")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        await until(lambda: budget.held == 0)
+        assert budget.refused == 2
+        for stream in (slow, declared, chunked):
+            await stream.aclose()
+
+
+async def read_all_until(stream: trio.SocketStream, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = await stream.receive_some(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+BIG = "return string.rep('x', 2 * 1024 * 1024)"
+
+
+async def test_responses_past_the_budget_get_503_while_a_client_is_not_reading(tmp_path):
+    (tmp_path / "a.test" / "big").mkdir(parents=True)
+    (tmp_path / "a.test" / "big" / "index.lua").write_text(BIG)
+    http = HttpSettings(responses_bytes=3 * MIB)
+    async with running(tmp_path, http=http) as srv:
+        budget = srv.deps.budgets.responses
+        stalled = await connect(srv.port, receive_buffer=4 * KIB)
+        await stalled.send_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        await until(lambda: budget.held == 2 * MIB)  # sent in part, held for the client
+
+        refused = await srv.get("/big")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "as many responses for slow clients as it may" in refused.text
+
+        answer = await read_all_until(stalled, b"x" * 1000)
+        while len(answer) < 2 * MIB:
+            answer += await stalled.receive_some(65536)
+        await until(lambda: budget.held == 0)
+        assert (await srv.get("/big")).status_code == 200
+        await stalled.aclose()
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
+    """24 MiB for a client with a 4 KiB window that never reads: far more than the socket
+    buffers take, so the write stalls; after SNGIN_SEND_TIMEOUT_S the connection is closed and
+    the response's memory released. (Without the timeout the write waited for ever.)"""
+    (tmp_path / "a.test" / "huge").mkdir(parents=True)
+    (tmp_path / "a.test" / "huge" / "index.lua").write_text(
+        "return string.rep('x', 24 * 1024 * 1024)"
+    )
+    http = HttpSettings(send_timeout_s=0.5)
+    async with running(tmp_path, http=http, max_body_bytes=32 * MIB) as srv:
+        budget = srv.deps.budgets.responses
+        stalled = await connect(srv.port, receive_buffer=4 * KIB)
+        await stalled.send_all(b"GET /huge HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        with trio.fail_after(20):  # a safety net: the timeout is what is tested
+            await until(lambda: budget.held == 24 * MIB)
+            await until(lambda: budget.held == 0)
+        received = 0
+        try:
+            while chunk := await stalled.receive_some(1 << 20):
+                received += len(chunk)
+        except trio.BrokenResourceError:
+            pass  # reset: the server closed with our request's response unsent
+        assert received < 24 * MIB
+        assert (await srv.get("/")).status_code == 200  # the server serves on
+        await stalled.aclose()
+
+
+async def test_subrequest_bodies_past_the_budget_are_the_scripts_error(tmp_path):
+    upstream = Upstream()
+    try:
+        scripts = {
+            "a.test/stall": f"return tostring(#http.request('{upstream.url('/stall')}').content)",
+            "b.test/big": f"local r = http.request('{upstream.url('/two-mib')}')"
+            " return r.err or tostring(#r.content)",
+        }
+        settings = OutboundSettings(bodies_bytes=3 * MIB)
+        async with (
+            serving(tmp_path, scripts, outbound_settings=settings) as srv,
+            trio.open_nursery() as nursery,
+        ):
+            budget = srv.deps.budgets.subrequest_bodies
+            stalled: list[str] = []
+
+            async def fetch_stall() -> None:
+                stalled.append((await srv.get("/stall", timeout=30)).text)
+
+            nursery.start_soon(fetch_stall)
+            await until(lambda: budget.held >= 3 * MIB // 2)  # half way, then it stalls
+            refused = await srv.get("/big", host="b.test")
+            assert refused.text == (
+                "the server is holding as many subrequest bodies as it may"
+                " (SNGIN_SUBREQUEST_BODIES_BYTES); try again shortly"
+            )
+            upstream.release.set()
+        assert stalled == [str(2 * MIB)]
+        assert budget.held == 0
+        assert budget.refused == 1
+    finally:
+        upstream.close()
