@@ -42,6 +42,12 @@ def _unquote(text: bytes) -> bytes:
     return unquote_to_bytes(text.replace(b"+", b" "))
 
 
+def header_name(name: bytes) -> bytes:
+    """The canonical Title-Case form (`x-github-event` -> `X-Github-Event`), the keys of the
+    Lua header tables (the prelude's header_name makes the same form for lookups)."""
+    return b"-".join(part[:1].upper() + part[1:] for part in name.lower().split(b"-"))
+
+
 def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
     """Build the Lua `request` table (fresh per request, so scripts may modify it freely)."""
     headers = request.headers
@@ -51,7 +57,7 @@ def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
         b"path": request.path.encode(),
         b"querystring": request.querystring,
         b"query": _group(_parse_pairs(request.querystring), table_from),
-        b"headers": _group(headers, table_from),
+        b"headers": _group(((header_name(n), v) for n, v in headers), table_from),
         b"body": request.body,
         b"host": request.host.encode(),
         b"scheme": request.scheme.encode(),

@@ -38,6 +38,7 @@ from sandbox.protocol import (
     frame_length,
     take_prefix,
 )
+from sandbox.request import header_name
 from sandbox.runtime import RequestRun, TenantRuntime
 
 READ_SIZE = 65536
@@ -259,7 +260,7 @@ class Worker:
             return runtime.table_from({b"statuscode": 0, b"err": http.error.encode()})
         headers: dict[bytes, bytes] = {}
         for name, value in http.headers:
-            key = name.lower().encode("latin-1")
+            key = header_name(name.encode("latin-1"))
             headers[key] = headers[key] + b", " + value if key in headers else value
         return runtime.table_from(
             {

@@ -221,6 +221,23 @@ async def test_a_call_that_waits_too_long_for_its_share_says_so(tmp_path, upstre
         upstream.release.set()
 
 
+async def test_answer_headers_look_up_in_any_case_and_iterate_in_title_case(tmp_path, upstream):
+    script = f"""
+        local r = http.request('{upstream.url("/")}')
+        local names = {{}}
+        for name in pairs(r.headers) do names[#names + 1] = name end
+        table.sort(names)
+        return json.stringify({{up = r.headers['X-UP'], type = r.headers['content-type'],
+                                names = names}})
+    """
+    async with serving(tmp_path, {"a.test/headers": script}) as srv:
+        answer = (await srv.get("/headers")).json()
+    assert answer["up"] == "1"
+    assert answer["type"] == "application/json"
+    assert "Content-Type" in answer["names"]
+    assert "X-Up" in answer["names"]
+
+
 async def test_redirects_are_followed_up_to_five(tmp_path, upstream):
     target = upstream.url("/landed")
     for _ in range(5):

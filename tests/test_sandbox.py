@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 
 import pytest
@@ -701,3 +702,31 @@ def test_env_tables_built_once_per_configuration_follow_a_changed_configuration(
     assert with_env({"A": "1"}, "return env.A .. ''").body == b"1"
     assert with_env({"A": "2"}, "return env.A").body == b"2"
     assert len(runtime._env_tables) == 2  # one table per configuration, not per request
+
+
+def test_request_headers_look_up_in_any_case_and_iterate_in_title_case(runtime):
+    source = """
+      local names = {}
+      for name in pairs(request.headers) do names[#names + 1] = name end
+      table.sort(names)
+      return json.stringify({
+        event = request.headers['X-GitHub-Event'], host = request.headers['Host'],
+        lower = request.headers['content-type'], upper = request.headers['CONTENT-TYPE'],
+        names = names, missing = request.headers['X-Absent'] == nil,
+        locked = getmetatable(request.headers) == false,
+      })
+    """
+    reply = ok(
+        runtime,
+        source,
+        headers=[(b"x-github-event", b"push"), (b"host", b"a.test"), (b"content-type", b"a/b")],
+    )
+    assert json.loads(reply.body) == {
+        "event": "push",
+        "host": "a.test",
+        "lower": "a/b",
+        "upper": "a/b",
+        "names": ["Content-Type", "Host", "X-Github-Event"],
+        "missing": True,
+        "locked": True,
+    }

@@ -4,6 +4,26 @@
 ---------------------------------------------------------------------------------------------
 -- http: the request is made by the server (the worker has no sockets), through platform_call.
 
+-- Header tables (request.headers, an http.request answer's headers) hold canonical Title-Case
+-- names, which is what iterating them yields (as webscript exposed them); a lookup in any case
+-- finds the same entry. Locked, so no request can change how another's headers look up.
+local function header_name(name)
+  return (sgsub(sgsub(slower(name), "^%l", supper), "%-%l", supper))
+end
+
+local HEADERS_MT = {
+  __index = function(t, name)
+    if type(name) == "string" then return rawget(t, header_name(name)) end
+    return nil
+  end,
+  __metatable = false,
+}
+
+local function header_table(t)
+  if type(t) == "table" then setmetatable(t, HEADERS_MT) end
+  return t
+end
+
 local function url_escape(value)
   return (sgsub(tostring(value), "[^%w%-%._~]", function(c) return sformat("%%%02X", sbyte(c)) end))
 end
@@ -125,6 +145,7 @@ local function http_request(arg)
   })
   local raised = rawget(answer, "raise")
   if raised then fail_http(raised) end
+  header_table(rawget(answer, "headers"))
   return answer
 end
 

@@ -48,6 +48,7 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   local emit, collect = new_output(limits, request_id, rawget(host_libraries, "_emit"))
   env.print = emit
   env.log = emit
+  header_table(request.headers)
   env.request = request
   env.env = read_only(tenant_env or {})
   env._G = env
