@@ -113,21 +113,28 @@ class HttpResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModuleSource(msgspec.Struct, frozen=True, kw_only=True):
-    """A module's text for `require`, with the version it is cached under."""
+    """A module's text for `require`, with the version it is cached under and where it was
+    found ("github:<user>/<repo>/<ref>/<path>.lua" or "tenant:<path>.lua"). `unchanged`: the
+    worker already has this location and version compiled (its `have`), so no text is sent."""
 
     text: bytes
     version: str
     chunkname: str
+    location: str = ""
+    unchanged: bool = False
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """A running script asks the server to do something for it (a platform call):
-    an HTTP request, or a module for `require` ("tenant:<path>.lua", "github:<path>.lua")."""
+    """A running script asks the server to do something for it (a platform call): an HTTP
+    request, or a module for `require`: a search, the places to look in order joined by "|"
+    (sandbox/lua/prelude/09-modules.lua), with the location and version it last compiled for
+    that search (`module_have`, "<location>\0<version>")."""
 
     id: int
     call_id: int
     http: HttpCall | None = None
     module: str | None = None
+    module_have: str | None = None
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -188,7 +188,15 @@ class Worker:
         self.call_ids += 1
         if outcome[b"op"] == b"module":
             name = outcome[b"name"].decode("utf-8", "replace")
-            self.send(Call(id=request_id, call_id=self.call_ids, module=name))
+            have = outcome[b"have"]
+            self.send(
+                Call(
+                    id=request_id,
+                    call_id=self.call_ids,
+                    module=name,
+                    module_have=have.decode("utf-8", "replace") if have is not None else None,
+                )
+            )
         else:
             self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
 
@@ -246,13 +254,14 @@ class Worker:
             return runtime.table_from({b"raise": result.error.encode()})
         if result.module is not None:
             module = result.module
-            return runtime.table_from(
-                {
-                    b"source": compat.rewrite_escapes(module.text),
-                    b"version": module.version.encode(),
-                    b"chunkname": module.chunkname.encode(),
-                }
-            )
+            fields = {
+                b"version": module.version.encode(),
+                b"chunkname": module.chunkname.encode(),
+                b"location": module.location.encode(),
+            }
+            if not module.unchanged:  # else the runtime has it compiled already
+                fields[b"source"] = compat.rewrite_escapes(module.text)
+            return runtime.table_from(fields)
         http = result.http
         if http is None:
             return runtime.table_from({b"raise": b"no answer"})

@@ -130,6 +130,9 @@ class Settings:
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     github_raw_url: str = "https://raw.githubusercontent.com"  # SNGIN_GITHUB_RAW_URL
+    # SNGIN_DEFAULT_MODULES: "<owner>/<repo>/<ref>" where bare `require` names a tenant lacks are
+    # looked for; None: off
+    default_modules: str | None = "webscriptio/lib/master"
     ceilings: Ceilings = field(default_factory=Ceilings)
     secrets_file: Path | None = None  # SNGIN_SECRETS_FILE: {"<host>": {"NAME": "value"}}
     tenants_allow: re.Pattern[str] | None = None  # SNGIN_TENANTS_ALLOW: Hosts served (regex)
@@ -323,6 +326,26 @@ def parse_log_format(text: str) -> str:
     return chosen
 
 
+REPO_PART: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
+
+
+def parse_module_repo(text: str) -> str | None:
+    """'owner/repo' (branch master) or 'owner/repo@ref' -> 'owner/repo/ref'; empty: off."""
+    text = text.strip()
+    if not text:
+        return None
+    repository, at, ref = text.partition("@")
+    if at and not ref:
+        raise ValueError("nothing after @: name a branch, tag or commit")
+    parts = repository.split("/")
+    if len(parts) != 2 or not all(REPO_PART.match(p) and p not in (".", "..") for p in parts):
+        raise ValueError("must be owner/repo or owner/repo@ref (empty turns it off)")
+    ref = ref or "master"
+    if not REPO_PART.match(ref) or ref in (".", ".."):
+        raise ValueError(f"{ref!r} is not a branch, tag or commit")
+    return f"{parts[0]}/{parts[1]}/{ref}"
+
+
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for part in text.replace(",", " ").split():
@@ -370,6 +393,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_OUTBOUND_CONNECTIONS": ("outbound.connections", _int_range(1, 100_000)),
     "SNGIN_OUTBOUND_TENANT_SHARE": ("outbound.tenant_share", _float_range(0.01, 1.0)),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
+    "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
     "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", _int_range(1, 3_600_000)),
     "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", _int_range(1, 3_600_000)),
     "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", _int_range(1, 64 * 1024)),

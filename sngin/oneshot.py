@@ -113,6 +113,7 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             max_modules=settings.limits.max_modules,
             store=LocalStore(settings.code_dir),
             github=github,
+            default_modules=settings.default_modules,
         )
         try:
             return await pool.run(job, calls)

@@ -155,4 +155,5 @@ class TenantPipeline:
             github=deps.github,
             egress=config.egress,
             bodies=deps.budgets.subrequest_bodies,
+            default_modules=deps.settings.default_modules,
         )

@@ -18,7 +18,7 @@ from sngin.tenants import file_key
 
 if TYPE_CHECKING:
     from sngin.budgets import MemoryBudget
-    from sngin.codestore import CodeSource
+    from sngin.codestore import CodeSource, Source
     from sngin.egress import TenantEgress
     from sngin.outbound import Outbound
 
@@ -27,6 +27,8 @@ WALL_MARGIN_S: Final = 0.05
 
 
 MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
+MAX_PLACES: Final = 4  # a search has at most two places today
+FALLBACK_BRANCHES: Final = ("master", "main")  # webscript's user/repo/path form
 
 
 class RequestCalls:
@@ -47,7 +49,10 @@ class RequestCalls:
         github: CodeSource | None = None,
         egress: TenantEgress | None = None,
         bodies: MemoryBudget | None = None,
+        default_modules: str | None = None,
     ) -> None:
+        # "<owner>/<repo>/<ref>": where bare names a tenant does not have are looked for
+        self._default_modules = default_modules
         self._egress = egress
         self._bodies = bodies  # the server-wide budget for subrequest bodies in flight
         self._outbound = outbound
@@ -106,30 +111,77 @@ class RequestCalls:
                 lease.release()
         return CallResult(id=call.id, call_id=call.call_id, http=result)
 
-    async def _module(self, call: Call, name: str) -> CallResult:
-        """'tenant:<path>.lua' from this tenant's store only; 'github:<path>.lua' from the raw
-        host. Module fetches have their own budget, not the subrequests'."""
-        kind, _, path = name.partition(":")
+    async def _module(self, call: Call, search: str) -> CallResult:
+        """A require's search (sandbox/lua/prelude/09-modules.lua): the first of its places
+        that has the file. 'tenant:' reads this tenant's store only; 'github:' and 'ghpath:'
+        (master, else main) and 'default:' (the default module repository) read the GitHub
+        raw host. Module fetches have their own budget (one per require), not the
+        subrequests'."""
+        looked: list[str] = []
         try:
-            problem = module_name_problem(path)
-            if problem is not None:
-                raise CodeFetchError(problem)
-            if not MODULE_PATH.match(path) or ".." in path.split("/"):
-                raise CodeFetchError(f"invalid module name {path}")
-            if kind == "tenant" and self._store is not None:
-                source = await self._store.fetch(file_key(self._tenant, path))
-                chunkname = f"{self._tenant}/{path}"
-            elif kind == "github" and self._github is not None:
-                # Counted against this tenant's share of the module cache, which every tenant
-                # shares: one tenant's many URLs cannot flush the others' modules.
-                source = await self._github.fetch(path, owner=self._tenant)
-                chunkname = f"github.com/{path}"
-            else:
-                raise CodeFetchError("modules are not available here")
+            places = search.split("|")
+            if len(places) > MAX_PLACES:
+                raise CodeFetchError("too many places to look for one module")
+            for place in places:
+                for location in self._locations(place):
+                    source, chunkname = await self._fetch_module(location)
+                    if source is not None:
+                        return self._answer(call, location, source, chunkname)
+                    looked.append(shown(location, self._tenant))
         except CodeFetchError as exc:
             return CallResult(id=call.id, call_id=call.call_id, error=exc.message)
-        if source is None:
-            shown = path if kind == "tenant" else f"github.com/{path}"
-            return CallResult(id=call.id, call_id=call.call_id, error=f"module {shown} not found")
-        module = ModuleSource(text=source.text, version=source.version, chunkname=chunkname)
+        where = " or ".join(looked) if looked else "the module sources this server has"
+        return CallResult(
+            id=call.id, call_id=call.call_id, error=f"module not found (looked for {where})"
+        )
+
+    def _locations(self, place: str) -> list[str]:
+        """Where one place of a search may be: "tenant:<path>" or "github:<user>/<repo>/<ref>/
+        <path>", each name checked."""
+        kind, _, path = place.partition(":")
+        problem = module_name_problem(path)
+        if problem is not None:
+            raise CodeFetchError(problem)
+        if not MODULE_PATH.match(path) or ".." in path.split("/"):
+            raise CodeFetchError(f"invalid module name {path}")
+        if kind == "tenant":
+            return [place]
+        if kind == "github":
+            return [place]
+        if kind == "ghpath":
+            parts = path.split("/", 2)
+            if len(parts) < 3:
+                raise CodeFetchError(f"invalid module name {path}")
+            user, repo, rest = parts
+            return [f"github:{user}/{repo}/{branch}/{rest}" for branch in FALLBACK_BRANCHES]
+        if kind == "default":
+            return [f"github:{self._default_modules}/{path}"] if self._default_modules else []
+        raise CodeFetchError(f"invalid module name {place}")
+
+    async def _fetch_module(self, location: str) -> tuple[Source | None, str]:
+        kind, _, path = location.partition(":")
+        if kind == "tenant":
+            if self._store is None:
+                raise CodeFetchError("modules are not available here")
+            return await self._store.fetch(file_key(self._tenant, path)), f"{self._tenant}/{path}"
+        if self._github is None:
+            raise CodeFetchError("modules from GitHub are not available here")
+        # Counted against this tenant's share of the module cache, which every tenant shares:
+        # one tenant's many URLs cannot flush the others' modules.
+        return await self._github.fetch(path, owner=self._tenant), f"github.com/{path}"
+
+    def _answer(self, call: Call, location: str, source: Source, chunkname: str) -> CallResult:
+        unchanged = call.module_have == f"{location}\0{source.version}"
+        module = ModuleSource(
+            text=b"" if unchanged else source.text,
+            version=source.version,
+            chunkname=chunkname,
+            location=location,
+            unchanged=unchanged,
+        )
         return CallResult(id=call.id, call_id=call.call_id, module=module)
+
+
+def shown(location: str, tenant: str) -> str:
+    kind, _, path = location.partition(":")
+    return f"{tenant}/{path}" if kind == "tenant" else f"github.com/{path}"

@@ -183,3 +183,26 @@ def test_the_start_up_line_names_the_code_location_and_the_admin_listener(tmp_pa
         "serving s3://my-scripts/prod/eu on http://0.0.0.0:8080 with 4 workers; "
         "admin API on http://127.0.0.1:9090"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("webscriptio/lib", "webscriptio/lib/master"),
+        ("me/modules@v1.2", "me/modules/v1.2"),
+        ("", None),
+    ],
+)
+def test_default_modules_repository(value, expected):
+    settings = Settings.from_env({"SNGIN_DEFAULT_MODULES": value})
+    assert settings.default_modules == expected
+
+
+@pytest.mark.parametrize("value", ["just-one", "a/b/c", "a/..", "a/b@", "a/b@x/y"])
+def test_a_bad_default_modules_repository_is_one_clear_error(value):
+    with pytest.raises(ConfigError, match="SNGIN_DEFAULT_MODULES"):
+        Settings.from_env({"SNGIN_DEFAULT_MODULES": value})
+
+
+def test_the_default_modules_repository_is_webscripts_library():
+    assert Settings.from_env({}).default_modules == "webscriptio/lib/master"

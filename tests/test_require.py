@@ -28,6 +28,25 @@ MODULES = {
     f"{REPO}/b.lua": "require('a') return {}",
     f"{REPO}/bad.lua": "error('module exploded')",
     f"{REPO}/globals.lua": "shared = 'from module'\nfunction get() return shared end",
+    # a three-level tree whose modules require each other by their names from the tree's root
+    "u/r/main/azure.lua": "local t = require('azure.table') return {go = t.go}",
+    "u/r/main/azure/table.lua": "local util = require('azure.util')\n"
+    "return {go = function() return util.sign('x') end}",
+    "u/r/main/azure/util.lua": "local deep = require('azure.deep.base')\n"
+    "return {sign = function(s) return deep.tag .. s end}",
+    "u/r/main/azure/deep/base.lua": "return {tag = 'signed:'}",
+    # a library that extends `string`, and one that relies on the extension
+    "u/r/main/strext.lua": "function string.split(s, sep)\n  local out = {}\n"
+    "  for part in s:gmatch('[^' .. sep .. ']+') do out[#out + 1] = part end\n"
+    "  return out\nend\nreturn true",
+    "u/r/main/uses_split.lua": "local split = string.split\n"
+    "return {count = function(s) return #split(s, ',') end}",
+    # the default module repository's stand-in
+    "webscriptio/lib/master/underscore.lua": "return {origin = 'default repository'}",
+    "webscriptio/lib/master/lustache.lua": "local scanner = require('lustache.scanner')\n"
+    "return {render = function(t) return scanner.scan(t) end}",
+    "webscriptio/lib/master/lustache/scanner.lua": "return {scan = function(t)"
+    " return '<' .. t .. '>' end}",
 }
 GH = "github.com/u/r/blob/main/lib"
 SCRIPTS = {
@@ -45,6 +64,18 @@ SCRIPTS = {
     "a.test/twice": f"local a = require('{GH}/top.lua') local b = require('{GH}/top.lua') "
     "return tostring(a == b)",
     "b.test/steal": "return require('lib.util').hello()",
+    "a.test/webscript": "return tostring(require('u/r/lib/top').go())"
+    " .. '/' .. tostring(require('u/r/lib/top.lua').go())",
+    "a.test/tree": "return require('github.com/u/r/blob/main/azure.lua').go()",
+    "a.test/split": "require('u/r/strext') local n = require('u/r/uses_split').count('a,b,c')\n"
+    "return tostring(n) .. '/' .. #('x,y'):split(',') .. '/' .. #string.split('p;q', ';')",
+    "a.test/nosplit": "return tostring(string.split) .. '/' .. tostring(('').split)",
+    "a.test/bare": "return require('underscore').origin .. '/' .. require('lustache').render('t')",
+    "b.test/bare": "return require('underscore').origin",
+    "a.test/position": "local ok, err = pcall(function()\n"
+    "  local m = require('../x') return m\nend)\nreturn err",
+    "a.test/missing": "local ok, err = pcall(function()\n"
+    "  local m = require('u/r/none') return m\nend)\nreturn err",
 }
 
 
@@ -112,6 +143,7 @@ async def serving(tmp_path, raw_host, **options):
             (tmp_path / "a.test" / "lib" / "util.lua").write_text(
                 "return {hello = function() return 'tenant util' end}"
             )
+            (tmp_path / "a.test" / "underscore.lua").write_text("return {origin = 'a.test'}")
             yield srv, github
         nursery.cancel_scope.cancel()
 
@@ -126,13 +158,59 @@ async def serving(tmp_path, raw_host, **options):
         ("/tenant", "tenant util"),
         ("/platform", "true"),
         ("/twice", "true"),
-        ("/globals", "from module/nil"),
+        # Lua 5.1: a module's globals are the requiring request's globals
+        ("/globals", "from module/from module"),
     ],
 )
 async def test_modules(tmp_path, raw_host, path, expected):
     async with serving(tmp_path, raw_host) as (srv, _):
         response = await srv.get(path)
     assert (response.status_code, response.text) == (200, expected)
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "expected"),
+    [
+        # webscript's user/repo/path form, with or without .lua: master, else main
+        ("/webscript", "a.test", "42/42"),
+        # nested requires resolve from the root of the tree, at any depth
+        ("/tree", "a.test", "signed:x"),
+        # a library that extends string is seen by the script, other modules and s:method()
+        ("/split", "a.test", "3/2/2"),
+        # ... and is gone in the next request
+        ("/nosplit", "a.test", "nil/nil"),
+        # a tenant's own module wins over the default repository's; nested from there too
+        ("/bare", "a.test", "a.test/<t>"),
+        ("/bare", "b.test", "default repository"),
+    ],
+)
+async def test_webscript_require_forms(tmp_path, raw_host, path, host, expected):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        if path == "/nosplit":
+            assert (await srv.get("/split")).text == "3/2/2"
+        for _ in range(2):  # the second time from the runtime's compiled modules
+            response = await srv.get(path, host=host)
+            assert (response.status_code, response.text) == (200, expected)
+
+
+async def test_a_refused_or_missing_require_names_the_requiring_line(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host) as (srv, _):
+        refused = (await srv.get("/position")).text
+        missing = (await srv.get("/missing")).text
+    assert refused == (
+        "a.test/position:2: require: '../x' is not a module name or a GitHub path (user/repo/path)"
+    )
+    assert missing == (
+        "a.test/missing:2: require: module not found (looked for github.com/u/r/master/none.lua"
+        " or github.com/u/r/main/none.lua)"
+    )
+
+
+async def test_without_a_default_repository_bare_names_are_the_tenants_only(tmp_path, raw_host):
+    async with serving(tmp_path, raw_host, settings_changes={"default_modules": None}) as (srv, _):
+        text = (await srv.get("/bare", host="b.test")).text
+    assert "require: module not found (looked for b.test/underscore.lua)" in text
+    assert "webscriptio" not in text
 
 
 async def test_circular_requires_are_a_clear_error(tmp_path, raw_host):
@@ -151,7 +229,7 @@ async def test_a_tenant_cannot_load_another_tenants_modules(tmp_path, raw_host):
     async with serving(tmp_path, raw_host) as (srv, _):
         response = await srv.get("/steal", host="b.test")
     assert response.status_code == 500
-    assert "require: module lib/util.lua not found" in response.text
+    assert "require: module not found (looked for b.test/lib/util.lua" in response.text
 
 
 @pytest.mark.parametrize(

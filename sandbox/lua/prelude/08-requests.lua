@@ -13,7 +13,7 @@ end
 local requests = setmetatable({}, { __mode = "k" })
 -- The request being resumed (set by step): whose print a module's print writes to, and which
 -- modules that request is loading (circular requires are per request).
-local current = { emit = function() end, loading = {} }
+local current = { emit = function() end, loading = {}, instances = {}, required = {} }
 
 -- Returns a handle (a plain table) for the request: lupa hands a Lua thread to Python as a
 -- different kind of object, so the thread itself never leaves Lua.
@@ -26,7 +26,9 @@ local function begin(factory, env, request, method, seed, limits, lift)
   local handle = {}
   requests[handle] = {
     co = co, env = env, lift = lift, args = { fn, request, method, limits },
-    emit = env.print, loading = {},
+    -- this request's modules: loading (circular requires), instances by location, and the
+    -- value each search answered (a repeated require makes no platform call)
+    emit = env.print, loading = {}, instances = {}, required = {},
   }
   return handle
 end
@@ -48,6 +50,7 @@ local function step(handle, answer)
   local co = state.co
   string_mt.__index = state.env.string
   current.emit, current.loading = state.emit, state.loading
+  current.instances, current.required = state.instances, state.required
   local results
   if state.args then
     local args = state.args

@@ -1,14 +1,27 @@
--- prelude/09-modules: require for platform libraries, the tenant's own modules and modules by
--- GitHub URL; each module gets an environment of its own copies (invariant 1).
+-- prelude/09-modules: require, as webscript and lua-sngin resolve it. A module runs in the
+-- request that requires it, with that request's globals and library tables (Lua 5.1 code
+-- expects one `string`); only its compiled chunk is kept by the runtime (invariant 1: nothing a
+-- module does outlives the request).
 ---------------------------------------------------------------------------------------------
--- require: platform libraries, the tenant's own modules, and modules by GitHub URL.
+-- require: platform libraries, the tenant's own modules, modules on GitHub, and bare names
+-- from the default module repository.
+--
+-- A require becomes a search: the places the name may be, in order, joined by "|", which the
+-- server tries until one has the file (sngin/request_calls.py):
+--   github:<user>/<repo>/<ref>/<path>.lua  a file on GitHub (github.com/.../blob/<ref>/... URLs)
+--   ghpath:<user>/<repo>/<path>.lua        webscript's form: branch master, else main
+--   tenant:<path>.lua                      the tenant's own module
+--   default:<path>.lua                     the default module repository (SNGIN_DEFAULT_MODULES)
+-- A dotted or bare name resolves against the root of the module tree it is required from (the
+-- tenant's code, or the folder of the module first required by URL: Lua's package.path
+-- meaning), then falls back to the default repository.
 
 local PLATFORM_MODULES = {
   json = true, crypto = true, base64 = true, utils = true, http = true, string = true,
   table = true, math = true, os = true, coroutine = true, bit = true,
 }
-local loaded = {}            -- canonical name -> { version =, value = } (this tenant's runtime)
-local module_factories = {}  -- canonical name .. version -> compiled factory
+local module_factories = {}  -- location .. "\0" .. version -> compiled factory (this runtime)
+local known_versions = {}    -- search -> location .. "\0" .. version last compiled for it
 local module_tables = setmetatable({}, { __mode = "k" })  -- module env -> module() table
 local saved_host_libraries   -- set by module_libraries()
 
@@ -23,94 +36,110 @@ local function valid_path(path)
   return not sfind(path, "//", 1, true) and ssub(path, 1, 1) ~= "/" and ssub(path, -1) ~= "/"
 end
 
-local function fail_require(message)
-  error("require: " .. message, 3)
-end
-
--- The canonical name of a module: "github:<user>/<repo>/<ref>/<path>.lua" or "tenant:<path>.lua".
-local function resolve(name, base)
-  if #name > 1024 then fail_require("module name longer than 1024 bytes") end
+-- The search for a name (see above), or nil and why the name is refused.
+local function search_for(name, root)
+  if #name > 1024 then return nil, "module name longer than 1024 bytes" end
   local url = smatch(name, "^https://(.+)$") or name
   local user, repo, ref, path = smatch(url, "^github%.com/([^/]+)/([^/]+)/blob/([^/]+)/(.+)$")
   if user then
     local full = user .. "/" .. repo .. "/" .. ref .. "/" .. path
     if not valid_path(full) or not sfind(path, "%.lua$") then
-      fail_require("'" .. name .. "' is not a valid GitHub module URL")
+      return nil, "'" .. name .. "' is not a valid GitHub module URL"
     end
     return "github:" .. full
   end
+  if url ~= name or sfind(url, "^github%.com/") then
+    return nil, "'" .. name .. "' is not a GitHub file URL (github.com/<user>/<repo>/blob/<ref>/<path>.lua)"
+  end
+  if sfind(name, "/", 1, true) and not sfind(name, "[:\\]") then
+    -- webscript's '<user>/<repo>/<path>', the .lua optional
+    local full = sfind(name, "%.lua$") and name or name .. ".lua"
+    if not smatch(full, "^[^/]+/[^/]+/.") or not valid_path(full) then
+      return nil, "'" .. name .. "' is not a module name or a GitHub path (user/repo/path)"
+    end
+    return "ghpath:" .. full
+  end
   if sfind(name, "[:/\\]") or not sfind(name, "^[%w_]+$") and not sfind(name, "^[%w_][%w_%.]*[%w_]$")
     or sfind(name, "..", 1, true) then
-    fail_require("'" .. name .. "' is not a module name or a GitHub URL")
+    return nil, "'" .. name .. "' is not a module name or a GitHub URL"
   end
   local relative = sgsub(name, "%.", "/") .. ".lua"
-  return (base or "tenant:") .. relative
+  return (root or "tenant:") .. relative .. "|default:" .. relative
 end
 
-local function module_base(canonical)
-  if ssub(canonical, 1, 7) == "github:" then return smatch(canonical, "^(.*/)") end
-  return nil  -- the tenant's modules resolve from the tenant's root
+-- The root a loaded module's own requires resolve against: the tree it was found in, or, for a
+-- module found by URL or in the default repository, its own folder; nil for the tenant's code.
+local function root_of(location, root)
+  if ssub(location, 1, 7) ~= "github:" then return nil end
+  if root and ssub(location, 1, #root) == root then return root end
+  return smatch(location, "^(.*/)")
 end
 
-local function module_env(canonical, chunk)
-  local env = {}
-  for name, fn in next, BASE do env[name] = fn end
-  for name, lib in next, LIBRARIES do env[name] = copy(lib) end
-  for name, lib in next, saved_host_libraries do
-    if name ~= "_emit" then env[name] = getmetatable(lib) == nil and copy(lib) or lib end
-  end
-  env.print = function(...) return current.emit(...) end
-  env.log = env.print
-  env._G = env
-  env.require = make_require(module_base(canonical), env)
+local function module_env(request_env, root, chunk)
+  -- Reads and writes go to the request's own globals; only require (and Lua 5.1's module()
+  -- helpers) are the module's, so its requires resolve within its tree.
+  local menv = setmetatable({}, { __index = request_env, __newindex = request_env })
+  rawset(menv, "require", make_require(root, request_env))
   -- Lua 5.1 style: module("name", package.seeall) makes a table the module's environment.
-  env.package = { seeall = function(t) setmetatable(t, { __index = env }) end }
-  env.module = function(name, ...)
+  rawset(menv, "package", { seeall = function(t) setmetatable(t, { __index = menv }) end })
+  rawset(menv, "module", function(name, ...)
     local t = { _NAME = name }
     t._M = t
     for i = 1, select("#", ...) do
       local option = select(i, ...)
       if type(option) == "function" then option(t) end
     end
-    module_tables[env] = t
+    module_tables[menv] = t
+    if type(name) == "string" and rawget(request_env, name) == nil and sfind(name, "^[%w_]+$") then
+      rawset(request_env, name, t)  -- as Lua 5.1's module() makes a global of it
+    end
     -- Only ever the module's own chunk (never "the caller", which could be anything).
     setfenv(chunk, t)
     return t
-  end
-  return env
+  end)
+  return menv
 end
 
-make_require = function(base, env)
+make_require = function(root, env)
   return function(name)
-    if type(name) ~= "string" then fail_require("expected a module name") end
+    if type(name) ~= "string" then error("require: expected a module name", 2) end
     if PLATFORM_MODULES[name] then return env[name] end
-    local canonical = resolve(name, base)
-    local loading = current.loading
-    if loading[canonical] then fail_require("circular require of '" .. name .. "'") end
-    local answer = platform_call({ op = "module", name = canonical })
+    local search, refused = search_for(name, root)
+    if not search then error("require: " .. refused, 2) end
+    local found = current.required[search]
+    if found ~= nil then return found end
+    local have = known_versions[search]
+    local answer = platform_call({ op = "module", name = search, have = have })
     local raised = rawget(answer, "raise")
-    if raised then fail_require(raised) end
-    local version = answer.version
-    local cached = loaded[canonical]
-    if cached and cached.version == version then return cached.value end
-    local key = canonical .. "\0" .. version
+    if raised then error("require: " .. raised, 2) end
+    local location = answer.location
+    local instance = current.instances[location]
+    if instance ~= nil then
+      current.required[search] = instance
+      return instance
+    end
+    if current.loading[location] then error("require: circular require of '" .. name .. "'", 2) end
+    local key = location .. "\0" .. answer.version
     local factory = module_factories[key]
     if not factory then
+      if answer.source == nil then error("require: the server sent no source", 2) end
       local err
       factory, err = compile_text(answer.source, "=" .. answer.chunkname)
-      if not factory then fail_require(err) end
+      if not factory then error("require: " .. err, 2) end
       module_factories[key] = factory
     end
+    known_versions[search] = key
     local fn = factory()
-    local menv = module_env(canonical, fn)
+    local menv = module_env(env, root_of(location, root), fn)
     setfenv(fn, menv)
-    loading[canonical] = true
+    current.loading[location] = true
     local results = pack(pcall(fn, name))
-    loading[canonical] = nil
+    current.loading[location] = nil
     if not results[1] then error(results[2], 0) end
     local value = results[2]
     if value == nil then value = module_tables[menv] or menv end
-    loaded[canonical] = { version = version, value = value }
+    current.instances[location] = value
+    current.required[search] = value
     return value
   end
 end
