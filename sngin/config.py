@@ -4,22 +4,35 @@ variables belong to botocore)."""
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from sngin.config_values import (
+    float_range,
+    int_range,
+    parse_app_path,
+    parse_base_url,
+    parse_dir,
+    parse_egress,
+    parse_file,
+    parse_log_format,
+    parse_log_level,
+    parse_module_repo,
+    parse_networks,
+    parse_regex,
+    parse_token,
+)
 from sngin.errors import ConfigError
 from sngin.limits import MIB, Limits
 
 if TYPE_CHECKING:
+    import ipaddress
     from collections.abc import Callable, Mapping
 
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BUNDLED_SITES: Final = Path(__file__).parent / "demo" / "sites"
-MIN_TOKEN_LENGTH: Final = 16
 
 
 def default_app_path() -> Path:
@@ -193,32 +206,6 @@ def _suggest(name: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _int_range(low: int, high: int) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        try:
-            value = int(text.strip().replace("_", ""))
-        except ValueError:
-            raise ValueError("not an integer") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return convert
-
-
-def _float_range(low: float, high: float) -> Callable[[str], float]:
-    def convert(text: str) -> float:
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError("not a number") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return convert
-
-
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
@@ -248,114 +235,6 @@ def parse_bind(text: str) -> Bind:
     return Bind(host=host, port=port)
 
 
-def parse_dir(text: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        raise ValueError("not a directory")
-    return path.resolve()
-
-
-def parse_app_path(text: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path")
-    if path.exists() and not path.is_dir():
-        raise ValueError("exists and is not a directory")
-    return path
-
-
-def parse_token(text: str) -> str:
-    token = text.strip()
-    if len(token) < MIN_TOKEN_LENGTH:
-        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise ValueError("must be printable ASCII without spaces")
-    return token
-
-
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST_NAME = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*\Z")
-
-
-def parse_egress(text: str) -> tuple[str, ...]:
-    """CIDRs or host names (a leading dot also allows subdomains), comma or space separated."""
-    entries = []
-    for part in text.replace(",", " ").split():
-        try:
-            entries.append(str(ipaddress.ip_network(part, strict=False)))
-        except ValueError:
-            name = part.lower().rstrip(".")
-            if not _HOST_NAME.match(name):
-                raise ValueError(f"{part!r} is neither a CIDR nor a host name") from None
-            entries.append(name)
-    return tuple(entries)
-
-
-def parse_file(text: str) -> Path:
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise ValueError("not a readable file")
-    return path.resolve()
-
-
-def parse_regex(text: str) -> re.Pattern[str]:
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-
-
-def parse_base_url(text: str) -> str:
-    url = text.strip().rstrip("/")
-    if not re.match(r"https?://[^/\s]+(/\S*)?\Z", url):
-        raise ValueError("expected an http:// or https:// URL")
-    return url
-
-
-def parse_log_level(text: str) -> str:
-    level = text.strip().lower()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def parse_log_format(text: str) -> str:
-    chosen = text.strip().lower()
-    if chosen not in ("json", "text"):
-        raise ValueError("must be json or text")
-    return chosen
-
-
-REPO_PART: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
-
-
-def parse_module_repo(text: str) -> str | None:
-    """'owner/repo' (branch master) or 'owner/repo@ref' -> 'owner/repo/ref'; empty: off."""
-    text = text.strip()
-    if not text:
-        return None
-    repository, at, ref = text.partition("@")
-    if at and not ref:
-        raise ValueError("nothing after @: name a branch, tag or commit")
-    parts = repository.split("/")
-    if len(parts) != 2 or not all(REPO_PART.match(p) and p not in (".", "..") for p in parts):
-        raise ValueError("must be owner/repo or owner/repo@ref (empty turns it off)")
-    ref = ref or "master"
-    if not REPO_PART.match(ref) or ref in (".", ".."):
-        raise ValueError(f"{ref!r} is not a branch, tag or commit")
-    return f"{parts[0]}/{parts[1]}/{ref}"
-
-
-def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    networks = []
-    for part in text.replace(",", " ").split():
-        try:
-            networks.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ValueError(f"{part!r} is not an IP address or CIDR") from None
-    return tuple(networks)
-
-
 # name -> (Settings field, converter); the only place SNGIN_* names are known.
 VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_BIND": ("bind", parse_bind),
@@ -363,50 +242,50 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_LOG_LEVEL": ("log_level", parse_log_level),
     "SNGIN_LOG_FORMAT": ("log_format", parse_log_format),
     "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
-    "SNGIN_WORKERS": ("pool.size", _int_range(2, 1024)),
-    "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", _int_range(1, 3_600_000)),
-    "SNGIN_CPU_MS": ("limits.cpu_ms", _int_range(1, 3_600_000)),
-    "SNGIN_MEMORY_MB": ("limits.memory_mb", _int_range(1, 64 * 1024)),
-    "SNGIN_WORKER_MAX_REQUESTS": ("pool.max_requests_per_worker", _int_range(1, 10**9)),
-    "SNGIN_QUARANTINE_STRIKES": ("pool.quarantine_strikes", _int_range(1, 10_000)),
-    "SNGIN_QUARANTINE_WINDOW_S": ("pool.quarantine_window_s", _float_range(0.001, 86400)),
-    "SNGIN_QUARANTINE_S": ("pool.quarantine_s", _float_range(0, 86400)),
-    "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", _int_range(0, 1024 * MIB)),
-    "SNGIN_MAX_REQUEST_BYTES": ("http.max_request_bytes", _int_range(0, 1024 * MIB)),
-    "SNGIN_MAX_CONNECTIONS": ("http.max_connections", _int_range(1, 10_000_000)),
-    "SNGIN_REQUEST_BODIES_BYTES": ("http.request_bodies_bytes", _int_range(MIB, 1024**4)),
-    "SNGIN_RESPONSES_BYTES": ("http.responses_bytes", _int_range(MIB, 1024**4)),
-    "SNGIN_SEND_TIMEOUT_S": ("http.send_timeout_s", _float_range(0.1, 86400)),
-    "SNGIN_SUBREQUEST_BODIES_BYTES": ("outbound.bodies_bytes", _int_range(MIB, 1024**4)),
-    "SNGIN_CODE_TTL_S": ("cache.ttl_s", _float_range(0, 86400)),
-    "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", _float_range(0, 86400)),
-    "SNGIN_CODECACHE_SIZE": ("cache.max_entries", _int_range(1, 10_000_000)),
-    "SNGIN_CODECACHE_BYTES": ("cache.max_bytes", _int_range(MIB, 64 * 1024 * MIB)),
-    "SNGIN_CODECACHE_TENANT_SHARE": ("cache.tenant_share", _float_range(0.01, 1.0)),
-    "SNGIN_CB_INTERVAL_S": ("cache.cb_interval_s", _float_range(0, 3600)),
+    "SNGIN_WORKERS": ("pool.size", int_range(2, 1024)),
+    "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", int_range(1, 3_600_000)),
+    "SNGIN_CPU_MS": ("limits.cpu_ms", int_range(1, 3_600_000)),
+    "SNGIN_MEMORY_MB": ("limits.memory_mb", int_range(1, 64 * 1024)),
+    "SNGIN_WORKER_MAX_REQUESTS": ("pool.max_requests_per_worker", int_range(1, 10**9)),
+    "SNGIN_QUARANTINE_STRIKES": ("pool.quarantine_strikes", int_range(1, 10_000)),
+    "SNGIN_QUARANTINE_WINDOW_S": ("pool.quarantine_window_s", float_range(0.001, 86400)),
+    "SNGIN_QUARANTINE_S": ("pool.quarantine_s", float_range(0, 86400)),
+    "SNGIN_MAX_BODY_BYTES": ("limits.max_body_bytes", int_range(0, 1024 * MIB)),
+    "SNGIN_MAX_REQUEST_BYTES": ("http.max_request_bytes", int_range(0, 1024 * MIB)),
+    "SNGIN_MAX_CONNECTIONS": ("http.max_connections", int_range(1, 10_000_000)),
+    "SNGIN_REQUEST_BODIES_BYTES": ("http.request_bodies_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_RESPONSES_BYTES": ("http.responses_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_SEND_TIMEOUT_S": ("http.send_timeout_s", float_range(0.1, 86400)),
+    "SNGIN_SUBREQUEST_BODIES_BYTES": ("outbound.bodies_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_CODE_TTL_S": ("cache.ttl_s", float_range(0, 86400)),
+    "SNGIN_CODE_NEGATIVE_TTL_S": ("cache.negative_ttl_s", float_range(0, 86400)),
+    "SNGIN_CODECACHE_SIZE": ("cache.max_entries", int_range(1, 10_000_000)),
+    "SNGIN_CODECACHE_BYTES": ("cache.max_bytes", int_range(MIB, 64 * 1024 * MIB)),
+    "SNGIN_CODECACHE_TENANT_SHARE": ("cache.tenant_share", float_range(0.01, 1.0)),
+    "SNGIN_CB_INTERVAL_S": ("cache.cb_interval_s", float_range(0, 3600)),
     "SNGIN_APP_PATH": ("app_path", parse_app_path),
-    "SNGIN_MIRROR_BYTES": ("mirror_bytes", _int_range(0, 1024 * 1024 * MIB)),
+    "SNGIN_MIRROR_BYTES": ("mirror_bytes", int_range(0, 1024 * 1024 * MIB)),
     "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
-    "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", _int_range(0, 10_000)),
-    "SNGIN_MAX_MODULES": ("limits.max_modules", _int_range(0, 10_000)),
+    "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", int_range(0, 10_000)),
+    "SNGIN_MAX_MODULES": ("limits.max_modules", int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
-    "SNGIN_OUTBOUND_CONNECTIONS": ("outbound.connections", _int_range(1, 100_000)),
-    "SNGIN_OUTBOUND_TENANT_SHARE": ("outbound.tenant_share", _float_range(0.01, 1.0)),
+    "SNGIN_OUTBOUND_CONNECTIONS": ("outbound.connections", int_range(1, 100_000)),
+    "SNGIN_OUTBOUND_TENANT_SHARE": ("outbound.tenant_share", float_range(0.01, 1.0)),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
-    "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", _int_range(1, 3_600_000)),
-    "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", _int_range(1, 3_600_000)),
-    "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", _int_range(1, 64 * 1024)),
-    "SNGIN_MAX_CONCURRENCY": ("ceilings.max_concurrency", _int_range(1, 100_000)),
-    "SNGIN_MAX_RPS": ("ceilings.max_rps", _float_range(0.001, 1_000_000)),
+    "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", int_range(1, 3_600_000)),
+    "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", int_range(1, 3_600_000)),
+    "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", int_range(1, 64 * 1024)),
+    "SNGIN_MAX_CONCURRENCY": ("ceilings.max_concurrency", int_range(1, 100_000)),
+    "SNGIN_MAX_RPS": ("ceilings.max_rps", float_range(0.001, 1_000_000)),
     "SNGIN_SECRETS_FILE": ("secrets_file", parse_file),
     "SNGIN_TENANTS_ALLOW": ("tenants_allow", parse_regex),
     "SNGIN_TENANTS_ALLOW_FILE": ("tenants_allow_file", parse_file),
-    "SNGIN_METRICS_TENANTS": ("metrics_tenants", _int_range(0, 100_000)),
+    "SNGIN_METRICS_TENANTS": ("metrics_tenants", int_range(0, 100_000)),
     "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),
-    "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", _int_range(1, 1024)),
-    "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", _int_range(1, 100_000)),
-    "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", _float_range(0, 3600)),
+    "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", int_range(1, 1024)),
+    "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", int_range(1, 100_000)),
+    "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", float_range(0, 3600)),
 }
 # Their values never appear in an error message.
 SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN"})
