@@ -27,8 +27,18 @@ DORMANT_TOTAL_BYTES: Final = 32 * 1024 * 1024
 DORMANT_MAX_BYTES: Final = 1024 * 1024
 
 
+class FormFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file of a multipart/form-data upload (parsed by the server: sngin.request_body)."""
+
+    field: bytes
+    filename: bytes
+    type: bytes
+    content: bytes
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True):
-    """What a script sees as the global `request` (header names already lower-case)."""
+    """What a script sees as the global `request` (header names already lower-case). For a
+    multipart/form-data body, `form` and `files` as the server parsed them (None otherwise)."""
 
     method: str
     path: str
@@ -40,6 +50,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 80
     remote_addr: str = ""
     id: str = ""
+    form: list[tuple[bytes, bytes]] | None = None
+    files: list[FormFile] | None = None
 
 
 class WireLimits(msgspec.Struct, frozen=True, kw_only=True):

@@ -69,6 +69,24 @@ def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
     if referer is not None:
         fields[b"referer"] = referer
     content_type = header_map.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-    if content_type == FORM_TYPE:
+    if request.form is not None:  # multipart/form-data, parsed by the server
+        fields[b"form"] = _group(request.form, table_from)
+        fields[b"files"] = _group(
+            (
+                (
+                    upload.field,
+                    table_from(
+                        {
+                            b"type": upload.type,
+                            b"filename": upload.filename,
+                            b"content": upload.content,
+                        }
+                    ),
+                )
+                for upload in request.files or ()
+            ),
+            table_from,
+        )
+    elif content_type == FORM_TYPE:
         fields[b"form"] = _group(_parse_pairs(request.body), table_from)
     return table_from(fields)

@@ -12,7 +12,7 @@ import trio
 
 from sandbox.protocol import METHOD_NOT_ALLOWED, Reply
 from sngin.admin import create_admin
-from sngin.budgets import SMALL_RESPONSE_BYTES
+from sngin.budgets import SMALL_RESPONSE_BYTES, bodies_budget_full
 from sngin.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -24,6 +24,7 @@ from sngin.errors import (
     Unavailable,
 )
 from sngin.pipeline import TenantPipeline
+from sngin.request_body import inflate_body
 from sngin.response_rules import response_headers
 from sngin.tracing import RequestIds, RequestTrace
 
@@ -109,6 +110,7 @@ class Dispatcher:
             body = await read_body(
                 scope, receive, http.max_request_bytes, http.body_timeout_s, lease=lease
             )
+            body = inflate_body(scope["headers"], body, http.max_request_bytes, lease)
             return await self.pipeline.run(scope, route, body, trace)
         finally:
             lease.release()  # the body went to the worker; the reply does not need it
@@ -194,13 +196,6 @@ async def read_body(
     with trio.move_on_after(timeout_s):
         return await _receive_body(receive, limit, lease)
     raise RequestTimeout(f"request body not received within {timeout_s:g} s")
-
-
-def bodies_budget_full() -> Unavailable:
-    return Unavailable(
-        "the server is receiving as many request bodies as it may; try again shortly",
-        headers={"Retry-After": "1", "Connection": "close"},
-    )
 
 
 async def _receive_body(receive: Receive, limit: int, lease: Lease | None) -> bytes:

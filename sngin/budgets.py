@@ -10,6 +10,8 @@ import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from sngin.errors import Unavailable
+
 if TYPE_CHECKING:
     from sngin.config import Settings
 
@@ -25,6 +27,15 @@ def return_large_blocks_to_the_os() -> None:
     its own mapping, returned to the OS when the body is freed."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def bodies_budget_full() -> Unavailable:
+    """The answer when the request-bodies budget cannot take a body: 503, and the connection
+    closed (the rest of the body is not read)."""
+    return Unavailable(
+        "the server is receiving as many request bodies as it may; try again shortly",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
 
 
 # Responses up to this size are sent without a reservation: they are bounded by the

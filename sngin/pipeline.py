@@ -20,6 +20,7 @@ from sandbox.protocol import Job, Reply, Request
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
+from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
@@ -91,6 +92,10 @@ class TenantPipeline:
             raise CodeNotFound(f"no script for {scope['path']}")
         headers = scope["headers"]
         remote_addr, scheme = client_of(scope, headers, self._trusted)
+        form = files = None
+        content_type = header(headers, b"content-type") or b""
+        if content_type[: len(MULTIPART)].lower() == MULTIPART:
+            form, files = parse_form_data(content_type, body)
         request = Request(
             method=scope["method"],
             path=scope["path"],
@@ -102,6 +107,8 @@ class TenantPipeline:
             port=(scope.get("server") or ("", 80))[1] or 80,
             remote_addr=remote_addr,
             id=trace.id,
+            form=form,
+            files=files,
         )
         job = Job(
             tenant=tenant,
