@@ -104,6 +104,15 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lua: str
 
 
+class OAuthKeys(msgspec.Struct, frozen=True, kw_only=True):
+    """http.request's auth.oauth: OAuth 1.0a credentials the server signs the request with."""
+
+    consumer_key: str
+    consumer_secret: str
+    token: str | None = None
+    token_secret: str | None = None
+
+
 class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
     """http.request as a script asked for it (already form-encoded, params merged into url)."""
 
@@ -113,6 +122,7 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes | None = None
     timeout_s: float | None = None
     auth: tuple[bytes, bytes] | None = None
+    oauth: OAuthKeys | None = None
 
 
 class HttpResult(msgspec.Struct, frozen=True, kw_only=True):

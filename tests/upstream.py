@@ -7,11 +7,12 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlsplit
 
 from tests.httpserver import LoopbackServer
 
@@ -20,6 +21,33 @@ if TYPE_CHECKING:
 
 
 VERIFY_KEY = b"\x00sngin-test-signing-key\xff"
+
+
+OAUTH_SECRETS = {"ck": "cs", "at": "ts"}  # consumer key -> secret, token -> secret
+
+
+def oauth_valid(handler: BaseHTTPRequestHandler, query: str, body: bytes, port: int) -> bool:
+    """Checks an OAuth 1.0a HMAC-SHA1 signature the way a provider would (RFC 5849, from the
+    standard library's parts), with the secrets of OAUTH_SECRETS."""
+    header = handler.headers.get("Authorization", "")
+    if not header.startswith("OAuth "):
+        return False
+    given = {k: unquote(v) for k, v in re.findall(r'(\w+)="([^"]*)"', header)}
+    signature = given.pop("oauth_signature", "")
+    pairs = list(given.items()) + parse_qsl(query, keep_blank_values=True)
+    if handler.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+        pairs += parse_qsl(body.decode(), keep_blank_values=True)
+
+    def enc(text: str) -> str:
+        return quote(text, safe="")
+
+    normalised = "&".join(f"{k}={v}" for k, v in sorted((enc(k), enc(v)) for k, v in pairs))
+    path = handler.path.split("?", 1)[0]
+    base = "&".join([handler.command, enc(f"http://127.0.0.1:{port}{path}"), enc(normalised)])
+    key = "&".join(enc(OAUTH_SECRETS.get(given.get(n, ""), "")) for n in
+                   ("oauth_consumer_key", "oauth_token"))  # fmt: skip
+    expected = base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest())
+    return hmac.compare_digest(signature.encode(), expected)
 
 
 class Upstream:
@@ -103,6 +131,9 @@ class Upstream:
             return self.reply(handler, 200, b"not gzip at all" * 100, {"Content-Encoding": "gzip"})
         if split.path == "/gzip-bomb":
             return self.gzip_bomb(handler)
+        if split.path == "/oauth":
+            valid = oauth_valid(handler, split.query, body, self.port)
+            return self.reply(handler, 200 if valid else 401, b"signed" if valid else b"bad")
         if split.path == "/two-mib":
             return self.reply(handler, 200, b"y" * (2 * 1024 * 1024))
         if split.path == "/stall":

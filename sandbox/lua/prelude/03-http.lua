@@ -125,14 +125,32 @@ local function http_request(arg)
     local query = qsencode(params)
     if query ~= "" then url = url .. (sfind(url, "?", 1, true) and "&" or "?") .. query end
   end
-  local user, password
+  local user, password, oauth
   local auth = rawget(spec, "auth")
   if auth ~= nil then
-    if type(auth) ~= "table" then fail_http("auth must be {user, password}") end
-    user = rawget(auth, "username") or rawget(auth, "user") or rawget(auth, 1)
-    password = rawget(auth, "password") or rawget(auth, 2)
-    if type(user) ~= "string" or type(password) ~= "string" then
-      fail_http("auth must be {user, password}")
+    if type(auth) ~= "table" then fail_http("auth must be {user, password} or {oauth = {...}}") end
+    local o = rawget(auth, "oauth")
+    if o ~= nil then
+      -- OAuth 1.0a (HMAC-SHA1), signed by the server; the access token and its secret are
+      -- optional (the request-token step has none).
+      if type(o) ~= "table" then fail_http("auth.oauth must be a table") end
+      oauth = {}
+      for _, field in next, { "consumertoken", "consumersecret", "accesstoken", "tokensecret" } do
+        local value = rawget(o, field)
+        if value ~= nil and type(value) ~= "string" then
+          fail_http("auth.oauth." .. field .. " must be a string")
+        end
+        oauth[field] = value
+      end
+      if not oauth.consumertoken or not oauth.consumersecret then
+        fail_http("auth.oauth needs consumertoken and consumersecret")
+      end
+    else
+      user = rawget(auth, "username") or rawget(auth, "user") or rawget(auth, 1)
+      password = rawget(auth, "password") or rawget(auth, 2)
+      if type(user) ~= "string" or type(password) ~= "string" then
+        fail_http("auth must be {user, password}")
+      end
     end
   end
   local timeout = rawget(spec, "timeout")
@@ -141,7 +159,7 @@ local function http_request(arg)
   end
   local answer = platform_call({
     op = "http", url = url, method = supper(method), headers = flat, body = body,
-    timeout = timeout, user = user, password = password,
+    timeout = timeout, user = user, password = password, oauth = oauth,
   })
   local raised = rawget(answer, "raise")
   if raised then fail_http(raised) end
