@@ -125,6 +125,29 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
     oauth: OAuthKeys | None = None
 
 
+class EmailCall(msgspec.Struct, frozen=True, kw_only=True):
+    """email.send as a script asked for it (webscript's fields; checked by the prelude)."""
+
+    server: str
+    port: int | None = None
+    username: str | None = None
+    password: str | None = None
+    from_: str
+    to: list[str]
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    replyto: str | None = None
+    secure: bool = False
+
+
+class AlertCall(msgspec.Struct, frozen=True, kw_only=True):
+    """alert.email(text) / alert.sms(text): a notice for the tenant's owner."""
+
+    kind: str
+    text: str
+
+
 class HttpResult(msgspec.Struct, frozen=True, kw_only=True):
     """status 0 with `error` set: the request failed or the egress guard refused it."""
 
@@ -157,6 +180,8 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     http: HttpCall | None = None
     module: str | None = None
     module_have: str | None = None
+    email: EmailCall | None = None
+    alert: AlertCall | None = None
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -167,6 +192,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     http: HttpResult | None = None
     module: ModuleSource | None = None
     error: str | None = None
+    done: bool = False  # a call with nothing to return (email.send, alert) succeeded
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):

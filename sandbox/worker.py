@@ -23,9 +23,11 @@ from sandbox.protocol import (
     EXIT_MEMORY,
     HEADER,
     MEMORY_LIMIT,
+    AlertCall,
     Call,
     CallResult,
     Cancel,
+    EmailCall,
     FromWorker,
     Hello,
     HttpCall,
@@ -198,6 +200,11 @@ class Worker:
                     module_have=have.decode("utf-8", "replace") if have is not None else None,
                 )
             )
+        elif outcome[b"op"] == b"email":
+            self.send(Call(id=request_id, call_id=self.call_ids, email=email_call(outcome)))
+        elif outcome[b"op"] == b"alert":
+            alert = AlertCall(kind=text(outcome[b"kind"]), text=text(outcome[b"text"]))
+            self.send(Call(id=request_id, call_id=self.call_ids, alert=alert))
         else:
             self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
 
@@ -263,6 +270,8 @@ class Worker:
             if not module.unchanged:  # else the runtime has it compiled already
                 fields[b"source"] = compat.rewrite_escapes(module.text)
             return runtime.table_from(fields)
+        if result.done:
+            return runtime.table_from({b"ok": True})
         http = result.http
         if http is None:
             return runtime.table_from({b"raise": b"no answer"})
@@ -279,6 +288,34 @@ class Worker:
                 b"headers": runtime.table_from(headers),
             }
         )
+
+
+def text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def email_call(call: Any) -> EmailCall:
+    """The Lua email table (already checked by the prelude) as a protocol message."""
+
+    def optional(name: bytes) -> str | None:
+        value = call[name]
+        return text(value) if value is not None else None
+
+    recipients = call[b"to"]
+    port = call[b"port"]
+    return EmailCall(
+        server=text(call[b"server"]),
+        port=int(port) if port is not None else None,
+        username=optional(b"username"),
+        password=optional(b"password"),
+        from_=text(call[b"from"]),
+        to=[text(recipients[i]) for i in range(1, len(recipients) + 1)],
+        subject=optional(b"subject") or "",
+        text=optional(b"text"),
+        html=optional(b"html"),
+        replyto=optional(b"replyto"),
+        secure=bool(call[b"secure"]),
+    )
 
 
 def http_call(call: Any) -> HttpCall:

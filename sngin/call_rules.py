@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from sandbox.protocol import HttpCall
+    from sandbox.protocol import EmailCall, HttpCall
 
 MAX_URL_BYTES: Final = 8192
 MAX_METHOD_BYTES: Final = 32
@@ -50,6 +50,30 @@ def http_call_problem(call: HttpCall) -> str | None:
         values = (oauth.consumer_key, oauth.consumer_secret, oauth.token, oauth.token_secret)
         if any(v is not None and len(v) > MAX_OAUTH_FIELD_BYTES for v in values):
             return f"auth.oauth values must be at most {MAX_OAUTH_FIELD_BYTES} bytes"
+    return None
+
+
+MAX_EMAIL_BODY_CHARS: Final = 4 * 1024 * 1024
+MAX_ADDRESS_CHARS: Final = 320
+HEADER_BREAK: Final = re.compile(r"[\r\n\x00]")
+
+
+def email_call_problem(call: EmailCall) -> str | None:
+    """What is wrong with an email.send call, or None (the worker is tenant-controlled)."""
+    one_line = [("server", call.server), ("from", call.from_), ("subject", call.subject)]
+    one_line += [("replyto", call.replyto or ""), ("username", call.username or "")]
+    one_line += [("to", address) for address in call.to]
+    for name, value in one_line:
+        if HEADER_BREAK.search(value):
+            return f"{name} must be one line"
+    if not call.to or len(call.to) > 100:
+        return "to must hold 1 to 100 addresses"
+    if any(len(a) > MAX_ADDRESS_CHARS for a in [call.from_, *call.to, call.replyto or ""]):
+        return f"an address longer than {MAX_ADDRESS_CHARS} characters"
+    if len(call.subject) > 1000:
+        return "subject longer than 1000 characters"
+    if len(call.text or "") + len(call.html or "") > MAX_EMAIL_BODY_CHARS:
+        return f"text and html longer than {MAX_EMAIL_BODY_CHARS} characters"
     return None
 
 

@@ -18,10 +18,12 @@ from sngin.config_values import (
     parse_dir,
     parse_egress,
     parse_file,
+    parse_http_url,
     parse_log_format,
     parse_log_level,
     parse_module_repo,
     parse_networks,
+    parse_on_off,
     parse_regex,
     parse_token,
 )
@@ -146,6 +148,8 @@ class Settings:
     # SNGIN_DEFAULT_MODULES: "<owner>/<repo>/<ref>" where bare `require` names a tenant lacks are
     # looked for; None: off
     default_modules: str | None = "webscriptio/lib/master"
+    email_enabled: bool = True  # SNGIN_EMAIL: on or off (email.send)
+    alert_webhook: str | None = None  # SNGIN_ALERT_WEBHOOK: alerts of tenants without their own
     ceilings: Ceilings = field(default_factory=Ceilings)
     secrets_file: Path | None = None  # SNGIN_SECRETS_FILE: {"<host>": {"NAME": "value"}}
     tenants_allow: re.Pattern[str] | None = None  # SNGIN_TENANTS_ALLOW: Hosts served (regex)
@@ -273,6 +277,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_OUTBOUND_TENANT_SHARE": ("outbound.tenant_share", float_range(0.01, 1.0)),
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
+    "SNGIN_EMAIL": ("email_enabled", parse_on_off),
+    "SNGIN_ALERT_WEBHOOK": ("alert_webhook", parse_http_url),
     "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", int_range(1, 3_600_000)),
     "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", int_range(1, 3_600_000)),
     "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", int_range(1, 64 * 1024)),

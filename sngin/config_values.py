@@ -147,3 +147,19 @@ def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
         except ValueError:
             raise ValueError(f"{part!r} is not an IP address or CIDR") from None
     return tuple(networks)
+
+
+def parse_on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return value == "on"
+
+
+def parse_http_url(text: str) -> str:
+    """An absolute http(s) URL with a host (a webhook)."""
+    url = text.strip()
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError("must be an http:// or https:// URL")
+    return url

@@ -10,9 +10,11 @@ from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
 
 if TYPE_CHECKING:
+    from sngin.alerts import Alerts
     from sngin.cache import CodeCache
     from sngin.codestore import CodeSource
     from sngin.config import Settings
+    from sngin.mail import Mailer
     from sngin.outbound import Outbound
     from sngin.pool import Pool
     from sngin.tenant_config import TenantConfigs
@@ -27,6 +29,8 @@ class Deps:
     github: CodeCache | None = None  # modules by GitHub URL (a code cache over the raw host)
     configs: TenantConfigs | None = None  # tenants' _sngin.json; None: operator defaults only
     observer: Observer = field(default_factory=lambda: Observer())
+    mailer: Mailer | None = None  # None: email.send answers "not available here"
+    alerts: Alerts | None = None  # None: alert.* answers "not available here"
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below

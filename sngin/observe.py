@@ -169,6 +169,10 @@ class Metrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.alerts = Counter(
+            "sngin_alerts", "Scripts' alert.email/alert.sms calls, by outcome",
+            ["tenant", "kind", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.wall = Histogram(
             "sngin_request_seconds", "Wall time of tenant requests", ["tenant"],
             registry=self.registry,
@@ -218,6 +222,9 @@ class Metrics:
             self.kills.labels(label, kill).inc()
         if decode_s > 0:
             self.decode_cpu.labels(label).inc(decode_s)
+
+    def alert(self, tenant: str, kind: str, outcome: str) -> None:
+        self.alerts.labels(self.labels(tenant), kind, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -163,4 +163,7 @@ class TenantPipeline:
             egress=config.egress,
             bodies=deps.budgets.subrequest_bodies,
             default_modules=deps.settings.default_modules,
+            mailer=deps.mailer,
+            alerts=deps.alerts,
+            alert_webhook=config.alert_webhook,
         )

@@ -10,16 +10,20 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from sandbox.protocol import Call, CallResult, ModuleSource
-from sngin.call_rules import http_call_problem, module_name_problem
+from sngin.alerts import AlertFailed
+from sngin.call_rules import email_call_problem, http_call_problem, module_name_problem
 from sngin.errors import CodeFetchError
 from sngin.http_body import BodyCost
+from sngin.mail import MailRefused
 from sngin.outbound import DEFAULT_TIMEOUT_S
 from sngin.tenants import file_key
 
 if TYPE_CHECKING:
+    from sngin.alerts import Alerts
     from sngin.budgets import MemoryBudget
     from sngin.codestore import CodeSource, Source
     from sngin.egress import TenantEgress
+    from sngin.mail import Mailer
     from sngin.outbound import Outbound
 
 # Leave the script this long to answer after a call that used up its wall time.
@@ -50,7 +54,13 @@ class RequestCalls:
         egress: TenantEgress | None = None,
         bodies: MemoryBudget | None = None,
         default_modules: str | None = None,
+        mailer: Mailer | None = None,
+        alerts: Alerts | None = None,
+        alert_webhook: str | None = None,
     ) -> None:
+        self._mailer = mailer
+        self._alerts = alerts
+        self._alert_webhook = alert_webhook  # the tenant's own (_sngin.json alerts.webhook)
         # "<owner>/<repo>/<ref>": where bare names a tenant does not have are looked for
         self._default_modules = default_modules
         self._egress = egress
@@ -77,6 +87,8 @@ class RequestCalls:
                 )
             self._modules_left -= 1
             return await self._module(call, call.module)
+        if call.email is not None or call.alert is not None:
+            return await self._notice(call)
         if call.http is None:
             return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
         if self._outbound is None:
@@ -110,6 +122,41 @@ class RequestCalls:
             if lease is not None:
                 lease.release()
         return CallResult(id=call.id, call_id=call.call_id, http=result)
+
+    async def _notice(self, call: Call) -> CallResult:
+        """email.send and alert.*: they count against the subrequest budget too."""
+        if self._left <= 0:
+            return CallResult(
+                id=call.id,
+                call_id=call.call_id,
+                error=f"more than {self._max} subrequests in one request",
+            )
+        self._left -= 1
+        timeout = self._deadline - trio.current_time() - WALL_MARGIN_S
+        if timeout <= 0:
+            return CallResult(id=call.id, call_id=call.call_id, error="no time left")
+        try:
+            if call.email is not None:
+                problem = email_call_problem(call.email)
+                if problem is not None:
+                    raise MailRefused(problem)
+                if self._mailer is None:
+                    raise MailRefused("email is not available here")
+                await self._mailer.send(call.email, timeout_s=timeout, egress=self._egress)
+            elif call.alert is not None:
+                if self._alerts is None:
+                    raise AlertFailed("alerts are not available here")
+                await self._alerts.raise_alert(
+                    call.alert,
+                    tenant=self._tenant,
+                    request_id=self._request_id,
+                    webhook=self._alert_webhook,
+                    timeout_s=min(timeout, DEFAULT_TIMEOUT_S),
+                    egress=self._egress,
+                )
+        except (MailRefused, AlertFailed) as exc:
+            return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
+        return CallResult(id=call.id, call_id=call.call_id, done=True)
 
     async def _module(self, call: Call, search: str) -> CallResult:
         """A require's search (sandbox/lua/prelude/09-modules.lua): the first of its places

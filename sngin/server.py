@@ -13,6 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from sandbox.protocol import DORMANT_TOTAL_BYTES
 from sngin.admin import AdminListener
+from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
@@ -26,9 +27,10 @@ from sngin.egress import EgressPolicy
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
 from sngin.limits import MIB, Limits
 from sngin.logsetup import quiet_libraries
+from sngin.mail import Mailer
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
-from sngin.outbound import open_outbound
+from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
@@ -95,6 +97,7 @@ async def serve(
         ) as outbound,
         open_pool(pool_config(settings), limits_for) as pool,
     ):
+        observer = Observer(settings.metrics_tenants, text_log=settings.log_format == "text")
         deps = Deps(
             settings=settings,
             store=store,
@@ -102,7 +105,13 @@ async def serve(
             outbound=outbound,
             github=github,
             configs=TenantConfigs(store, settings),
-            observer=Observer(settings.metrics_tenants, text_log=settings.log_format == "text"),
+            observer=observer,
+            mailer=Mailer(
+                EgressPolicy.parse(settings.egress_allow),
+                system_resolver,
+                enabled=settings.email_enabled,
+            ),
+            alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert),
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from sngin.config_values import parse_http_url
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import ScriptError
 from sngin.limits import Limits
@@ -56,11 +57,16 @@ class EgressSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     deny_public: bool = False
 
 
+class AlertsSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    webhook: str | None = None
+
+
 class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
     env: dict[str, str] = {}
     egress: EgressSpec | list[str] | None = None
+    alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
 
 
 # --- what the server uses ------------------------------------------------------------------------
@@ -75,6 +81,7 @@ class TenantConfig:
     env: dict[str, str] = field(default_factory=dict)
     egress: TenantEgress | None = None
     secrets: tuple[str, ...] = ()
+    alert_webhook: str | None = None  # alerts.webhook: where alert.* calls are delivered
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -207,6 +214,7 @@ class TenantConfigs:
             env=env,
             egress=self._egress(where, spec.egress),
             secrets=tuple(sorted(secrets, key=len, reverse=True)),
+            alert_webhook=self._webhook(where, spec.alerts.webhook),
         )  # fmt: skip
 
     def _resolve_env(
@@ -226,6 +234,15 @@ class TenantConfigs:
             if secret:
                 secrets.add(secret)
         return env, secrets
+
+    @staticmethod
+    def _webhook(where: str, url: str | None) -> str | None:
+        if url is None:
+            return None
+        try:
+            return parse_http_url(url)
+        except ValueError as exc:
+            raise InvalidConfig(f"{where}: alerts.webhook: {exc}") from None
 
     @staticmethod
     def _egress(where: str, spec: EgressSpec | list[str] | None) -> TenantEgress | None:

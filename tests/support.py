@@ -14,6 +14,7 @@ import trio
 import trio.lowlevel
 from botocore.credentials import Credentials
 
+from sngin.alerts import Alerts
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import Endpoint, S3Store
@@ -21,9 +22,10 @@ from sngin.config import Bind, CacheSettings, HttpSettings, PoolSettings, S3Sett
 from sngin.deps import Deps
 from sngin.egress import EgressPolicy
 from sngin.limits import Limits
+from sngin.mail import Mailer
 from sngin.mirror import DiskMirror
 from sngin.observe import Observer
-from sngin.outbound import open_outbound
+from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import default_limits, pool_config, serve_app
 from sngin.tenant_config import TenantConfigs
@@ -152,6 +154,7 @@ async def running(
     settings_changes: dict | None = None,
     max_subrequests: int = 50,
     access_log=None,
+    mailer=None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -183,6 +186,7 @@ async def running(
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
+        observer = Observer(access_stream=access_log)
         deps = Deps(
             settings=settings,
             store=store,
@@ -190,7 +194,11 @@ async def running(
             outbound=outbound,
             github=github,
             configs=TenantConfigs(store, settings) if tenant_configs else None,
-            observer=Observer(access_stream=access_log),
+            observer=observer,
+            mailer=mailer,
+            alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
+            if outbound is not None
+            else None,
         )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
@@ -215,11 +223,13 @@ async def serving(tmp_path, scripts: dict[str, str], *, policy=LOOPBACK_ONLY, re
     if outbound_settings is not None:  # the server's budgets read the same settings
         changes = options.setdefault("settings_changes", {})
         changes["outbound"] = outbound_settings
+    enabled = options.get("settings_changes", {}).get("email_enabled", True)  # as serve() does
+    mailer = Mailer(policy, resolver or system_resolver, ssl_context=ssl_context, enabled=enabled)
     async with (
         open_outbound(
             policy, ssl_context=ssl_context, settings=outbound_settings, **extra
         ) as outbound,
-        running(tmp_path, outbound=outbound, **options) as srv,
+        running(tmp_path, outbound=outbound, mailer=mailer, **options) as srv,
     ):
         yield srv
 

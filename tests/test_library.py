@@ -195,7 +195,7 @@ def test_utils(runtime):
                     "slug": "hello-w-rld-2026"}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["storage", "lease", "email", "alert"])
+@pytest.mark.parametrize("name", ["storage", "lease"])
 def test_webscript_names_not_provided_say_so(runtime, name):
     for use in (f"local _ = {name}.x", f"{name}.x = 1", f"{name}('x')"):
         body = run(runtime, f"return select(2, pcall(function() {use} end))")
@@ -255,3 +255,21 @@ async def test_script_signs_a_request_the_upstream_verifies(tmp_path):
     finally:
         upstream.close()
     assert (response.status_code, response.text) == (200, "verified")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("email.send('x')", "email.send: expected a table of options"),
+        ("email.send{from = 'a@b', to = 'c@d', text = 'x'}", "email.send: server is required"),
+        ("email.send{server = 's', to = 'c@d', text = 'x'}", "email.send: from is required"),
+        ("email.send{server = 's', from = 'a@b', to = {}, text = 'x'}", "email.send: to must be"),
+        ("email.send{server = 's', from = 'a@b', to = 'c@d'}", "email.send: text or html"),
+        ("email.send{server = 's', from = 'a@b', to = 'c@d', text = 'x', port = 0}",
+         "email.send: port must be"),
+        ("alert.email(42)", "alert.email: expected a string"),
+    ],
+)  # fmt: skip
+def test_email_and_alert_arguments_are_checked_in_the_script(runtime, call, message):
+    body = run(runtime, f"return select(2, pcall(function() {call} end))")
+    assert message.encode() in body, body

@@ -12,6 +12,58 @@ local function digest_object(raw, hex)
   return { digest = function() return raw end, hex = function() return hex end }
 end
 
+-- email.send and alert: platform calls, made by the server (the worker has no sockets).
+local EMAIL_STRINGS = { "server", "username", "password", "from", "subject", "text", "html", "replyto" }
+
+local function send_email(spec)
+  if type(spec) ~= "table" then error("email.send: expected a table of options", 2) end
+  local call = { op = "email" }
+  for _, field in next, EMAIL_STRINGS do
+    local value = rawget(spec, field)
+    if value ~= nil and type(value) ~= "string" then
+      error("email.send: " .. field .. " must be a string", 2)
+    end
+    call[field] = value
+  end
+  if not call.server then error("email.send: server is required", 2) end
+  if not call.from then error("email.send: from is required", 2) end
+  if not call.text and not call.html then error("email.send: text or html is required", 2) end
+  local to = rawget(spec, "to")
+  if type(to) == "string" then to = { to } end
+  if type(to) ~= "table" or #to == 0 or #to > 100 then
+    error("email.send: to must be an address or a list of 1 to 100 addresses", 2)
+  end
+  local recipients = {}
+  for i = 1, #to do
+    if type(to[i]) ~= "string" then error("email.send: to must hold strings", 2) end
+    recipients[i] = to[i]
+  end
+  call.to = recipients
+  local port = rawget(spec, "port")
+  if port ~= nil and (type(port) ~= "number" or port ~= floor(port) or port < 1 or port > 65535) then
+    error("email.send: port must be a whole number from 1 to 65535", 2)
+  end
+  call.port = port
+  call.secure = rawget(spec, "secure") and true or false
+  local answer = platform_call(call)
+  local raised = rawget(answer, "raise")
+  if raised then error("email.send: " .. raised, 2) end
+  return true
+end
+
+local function send_alert(kind)
+  return function(text)
+    if type(text) ~= "string" then error("alert." .. kind .. ": expected a string", 2) end
+    local answer = platform_call({ op = "alert", kind = kind, text = text })
+    local raised = rawget(answer, "raise")
+    if raised then error("alert." .. kind .. ": " .. raised, 2) end
+    return true
+  end
+end
+
+local email_library = { send = send_email }
+local alert_library = { email = send_alert("email"), sms = send_alert("sms") }
+
 local function host_libraries(python_functions)
   -- Each guarded Python callable stays an upvalue of its Lua wrapper: tenants never see it.
   local host = {}
@@ -86,9 +138,10 @@ local function host_libraries(python_functions)
 
   local libraries = {
     crypto = crypto, base64 = base64, utils = utils, json = json, _emit = host.emit,
+    email = email_library, alert = alert_library,
   }
   -- webscript.io names this server does not provide: a clear error on any use.
-  for _, name in next, { "storage", "lease", "email", "alert" } do
+  for _, name in next, { "storage", "lease" } do
     local function refuse() error(name .. " is not supported by this server", 2) end
     libraries[name] = setmetatable({}, {
       __index = refuse, __newindex = refuse, __call = refuse, __metatable = false,
