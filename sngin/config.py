@@ -24,7 +24,9 @@ from sngin.config_values import (
     parse_module_repo,
     parse_networks,
     parse_on_off,
+    parse_owners,
     parse_regex,
+    parse_secret,
     parse_token,
 )
 from sngin.errors import ConfigError
@@ -149,6 +151,9 @@ class Settings:
     # looked for; None: off
     default_modules: str | None = "webscriptio/lib/master"
     email_enabled: bool = True  # SNGIN_EMAIL: on or off (email.send)
+    # SNGIN_GITHUB_TOKEN, used only for modules of SNGIN_GITHUB_TOKEN_OWNERS (comma-separated)
+    github_token: str | None = field(default=None, repr=False)
+    github_token_owners: frozenset[str] = frozenset()
     alert_webhook: str | None = None  # SNGIN_ALERT_WEBHOOK: alerts of tenants without their own
     ceilings: Ceilings = field(default_factory=Ceilings)
     secrets_file: Path | None = None  # SNGIN_SECRETS_FILE: {"<host>": {"NAME": "value"}}
@@ -278,6 +283,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
     "SNGIN_EMAIL": ("email_enabled", parse_on_off),
+    "SNGIN_GITHUB_TOKEN": ("github_token", parse_secret),
+    "SNGIN_GITHUB_TOKEN_OWNERS": ("github_token_owners", parse_owners),
     "SNGIN_ALERT_WEBHOOK": ("alert_webhook", parse_http_url),
     "SNGIN_MAX_TIMEOUT_MS": ("ceilings.max_timeout_ms", int_range(1, 3_600_000)),
     "SNGIN_MAX_CPU_MS": ("ceilings.max_cpu_ms", int_range(1, 3_600_000)),
@@ -294,6 +301,6 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", float_range(0, 3600)),
 }
 # Their values never appear in an error message.
-SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN"})
+SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN", "SNGIN_GITHUB_TOKEN"})
 # The one AWS_* name sngin reads itself (the seed's): it selects the S3 store.
 S3_CODE_PATH: Final = "AWS_S3_CODE_PATH"

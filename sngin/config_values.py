@@ -163,3 +163,19 @@ def parse_http_url(text: str) -> str:
     if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
         raise ValueError("must be an http:// or https:// URL")
     return url
+
+
+def parse_secret(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError("must be one word")
+    return value
+
+
+def parse_owners(text: str) -> frozenset[str]:
+    """GitHub users or organisations, comma- or space-separated."""
+    owners = frozenset(part for part in text.replace(",", " ").split())
+    bad = sorted(o for o in owners if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", o))
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a GitHub user or organisation")
+    return owners

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from sngin.alerts import Alerts
     from sngin.cache import CodeCache
     from sngin.codestore import CodeSource
+    from sngin.codestore.github import GitHubTokens
     from sngin.config import Settings
     from sngin.mail import Mailer
     from sngin.outbound import Outbound
@@ -31,6 +32,7 @@ class Deps:
     observer: Observer = field(default_factory=lambda: Observer())
     mailer: Mailer | None = None  # None: email.send answers "not available here"
     alerts: Alerts | None = None  # None: alert.* answers "not available here"
+    github_tokens: GitHubTokens | None = None  # tokens for private module repositories
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below

@@ -166,4 +166,6 @@ class TenantPipeline:
             mailer=deps.mailer,
             alerts=deps.alerts,
             alert_webhook=config.alert_webhook,
+            github_tokens=deps.github_tokens,
+            github_token=config.github_token,
         )

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sngin.alerts import Alerts
     from sngin.budgets import MemoryBudget
     from sngin.codestore import CodeSource, Source
+    from sngin.codestore.github import GitHubTokens
     from sngin.egress import TenantEgress
     from sngin.mail import Mailer
     from sngin.outbound import Outbound
@@ -57,7 +58,11 @@ class RequestCalls:
         mailer: Mailer | None = None,
         alerts: Alerts | None = None,
         alert_webhook: str | None = None,
+        github_tokens: GitHubTokens | None = None,
+        github_token: str | None = None,
     ) -> None:
+        self._github_tokens = github_tokens
+        self._github_token = github_token  # the tenant's own, for its fetches only
         self._mailer = mailer
         self._alerts = alerts
         self._alert_webhook = alert_webhook  # the tenant's own (_sngin.json alerts.webhook)
@@ -214,8 +219,12 @@ class RequestCalls:
         if self._github is None:
             raise CodeFetchError("modules from GitHub are not available here")
         # Counted against this tenant's share of the module cache, which every tenant shares:
-        # one tenant's many URLs cannot flush the others' modules.
-        return await self._github.fetch(path, owner=self._tenant), f"github.com/{path}"
+        # one tenant's many URLs cannot flush the others' modules. A fetch made with a token
+        # is cached under its scope (GitHubTokens): no other tenant reads it.
+        key = path
+        if self._github_tokens is not None:
+            key = self._github_tokens.key_for(path, self._tenant, self._github_token)
+        return await self._github.fetch(key, owner=self._tenant), f"github.com/{path}"
 
     def _answer(self, call: Call, location: str, source: Source, chunkname: str) -> CallResult:
         unchanged = call.module_have == f"{location}\0{source.version}"

@@ -17,7 +17,7 @@ from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
-from sngin.codestore.github import open_github_store
+from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
@@ -89,9 +89,10 @@ async def serve(
         connection_limit(settings, descriptors),  # a setting it cannot honour stops start-up here
     )
     limits_for = default_limits(settings)
+    tokens = GitHubTokens(settings.github_token, settings.github_token_owners)
     async with (
         open_code_source(settings) as store,
-        open_github_modules(settings) as github,
+        open_github_modules(settings, tokens) as github,
         open_outbound(
             EgressPolicy.parse(settings.egress_allow), settings=settings.outbound
         ) as outbound,
@@ -145,9 +146,14 @@ def default_limits(settings: Settings) -> Callable[[str], Limits]:
 
 
 @asynccontextmanager
-async def open_github_modules(settings: Settings) -> AsyncIterator[CodeCache]:
+async def open_github_modules(
+    settings: Settings, tokens: GitHubTokens | None = None
+) -> AsyncIterator[CodeCache]:
     """Modules by GitHub URL, behind their own code cache (TTL, 304s, single-flight, stale)."""
-    async with open_github_store(settings.github_raw_url) as store, trio.open_nursery() as nursery:
+    async with (
+        open_github_store(settings.github_raw_url, tokens) as store,
+        trio.open_nursery() as nursery,
+    ):
         yield CodeCache(store, settings.cache, nursery)
         nursery.cancel_scope.cancel()
 

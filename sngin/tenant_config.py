@@ -67,6 +67,7 @@ class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, str] = {}
     egress: EgressSpec | list[str] | None = None
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
+    github_token: str | None = None  # for private module repositories; "${secret:NAME}"
 
 
 # --- what the server uses ------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class TenantConfig:
     egress: TenantEgress | None = None
     secrets: tuple[str, ...] = ()
     alert_webhook: str | None = None  # alerts.webhook: where alert.* calls are delivered
+    github_token: str | None = None  # sent to the raw host for this tenant's module fetches
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -206,6 +208,13 @@ class TenantConfigs:
         if wanted.rps is not None:
             rps = pick("rps", wanted.rps, 0, ceilings.max_rps)
         env, secrets = self._resolve_env(tenant, where, spec.env)
+        github_token = None
+        if spec.github_token is not None:
+            resolved, token_secrets = self._resolve_env(
+                tenant, where, {"github_token": spec.github_token}
+            )
+            github_token = resolved["github_token"] or None
+            secrets |= token_secrets | ({github_token} if github_token else set())
         return TenantConfig(
             enabled=spec.enabled,
             limits=tenant_limits,
@@ -215,6 +224,7 @@ class TenantConfigs:
             egress=self._egress(where, spec.egress),
             secrets=tuple(sorted(secrets, key=len, reverse=True)),
             alert_webhook=self._webhook(where, spec.alerts.webhook),
+            github_token=github_token,
         )  # fmt: skip
 
     def _resolve_env(

@@ -155,6 +155,7 @@ async def running(
     max_subrequests: int = 50,
     access_log=None,
     mailer=None,
+    github_tokens=None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -196,6 +197,7 @@ async def running(
             configs=TenantConfigs(store, settings) if tenant_configs else None,
             observer=observer,
             mailer=mailer,
+            github_tokens=github_tokens,
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
             if outbound is not None
             else None,

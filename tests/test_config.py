@@ -206,3 +206,17 @@ def test_a_bad_default_modules_repository_is_one_clear_error(value):
 
 def test_the_default_modules_repository_is_webscripts_library():
     assert Settings.from_env({}).default_modules == "webscriptio/lib/master"
+
+
+def test_github_token_owners_and_the_token_stays_out_of_errors():
+    settings = Settings.from_env(
+        {"SNGIN_GITHUB_TOKEN": "ghp_x", "SNGIN_GITHUB_TOKEN_OWNERS": "corp, other-org"}
+    )
+    assert settings.github_token == "ghp_x"
+    assert settings.github_token_owners == frozenset({"corp", "other-org"})
+    assert "ghp_x" not in repr(settings)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"SNGIN_GITHUB_TOKEN": "two words"})
+    assert "two words" not in str(caught.value)
+    with pytest.raises(ConfigError, match="SNGIN_GITHUB_TOKEN_OWNERS"):
+        Settings.from_env({"SNGIN_GITHUB_TOKEN_OWNERS": "bad/owner"})

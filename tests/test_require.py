@@ -4,6 +4,7 @@ stand-in for the raw host (relative requires, module(), Lua 5.1 escapes, cycles,
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler
 
@@ -11,7 +12,7 @@ import pytest
 import trio
 
 from sngin.cache import CodeCache
-from sngin.codestore.github import open_github_store
+from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.config import CacheSettings
 from tests.httpserver import LoopbackServer
 from tests.support import TOKEN, running
@@ -79,11 +80,20 @@ SCRIPTS = {
 }
 
 
+# Private repositories: served only with their token (else 404, as GitHub answers).
+PRIVATE = {
+    "private/repo/main/secret.lua": ("T-tenant", "return {where = 'private repo'}"),
+    "corp/tools/main/helper.lua": ("T-operator", "return {where = 'corp repo'}"),
+}
+
+
 class RawHost:
-    """Serves MODULES with ETags and 304s, counting GETs per path."""
+    """Serves MODULES with ETags and 304s, counting GETs per path; PRIVATE ones only with their
+    token. Records the Authorization header of every request."""
 
     def __init__(self) -> None:
         self.gets: dict[str, int] = {}
+        self.auth: list[tuple[str, str | None]] = []
         host = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,7 +105,12 @@ class RawHost:
             def do_GET(self) -> None:
                 path = self.path.lstrip("/")
                 host.gets[path] = host.gets.get(path, 0) + 1
+                given = self.headers.get("Authorization")
+                host.auth.append((path, given))
                 body = MODULES.get(path)
+                if path in PRIVATE:
+                    token, source = PRIVATE[path]
+                    body = source if given == f"token {token}" else None
                 if body is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -130,11 +145,12 @@ def raw_host():
 
 
 @asynccontextmanager
-async def serving(tmp_path, raw_host, **options):
-    async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:
+async def serving(tmp_path, raw_host, tokens=None, **options):
+    tokens = tokens or GitHubTokens()
+    async with open_github_store(raw_host.url, tokens) as store, trio.open_nursery() as nursery:
         github = CodeCache(store, CacheSettings(), nursery)
         # write_sites() inside running() adds the shared demo sites; ours go in after it.
-        async with running(tmp_path, github=github, **options) as srv:
+        async with running(tmp_path, github=github, github_tokens=tokens, **options) as srv:
             for key, source in SCRIPTS.items():
                 folder = tmp_path / key
                 folder.mkdir(parents=True, exist_ok=True)
@@ -211,6 +227,48 @@ async def test_without_a_default_repository_bare_names_are_the_tenants_only(tmp_
         text = (await srv.get("/bare", host="b.test")).text
     assert "require: module not found (looked for b.test/underscore.lua)" in text
     assert "webscriptio" not in text
+
+
+async def test_private_modules_with_the_tenants_own_token_stay_the_tenants(tmp_path, raw_host):
+    """a.test's token (a secret in its _sngin.json) opens its private repository for a.test
+    only: b.test, asking for the same module after a.test fetched it, gets nothing from the
+    cache, and its own fetch carries no token. The token goes to the raw host only."""
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"a.test": {"GH": "T-tenant"}}))
+    (tmp_path / "a.test").mkdir(exist_ok=True)
+    (tmp_path / "a.test" / "_sngin.json").write_text('{"github_token": "${secret:GH}"}')
+    script = "local ok, m = pcall(require, 'private/repo/secret') return ok and m.where or m"
+    options = {"tenant_configs": True, "settings_changes": {"secrets_file": secrets}}
+    async with serving(tmp_path, raw_host, **options) as (srv, _):
+        for host in ("a.test", "b.test"):
+            (tmp_path / host / "priv").mkdir(parents=True, exist_ok=True)
+            (tmp_path / host / "priv" / "index.lua").write_text(script)
+        mine = (await srv.get("/priv")).text
+        theirs = (await srv.get("/priv", host="b.test")).text
+        again = (await srv.get("/priv")).text
+    assert mine == again == "private repo"
+    assert "require: module not found" in theirs
+    tokens = {auth for path, auth in raw_host.auth if path.startswith("private/")}
+    assert tokens == {"token T-tenant", None}  # a.test's fetch had it; b.test's did not
+    assert ("private/repo/master/secret.lua", "token T-tenant") in raw_host.auth
+
+
+async def test_the_operators_token_opens_only_the_listed_owners(tmp_path, raw_host):
+    tokens = GitHubTokens("T-operator", frozenset({"corp"}))
+    scripts = {
+        "corp": "return require('corp/tools/helper').where",
+        "public": f"return tostring(require('{GH}/top.lua').go())",
+    }
+    async with serving(tmp_path, raw_host, tokens=tokens) as (srv, _):
+        for name, source in scripts.items():
+            (tmp_path / "b.test" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "b.test" / name / "index.lua").write_text(source)
+        corp = (await srv.get("/corp", host="b.test")).text
+        public = (await srv.get("/public", host="b.test")).text
+    assert (corp, public) == ("corp repo", "42")
+    sent = {path.split("/")[0]: auth for path, auth in raw_host.auth}
+    assert sent["corp"] == "token T-operator"
+    assert sent["u"] is None  # never to another owner's repository
 
 
 async def test_circular_requires_are_a_clear_error(tmp_path, raw_host):
