@@ -206,6 +206,34 @@ async def test_alerts_are_rate_limited_per_tenant(tmp_path):
     assert 'kind="sms",outcome="rate_limited",tenant="a.test"} 2.0' in metrics
 
 
+async def test_alerts_of_tenants_without_a_webhook_go_to_the_operators(tmp_path):
+    hook = Upstream()
+    try:
+        changes = {"alert_webhook": hook.url("/operator")}
+        script = "alert.email('from a tenant without its own') return 'ok'"
+        async with serving(tmp_path, {"a.test/op": script}, settings_changes=changes) as srv:
+            assert (await srv.get("/op")).text == "ok"
+    finally:
+        hook.close()
+    posts = [json.loads(r["body"]) for r in hook.requests if r["path"] == "/operator"]
+    assert [p["text"] for p in posts] == ["from a tenant without its own"]
+
+
+async def test_email_counts_against_the_subrequest_budget(tmp_path, smtp):
+    inbox, port = smtp
+    script = f"""
+        local spec = {{server = '127.0.0.1', port = {port}, from = 'a@a.test', to = 'b@b.test',
+                       text = 'x'}}
+        email.send(spec)
+        local ok, err = pcall(email.send, spec)
+        return err
+    """
+    async with serving(tmp_path, {"a.test/twice": script}, max_subrequests=1) as srv:
+        text = (await srv.get("/twice")).text
+    assert text.endswith("email.send: more than 1 subrequests in one request")
+    assert len(inbox.envelopes) == 1
+
+
 async def test_an_alert_without_a_target_is_logged_and_returns(tmp_path, caplog):
     caplog.set_level("WARNING", logger="sngin.script")
     async with serving(

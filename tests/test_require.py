@@ -207,6 +207,8 @@ async def test_webscript_require_forms(tmp_path, raw_host, path, host, expected)
         for _ in range(2):  # the second time from the runtime's compiled modules
             response = await srv.get(path, host=host)
             assert (response.status_code, response.text) == (200, expected)
+    if path == "/webscript":  # master's 404 is remembered like any negative answer
+        assert raw_host.gets["u/r/master/lib/top.lua"] == 1
 
 
 async def test_a_refused_or_missing_require_names_the_requiring_line(tmp_path, raw_host):
