@@ -141,6 +141,17 @@ class EmailCall(msgspec.Struct, frozen=True, kw_only=True):
     secure: bool = False
 
 
+class StorageCall(msgspec.Struct, frozen=True, kw_only=True):
+    """storage / lease / cache: `op` is get, set, delete, lease_acquire, lease_release,
+    cache_get, cache_set or cache_delete (checked again by the server)."""
+
+    op: str
+    key: bytes = b""
+    value: bytes | None = None
+    timeout_s: float | None = None  # lease_acquire
+    ttl_s: float | None = None  # cache_set
+
+
 class AlertCall(msgspec.Struct, frozen=True, kw_only=True):
     """alert.email(text) / alert.sms(text): a notice for the tenant's owner."""
 
@@ -182,6 +193,7 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     module_have: str | None = None
     email: EmailCall | None = None
     alert: AlertCall | None = None
+    storage: StorageCall | None = None
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -192,7 +204,8 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     http: HttpResult | None = None
     module: ModuleSource | None = None
     error: str | None = None
-    done: bool = False  # a call with nothing to return (email.send, alert) succeeded
+    done: bool = False  # a call that returns at most `value` succeeded (email, alert, storage)
+    value: bytes | None = None
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):

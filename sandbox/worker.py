@@ -36,6 +36,7 @@ from sandbox.protocol import (
     OAuthKeys,
     Reply,
     Running,
+    StorageCall,
     decode_to_worker,
     encode_frame,
     frame_length,
@@ -202,6 +203,8 @@ class Worker:
             )
         elif outcome[b"op"] == b"email":
             self.send(Call(id=request_id, call_id=self.call_ids, email=email_call(outcome)))
+        elif outcome[b"op"] == b"storage":
+            self.send(Call(id=request_id, call_id=self.call_ids, storage=storage_call(outcome)))
         elif outcome[b"op"] == b"alert":
             alert = AlertCall(kind=text(outcome[b"kind"]), text=text(outcome[b"text"]))
             self.send(Call(id=request_id, call_id=self.call_ids, alert=alert))
@@ -271,7 +274,7 @@ class Worker:
                 fields[b"source"] = compat.rewrite_escapes(module.text)
             return runtime.table_from(fields)
         if result.done:
-            return runtime.table_from({b"ok": True})
+            return runtime.table_from({b"ok": True, b"value": result.value})
         http = result.http
         if http is None:
             return runtime.table_from({b"raise": b"no answer"})
@@ -292,6 +295,18 @@ class Worker:
 
 def text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
+
+
+def storage_call(call: Any) -> StorageCall:
+    """The Lua storage/lease/cache table (already checked by the prelude) as a message."""
+    timeout, ttl = call[b"timeout"], call[b"ttl"]
+    return StorageCall(
+        op=text(call[b"kind"]),
+        key=call[b"key"] or b"",
+        value=call[b"value"],
+        timeout_s=float(timeout) if timeout is not None else None,
+        ttl_s=float(ttl) if ttl is not None else None,
+    )
 
 
 def email_call(call: Any) -> EmailCall:

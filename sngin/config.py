@@ -116,6 +116,26 @@ class CacheSettings:
     cb_interval_s: float = 1.0  # SNGIN_CB_INTERVAL_S: `$cb` forces a fetch at most this often
 
 
+def default_data_path() -> Path:
+    """Durable data (tenant storage): $XDG_DATA_HOME/sngin, i.e. ~/.local/share/sngin."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sngin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSettings:
+    """Scripts' `storage`, `lease` and `cache`."""
+
+    data_path: Path = field(default_factory=default_data_path)  # SNGIN_DATA_PATH
+    max_key_bytes: int = 1024
+    max_value_bytes: int = MIB
+    max_keys: int = 10_000  # SNGIN_STORAGE_MAX_KEYS: per tenant
+    max_bytes: int = 16 * MIB  # SNGIN_STORAGE_MAX_BYTES: per tenant, keys and values
+    max_ops: int = 1000  # SNGIN_MAX_STORAGE_OPS: storage, lease and cache calls per request
+    cache_bytes: int = 64 * MIB  # SNGIN_CACHE_BYTES: `cache`, all tenants together
+    cache_tenant_share: float = 0.25  # SNGIN_CACHE_TENANT_SHARE
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundSettings:
     """Scripts' http.request connections, shared by all tenants."""
@@ -146,6 +166,7 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     github_raw_url: str = "https://raw.githubusercontent.com"  # SNGIN_GITHUB_RAW_URL
     # SNGIN_DEFAULT_MODULES: "<owner>/<repo>/<ref>" where bare `require` names a tenant lacks are
     # looked for; None: off
@@ -196,6 +217,7 @@ class Settings:
             "ceilings": Ceilings,
             "http": HttpSettings,
             "outbound": OutboundSettings,
+            "storage": StorageSettings,
         }
         for section, kind in sections.items():
             prefix = section + "."
@@ -283,6 +305,12 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
     "SNGIN_EMAIL": ("email_enabled", parse_on_off),
+    "SNGIN_DATA_PATH": ("storage.data_path", parse_app_path),
+    "SNGIN_STORAGE_MAX_KEYS": ("storage.max_keys", int_range(1, 100_000_000)),
+    "SNGIN_STORAGE_MAX_BYTES": ("storage.max_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_MAX_STORAGE_OPS": ("storage.max_ops", int_range(0, 1_000_000)),
+    "SNGIN_CACHE_BYTES": ("storage.cache_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_CACHE_TENANT_SHARE": ("storage.cache_tenant_share", float_range(0.01, 1.0)),
     "SNGIN_GITHUB_TOKEN": ("github_token", parse_secret),
     "SNGIN_GITHUB_TOKEN_OWNERS": ("github_token_owners", parse_owners),
     "SNGIN_ALERT_WEBHOOK": ("alert_webhook", parse_http_url),

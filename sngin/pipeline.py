@@ -22,6 +22,7 @@ from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
 from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
+from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
@@ -131,8 +132,12 @@ class TenantPipeline:
                 note=trace.run,
             )
         finally:
-            # Also when the run ends in a limit kill: the server's work is still the tenant's.
+            # Also when the run ends in a limit kill: the server's work is still the tenant's,
+            # and every lease the request took is free for the next one at once.
             trace.decode_ms = calls.cost.decode_s * 1000
+            if calls.storage is not None:
+                await calls.storage.release_all()
+                trace.storage_ms = calls.storage.seconds * 1000
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))
         trace.cpu_ms = reply.cpu_ms
@@ -168,4 +173,12 @@ class TenantPipeline:
             alert_webhook=config.alert_webhook,
             github_tokens=deps.github_tokens,
             github_token=config.github_token,
+            storage=StorageCalls(
+                deps.storage,
+                deps.tenant_cache,
+                deps.settings.storage,
+                tenant=tenant,
+                deadline=trio.current_time() + config.limits.timeout_ms / 1000,
+                wall_s=config.limits.timeout_ms / 1000,
+            ),
         )

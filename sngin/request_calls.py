@@ -16,6 +16,7 @@ from sngin.errors import CodeFetchError
 from sngin.http_body import BodyCost
 from sngin.mail import MailRefused
 from sngin.outbound import DEFAULT_TIMEOUT_S
+from sngin.storage_calls import StorageCalls, StorageRefused
 from sngin.tenants import file_key
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ class RequestCalls:
         alert_webhook: str | None = None,
         github_tokens: GitHubTokens | None = None,
         github_token: str | None = None,
+        storage: StorageCalls | None = None,
     ) -> None:
+        self.storage = storage  # this request's storage, lease and cache calls
         self._github_tokens = github_tokens
         self._github_token = github_token  # the tenant's own, for its fetches only
         self._mailer = mailer
@@ -92,6 +95,14 @@ class RequestCalls:
                 )
             self._modules_left -= 1
             return await self._module(call, call.module)
+        if call.storage is not None:
+            if self.storage is None:
+                return CallResult(id=call.id, call_id=call.call_id, error="not available here")
+            try:
+                value = await self.storage(call.storage)
+            except StorageRefused as exc:
+                return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
+            return CallResult(id=call.id, call_id=call.call_id, done=True, value=value)
         if call.email is not None or call.alert is not None:
             return await self._notice(call)
         if call.http is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
+from sngin.sqlite_storage import SqliteStorage
+from sngin.storage import TenantStorage
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 from sngin.worker_process import WorkerOptions
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
     from sngin.config import Bind, Settings
 
 log = logging.getLogger(__name__)
+
+STORAGE_FILE = "storage.db"
 
 PROBE_TIMEOUT_S = 10.0
 
@@ -90,6 +95,7 @@ async def serve(
     )
     limits_for = default_limits(settings)
     tokens = GitHubTokens(settings.github_token, settings.github_token_owners)
+    storage = open_storage(settings)
     async with (
         open_code_source(settings) as store,
         open_github_modules(settings, tokens) as github,
@@ -114,7 +120,21 @@ async def serve(
             ),
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert),
         )
-        await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        try:
+            await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        finally:
+            storage.close()
+
+
+def open_storage(settings: Settings) -> TenantStorage:
+    """The tenant storage database under SNGIN_DATA_PATH; one line if it cannot be opened."""
+    path = settings.storage.data_path / STORAGE_FILE
+    try:
+        storage = TenantStorage(SqliteStorage(path))
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
+    log.info("tenant storage: %s", path)
+    return storage
 
 
 def pool_config(settings: Settings) -> PoolConfig:

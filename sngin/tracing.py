@@ -45,6 +45,7 @@ class RequestTrace:
     size: int = 0
     cpu_ms: float = 0.0
     decode_ms: float = 0.0  # server CPU inflating the request's subrequest bodies
+    storage_ms: float = 0.0  # wall time in storage, lease and cache calls
     error: str | None = None
     fetch: FetchNote = field(default_factory=FetchNote)  # the script's code fetch
     run: RunNote = field(default_factory=RunNote)  # its worker, and a limit kill
@@ -56,4 +57,6 @@ class RequestTrace:
         )
         if self.decode_ms:
             timing += f", decode;dur={self.decode_ms:.2f}"
+        if self.storage_ms:
+            timing += f", storage;dur={self.storage_ms:.2f}"
         return [(b"server-timing", timing.encode()), (b"x-request-id", self.id.encode())]

@@ -18,7 +18,15 @@ from sngin.alerts import Alerts
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import Endpoint, S3Store
-from sngin.config import Bind, CacheSettings, HttpSettings, PoolSettings, S3Settings, Settings
+from sngin.config import (
+    Bind,
+    CacheSettings,
+    HttpSettings,
+    PoolSettings,
+    S3Settings,
+    Settings,
+    StorageSettings,
+)
 from sngin.deps import Deps
 from sngin.egress import EgressPolicy
 from sngin.limits import Limits
@@ -28,6 +36,9 @@ from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import default_limits, pool_config, serve_app
+from sngin.sqlite_storage import SqliteStorage
+from sngin.storage import TenantStorage
+from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 
@@ -177,6 +188,8 @@ async def running(
         http=http,
         admin_token=admin_token,
     )
+    # Tenant storage beside the sites, never in the user's real data folder.
+    settings = replace(settings, storage=StorageSettings(data_path=tmp_path / ".sngin-data"))
     settings = replace(settings, **(settings_changes or {}))
     stop = trio.Event()
     config = replace(pool_config(settings), **(pool or {}))
@@ -188,6 +201,11 @@ async def running(
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
         observer = Observer(access_stream=access_log)
+        storage = TenantStorage(SqliteStorage(settings.storage.data_path / "storage.db"))
+        tenant_cache = TenantCache(
+            max_bytes=settings.storage.cache_bytes,
+            tenant_share=settings.storage.cache_tenant_share,
+        )
         deps = Deps(
             settings=settings,
             store=store,
@@ -198,6 +216,8 @@ async def running(
             observer=observer,
             mailer=mailer,
             github_tokens=github_tokens,
+            storage=storage,
+            tenant_cache=tenant_cache,
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
             if outbound is not None
             else None,
@@ -209,9 +229,12 @@ async def running(
             server = Server(binds[0], pool, client, stop)
             server.deps = deps
             server.binds = binds
-            yield server
-        stop.set()
+            try:
+                yield server
+            finally:
+                stop.set()
         watchdog.cancel()
+        storage.close()
 
 
 @asynccontextmanager

@@ -195,11 +195,11 @@ def test_utils(runtime):
                     "slug": "hello-w-rld-2026"}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["storage", "lease"])
-def test_webscript_names_not_provided_say_so(runtime, name):
-    for use in (f"local _ = {name}.x", f"{name}.x = 1", f"{name}('x')"):
-        body = run(runtime, f"return select(2, pcall(function() {use} end))")
-        assert body.endswith(f"{name} is not supported by this server".encode()), use
+def test_storage_without_a_server_is_a_clear_error(runtime):
+    body = run(runtime, "return select(2, pcall(function() return storage.x end))")
+    assert body.endswith(b"storage: not available in this context")
+    body = run(runtime, "return select(2, pcall(function() storage.x = {} end))")
+    assert b"use json.stringify for a table" in body
 
 
 # --- Lua 5.1 source compatibility ----------------------------------------------------------------

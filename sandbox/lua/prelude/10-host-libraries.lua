@@ -61,6 +61,80 @@ local function send_alert(kind)
   end
 end
 
+-- storage, lease and cache: platform calls answered by the server from the tenant's own store.
+local function storage_key(what, key)
+  if type(key) == "number" then key = tostring(key) end
+  if type(key) ~= "string" then error(what .. ": keys must be strings", 3) end
+  return key
+end
+
+local function storage_value(what, value)
+  local kind = type(value)
+  if kind == "string" then return value end
+  if kind == "number" or kind == "boolean" then return tostring(value) end
+  error(what .. ": values must be strings, numbers or booleans (use json.stringify for a "
+    .. kind .. ")", 3)
+end
+
+local function storage_call(what, call)
+  call.op = "storage"
+  local answer = platform_call(call)
+  local raised = rawget(answer, "raise")
+  if raised then error(what .. ": " .. raised, 3) end
+  return rawget(answer, "value")
+end
+
+local function refuse_storage() error("storage cannot be iterated or replaced", 2) end
+local storage_library = setmetatable({}, {
+  __index = function(_, key)
+    return storage_call("storage", { kind = "get", key = storage_key("storage", key) })
+  end,
+  __newindex = function(_, key, value)
+    key = storage_key("storage", key)
+    if value == nil then
+      storage_call("storage", { kind = "delete", key = key })
+    else
+      storage_call("storage", { kind = "set", key = key, value = storage_value("storage", value) })
+    end
+  end,
+  __call = refuse_storage,
+  __metatable = false,
+})
+
+local lease_library = {
+  acquire = function(name, timeout)
+    name = storage_key("lease.acquire", name)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+      error("lease.acquire: the timeout must be a number of seconds", 2)
+    end
+    return storage_call("lease.acquire", { kind = "lease_acquire", key = name, timeout = timeout })
+      ~= nil
+  end,
+  release = function(name)
+    name = storage_key("lease.release", name)
+    return storage_call("lease.release", { kind = "lease_release", key = name }) ~= nil
+  end,
+}
+
+local cache_library = {
+  get = function(key)
+    return storage_call("cache.get", { kind = "cache_get", key = storage_key("cache.get", key) })
+  end,
+  set = function(key, value, ttl)
+    key = storage_key("cache.set", key)
+    value = storage_value("cache.set", value)
+    if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0) or ttl == huge) then
+      error("cache.set: the ttl must be a positive number of seconds", 2)
+    end
+    storage_call("cache.set", { kind = "cache_set", key = key, value = value, ttl = ttl })
+    return true
+  end,
+  delete = function(key)
+    storage_call("cache.delete", { kind = "cache_delete", key = storage_key("cache.delete", key) })
+    return true
+  end,
+}
+
 local email_library = { send = send_email }
 local alert_library = { email = send_alert("email"), sms = send_alert("sms") }
 
@@ -138,14 +212,8 @@ local function host_libraries(python_functions)
 
   local libraries = {
     crypto = crypto, base64 = base64, utils = utils, json = json, _emit = host.emit,
-    email = email_library, alert = alert_library,
+    email = email_library, alert = alert_library, storage = storage_library,
+    lease = lease_library, cache = cache_library,
   }
-  -- webscript.io names this server does not provide: a clear error on any use.
-  for _, name in next, { "storage", "lease" } do
-    local function refuse() error(name .. " is not supported by this server", 2) end
-    libraries[name] = setmetatable({}, {
-      __index = refuse, __newindex = refuse, __call = refuse, __metatable = false,
-    })
-  end
   return libraries
 end

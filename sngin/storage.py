@@ -1,0 +1,82 @@
+"""Tenant storage and leases for scripts, over a blocking backend (SQLite) run in one worker
+thread at a time, so the event loop never waits on the disk. Leases: a waiting request sleeps
+on an event its holder's release sets (this process) or re-checks every LEASE_POLL_S (another
+process, or an expiry), within its own timeout."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+
+import trio
+
+from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+LEASE_POLL_S: Final = 0.05
+P = ParamSpec("P")
+T = TypeVar("T")
+
+__all__ = ["Quota", "QuotaExceeded", "StorageUnavailable", "TenantStorage"]
+
+
+class StorageUnavailable(Exception):
+    """The backend cannot answer now (a locked or broken database, a full disk)."""
+
+
+class TenantStorage:
+    def __init__(self, backend: SqliteStorage) -> None:
+        self.backend = backend
+        self._turn = trio.CapacityLimiter(1)  # one thread uses the connection at a time
+        self._released: dict[tuple[str, bytes], trio.Event] = {}
+        self.operations = 0
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        self.operations += 1
+        try:
+            return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._turn)
+        except sqlite3.Error as exc:
+            log.error("storage backend error: %s", exc)
+            raise StorageUnavailable("storage unavailable") from None
+
+    async def get(self, tenant: str, key: bytes) -> bytes | None:
+        return await self._run(self.backend.get, tenant, key)
+
+    async def set(self, tenant: str, key: bytes, value: bytes | None, quota: Quota) -> None:
+        await self._run(self.backend.set, tenant, key, value, quota)
+
+    async def acquire(
+        self, tenant: str, name: bytes, holder: str, *, timeout_s: float, ttl_s: float
+    ) -> bool:
+        """Take the lease, waiting up to timeout_s for its holder to release it (or for it to
+        expire); False if it stayed taken."""
+        if await self._run(self.backend.try_lease, tenant, name, holder, ttl_s):
+            return True  # (tried once even with no time to wait)
+        try:
+            with trio.move_on_after(max(timeout_s, 0)):
+                while True:
+                    released = self._released.setdefault((tenant, name), trio.Event())
+                    with trio.move_on_after(LEASE_POLL_S):
+                        await released.wait()
+                    if await self._run(self.backend.try_lease, tenant, name, holder, ttl_s):
+                        return True
+            return False
+        finally:
+            event = self._released.get((tenant, name))
+            if event is not None and not event.statistics().tasks_waiting:
+                del self._released[(tenant, name)]  # nobody else waits: bounded by waiters
+
+    async def release(self, tenant: str, name: bytes, holder: str) -> bool:
+        released = await self._run(self.backend.release_lease, tenant, name, holder)
+        event = self._released.pop((tenant, name), None)
+        if event is not None:
+            event.set()
+        return released
+
+    def close(self) -> None:
+        self.backend.close()

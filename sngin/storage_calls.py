@@ -1,0 +1,144 @@
+"""One request's storage, lease and cache calls: the tenant's own key space only, within the
+request's own budget of operations (SNGIN_MAX_STORAGE_OPS) and the tenant's quota; every lease
+the request takes is released when it ends, however it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
+
+if TYPE_CHECKING:
+    from sandbox.protocol import StorageCall
+    from sngin.config import StorageSettings
+    from sngin.storage import TenantStorage
+    from sngin.tenant_cache import TenantCache
+
+LEASE_GRACE_S: Final = 5.0  # a lease outlives its request's wall time by this much, at most
+DEFAULT_CACHE_TTL_S: Final = 300.0
+OPS: Final = frozenset(
+    {"get", "set", "delete", "lease_acquire", "lease_release", "cache_get", "cache_set",
+     "cache_delete"}
+)  # fmt: skip
+
+
+class StorageRefused(Exception):
+    """The call is refused or failed: the text is the script's error."""
+
+
+class StorageCalls:
+    def __init__(
+        self,
+        storage: TenantStorage | None,
+        cache: TenantCache | None,
+        settings: StorageSettings,
+        *,
+        tenant: str,
+        deadline: float,
+        wall_s: float,
+    ) -> None:
+        self._storage = storage
+        self._cache = cache
+        self._settings = settings
+        self._tenant = tenant
+        self._deadline = deadline
+        self._lease_ttl_s = wall_s + LEASE_GRACE_S
+        # Server-made, never the client's X-Request-Id: no one can pose as this request.
+        self._holder = secrets.token_hex(12)
+        self._leases: set[bytes] = set()
+        self._left = settings.max_ops
+        self.seconds = 0.0  # wall time spent in these calls (Server-Timing, metrics)
+
+    async def __call__(self, call: StorageCall) -> bytes | None:
+        started = trio.current_time()
+        try:
+            return await self._answer(call)
+        finally:
+            self.seconds += trio.current_time() - started
+
+    async def _answer(self, call: StorageCall) -> bytes | None:
+        settings = self._settings
+        if call.op not in OPS:
+            raise StorageRefused("unknown operation")
+        if self._left <= 0:
+            raise StorageRefused(f"more than {settings.max_ops} storage operations in one request")
+        self._left -= 1
+        key = call.key
+        if not key or len(key) > settings.max_key_bytes:
+            raise StorageRefused(f"keys must be 1 to {settings.max_key_bytes} bytes")
+        value = call.value
+        if value is not None and len(value) > settings.max_value_bytes:
+            raise StorageRefused(f"values must be at most {settings.max_value_bytes} bytes")
+        if call.op.startswith("cache_"):
+            return self._cached(call.op, key, value, call.ttl_s)
+        storage = self._storage
+        if storage is None:
+            raise StorageRefused("storage is not available here")
+        tenant = self._tenant
+        try:
+            if call.op == "get":
+                return await storage.get(tenant, key)
+            if call.op in ("set", "delete"):
+                if call.op == "set" and value is None:
+                    raise StorageRefused("set needs a value")
+                quota = Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
+                await storage.set(tenant, key, value if call.op == "set" else None, quota)
+                return None
+            if call.op == "lease_acquire":
+                return await self._acquire(storage, key, call.timeout_s)
+            released = await storage.release(tenant, key, self._holder)
+            self._leases.discard(key)
+            return b"1" if released else None
+        except QuotaExceeded as exc:
+            raise StorageRefused(str(exc)) from None
+        except StorageUnavailable as exc:
+            raise StorageRefused(str(exc)) from None
+
+    async def _acquire(
+        self, storage: TenantStorage, name: bytes, timeout_s: float | None
+    ) -> bytes | None:
+        if name in self._leases:
+            return b"1"  # already this request's
+        remaining = self._deadline - trio.current_time()
+        wait = remaining if timeout_s is None or not math.isfinite(timeout_s) else timeout_s
+        taken = await storage.acquire(
+            self._tenant, name, self._holder,
+            timeout_s=min(wait, remaining), ttl_s=self._lease_ttl_s,
+        )  # fmt: skip
+        if not taken:
+            return None
+        self._leases.add(name)
+        return b"1"
+
+    def _cached(
+        self, op: str, key: bytes, value: bytes | None, ttl_s: float | None
+    ) -> bytes | None:
+        cache = self._cache
+        if cache is None:
+            raise StorageRefused("the cache is not available here")
+        if op == "cache_get":
+            return cache.get(self._tenant, key)
+        if op == "cache_set":
+            if value is None:
+                raise StorageRefused("cache.set needs a value")
+            ttl = ttl_s if ttl_s is not None and math.isfinite(ttl_s) and ttl_s > 0 else None
+            cache.set(self._tenant, key, value, ttl or DEFAULT_CACHE_TTL_S)
+            return None
+        cache.delete(self._tenant, key)
+        return None
+
+    async def release_all(self) -> None:
+        """The request is over: give back every lease it still holds (shielded: this runs
+        also when the request was cancelled or its worker killed)."""
+        if not self._leases or self._storage is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            for name in list(self._leases):
+                with contextlib.suppress(StorageUnavailable):  # else it expires on its own
+                    await self._storage.release(self._tenant, name, self._holder)
+            self._leases.clear()

@@ -1,0 +1,212 @@
+"""Scripts' `storage`, `lease` and `cache` through a real listener, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+
+import httpx
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sngin.config import StorageSettings
+from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
+from sngin.tenant_cache import TenantCache
+from tests.support import running, serving
+from tests.upstream import Upstream
+
+
+def write(tmp_path, scripts: dict[str, str]) -> None:
+    for key, source in scripts.items():
+        folder = tmp_path / key
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.lua").write_text(source)
+
+
+def storage_settings(tmp_path, **changes) -> dict:
+    base = StorageSettings(data_path=tmp_path / ".sngin-data")
+    return {"settings_changes": {"storage": replace(base, **changes)}}
+
+
+async def test_storage_reads_its_writes_coerces_and_persists(tmp_path):
+    write(tmp_path, {
+        "a.test/count": "storage.n = (storage.n or 0) + 1 return storage.n",
+        "a.test/kinds": "storage.b = true storage.f = 1.5 storage.s = 'x'\n"
+                        "local before = storage.s storage.s = nil\n"
+                        "return json.stringify({b = storage.b, f = storage.f, s = storage.s,"
+                        " before = before})",
+        "a.test/table": "local ok, err = pcall(function() storage.t = {1} end) return err",
+        "b.test/count": "return tostring(storage.n)",
+    })  # fmt: skip
+    async with running(tmp_path) as srv:
+        assert [(await srv.get("/count")).text for _ in range(3)] == ["1", "2", "3"]
+        assert json.loads((await srv.get("/kinds")).text) == {
+            "b": "true",
+            "f": "1.5",
+            "before": "x",
+        }
+        table = (await srv.get("/table")).text
+        other = (await srv.get("/count", host="b.test")).text
+    assert table.endswith("storage: values must be strings, numbers or booleans (use "
+                          "json.stringify for a table)")  # fmt: skip
+    assert other == "nil"  # b.test has its own storage
+    async with running(tmp_path) as srv:  # a restart: the data is on disk
+        assert (await srv.get("/count")).text == "4"
+
+
+async def test_quotas_and_the_operation_budget_are_lua_errors(tmp_path):
+    write(tmp_path, {
+        "a.test/keys": "for i = 1, 4 do storage['k' .. i] = 'v' end",
+        "a.test/big": "storage.big = string.rep('x', 2 * 1024 * 1024)",
+        "a.test/many": "for i = 1, 6 do local _ = storage.x end",
+    })  # fmt: skip
+    options = storage_settings(tmp_path, max_keys=3, max_ops=5)
+    async with running(tmp_path, **options) as srv:
+        keys = (await srv.get("/keys")).text
+        big = (await srv.get("/big")).text
+        many = (await srv.get("/many")).text
+    assert keys.endswith("storage: storage quota of 3 keys exceeded\n")
+    assert big.endswith(f"storage: values must be at most {1024 * 1024} bytes\n")
+    assert many.endswith("storage: more than 5 storage operations in one request\n")
+
+
+@given(st.binary(min_size=1, max_size=64), st.binary(max_size=4096))
+@settings(max_examples=60, deadline=None)
+def test_any_bytes_round_trip_and_tenants_never_meet(tmp_path_factory, key, value):
+    db = SqliteStorage(tmp_path_factory.mktemp("db") / "storage.db")
+    try:
+        quota = Quota(max_keys=10, max_bytes=1 << 20)
+        db.set("a.test", key, value, quota)
+        assert db.get("a.test", key) == value
+        assert db.get("b.test", key) is None
+        assert db.usage("a.test") == (1, len(key) + len(value))
+        db.set("a.test", key, None, quota)
+        assert db.get("a.test", key) is None
+        assert db.usage("a.test") == (0, 0)
+    finally:
+        db.close()
+
+
+def test_a_write_past_the_byte_quota_writes_nothing(tmp_path):
+    db = SqliteStorage(tmp_path / "storage.db")
+    quota = Quota(max_keys=10, max_bytes=100)
+    db.set("a.test", b"k", b"x" * 50, quota)
+    with pytest.raises(QuotaExceeded, match="storage quota of 100 bytes exceeded"):
+        db.set("a.test", b"k2", b"x" * 60, quota)
+    assert db.get("a.test", b"k2") is None
+    assert db.usage("a.test") == (1, 51)
+    db.close()
+
+
+COUNTER = "lease.acquire('c') storage.c = (storage.c or 0) + 1 lease.release('c') return 'ok'"
+
+
+async def test_leases_serialise_200_concurrent_increments_over_all_workers(tmp_path):
+    write(tmp_path, {"a.test/inc": COUNTER, "a.test/read": "return storage.c"})
+    async with running(tmp_path, workers=4, timeout_ms=20_000) as srv:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            answers = []
+
+            async def one() -> None:
+                response = await client.get(srv.url + "/inc", headers={"Host": "a.test"})
+                answers.append(response.text)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(200):
+                    nursery.start_soon(one)
+        assert answers == ["ok"] * 200
+        assert (await srv.get("/read")).text == "200"
+
+
+async def test_a_lease_of_a_request_killed_for_cpu_is_free_at_once(tmp_path):
+    write(tmp_path, {
+        "a.test/hog": "lease.acquire('L') while true do end",
+        "a.test/take": "return tostring(lease.acquire('L', 0))",
+    })  # fmt: skip
+    async with running(tmp_path, cpu_ms=200) as srv:
+        assert (await srv.get("/hog")).status_code == 504
+        assert (await srv.get("/take")).text == "true"
+
+
+async def test_a_held_lease_makes_others_wait_then_time_out(tmp_path):
+    upstream = Upstream()
+    try:
+        scripts = {
+            "a.test/hold": f"lease.acquire('L') http.request('{upstream.url('/slow?s=30')}')"
+            " return 'held'",
+            "a.test/try": "return tostring(lease.acquire('L', 0.2)) .. '/' .."
+            " tostring(lease.acquire('L', 0.2))",
+            "a.test/again": "local got = lease.acquire('L', 5) return tostring(got) .. '/' .."
+            " tostring(lease.acquire('L'))",
+        }
+        async with serving(tmp_path, scripts, timeout_ms=20_000) as srv, trio.open_nursery() as n:
+            held = []
+
+            async def hold() -> None:
+                held.append((await srv.get("/hold", timeout=30)).text)
+
+            n.start_soon(hold)
+            await trio.to_thread.run_sync(upstream.wait_for, "/slow", 1)
+            assert (await srv.get("/try")).text == "false/false"
+            upstream.release.set()
+            # Released when the holder's request ends: acquired, and again at once (its own).
+            assert (await srv.get("/again")).text == "true/true"
+        assert held == ["held"]
+    finally:
+        upstream.close()
+
+
+async def test_cache_is_per_tenant_and_best_effort(tmp_path):
+    write(tmp_path, {
+        "a.test/cache": "cache.set('k', 42, 60) local v = cache.get('k') cache.delete('k')\n"
+                        "return v .. '/' .. tostring(cache.get('k'))",
+        "a.test/put": "cache.set('shared', 'a') return 'ok'",
+        "b.test/get": "return tostring(cache.get('shared'))",
+    })  # fmt: skip
+    async with running(tmp_path) as srv:
+        assert (await srv.get("/cache")).text == "42/nil"
+        assert (await srv.get("/put")).text == "ok"
+        assert (await srv.get("/get", host="b.test")).text == "nil"
+
+
+async def test_the_cache_honours_ttl_and_shares(autojump_clock):
+    cache = TenantCache(max_bytes=10_000, tenant_share=0.25)
+    cache.set("a", b"k", b"v", ttl_s=10)
+    assert cache.get("a", b"k") == b"v"
+    await trio.sleep(11)
+    assert cache.get("a", b"k") is None
+    for i in range(100):  # a's share is 2,500 bytes: its oldest go, b's stay
+        cache.set("a", b"k%d" % i, b"x" * 100, ttl_s=60)
+    cache.set("b", b"mine", b"y", ttl_s=60)
+    assert cache.get("b", b"mine") == b"y"
+    assert cache.get("a", b"k99") is not None
+    assert cache.get("a", b"k0") is None
+    assert cache.bytes <= 10_000
+
+
+async def test_storage_calls_show_in_server_timing(tmp_path):
+    write(tmp_path, {"a.test/timed": "storage.x = 'y' return storage.x"})
+    async with running(tmp_path) as srv:
+        response = await srv.get("/timed")
+    assert response.text == "y"
+    assert "storage;dur=" in response.headers["server-timing"]
+
+
+def test_the_database_is_wal_and_shared_by_several_connections(tmp_path):
+    first = SqliteStorage(tmp_path / "storage.db")
+    second = SqliteStorage(tmp_path / "storage.db")  # another process would open it the same
+    quota = Quota(max_keys=10, max_bytes=1000)
+    first.set("a.test", b"k", b"1", quota)
+    assert second.get("a.test", b"k") == b"1"
+    assert second.try_lease("a.test", b"L", "h2", 30)
+    assert not first.try_lease("a.test", b"L", "h1", 30)
+    assert not first.release_lease("a.test", b"L", "h1")  # compare-and-delete
+    assert second.release_lease("a.test", b"L", "h2")
+    mode = sqlite3.connect(tmp_path / "storage.db").execute("PRAGMA journal_mode").fetchone()
+    assert mode == ("wal",)
+    first.close()
+    second.close()
