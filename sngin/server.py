@@ -35,6 +35,7 @@ from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
 from sngin.sqlite_storage import SqliteStorage
 from sngin.storage import TenantStorage
+from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 from sngin.worker_process import WorkerOptions
@@ -119,6 +120,12 @@ async def serve(
                 enabled=settings.email_enabled,
             ),
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert),
+            github_tokens=tokens,
+            storage=storage,
+            tenant_cache=TenantCache(
+                max_bytes=settings.storage.cache_bytes,
+                tenant_share=settings.storage.cache_tenant_share,
+            ),
         )
         try:
             await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
