@@ -42,6 +42,8 @@ def test_the_page_has_examples():
 
 @pytest.mark.parametrize("number", range(len(EXAMPLES)))
 def test_example_runs(runtime, number):
+    stored: dict[bytes, bytes] = {}
+
     def answer(call):
         if call[b"op"] == b"http":
             headers = runtime.table_from({b"content-type": b"text/plain"})
@@ -50,6 +52,15 @@ def test_example_runs(runtime, number):
             )
         if call[b"op"] in (b"email", b"alert"):
             return runtime.table_from({b"ok": True})
+        if call[b"op"] == b"storage":  # a fresh store per example; leases always free
+            kind, key, value = call[b"kind"], call[b"key"], call[b"value"]
+            if kind in (b"set", b"cache_set"):
+                stored[key] = value
+            elif kind in (b"delete", b"cache_delete"):
+                stored.pop(key, None)
+            elif kind in (b"lease_acquire", b"lease_release"):
+                return runtime.table_from({b"ok": True, b"value": b"1"})
+            return runtime.table_from({b"ok": True, b"value": stored.get(key)})
         if call[b"op"] == b"module":
             search = call[b"name"].decode()
             location = "github:docs/" + search.split("|")[0].split(":", 1)[1]
