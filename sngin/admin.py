@@ -14,6 +14,7 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from sngin.admin_storage import register_storage_routes
 from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
 
@@ -85,6 +86,11 @@ def create_admin(deps: Deps) -> QuartTrio:
             "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
             "budgets": deps.budgets.statistics(),
         }
+        if deps.storage is not None:
+            body["storage"] = {
+                "operations": deps.storage.operations,
+                "database_bytes": deps.storage.database_bytes(),
+            }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)
             if statistics is not None:
@@ -186,6 +192,8 @@ def create_admin(deps: Deps) -> QuartTrio:
         except BadRequest as exc:
             return {"error": exc.message}, 400
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
+
+    register_storage_routes(admin, deps, authorize)
 
     @admin.post("/__purge")
     @admin.post("/__purge/")

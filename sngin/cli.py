@@ -14,6 +14,8 @@ from sngin import __version__
 from sngin.config import Settings
 from sngin.errors import SnginError
 from sngin.remote import TOKEN_HELP, URL_HELP
+from sngin.remote_storage import ACTIONS as STORAGE_ACTIONS
+from sngin.remote_storage import USAGE as STORAGE_USAGE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", parents=[remote], help="list quarantined tenants, or lift one's quarantine"
     )
     quarantine.add_argument("--lift", metavar="HOST", help="end this tenant's quarantine now")
+    storage = commands.add_parser(
+        "storage", parents=[remote], help="tenant storage: list, get, set, delete, export, import",
+        epilog=STORAGE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    storage.add_argument("action", choices=STORAGE_ACTIONS)
+    storage.add_argument("args", nargs="*", help="HOST, KEY, VALUE or FILE (see below)")
     return parser
 
 
@@ -174,7 +182,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
-        if args.command in ("stats", "purge", "logs", "quarantine"):
+        if args.command in ("stats", "purge", "logs", "quarantine", "storage"):
             from sngin.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)

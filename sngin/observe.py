@@ -169,6 +169,14 @@ class Metrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.storage_ops = Counter(
+            "sngin_storage_operations", "Scripts' storage, lease and cache calls", ["tenant"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.storage_seconds = Counter(
+            "sngin_storage_seconds", "Wall time of scripts' storage, lease and cache calls",
+            ["tenant"], registry=self.registry,
+        )  # fmt: skip
         self.alerts = Counter(
             "sngin_alerts", "Scripts' alert.email/alert.sms calls, by outcome",
             ["tenant", "kind", "outcome"], registry=self.registry,
@@ -222,6 +230,11 @@ class Metrics:
             self.kills.labels(label, kill).inc()
         if decode_s > 0:
             self.decode_cpu.labels(label).inc(decode_s)
+
+    def storage_used(self, tenant: str, operations: int, seconds: float) -> None:
+        label = self.labels(tenant)
+        self.storage_ops.labels(label).inc(operations)
+        self.storage_seconds.labels(label).inc(seconds)
 
     def alert(self, tenant: str, kind: str, outcome: str) -> None:
         self.alerts.labels(self.labels(tenant), kind, outcome).inc()

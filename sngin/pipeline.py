@@ -138,6 +138,10 @@ class TenantPipeline:
             if calls.storage is not None:
                 await calls.storage.release_all()
                 trace.storage_ms = calls.storage.seconds * 1000
+                if calls.storage.operations:
+                    self.deps.observer.metrics.storage_used(
+                        tenant, calls.storage.operations, calls.storage.seconds
+                    )
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))
         trace.cpu_ms = reply.cpu_ms

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 
 from sngin.errors import BadRequest
+from sngin.remote_storage import run_storage
 
 if TYPE_CHECKING:
     import argparse
@@ -48,6 +49,8 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 kind = "folder" if args.folder or args.path is None else "file"
                 body = {"host": args.host, "path": args.path or "/", "type": kind}
                 return show(client.post("/__sngin/purge", json=body), as_json=args.json)
+            if args.command == "storage":
+                return run_storage(client, args)
             if args.command == "quarantine":
                 if args.lift:
                     path = f"/__sngin/quarantine/{args.lift}"

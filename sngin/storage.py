@@ -78,5 +78,30 @@ class TenantStorage:
             event.set()
         return released
 
+    # --- for operators (the admin API) -----------------------------------------------------
+
+    async def usage(self, tenant: str) -> tuple[int, int]:
+        return await self._run(self.backend.usage, tenant)
+
+    async def keys(self, tenant: str, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        return await self._run(self.backend.keys, tenant, after, limit)
+
+    async def items(self, tenant: str) -> list[tuple[bytes, bytes]]:
+        return await self._run(self.backend.items, tenant)
+
+    async def tenants(self) -> list[str]:
+        return await self._run(self.backend.tenants)
+
+    async def drop(self, tenant: str) -> int:
+        return await self._run(self.backend.drop, tenant)
+
+    def database_bytes(self) -> int:
+        """The database file and its write-ahead log, on disk."""
+        total = 0
+        for suffix in ("", "-wal"):
+            path = self.backend.path.with_name(self.backend.path.name + suffix)
+            total += path.stat().st_size if path.exists() else 0
+        return total
+
     def close(self) -> None:
         self.backend.close()

@@ -53,9 +53,11 @@ class StorageCalls:
         self._leases: set[bytes] = set()
         self._left = settings.max_ops
         self.seconds = 0.0  # wall time spent in these calls (Server-Timing, metrics)
+        self.operations = 0
 
     async def __call__(self, call: StorageCall) -> bytes | None:
         started = trio.current_time()
+        self.operations += 1
         try:
             return await self._answer(call)
         finally:

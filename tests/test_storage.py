@@ -16,10 +16,11 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sngin.cli import main
 from sngin.config import StorageSettings
 from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
 from sngin.tenant_cache import TenantCache
-from tests.support import running, serving, wait_until_serving
+from tests.support import AUTH, TOKEN, running, serving, wait_until_serving
 from tests.upstream import Upstream
 
 
@@ -266,3 +267,70 @@ async def test_a_kill_9_during_writes_keeps_every_acknowledged_write(tmp_path):
     missing = [n for n in acknowledged if f"k{n}" not in stored]
     assert missing == []
     assert len(acknowledged) >= 300
+
+
+async def test_operators_list_get_set_export_import_and_drop_through_the_admin_api(tmp_path):
+    write(tmp_path, {
+        "a.test/seed": "storage.greeting = 'hi' storage.bin = '\\0\\255' return storage.theme",
+    })  # fmt: skip
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        api = srv.url + "/__sngin/storage"
+        client = srv.client
+        assert (await client.get(api)).status_code == 401  # behind the token
+        put = await client.put(api + "/a.test/value?key=theme", content=b"dark", headers=AUTH)
+        assert put.json() == {"host": "a.test", "key": "theme", "stored": True}
+        assert (await srv.get("/seed")).text == "dark"  # a seeded value the script reads
+        tenants = (await client.get(api, headers=AUTH)).json()["tenants"]
+        assert tenants == [{"host": "a.test", "keys": 3, "bytes": 3 + 4 + 8 + 2 + 5 + 2}]
+        page = (await client.get(api + "/a.test?limit=2", headers=AUTH)).json()
+        assert [k["key"] for k in page["keys"]] == ["bin", "greeting"]
+        rest = (await client.get(api + f"/a.test?after={page['next']}", headers=AUTH)).json()
+        assert [k["key"] for k in rest["keys"]] == ["theme"]
+        assert rest["next"] is None
+        raw = await client.get(api + "/a.test/value?key=bin", headers=AUTH)
+        assert raw.content == b"\x00\xff"
+        exported = (await client.get(api + "/a.test/export", headers=AUTH)).json()
+        imported = await client.post(api + "/b.test/import", json=exported, headers=AUTH)
+        assert imported.json() == {"host": "b.test", "imported": 3}
+        copy = await client.get(api + "/b.test/value?key=bin", headers=AUTH)
+        assert copy.content == b"\x00\xff"  # every byte round-trips (base64 in the JSON)
+        everything = (await client.get(srv.url + "/__sngin/storage-export", headers=AUTH)).json()
+        assert sorted(everything["tenants"]) == ["a.test", "b.test"]
+        dropped = await client.delete(api + "/b.test", headers=AUTH)
+        assert dropped.json() == {"host": "b.test", "deleted": 3}
+        again = await client.post(
+            srv.url + "/__sngin/storage-import", json=everything, headers=AUTH
+        )
+        assert again.json() == {"imported": {"a.test": 3, "b.test": 3}}
+        gone = await client.delete(api + "/a.test/value?key=theme", headers=AUTH)
+        assert gone.json()["stored"] is False
+        missing = await client.get(api + "/a.test/value?key=theme", headers=AUTH)
+        assert missing.status_code == 404
+        bad = await client.post(api + "/a.test/import", json={"items": [{"key": 1}]}, headers=AUTH)
+        assert bad.status_code == 400
+
+
+async def test_sngin_storage_cli_sets_lists_exports_and_imports(tmp_path, capsys):
+    write(tmp_path, {"a.test/read": "return storage.api_base or 'unset'"})
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        address = srv.url.removeprefix("http://")
+
+        async def cli(*words: str) -> int:
+            argv = ["storage", *words, "--url", address, "--token", TOKEN]
+            return await trio.to_thread.run_sync(main, argv, {})
+
+        assert await cli("set", "a.test", "api_base", "https://api.example.com") == 0
+        capsys.readouterr()
+        assert (await srv.get("/read")).text == "https://api.example.com"
+        assert await cli("list", "a.test") == 0
+        assert capsys.readouterr().out.split() == ["23", "api_base"]
+        assert await cli("export", "a.test") == 0
+        exported = tmp_path / "export.json"
+        exported.write_text(capsys.readouterr().out)
+        assert await cli("import", "b.test", str(exported)) == 0
+        assert json.loads(capsys.readouterr().out) == {"host": "b.test", "imported": 1}
+        assert await cli("get", "b.test", "api_base") == 0
+        assert capsys.readouterr().out == "https://api.example.com"
+        assert await cli("get", "b.test", "nothing") == 1
+        assert await cli("set", "a.test") == 2  # usage: one clear line
+        assert "usage: sngin storage set HOST KEY VALUE" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""The admin API for tenant storage (behind the admin token): list tenants and keys, get, set and
+delete one key, export and import a tenant's storage (or every tenant's) as JSON, and drop a
+tenant's storage. Keys and values are JSON strings; ones that are not UTF-8 travel in base64
+with `"base64": true` on their item, so every byte round-trips."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING, Any, Final
+
+from quart import request
+
+from sngin.errors import BadRequest
+from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
+from sngin.tenants import tenant_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quart_trio import QuartTrio
+
+    from sngin.deps import Deps
+    from sngin.storage import TenantStorage
+
+Answer = Any
+MAX_PAGE: Final = 1000
+
+
+def item(key: bytes, value: bytes) -> dict[str, Any]:
+    try:
+        return {"key": key.decode(), "value": value.decode()}
+    except UnicodeDecodeError:
+        return {"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode(),
+                "base64": True}  # fmt: skip
+
+
+def unpack(entry: Any) -> tuple[bytes, bytes]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        raise BadRequest('each item must be {"key": "...", "value": "..."}')
+    value = entry.get("value")
+    if not isinstance(value, str):
+        raise BadRequest(f"item {entry['key'][:64]!r}: the value must be a string")
+    if entry.get("base64"):
+        try:
+            return base64.b64decode(entry["key"], validate=True), base64.b64decode(
+                value, validate=True
+            )
+        except binascii.Error:
+            raise BadRequest(f"item {entry['key'][:64]!r}: not valid base64") from None
+    return entry["key"].encode(), value.encode()
+
+
+def register_storage_routes(
+    admin: QuartTrio, deps: Deps, authorize: Callable[[Deps], Answer | None]
+) -> None:
+    def backend() -> TenantStorage:
+        if deps.storage is None:
+            raise BadRequest("tenant storage is not available on this server")
+        return deps.storage
+
+    def quota() -> Quota:
+        settings = deps.settings.storage
+        return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
+
+    async def guarded(work: Callable[[], Any]) -> Answer:
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        try:
+            return await work()
+        except BadRequest as exc:
+            return {"error": exc.message}, 400
+        except QuotaExceeded as exc:
+            return {"error": str(exc)}, 409
+        except StorageUnavailable as exc:
+            return {"error": str(exc)}, 503
+
+    async def import_items(tenant: str, items: Any) -> int:
+        if not isinstance(items, list):
+            raise BadRequest('expected {"items": [...]}')
+        storage = backend()
+        for entry in items:
+            key, value = unpack(entry)
+            await storage.set(tenant, key, value, quota())
+        return len(items)
+
+    @admin.get("/__sngin/storage")
+    async def storage_tenants() -> Answer:
+        async def work() -> Answer:
+            storage = backend()
+            rows = []
+            for tenant in await storage.tenants():
+                keys, size = await storage.usage(tenant)
+                rows.append({"host": tenant, "keys": keys, "bytes": size})
+            return {"tenants": rows}, 200
+
+        return await guarded(work)
+
+    @admin.get("/__sngin/storage/<host>")
+    async def storage_keys(host: str) -> Answer:
+        async def work() -> Answer:
+            tenant = tenant_of(host)
+            after = request.args.get("after", "").encode()
+            limit = min(max(request.args.get("limit", 100, type=int) or 100, 1), MAX_PAGE)
+            page = await backend().keys(tenant, after, limit)
+            keys = [{"key": k.decode("utf-8", "replace"), "bytes": n} for k, n in page]
+            following = page[-1][0].decode("utf-8", "replace") if len(page) == limit else None
+            return {"host": tenant, "keys": keys, "next": following}, 200
+
+        return await guarded(work)
+
+    @admin.route("/__sngin/storage/<host>/value", methods=["GET", "PUT", "DELETE"])
+    async def storage_value(host: str) -> Answer:
+        async def work() -> Answer:
+            tenant = tenant_of(host)
+            key = request.args.get("key", "").encode()
+            if not key:
+                raise BadRequest("?key= is required")
+            storage = backend()
+            if request.method == "GET":
+                value = await storage.get(tenant, key)
+                if value is None:
+                    return {"error": "no such key"}, 404
+                return value, 200, {"Content-Type": "application/octet-stream"}
+            value = None
+            if request.method == "PUT":
+                data = await request.get_data(as_text=False)
+                value = data if isinstance(data, bytes) else data.encode()
+            await storage.set(tenant, key, value, quota())
+            return {"host": tenant, "key": key.decode(), "stored": value is not None}, 200
+
+        return await guarded(work)
+
+    @admin.get("/__sngin/storage/<host>/export")
+    async def storage_export(host: str) -> Answer:
+        async def work() -> Answer:
+            tenant = tenant_of(host)
+            items = [item(k, v) for k, v in await backend().items(tenant)]
+            return {"host": tenant, "items": items}, 200
+
+        return await guarded(work)
+
+    @admin.post("/__sngin/storage/<host>/import")
+    async def storage_import(host: str) -> Answer:
+        async def work() -> Answer:
+            tenant = tenant_of(host)
+            body = await request.get_json(force=True, silent=True)
+            count = await import_items(tenant, (body or {}).get("items"))
+            return {"host": tenant, "imported": count}, 200
+
+        return await guarded(work)
+
+    @admin.get("/__sngin/storage-export")
+    async def storage_export_all() -> Answer:
+        async def work() -> Answer:
+            storage = backend()
+            tenants = {t: [item(k, v) for k, v in await storage.items(t)]
+                       for t in await storage.tenants()}  # fmt: skip
+            return {"tenants": tenants}, 200
+
+        return await guarded(work)
+
+    @admin.post("/__sngin/storage-import")
+    async def storage_import_all() -> Answer:
+        async def work() -> Answer:
+            body = await request.get_json(force=True, silent=True)
+            tenants = (body or {}).get("tenants")
+            if not isinstance(tenants, dict):
+                raise BadRequest('expected {"tenants": {"<host>": [items]}}')
+            counts = {}
+            for host, items in tenants.items():
+                tenant = tenant_of(str(host))
+                counts[tenant] = await import_items(tenant, items)
+            return {"imported": counts}, 200
+
+        return await guarded(work)
+
+    @admin.delete("/__sngin/storage/<host>")
+    async def storage_drop(host: str) -> Answer:
+        async def work() -> Answer:
+            tenant = tenant_of(host)
+            return {"host": tenant, "deleted": await backend().drop(tenant)}, 200
+
+        return await guarded(work)
