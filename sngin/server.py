@@ -33,7 +33,6 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
-from sngin.sqlite_storage import SqliteStorage
 from sngin.storage import TenantStorage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
@@ -137,7 +136,7 @@ def open_storage(settings: Settings) -> TenantStorage:
     """The tenant storage database under SNGIN_DATA_PATH; one line if it cannot be opened."""
     path = settings.storage.data_path / STORAGE_FILE
     try:
-        storage = TenantStorage(SqliteStorage(path))
+        storage = TenantStorage(path)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
     log.info("tenant storage: %s", path)

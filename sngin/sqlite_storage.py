@@ -49,14 +49,14 @@ def entry_bytes(key: bytes, value: bytes) -> int:
 
 
 class SqliteStorage:
-    """Blocking operations; sngin.storage runs them in one thread at a time."""
+    """Blocking operations on one connection; sngin.storage decides which thread runs them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # check_same_thread=False: trio's worker threads take turns (one at a time).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(SCHEMA)

@@ -36,7 +36,6 @@ from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import default_limits, pool_config, serve_app
-from sngin.sqlite_storage import SqliteStorage
 from sngin.storage import TenantStorage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
@@ -201,7 +200,7 @@ async def running(
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
         observer = Observer(access_stream=access_log)
-        storage = TenantStorage(SqliteStorage(settings.storage.data_path / "storage.db"))
+        storage = TenantStorage(settings.storage.data_path / "storage.db")
         tenant_cache = TenantCache(
             max_bytes=settings.storage.cache_bytes,
             tenant_share=settings.storage.cache_tenant_share,

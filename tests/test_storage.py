@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sngin.cli import main
 from sngin.config import StorageSettings
 from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
+from sngin.storage import StorageUnavailable, TenantStorage
 from sngin.tenant_cache import TenantCache
 from tests.support import AUTH, TOKEN, running, serving, wait_until_serving
 from tests.upstream import Upstream
@@ -334,3 +335,38 @@ async def test_sngin_storage_cli_sets_lists_exports_and_imports(tmp_path, capsys
         assert await cli("get", "b.test", "nothing") == 1
         assert await cli("set", "a.test") == 2  # usage: one clear line
         assert "usage: sngin storage set HOST KEY VALUE" in capsys.readouterr().err
+
+
+async def test_a_busy_database_is_waited_for_off_the_event_loop_then_unavailable(tmp_path):
+    """Another process holding the write lock: a write waits in a worker thread while the event
+    loop keeps running, and succeeds once the lock is gone; held past the busy timeout, the
+    write is `storage unavailable`, and the next one works again."""
+    storage = TenantStorage(tmp_path / "storage.db", busy_timeout_ms=300)
+    other = sqlite3.connect(tmp_path / "storage.db", isolation_level=None)
+    quota = Quota(max_keys=10, max_bytes=1000)
+    ticks = 0
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def write() -> None:
+                await storage.set("a.test", b"k", b"v", quota)
+                done.set()
+
+            nursery.start_soon(write)
+            while ticks < 20:  # the loop runs while the write waits for the lock
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+            assert not done.is_set()
+            other.execute("COMMIT")
+        assert await storage.get("a.test", b"k") == b"v"
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageUnavailable, match="storage unavailable"):
+            await storage.set("a.test", b"k2", b"v", quota)
+        other.execute("COMMIT")
+        await storage.set("a.test", b"k2", b"v", quota)  # back as soon as the lock is
+        assert await storage.get("a.test", b"k2") == b"v"
+    finally:
+        other.close()
+        storage.close()
