@@ -36,6 +36,7 @@ bench *args:
     @{{bin}}/python bench/wait_bench.py
     @{{bin}}/python bench/zipf_bench.py {{args}}
     @{{bin}}/python bench/module_bench.py {{args}}
+    @{{bin}}/python bench/storage_bench.py {{args}}
     @{{bin}}/python bench/bounds_bench.py --env SNGIN_SEND_TIMEOUT_S=5
 
 # server CPU per request of this install against another sngin (e.g. a worktree's venv)
