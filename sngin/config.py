@@ -92,6 +92,8 @@ class Ceilings:
     max_memory_mb: int = 0  # SNGIN_MAX_MEMORY_MB
     max_concurrency: int = 0  # SNGIN_MAX_CONCURRENCY
     max_rps: float = 0  # SNGIN_MAX_RPS (0: no ceiling; tenants' rate limits are off by default)
+    max_storage_keys: int = 0  # SNGIN_MAX_STORAGE_KEYS
+    max_storage_bytes: int = 0  # SNGIN_MAX_STORAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,6 +321,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_MAX_MEMORY_MB": ("ceilings.max_memory_mb", int_range(1, 64 * 1024)),
     "SNGIN_MAX_CONCURRENCY": ("ceilings.max_concurrency", int_range(1, 100_000)),
     "SNGIN_MAX_RPS": ("ceilings.max_rps", float_range(0.001, 1_000_000)),
+    "SNGIN_MAX_STORAGE_KEYS": ("ceilings.max_storage_keys", int_range(1, 100_000_000)),
+    "SNGIN_MAX_STORAGE_BYTES": ("ceilings.max_storage_bytes", int_range(MIB, 1024**4)),
     "SNGIN_SECRETS_FILE": ("secrets_file", parse_file),
     "SNGIN_TENANTS_ALLOW": ("tenants_allow", parse_regex),
     "SNGIN_TENANTS_ALLOW_FILE": ("tenants_allow_file", parse_file),

@@ -22,6 +22,7 @@ from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
 from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
+from sngin.sqlite_storage import Quota
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
@@ -184,5 +185,9 @@ class TenantPipeline:
                 tenant=tenant,
                 deadline=trio.current_time() + config.limits.timeout_ms / 1000,
                 wall_s=config.limits.timeout_ms / 1000,
+                quota=Quota(
+                    max_keys=config.storage_keys or deps.settings.storage.max_keys,
+                    max_bytes=config.storage_bytes or deps.settings.storage.max_bytes,
+                ),
             ),
         )

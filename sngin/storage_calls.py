@@ -41,7 +41,10 @@ class StorageCalls:
         tenant: str,
         deadline: float,
         wall_s: float,
+        quota: Quota | None = None,
     ) -> None:
+        # the tenant's own (its _sngin.json, clamped), else the operator's
+        self._quota = quota or Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
         self._storage = storage
         self._cache = cache
         self._settings = settings
@@ -88,8 +91,7 @@ class StorageCalls:
             if call.op in ("set", "delete"):
                 if call.op == "set" and value is None:
                     raise StorageRefused("set needs a value")
-                quota = Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
-                await storage.set(tenant, key, value if call.op == "set" else None, quota)
+                await storage.set(tenant, key, value if call.op == "set" else None, self._quota)
                 return None
             if call.op == "lease_acquire":
                 return await self._acquire(storage, key, call.timeout_s)

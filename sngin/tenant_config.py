@@ -57,6 +57,11 @@ class EgressSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     deny_public: bool = False
 
 
+class StorageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_keys: int | None = None
+    max_bytes: int | None = None
+
+
 class AlertsSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook: str | None = None
 
@@ -68,6 +73,7 @@ class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     egress: EgressSpec | list[str] | None = None
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
     github_token: str | None = None  # for private module repositories; "${secret:NAME}"
+    storage: StorageSpec = msgspec.field(default_factory=StorageSpec)
 
 
 # --- what the server uses ------------------------------------------------------------------------
@@ -84,6 +90,8 @@ class TenantConfig:
     secrets: tuple[str, ...] = ()
     alert_webhook: str | None = None  # alerts.webhook: where alert.* calls are delivered
     github_token: str | None = None  # sent to the raw host for this tenant's module fetches
+    storage_keys: int | None = None  # this tenant's storage quota (None: the operator's)
+    storage_bytes: int | None = None
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -172,15 +180,16 @@ class TenantConfigs:
         wanted = spec.limits
 
         def pick(name: str, value: float | None, default: float, ceiling: float) -> float:
+            label = name if "." in name else f"limits.{name}"
             if value is None:
                 return default
             if value <= 0:
-                raise InvalidConfig(f"{where}: limits.{name}: must be positive")
+                raise InvalidConfig(f"{where}: {label}: must be positive")
             if ceiling and value > ceiling:
                 if tenant is not None and (tenant, name, value) not in self._clamped_logged:
                     self._clamped_logged.add((tenant, name, value))
-                    log.warning("%s: limits.%s %g above the operator's ceiling %g; using %g",
-                                where, name, value, ceiling, ceiling)  # fmt: skip
+                    log.warning("%s: %s %g above the operator's ceiling %g; using %g",
+                                where, label, value, ceiling, ceiling)  # fmt: skip
                 return ceiling
             return value
 
@@ -207,6 +216,16 @@ class TenantConfigs:
         rps = None
         if wanted.rps is not None:
             rps = pick("rps", wanted.rps, 0, ceilings.max_rps)
+        storage = s.storage
+        keys_ceiling = ceilings.max_storage_keys or storage.max_keys
+        bytes_ceiling = ceilings.max_storage_bytes or storage.max_bytes
+        storage_keys = storage_bytes = None
+        if spec.storage.max_keys is not None:
+            storage_keys = int(pick("storage.max_keys", spec.storage.max_keys, storage.max_keys,
+                                    keys_ceiling))  # fmt: skip
+        if spec.storage.max_bytes is not None:
+            storage_bytes = int(pick("storage.max_bytes", spec.storage.max_bytes,
+                                     storage.max_bytes, bytes_ceiling))  # fmt: skip
         env, secrets = self._resolve_env(tenant, where, spec.env)
         github_token = None
         if spec.github_token is not None:
@@ -225,6 +244,8 @@ class TenantConfigs:
             secrets=tuple(sorted(secrets, key=len, reverse=True)),
             alert_webhook=self._webhook(where, spec.alerts.webhook),
             github_token=github_token,
+            storage_keys=storage_keys,
+            storage_bytes=storage_bytes,
         )  # fmt: skip
 
     def _resolve_env(

@@ -370,3 +370,17 @@ async def test_a_busy_database_is_waited_for_off_the_event_loop_then_unavailable
     finally:
         other.close()
         storage.close()
+
+
+async def test_a_tenants_own_storage_quota_is_clamped_to_the_operators_ceiling(tmp_path):
+    write(tmp_path, {"a.test/fill": "for i = 1, 5 do storage['k' .. i] = 'v' end return 'ok'"})
+    (tmp_path / "a.test" / "_sngin.json").write_text('{"storage": {"max_keys": 2}}')
+    (tmp_path / "b.test").mkdir()
+    (tmp_path / "b.test" / "_sngin.json").write_text('{"storage": {"max_keys": 1000000}}')
+    write(tmp_path, {"b.test/fill": "for i = 1, 5 do storage['k' .. i] = 'v' end return 'ok'"})
+    options = storage_settings(tmp_path, max_keys=4)
+    async with running(tmp_path, tenant_configs=True, **options) as srv:
+        lowered = (await srv.get("/fill")).text
+        clamped = (await srv.get("/fill", host="b.test")).text
+    assert lowered.endswith("storage: storage quota of 2 keys exceeded\n")
+    assert clamped.endswith("storage: storage quota of 4 keys exceeded\n")  # the default's cap
