@@ -25,6 +25,7 @@ from sngin.config_values import (
     parse_networks,
     parse_on_off,
     parse_owners,
+    parse_redis_url,
     parse_regex,
     parse_secret,
     parse_token,
@@ -174,6 +175,8 @@ class Settings:
     # looked for; None: off
     default_modules: str | None = "webscriptio/lib/master"
     email_enabled: bool = True  # SNGIN_EMAIL: on or off (email.send)
+    # SNGIN_REDIS_URL: tenant storage and leases on Redis instead of the SQLite file
+    redis_url: str | None = field(default=None, repr=False)
     # SNGIN_GITHUB_TOKEN, used only for modules of SNGIN_GITHUB_TOKEN_OWNERS (comma-separated)
     github_token: str | None = field(default=None, repr=False)
     github_token_owners: frozenset[str] = frozenset()
@@ -307,6 +310,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_GITHUB_RAW_URL": ("github_raw_url", parse_base_url),
     "SNGIN_DEFAULT_MODULES": ("default_modules", parse_module_repo),
     "SNGIN_EMAIL": ("email_enabled", parse_on_off),
+    "SNGIN_REDIS_URL": ("redis_url", parse_redis_url),
     "SNGIN_DATA_PATH": ("storage.data_path", parse_app_path),
     "SNGIN_STORAGE_MAX_KEYS": ("storage.max_keys", int_range(1, 100_000_000)),
     "SNGIN_STORAGE_MAX_BYTES": ("storage.max_bytes", int_range(MIB, 1024**4)),
@@ -333,6 +337,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", float_range(0, 3600)),
 }
 # Their values never appear in an error message.
-SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN", "SNGIN_GITHUB_TOKEN"})
+# (a Redis URL may carry a password)
+SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN", "SNGIN_GITHUB_TOKEN", "SNGIN_REDIS_URL"})
 # The one AWS_* name sngin reads itself (the seed's): it selects the S3 store.
 S3_CODE_PATH: Final = "AWS_S3_CODE_PATH"

@@ -179,3 +179,10 @@ def parse_owners(text: str) -> frozenset[str]:
     if bad:
         raise ValueError(f"{bad[0]!r} is not a GitHub user or organisation")
     return owners
+
+
+def parse_redis_url(text: str) -> str:
+    url = text.strip()
+    if not re.match(r"(rediss?|unix)://\S+\Z", url):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return url

@@ -33,7 +33,8 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
-from sngin.storage import TenantStorage
+from sngin.redis_storage import open_redis_storage
+from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
@@ -95,8 +96,8 @@ async def serve(
     )
     limits_for = default_limits(settings)
     tokens = GitHubTokens(settings.github_token, settings.github_token_owners)
-    storage = open_storage(settings)
     async with (
+        open_tenant_storage(settings) as storage,
         open_code_source(settings) as store,
         open_github_modules(settings, tokens) as github,
         open_outbound(
@@ -126,21 +127,29 @@ async def serve(
                 tenant_share=settings.storage.cache_tenant_share,
             ),
         )
-        try:
-            await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
-        finally:
-            storage.close()
+        await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
 
 
-def open_storage(settings: Settings) -> TenantStorage:
-    """The tenant storage database under SNGIN_DATA_PATH; one line if it cannot be opened."""
+@asynccontextmanager
+async def open_tenant_storage(settings: Settings) -> AsyncIterator[TenantStorage]:
+    """Redis when SNGIN_REDIS_URL is set, else the SQLite database under SNGIN_DATA_PATH (one
+    line if it cannot be opened). A Redis that is down at start is not fatal: storage calls
+    fail with `storage unavailable` until it is back."""
+    if settings.redis_url is not None:
+        async with open_redis_storage(settings.redis_url) as redis:
+            log.info("tenant storage: %s", settings.redis_url.split("@")[-1])
+            yield TenantStorage(redis)
+        return
     path = settings.storage.data_path / STORAGE_FILE
     try:
-        storage = TenantStorage(path)
+        storage = TenantStorage(SqliteBackend(path))
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
     log.info("tenant storage: %s", path)
-    return storage
+    try:
+        yield storage
+    finally:
+        storage.close()
 
 
 def pool_config(settings: Settings) -> PoolConfig:

@@ -35,8 +35,7 @@ from sngin.mirror import DiskMirror
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
-from sngin.server import default_limits, pool_config, serve_app
-from sngin.storage import TenantStorage
+from sngin.server import default_limits, open_tenant_storage, pool_config, serve_app
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
@@ -194,13 +193,16 @@ async def running(
     config = replace(pool_config(settings), **(pool or {}))
     limits_for = default_limits(settings)
 
-    async with trio.open_nursery() as nursery, open_pool(config, limits_for) as pool:
+    async with (
+        open_tenant_storage(settings) as storage,
+        trio.open_nursery() as nursery,
+        open_pool(config, limits_for) as pool,
+    ):
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
         observer = Observer(access_stream=access_log)
-        storage = TenantStorage(settings.storage.data_path / "storage.db")
         tenant_cache = TenantCache(
             max_bytes=settings.storage.cache_bytes,
             tenant_share=settings.storage.cache_tenant_share,
@@ -233,7 +235,6 @@ async def running(
             finally:
                 stop.set()
         watchdog.cancel()
-        storage.close()
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sngin.cli import main
 from sngin.config import StorageSettings
 from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
-from sngin.storage import StorageUnavailable, TenantStorage
+from sngin.storage import SqliteBackend, StorageUnavailable, TenantStorage
 from sngin.tenant_cache import TenantCache
 from tests.support import AUTH, TOKEN, running, serving, wait_until_serving
 from tests.upstream import Upstream
@@ -32,12 +32,12 @@ def write(tmp_path, scripts: dict[str, str]) -> None:
         (folder / "index.lua").write_text(source)
 
 
-def storage_settings(tmp_path, **changes) -> dict:
+def storage_settings(tmp_path, backend: dict | None = None, **changes) -> dict:
     base = StorageSettings(data_path=tmp_path / ".sngin-data")
-    return {"settings_changes": {"storage": replace(base, **changes)}}
+    return {"settings_changes": {"storage": replace(base, **changes), **(backend or {})}}
 
 
-async def test_storage_reads_its_writes_coerces_and_persists(tmp_path):
+async def test_storage_reads_its_writes_coerces_and_persists(backend, tmp_path):
     write(tmp_path, {
         "a.test/count": "storage.n = (storage.n or 0) + 1 return storage.n",
         "a.test/kinds": "storage.b = true storage.f = 1.5 storage.s = 'x'\n"
@@ -47,7 +47,7 @@ async def test_storage_reads_its_writes_coerces_and_persists(tmp_path):
         "a.test/table": "local ok, err = pcall(function() storage.t = {1} end) return err",
         "b.test/count": "return tostring(storage.n)",
     })  # fmt: skip
-    async with running(tmp_path) as srv:
+    async with running(tmp_path, **storage_settings(tmp_path, backend)) as srv:
         assert [(await srv.get("/count")).text for _ in range(3)] == ["1", "2", "3"]
         assert json.loads((await srv.get("/kinds")).text) == {
             "b": "true",
@@ -59,17 +59,17 @@ async def test_storage_reads_its_writes_coerces_and_persists(tmp_path):
     assert table.endswith("storage: values must be strings, numbers or booleans (use "
                           "json.stringify for a table)")  # fmt: skip
     assert other == "nil"  # b.test has its own storage
-    async with running(tmp_path) as srv:  # a restart: the data is on disk
+    async with running(tmp_path, **storage_settings(tmp_path, backend)) as srv:  # a restart
         assert (await srv.get("/count")).text == "4"
 
 
-async def test_quotas_and_the_operation_budget_are_lua_errors(tmp_path):
+async def test_quotas_and_the_operation_budget_are_lua_errors(backend, tmp_path):
     write(tmp_path, {
         "a.test/keys": "for i = 1, 4 do storage['k' .. i] = 'v' end",
         "a.test/big": "storage.big = string.rep('x', 2 * 1024 * 1024)",
         "a.test/many": "for i = 1, 6 do local _ = storage.x end",
     })  # fmt: skip
-    options = storage_settings(tmp_path, max_keys=3, max_ops=5)
+    options = storage_settings(tmp_path, backend, max_keys=3, max_ops=5)
     async with running(tmp_path, **options) as srv:
         keys = (await srv.get("/keys")).text
         big = (await srv.get("/big")).text
@@ -110,9 +110,10 @@ def test_a_write_past_the_byte_quota_writes_nothing(tmp_path):
 COUNTER = "lease.acquire('c') storage.c = (storage.c or 0) + 1 lease.release('c') return 'ok'"
 
 
-async def test_leases_serialise_200_concurrent_increments_over_all_workers(tmp_path):
+async def test_leases_serialise_200_concurrent_increments_over_all_workers(backend, tmp_path):
     write(tmp_path, {"a.test/inc": COUNTER, "a.test/read": "return storage.c"})
-    async with running(tmp_path, workers=4, timeout_ms=20_000) as srv:
+    options = storage_settings(tmp_path, backend)
+    async with running(tmp_path, workers=4, timeout_ms=20_000, **options) as srv:
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
             answers = []
@@ -128,17 +129,17 @@ async def test_leases_serialise_200_concurrent_increments_over_all_workers(tmp_p
         assert (await srv.get("/read")).text == "200"
 
 
-async def test_a_lease_of_a_request_killed_for_cpu_is_free_at_once(tmp_path):
+async def test_a_lease_of_a_request_killed_for_cpu_is_free_at_once(backend, tmp_path):
     write(tmp_path, {
         "a.test/hog": "lease.acquire('L') while true do end",
         "a.test/take": "return tostring(lease.acquire('L', 0))",
     })  # fmt: skip
-    async with running(tmp_path, cpu_ms=200) as srv:
+    async with running(tmp_path, cpu_ms=200, **storage_settings(tmp_path, backend)) as srv:
         assert (await srv.get("/hog")).status_code == 504
         assert (await srv.get("/take")).text == "true"
 
 
-async def test_a_held_lease_makes_others_wait_then_time_out(tmp_path):
+async def test_a_held_lease_makes_others_wait_then_time_out(backend, tmp_path):
     upstream = Upstream()
     try:
         scripts = {
@@ -149,7 +150,11 @@ async def test_a_held_lease_makes_others_wait_then_time_out(tmp_path):
             "a.test/again": "local got = lease.acquire('L', 5) return tostring(got) .. '/' .."
             " tostring(lease.acquire('L'))",
         }
-        async with serving(tmp_path, scripts, timeout_ms=20_000) as srv, trio.open_nursery() as n:
+        options = storage_settings(tmp_path, backend)
+        async with (
+            serving(tmp_path, scripts, timeout_ms=20_000, **options) as srv,
+            trio.open_nursery() as n,
+        ):
             held = []
 
             async def hold() -> None:
@@ -270,11 +275,13 @@ async def test_a_kill_9_during_writes_keeps_every_acknowledged_write(tmp_path):
     assert len(acknowledged) >= 300
 
 
-async def test_operators_list_get_set_export_import_and_drop_through_the_admin_api(tmp_path):
+async def test_operators_list_get_set_export_import_and_drop_through_the_admin_api(
+    backend, tmp_path
+):
     write(tmp_path, {
         "a.test/seed": "storage.greeting = 'hi' storage.bin = '\\0\\255' return storage.theme",
     })  # fmt: skip
-    async with running(tmp_path, admin_token=TOKEN) as srv:
+    async with running(tmp_path, admin_token=TOKEN, **storage_settings(tmp_path, backend)) as srv:
         api = srv.url + "/__sngin/storage"
         client = srv.client
         assert (await client.get(api)).status_code == 401  # behind the token
@@ -341,7 +348,7 @@ async def test_a_busy_database_is_waited_for_off_the_event_loop_then_unavailable
     """Another process holding the write lock: a write waits in a worker thread while the event
     loop keeps running, and succeeds once the lock is gone; held past the busy timeout, the
     write is `storage unavailable`, and the next one works again."""
-    storage = TenantStorage(tmp_path / "storage.db", busy_timeout_ms=300)
+    storage = TenantStorage(SqliteBackend(tmp_path / "storage.db", busy_timeout_ms=300))
     other = sqlite3.connect(tmp_path / "storage.db", isolation_level=None)
     quota = Quota(max_keys=10, max_bytes=1000)
     ticks = 0
@@ -372,15 +379,49 @@ async def test_a_busy_database_is_waited_for_off_the_event_loop_then_unavailable
         storage.close()
 
 
-async def test_a_tenants_own_storage_quota_is_clamped_to_the_operators_ceiling(tmp_path):
+async def test_a_tenants_own_storage_quota_is_clamped_to_the_operators_ceiling(backend, tmp_path):
     write(tmp_path, {"a.test/fill": "for i = 1, 5 do storage['k' .. i] = 'v' end return 'ok'"})
     (tmp_path / "a.test" / "_sngin.json").write_text('{"storage": {"max_keys": 2}}')
     (tmp_path / "b.test").mkdir()
     (tmp_path / "b.test" / "_sngin.json").write_text('{"storage": {"max_keys": 1000000}}')
     write(tmp_path, {"b.test/fill": "for i = 1, 5 do storage['k' .. i] = 'v' end return 'ok'"})
-    options = storage_settings(tmp_path, max_keys=4)
+    options = storage_settings(tmp_path, backend, max_keys=4)
     async with running(tmp_path, tenant_configs=True, **options) as srv:
         lowered = (await srv.get("/fill")).text
         clamped = (await srv.get("/fill", host="b.test")).text
     assert lowered.endswith("storage: storage quota of 2 keys exceeded\n")
     assert clamped.endswith("storage: storage quota of 4 keys exceeded\n")  # the default's cap
+
+
+async def test_a_redis_that_is_down_is_storage_unavailable_until_it_is_back(tmp_path):
+    """No Redis at the address: the script gets `storage unavailable` quickly, the server keeps
+    serving; once a Redis listens there, storage works again without a restart."""
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write(tmp_path, {"a.test/count": "storage.n = (storage.n or 0) + 1 return storage.n"})
+    options = storage_settings(tmp_path, {"redis_url": f"redis://127.0.0.1:{port}/0"})
+    async with running(tmp_path, **options) as srv:
+        with trio.fail_after(10):
+            down = await srv.get("/count")
+        assert down.text.endswith("storage: storage unavailable\n")
+        assert (await srv.get("/", host="a.test")).status_code == 200
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        server = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+        try:
+            log = b""
+            with trio.fail_after(20):
+                while b"Ready to accept connections" not in log:
+                    chunk = await server.stdout.receive_some(4096)
+                    assert chunk, log
+                    log += chunk
+                assert (await srv.get("/count")).text == "1"
+        finally:
+            server.terminate()
+            await server.wait()

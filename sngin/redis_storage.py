@@ -1,0 +1,144 @@
+"""Tenant storage and leases on Redis (SNGIN_REDIS_URL), with the SQLite backend's semantics:
+a key space per tenant (a hash `sngin:s:<tenant>`, its usage in `sngin:u:<tenant>`), quotas
+checked and usage kept in the same atomic script as the write, and leases as `SET NX PX` keys
+released by a compare-and-delete script, so only their holder can release them and a crashed
+holder's lease expires on its own."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import coredis
+import coredis.exceptions
+
+from sngin.sqlite_storage import Quota, QuotaExceeded, mib
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+PREFIX: Final = "sngin:"
+TENANTS: Final = PREFIX + "tenants"
+CONNECT_TIMEOUT_S: Final = 1.0
+STREAM_TIMEOUT_S: Final = 2.0
+
+# KEYS: data hash, usage hash, tenants set; ARGV: field, value, max keys, max bytes, delete?,
+# tenant. Returns "ok", "keys" or "bytes" (the quota that would be exceeded; nothing written).
+SET_SCRIPT: Final = """
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[1])
+local keys = tonumber(redis.call('HGET', KEYS[2], 'keys') or '0')
+local size = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+if exists == 1 then
+  keys = keys - 1
+  size = size - #ARGV[1] - redis.call('HSTRLEN', KEYS[1], ARGV[1])
+end
+if ARGV[5] == '0' then
+  keys = keys + 1
+  size = size + #ARGV[1] + #ARGV[2]
+  if keys > tonumber(ARGV[3]) then return 'keys' end
+  if size > tonumber(ARGV[4]) then return 'bytes' end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif exists == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('HSET', KEYS[2], 'keys', keys, 'bytes', size)
+if keys > 0 then redis.call('SADD', KEYS[3], ARGV[6]) else redis.call('SREM', KEYS[3], ARGV[6]) end
+return 'ok'
+"""
+# KEYS: the lease; ARGV: holder, ttl ms. Takes it if free or already this holder's.
+LEASE_SCRIPT: Final = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+RELEASE_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def data_key(tenant: str) -> str:
+    return f"{PREFIX}s:{tenant}"
+
+
+def usage_key(tenant: str) -> str:
+    return f"{PREFIX}u:{tenant}"
+
+
+def lease_key(tenant: str, name: bytes) -> str:
+    return f"{PREFIX}l:{tenant}:{name.hex()}"
+
+
+class RedisStorage:
+    """The same operations as SqliteStorage, awaited."""
+
+    def __init__(self, client: Any, url: str) -> None:
+        self._redis = client
+        self.location = url
+
+    async def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, and EVAL when this Redis has not seen the script (a restart, a new node)."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        try:
+            return await self._redis.evalsha(sha, keys=keys, args=args)
+        except coredis.exceptions.NoScriptError:
+            return await self._redis.eval(source, keys=keys, args=args)
+
+    async def get(self, tenant: str, key: bytes) -> bytes | None:
+        value = await self._redis.hget(data_key(tenant), key)
+        return None if value is None else bytes(value)
+
+    async def set(self, tenant: str, key: bytes, value: bytes | None, quota: Quota) -> None:
+        outcome = await self._script(
+            SET_SCRIPT,
+            keys=[data_key(tenant), usage_key(tenant), TENANTS],
+            args=[key, value or b"", quota.max_keys, quota.max_bytes,
+                  "1" if value is None else "0", tenant],
+        )  # fmt: skip
+        if outcome in (b"keys", "keys"):
+            raise QuotaExceeded(f"storage quota of {quota.max_keys} keys exceeded")
+        if outcome in (b"bytes", "bytes"):
+            raise QuotaExceeded(f"storage quota of {mib(quota.max_bytes)} exceeded")
+
+    async def try_lease(self, tenant: str, name: bytes, holder: str, ttl_s: float) -> bool:
+        taken = await self._script(
+            LEASE_SCRIPT, keys=[lease_key(tenant, name)], args=[holder, max(1, int(ttl_s * 1000))]
+        )
+        return bool(taken)
+
+    async def release_lease(self, tenant: str, name: bytes, holder: str) -> bool:
+        released = await self._script(RELEASE_SCRIPT, keys=[lease_key(tenant, name)], args=[holder])
+        return bool(released)
+
+    async def usage(self, tenant: str) -> tuple[int, int]:
+        values = await self._redis.hmget(usage_key(tenant), ["keys", "bytes"])
+        return int(values[0] or 0), int(values[1] or 0)
+
+    async def keys(self, tenant: str, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        names = sorted(bytes(k) for k in await self._redis.hkeys(data_key(tenant)))
+        page = [k for k in names if k > after][:limit]
+        return [(k, int(await self._redis.hstrlen(data_key(tenant), k))) for k in page]
+
+    async def items(self, tenant: str) -> list[tuple[bytes, bytes]]:
+        entries = await self._redis.hgetall(data_key(tenant))
+        return sorted((bytes(k), bytes(v)) for k, v in entries.items())
+
+    async def tenants(self) -> list[str]:
+        return sorted(bytes(t).decode() for t in await self._redis.smembers(TENANTS))
+
+    async def drop(self, tenant: str) -> int:
+        count = int(await self._redis.hlen(data_key(tenant)))
+        await self._redis.delete([data_key(tenant), usage_key(tenant)])
+        await self._redis.srem(TENANTS, [tenant])
+        return count
+
+
+@asynccontextmanager
+async def open_redis_storage(url: str) -> AsyncIterator[RedisStorage]:
+    client = coredis.Redis.from_url(
+        url, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=STREAM_TIMEOUT_S
+    )
+    async with client:
+        yield RedisStorage(client, url)
