@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from sngin.admin_storage import register_storage_routes
 from sngin.errors import BadRequest
+from sngin.storage import StorageUnavailable
 from sngin.tenants import script_path, tenant_of
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def create_admin(deps: Deps) -> QuartTrio:
             body["storage"] = {
                 "operations": deps.storage.operations,
                 "database_bytes": deps.storage.database_bytes(),
+                "tenants": await storage_usage(deps),
             }
         for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
             statistics = getattr(source, "statistics", None)
@@ -103,6 +105,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         if denied is not None:
             return denied
         observe_gauges(deps)
+        await observe_storage(deps)
         return deps.observer.metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     @admin.get("/__sngin/logs")
@@ -243,6 +246,28 @@ def observe_gauges(deps: Deps) -> None:
         cache = statistics()
         metrics.cache_entries.set(cache.entries)
         metrics.cache_bytes.set(cache.bytes)
+
+
+async def storage_usage(deps: Deps) -> list[dict[str, Any]]:
+    """Keys and bytes of the first SNGIN_METRICS_TENANTS tenants with storage (bounded, like
+    the metrics' labels); `storage unavailable` leaves it empty rather than failing stats."""
+    storage = deps.storage
+    if storage is None:
+        return []
+    rows = []
+    try:
+        for tenant in (await storage.tenants())[: deps.settings.metrics_tenants]:
+            keys, size = await storage.usage(tenant)
+            rows.append({"host": tenant, "keys": keys, "bytes": size})
+    except StorageUnavailable:
+        return []
+    return rows
+
+
+async def observe_storage(deps: Deps) -> None:
+    metrics = deps.observer.metrics
+    for row in await storage_usage(deps):
+        metrics.storage_bytes.labels(metrics.labels(row["host"])).set(row["bytes"])
 
 
 class AdminListener:

@@ -177,6 +177,10 @@ class Metrics:
             "sngin_storage_seconds", "Wall time of scripts' storage, lease and cache calls",
             ["tenant"], registry=self.registry,
         )  # fmt: skip
+        self.storage_bytes = Gauge(
+            "sngin_storage_bytes", "Bytes of keys and values in a tenant's storage",
+            ["tenant"], registry=self.registry,
+        )  # fmt: skip
         self.alerts = Counter(
             "sngin_alerts", "Scripts' alert.email/alert.sms calls, by outcome",
             ["tenant", "kind", "outcome"], registry=self.registry,

@@ -147,6 +147,7 @@ async def test_a_held_lease_makes_others_wait_then_time_out(backend, tmp_path):
             " return 'held'",
             "a.test/try": "return tostring(lease.acquire('L', 0.2)) .. '/' .."
             " tostring(lease.acquire('L', 0.2))",
+            "b.test/try": "return tostring(lease.acquire('L', 0))",  # another tenant's 'L'
             "a.test/again": "local got = lease.acquire('L', 5) return tostring(got) .. '/' .."
             " tostring(lease.acquire('L'))",
         }
@@ -163,6 +164,7 @@ async def test_a_held_lease_makes_others_wait_then_time_out(backend, tmp_path):
             n.start_soon(hold)
             await trio.to_thread.run_sync(upstream.wait_for, "/slow", 1)
             assert (await srv.get("/try")).text == "false/false"
+            assert (await srv.get("/try", host="b.test")).text == "true"
             upstream.release.set()
             # Released when the holder's request ends: acquired, and again at once (its own).
             assert (await srv.get("/again")).text == "true/true"
@@ -310,6 +312,10 @@ async def test_operators_list_get_set_export_import_and_drop_through_the_admin_a
             srv.url + "/__sngin/storage-import", json=everything, headers=AUTH
         )
         assert again.json() == {"imported": {"a.test": 3, "b.test": 3}}
+        stats = (await client.get(srv.url + "/__sngin/stats", headers=AUTH)).json()["storage"]
+        assert [t["host"] for t in stats["tenants"]] == ["a.test", "b.test"]
+        metrics = (await client.get(srv.url + "/__sngin/metrics", headers=AUTH)).text
+        assert 'sngin_storage_bytes{tenant="a.test"} 24.0' in metrics
         gone = await client.delete(api + "/a.test/value?key=theme", headers=AUTH)
         assert gone.json()["stored"] is False
         missing = await client.get(api + "/a.test/value?key=theme", headers=AUTH)
