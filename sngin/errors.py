@@ -50,11 +50,22 @@ class MethodNotAllowed(SnginError):
 
 
 class RequestTimeout(SnginError):
+    """The body did not arrive in time: the connection closes (as for RequestTooLarge)."""
+
     status = 408
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Connection": "close", **(headers or {})})
 
 
 class RequestTooLarge(SnginError):
+    """Answered before the body was read to its end: the connection cannot carry another
+    request, so the client is told it closes (else it may reuse it and lose the race)."""
+
     status = 413
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers={"Connection": "close", **(headers or {})})
 
 
 class RateLimited(SnginError):

@@ -180,6 +180,8 @@ async def test_request_too_large_is_413(tmp_path):
                 srv.url + "/echo", headers={"Host": "a.test"}, content=chunks()
             )
             assert response.status_code == 413
+            # The body was not read to its end: the client must not reuse the connection.
+            assert response.headers["connection"] == "close"
             ok = await srv.client.post(
                 srv.url + "/echo", headers={"Host": "a.test"}, content=b"x" * 1000
             )
