@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sngin.mail import Mailer
     from sngin.outbound import Outbound
     from sngin.pool import Pool
+    from sngin.redis_storage import RedisCache
     from sngin.storage import TenantStorage
     from sngin.tenant_cache import TenantCache
     from sngin.tenant_config import TenantConfigs
@@ -36,7 +37,7 @@ class Deps:
     alerts: Alerts | None = None  # None: alert.* answers "not available here"
     github_tokens: GitHubTokens | None = None  # tokens for private module repositories
     storage: TenantStorage | None = None  # None: storage and lease answer "not available"
-    tenant_cache: TenantCache | None = None  # scripts' `cache`
+    tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below

@@ -76,7 +76,11 @@ class RedisStorage:
 
     def __init__(self, client: Any, url: str) -> None:
         self._redis = client
+        self.client = client
         self.location = url
+
+    async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._script(source, keys, args)
 
     async def _script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, and EVAL when this Redis has not seen the script (a restart, a new node)."""
@@ -142,3 +146,83 @@ async def open_redis_storage(url: str) -> AsyncIterator[RedisStorage]:
     )
     async with client:
         yield RedisStorage(client, url)
+
+
+# The cache on Redis: entries `sngin:c:<tenant>:<hex key>` with their TTL; per tenant an index
+# (sorted set, oldest first) and sizes (hash); the bytes per tenant and in all, and a global
+# index, so the total and each tenant's share stay bounded: the oldest entries go first. An
+# entry that expired by itself stays counted until it is evicted (it is among the oldest).
+CACHE_SET_SCRIPT: Final = """
+local tenant, member, value, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local size, share, total_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function forget(t, m)
+  local s = tonumber(redis.call('HGET', 'sngin:cz:' .. t, m) or '0')
+  redis.call('DEL', 'sngin:c:' .. t .. ':' .. m)
+  redis.call('ZREM', 'sngin:ci:' .. t, m)
+  redis.call('HDEL', 'sngin:cz:' .. t, m)
+  redis.call('ZREM', 'sngin:cg', t .. '|' .. m)
+  if s > 0 then
+    redis.call('HINCRBY', 'sngin:cu', t, -s)
+    redis.call('DECRBY', 'sngin:ct', s)
+  end
+end
+forget(tenant, member)
+if size > share then return 0 end
+while tonumber(redis.call('HGET', 'sngin:cu', tenant) or '0') + size > share do
+  local oldest = redis.call('ZRANGE', 'sngin:ci:' .. tenant, 0, 0)[1]
+  if not oldest then break end
+  forget(tenant, oldest)
+end
+while tonumber(redis.call('GET', 'sngin:ct') or '0') + size > total_max do
+  local oldest = redis.call('ZRANGE', 'sngin:cg', 0, 0)[1]
+  if not oldest then break end
+  local bar = string.find(oldest, '|', 1, true)
+  forget(string.sub(oldest, 1, bar - 1), string.sub(oldest, bar + 1))
+end
+local seq = redis.call('INCR', 'sngin:cseq')
+redis.call('SET', 'sngin:c:' .. tenant .. ':' .. member, value, 'PX', ttl)
+redis.call('ZADD', 'sngin:ci:' .. tenant, seq, member)
+redis.call('HSET', 'sngin:cz:' .. tenant, member, size)
+redis.call('ZADD', 'sngin:cg', seq, tenant .. '|' .. member)
+redis.call('HINCRBY', 'sngin:cu', tenant, size)
+redis.call('INCRBY', 'sngin:ct', size)
+return 1
+"""
+CACHE_DELETE_SCRIPT: Final = """
+local tenant, member = ARGV[1], ARGV[2]
+local s = tonumber(redis.call('HGET', 'sngin:cz:' .. tenant, member) or '0')
+redis.call('DEL', 'sngin:c:' .. tenant .. ':' .. member)
+redis.call('ZREM', 'sngin:ci:' .. tenant, member)
+redis.call('HDEL', 'sngin:cz:' .. tenant, member)
+redis.call('ZREM', 'sngin:cg', tenant .. '|' .. member)
+if s > 0 then
+  redis.call('HINCRBY', 'sngin:cu', tenant, -s)
+  redis.call('DECRBY', 'sngin:ct', s)
+end
+return 1
+"""
+CACHE_ENTRY_OVERHEAD: Final = 64
+
+
+class RedisCache:
+    """`cache` shared by every node: the same bounds as the node-local TenantCache."""
+
+    def __init__(self, storage: RedisStorage, *, max_bytes: int, tenant_share: float) -> None:
+        self._storage = storage
+        self.max_bytes = max_bytes
+        self.tenant_max = max(1, int(max_bytes * tenant_share))
+
+    async def fetch(self, tenant: str, key: bytes) -> bytes | None:
+        value = await self._storage.client.get(f"{PREFIX}c:{tenant}:{key.hex()}")
+        return None if value is None else bytes(value)
+
+    async def store(self, tenant: str, key: bytes, value: bytes, ttl_s: float) -> None:
+        size = len(key) + len(value) + CACHE_ENTRY_OVERHEAD
+        await self._storage.script(
+            CACHE_SET_SCRIPT, keys=[],
+            args=[tenant, key.hex(), value, max(1, int(ttl_s * 1000)), size, self.tenant_max,
+                  self.max_bytes],
+        )  # fmt: skip
+
+    async def remove(self, tenant: str, key: bytes) -> None:
+        await self._storage.script(CACHE_DELETE_SCRIPT, keys=[], args=[tenant, key.hex()])

@@ -33,7 +33,7 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
-from sngin.redis_storage import open_redis_storage
+from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
 from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
@@ -122,12 +122,19 @@ async def serve(
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert),
             github_tokens=tokens,
             storage=storage,
-            tenant_cache=TenantCache(
-                max_bytes=settings.storage.cache_bytes,
-                tenant_share=settings.storage.cache_tenant_share,
-            ),
+            tenant_cache=tenant_cache_for(settings, storage),
         )
         await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache | RedisCache:
+    """`cache`: in Redis with the storage when SNGIN_REDIS_URL is set, else node-local."""
+    bounds = settings.storage
+    if isinstance(storage.backend, RedisStorage):
+        return RedisCache(
+            storage.backend, max_bytes=bounds.cache_bytes, tenant_share=bounds.cache_tenant_share
+        )
+    return TenantCache(max_bytes=bounds.cache_bytes, tenant_share=bounds.cache_tenant_share)
 
 
 @asynccontextmanager

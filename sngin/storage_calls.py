@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
+from sngin.storage import BACKEND_TIMEOUT_S, Quota, QuotaExceeded, StorageUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sandbox.protocol import StorageCall
     from sngin.config import StorageSettings
+    from sngin.redis_storage import RedisCache
     from sngin.storage import TenantStorage
     from sngin.tenant_cache import TenantCache
 
@@ -31,11 +34,27 @@ class StorageRefused(Exception):
     """The call is refused or failed: the text is the script's error."""
 
 
+@contextlib.contextmanager
+def unavailable_on_failure() -> Iterator[None]:
+    """A cache backend (Redis) that fails or does not answer in time: `cache unavailable`."""
+    try:
+        with trio.fail_after(BACKEND_TIMEOUT_S):
+            yield
+    except (trio.TooSlowError, OSError):
+        raise StorageUnavailable("cache unavailable") from None
+    except StorageRefused:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("coredis"):
+            raise StorageUnavailable("cache unavailable") from None
+        raise
+
+
 class StorageCalls:
     def __init__(
         self,
         storage: TenantStorage | None,
-        cache: TenantCache | None,
+        cache: TenantCache | RedisCache | None,
         settings: StorageSettings,
         *,
         tenant: str,
@@ -80,7 +99,10 @@ class StorageCalls:
         if value is not None and len(value) > settings.max_value_bytes:
             raise StorageRefused(f"values must be at most {settings.max_value_bytes} bytes")
         if call.op.startswith("cache_"):
-            return self._cached(call.op, key, value, call.ttl_s)
+            try:
+                return await self._cached(call.op, key, value, call.ttl_s)
+            except StorageUnavailable:
+                raise StorageRefused("cache unavailable") from None
         storage = self._storage
         if storage is None:
             raise StorageRefused("storage is not available here")
@@ -119,22 +141,23 @@ class StorageCalls:
         self._leases.add(name)
         return b"1"
 
-    def _cached(
+    async def _cached(
         self, op: str, key: bytes, value: bytes | None, ttl_s: float | None
     ) -> bytes | None:
         cache = self._cache
         if cache is None:
             raise StorageRefused("the cache is not available here")
-        if op == "cache_get":
-            return cache.get(self._tenant, key)
-        if op == "cache_set":
-            if value is None:
-                raise StorageRefused("cache.set needs a value")
-            ttl = ttl_s if ttl_s is not None and math.isfinite(ttl_s) and ttl_s > 0 else None
-            cache.set(self._tenant, key, value, ttl or DEFAULT_CACHE_TTL_S)
+        with unavailable_on_failure():
+            if op == "cache_get":
+                return await cache.fetch(self._tenant, key)
+            if op == "cache_set":
+                if value is None:
+                    raise StorageRefused("cache.set needs a value")
+                ttl = ttl_s if ttl_s is not None and math.isfinite(ttl_s) and ttl_s > 0 else None
+                await cache.store(self._tenant, key, value, ttl or DEFAULT_CACHE_TTL_S)
+                return None
+            await cache.remove(self._tenant, key)
             return None
-        cache.delete(self._tenant, key)
-        return None
 
     async def release_all(self) -> None:
         """The request is over: give back every lease it still holds (shielded: this runs

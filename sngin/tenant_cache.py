@@ -47,6 +47,17 @@ class TenantCache:
     def delete(self, tenant: str, key: bytes) -> None:
         self._drop((tenant, key))
 
+    # The interface RedisCache shares (sngin.storage_calls awaits these).
+
+    async def fetch(self, tenant: str, key: bytes) -> bytes | None:
+        return self.get(tenant, key)
+
+    async def store(self, tenant: str, key: bytes, value: bytes, ttl_s: float) -> None:
+        self.set(tenant, key, value, ttl_s)
+
+    async def remove(self, tenant: str, key: bytes) -> None:
+        self.delete(tenant, key)
+
     def _drop(self, entry_key: tuple[str, bytes]) -> None:
         entry = self._entries.pop(entry_key, None)
         if entry is None:

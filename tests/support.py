@@ -35,8 +35,13 @@ from sngin.mirror import DiskMirror
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
-from sngin.server import default_limits, open_tenant_storage, pool_config, serve_app
-from sngin.tenant_cache import TenantCache
+from sngin.server import (
+    default_limits,
+    open_tenant_storage,
+    pool_config,
+    serve_app,
+    tenant_cache_for,
+)
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 
@@ -203,10 +208,7 @@ async def running(
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
         observer = Observer(access_stream=access_log)
-        tenant_cache = TenantCache(
-            max_bytes=settings.storage.cache_bytes,
-            tenant_share=settings.storage.cache_tenant_share,
-        )
+        tenant_cache = tenant_cache_for(settings, storage)
         deps = Deps(
             settings=settings,
             store=store,

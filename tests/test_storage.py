@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from sngin.cli import main
 from sngin.config import StorageSettings
+from sngin.redis_storage import RedisCache, open_redis_storage
 from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
 from sngin.storage import SqliteBackend, StorageUnavailable, TenantStorage
 from sngin.tenant_cache import TenantCache
@@ -173,14 +174,14 @@ async def test_a_held_lease_makes_others_wait_then_time_out(backend, tmp_path):
         upstream.close()
 
 
-async def test_cache_is_per_tenant_and_best_effort(tmp_path):
+async def test_cache_is_per_tenant_and_best_effort(backend, tmp_path):
     write(tmp_path, {
         "a.test/cache": "cache.set('k', 42, 60) local v = cache.get('k') cache.delete('k')\n"
                         "return v .. '/' .. tostring(cache.get('k'))",
         "a.test/put": "cache.set('shared', 'a') return 'ok'",
         "b.test/get": "return tostring(cache.get('shared'))",
     })  # fmt: skip
-    async with running(tmp_path) as srv:
+    async with running(tmp_path, **storage_settings(tmp_path, backend)) as srv:
         assert (await srv.get("/cache")).text == "42/nil"
         assert (await srv.get("/put")).text == "ok"
         assert (await srv.get("/get", host="b.test")).text == "nil"
@@ -431,3 +432,22 @@ async def test_a_redis_that_is_down_is_storage_unavailable_until_it_is_back(tmp_
         finally:
             server.terminate()
             await server.wait()
+
+
+async def test_the_redis_cache_keeps_each_tenants_share_and_the_total(redis_url):
+    async with open_redis_storage(redis_url) as redis:
+        cache = RedisCache(redis, max_bytes=2_000, tenant_share=0.5)  # 1,000 bytes a tenant
+        for i in range(20):  # 20 x 164 bytes: only a's newest fit its share
+            await cache.store("a", b"k%d" % i, b"x" * 100, ttl_s=60)
+        await cache.store("b", b"mine", b"y", ttl_s=60)
+        assert await cache.fetch("b", b"mine") == b"y"
+        assert await cache.fetch("a", b"k19") == b"x" * 100
+        assert await cache.fetch("a", b"k0") is None
+        await cache.remove("a", b"k19")
+        assert await cache.fetch("a", b"k19") is None
+        for i in range(30):  # c fills its share; the total (2,000) evicts the oldest of all
+            await cache.store("c", b"c%d" % i, b"z" * 100, ttl_s=60)
+        used = int(await redis.client.get("sngin:ct"))
+        assert used <= 2_000
+        await cache.store("a", b"short", b"v", ttl_s=0.05)
+        assert await cache.fetch("a", b"short") == b"v"
