@@ -104,6 +104,7 @@ def serve_forever(settings: Settings) -> int:
 
     from sngin.logsetup import configure as configure_logging
     from sngin.server import serve
+    from sngin.stderr_writer import stderr_writer
 
     chosen = configure_logging(settings.log_level, settings.log_format)
     settings = dataclasses.replace(settings, log_format=chosen)
@@ -133,6 +134,8 @@ def serve_forever(settings: Settings) -> int:
         if found is None:
             raise
         raise found from None
+    finally:
+        stderr_writer().flush()  # every queued log line out before the process ends
     return 0
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Final, TextIO
 
+from sngin.stderr_writer import stderr_writer
+
 FORMATS: Final = ("json", "text")
 SCRIPT_LOGGER: Final = "sngin.script"
 # httpx logs every request's URL at INFO (a tenant's query string may hold its API key); S3
@@ -76,12 +78,26 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class QueuedStderrHandler(logging.Handler):
+    """Formats a record and hands the line to the stderr writer thread (sngin.stderr_writer):
+    logging never blocks the event loop on a stalled reader."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        stderr_writer().write(line.encode("utf-8", "replace"))
+
+
 def configure(level: str, log_format: str | None, stream: TextIO | None = None) -> str:
     """Route every logger through one stderr handler in the chosen format; returns the
     format used (None: json unless stderr is a terminal)."""
-    stream = stream or sys.stderr
-    chosen = log_format or default_format(stream)
-    handler = logging.StreamHandler(stream)
+    chosen = log_format or default_format(stream or sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else QueuedStderrHandler()
+    )
     handler.setFormatter(JsonLines() if chosen == "json" else TextLines())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import msgspec
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sngin.stderr_writer import stderr_writer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -259,7 +260,7 @@ class AccessLog:
         self._encode = msgspec.json.Encoder().encode
         self._second = -1
         self._stamp = ""
-        self.lost = 0  # lines stderr would not take
+        self._lost = 0  # lines an explicit stream would not take
 
     def write(
         self,
@@ -296,16 +297,23 @@ class AccessLog:
         if tailed:
             self._hub.publish(tenant, json_line[:-1].decode())
         line = text_line(record) if self._text else json_line
-        stream = self._stream or getattr(sys.stderr, "buffer", None)
+        stream = self._stream
+        if stream is None:
+            # The server's stderr: through the writer thread, so a stalled reader never blocks
+            # the event loop (a full queue costs the line, counted there).
+            stderr_writer().write(line)
+            return
         try:
-            if stream is None:
-                sys.stderr.write(line.decode())
-            else:
-                stream.write(line)
-                stream.flush()
+            stream.write(line)
+            stream.flush()
         except (OSError, ValueError):
-            # stderr is gone (a closed pipe, a full disk): requests still get answered.
-            self.lost += 1
+            # the stream is gone (a closed pipe, a full disk): requests still get answered.
+            self._lost += 1
+
+    @property
+    def lost(self) -> int:
+        """Lines the log could not take, since start."""
+        return self._lost + (stderr_writer().lost if self._stream is None else 0)
 
     def _json_line(self, record: dict[str, Any]) -> bytes:
         try:

@@ -168,3 +168,26 @@ def test_a_port_in_use_is_one_line():
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"sngin: cannot listen on 127.0.0.1:{port}: address already in use"
     assert "Traceback" not in result.stderr
+
+
+async def test_a_stderr_reader_that_stalls_never_stalls_the_server(tmp_path):
+    """stderr is a pipe nobody reads: its 64 KiB fill after ~250 access-log lines. Log lines
+    wait in the writer thread's queue instead of blocking the event loop, so every request is
+    still answered (before, the server froze at the first write that did not fit)."""
+    site = tmp_path / "a.test"
+    site.mkdir()
+    (site / "index.lua").write_text("return 'ok'")
+    env = {**os.environ, "SNGIN_CODE_DIR": str(tmp_path), "SNGIN_WORKERS": "2",
+           "SNGIN_DATA_PATH": str(tmp_path / "data")}  # fmt: skip
+    argv = [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"]
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(argv, env=env, stderr=subprocess.PIPE)
+        try:
+            url, _ = await wait_until_serving(process)  # and from now on, stderr is not read
+            async with httpx.AsyncClient(timeout=10) as client:
+                for _ in range(1500):
+                    response = await client.get(url + "/", headers={"Host": "a.test"})
+                    assert response.text == "ok"
+        finally:
+            process.kill()
+            await process.wait()
