@@ -55,3 +55,33 @@ def test_text_lines_start_with_the_time_and_level():
 
 def test_the_default_is_json_unless_stderr_is_a_terminal():
     assert configure("info", None, io.StringIO()) == "json"
+
+
+def test_the_stderr_writer_queues_past_a_full_pipe_and_counts_what_it_drops():
+    import os
+    import threading
+
+    from sngin.stderr_writer import StderrWriter
+
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "wb")
+    writer = StderrWriter(stream, max_pending_bytes=200_000)
+    line = b"x" * 999 + b"\n"
+    results = [writer.write(line) for _ in range(400)]  # 400 kB: far past the pipe's 64 kB
+    assert all(results[:64])  # the pipe took the first ones at once, and nothing blocked
+    assert results.count(False) == writer.lost > 0  # past 200 kB queued: dropped, counted
+    received = bytearray()
+    kept = results.count(True) * len(line)
+    done = threading.Event()
+
+    def read() -> None:  # the reader catches up
+        while len(received) < kept:
+            received.extend(os.read(read_end, 65536))
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert writer.flush(timeout_s=10)  # the queue empties
+    assert done.wait(10)
+    assert bytes(received) == line * results.count(True)
+    stream.close()
+    os.close(read_end)
