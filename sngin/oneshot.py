@@ -21,7 +21,14 @@ from sngin.outbound import open_outbound
 from sngin.pool import open_pool
 from sngin.request_calls import RequestCalls
 from sngin.response_rules import response_headers
-from sngin.server import default_limits, open_github_modules, pool_config
+from sngin.server import (
+    default_limits,
+    open_github_modules,
+    open_tenant_storage,
+    pool_config,
+    tenant_cache_for,
+)
+from sngin.storage_calls import StorageCalls
 from sngin.tenants import tenant_of
 
 if TYPE_CHECKING:
@@ -102,8 +109,20 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             EgressPolicy.parse(settings.egress_allow), settings=settings.outbound
         ) as outbound,
         open_github_modules(settings) as github,
+        open_tenant_storage(settings) as storage,
         open_pool(config, limits_for) as pool,
     ):
+        # The same storage as the server's (SNGIN_DATA_PATH or SNGIN_REDIS_URL): a script run
+        # here reads and writes what it would when served.
+        wall_s = limits.timeout_ms / 1000
+        storage_calls = StorageCalls(
+            storage,
+            tenant_cache_for(settings, storage),
+            settings.storage,
+            tenant=job.tenant,
+            deadline=trio.current_time() + wall_s,
+            wall_s=wall_s,
+        )
         calls = RequestCalls(
             outbound,
             tenant=job.tenant,
@@ -114,11 +133,14 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             store=LocalStore(settings.code_dir),
             github=github,
             default_modules=settings.default_modules,
+            storage=storage_calls,
         )
         try:
             return await pool.run(job, calls)
         except SnginError as error:
             return error
+        finally:
+            await storage_calls.release_all()
 
 
 def print_reply(reply: Reply | SnginError) -> int:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 
 import pytest
 
 # botocore otherwise probes the cloud metadata address for credentials.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# Tenant storage's default folder ($XDG_DATA_HOME/sngin) is a throwaway one for the tests (and
+# every `sngin` they start): never the user's real data.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="sngin-test-data-")
 
 TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

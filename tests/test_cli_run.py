@@ -51,3 +51,14 @@ def test_errors_name_the_script_by_its_path(capsys, tmp_path, monkeypatch):
     assert main(["run", "broken.lua"], env={}) == 1
     out = capsys.readouterr().out
     assert out == "HTTP 500\n\nbroken.lua:2: attempt to index local 't' (a nil value)\n"
+
+
+def test_sngin_run_uses_the_same_storage_as_the_server(capsys, tmp_path):
+    site = tmp_path / "api.test"
+    site.mkdir()
+    (site / "index.lua").write_text("storage.runs = (storage.runs or 0) + 1 return storage.runs")
+    env = {"SNGIN_CODE_DIR": str(tmp_path), "SNGIN_DATA_PATH": str(tmp_path / "data")}
+    for expected in ("1", "2"):
+        assert main(["run", str(site / "index.lua")], env=env) == 0
+        assert capsys.readouterr().out.endswith(f"\n{expected}\n")
+    assert (tmp_path / "data" / "storage.db").exists()
