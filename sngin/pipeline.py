@@ -22,7 +22,6 @@ from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
 from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
-from sngin.sqlite_storage import Quota
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
@@ -161,10 +160,12 @@ class TenantPipeline:
 
     def _calls(self, tenant: str, request_id: str, config: TenantConfig) -> RequestCalls:
         deps = self.deps
+        wall_s = config.limits.timeout_ms / 1000
+        deadline = trio.current_time() + wall_s
         return RequestCalls(
             deps.outbound,
             tenant=tenant,
-            deadline=trio.current_time() + config.limits.timeout_ms / 1000,
+            deadline=deadline,
             request_id=request_id,
             max_subrequests=config.limits.max_subrequests,
             max_modules=config.limits.max_modules,
@@ -183,11 +184,8 @@ class TenantPipeline:
                 deps.tenant_cache,
                 deps.settings.storage,
                 tenant=tenant,
-                deadline=trio.current_time() + config.limits.timeout_ms / 1000,
-                wall_s=config.limits.timeout_ms / 1000,
-                quota=Quota(
-                    max_keys=config.storage_keys or deps.settings.storage.max_keys,
-                    max_bytes=config.storage_bytes or deps.settings.storage.max_bytes,
-                ),
+                deadline=deadline,
+                wall_s=wall_s,
+                quota=config.storage_quota,
             ),
         )

@@ -152,9 +152,8 @@ async def open_redis_storage(url: str) -> AsyncIterator[RedisStorage]:
 # (sorted set, oldest first) and sizes (hash); the bytes per tenant and in all, and a global
 # index, so the total and each tenant's share stay bounded: the oldest entries go first. An
 # entry that expired by itself stays counted until it is evicted (it is among the oldest).
-CACHE_SET_SCRIPT: Final = """
-local tenant, member, value, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local size, share, total_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+# Forgets one entry and its accounting (the prefix of both cache scripts).
+CACHE_FORGET: Final = """
 local function forget(t, m)
   local s = tonumber(redis.call('HGET', 'sngin:cz:' .. t, m) or '0')
   redis.call('DEL', 'sngin:c:' .. t .. ':' .. m)
@@ -166,6 +165,12 @@ local function forget(t, m)
     redis.call('DECRBY', 'sngin:ct', s)
   end
 end
+"""
+CACHE_SET_SCRIPT: Final = (
+    CACHE_FORGET
+    + """
+local tenant, member, value, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local size, share, total_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 forget(tenant, member)
 if size > share then return 0 end
 while tonumber(redis.call('HGET', 'sngin:cu', tenant) or '0') + size > share do
@@ -188,19 +193,14 @@ redis.call('HINCRBY', 'sngin:cu', tenant, size)
 redis.call('INCRBY', 'sngin:ct', size)
 return 1
 """
-CACHE_DELETE_SCRIPT: Final = """
-local tenant, member = ARGV[1], ARGV[2]
-local s = tonumber(redis.call('HGET', 'sngin:cz:' .. tenant, member) or '0')
-redis.call('DEL', 'sngin:c:' .. tenant .. ':' .. member)
-redis.call('ZREM', 'sngin:ci:' .. tenant, member)
-redis.call('HDEL', 'sngin:cz:' .. tenant, member)
-redis.call('ZREM', 'sngin:cg', tenant .. '|' .. member)
-if s > 0 then
-  redis.call('HINCRBY', 'sngin:cu', tenant, -s)
-  redis.call('DECRBY', 'sngin:ct', s)
-end
+)
+CACHE_DELETE_SCRIPT: Final = (
+    CACHE_FORGET
+    + """
+forget(ARGV[1], ARGV[2])
 return 1
 """
+)
 CACHE_ENTRY_OVERHEAD: Final = 64
 
 
@@ -209,6 +209,7 @@ class RedisCache:
 
     def __init__(self, storage: RedisStorage, *, max_bytes: int, tenant_share: float) -> None:
         self._storage = storage
+        self.location = storage.location
         self.max_bytes = max_bytes
         self.tenant_max = max(1, int(max_bytes * tenant_share))
 

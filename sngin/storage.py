@@ -12,15 +12,18 @@ own timeout. A backend that fails is `storage unavailable` for the script, never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any, Final
 
+import coredis.exceptions
 import trio
 
 from sngin.sqlite_storage import BUSY_TIMEOUT_MS, Quota, QuotaExceeded, SqliteStorage
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from sngin.redis_storage import RedisStorage
@@ -35,6 +38,19 @@ __all__ = ["Quota", "QuotaExceeded", "SqliteBackend", "StorageUnavailable", "Ten
 
 class StorageUnavailable(Exception):
     """The backend cannot answer now (a locked or broken database, a full disk, Redis down)."""
+
+
+@contextlib.contextmanager
+def backend_failures(location: str, message: str) -> Iterator[None]:
+    """A backend that fails or does not answer within BACKEND_TIMEOUT_S (Redis down, a socket
+    error) becomes StorageUnavailable(message): the script's ordinary error, never a hung
+    request. (SqliteBackend maps its own errors already.)"""
+    try:
+        with trio.fail_after(BACKEND_TIMEOUT_S):
+            yield
+    except (trio.TooSlowError, OSError, coredis.exceptions.RedisError) as exc:
+        log.error("storage backend %s: %s", location, exc or "timed out")
+        raise StorageUnavailable(message) from None
 
 
 class SqliteBackend:
@@ -108,19 +124,8 @@ class TenantStorage:
 
     async def _call(self, name: str, *args: Any) -> Any:
         self.operations += 1
-        try:
-            with trio.fail_after(BACKEND_TIMEOUT_S):
-                return await getattr(self.backend, name)(*args)
-        except (StorageUnavailable, QuotaExceeded):
-            raise
-        except (trio.TooSlowError, OSError) as exc:
-            log.error("storage backend %s: %s", self.backend.location, exc or "timed out")
-            raise StorageUnavailable("storage unavailable") from None
-        except Exception as exc:  # the Redis client's errors (connection, timeout, protocol)
-            if type(exc).__module__.startswith("coredis"):
-                log.error("storage backend %s: %s", self.backend.location, exc)
-                raise StorageUnavailable("storage unavailable") from None
-            raise
+        with backend_failures(self.backend.location, "storage unavailable"):
+            return await getattr(self.backend, name)(*args)
 
     async def get(self, tenant: str, key: bytes) -> bytes | None:
         return await self._call("get", tenant, key)  # type: ignore[no-any-return]

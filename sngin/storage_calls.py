@@ -11,11 +11,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from sngin.storage import BACKEND_TIMEOUT_S, Quota, QuotaExceeded, StorageUnavailable
+from sngin.storage import Quota, QuotaExceeded, StorageUnavailable, backend_failures
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from sandbox.protocol import StorageCall
     from sngin.config import StorageSettings
     from sngin.redis_storage import RedisCache
@@ -32,22 +30,6 @@ OPS: Final = frozenset(
 
 class StorageRefused(Exception):
     """The call is refused or failed: the text is the script's error."""
-
-
-@contextlib.contextmanager
-def unavailable_on_failure() -> Iterator[None]:
-    """A cache backend (Redis) that fails or does not answer in time: `cache unavailable`."""
-    try:
-        with trio.fail_after(BACKEND_TIMEOUT_S):
-            yield
-    except (trio.TooSlowError, OSError):
-        raise StorageUnavailable("cache unavailable") from None
-    except StorageRefused:
-        raise
-    except Exception as exc:
-        if type(exc).__module__.startswith("coredis"):
-            raise StorageUnavailable("cache unavailable") from None
-        raise
 
 
 class StorageCalls:
@@ -70,8 +52,7 @@ class StorageCalls:
         self._tenant = tenant
         self._deadline = deadline
         self._lease_ttl_s = wall_s + LEASE_GRACE_S
-        # Server-made, never the client's X-Request-Id: no one can pose as this request.
-        self._holder = secrets.token_hex(12)
+        self._holder_token: str | None = None
         self._leases: set[bytes] = set()
         self._left = settings.max_ops
         self.seconds = 0.0  # wall time spent in these calls (Server-Timing, metrics)
@@ -101,8 +82,8 @@ class StorageCalls:
         if call.op.startswith("cache_"):
             try:
                 return await self._cached(call.op, key, value, call.ttl_s)
-            except StorageUnavailable:
-                raise StorageRefused("cache unavailable") from None
+            except StorageUnavailable as exc:
+                raise StorageRefused(str(exc)) from None
         storage = self._storage
         if storage is None:
             raise StorageRefused("storage is not available here")
@@ -124,6 +105,14 @@ class StorageCalls:
             raise StorageRefused(str(exc)) from None
         except StorageUnavailable as exc:
             raise StorageRefused(str(exc)) from None
+
+    @property
+    def _holder(self) -> str:
+        """This request as a lease holder: server-made, never the client's X-Request-Id, so no
+        one can pose as it; made at the first lease call (most requests take none)."""
+        if self._holder_token is None:
+            self._holder_token = secrets.token_hex(12)
+        return self._holder_token
 
     async def _acquire(
         self, storage: TenantStorage, name: bytes, timeout_s: float | None
@@ -147,7 +136,8 @@ class StorageCalls:
         cache = self._cache
         if cache is None:
             raise StorageRefused("the cache is not available here")
-        with unavailable_on_failure():
+        location = getattr(cache, "location", "the cache")
+        with backend_failures(location, "cache unavailable"):
             if op == "cache_get":
                 return await cache.fetch(self._tenant, key)
             if op == "cache_set":

@@ -18,6 +18,8 @@ class TenantCache:
         self.tenant_max = max(1, int(max_bytes * tenant_share))
         # (tenant, key) -> (value, expires_at, size), least recently used first
         self._entries: OrderedDict[tuple[str, bytes], tuple[bytes, float, int]] = OrderedDict()
+        # each tenant's keys in the same order: its own oldest is found in O(1)
+        self._tenant_keys: dict[str, OrderedDict[bytes, None]] = {}
         self._tenant_bytes: dict[str, int] = {}
         self.bytes = 0
 
@@ -29,6 +31,7 @@ class TenantCache:
             self._drop((tenant, key))
             return None
         self._entries.move_to_end((tenant, key))
+        self._tenant_keys[tenant].move_to_end(key)
         return entry[0]
 
     def set(self, tenant: str, key: bytes, value: bytes, ttl_s: float) -> None:
@@ -37,10 +40,11 @@ class TenantCache:
         if size > self.tenant_max:
             return  # larger than a share: never kept (best effort)
         while self._tenant_bytes.get(tenant, 0) + size > self.tenant_max:
-            self._drop(next(k for k in self._entries if k[0] == tenant))
+            self._drop((tenant, next(iter(self._tenant_keys[tenant]))))
         while self.bytes + size > self.max_bytes:
             self._drop(next(iter(self._entries)))
         self._entries[(tenant, key)] = (value, trio.current_time() + ttl_s, size)
+        self._tenant_keys.setdefault(tenant, OrderedDict())[key] = None
         self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
         self.bytes += size
 
@@ -62,10 +66,11 @@ class TenantCache:
         entry = self._entries.pop(entry_key, None)
         if entry is None:
             return
-        tenant = entry_key[0]
+        tenant, key = entry_key
         self.bytes -= entry[2]
-        left = self._tenant_bytes[tenant] - entry[2]
-        if left:
-            self._tenant_bytes[tenant] = left
+        keys = self._tenant_keys[tenant]
+        del keys[key]
+        if keys:
+            self._tenant_bytes[tenant] -= entry[2]
         else:
-            del self._tenant_bytes[tenant]
+            del self._tenant_keys[tenant], self._tenant_bytes[tenant]

@@ -21,6 +21,7 @@ from sngin.config_values import parse_http_url
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.errors import ScriptError
 from sngin.limits import Limits
+from sngin.sqlite_storage import Quota
 from sngin.tenants import CONFIG_NAME, file_key
 
 if TYPE_CHECKING:
@@ -90,8 +91,7 @@ class TenantConfig:
     secrets: tuple[str, ...] = ()
     alert_webhook: str | None = None  # alerts.webhook: where alert.* calls are delivered
     github_token: str | None = None  # sent to the raw host for this tenant's module fetches
-    storage_keys: int | None = None  # this tenant's storage quota (None: the operator's)
-    storage_bytes: int | None = None
+    storage_quota: Quota | None = None  # its own storage quota (None: the operator's)
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -219,13 +219,14 @@ class TenantConfigs:
         storage = s.storage
         keys_ceiling = ceilings.max_storage_keys or storage.max_keys
         bytes_ceiling = ceilings.max_storage_bytes or storage.max_bytes
-        storage_keys = storage_bytes = None
-        if spec.storage.max_keys is not None:
-            storage_keys = int(pick("storage.max_keys", spec.storage.max_keys, storage.max_keys,
-                                    keys_ceiling))  # fmt: skip
-        if spec.storage.max_bytes is not None:
-            storage_bytes = int(pick("storage.max_bytes", spec.storage.max_bytes,
-                                     storage.max_bytes, bytes_ceiling))  # fmt: skip
+        storage_quota = None
+        if spec.storage.max_keys is not None or spec.storage.max_bytes is not None:
+            storage_quota = Quota(
+                max_keys=int(pick("storage.max_keys", spec.storage.max_keys, storage.max_keys,
+                                  keys_ceiling)),
+                max_bytes=int(pick("storage.max_bytes", spec.storage.max_bytes,
+                                   storage.max_bytes, bytes_ceiling)),
+            )  # fmt: skip
         env, secrets = self._resolve_env(tenant, where, spec.env)
         github_token = None
         if spec.github_token is not None:
@@ -244,8 +245,7 @@ class TenantConfigs:
             secrets=tuple(sorted(secrets, key=len, reverse=True)),
             alert_webhook=self._webhook(where, spec.alerts.webhook),
             github_token=github_token,
-            storage_keys=storage_keys,
-            storage_bytes=storage_bytes,
+            storage_quota=storage_quota,
         )  # fmt: skip
 
     def _resolve_env(
