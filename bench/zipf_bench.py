@@ -63,7 +63,9 @@ def wrk(port: int, seconds: float, tenants: int) -> dict[str, float]:
 def measure(tenants: int) -> dict[str, float]:
     """A fresh server, warmed up by the same traffic, then the measured load with the share of
     requests that needed a fresh runtime."""
-    extra = {"SNGIN_CODE_DIR": str(DIR / "sites")}
+    # No recycling mid-run: a recycled worker leaves the measured process tree (its CPU and RSS
+    # would be missing from the figures).
+    extra = {"SNGIN_CODE_DIR": str(DIR / "sites"), "SNGIN_WORKER_MAX_REQUESTS": "10000000"}
 
     def load(port: int) -> dict[str, float]:
         # (-1: a server from before the pool counted fresh runtimes)

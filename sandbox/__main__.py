@@ -1,4 +1,5 @@
-"""python -m sandbox [--address-space-bytes N]: one worker; exits when its stdin closes."""
+"""python -m sandbox [--address-space-bytes N] [--kept-runtimes-bytes N]: one worker; exits when
+its stdin closes."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import sys
 from sandbox import limits
 
 
-def address_space(argv: list[str]) -> int | None:
-    if len(argv) == 2 and argv[0] == "--address-space-bytes":
-        return int(argv[1])
-    return None
+def options(argv: list[str]) -> dict[str, int]:
+    """`--name N` pairs (only the server starts workers, so anything else is a bug: exit)."""
+    known = {"--address-space-bytes", "--kept-runtimes-bytes"}
+    if len(argv) % 2 or not set(argv[::2]) <= known:
+        sys.exit(f"usage: python -m sandbox {' '.join(f'[{k} N]' for k in sorted(known))}")
+    return {name: int(value) for name, value in zip(argv[::2], argv[1::2], strict=True)}
 
 
+given = options(sys.argv[1:])
 # Limits first, so everything after (lupa included) runs under them.
-limits.apply_at_start(address_space(sys.argv[1:]))
+limits.apply_at_start(given.get("--address-space-bytes"))
 
 from sandbox.worker import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(kept_runtimes_bytes=given.get("--kept-runtimes-bytes")))

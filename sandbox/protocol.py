@@ -21,8 +21,9 @@ HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 # A worker keeps the runtimes of the tenants it served last (each still only ever that tenant's),
 # so switching back to one costs nothing; the server routes tenants to the worker holding theirs.
-# How many it keeps is bounded by their Lua heap together (a hello runtime holds ~80 KiB, so
-# ~400 of them), not by a count; a runtime over the per-runtime cap is closed instead.
+# How many it keeps is bounded by their Lua heap together (a hello runtime holds ~100-200 KiB),
+# not by a count: the server passes each worker its share of SNGIN_KEPT_RUNTIMES_MB (this is
+# the share of a worker started without one). A runtime over the per-runtime cap is closed.
 DORMANT_TOTAL_BYTES: Final = 32 * 1024 * 1024
 DORMANT_MAX_BYTES: Final = 1024 * 1024
 
@@ -95,6 +96,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     cpu_ms: float = 0.0
     fresh_runtime: bool = False  # the job needed a new runtime (none active or kept for it)
     dropped_runtimes: list[str] = []  # tenants whose kept runtimes were closed meanwhile
+    # Not started: another tenant's requests wait on platform calls in this worker, and tenants
+    # never share a worker's time while one of them is parked; the server runs it elsewhere.
+    declined: bool = False
 
 
 class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):

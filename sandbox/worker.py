@@ -1,8 +1,9 @@
 """The worker loop: runs jobs of one tenant as Lua coroutines, interleaved at platform calls.
 
-Frames in: Job (start a request), CallResult (resume one), Cancel (drop one). Frames out:
-Hello once, then Call (a request waits for the server), Running (which request is about to
-run, when several share the worker) and Reply (a request ended).
+Frames in (read by sandbox.frame_input): Job (start a request), CallResult (resume one),
+Cancel (drop one). Frames out: Hello once, then Call (a request waits for the server), Running
+(which request is about to run, when several share the worker) and Reply (a request ended, or
+was declined: see Worker.start).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import lupa.luajit21 as lupa
 import msgspec
 
 from sandbox import compat, limits
+from sandbox.frame_input import FrameInput
 from sandbox.protocol import (
     DORMANT_MAX_BYTES,
     DORMANT_TOTAL_BYTES,
@@ -40,57 +42,20 @@ from sandbox.protocol import (
     decode_to_worker,
     encode_frame,
     frame_length,
-    take_prefix,
 )
 from sandbox.request import header_name
 from sandbox.runtime import RequestRun, TenantRuntime
 
-READ_SIZE = 65536
-
-
-class FrameInput:
-    """Reads exact byte counts from an fd, in chunks of up to 64 KiB: jobs queued in the pipe
-    cost one read together, not two reads each."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = bytearray()
-
-    def read(self, size: int) -> bytes | bytearray | None:
-        """size bytes, or None at a clean end of input (the parent closed our stdin). A frame
-        larger than one read goes straight into a buffer of its own: one copy, not three."""
-        if size > READ_SIZE and len(self._buffer) < size:
-            return self._read_large(size)
-        while len(self._buffer) < size:
-            chunk = os.read(self._fd, max(READ_SIZE, size - len(self._buffer)))
-            if not chunk:
-                if self._buffer:
-                    raise EOFError("input ended inside a frame")
-                return None
-            self._buffer += chunk
-        return take_prefix(self._buffer, size)
-
-    def _read_large(self, size: int) -> bytearray:
-        frame = bytearray(size)
-        have = len(self._buffer)
-        frame[:have] = self._buffer
-        self._buffer.clear()
-        with memoryview(frame) as view:
-            while have < size:
-                got = os.readv(self._fd, [view[have:]])
-                if not got:
-                    raise EOFError("input ended inside a frame")
-                have += got
-        return frame
-
 
 class Worker:
-    """Runs one tenant's requests at a time, several interleaved at their platform calls; a
-    tenant switch sets the active runtime aside (dormant) and brings back the new tenant's own
-    if it was kept, else makes one (~0.2 ms, measured in bench/sandbox_bench.py)."""
+    """Runs one tenant's requests at a time, several interleaved at their platform calls, and
+    jobs in the order they arrive; a tenant switch sets the active runtime aside (dormant) and
+    brings back the new tenant's own if it was kept, else makes one (~0.3 ms, measured in
+    bench/sandbox_bench.py). Another tenant's job is declined while requests are parked."""
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, *, kept_runtimes_bytes: int = DORMANT_TOTAL_BYTES) -> None:
         self.send = send
+        self.kept_runtimes_bytes = kept_runtimes_bytes
         self.runtime: TenantRuntime | None = None
         # Runtimes set aside, least recently served first, with their size then.
         self.dormant: OrderedDict[str, tuple[TenantRuntime, int]] = OrderedDict()
@@ -148,7 +113,7 @@ class Worker:
             return
         self.dormant[runtime.tenant] = (runtime, size)
         self.dormant_bytes += size
-        while self.dormant_bytes > DORMANT_TOTAL_BYTES:
+        while self.dormant_bytes > self.kept_runtimes_bytes:
             tenant, (oldest, oldest_size) = self.dormant.popitem(last=False)
             self.dormant_bytes -= oldest_size
             self.dropped.append(tenant)
@@ -158,6 +123,12 @@ class Worker:
         self.send(Log(id=request_id, line=line))
 
     def start(self, job: Job) -> None:
+        if self.runs and self.runtime is not None and self.runtime.tenant != job.tenant:
+            # The server stacks another tenant's job only behind requests that are computing;
+            # one of them parked meanwhile. Running this one now would put two tenants'
+            # requests in flight together, where one's limit kill would end the other's.
+            self.send(Reply(id=job.id, declined=True))
+            return
         runtime = self.runtime_for(job)
         self.cpu_left_s[job.id] = job.limits.cpu_ms / 1000
         self.cpu_used_s[job.id] = 0.0
@@ -364,7 +335,7 @@ def http_call(call: Any) -> HttpCall:
     )
 
 
-def main() -> int:
+def main(*, kept_runtimes_bytes: int | None = None) -> int:
     # Frames own the real stdout; anything else printed (by Python or a library) goes to stderr.
     frames = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
@@ -378,7 +349,7 @@ def main() -> int:
         frames.write(encode_frame(message))
 
     send(Hello(pid=os.getpid(), lua=str(lupa.LuaRuntime().lua_implementation)))
-    worker = Worker(send)
+    worker = Worker(send, kept_runtimes_bytes=kept_runtimes_bytes or DORMANT_TOTAL_BYTES)
     while True:
         header = incoming.read(HEADER.size)
         if header is None:

@@ -66,6 +66,7 @@ class Pending:
     reply: Reply | None = None
     failure: WorkerFailed | None = None
     waiting_call: bool = False  # the worker is waiting for our answer to its Call
+    heard: bool = False  # the worker sent a frame about it: it has started
     redact: Callable[[str], str] | None = None  # the tenant's secrets out of its log lines
     call_scopes: list[trio.CancelScope] = field(default_factory=list)
     log_bytes: int = 0  # of script lines written to the log for this request
@@ -122,6 +123,11 @@ class FrameChannel:
         """Some request on it is running Lua (not waiting for a platform call)."""
         return any(not p.waiting_call for p in self.pending.values())
 
+    @property
+    def parked(self) -> bool:
+        """Some request on it waits for a platform call's answer."""
+        return any(p.waiting_call for p in self.pending.values())
+
     # --- one request ---------------------------------------------------------------------------
 
     async def exchange(
@@ -139,7 +145,9 @@ class FrameChannel:
         _serve_calls), so none outlives it."""
         if self._owner.broken:
             # Ended after it was handed out: its reader is gone and could not fail this request.
-            raise WorkerFailed(CRASH, "the worker ended before the request started", sibling=True)
+            raise WorkerFailed(
+                CRASH, "the worker ended before the request started", sibling=True, unstarted=True
+            )
         self._ids += 1
         full = msgspec.structs.replace(job, id=self._ids)
         pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
@@ -148,7 +156,9 @@ class FrameChannel:
             self._send(msgspec.structs.replace(full, source=None) if source_known else full)
             await self._wait(pending, deadline)
             if pending.reply is not None and pending.reply.need_source:
-                # The worker evicted its compiled copy: send the source this time.
+                # The worker evicted its compiled copy: send the source this time. Re-entered
+                # last: the pending map is in the order the worker will start its jobs.
+                del self.pending[full.id]
                 pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
                 self._send(full)
                 await self._wait(pending, deadline)
@@ -237,6 +247,7 @@ class FrameChannel:
                     self._start_call(message)
                 elif isinstance(message, Running):
                     self._running = message.id
+                    self._heard(message.id)
                 elif isinstance(message, Log):
                     self._log(message)
                 else:
@@ -250,10 +261,16 @@ class FrameChannel:
             reason = await self._owner.exit_reason()
         self._fail_all(reason)
 
+    def _heard(self, request_id: int) -> None:
+        pending = self.pending.get(request_id)
+        if pending is not None:
+            pending.heard = True
+
     def _log(self, message: Log) -> None:
         pending = self.pending.get(message.id)
         if pending is None:
             return
+        pending.heard = True
         job = pending.job
         # The worker caps the lines' raw bytes; this caps what is written (escaped, invalid
         # UTF-8 replaced), which is what the documented 64 KiB is about.
@@ -278,7 +295,7 @@ class FrameChannel:
         pending = self.pending.get(call.id)
         if pending is None:
             return  # cancelled: the worker gets a Cancel, not an answer
-        pending.waiting_call = True
+        pending.waiting_call = pending.heard = True
         if pending.nursery is not None:
             pending.nursery.start_soon(self._answer_call, pending, call)
         else:
@@ -303,11 +320,24 @@ class FrameChannel:
             self._send(result)
 
     def _fail_all(self, reason: str) -> None:
+        """The worker ended: every request in flight fails, but one of another tenant that it
+        had not started (stacked behind the culprit: the worker starts jobs in the order sent)
+        is marked unstarted, for the pool to run elsewhere; no tenant's kill costs another's
+        request. The culprit's own tenant's requests fail as its siblings, as before."""
         culprit = self._culprit()
+        culprit_tenant = None
+        after_culprit = culprit is None
+        if culprit is not None and culprit in self.pending:
+            culprit_tenant = self.pending[culprit].job.tenant
         for request_id, pending in list(self.pending.items()):
             sibling = culprit is not None and request_id != culprit
-            pending.failure = WorkerFailed(reason, "the worker ended", sibling=sibling)
+            unstarted = after_culprit and not pending.heard and pending.job.tenant != culprit_tenant
+            pending.failure = WorkerFailed(
+                reason, "the worker ended", sibling=sibling, unstarted=unstarted
+            )
             pending.finish()
+            if request_id == culprit:
+                after_culprit = True
 
     def _culprit(self) -> int | None:
         """The request that was running when the worker ended, as far as we can tell."""

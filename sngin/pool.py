@@ -70,6 +70,10 @@ class PoolConfig:
     max_spawn_retry_s: float = MAX_SPAWN_RETRY_S  # ... doubling up to this once serving
 
 
+# Goes a job gets: a worker that declines it or ends before its turn hands it on (rare: only a
+# job stacked behind others meets either).
+MAX_ATTEMPTS: Final = 3
+
 LIMIT_NAMES: Final = {
     CPU_KILL: "CPU-time limit",
     WALL_KILL: "wall-time limit",
@@ -110,6 +114,7 @@ class Pool:
         self._limits_for = limits_for
         self._timeouts = 0
         self._fresh_runtimes = 0
+        self._ran_elsewhere = 0  # jobs a worker declined or ended before starting, run again
         self.accounting = TenantAccounting(
             Quarantine(
                 strikes=config.quarantine_strikes,
@@ -160,6 +165,7 @@ class Pool:
             tenant_switches=supervisor.retired_switches
             + sum(w.switches for w in supervisor.workers),
             fresh_runtimes=self._fresh_runtimes,
+            ran_elsewhere=self._ran_elsewhere,
             exits=MappingProxyType(dict(supervisor.exits)),
             workers=workers,
             tenants=MappingProxyType(self.accounting.statistics()),
@@ -248,6 +254,45 @@ class Pool:
         if job.limits is not limits.wire:
             # The job runs under exactly these limits (the pipeline built it so already).
             job = msgspec.structs.replace(job, limits=limits.wire)
+        counters.requests += 1
+        # The wall time counts while a worker has the job (not while it queues for one), over
+        # every attempt.
+        wall_left_s = limits.timeout_ms / 1000
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            reply, held_s = await self._attempt(
+                job, calls, limits=limits, concurrency=concurrency, redact=redact, note=note,
+                timeout_s=wall_left_s, last=attempt == MAX_ATTEMPTS,
+            )  # fmt: skip
+            if reply is not None:
+                break
+            wall_left_s = max(0.0, wall_left_s - held_s)
+            self._ran_elsewhere += 1
+        assert reply is not None  # the last attempt answers or raises
+        counters.cpu_ms += reply.cpu_ms
+        self._fresh_runtimes += reply.fresh_runtime
+        if reply.error == MEMORY_LIMIT:
+            note.kill = MEMORY
+            self.accounting.strike(tenant, counters, MEMORY)
+        self.accounting.count_status(counters, reply)
+        return reply
+
+    async def _attempt(
+        self,
+        job: Job,
+        calls: CallHandler | None,
+        *,
+        limits: Limits,
+        concurrency: int | None,
+        redact: Callable[[str], str] | None,
+        note: RunNote,
+        timeout_s: float,
+        last: bool,
+    ) -> tuple[Reply | None, float]:
+        """One worker's go at a job: its Reply (None when the job never started there: the
+        worker declined it, or ended before its turn; it may run elsewhere), and how long the
+        worker had it."""
+        tenant = job.tenant
+        counters = self.accounting.counters(tenant)
         try:
             admitted = await self.scheduler.admit(tenant, concurrency, self._config.queue_timeout_s)
         except QueueTimeout as exc:
@@ -260,10 +305,11 @@ class Pool:
         worker = cast("WorkerProcess", admitted.worker)
         note.worker = worker.pid
         started = trio.current_time()
-        counters.requests += 1
         try:
-            reply = await worker.run(job, calls, timeout_s=limits.timeout_ms / 1000, redact=redact)
+            reply = await worker.run(job, calls, timeout_s=timeout_s, redact=redact)
         except WorkerFailed as exc:
+            if exc.unstarted and not last:
+                return None, trio.current_time() - started
             note.kill = exc.reason
             if exc.reason == WALL_KILL:
                 self._timeouts += 1
@@ -275,13 +321,13 @@ class Pool:
             counters.wall_ms += (trio.current_time() - started) * 1000
             self.scheduler.finished(tenant)
             self._check_in(worker)
-        counters.cpu_ms += reply.cpu_ms
-        self._fresh_runtimes += reply.fresh_runtime
-        if reply.error == MEMORY_LIMIT:
-            note.kill = MEMORY
-            self.accounting.strike(tenant, counters, MEMORY)
-        self.accounting.count_status(counters, reply)
-        return reply
+        held_s = trio.current_time() - started
+        if reply.declined:
+            if not last:
+                return None, held_s
+            counters.status_5xx += 1
+            raise Unavailable("no worker could start the request", headers={"Retry-After": "1"})
+        return reply, held_s
 
     async def aclose(self) -> None:
         self.scheduler.close()

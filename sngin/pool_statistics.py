@@ -74,6 +74,7 @@ class PoolStatistics:
     timeouts: int
     tenant_switches: int
     fresh_runtimes: int  # requests that needed a new Lua runtime (none kept for the tenant)
+    ran_elsewhere: int  # stacked jobs a worker declined or ended before starting, run again
     exits: Mapping[str, int]  # read-only views: a snapshot never changes under its reader
     workers: tuple[WorkerInfo, ...]
     tenants: Mapping[str, TenantStatistics]

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from sandbox.protocol import DORMANT_TOTAL_BYTES
 from sngin.admin import AdminListener
 from sngin.alerts import Alerts
 from sngin.app import create_app
@@ -46,13 +45,16 @@ if TYPE_CHECKING:
     from hypercorn.config import Config
 
     from sngin.codestore import CodeSource
-    from sngin.config import Bind, Settings
+    from sngin.config import Bind, PoolSettings, Settings
 
 log = logging.getLogger(__name__)
 
 STORAGE_FILE = "storage.db"
 
 PROBE_TIMEOUT_S = 10.0
+# A worker keeps at least this much, whatever SNGIN_KEPT_RUNTIMES_MB (0 included) leaves it:
+# switching between a handful of tenants must not rebuild runtimes.
+MIN_KEPT_RUNTIMES_BYTES = 4 * MIB
 
 
 def hypercorn_config(settings: Settings, gate: ConnectionGate | None = None) -> GatedConfig:
@@ -159,6 +161,11 @@ async def open_tenant_storage(settings: Settings) -> AsyncIterator[TenantStorage
         storage.close()
 
 
+def kept_runtimes_share(pool: PoolSettings) -> int:
+    """One worker's share of SNGIN_KEPT_RUNTIMES_MB (the node's total)."""
+    return max(MIN_KEPT_RUNTIMES_BYTES, pool.kept_runtimes_mb * MIB // pool.size)
+
+
 def pool_config(settings: Settings) -> PoolConfig:
     p, limits = settings.pool, settings.limits
     # RLIMIT_AS for a worker: Python and its libraries (~30 MB measured), twice the Lua cap (a
@@ -166,9 +173,8 @@ def pool_config(settings: Settings) -> PoolConfig:
     largest_body = max(settings.http.max_request_bytes, limits.max_body_bytes)
     # And the runtimes a worker keeps for recent tenants (their Lua heap, with LuaJIT's own
     # structures about twice that).
-    address_space = (
-        64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body + 2 * DORMANT_TOTAL_BYTES
-    )
+    kept_runtimes = kept_runtimes_share(p)
+    address_space = 64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body + 2 * kept_runtimes
     return PoolConfig(
         size=p.size,
         max_requests_per_worker=p.max_requests_per_worker,
@@ -178,7 +184,7 @@ def pool_config(settings: Settings) -> PoolConfig:
         worker_concurrency=p.worker_concurrency,
         tenant_concurrency=p.tenant_concurrency,
         queue_timeout_s=p.queue_timeout_s,
-        worker=WorkerOptions(address_space_bytes=address_space),
+        worker=WorkerOptions(address_space_bytes=address_space, kept_runtimes_bytes=kept_runtimes),
     )
 
 

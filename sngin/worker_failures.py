@@ -19,13 +19,17 @@ RECYCLE: Final = "recycle"
 
 class WorkerFailed(Exception):
     """A request ended with its worker gone. `reason` is one of the constants above; `sibling`
-    is True when another request on the same worker caused it."""
+    is True when another request on the same worker caused it; `unstarted` when the request
+    had not begun to run (it may safely run elsewhere)."""
 
-    def __init__(self, reason: str, detail: str, *, sibling: bool = False) -> None:
+    def __init__(
+        self, reason: str, detail: str, *, sibling: bool = False, unstarted: bool = False
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.sibling = sibling
+        self.unstarted = unstarted
 
 
 class WorkerBootFailed(Exception):

@@ -63,11 +63,17 @@ EXIT_STATUS_WAIT_S: Final = 2.0
 class WorkerOptions:
     argv: tuple[str, ...] = WORKER_ARGV
     address_space_bytes: int | None = None
+    kept_runtimes_bytes: int | None = None  # Lua heap of the runtimes kept for recent tenants
 
     def command(self) -> tuple[str, ...]:
-        if self.address_space_bytes is None or self.argv != WORKER_ARGV:
-            return self.argv
-        return (*self.argv, "--address-space-bytes", str(self.address_space_bytes))
+        if self.argv != WORKER_ARGV:
+            return self.argv  # a test's stand-in worker
+        command = list(self.argv)
+        if self.address_space_bytes is not None:
+            command += ["--address-space-bytes", str(self.address_space_bytes)]
+        if self.kept_runtimes_bytes is not None:
+            command += ["--kept-runtimes-bytes", str(self.kept_runtimes_bytes)]
+        return tuple(command)
 
 
 class WorkerProcess:
@@ -148,7 +154,13 @@ class WorkerProcess:
         return self.reserved > 0 or self.channel.computing
 
     @property
+    def parked(self) -> bool:
+        """Some request on it waits for a platform call's answer."""
+        return self.channel.parked
+
+    @property
     def tenant(self) -> str | None:
+        """The tenant of the job sent last (the worker runs jobs in the order sent)."""
         return self.mirror.tenant
 
     @property

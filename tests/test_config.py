@@ -9,6 +9,7 @@ import pytest
 from sngin.cli import build_parser, main, settings_from
 from sngin.config import BUNDLED_SITES, Bind, Settings, default_workers
 from sngin.errors import ConfigError
+from sngin.limits import MIB
 
 
 def test_defaults(tmp_path):
@@ -220,3 +221,29 @@ def test_github_token_owners_and_the_token_stays_out_of_errors():
     assert "two words" not in str(caught.value)
     with pytest.raises(ConfigError, match="SNGIN_GITHUB_TOKEN_OWNERS"):
         Settings.from_env({"SNGIN_GITHUB_TOKEN_OWNERS": "bad/owner"})
+
+
+def test_kept_runtimes_memory_defaults_from_the_machine_and_is_split_over_the_workers():
+    from sngin.config import default_kept_runtimes_mb, usable_memory_bytes
+    from sngin.server import MIN_KEPT_RUNTIMES_BYTES, pool_config
+
+    default = Settings.from_env({})
+    assert default.pool.kept_runtimes_mb == default_kept_runtimes_mb()
+    assert 32 <= default_kept_runtimes_mb() <= 512
+    assert default_kept_runtimes_mb() <= max(32, usable_memory_bytes() // 16 // MIB)
+
+    settings = Settings.from_env({"SNGIN_KEPT_RUNTIMES_MB": "300", "SNGIN_WORKERS": "3"})
+    command = pool_config(settings).worker.command()
+    share = int(command[command.index("--kept-runtimes-bytes") + 1])
+    assert share == 100 * MIB
+    # The address-space backstop makes room for the kept runtimes it allows.
+    bigger = Settings.from_env({"SNGIN_KEPT_RUNTIMES_MB": "3000", "SNGIN_WORKERS": "3"})
+    assert (
+        pool_config(bigger).worker.address_space_bytes
+        == pool_config(settings).worker.address_space_bytes + 2 * 900 * MIB
+    )
+    # Nothing left to share still leaves each worker a few runtimes.
+    none = Settings.from_env({"SNGIN_KEPT_RUNTIMES_MB": "0"})
+    assert pool_config(none).worker.kept_runtimes_bytes == MIN_KEPT_RUNTIMES_BYTES
+    with pytest.raises(ConfigError, match="SNGIN_KEPT_RUNTIMES_MB='lots': not an integer"):
+        Settings.from_env({"SNGIN_KEPT_RUNTIMES_MB": "lots"})

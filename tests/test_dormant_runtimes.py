@@ -122,3 +122,30 @@ def test_a_closed_runtime_is_freed_at_once_not_at_a_full_collection():
     finally:
         gc.enable()
     assert after == before
+
+
+def test_the_kept_runtimes_budget_is_the_workers_to_set():
+    small = Worker(lambda message: None, kept_runtimes_bytes=2 * 1024 * 1024)
+    large = Worker(lambda message: None, kept_runtimes_bytes=64 * 1024 * 1024)
+    for n in range(60):
+        served(small, job(f"t{n}.test"))
+        served(large, job(f"t{n}.test"))
+    assert small.dormant_bytes <= 2 * 1024 * 1024
+    assert 5 < len(small.dormant) < 40
+    assert len(large.dormant) == 59
+
+
+async def test_a_real_worker_keeps_runtimes_within_the_share_the_server_gives_it():
+    from sngin.worker_process import WorkerOptions
+
+    async def kept_after_serving(tenants: int, options: WorkerOptions) -> int:
+        async with open_pool(PoolConfig(size=2, worker=options)) as pool:
+            for n in range(tenants):
+                await pool.run(job(f"k{n}.test"))
+            return sum(len(w.dormant) for w in pool.supervisor.workers)
+
+    with trio.fail_after(60):
+        generous = await kept_after_serving(80, WorkerOptions(kept_runtimes_bytes=64 * 2**20))
+        tight = await kept_after_serving(80, WorkerOptions(kept_runtimes_bytes=2 * 2**20))
+    assert generous == 78  # all but the two running (one per worker)
+    assert 10 < tight < 60

@@ -80,7 +80,10 @@ async def test_freed_workers_serve_waiting_requests_in_arrival_order():
     finished = Finished(3)
     order = finished.order
     results: dict[str, bytes] = {}
-    async with open_pool(PoolConfig(size=2)) as pool, trio.open_nursery() as nursery:
+    # One request per worker: none is stacked behind a.test's (they would be handed out at
+    # once, and start in the order their tasks happen to run).
+    config = PoolConfig(size=2, worker_concurrency=1)
+    async with open_pool(config) as pool, trio.open_nursery() as nursery:
         gates = await occupy_both_workers(pool, nursery, results)
         await queue_up(pool, nursery, ["c.test", "d.test", "e.test"], finished)
         assert order == []  # both workers are taken

@@ -602,7 +602,7 @@ def test_string_metatable_cannot_be_changed(runtime):
 
 
 def test_frame_input_reads_queued_frames_with_one_read_and_tells_clean_end_from_torn():
-    from sandbox.worker import FrameInput
+    from sandbox.frame_input import FrameInput
 
     read_fd, write_fd = os.pipe()
     try:

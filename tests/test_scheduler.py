@@ -31,6 +31,10 @@ class StandIn:
     def computing(self) -> bool:
         return self.reserved > 0 or (self.busy > 0 and not self.waiting)
 
+    @property
+    def parked(self) -> bool:
+        return self.busy > 0 and self.waiting
+
 
 def scheduler(*workers: StandIn, worker_concurrency: int = 4, tenant_concurrency: int = 8):
     checked_in: list[StandIn] = []
@@ -153,7 +157,8 @@ async def test_a_cancelled_waiter_gives_back_a_worker_it_was_handed(autojump_clo
 async def test_a_busy_tenant_cannot_stack_requests_while_another_tenant_waits(autojump_clock):
     """Fairness: once another tenant's request waits, the busy tenant's workers drain instead
     of taking more of its requests, and the first one to come free goes to the waiter."""
-    w1, w2 = StandIn("a", busy=2), StandIn("a", busy=1)
+    # Parked on platform calls: another tenant's request may not be stacked behind them.
+    w1, w2 = StandIn("a", busy=2, waiting=True), StandIn("a", busy=1, waiting=True)
     s, _ = scheduler(w1, w2, worker_concurrency=4)
     served: list[str] = []
 
@@ -183,3 +188,44 @@ async def test_the_queue_timeout_names_its_real_cause(autojump_clock):
     assert s.take("a", cap=1) is not None
     with pytest.raises(QueueTimeout, match="already has 1 requests in flight, its concurrency"):
         await s.admit("a", 1, timeout_s=2)
+
+
+def test_with_no_idle_worker_a_request_is_stacked_behind_computing_ones_of_another_tenant():
+    computing = StandIn("x", busy=2)
+    lighter = StandIn("y", busy=1)
+    parked = StandIn("z", busy=1, waiting=True)
+    s, _ = scheduler(computing, parked, lighter, worker_concurrency=8)
+    assert s.pick("a") is lighter  # the least loaded; never the parked one
+    lighter.busy = 2
+    computing.dormant.add("a")
+    assert s.pick("a") is computing  # as loaded, and it keeps a's runtime
+    idle = StandIn()
+    s.offer(idle)
+    assert s.pick("a") is idle  # stacking only when no worker is idle
+
+
+def test_stacking_stops_at_its_depth_and_at_the_worker_concurrency():
+    from sngin.scheduler import STACK_DEPTH
+
+    deep = StandIn("x", busy=STACK_DEPTH)
+    s, _ = scheduler(deep, worker_concurrency=32)
+    assert s.pick("a") is None
+    narrow = StandIn("x", busy=1)
+    s, _ = scheduler(narrow, worker_concurrency=1)
+    assert s.pick("a") is None  # the operator's one-request-per-worker setting holds
+
+
+async def test_a_waiter_takes_a_worker_that_opens_to_stacking(autojump_clock):
+    worker = StandIn("x", busy=1, waiting=True)
+    s, _ = scheduler(worker, worker_concurrency=8)
+
+    async def resume() -> None:
+        await trio.sleep(1)
+        worker.waiting = False  # its request got its answer and computes again
+        s.hand_out()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resume)
+        admitted = await s.admit("a", None, timeout_s=10)
+    assert admitted.worker is worker
+    assert admitted.queued_s == 1

@@ -1,0 +1,97 @@
+"""Stacking: with no idle worker, a request of one tenant may wait in a busy worker behind
+another tenant's computing requests, but a tenant's kill never costs another tenant's request,
+and two tenants are never in flight together while one of them waits on a platform call."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from sandbox.protocol import Call, CallResult, HttpResult, Job, Reply, Request
+from sandbox.worker import Worker
+from sngin.limits import Limits
+from sngin.notes import RunNote
+from sngin.pool import PoolConfig, open_pool
+
+WAITS_UPSTREAM = b"return http.request('http://upstream.test/').content"
+
+
+def job(tenant: str, source: bytes, *, job_id: int = 0) -> Job:
+    return Job(id=job_id, tenant=tenant, key=f"{tenant}/index", version="v1",
+               request=Request(method="GET", path="/"), source=source)  # fmt: skip
+
+
+class Gate:
+    """Holds a script at its http.request until opened."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.opened = trio.Event()
+
+    async def __call__(self, call: Call) -> CallResult:
+        self.entered.set()
+        await self.opened.wait()
+        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+
+
+def test_a_worker_declines_another_tenants_job_while_requests_are_parked():
+    sent: list[object] = []
+    worker = Worker(sent.append)
+    worker.handle(job("a.test", WAITS_UPSTREAM, job_id=1))
+    assert isinstance(sent[-1], Call)  # a.test's request waits on its platform call
+    worker.handle(job("b.test", b"return 'b'", job_id=2))
+    assert sent[-1] == Reply(id=2, declined=True)
+    assert worker.runtime is not None
+    assert worker.runtime.tenant == "a.test"  # a.test's runtime was never set aside
+    # Once a.test has nothing in flight, b.test's jobs run here as usual.
+    call = sent[-2]
+    assert isinstance(call, Call)
+    worker.handle(CallResult(id=1, call_id=call.call_id, http=HttpResult(status=200, body=b"x")))
+    worker.handle(job("b.test", b"return 'b'", job_id=3))
+    replies = [m for m in sent if isinstance(m, Reply)]
+    assert [(r.id, r.body, r.declined) for r in replies[-2:]] == [
+        (1, b"x", False),
+        (3, b"b", False),
+    ]
+
+
+async def test_a_request_stacked_behind_a_cpu_kill_runs_elsewhere_and_succeeds():
+    cpu_capped = Limits(cpu_ms=400)
+    config = PoolConfig(size=2, quarantine_strikes=1000)
+    async with open_pool(config, lambda tenant: cpu_capped) as pool:
+        await pool.wait_for_workers()
+        gate = Gate()
+        outcomes: dict[str, object] = {}
+        notes = {"spin.test": RunNote(), "b.test": RunNote()}
+        b_done = trio.Event()
+
+        async def run(tenant: str, source: bytes, calls=None) -> None:
+            try:
+                reply = await pool.run(job(tenant, source), calls, note=notes.get(tenant))
+                outcomes[tenant] = reply.body
+            except Exception as exc:
+                outcomes[tenant] = exc
+            if tenant == "b.test":
+                b_done.set()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                # One worker parked (not open to stacking), the other computing a spinner.
+                nursery.start_soon(run, "parked.test", WAITS_UPSTREAM, gate)
+                await gate.entered.wait()
+                nursery.start_soon(run, "spin.test", b"while true do end")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(run, "b.test", b"return 'b ran'")
+                await trio.testing.wait_all_tasks_blocked()
+                spinner = notes["spin.test"].worker
+                # b.test was stacked behind the spinner: the one worker open to it.
+                assert notes["b.test"].worker == spinner
+                await b_done.wait()  # after the spinner's kill, on the replacement worker
+                gate.opened.set()
+        stats = pool.statistics()
+    assert "CPU-time limit" in str(outcomes["spin.test"])
+    assert outcomes["b.test"] == b"b ran"  # not a 502: it never started on the killed worker
+    assert notes["b.test"].worker != spinner
+    assert outcomes["parked.test"] == b"up"
+    assert stats.ran_elsewhere == 1
+    assert stats.tenants["b.test"].status_5xx == 0
