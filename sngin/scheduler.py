@@ -128,19 +128,11 @@ class Scheduler:
            too: it takes nothing from another tenant, unlike rules 2 and 5.
         """
         limit = self.worker_concurrency
-        depth = min(STACK_DEPTH, limit)
-        idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = stacked = None
+        idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = None
         for w in self.ready:  # one pass: least recently used first
             if not w.alive:
                 continue
             in_flight = w.in_flight
-            if (
-                in_flight < depth
-                and in_flight
-                and not w.parked
-                and (stacked is None or (in_flight, tenant not in w.dormant) < stacked[0])
-            ):
-                stacked = ((in_flight, tenant not in w.dormant), w)
             if w.tenant == tenant:
                 if not in_flight:
                     idle_mine = w  # the last one seen is the most recently used
@@ -157,12 +149,23 @@ class Scheduler:
         if not stack:
             waiting_mine = open_mine = None
         worker = idle_mine or waiting_mine or idle_dormant or idle_any or open_mine
-        if worker is None and stacked is not None:
-            worker = stacked[1]
+        if worker is None:
+            worker = self._stackable(tenant)
         if worker is not None:
             self.ready.remove(worker)
             self.ready.append(worker)  # most recently used last
         return worker
+
+    def _stackable(self, tenant: str) -> Schedulable | None:
+        """Rule 6: a second pass, taken only when every worker is busy."""
+        depth = min(STACK_DEPTH, self.worker_concurrency)
+        best, best_key = None, (depth, True)
+        for w in self.ready:
+            if w.alive and 0 < w.in_flight < depth and not w.parked:
+                key = (w.in_flight, tenant not in w.dormant)
+                if key < best_key:
+                    best, best_key = w, key
+        return best
 
     # --- reservations --------------------------------------------------------------------------
 
