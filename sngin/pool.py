@@ -30,7 +30,7 @@ from sngin.errors import (
 )
 from sngin.limits import Limits
 from sngin.notes import RunNote
-from sngin.pool_statistics import PoolStatistics, WorkerInfo, rss_bytes
+from sngin.pool_statistics import PoolStatistics, TenantCounters, WorkerInfo, rss_bytes
 from sngin.quarantine import Quarantine
 from sngin.scheduler import QueueTimeout, Scheduler
 from sngin.supervisor import MAX_SPAWN_RETRY_S, SPAWN_RETRY_S, Supervisor, WorkerBootError
@@ -260,8 +260,8 @@ class Pool:
         wall_left_s = limits.timeout_ms / 1000
         for attempt in range(1, MAX_ATTEMPTS + 1):
             reply, held_s = await self._attempt(
-                job, calls, limits=limits, concurrency=concurrency, redact=redact, note=note,
-                timeout_s=wall_left_s, last=attempt == MAX_ATTEMPTS,
+                job, calls, counters, limits=limits, concurrency=concurrency, redact=redact,
+                note=note, timeout_s=wall_left_s, last=attempt == MAX_ATTEMPTS,
             )  # fmt: skip
             if reply is not None:
                 break
@@ -280,6 +280,7 @@ class Pool:
         self,
         job: Job,
         calls: CallHandler | None,
+        counters: TenantCounters,
         *,
         limits: Limits,
         concurrency: int | None,
@@ -292,7 +293,6 @@ class Pool:
         worker declined it, or ended before its turn; it may run elsewhere), and how long the
         worker had it."""
         tenant = job.tenant
-        counters = self.accounting.counters(tenant)
         try:
             admitted = await self.scheduler.admit(tenant, concurrency, self._config.queue_timeout_s)
         except QueueTimeout as exc:
