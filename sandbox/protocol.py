@@ -79,6 +79,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     limits: WireLimits = WireLimits()
     source: bytes | None = None
     env: dict[str, str] = {}  # the tenant's `env` (from its _sngin.json), read-only in Lua
+    tail: int = 0  # request.body's bytes follow this frame on the pipe (see encode_to_worker)
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -210,6 +211,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     error: str | None = None
     done: bool = False  # a call that returns at most `value` succeeded (email, alert, storage)
     value: bytes | None = None
+    tail: int = 0  # http.body's bytes follow this frame on the pipe (see encode_to_worker)
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -250,6 +252,44 @@ def encode_frame(message: ToWorker | FromWorker) -> bytearray:
     _encoder.encode_into(message, frame, HEADER.size)
     HEADER.pack_into(frame, 0, len(frame) - HEADER.size)
     return frame
+
+
+# A body this large is written beside its frame (a second buffer, after it on the pipe) rather
+# than copied into it: the server then holds one copy of a body it sends a worker, not two.
+TAIL_MIN_BYTES: Final = 64 * 1024
+
+BodyBytes = bytes | bytearray | memoryview
+
+
+def encode_to_worker(message: ToWorker) -> tuple[bytearray, BodyBytes | None]:
+    """A frame for the worker, and the body to write right after it (None: all in the frame).
+    The body is the caller's own buffer: nothing is copied."""
+    if isinstance(message, Job) and len(message.request.body) >= TAIL_MIN_BYTES:
+        body: BodyBytes = message.request.body
+        request = msgspec.structs.replace(message.request, body=b"")
+        message = msgspec.structs.replace(message, request=request, tail=len(body))
+    elif (
+        isinstance(message, CallResult)
+        and message.http is not None
+        and len(message.http.body) >= TAIL_MIN_BYTES
+    ):
+        body = message.http.body
+        http = msgspec.structs.replace(message.http, body=b"")
+        message = msgspec.structs.replace(message, http=http, tail=len(body))
+    else:
+        return encode_frame(message), None
+    return encode_frame(message), body
+
+
+def with_tail(message: ToWorker, tail: bytes) -> ToWorker:
+    """A Job or CallResult with the body that followed its frame put back in its place."""
+    if isinstance(message, Job):
+        request = msgspec.structs.replace(message.request, body=tail)
+        return msgspec.structs.replace(message, request=request, tail=0)
+    if isinstance(message, CallResult) and message.http is not None:
+        http = msgspec.structs.replace(message.http, body=tail)
+        return msgspec.structs.replace(message, http=http, tail=0)
+    raise ValueError("a tail after a frame that has no body")
 
 
 def frame_length(header: bytes | bytearray) -> int:

@@ -24,6 +24,7 @@ from sandbox.protocol import (
     DORMANT_TOTAL_BYTES,
     EXIT_MEMORY,
     HEADER,
+    MAX_FRAME_BYTES,
     MEMORY_LIMIT,
     AlertCall,
     Call,
@@ -42,6 +43,7 @@ from sandbox.protocol import (
     decode_to_worker,
     encode_frame,
     frame_length,
+    with_tail,
 )
 from sandbox.request import header_name
 from sandbox.runtime import RequestRun, TenantRuntime
@@ -358,7 +360,15 @@ def main(*, kept_runtimes_bytes: int | None = None) -> int:
         if body is None:
             raise EOFError("input ended inside a frame")
         try:
-            worker.handle(decode_to_worker(body))
+            message = decode_to_worker(body)
+            if isinstance(message, (Job, CallResult)) and message.tail:
+                if message.tail > MAX_FRAME_BYTES:
+                    raise ValueError(f"a body of {message.tail} bytes exceeds {MAX_FRAME_BYTES}")
+                tail = incoming.read(message.tail)
+                if tail is None:
+                    raise EOFError("input ended inside a body")
+                message = with_tail(message, bytes(tail))
+            worker.handle(message)
             worker.tidy_up()
         except MemoryError:
             # The address-space backstop: this process is no longer trustworthy.

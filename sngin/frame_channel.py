@@ -26,7 +26,7 @@ from sandbox.protocol import (
     Running,
     ToWorker,
     decode_from_worker,
-    encode_frame,
+    encode_to_worker,
     frame_length,
 )
 from sngin.observe import forward_script_line
@@ -231,7 +231,10 @@ class FrameChannel:
     def _send(self, message: ToWorker) -> None:
         # Never waits: frames the pipe cannot take now are queued in order. A worker that is
         # gone is noticed by the reader task, which fails every pending request.
-        self._writer.send(encode_frame(message))
+        frame, tail = encode_to_worker(message)
+        self._writer.send(frame)
+        if tail is not None:
+            self._writer.send(tail)
 
     # --- the worker's frames -----------------------------------------------------------------
 

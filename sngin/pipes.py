@@ -46,7 +46,7 @@ class PipeWriter:
     def queued(self) -> int:
         return self._queued
 
-    def send(self, frame: bytes | bytearray) -> None:
+    def send(self, frame: bytes | bytearray | memoryview) -> None:
         if self.closed or self.broken:
             return  # the reader sees the process end and fails what is in flight
         if self._queue:

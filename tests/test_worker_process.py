@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 
+import msgspec
 import pytest
 import trio
 
@@ -153,3 +156,58 @@ async def test_stray_output_in_the_worker_cannot_corrupt_frames():
                 assert (await worker.run(job(b"return 'clean'"))).body == b"clean"
             await worker.close()
             assert await worker.process.wait() == 0
+
+
+def test_a_large_body_is_written_beside_its_frame_not_copied_into_it():
+    from sandbox.protocol import (
+        TAIL_MIN_BYTES,
+        CallResult,
+        HttpResult,
+        decode_to_worker,
+        encode_to_worker,
+        with_tail,
+    )
+
+    body = bytes(range(256)) * (4 * TAIL_MIN_BYTES // 256)
+    big = msgspec.structs.replace(
+        job(b"return 1"), request=Request(method="POST", path="/", body=body)
+    )
+    result = CallResult(id=1, call_id=2, http=HttpResult(status=200, body=body))
+    for message in (big, result):
+        frame, tail = encode_to_worker(message)
+        assert tail is body  # the caller's own buffer: no copy
+        assert len(frame) < 1024
+        decoded = decode_to_worker(bytes(frame[4:]))
+        assert decoded.tail == len(body)  # type: ignore[union-attr]
+        assert with_tail(decoded, bytes(tail)) == message
+    small = job(b"return 1")
+    frame, tail = encode_to_worker(small)
+    assert tail is None
+    assert decode_to_worker(bytes(frame[4:])) == small
+
+
+async def test_large_bodies_cross_to_a_real_worker_beside_their_frames():
+    from sandbox.protocol import Call, CallResult, HttpResult
+
+    body = os.urandom(3 * 1024 * 1024)
+    upstream = os.urandom(2 * 1024 * 1024)
+    source = (
+        b"local r = http.request('http://upstream.test/')"
+        b" return crypto.md5(request.body).hex() .. ' ' .. crypto.md5(r.content).hex()"
+    )
+    the_job = msgspec.structs.replace(
+        job(source), request=Request(method="POST", path="/x", body=body)
+    )
+
+    async def answer(call: Call) -> CallResult:
+        return CallResult(
+            id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=upstream)
+        )
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery)
+            reply = await worker.run(the_job, answer)
+            await worker.close()
+    expected = f"{hashlib.md5(body).hexdigest()} {hashlib.md5(upstream).hexdigest()}"
+    assert reply.body.decode() == expected
