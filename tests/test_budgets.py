@@ -170,3 +170,25 @@ async def test_subrequest_bodies_past_the_budget_are_the_scripts_error(tmp_path)
         assert budget.refused == 1
     finally:
         upstream.close()
+
+
+async def test_a_large_response_arrives_whole_and_in_order_through_partial_writes(tmp_path):
+    """The socket takes what it can at once and the rest goes in timed slices: a client with a
+    small window, reading as it likes, gets every byte in order."""
+    (tmp_path / "a.test" / "pattern").mkdir(parents=True)
+    (tmp_path / "a.test" / "pattern" / "index.lua").write_text(
+        "local t = {} for i = 1, 200000 do t[i] = string.format('%07d\\n', i) end"
+        " return table.concat(t)"
+    )
+    expected = b"".join(b"%07d\n" % i for i in range(1, 200_001))
+    async with running(tmp_path, max_body_bytes=4 * MIB) as srv:
+        client = await connect(srv.port, receive_buffer=4 * KIB)
+        await client.send_all(b"GET /pattern HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        with trio.fail_after(30):
+            while chunk := await client.receive_some(3000):
+                received += chunk
+        await client.aclose()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == expected
