@@ -14,6 +14,7 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from sngin.admin_events import register_event_routes
 from sngin.admin_storage import register_storage_routes
 from sngin.errors import BadRequest
 from sngin.storage import StorageUnavailable
@@ -197,6 +198,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
 
     register_storage_routes(admin, deps, authorize)
+    register_event_routes(admin, deps)
 
     @admin.post("/__purge")
     @admin.post("/__purge/")

@@ -18,6 +18,7 @@ from sngin.config_values import (
     parse_dir,
     parse_egress,
     parse_file,
+    parse_host_patterns,
     parse_http_url,
     parse_log_format,
     parse_log_level,
@@ -170,6 +171,9 @@ class Settings:
     app_path: Path = field(default_factory=default_app_path)  # SNGIN_APP_PATH: the disk mirror
     mirror_bytes: int = 1024 * MIB  # SNGIN_MIRROR_BYTES; 0 turns the mirror off
     admin_token: str | None = field(default=None, repr=False)  # SNGIN_ADMIN_TOKEN
+    events_token: str | None = field(default=None, repr=False)  # SNGIN_EVENTS_TOKEN
+    # SNGIN_SNS_CONFIRM_HOSTS: host patterns an SNS SubscribeURL may name to be confirmed
+    sns_confirm_hosts: tuple[str, ...] = ("sns.*.amazonaws.com",)
     egress_allow: tuple[str, ...] = ()  # SNGIN_EGRESS_ALLOW: CIDRs and host names scripts may reach
     outbound: OutboundSettings = field(default_factory=OutboundSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -322,6 +326,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_APP_PATH": ("app_path", parse_app_path),
     "SNGIN_MIRROR_BYTES": ("mirror_bytes", int_range(0, 1024 * 1024 * MIB)),
     "SNGIN_ADMIN_TOKEN": ("admin_token", parse_token),
+    "SNGIN_EVENTS_TOKEN": ("events_token", parse_token),
+    "SNGIN_SNS_CONFIRM_HOSTS": ("sns_confirm_hosts", parse_host_patterns),
     "SNGIN_MAX_SUBREQUESTS": ("limits.max_subrequests", int_range(0, 10_000)),
     "SNGIN_MAX_MODULES": ("limits.max_modules", int_range(0, 10_000)),
     "SNGIN_EGRESS_ALLOW": ("egress_allow", parse_egress),
@@ -358,6 +364,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
 }
 # Their values never appear in an error message.
 # (a Redis URL may carry a password)
-SECRET_VARIABLES: Final = frozenset({"SNGIN_ADMIN_TOKEN", "SNGIN_GITHUB_TOKEN", "SNGIN_REDIS_URL"})
+SECRET_VARIABLES: Final = frozenset(
+    {"SNGIN_ADMIN_TOKEN", "SNGIN_EVENTS_TOKEN", "SNGIN_GITHUB_TOKEN", "SNGIN_REDIS_URL"}
+)
 # The one AWS_* name sngin reads itself (the seed's): it selects the S3 store.
 S3_CODE_PATH: Final = "AWS_S3_CODE_PATH"

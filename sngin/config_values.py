@@ -172,6 +172,17 @@ def parse_secret(text: str) -> str:
     return value
 
 
+def parse_host_patterns(text: str) -> tuple[str, ...]:
+    """Host names or shell-style patterns (`sns.*.amazonaws.com`), comma- or space-separated."""
+    patterns = tuple(p.lower() for p in re.split(r"[,\s]+", text.strip()) if p)
+    if not patterns:
+        raise ValueError("expected at least one host name or pattern")
+    for pattern in patterns:
+        if not re.fullmatch(r"[a-z0-9*?.\-\[\]]+", pattern):
+            raise ValueError(f"{pattern!r} is not a host name or pattern")
+    return patterns
+
+
 def parse_owners(text: str) -> frozenset[str]:
     """GitHub users or organisations, comma- or space-separated."""
     owners = frozenset(part for part in text.replace(",", " ").split())

@@ -10,6 +10,8 @@ from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
 
 if TYPE_CHECKING:
+    import ssl
+
     from sngin.alerts import Alerts
     from sngin.cache import CodeCache
     from sngin.codestore import CodeSource
@@ -38,6 +40,8 @@ class Deps:
     github_tokens: GitHubTokens | None = None  # tokens for private module repositories
     storage: TenantStorage | None = None  # None: storage and lease answer "not available"
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
+    # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
+    events_tls: ssl.SSLContext | None = None
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below

@@ -182,6 +182,10 @@ class Metrics:
             "sngin_storage_bytes", "Bytes of keys and values in a tenant's storage",
             ["tenant"], registry=self.registry,
         )  # fmt: skip
+        self.s3_events = Counter(
+            "sngin_s3_events", "S3 event notification records, by outcome (purged, ignored, "
+            "confirmed: an SNS subscription)", ["outcome"], registry=self.registry,
+        )  # fmt: skip
         self.alerts = Counter(
             "sngin_alerts", "Scripts' alert.email/alert.sms calls, by outcome",
             ["tenant", "kind", "outcome"], registry=self.registry,

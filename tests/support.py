@@ -170,6 +170,7 @@ async def running(
     access_log=None,
     mailer=None,
     github_tokens=None,
+    deps_changes: dict | None = None,
     **limits,
 ):
     write_sites(tmp_path)
@@ -224,6 +225,7 @@ async def running(
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
             if outbound is not None
             else None,
+            **(deps_changes or {}),
         )
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)

@@ -247,3 +247,20 @@ def test_kept_runtimes_memory_defaults_from_the_machine_and_is_split_over_the_wo
     assert pool_config(none).worker.kept_runtimes_bytes == MIN_KEPT_RUNTIMES_BYTES
     with pytest.raises(ConfigError, match="SNGIN_KEPT_RUNTIMES_MB='lots': not an integer"):
         Settings.from_env({"SNGIN_KEPT_RUNTIMES_MB": "lots"})
+
+
+def test_events_settings_parse_and_keep_the_token_out_of_errors():
+    settings = Settings.from_env(
+        {
+            "SNGIN_EVENTS_TOKEN": "e" * 24,
+            "SNGIN_SNS_CONFIRM_HOSTS": "sns.*.amazonaws.com, SNS.x.test",
+        }
+    )
+    assert settings.events_token == "e" * 24
+    assert settings.sns_confirm_hosts == ("sns.*.amazonaws.com", "sns.x.test")
+    assert Settings.from_env({}).sns_confirm_hosts == ("sns.*.amazonaws.com",)
+    with pytest.raises(ConfigError) as short:
+        Settings.from_env({"SNGIN_EVENTS_TOKEN": "short-secret"})
+    assert "short-secret" not in str(short.value)
+    with pytest.raises(ConfigError, match="SNGIN_SNS_CONFIRM_HOSTS="):
+        Settings.from_env({"SNGIN_SNS_CONFIRM_HOSTS": "https://sns.example/"})
