@@ -14,6 +14,7 @@ import trio
 import trio.lowlevel
 from botocore.credentials import Credentials
 
+from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
 from sngin.alerts import Alerts
 from sngin.cache import CodeCache
 from sngin.codestore.local import LocalStore
@@ -326,3 +327,27 @@ async def wait_until_serving(process) -> tuple[str, bytes]:
         assert chunk, log.decode()
         log += chunk
     return match.group(1).decode(), log
+
+
+# --- a script held at a platform call ------------------------------------------------------------
+
+WAITS_UPSTREAM = b"return http.request('http://upstream.test/').content"
+
+
+def gate_job(tenant: str, source: bytes) -> Job:
+    """A job straight for the pool (no server): the tenant's one script."""
+    return Job(tenant=tenant, key=f"{tenant}/index", version="v1",
+               request=Request(method="GET", path="/"), source=source)  # fmt: skip
+
+
+class Gate:
+    """A platform-call handler that holds a script at http.request until opened."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.opened = trio.Event()
+
+    async def __call__(self, call: Call) -> CallResult:
+        self.entered.set()
+        await self.opened.wait()
+        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))

@@ -10,32 +10,15 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
 from sngin.errors import Unavailable
 from sngin.pool import PoolConfig, open_pool
+from tests.support import WAITS_UPSTREAM, Gate
+from tests.support import gate_job as job
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-WAITS_UPSTREAM = b"return http.request('http://upstream.test/').content"
-
-
-def job(tenant: str, source: bytes) -> Job:
-    return Job(tenant=tenant, key=f"{tenant}/index", version="v1",
-               request=Request(method="GET", path="/"), source=source)  # fmt: skip
-
-
-class Gate:
-    """A platform-call handler that holds a script at http.request until opened."""
-
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.opened = trio.Event()
-
-    async def __call__(self, call: Call) -> CallResult:
-        self.entered.set()
-        await self.opened.wait()
-        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+    from sandbox.protocol import Job
 
 
 async def occupy_both_workers(pool, nursery, results: dict[str, bytes]) -> list[Gate]:

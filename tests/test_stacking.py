@@ -4,34 +4,20 @@ and two tenants are never in flight together while one of them waits on a platfo
 
 from __future__ import annotations
 
+import msgspec
 import trio
 import trio.testing
 
-from sandbox.protocol import Call, CallResult, HttpResult, Job, Reply, Request
+from sandbox.protocol import Call, CallResult, HttpResult, Job, Reply
 from sandbox.worker import Worker
 from sngin.limits import Limits
 from sngin.notes import RunNote
 from sngin.pool import PoolConfig, open_pool
-
-WAITS_UPSTREAM = b"return http.request('http://upstream.test/').content"
+from tests.support import WAITS_UPSTREAM, Gate, gate_job
 
 
 def job(tenant: str, source: bytes, *, job_id: int = 0) -> Job:
-    return Job(id=job_id, tenant=tenant, key=f"{tenant}/index", version="v1",
-               request=Request(method="GET", path="/"), source=source)  # fmt: skip
-
-
-class Gate:
-    """Holds a script at its http.request until opened."""
-
-    def __init__(self) -> None:
-        self.entered = trio.Event()
-        self.opened = trio.Event()
-
-    async def __call__(self, call: Call) -> CallResult:
-        self.entered.set()
-        await self.opened.wait()
-        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+    return msgspec.structs.replace(gate_job(tenant, source), id=job_id)
 
 
 def test_a_worker_declines_another_tenants_job_while_requests_are_parked():
