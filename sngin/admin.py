@@ -74,6 +74,10 @@ def create_admin(deps: Deps) -> QuartTrio:
             return {"ready": False, "reason": "no live workers"}, 503
         if not observer.ready:
             return {"ready": False, "reason": observer.not_ready_reason}, 503
+        bus = deps.purger.bus
+        if bus is not None and not bus.connected:
+            # Still ready: it serves, and flushes its code cache once Redis is back.
+            return {"ready": True, "purge_bus": f"Redis unreachable: {bus.last_error}"}, 200
         return {"ready": True}, 200
 
     @admin.get("/__sngin/stats")
@@ -98,6 +102,8 @@ def create_admin(deps: Deps) -> QuartTrio:
             statistics = getattr(source, "statistics", None)
             if statistics is not None:
                 body[name] = plain(statistics())
+        if deps.purger.bus is not None:
+            body["purge_bus"] = deps.purger.bus.statistics()
         return body, 200
 
     @admin.get("/__sngin/metrics")
@@ -148,7 +154,7 @@ def create_admin(deps: Deps) -> QuartTrio:
             folder = script_path(path)
         except BadRequest as exc:
             return {"error": exc.message}, 400
-        dropped = await deps.store.purge(tenant, folder, recursive=PURGE_TYPES[kind])
+        dropped = await deps.purger.purge(tenant, folder, recursive=PURGE_TYPES[kind])
         return {"purged": dropped, "host": tenant, "path": "/" + folder, "type": kind}, 200
 
     async def purge_modules(url_prefix: str) -> Answer:
@@ -158,10 +164,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         match = GITHUB_PREFIX.match(url_prefix)
         if match is None:
             return {"error": "url_prefix must look like github.com/<user>/<repo>/"}, 400
-        prefix = match.group(1)
-        dropped = 0
-        if deps.github is not None:
-            dropped = await deps.github.purge_matching(lambda key: key.startswith(prefix))
+        dropped = await deps.purger.purge_modules(match.group(1))
         return {"purged": dropped, "url_prefix": url_prefix}, 200
 
     @admin.post("/__sngin/purge")

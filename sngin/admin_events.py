@@ -93,7 +93,7 @@ def register_event_routes(admin: QuartTrio, deps: Deps) -> None:
                 ignored += 1
                 continue
             purged += 1
-            await deps.store.purge(tenant, folder, recursive=False)
+            await deps.purger.purge(tenant, folder, recursive=False)
         ignored += notification.unknown
         deps.observer.metrics.s3_events.labels("purged").inc(purged)
         deps.observer.metrics.s3_events.labels("ignored").inc(ignored)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sngin.budgets import Budgets
 from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
+from sngin.purger import Purger
 
 if TYPE_CHECKING:
     import ssl
@@ -42,9 +43,11 @@ class Deps:
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
     events_tls: ssl.SSLContext | None = None
+    purger: Purger = field(init=False)  # on this node, then (with a purge bus) on every node
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))
+        object.__setattr__(self, "purger", Purger(self.store, self.github))

@@ -32,6 +32,7 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
+from sngin.purge_bus import PurgeBus
 from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
 from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
@@ -126,7 +127,21 @@ async def serve(
             storage=storage,
             tenant_cache=tenant_cache_for(settings, storage),
         )
-        await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            attach_purge_bus(deps, nursery)
+            await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
+            if deps.purger.bus is not None:
+                deps.purger.bus.stop()
+
+
+def attach_purge_bus(deps: Deps, nursery: trio.Nursery) -> None:
+    """With SNGIN_REDIS_URL, purges reach every node through Redis (sngin.purge_bus)."""
+    url = deps.settings.redis_url
+    if url is None:
+        return
+    bus = PurgeBus(url, deps.purger.apply, deps.purger.flush)
+    deps.purger.bus = bus
+    nursery.start_soon(bus.run)
 
 
 def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache | RedisCache:

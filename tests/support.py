@@ -37,6 +37,7 @@ from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import (
+    attach_purge_bus,
     default_limits,
     open_tenant_storage,
     pool_config,
@@ -228,6 +229,7 @@ async def running(
             else None,
             **(deps_changes or {}),
         )
+        attach_purge_bus(deps, nursery)
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )
@@ -240,6 +242,8 @@ async def running(
             finally:
                 stop.set()
         watchdog.cancel()
+        if deps.purger.bus is not None:
+            deps.purger.bus.stop()  # it follows Redis until told to stop
 
 
 @asynccontextmanager

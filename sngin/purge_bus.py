@@ -1,0 +1,267 @@
+"""Purges reach every node: each one is applied here and written to a Redis Stream that every
+node follows (entries are kept, so a node that was away reads what it missed).
+
+A node that cannot be sure it saw every entry flushes its whole code cache instead of keeping
+code that may be stale: after losing its connection, when the stream was trimmed past its
+position (`max-deleted-entry-id`), or when the stream went back (Redis restarted without it). A
+purge that cannot be written (Redis down) waits in an outbox and is written on reconnection.
+Every entry only ever purges, so applying one twice, or late, is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import coredis
+import coredis.exceptions
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+STREAM: Final = "sngin:purges"
+MAX_ENTRIES: Final = 10_000  # kept in the stream (approximately): a node away longer flushes
+READ_BLOCK_MS: Final = 1000
+PUBLISH_TIMEOUT_S: Final = 1.0
+CONNECT_TIMEOUT_S: Final = 2.0
+RETRY_S: Final = 0.2
+MAX_RETRY_S: Final = 5.0
+OUTBOX_MAX: Final = 10_000
+FAILURES = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """One purge as it travels: a tenant's script or folder, or modules by key prefix."""
+
+    tenant: str = ""
+    folder: str = ""
+    recursive: bool = False
+    modules_prefix: str | None = None
+
+    def fields(self, origin: str) -> dict[str, str]:
+        return {
+            "origin": origin,
+            "tenant": self.tenant,
+            "folder": self.folder,
+            "recursive": "1" if self.recursive else "0",
+            "modules": self.modules_prefix if self.modules_prefix is not None else "",
+            "kind": "modules" if self.modules_prefix is not None else "path",
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Purge:
+        if fields.get("kind") == "modules":
+            return cls(modules_prefix=fields.get("modules", ""))
+        return cls(
+            tenant=fields.get("tenant", ""),
+            folder=fields.get("folder", ""),
+            recursive=fields.get("recursive") == "1",
+        )
+
+
+def stream_id(text: str) -> tuple[int, int]:
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class PurgeBus:
+    """Writes this node's purges to the stream and applies the other nodes' (run() follows the
+    stream for the life of the server)."""
+
+    def __init__(
+        self,
+        url: str,
+        apply: Callable[[Purge], Awaitable[Any]],
+        flush: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self.url = url
+        self.node = secrets.token_hex(8)
+        self._apply = apply
+        self._flush = flush
+        self._outbox: deque[Purge] = deque(maxlen=OUTBOX_MAX)
+        self._position: str | None = None  # the last entry seen
+        self._added = 0  # the stream's entries-added count that goes with that position
+        self._client: Any = None
+        self.connected = False
+        self.published = self.received = self.flushes = 0
+        self.last_error: str | None = None
+        self._changed = trio.Event()
+        self._scope = trio.CancelScope()
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    async def publish(self, purge: Purge) -> None:
+        """Write a purge this node applied; if Redis cannot take it now, keep it for later."""
+        client = self._client
+        if client is not None and self.connected:
+            try:
+                with trio.fail_after(PUBLISH_TIMEOUT_S):
+                    await self._write(client, purge)
+                return
+            except FAILURES as exc:
+                self._lost(exc)
+        self._outbox.append(purge)
+
+    async def _write(self, client: Any, purge: Purge) -> None:
+        await client.xadd(
+            STREAM,
+            purge.fields(self.node),
+            trim_strategy=coredis.PureToken.MAXLEN,
+            trim_operator=coredis.PureToken.APPROXIMATELY,
+            threshold=MAX_ENTRIES,
+        )
+        self.published += 1
+
+    async def _write_outbox(self, client: Any) -> None:
+        while self._outbox:
+            await self._write(client, self._outbox[0])
+            self._outbox.popleft()
+
+    # --- following ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        with self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
+        retry_s = RETRY_S
+        while True:
+            try:
+                client = coredis.Redis.from_url(
+                    self.url,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    stream_timeout=READ_BLOCK_MS / 1000 + 5,
+                    decode_responses=True,
+                )
+                async with client:
+                    await self._follow(client)
+            except FAILURES as exc:
+                self._lost(exc)
+            except BaseExceptionGroup as group:  # coredis's own tasks end with the connection
+                failures, others = group.split(FAILURES)
+                if others is not None or failures is None:
+                    raise
+                self._lost(failures.exceptions[0])
+            self._client = None
+            await trio.sleep(retry_s)
+            retry_s = min(MAX_RETRY_S, retry_s * 2)
+            if self.connected:
+                retry_s = RETRY_S
+
+    async def _follow(self, client: Any) -> None:
+        last, added = await self._stream_state(client)
+        if self._position is None:
+            # A fresh node: its cache is empty, nothing to catch up.
+            self._position, self._added = last, added
+        elif not self.connected:
+            # Back after losing Redis: entries may be gone for good (Redis restarted, the
+            # stream trimmed), so nothing cached is trusted.
+            await self._flush_all("the connection to Redis was lost")
+            if stream_id(last) < stream_id(self._position) or added < self._added:
+                self._position, self._added = last, added  # a new stream: follow it from here
+        self._client = client
+        self.connected = True
+        self.last_error = None
+        self._notify()
+        await self._write_outbox(client)
+        while True:
+            answer = await client.xread({STREAM: self._position}, count=100, block=READ_BLOCK_MS)
+            for _, entries in (answer or {}).items():
+                for entry in entries:
+                    await self._receive(entry.identifier, dict(entry.field_values))
+            await self._check_gap(client)
+
+    async def _receive(self, identifier: str, fields: dict[str, str]) -> None:
+        self._position = identifier
+        self._added += 1
+        if fields.get("origin") != self.node:  # this node applied its own already
+            await self._apply(Purge.from_fields(fields))
+            self.received += 1
+        self._notify()
+
+    async def _stream_state(self, client: Any) -> tuple[str, int]:
+        """The stream's last entry ID and how many entries were ever added to it."""
+        info = await self._info(client)
+        if info is None:
+            return "0-0", 0
+        return str(info.get("last-generated-id", "0-0")), int(info.get("entries-added", 0))
+
+    async def _info(self, client: Any) -> Any:
+        try:
+            return await client.xinfo_stream(STREAM)
+        except coredis.exceptions.ResponseError:  # no stream (yet, or any more)
+            return None
+
+    async def _check_gap(self, client: Any) -> None:
+        """Flush when entries this node has not read are gone: trimmed away (fewer left after
+        its position than were added since), or the stream went back (Redis restarted)."""
+        assert self._position is not None
+        info = await self._info(client)
+        last, added = (
+            (str(info.get("last-generated-id", "0-0")), int(info.get("entries-added", 0)))
+            if info is not None
+            else ("0-0", 0)
+        )
+        position = stream_id(self._position)
+        if stream_id(last) < position or added < self._added:
+            await self._flush_all("the purge stream went back (Redis restarted?)")
+            self._position, self._added = last, added
+            return
+        unread = added - self._added
+        if unread <= 0:
+            return
+        first = info.get("first-entry") if info is not None else None
+        if first is None:
+            present = 0
+        elif stream_id(str(first.identifier)) > position:
+            present = int(info.get("length", 0))
+        else:
+            return  # an entry at or before our position is still there: none after it went
+        if present < unread:
+            await self._flush_all("purges were trimmed from the stream before this node read them")
+            self._position, self._added = last, added
+
+    async def _flush_all(self, why: str) -> None:
+        log.warning("flushing the code cache: %s", why)
+        await self._flush()
+        self.flushes += 1
+        self._notify()
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.connected:
+            log.warning("the purge bus lost Redis (%s): purges are kept to send later", exc)
+        self.connected = False
+        self.last_error = str(exc) or type(exc).__name__
+        self._notify()
+
+    # --- observing ----------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Until condition() holds (tests and start-up wait on the bus's progress this way)."""
+        while not condition():
+            await self._changed.wait()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "connected": self.connected,
+            "published": self.published,
+            "received": self.received,
+            "flushes": self.flushes,
+            "outbox": len(self._outbox),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,53 @@
+"""Purges, applied on this node and sent to every other one through the purge bus (if any)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sngin.purge_bus import Purge
+
+if TYPE_CHECKING:
+    from sngin.cache import CodeCache
+    from sngin.codestore import CodeSource
+    from sngin.purge_bus import PurgeBus
+
+
+class Purger:
+    """The one way purges are made (the API, the seed's /__purge/, S3 events): here, then on
+    every node."""
+
+    def __init__(self, store: CodeSource, github: CodeCache | None) -> None:
+        self._store = store
+        self._github = github
+        self.bus: PurgeBus | None = None
+
+    async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
+        purge = Purge(tenant=tenant, folder=folder, recursive=recursive)
+        dropped = await self.apply(purge)
+        if self.bus is not None:
+            await self.bus.publish(purge)
+        return dropped
+
+    async def purge_modules(self, prefix: str) -> int:
+        purge = Purge(modules_prefix=prefix)
+        dropped = await self.apply(purge)
+        if self.bus is not None:
+            await self.bus.publish(purge)
+        return dropped
+
+    async def apply(self, purge: Purge) -> int:
+        """A purge on this node only (one of ours, or one another node sent)."""
+        if purge.modules_prefix is not None:
+            if self._github is None:
+                return 0
+            prefix = purge.modules_prefix
+            return await self._github.purge_matching(lambda key: key.startswith(prefix))
+        return await self._store.purge(purge.tenant, purge.folder, recursive=purge.recursive)
+
+    async def flush(self) -> None:
+        """Forget every cached copy on this node (the bus cannot vouch for what was missed)."""
+        flush_all = getattr(self._store, "purge_matching", None)
+        if flush_all is not None:  # the folder store keeps nothing a purge is needed for
+            await flush_all(lambda key: True)
+        if self._github is not None:
+            await self._github.purge_matching(lambda key: True)

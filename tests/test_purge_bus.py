@@ -1,0 +1,140 @@
+"""Purges reach every node through Redis: two nodes share one S3 bucket and one real
+redis-server; a purge sent to one makes the other serve the new version, also when Redis was
+down at the time (the outbox, and the flush of a node that lost Redis)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import AsyncExitStack, contextmanager
+
+import pytest
+import trio
+
+from sngin.config import S3Settings
+from tests.support import AUTH, TOKEN, code_cache, running
+
+KEY = "code/s3.test/page/index.lua"
+
+
+@contextmanager
+def redis_process(port: int):
+    """A redis-server of this test's own (it is stopped and started again), no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:  # until it accepts connections (a start-up wait, not a synchronisation)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def two_nodes(stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str):
+    changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
+    nodes = []
+    for name in ("a", "b"):
+        cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
+        node = await stack.enter_async_context(
+            running(tmp_path / name, store=cache, settings_changes=changes, admin_token=TOKEN)
+        )
+        bus = node.deps.purger.bus
+        assert bus is not None
+        with trio.fail_after(10):
+            await bus.wait_for(lambda bus=bus: bus.connected)
+        nodes.append(node)
+    return nodes
+
+
+async def purge_on(node, path: str = "/page"):
+    answer = await node.client.post(
+        node.url + "/__sngin/purge", json={"host": "s3.test", "path": path}, headers=AUTH
+    )
+    assert answer.status_code == 200
+
+
+async def test_a_purge_sent_to_one_node_is_applied_by_the_other(proxy, bucket, tmp_path, redis_url):
+    bucket.put(KEY, "return 'v1'")
+    async with AsyncExitStack() as stack:
+        a, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url)
+        for node in (a, b):
+            assert (await node.get("/page", host="s3.test")).text == "v1"
+        bucket.put(KEY, "return 'v2'")
+        b_bus = b.deps.purger.bus
+        await purge_on(a)
+        with trio.fail_after(10):
+            await b_bus.wait_for(lambda: b_bus.received == 1)
+        assert (await b.get("/page", host="s3.test")).text == "v2"
+        assert (await a.get("/page", host="s3.test")).text == "v2"
+        stats = (await b.client.get(b.url + "/__sngin/stats", headers=AUTH)).json()["purge_bus"]
+        assert (stats["connected"], stats["received"], stats["flushes"]) == (True, 1, 0)
+
+
+async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket, tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    bucket.put(KEY, "return 'v1'")
+    with redis_process(port) as redis:
+        async with AsyncExitStack() as stack:
+            a, b = await two_nodes(stack, proxy, bucket, tmp_path, url)
+            for node in (a, b):
+                assert (await node.get("/page", host="s3.test")).text == "v1"
+            a_bus, b_bus = a.deps.purger.bus, b.deps.purger.bus
+            redis.terminate()
+            redis.wait(timeout=10)
+            with trio.fail_after(20):
+                await b_bus.wait_for(lambda: not b_bus.connected)
+            bucket.put(KEY, "return 'v2'")
+            await purge_on(a)  # applied on a; kept in a's outbox
+            assert (await a.get("/page", host="s3.test")).text == "v2"
+            assert (await b.get("/page", host="s3.test")).text == "v1"  # b cannot know yet
+            ready = (await b.client.get(b.url + "/__sngin/ready", headers=AUTH)).json()
+            assert ready["ready"] is True
+            assert "Redis unreachable" in ready["purge_bus"]
+            with redis_process(port):  # Redis back, empty: the stream is gone
+                with trio.fail_after(30):
+                    await b_bus.wait_for(lambda: b_bus.connected and b_bus.flushes >= 1)
+                    await a_bus.wait_for(lambda: a_bus.connected and a_bus.published >= 1)
+                assert (await b.get("/page", host="s3.test")).text == "v2"
+                assert a_bus.statistics()["outbox"] == 0
+
+
+async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tmp_path, redis_url):
+    import coredis
+
+    bucket.put(KEY, "return 'v1'")
+    async with AsyncExitStack() as stack:
+        _, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url)
+        assert (await b.get("/page", host="s3.test")).text == "v1"
+        b_bus = b.deps.purger.bus
+        bucket.put(KEY, "return 'v2'")
+        # Entries b never read are trimmed away: past its position, so it cannot know what
+        # they purged. (Written and trimmed in one transaction, before b's next read.)
+        entry = {"origin": "elsewhere", "kind": "path", "tenant": "other.test", "folder": ""}
+        client = coredis.Redis.from_url(redis_url, decode_responses=True)
+        async with client, client.pipeline(transaction=True) as pipe:
+            pipe.xadd("sngin:purges", entry)
+            pipe.xtrim("sngin:purges", threshold=0, trim_strategy=coredis.PureToken.MAXLEN)
+        with trio.fail_after(10):
+            await b_bus.wait_for(lambda: b_bus.flushes >= 1)
+        assert (await b.get("/page", host="s3.test")).text == "v2"
