@@ -78,17 +78,21 @@ class PurgeBus:
     def __init__(
         self,
         url: str,
-        apply: Callable[[Purge], Awaitable[Any]],
+        apply: Callable[[dict[str, str]], Awaitable[Any]],
         flush: Callable[[], Awaitable[Any]],
+        resync: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.url = url
         self.node = secrets.token_hex(8)
         self._apply = apply
         self._flush = flush
-        self._outbox: deque[Purge] = deque(maxlen=OUTBOX_MAX)
+        self._resync_state = resync  # reads shared state afresh after a (re)connection
+        self._outbox: deque[tuple[dict[str, str], tuple[str, int | None] | None]] = deque(
+            maxlen=OUTBOX_MAX
+        )
+        self._pending = trio.Event()
         self._position: str | None = None  # the last entry seen
         self._added = 0  # the stream's entries-added count that goes with that position
-        self._client: Any = None
         self.connected = False
         self.published = self.received = self.flushes = 0
         self.last_error: str | None = None
@@ -101,31 +105,47 @@ class PurgeBus:
     # --- writing ----------------------------------------------------------------------------
 
     async def publish(self, purge: Purge) -> None:
-        """Write a purge this node applied; if Redis cannot take it now, keep it for later."""
-        client = self._client
-        if client is not None and self.connected:
-            try:
+        """Send a purge this node applied (the writer task writes it at once when Redis is
+        there, else when it is back)."""
+        self.send_soon(purge.fields(self.node))
+
+    def send_soon(
+        self, fields: dict[str, str], *, key: tuple[str, int | None] | None = None
+    ) -> None:
+        """Queue an event for every node; `key`: a key to set for `ms` milliseconds with it (or
+        to delete, for None), in the same transaction. Kept until Redis takes it."""
+        self._outbox.append((fields, key))
+        self._pending.set()
+
+    async def _writer(self, client: Any) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending = trio.Event()
+            while self._outbox:
+                fields, key = self._outbox[0]
                 with trio.fail_after(PUBLISH_TIMEOUT_S):
-                    await self._write(client, purge)
-                return
-            except FAILURES as exc:
-                self._lost(exc)
-        self._outbox.append(purge)
+                    await self._write(client, fields, key)
+                self._outbox.popleft()
 
-    async def _write(self, client: Any, purge: Purge) -> None:
-        await client.xadd(
-            STREAM,
-            purge.fields(self.node),
-            trim_strategy=coredis.PureToken.MAXLEN,
-            trim_operator=coredis.PureToken.APPROXIMATELY,
-            threshold=MAX_ENTRIES,
-        )
+    async def _write(
+        self, client: Any, fields: dict[str, str], key: tuple[str, int | None] | None
+    ) -> None:
+        async with client.pipeline(transaction=True) as pipe:
+            if key is not None:
+                name, ms = key
+                if ms is None:
+                    pipe.delete([name])
+                else:
+                    pipe.set(name, "1", px=ms)
+            pipe.xadd(
+                STREAM,
+                fields,
+                trim_strategy=coredis.PureToken.MAXLEN,
+                trim_operator=coredis.PureToken.APPROXIMATELY,
+                threshold=MAX_ENTRIES,
+            )
         self.published += 1
-
-    async def _write_outbox(self, client: Any) -> None:
-        while self._outbox:
-            await self._write(client, self._outbox[0])
-            self._outbox.popleft()
+        self._notify()
 
     # --- following ----------------------------------------------------------------------------
 
@@ -152,7 +172,6 @@ class PurgeBus:
                 if others is not None or failures is None:
                     raise
                 self._lost(failures.exceptions[0])
-            self._client = None
             await trio.sleep(retry_s)
             retry_s = min(MAX_RETRY_S, retry_s * 2)
             if self.connected:
@@ -169,23 +188,31 @@ class PurgeBus:
             await self._flush_all("the connection to Redis was lost")
             if stream_id(last) < stream_id(self._position) or added < self._added:
                 self._position, self._added = last, added  # a new stream: follow it from here
-        self._client = client
+        await self._resync(client)  # before anyone is told it is connected
         self.connected = True
         self.last_error = None
         self._notify()
-        await self._write_outbox(client)
-        while True:
-            answer = await client.xread({STREAM: self._position}, count=100, block=READ_BLOCK_MS)
-            for _, entries in (answer or {}).items():
-                for entry in entries:
-                    await self._receive(entry.identifier, dict(entry.field_values))
-            await self._check_gap(client)
+        async with trio.open_nursery() as nursery:
+            self._pending.set()  # write what waited for Redis
+            nursery.start_soon(self._writer, client)
+            while True:
+                answer = await client.xread(
+                    {STREAM: self._position}, count=100, block=READ_BLOCK_MS
+                )
+                for _, entries in (answer or {}).items():
+                    for entry in entries:
+                        await self._receive(entry.identifier, dict(entry.field_values))
+                await self._check_gap(client)
+
+    async def _resync(self, client: Any) -> None:
+        if self._resync_state is not None:
+            await self._resync_state(client)
 
     async def _receive(self, identifier: str, fields: dict[str, str]) -> None:
         self._position = identifier
         self._added += 1
         if fields.get("origin") != self.node:  # this node applied its own already
-            await self._apply(Purge.from_fields(fields))
+            await self._apply(fields)
             self.received += 1
         self._notify()
 
@@ -216,6 +243,7 @@ class PurgeBus:
         if stream_id(last) < position or added < self._added:
             await self._flush_all("the purge stream went back (Redis restarted?)")
             self._position, self._added = last, added
+            await self._resync(client)
             return
         unread = added - self._added
         if unread <= 0:
@@ -230,6 +258,7 @@ class PurgeBus:
         if present < unread:
             await self._flush_all("purges were trimmed from the stream before this node read them")
             self._position, self._added = last, added
+            await self._resync(client)
 
     async def _flush_all(self, why: str) -> None:
         log.warning("flushing the code cache: %s", why)

@@ -17,6 +17,7 @@ from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
+from sngin.cluster import ClusterState
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
@@ -135,12 +136,13 @@ async def serve(
 
 
 def attach_purge_bus(deps: Deps, nursery: trio.Nursery) -> None:
-    """With SNGIN_REDIS_URL, purges reach every node through Redis (sngin.purge_bus)."""
+    """With SNGIN_REDIS_URL, purges and quarantines reach every node through Redis."""
     url = deps.settings.redis_url
     if url is None:
         return
-    bus = PurgeBus(url, deps.purger.apply, deps.purger.flush)
-    deps.purger.bus = bus
+    state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
+    bus = PurgeBus(url, state.apply, deps.purger.flush, state.resync)
+    state.attach(bus)
     nursery.start_soon(bus.run)
 
 

@@ -50,13 +50,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def two_nodes(stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str):
+async def two_nodes(stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str, **options):
     changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
     nodes = []
     for name in ("a", "b"):
         cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
         node = await stack.enter_async_context(
-            running(tmp_path / name, store=cache, settings_changes=changes, admin_token=TOKEN)
+            running(
+                tmp_path / name,
+                store=cache,
+                settings_changes=changes,
+                admin_token=TOKEN,
+                **options,
+            )
         )
         bus = node.deps.purger.bus
         assert bus is not None
@@ -138,3 +144,49 @@ async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tm
         with trio.fail_after(10):
             await b_bus.wait_for(lambda: b_bus.flushes >= 1)
         assert (await b.get("/page", host="s3.test")).text == "v2"
+
+
+async def test_a_quarantine_and_its_lifting_apply_on_every_node(proxy, bucket, tmp_path, redis_url):
+    bucket.put("code/spin.test/index.lua", "while true do end")
+    async with AsyncExitStack() as stack:
+        a, b = await two_nodes(
+            stack, proxy, bucket, tmp_path, redis_url, cpu_ms=100,
+            pool={"quarantine_strikes": 1, "quarantine_s": 600},
+        )  # fmt: skip
+        b_bus = b.deps.purger.bus
+        assert (await a.get("/", host="spin.test")).status_code == 504  # killed: quarantined
+        with trio.fail_after(10):
+            await b_bus.wait_for(lambda: b_bus.received >= 1)
+        paused = await b.get("/", host="spin.test")
+        assert paused.status_code == 503
+        assert "paused" in paused.text
+        assert b.deps.pool.statistics().tenants["spin.test"].quarantined_requests == 1  # not run
+        # Lifted on b: a runs the tenant again (and kills it again, as it still spins).
+        a_bus = a.deps.purger.bus
+        lifted = await b.client.delete(b.url + "/__sngin/quarantine/spin.test", headers=AUTH)
+        assert lifted.json()["lifted"] is True
+        with trio.fail_after(10):
+            await a_bus.wait_for(lambda: a_bus.received >= 1)
+        assert (await a.get("/", host="spin.test")).status_code == 504
+
+
+async def test_a_node_that_joins_later_learns_the_quarantines_in_force(
+    proxy, bucket, tmp_path, redis_url
+):
+    bucket.put("code/spin.test/index.lua", "while true do end")
+    changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
+    options = {"cpu_ms": 100, "pool": {"quarantine_strikes": 1, "quarantine_s": 600}}
+    async with AsyncExitStack() as stack:
+        a, _ = await two_nodes(stack, proxy, bucket, tmp_path, redis_url, **options)
+        a_bus = a.deps.purger.bus
+        assert (await a.get("/", host="spin.test")).status_code == 504
+        with trio.fail_after(10):
+            await a_bus.wait_for(lambda: a_bus.published >= 1)
+        cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
+        late = await stack.enter_async_context(
+            running(tmp_path / "c", store=cache, settings_changes=changes, **options)
+        )
+        late_bus = late.deps.purger.bus
+        with trio.fail_after(10):
+            await late_bus.wait_for(lambda: late_bus.connected)
+        assert (await late.get("/", host="spin.test")).status_code == 503
