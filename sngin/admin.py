@@ -9,6 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import coredis.exceptions
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import request
 from quart_trio import QuartTrio
@@ -102,8 +104,14 @@ def create_admin(deps: Deps) -> QuartTrio:
             statistics = getattr(source, "statistics", None)
             if statistics is not None:
                 body[name] = plain(statistics())
-        if deps.purger.bus is not None:
-            body["purge_bus"] = deps.purger.bus.statistics()
+        bus = deps.purger.bus
+        if bus is not None:
+            body["purge_bus"] = bus.statistics()
+            if request.args.get("cluster") in ("1", "true"):
+                try:
+                    body["cluster"] = {"nodes": await bus.cluster_nodes()}
+                except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
+                    body["cluster"] = {"error": f"Redis unreachable: {exc}"}
         return body, 200
 
     @admin.get("/__sngin/metrics")

@@ -20,8 +20,10 @@ from sandbox.protocol import Job, Reply, Request
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
 from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
+from sngin.redis_storage import RedisStorage
 from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
+from sngin.shared_rates import SharedRateLimiter
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
@@ -55,6 +57,19 @@ def wants_fresh_code(query: bytes) -> bool:
     return False
 
 
+def shared_rates_for(deps: Deps) -> SharedRateLimiter | None:
+    """With Redis (SNGIN_REDIS_URL), tenants' rate limits hold for the cluster as a whole."""
+    backend = deps.storage.backend if deps.storage is not None else None
+    if deps.settings.redis_url is None or not isinstance(backend, RedisStorage):
+        return None
+
+    def nodes() -> int:
+        bus = deps.purger.bus
+        return bus.nodes_seen if bus is not None else 1
+
+    return SharedRateLimiter(backend, nodes)
+
+
 class TenantPipeline:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -62,6 +77,7 @@ class TenantPipeline:
         self._trusted = settings.trusted_proxies
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._rates = RateLimiter()
+        self._shared_rates = shared_rates_for(deps)
         self._default_config = TenantConfig(limits=settings.limits)
 
     def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
@@ -83,7 +99,11 @@ class TenantPipeline:
         if not config.enabled:
             raise Unavailable("this site is disabled by its configuration")
         if config.rps:
-            wait = self._rates.admit(tenant, config.rps)
+            shared = self._shared_rates
+            if shared is not None:
+                wait = await shared.admit(tenant, config.rps)
+            else:
+                wait = self._rates.admit(tenant, config.rps)
             if wait is not None:
                 raise RateLimited(
                     "too many requests for this site", headers={"Retry-After": retry_after(wait)}

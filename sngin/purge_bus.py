@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import coredis
 import coredis.exceptions
+import msgspec
 import trio
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 STREAM: Final = "sngin:purges"
 MAX_ENTRIES: Final = 10_000  # kept in the stream (approximately): a node away longer flushes
 READ_BLOCK_MS: Final = 1000
+NODE_KEY: Final = "sngin:node:"  # the node registry: one key per live node, with a TTL
+HEARTBEAT_S: Final = 3.0
+NODE_TTL_MS: Final = 10_000
 PUBLISH_TIMEOUT_S: Final = 1.0
 CONNECT_TIMEOUT_S: Final = 2.0
 RETRY_S: Final = 0.2
@@ -95,6 +99,8 @@ class PurgeBus:
         self._added = 0  # the stream's entries-added count that goes with that position
         self.connected = False
         self.published = self.received = self.flushes = 0
+        self.nodes_seen = 1  # live nodes in the registry at the last heartbeat
+        self.describe: Callable[[], dict[str, object]] = dict  # this node's registry entry
         self.last_error: str | None = None
         self._changed = trio.Event()
         self._scope = trio.CancelScope()
@@ -195,6 +201,7 @@ class PurgeBus:
         async with trio.open_nursery() as nursery:
             self._pending.set()  # write what waited for Redis
             nursery.start_soon(self._writer, client)
+            nursery.start_soon(self._heartbeat, client)
             while True:
                 answer = await client.xread(
                     {STREAM: self._position}, count=100, block=READ_BLOCK_MS
@@ -203,6 +210,31 @@ class PurgeBus:
                     for entry in entries:
                         await self._receive(entry.identifier, dict(entry.field_values))
                 await self._check_gap(client)
+
+    async def _heartbeat(self, client: Any) -> None:
+        """Keep this node's registry entry alive, and count the live ones."""
+        while True:
+            entry = msgspec.json.encode({"node": self.node, **self.describe()}).decode()
+            with trio.fail_after(PUBLISH_TIMEOUT_S):
+                await client.set(NODE_KEY + self.node, entry, px=NODE_TTL_MS)
+                self.nodes_seen = max(1, len(await self.live_nodes(client)))
+            self._notify()
+            await trio.sleep(HEARTBEAT_S)
+
+    @staticmethod
+    async def live_nodes(client: Any) -> list[dict[str, Any]]:
+        keys = [key async for key in client.scan_iter(match=NODE_KEY + "*", count=1000)]
+        values = await client.mget(keys) if keys else []
+        return [msgspec.json.decode(v) for v in values if v is not None]
+
+    async def cluster_nodes(self) -> list[dict[str, Any]]:
+        """The registry as Redis has it now (its own connection: an admin request)."""
+        client = coredis.Redis.from_url(
+            self.url, connect_timeout=CONNECT_TIMEOUT_S, decode_responses=True
+        )
+        async with client:
+            with trio.fail_after(PUBLISH_TIMEOUT_S * 2):
+                return sorted(await self.live_nodes(client), key=lambda n: str(n.get("node")))
 
     async def _resync(self, client: Any) -> None:
         if self._resync_state is not None:
@@ -292,5 +324,6 @@ class PurgeBus:
             "received": self.received,
             "flushes": self.flushes,
             "outbox": len(self._outbox),
+            "nodes_seen": self.nodes_seen,
             "last_error": self.last_error,
         }

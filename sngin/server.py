@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
+from sngin import __version__
 from sngin.admin import AdminListener
 from sngin.alerts import Alerts
 from sngin.app import create_app
@@ -143,6 +144,13 @@ def attach_purge_bus(deps: Deps, nursery: trio.Nursery) -> None:
     state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
     bus = PurgeBus(url, state.apply, deps.purger.flush, state.resync)
     state.attach(bus)
+    pool = deps.pool
+    bus.describe = lambda: {
+        "version": __version__,
+        "workers": pool.live_count(),
+        "requests_in_flight": sum(w.in_flight for w in pool.supervisor.workers),
+        "connections": deps.connections.open,
+    }
     nursery.start_soon(bus.run)
 
 

@@ -190,3 +190,45 @@ async def test_a_node_that_joins_later_learns_the_quarantines_in_force(
         with trio.fail_after(10):
             await late_bus.wait_for(lambda: late_bus.connected)
         assert (await late.get("/", host="spin.test")).status_code == 503
+
+
+async def test_a_shared_rate_limit_admits_the_burst_once_across_two_nodes(
+    proxy, bucket, tmp_path, redis_url
+):
+    bucket.put("code/rl.test/index.lua", "return 'ok'")
+    bucket.put("code/rl.test/_sngin.json", '{"limits": {"rps": 10}}')  # a burst of 20
+    async with AsyncExitStack() as stack:
+        a, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url, tenant_configs=True)
+        started = trio.current_time()
+        statuses = [(await node.get("/", host="rl.test")).status_code for node in (a, b) * 20]
+        elapsed = trio.current_time() - started
+        admitted = statuses.count(200)
+        # The whole burst, once for both nodes (plus what refilled meanwhile at 10/s).
+        assert 20 <= admitted <= 20 + int(elapsed * 10)
+        assert set(statuses) == {200, 429}
+        assert statuses[:20] == [200] * 20  # each node drew on the same bucket
+
+
+async def test_without_redis_each_node_limits_to_its_share_and_says_so(proxy, bucket, tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    bucket.put("code/rl.test/index.lua", "return 'ok'")
+    bucket.put("code/rl.test/_sngin.json", '{"limits": {"rps": 10}}')
+    with redis_process(port) as redis:
+        async with AsyncExitStack() as stack:
+            a, b = await two_nodes(stack, proxy, bucket, tmp_path, url, tenant_configs=True)
+            a_bus = a.deps.purger.bus
+            with trio.fail_after(10):
+                await a_bus.wait_for(lambda: a_bus.nodes_seen == 2)
+            nodes = (await a.client.get(a.url + "/__sngin/stats?cluster=1", headers=AUTH)).json()
+            assert [n["node"] for n in nodes["cluster"]["nodes"]] == sorted(
+                [a_bus.node, b.deps.purger.bus.node]
+            )
+            assert nodes["cluster"]["nodes"][0]["version"]
+            redis.terminate()
+            redis.wait(timeout=10)
+            started = trio.current_time()
+            statuses = [(await a.get("/", host="rl.test")).status_code for _ in range(20)]
+            elapsed = trio.current_time() - started
+            # Half the rate on each of the two nodes it saw: a burst of 10 here.
+            assert 10 <= statuses.count(200) <= 10 + int(elapsed * 5)
