@@ -54,3 +54,22 @@ lock:
 # build the container image (needs podman or docker with a running engine)
 image tag="sngin:latest":
     podman build -t {{tag}} -f Containerfile . || docker build -t {{tag}} -f Containerfile .
+
+# a local cluster demo: redis-server and three nodes on loopback (8081-8083) sharing purges,
+# quarantines and rate limits; the code is `./sites` (or the demo sites). Ctrl-C stops it all.
+cluster redis_port="6390":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 2; }
+    token="${SNGIN_ADMIN_TOKEN:-cluster-demo-token-0123456789}"
+    redis-server --port {{redis_port}} --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids=($!)
+    trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+    for port in 8081 8082 8083; do
+        SNGIN_REDIS_URL="redis://127.0.0.1:{{redis_port}}/0" SNGIN_ADMIN_TOKEN="$token" \
+            {{bin}}/sngin serve --bind "127.0.0.1:$port" --workers 2 & pids+=($!)
+    done
+    echo "nodes on 127.0.0.1:8081, :8082, :8083; admin token $token; Redis on :{{redis_port}}"
+    echo "try: curl -H 'Host: hello.localhost' http://127.0.0.1:8082/"
+    echo "     curl -X POST -H \"Authorization: Bearer $token\" -d '{\"host\": \"hello.localhost\"}' http://127.0.0.1:8081/__sngin/purge"
+    echo "     curl -H \"Authorization: Bearer $token\" 'http://127.0.0.1:8083/__sngin/stats?cluster=1'"
+    wait

@@ -4,6 +4,7 @@ code caches over the counting proxy, a node's code path with its disk mirror, an
 
 from __future__ import annotations
 
+import json
 import re
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -355,3 +356,45 @@ class Gate:
         self.entered.set()
         await self.opened.wait()
         return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+
+
+# --- S3 event notifications -----------------------------------------------------------------
+
+EVENTS_TOKEN = "events-token-0123456789abcdef"
+
+
+def aws_record(bucket: str, key: str, version: str = "2.1") -> dict:
+    """One record as AWS documents it (event structure, eventVersion 2.1)."""
+    return {
+        "eventVersion": version,
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-12-02T04:00:00.000Z",
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "AWS:EXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "192.0.2.1"},
+        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyU"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "sngin-purge",
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                "arn": f"arn:aws:s3:::{bucket}",
+            },
+            "object": {
+                "key": key,
+                "size": 1024,
+                "eTag": "d41d8cd98f00b204e9800998ecf8427e",
+                "sequencer": "0055AED6DCD90281E5",
+            },
+        },
+    }
+
+
+async def post_event(srv, document: dict, authorization: str = f"Bearer {EVENTS_TOKEN}"):
+    return await srv.client.post(
+        srv.url + "/__sngin/events/s3",
+        content=json.dumps(document),
+        headers={"Authorization": authorization, "Content-Type": "application/json"},
+    )

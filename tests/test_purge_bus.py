@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from sngin.config import S3Settings
-from tests.support import AUTH, TOKEN, code_cache, running
+from tests.support import AUTH, EVENTS_TOKEN, TOKEN, aws_record, code_cache, post_event, running
 
 KEY = "code/s3.test/page/index.lua"
 
@@ -50,8 +50,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def two_nodes(stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str, **options):
+async def two_nodes(
+    stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str, *,
+    settings_changes_extra: dict | None = None, **options,
+):  # fmt: skip
     changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
+    changes |= settings_changes_extra or {}
     nodes = []
     for name in ("a", "b"):
         cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
@@ -232,3 +236,22 @@ async def test_without_redis_each_node_limits_to_its_share_and_says_so(proxy, bu
             elapsed = trio.current_time() - started
             # Half the rate on each of the two nodes it saw: a burst of 10 here.
             assert 10 <= statuses.count(200) <= 10 + int(elapsed * 5)
+
+
+async def test_an_s3_event_posted_to_one_node_makes_the_other_serve_the_new_script(
+    proxy, bucket, tmp_path, redis_url
+):
+    bucket.put(KEY, "return 'v1'")
+    async with AsyncExitStack() as stack:
+        a, b = await two_nodes(
+            stack, proxy, bucket, tmp_path, redis_url,
+            settings_changes_extra={"events_token": EVENTS_TOKEN},
+        )  # fmt: skip
+        assert (await b.get("/page", host="s3.test")).text == "v1"
+        bucket.put(KEY, "return 'v2'")
+        answer = await post_event(a, {"Records": [aws_record(bucket.name, KEY)]})
+        assert answer.json() == {"purged": 1, "ignored": 0}
+        b_bus = b.deps.purger.bus
+        with trio.fail_after(10):
+            await b_bus.wait_for(lambda: b_bus.received >= 1)
+        assert (await b.get("/page", host="s3.test")).text == "v2"

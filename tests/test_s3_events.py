@@ -23,38 +23,7 @@ from sngin.s3_events import (
     parse_notification,
 )
 from tests.httpserver import LoopbackServer
-from tests.support import AUTH, TOKEN, code_cache, running
-
-EVENTS_TOKEN = "events-token-0123456789abcdef"
-
-
-def aws_record(bucket: str, key: str, version: str = "2.1") -> dict:
-    """One record as AWS documents it (event structure, eventVersion 2.1)."""
-    return {
-        "eventVersion": version,
-        "eventSource": "aws:s3",
-        "awsRegion": "us-east-1",
-        "eventTime": "2026-12-02T04:00:00.000Z",
-        "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "AWS:EXAMPLE"},
-        "requestParameters": {"sourceIPAddress": "192.0.2.1"},
-        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyU"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "sngin-purge",
-            "bucket": {
-                "name": bucket,
-                "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
-                "arn": f"arn:aws:s3:::{bucket}",
-            },
-            "object": {
-                "key": key,
-                "size": 1024,
-                "eTag": "d41d8cd98f00b204e9800998ecf8427e",
-                "sequencer": "0055AED6DCD90281E5",
-            },
-        },
-    }
+from tests.support import AUTH, EVENTS_TOKEN, TOKEN, aws_record, code_cache, post_event, running
 
 
 def minio_event(bucket: str, key: str) -> dict:
@@ -192,14 +161,6 @@ def events_settings(bucket, prefix: str = "code") -> dict:
         "s3": S3Settings(bucket=bucket.name, prefix=prefix),
         "events_token": EVENTS_TOKEN,
     }
-
-
-async def post_event(srv, document: dict, authorization: str = f"Bearer {EVENTS_TOKEN}"):
-    return await srv.client.post(
-        srv.url + "/__sngin/events/s3",
-        content=json.dumps(document),
-        headers={"Authorization": authorization, "Content-Type": "application/json"},
-    )
 
 
 async def test_an_event_makes_the_server_serve_the_new_script(proxy, bucket, tmp_path):
