@@ -321,6 +321,19 @@ class CodeCache:
         """
         return await self.purge_matching(covering(tenant, folder, recursive=recursive))
 
+    def forget_memory(self) -> int:
+        """Drop every copy held in memory, not the disk mirror: each script is fetched again on
+        its next request, a mirrored copy conditionally (If-None-Match), so nothing stale is
+        served and an S3 outage still finds the mirror. What the cluster bus does when it
+        cannot vouch for purges it may have missed."""
+
+        def everything(key: str) -> bool:
+            return True
+
+        self._purges.record(everything)  # fetches in flight land uncached
+        self._flights.forget_matching(everything)
+        return self._lru.drop_matching(everything)
+
     async def purge_matching(self, covers: Callable[[str], bool]) -> int:
         """Drop every entry whose key `covers` accepts (e.g. one GitHub repository's modules)."""
         self._purges.record(covers)

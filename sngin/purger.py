@@ -45,9 +45,10 @@ class Purger:
         return await self._store.purge(purge.tenant, purge.folder, recursive=purge.recursive)
 
     async def flush(self) -> None:
-        """Forget every cached copy on this node (the bus cannot vouch for what was missed)."""
-        flush_all = getattr(self._store, "purge_matching", None)
-        if flush_all is not None:  # the folder store keeps nothing a purge is needed for
-            await flush_all(lambda key: True)
+        """Forget every copy cached in memory on this node (the bus cannot vouch for what it
+        may have missed); disk-mirror copies stay, and are revalidated before use."""
+        forget = getattr(self._store, "forget_memory", None)
+        if forget is not None:  # the folder store checks its files on every request anyway
+            forget()
         if self._github is not None:
-            await self._github.purge_matching(lambda key: True)
+            self._github.forget_memory()

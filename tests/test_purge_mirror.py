@@ -253,3 +253,20 @@ def test_settings_carry_the_token():
     assert settings.admin_token == TOKEN
     assert TOKEN not in repr(settings)
     assert replace(settings, admin_token=None).admin_token is None
+
+
+async def test_forgetting_memory_revalidates_but_keeps_the_mirror(proxy, bucket, tmp_path):
+    """What the cluster bus does after a gap: nothing stale is served, and an S3 outage still
+    finds the mirrored copies."""
+    bucket.put("a.test/index.lua", "return 'v1'")
+    bucket.put("b.test/index.lua", "return 'b'")
+    with trio.fail_after(20):
+        async with node(proxy, bucket, tmp_path) as cache:
+            await cache.fetch("a.test")
+            await cache.fetch("b.test")
+            bucket.put("a.test/index.lua", "return 'v2'")
+            assert cache.forget_memory() == 2
+            assert (await cache.fetch("a.test")).text == b"return 'v2'"  # revalidated
+            assert proxy.gets("b.test/index.lua", 304) == 0
+            proxy.refuse()
+            assert (await cache.fetch("b.test")).text == b"return 'b'"  # from the mirror
