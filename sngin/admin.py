@@ -79,7 +79,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         bus = deps.purger.bus
         if bus is not None and not bus.connected:
             # Still ready: it serves, and flushes its code cache once Redis is back.
-            return {"ready": True, "purge_bus": f"Redis unreachable: {bus.last_error}"}, 200
+            return {"ready": True, "cluster_bus": f"Redis unreachable: {bus.last_error}"}, 200
         return {"ready": True}, 200
 
     @admin.get("/__sngin/stats")
@@ -106,7 +106,7 @@ def create_admin(deps: Deps) -> QuartTrio:
                 body[name] = plain(statistics())
         bus = deps.purger.bus
         if bus is not None:
-            body["purge_bus"] = bus.statistics()
+            body["cluster_bus"] = bus.statistics()
             if request.args.get("cluster") in ("1", "true"):
                 try:
                     body["cluster"] = {"nodes": await bus.cluster_nodes()}

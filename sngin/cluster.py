@@ -1,4 +1,4 @@
-"""What the nodes of a cluster share through the bus (sngin.purge_bus): purges, and
+"""What the nodes of a cluster share through the bus (sngin.cluster_bus): purges, and
 quarantines decided or lifted on any node. A quarantine is also a key with a TTL, read afresh
 whenever a node (re)connects, so one that was away still learns of those in force."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from sngin.purge_bus import Purge
+from sngin.cluster_bus import Purge
 
 if TYPE_CHECKING:
-    from sngin.purge_bus import PurgeBus
+    from sngin.cluster_bus import ClusterBus
     from sngin.purger import Purger
     from sngin.quarantine import Quarantine
 
@@ -20,9 +20,9 @@ class ClusterState:
     def __init__(self, purger: Purger, quarantine: Quarantine) -> None:
         self._purger = purger
         self._quarantine = quarantine
-        self.bus: PurgeBus | None = None
+        self.bus: ClusterBus | None = None
 
-    def attach(self, bus: PurgeBus) -> None:
+    def attach(self, bus: ClusterBus) -> None:
         self.bus = bus
         self._purger.bus = bus
         self._quarantine.on_change = self._quarantine_changed

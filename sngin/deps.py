@@ -43,7 +43,7 @@ class Deps:
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
     events_tls: ssl.SSLContext | None = None
-    purger: Purger = field(init=False)  # on this node, then (with a purge bus) on every node
+    purger: Purger = field(init=False)  # on this node, then (with a cluster bus) on every node
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below

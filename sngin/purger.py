@@ -1,15 +1,15 @@
-"""Purges, applied on this node and sent to every other one through the purge bus (if any)."""
+"""Purges, applied on this node and sent to every other one through the cluster bus (if any)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sngin.purge_bus import Purge
+from sngin.cluster_bus import Purge
 
 if TYPE_CHECKING:
     from sngin.cache import CodeCache
+    from sngin.cluster_bus import ClusterBus
     from sngin.codestore import CodeSource
-    from sngin.purge_bus import PurgeBus
 
 
 class Purger:
@@ -19,20 +19,20 @@ class Purger:
     def __init__(self, store: CodeSource, github: CodeCache | None) -> None:
         self._store = store
         self._github = github
-        self.bus: PurgeBus | None = None
+        self.bus: ClusterBus | None = None
 
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
         purge = Purge(tenant=tenant, folder=folder, recursive=recursive)
         dropped = await self.apply(purge)
         if self.bus is not None:
-            await self.bus.publish(purge)
+            self.bus.publish(purge)
         return dropped
 
     async def purge_modules(self, prefix: str) -> int:
         purge = Purge(modules_prefix=prefix)
         dropped = await self.apply(purge)
         if self.bus is not None:
-            await self.bus.publish(purge)
+            self.bus.publish(purge)
         return dropped
 
     async def apply(self, purge: Purge) -> int:

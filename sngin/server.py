@@ -19,6 +19,7 @@ from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
 from sngin.cluster import ClusterState
+from sngin.cluster_bus import ClusterBus
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
@@ -34,7 +35,6 @@ from sngin.mirror import DiskMirror, mirror_folder
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
-from sngin.purge_bus import PurgeBus
 from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
 from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
@@ -130,19 +130,19 @@ async def serve(
             tenant_cache=tenant_cache_for(settings, storage),
         )
         async with trio.open_nursery() as nursery:
-            attach_purge_bus(deps, nursery)
+            attach_cluster_bus(deps, nursery)
             await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
             if deps.purger.bus is not None:
                 deps.purger.bus.stop()
 
 
-def attach_purge_bus(deps: Deps, nursery: trio.Nursery) -> None:
+def attach_cluster_bus(deps: Deps, nursery: trio.Nursery) -> None:
     """With SNGIN_REDIS_URL, purges and quarantines reach every node through Redis."""
     url = deps.settings.redis_url
     if url is None:
         return
     state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
-    bus = PurgeBus(url, state.apply, deps.purger.flush, state.resync)
+    bus = ClusterBus(url, state.apply, deps.purger.flush, state.resync)
     state.attach(bus)
     pool = deps.pool
     bus.describe = lambda: {

@@ -38,7 +38,7 @@ from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import (
-    attach_purge_bus,
+    attach_cluster_bus,
     default_limits,
     open_tenant_storage,
     pool_config,
@@ -230,7 +230,7 @@ async def running(
             else None,
             **(deps_changes or {}),
         )
-        attach_purge_bus(deps, nursery)
+        attach_cluster_bus(deps, nursery)
         binds = await nursery.start(
             lambda task_status: serve_app(deps, shutdown_trigger=stop.wait, task_status=task_status)
         )

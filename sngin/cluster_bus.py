@@ -1,5 +1,6 @@
-"""Purges reach every node: each one is applied here and written to a Redis Stream that every
-node follows (entries are kept, so a node that was away reads what it missed).
+"""The cluster bus: events every node must see (purges, quarantines) are applied here and
+written to a Redis Stream that every node follows (entries are kept, so a node that was away
+reads what it missed); beside it, the node registry (a heartbeat key per node).
 
 A node that cannot be sure it saw every entry flushes its whole code cache instead of keeping
 code that may be stale: after losing its connection, when the stream was trimmed past its
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM: Final = "sngin:purges"
+STREAM: Final = "sngin:cluster"
 MAX_ENTRIES: Final = 10_000  # kept in the stream (approximately): a node away longer flushes
 READ_BLOCK_MS: Final = 1000
 NODE_KEY: Final = "sngin:node:"  # the node registry: one key per live node, with a TTL
@@ -75,7 +76,7 @@ def stream_id(text: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-class PurgeBus:
+class ClusterBus:
     """Writes this node's purges to the stream and applies the other nodes' (run() follows the
     stream for the life of the server)."""
 
@@ -104,13 +105,14 @@ class PurgeBus:
         self.last_error: str | None = None
         self._changed = trio.Event()
         self._scope = trio.CancelScope()
+        self._reached = False  # this connection attempt got through
 
     def stop(self) -> None:
         self._scope.cancel()
 
     # --- writing ----------------------------------------------------------------------------
 
-    async def publish(self, purge: Purge) -> None:
+    def publish(self, purge: Purge) -> None:
         """Send a purge this node applied (the writer task writes it at once when Redis is
         there, else when it is back)."""
         self.send_soon(purge.fields(self.node))
@@ -162,6 +164,7 @@ class PurgeBus:
     async def _run(self) -> None:
         retry_s = RETRY_S
         while True:
+            self._reached = False
             try:
                 client = coredis.Redis.from_url(
                     self.url,
@@ -178,10 +181,9 @@ class PurgeBus:
                 if others is not None or failures is None:
                     raise
                 self._lost(failures.exceptions[0])
+            # Back off while Redis stays away; start over after a connection that worked.
+            retry_s = RETRY_S if self._reached else min(MAX_RETRY_S, retry_s * 2)
             await trio.sleep(retry_s)
-            retry_s = min(MAX_RETRY_S, retry_s * 2)
-            if self.connected:
-                retry_s = RETRY_S
 
     async def _follow(self, client: Any) -> None:
         last, added = await self._stream_state(client)
@@ -195,6 +197,7 @@ class PurgeBus:
             if stream_id(last) < stream_id(self._position) or added < self._added:
                 self._position, self._added = last, added  # a new stream: follow it from here
         await self._resync(client)  # before anyone is told it is connected
+        self._reached = True
         self.connected = True
         self.last_error = None
         self._notify()
@@ -273,7 +276,7 @@ class PurgeBus:
         )
         position = stream_id(self._position)
         if stream_id(last) < position or added < self._added:
-            await self._flush_all("the purge stream went back (Redis restarted?)")
+            await self._flush_all("the event stream went back (Redis restarted?)")
             self._position, self._added = last, added
             await self._resync(client)
             return
@@ -300,7 +303,7 @@ class PurgeBus:
 
     def _lost(self, exc: BaseException) -> None:
         if self.connected:
-            log.warning("the purge bus lost Redis (%s): purges are kept to send later", exc)
+            log.warning("the cluster bus lost Redis (%s): its events are kept to send later", exc)
         self.connected = False
         self.last_error = str(exc) or type(exc).__name__
         self._notify()

@@ -96,7 +96,7 @@ async def test_a_purge_sent_to_one_node_is_applied_by_the_other(proxy, bucket, t
             await b_bus.wait_for(lambda: b_bus.received == 1)
         assert (await b.get("/page", host="s3.test")).text == "v2"
         assert (await a.get("/page", host="s3.test")).text == "v2"
-        stats = (await b.client.get(b.url + "/__sngin/stats", headers=AUTH)).json()["purge_bus"]
+        stats = (await b.client.get(b.url + "/__sngin/stats", headers=AUTH)).json()["cluster_bus"]
         assert (stats["connected"], stats["received"], stats["flushes"]) == (True, 1, 0)
 
 
@@ -120,7 +120,7 @@ async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket
             assert (await b.get("/page", host="s3.test")).text == "v1"  # b cannot know yet
             ready = (await b.client.get(b.url + "/__sngin/ready", headers=AUTH)).json()
             assert ready["ready"] is True
-            assert "Redis unreachable" in ready["purge_bus"]
+            assert "Redis unreachable" in ready["cluster_bus"]
             with redis_process(port):  # Redis back, empty: the stream is gone
                 with trio.fail_after(30):
                     await b_bus.wait_for(lambda: b_bus.connected and b_bus.flushes >= 1)
@@ -143,8 +143,8 @@ async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tm
         entry = {"origin": "elsewhere", "kind": "path", "tenant": "other.test", "folder": ""}
         client = coredis.Redis.from_url(redis_url, decode_responses=True)
         async with client, client.pipeline(transaction=True) as pipe:
-            pipe.xadd("sngin:purges", entry)
-            pipe.xtrim("sngin:purges", threshold=0, trim_strategy=coredis.PureToken.MAXLEN)
+            pipe.xadd("sngin:cluster", entry)
+            pipe.xtrim("sngin:cluster", threshold=0, trim_strategy=coredis.PureToken.MAXLEN)
         with trio.fail_after(10):
             await b_bus.wait_for(lambda: b_bus.flushes >= 1)
         assert (await b.get("/page", host="s3.test")).text == "v2"
