@@ -51,6 +51,8 @@ class ClusterState:
             self._quarantine.lift(tenant, announce=False)
         elif kind in ("path", "modules"):
             await self._purger.apply(Purge.from_fields(fields))
+        elif kind == "flush":  # a node's queue of purges overflowed while Redis was away
+            await self._purger.flush()
 
     async def resync(self, client: Any) -> None:
         """After a (re)connection: the quarantines in force, from their keys."""

@@ -37,7 +37,8 @@ PUBLISH_TIMEOUT_S: Final = 1.0
 CONNECT_TIMEOUT_S: Final = 2.0
 RETRY_S: Final = 0.2
 MAX_RETRY_S: Final = 5.0
-OUTBOX_MAX: Final = 10_000
+OUTBOX_MAX: Final = 10_000  # past it, the queued purges become one "flush everything"
+PURGE_KINDS: Final = frozenset({"path", "modules"})
 FAILURES = (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 
 
@@ -92,9 +93,8 @@ class ClusterBus:
         self._apply = apply
         self._flush = flush
         self._resync_state = resync  # reads shared state afresh after a (re)connection
-        self._outbox: deque[tuple[dict[str, str], tuple[str, int | None] | None]] = deque(
-            maxlen=OUTBOX_MAX
-        )
+        self._outbox: deque[tuple[dict[str, str], tuple[str, int | None] | None]] = deque()
+        self.outbox_max = OUTBOX_MAX
         self._pending = trio.Event()
         self._position: str | None = None  # the last entry seen
         self._added = 0  # the stream's entries-added count that goes with that position
@@ -121,7 +121,13 @@ class ClusterBus:
         self, fields: dict[str, str], *, key: tuple[str, int | None] | None = None
     ) -> None:
         """Queue an event for every node; `key`: a key to set for `ms` milliseconds with it (or
-        to delete, for None), in the same transaction. Kept until Redis takes it."""
+        to delete, for None), in the same transaction. Kept until Redis takes it; if Redis stays
+        away so long that the purges waiting pass the bound, they are replaced by one event that
+        makes every node flush (nothing is dropped unannounced)."""
+        if len(self._outbox) >= self.outbox_max:
+            kept = deque(event for event in self._outbox if event[0].get("kind") not in PURGE_KINDS)
+            kept.append(({"origin": self.node, "kind": "flush"}, None))
+            self._outbox = kept
         self._outbox.append((fields, key))
         self._pending.set()
 

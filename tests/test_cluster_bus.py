@@ -255,3 +255,41 @@ async def test_an_s3_event_posted_to_one_node_makes_the_other_serve_the_new_scri
         with trio.fail_after(10):
             await b_bus.wait_for(lambda: b_bus.received >= 1)
         assert (await b.get("/page", host="s3.test")).text == "v2"
+
+
+async def test_purges_queued_past_the_bound_become_a_flush_on_every_node(
+    proxy, bucket, tmp_path, redis_url
+):
+    """A node cut off from Redis while the others are not: when its queue of purges overflows,
+    they become one event that makes every node flush, so none is lost unannounced."""
+    bucket.put(KEY, "return 'v1'")
+    bucket.put("code/s3.test/other/index.lua", "return 'o1'")
+    changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
+    cut_off = {**changes, "redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for name, settings in (("a", cut_off), ("b", changes)):
+            cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
+            nodes.append(
+                await stack.enter_async_context(
+                    running(tmp_path / name, store=cache, settings_changes=settings,
+                            admin_token=TOKEN)
+                )
+            )  # fmt: skip
+        a, b = nodes
+        a_bus, b_bus = a.deps.purger.bus, b.deps.purger.bus
+        with trio.fail_after(10):
+            await b_bus.wait_for(lambda: b_bus.connected)
+        for path in ("/page", "/other"):
+            assert (await b.get(path, host="s3.test")).text in ("v1", "o1")
+        bucket.put(KEY, "return 'v2'")
+        bucket.put("code/s3.test/other/index.lua", "return 'o2'")
+        a_bus.outbox_max = 1
+        await purge_on(a, "/page")
+        await purge_on(a, "/other")  # the queue is full: the first becomes a flush
+        assert [event["kind"] for event, _ in a_bus._outbox] == ["flush", "path"]
+        a_bus.url = redis_url  # a reaches Redis again (its next retry)
+        with trio.fail_after(20):
+            await b_bus.wait_for(lambda: b_bus.received >= 2)
+        assert (await b.get("/page", host="s3.test")).text == "v2"  # flushed
+        assert (await b.get("/other", host="s3.test")).text == "o2"
