@@ -51,9 +51,14 @@ lock:
     /tmp/sngin-lock/bin/pip install -q -e '.[dev]'
     { echo "# Exact versions for CI and the README's quick start (pip install -c constraints.txt ...)."; echo "# Regenerate after changing pyproject.toml dependencies: just lock"; /tmp/sngin-lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt
 
-# build the container image (needs podman or docker with a running engine)
-image tag="sngin:latest":
-    podman build -t {{tag}} -f Containerfile . || docker build -t {{tag}} -f Containerfile .
+# build the container image (needs podman or docker with a running engine; `--format docker` keeps
+# the HEALTHCHECK); base="..." picks another base image
+image tag="sngin:latest" base="docker.io/library/python:3.11-slim":
+    podman build --format docker --build-arg BASE={{base}} -t {{tag}} -f Containerfile . || docker build --build-arg BASE={{base}} -t {{tag}} -f Containerfile .
+
+# build the image on a local Debian base and smoke-test it (podman, buildah, mmdebstrap)
+image-test:
+    scripts/image-test
 
 # a local cluster demo: redis-server and three nodes on loopback (8081-8083) sharing purges,
 # quarantines and rate limits; the code is `./sites` (or the demo sites). Ctrl-C stops it all.
