@@ -2,8 +2,10 @@
 taken from by an atomic script with Redis's own clock, so every node draws on the same tokens.
 
 Only tenants with an `rps` pay for it (one Redis round trip per request). If Redis does not
-answer in time, the node falls back to its own bucket at the tenant's rate divided by the nodes
-it last saw (the node registry), logs it once, and goes back to Redis when it answers.
+answer within SHARED_TIMEOUT_S, the node falls back to its own bucket at the tenant's rate
+divided by the nodes it last saw (the node registry), logs it once, asks Redis again a second
+later (so a hung Redis does not cost every request the timeout), and shares again once it
+answers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHARED_TIMEOUT_S: Final = 0.1
+SHARED_TIMEOUT_S = 0.25  # a round trip is well under 1 ms; past this, this node's share
+LOCAL_FOR_S: Final = 1.0  # after a failure, Redis is tried again only after this long
 KEY: Final = "sngin:rl:"
 # tokens, refilled at rps up to the burst from the last call's time; one taken if there is one;
 # answers the seconds to wait (0: admitted). Redis's TIME: the same clock for every node.
@@ -48,9 +51,12 @@ class SharedRateLimiter:
         self._nodes = nodes  # how many nodes the registry saw last
         self._local = RateLimiter()
         self.fallback = False
+        self._retry_at = 0.0  # while failing: no request waits on Redis before this time
 
     async def admit(self, tenant: str, rps: float) -> float | None:
         """None if the request may run; else the seconds to wait before retrying."""
+        if self.fallback and trio.current_time() < self._retry_at:
+            return self._local.admit(tenant, rps / max(1, self._nodes()))
         try:
             with trio.fail_after(SHARED_TIMEOUT_S):
                 answer = await self._redis.script(TAKE_TOKEN, [KEY + tenant], [rps, 2 * rps])
@@ -59,6 +65,7 @@ class SharedRateLimiter:
             if not self.fallback:
                 log.warning("rate limits held on this node only while Redis fails: %s", exc)
             self.fallback = True
+            self._retry_at = trio.current_time() + LOCAL_FOR_S
             return self._local.admit(tenant, rps / max(1, self._nodes()))
         if self.fallback:
             log.warning("rate limits are shared through Redis again")
