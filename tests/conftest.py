@@ -104,34 +104,11 @@ def upstream():
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server on a free loopback port, once per session (Debian's package)."""
-    import shutil
-    import socket
-    import subprocess
-    import time
+    from tests.support import free_port, redis_server_process
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:  # until it accepts connections (a start-up wait, outside any test)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+    port = free_port()
+    with redis_server_process(port):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import asynccontextmanager
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 import trio
 import trio.lowlevel
 from botocore.credentials import Credentials
@@ -49,6 +55,7 @@ from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 TOKEN = "test-admin-token-0123456789"
@@ -398,3 +405,51 @@ async def post_event(srv, document: dict, authorization: str = f"Bearer {EVENTS_
         content=json.dumps(document),
         headers={"Authorization": authorization, "Content-Type": "application/json"},
     )
+
+
+# --- loopback processes and certificates --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def redis_server_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A real redis-server (Debian's package) on a loopback port, without persistence, until
+    the block ends."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:  # until it accepts connections (a start-up wait, not a synchronisation)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def tls_contexts(host: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for `host` from a fresh test CA (trustme), and a
+    client context that trusts that CA."""
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context

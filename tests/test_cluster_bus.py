@@ -4,50 +4,24 @@ down at the time (the outbox, and the flush of a node that lost Redis)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 
-import pytest
 import trio
 
 from sngin.config import S3Settings
-from tests.support import AUTH, EVENTS_TOKEN, TOKEN, aws_record, code_cache, post_event, running
+from tests.support import (
+    AUTH,
+    EVENTS_TOKEN,
+    TOKEN,
+    aws_record,
+    code_cache,
+    free_port,
+    post_event,
+    redis_server_process,
+    running,
+)
 
 KEY = "code/s3.test/page/index.lua"
-
-
-@contextmanager
-def redis_process(port: int):
-    """A redis-server of this test's own (it is stopped and started again), no persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:  # until it accepts connections (a start-up wait, not a synchronisation)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.02)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def two_nodes(
@@ -104,7 +78,7 @@ async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     bucket.put(KEY, "return 'v1'")
-    with redis_process(port) as redis:
+    with redis_server_process(port) as redis:
         async with AsyncExitStack() as stack:
             a, b = await two_nodes(stack, proxy, bucket, tmp_path, url)
             for node in (a, b):
@@ -121,7 +95,7 @@ async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket
             ready = (await b.client.get(b.url + "/__sngin/ready", headers=AUTH)).json()
             assert ready["ready"] is True
             assert "Redis unreachable" in ready["cluster_bus"]
-            with redis_process(port):  # Redis back, empty: the stream is gone
+            with redis_server_process(port):  # Redis back, empty: the stream is gone
                 with trio.fail_after(30):
                     await b_bus.wait_for(lambda: b_bus.connected and b_bus.flushes >= 1)
                     await a_bus.wait_for(lambda: a_bus.connected and a_bus.published >= 1)
@@ -222,7 +196,7 @@ async def test_without_redis_each_node_limits_to_its_share_and_says_so(proxy, bu
     url = f"redis://127.0.0.1:{port}/0"
     bucket.put("code/rl.test/index.lua", "return 'ok'")
     bucket.put("code/rl.test/_sngin.json", '{"limits": {"rps": 10}}')
-    with redis_process(port) as redis:
+    with redis_server_process(port) as redis:
         async with AsyncExitStack() as stack:
             a, b = await two_nodes(stack, proxy, bucket, tmp_path, url, tenant_configs=True)
             a_bus = a.deps.purger.bus

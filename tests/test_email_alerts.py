@@ -7,22 +7,14 @@ import email
 import email.policy
 import json
 import re
-import socket
-import ssl
 
 import pytest
 import trio
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from tests.support import serving
+from tests.support import free_port, serving, tls_contexts
 from tests.upstream import Upstream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Inbox:
@@ -113,13 +105,7 @@ async def test_email_goes_only_where_the_egress_guard_allows(tmp_path, smtp):
 
 
 async def test_email_with_starttls_verifies_the_host_name(tmp_path):
-    import trustme
-
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mail.example.test").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts("mail.example.test")
     inbox = Inbox()
     port = free_port()
     controller = Controller(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 
 import pytest
 import trio
@@ -14,7 +13,7 @@ import trio.testing
 from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, is_public
 from sngin.outbound import open_outbound
-from tests.support import run_call, running, serving
+from tests.support import run_call, running, serving, tls_contexts
 from tests.upstream import Upstream
 
 LOOPBACK_ONLY = EgressPolicy.parse(["127.0.0.1"])
@@ -350,14 +349,8 @@ def test_public_addresses():
 
 
 async def test_https_with_a_trusted_certificate(tmp_path):
-    import trustme
-
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server_context, client_context = tls_contexts("127.0.0.1")
     secure = Upstream(ssl_context=server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
     try:
         trusted = await run_call(tmp_path, f"'{secure.url('/tls')}'", ssl_context=client_context)
         untrusted = await run_call(tmp_path, f"'{secure.url('/tls')}'")

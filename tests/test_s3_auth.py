@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,10 @@ from sngin.codestore import Modified
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
+from tests.support import free_port
 
 BUCKET = "sngin-auth"
 FAST = {"attempt_timeout_s": 1.0, "deadline_s": 5.0, "max_attempts": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

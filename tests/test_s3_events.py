@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
@@ -23,7 +22,16 @@ from sngin.s3_events import (
     parse_notification,
 )
 from tests.httpserver import LoopbackServer
-from tests.support import AUTH, EVENTS_TOKEN, TOKEN, aws_record, code_cache, post_event, running
+from tests.support import (
+    AUTH,
+    EVENTS_TOKEN,
+    TOKEN,
+    aws_record,
+    code_cache,
+    post_event,
+    running,
+    tls_contexts,
+)
 
 
 def minio_event(bucket: str, key: str) -> dict:
@@ -240,13 +248,7 @@ class Confirmations(BaseHTTPRequestHandler):
 
 
 async def test_an_sns_subscription_is_confirmed_only_on_an_allowed_https_host(tmp_path):
-    import trustme
-
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts("localhost")
     Confirmations.seen = []
     confirmer = LoopbackServer(Confirmations, ssl_context=server_context)
     changes = {
