@@ -72,6 +72,11 @@ class Purge:
         )
 
 
+def stream_state(info: dict[str, Any]) -> tuple[str, int]:
+    """From XINFO STREAM: the last entry ID and how many entries were ever added."""
+    return str(info.get("last-generated-id", "0-0")), int(info.get("entries-added", 0))
+
+
 def stream_id(text: str) -> tuple[int, int]:
     milliseconds, _, sequence = text.partition("-")
     return int(milliseconds), int(sequence or 0)
@@ -192,7 +197,7 @@ class ClusterBus:
             await trio.sleep(retry_s)
 
     async def _follow(self, client: Any) -> None:
-        last, added = await self._stream_state(client)
+        last, added = stream_state(await self._info(client))
         if self._position is None:
             # A fresh node: its cache is empty, nothing to catch up.
             self._position, self._added = last, added
@@ -257,29 +262,19 @@ class ClusterBus:
             self.received += 1
         self._notify()
 
-    async def _stream_state(self, client: Any) -> tuple[str, int]:
-        """The stream's last entry ID and how many entries were ever added to it."""
-        info = await self._info(client)
-        if info is None:
-            return "0-0", 0
-        return str(info.get("last-generated-id", "0-0")), int(info.get("entries-added", 0))
-
-    async def _info(self, client: Any) -> Any:
+    async def _info(self, client: Any) -> dict[str, Any]:
+        """XINFO STREAM; empty when there is no stream (yet, or any more)."""
         try:
-            return await client.xinfo_stream(STREAM)
-        except coredis.exceptions.ResponseError:  # no stream (yet, or any more)
-            return None
+            return dict(await client.xinfo_stream(STREAM))
+        except coredis.exceptions.ResponseError:
+            return {}
 
     async def _check_gap(self, client: Any) -> None:
         """Flush when entries this node has not read are gone: trimmed away (fewer left after
         its position than were added since), or the stream went back (Redis restarted)."""
         assert self._position is not None
         info = await self._info(client)
-        last, added = (
-            (str(info.get("last-generated-id", "0-0")), int(info.get("entries-added", 0)))
-            if info is not None
-            else ("0-0", 0)
-        )
+        last, added = stream_state(info)
         position = stream_id(self._position)
         if stream_id(last) < position or added < self._added:
             await self._flush_all("the event stream went back (Redis restarted?)")
@@ -289,7 +284,7 @@ class ClusterBus:
         unread = added - self._added
         if unread <= 0:
             return
-        first = info.get("first-entry") if info is not None else None
+        first = info.get("first-entry")
         if first is None:
             present = 0
         elif stream_id(str(first.identifier)) > position:
