@@ -22,20 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from serve_bench import ADMIN_TOKEN, BIN, S3Fixture, free_port, hey_duration, wait_listening
 
+from tests.support import redis_server_process
+
 QUICK = "--quick" in sys.argv
 ROUNDS = 20 if QUICK else 50
 LOAD_RUNS = 1 if QUICK else 3
 KEY = "sites/hello.localhost/index.lua"
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("bench: redis-server is not installed (apt-get install redis-server)")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    wait_listening(port)
-    return process
 
 
 def start_node(port: int, s3: S3Fixture, redis_url: str | None) -> subprocess.Popen[bytes]:
@@ -87,10 +79,16 @@ def load(s3: S3Fixture, redis_url: str | None) -> float:
 
 
 def main() -> None:
+    if shutil.which("redis-server") is None:
+        sys.exit("bench: redis-server is not installed (apt-get install redis-server)")
     s3 = S3Fixture()
     redis_port = free_port()
-    redis = start_redis(redis_port)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    with redis_server_process(redis_port):
+        run(s3, redis_url)
+
+
+def run(s3: S3Fixture, redis_url: str) -> None:
     try:
         times = sorted(propagation(s3, redis_url))
         p50 = statistics.median(times)
@@ -107,8 +105,6 @@ def main() -> None:
               f"Redis {statistics.median(without):.0f}, with SNGIN_REDIS_URL "
               f"{statistics.median(with_redis):.0f}: {ratio:.2f}  (target >= 0.95)")  # fmt: skip
     finally:
-        redis.terminate()
-        redis.wait()
         s3.close()
 
 
