@@ -31,7 +31,7 @@ from sandbox.protocol import (
 )
 from sngin.observe import forward_script_line
 from sngin.pipes import PipeReader, PipeWriter
-from sngin.worker_failures import CRASH, PROTOCOL, WALL_KILL, WorkerFailed
+from sngin.worker_failures import CRASH, NEVER_STARTED, PROTOCOL, WALL_KILL, WorkerFailed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -190,9 +190,25 @@ class FrameChannel:
         if pending.waiting_call:
             # Waiting for the server, not running Lua: drop just this request.
             self._send_cancel(pending)
+        elif self._queued(pending):
+            # Stacked behind another request that still computes: it never ran, so the worker
+            # (and the request ahead) go on; its Reply, should it come, is dropped.
+            raise WorkerFailed(NEVER_STARTED, "the request never started", sibling=True)
         else:
             self._owner.kill(WALL_KILL, blame=pending.job.id)
         raise WorkerFailed(WALL_KILL, "the request ran out of wall time")
+
+    def _queued(self, pending: Pending) -> bool:
+        """The worker has not started this job: nothing was heard of it, and a request sent
+        before it still computes (the worker starts jobs in the order sent)."""
+        if pending.heard:
+            return False
+        for other in self.pending.values():
+            if other is pending:
+                return False
+            if not other.waiting_call:
+                return True
+        return False
 
     async def _serve_calls(self, pending: Pending) -> None:
         """The script made a platform call: answer its calls in a nursery this request owns

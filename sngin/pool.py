@@ -34,6 +34,7 @@ from sngin.pool_statistics import PoolStatistics, TenantCounters, WorkerInfo, rs
 from sngin.quarantine import Quarantine
 from sngin.scheduler import QueueTimeout, Scheduler
 from sngin.supervisor import MAX_SPAWN_RETRY_S, SPAWN_RETRY_S, Supervisor, WorkerBootError
+from sngin.worker_failures import NEVER_STARTED
 from sngin.worker_process import (
     CPU_KILL,
     MEMORY,
@@ -83,6 +84,12 @@ LIMIT_NAMES: Final = {
 
 def failure_error(failure: WorkerFailed, limits: Limits) -> SnginError:
     reason = failure.reason
+    if reason == NEVER_STARTED:
+        return Unavailable(
+            f"the request waited its whole wall time ({limits.timeout_ms} ms) for its turn on"
+            " a busy worker; try again",
+            headers={"Retry-After": "1"},
+        )
     if failure.sibling:
         cause = LIMIT_NAMES.get(reason)
         what = f"exceeded its {cause}" if cause else "crashed it"
@@ -310,7 +317,8 @@ class Pool:
         except WorkerFailed as exc:
             if exc.unstarted and not last:
                 return None, trio.current_time() - started
-            note.kill = exc.reason
+            if exc.reason != NEVER_STARTED:  # that one killed nothing
+                note.kill = exc.reason
             if exc.reason == WALL_KILL:
                 self._timeouts += 1
             if not exc.sibling:

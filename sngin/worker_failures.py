@@ -13,6 +13,9 @@ CPU_KILL: Final = "cpu"
 WALL_KILL: Final = "wall"
 MEMORY: Final = "memory"
 CRASH: Final = "crash"
+# Not an exit: a request stacked behind other requests ran out of wall time before it started
+# (its worker goes on; sngin.frame_channel).
+NEVER_STARTED: Final = "never_started"
 PROTOCOL: Final = "protocol"
 RECYCLE: Final = "recycle"
 

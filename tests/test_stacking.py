@@ -81,3 +81,42 @@ async def test_a_request_stacked_behind_a_cpu_kill_runs_elsewhere_and_succeeds()
     assert outcomes["parked.test"] == b"up"
     assert stats.ran_elsewhere == 1
     assert stats.tenants["b.test"].status_5xx == 0
+
+
+async def test_a_stacked_request_whose_wall_time_runs_out_never_kills_the_one_ahead():
+    """The job queued behind another tenant's computing request times out before its turn: it
+    answers 503 by itself, no strike, and the worker and the request ahead go on."""
+    config = PoolConfig(size=2, quarantine_strikes=1000)
+    async with open_pool(config) as pool:
+        await pool.wait_for_workers()
+        gate = Gate()
+        outcomes: dict[str, object] = {}
+        notes = {"spin.test": RunNote(), "b.test": RunNote()}
+        done = {tenant: trio.Event() for tenant in notes}
+
+        async def run(tenant: str, source: bytes, limits: Limits, calls=None) -> None:
+            try:
+                reply = await pool.run(job(tenant, source), calls, limits=limits,
+                                       note=notes.get(tenant))  # fmt: skip
+                outcomes[tenant] = reply.body
+            except Exception as exc:
+                outcomes[tenant] = exc
+            if tenant in done:
+                done[tenant].set()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "parked.test", WAITS_UPSTREAM, Limits(), gate)
+                await gate.entered.wait()
+                nursery.start_soon(run, "spin.test", b"while true do end", Limits(cpu_ms=600))
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(run, "b.test", b"return 'b'", Limits(timeout_ms=100))
+                await done["b.test"].wait()
+                await done["spin.test"].wait()
+                gate.opened.set()
+        stats = pool.statistics()
+    assert notes["b.test"].worker == notes["spin.test"].worker  # it was stacked
+    assert "waited its whole wall time" in str(outcomes["b.test"])
+    assert "CPU-time limit of 600 ms" in str(outcomes["spin.test"])  # its own kill, not b's
+    assert stats.tenants["b.test"].wall_kills == 0
+    assert stats.exits.get("wall", 0) == 0
