@@ -272,7 +272,11 @@ class Pool:
             )  # fmt: skip
             if reply is not None:
                 break
-            wall_left_s = max(0.0, wall_left_s - held_s)
+            wall_left_s -= held_s
+            if wall_left_s <= 0:  # it waited out its wall time without starting anywhere
+                counters.status_5xx += 1
+                never_started = WorkerFailed(NEVER_STARTED, "no time left", sibling=True)
+                raise failure_error(never_started, limits)
             self._ran_elsewhere += 1
         assert reply is not None  # the last attempt answers or raises
         counters.cpu_ms += reply.cpu_ms
