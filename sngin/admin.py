@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import re
-import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import coredis.exceptions
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from sngin.admin_events import register_event_routes
+from sngin.admin_stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin_storage import register_storage_routes
+from sngin.cluster_bus import ClusterBus
 from sngin.errors import BadRequest
-from sngin.storage import StorageUnavailable
 from sngin.tenants import script_path, tenant_of
 
 if TYPE_CHECKING:
@@ -77,7 +73,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         if not observer.ready:
             return {"ready": False, "reason": observer.not_ready_reason}, 503
         bus = deps.purger.bus
-        if bus is not None and not bus.connected:
+        if isinstance(bus, ClusterBus) and not bus.connected:
             # Still ready: it serves, and flushes its code cache once Redis is back.
             return {"ready": True, "cluster_bus": f"Redis unreachable: {bus.last_error}"}, 200
         return {"ready": True}, 200
@@ -87,41 +83,15 @@ def create_admin(deps: Deps) -> QuartTrio:
         denied = authorize(deps)
         if denied is not None:
             return denied
-        gate = deps.connections
-        body: dict[str, Any] = {
-            "pool": plain(deps.pool.statistics()),
-            "quarantined": quarantine_list(deps),
-            "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
-            "budgets": deps.budgets.statistics(),
-        }
-        if deps.storage is not None:
-            body["storage"] = {
-                "operations": deps.storage.operations,
-                "database_bytes": deps.storage.database_bytes(),
-                "tenants": await storage_usage(deps),
-            }
-        for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
-            statistics = getattr(source, "statistics", None)
-            if statistics is not None:
-                body[name] = plain(statistics())
-        bus = deps.purger.bus
-        if bus is not None:
-            body["cluster_bus"] = bus.statistics()
-            if request.args.get("cluster") in ("1", "true"):
-                try:
-                    body["cluster"] = {"nodes": await bus.cluster_nodes()}
-                except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
-                    body["cluster"] = {"error": f"Redis unreachable: {exc}"}
-        return body, 200
+        cluster = request.args.get("cluster") in ("1", "true")
+        return await node_statistics(deps, cluster=cluster), 200
 
     @admin.get("/__sngin/metrics")
     async def metrics() -> Any:
         denied = authorize(deps)
         if denied is not None:
             return denied
-        observe_gauges(deps)
-        await observe_storage(deps)
-        return deps.observer.metrics.render(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+        return await render_metrics(deps), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     @admin.get("/__sngin/logs")
     async def logs() -> Any:
@@ -221,66 +191,6 @@ def create_admin(deps: Deps) -> QuartTrio:
         )
 
     return admin
-
-
-def plain(value: Any) -> Any:
-    """A statistics snapshot (frozen dataclasses, read-only mappings, tuples) as JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [plain(item) for item in value]
-    return value
-
-
-def quarantine_list(deps: Deps) -> list[dict[str, Any]]:
-    """Paused tenants, each with its seconds left and the wall-clock time it ends."""
-    now = time.time()
-    return [
-        {
-            "host": tenant,
-            "remaining_s": round(left, 1),
-            "until": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now + left)),
-        }
-        for tenant, left in deps.pool.quarantined().items()
-    ]
-
-
-def observe_gauges(deps: Deps) -> None:
-    """Point-in-time values, read when Prometheus scrapes."""
-    metrics = deps.observer.metrics
-    stats = deps.pool.statistics()
-    metrics.workers.set(stats.live)
-    metrics.busy.set(stats.live - stats.idle)
-    metrics.access_lost.set(deps.observer.access.lost)
-    statistics = getattr(deps.store, "statistics", None)
-    if statistics is not None:
-        cache = statistics()
-        metrics.cache_entries.set(cache.entries)
-        metrics.cache_bytes.set(cache.bytes)
-
-
-async def storage_usage(deps: Deps) -> list[dict[str, Any]]:
-    """Keys and bytes of the first SNGIN_METRICS_TENANTS tenants with storage (bounded, like
-    the metrics' labels); `storage unavailable` leaves it empty rather than failing stats."""
-    storage = deps.storage
-    if storage is None:
-        return []
-    rows = []
-    try:
-        for tenant in (await storage.tenants())[: deps.settings.metrics_tenants]:
-            keys, size = await storage.usage(tenant)
-            rows.append({"host": tenant, "keys": keys, "bytes": size})
-    except StorageUnavailable:
-        return []
-    return rows
-
-
-async def observe_storage(deps: Deps) -> None:
-    metrics = deps.observer.metrics
-    for row in await storage_usage(deps):
-        metrics.storage_bytes.labels(metrics.labels(row["host"])).set(row["bytes"])
 
 
 class AdminListener:

@@ -7,18 +7,21 @@ import dataclasses
 import os
 import secrets as secrets_module
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sngin import __version__
 from sngin.config import Settings
-from sngin.errors import SnginError
+from sngin.errors import ConfigError, SnginError
 from sngin.remote import TOKEN_HELP, URL_HELP
 from sngin.remote_storage import ACTIONS as STORAGE_ACTIONS
 from sngin.remote_storage import USAGE as STORAGE_USAGE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from sngin.process_link import ProcessRole
 
 # flag destination -> the variable it overrides
 FLAG_VARIABLES = {
@@ -27,6 +30,7 @@ FLAG_VARIABLES = {
     "workers": "SNGIN_WORKERS",
     "timeout_ms": "SNGIN_TIMEOUT_MS",
     "log_level": "SNGIN_LOG_LEVEL",
+    "processes": "SNGIN_PROCESSES",
 }
 
 
@@ -43,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="HOST:PORT to listen on (SNGIN_BIND)")
     serve.add_argument("--workers", type=int, help="worker processes (SNGIN_WORKERS)")
     serve.add_argument("--timeout-ms", type=int, help="wall time per request (SNGIN_TIMEOUT_MS)")
+    serve.add_argument(
+        "--processes",
+        help="server processes sharing the listener, or auto: one per core (SNGIN_PROCESSES)",
+    )
+    # How a node's supervising parent starts each of its processes (not for operators).
+    serve.add_argument("--process", help=argparse.SUPPRESS)
+    serve.add_argument("--hub-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--admin-fd", type=int, help=argparse.SUPPRESS)
 
     run = commands.add_parser(
         "run", parents=[common], help="run one script file once in a worker and print the response"
@@ -87,28 +100,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+def merged_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment with the command's flags written over the variables they override."""
     merged = dict(env)
     for dest, variable in FLAG_VARIABLES.items():
         value = getattr(args, dest, None)
         if value is not None:
             merged[variable] = str(value)
-    return Settings.from_env(merged)
+    return merged
 
 
-def serve_forever(settings: Settings) -> int:
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    return Settings.from_env(merged_env(args, env))
+
+
+def process_role(args: argparse.Namespace) -> ProcessRole | None:
+    """`--process I/N` and the descriptors the node's parent passed (None: not a child)."""
+    if args.command != "serve" or args.process is None:
+        return None
+    from sngin.process_link import ProcessRole
+
+    index, _, count = args.process.partition("/")
+    if args.hub_fd is None or args.listen_fd is None:
+        raise ConfigError("--process needs --hub-fd and --listen-fd")
+    try:
+        return ProcessRole(int(index), int(count), args.hub_fd, args.listen_fd, args.admin_fd)
+    except ValueError:
+        raise ConfigError(f"--process {args.process!r}: expected INDEX/COUNT") from None
+
+
+def serve_forever(
+    settings: Settings, env: Mapping[str, str] | None = None, role: ProcessRole | None = None
+) -> int:
     import gc
     import logging
 
     import trio
 
     from sngin.logsetup import configure as configure_logging
+    from sngin.node_share import check_processes
     from sngin.server import serve
     from sngin.stderr_writer import stderr_writer
 
-    chosen = configure_logging(settings.log_level, settings.log_format)
+    process = role.index if role is not None else None
+    chosen = configure_logging(settings.log_level, settings.log_format, process=process)
     settings = dataclasses.replace(settings, log_format=chosen)
     log = logging.getLogger("sngin")
+    check_processes(settings)
 
     if settings.admin_token is None:
         # Nothing is open by default: a token is generated and shown once (the only secret
@@ -117,14 +155,33 @@ def serve_forever(settings: Settings) -> int:
         settings = dataclasses.replace(settings, admin_token=token)
         log.warning("admin token for this run (set SNGIN_ADMIN_TOKEN to choose one): %s", token)
 
+    if role is None and settings.processes > 1:
+        from sngin.process_parent import run_node
+
+        # Each process parses the same environment; the parent adds what it chose.
+        child_env = dict(os.environ if env is None else env)
+        child_env |= {"SNGIN_LOG_FORMAT": chosen, "SNGIN_ADMIN_TOKEN": settings.admin_token or ""}
+        try:
+            return run_node(settings, child_env, lambda binds: startup_line(settings, binds))
+        finally:
+            stderr_writer().flush()
+
+    if role is not None:
+        from sngin.process_link import ProcessLink
+
+        ProcessLink.die_with_parent()
+
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, settings)
+            binds = await nursery.start(partial(serve, settings, role=role))
             # Everything made at start-up (modules, clients, the pool) lives as long as the
             # server: out of the collector's sight, a full collection no longer walks it (those
             # walks were the p99 latency spikes under load: 33-43 ms, now ~16 ms).
             gc.freeze()
-            log.info("%s", startup_line(settings, binds))
+            if role is None:
+                log.info("%s", startup_line(settings, binds))
+            else:
+                log.info("process %d of %d serving", role.index, role.count)
 
     try:
         trio.run(main_task)
@@ -147,7 +204,11 @@ def startup_line(settings: Settings, binds: Sequence[str]) -> str:
         else "admin API on the same listener under /__sngin/"
     )
     workers = settings.pool.size
-    return f"serving {code_location(settings)} on {binds[0]} with {workers} workers; {admin}"
+    processes = f"{settings.processes} processes and " if settings.processes > 1 else ""
+    return (
+        f"serving {code_location(settings)} on {binds[0]} with {processes}{workers} workers;"
+        f" {admin}"
+    )
 
 
 def code_location(settings: Settings) -> str:
@@ -170,9 +231,10 @@ def first_sngin_error(error: BaseException) -> SnginError | None:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = settings_from(args, os.environ if env is None else env)
+        merged = merged_env(args, os.environ if env is None else env)
+        settings = Settings.from_env(merged)
         if args.command == "serve":
-            return serve_forever(settings)
+            return serve_forever(settings, merged, process_role(args))
         if args.command == "run":
             from sngin.oneshot import run_file
 

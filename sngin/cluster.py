@@ -9,20 +9,27 @@ from typing import TYPE_CHECKING, Any, Final
 from sngin.cluster_bus import Purge
 
 if TYPE_CHECKING:
-    from sngin.cluster_bus import ClusterBus
-    from sngin.purger import Purger
+    from sngin.purger import EventBus, Purger
     from sngin.quarantine import Quarantine
 
 QUARANTINE_KEY: Final = "sngin:q:"
+
+
+def quarantine_seconds(fields: dict[str, str]) -> float | None:
+    """How long a quarantine event says the tenant is paused (None: a malformed event)."""
+    try:
+        return float(fields.get("seconds", "0"))
+    except ValueError:
+        return None
 
 
 class ClusterState:
     def __init__(self, purger: Purger, quarantine: Quarantine) -> None:
         self._purger = purger
         self._quarantine = quarantine
-        self.bus: ClusterBus | None = None
+        self.bus: EventBus | None = None
 
-    def attach(self, bus: ClusterBus) -> None:
+    def attach(self, bus: EventBus) -> None:
         self.bus = bus
         self._purger.bus = bus
         self._quarantine.on_change = self._quarantine_changed
@@ -42,11 +49,9 @@ class ClusterState:
         """An event another node sent."""
         kind, tenant = fields.get("kind"), fields.get("tenant", "")
         if kind == "quarantine":
-            try:
-                seconds = float(fields.get("seconds", "0"))
-            except ValueError:
-                return
-            self._quarantine.impose(tenant, seconds)
+            seconds = quarantine_seconds(fields)
+            if seconds is not None:
+                self._quarantine.impose(tenant, seconds)
         elif kind == "lift":
             self._quarantine.lift(tenant, announce=False)
         elif kind in ("path", "modules"):

@@ -26,6 +26,7 @@ from sngin.config_values import (
     parse_networks,
     parse_on_off,
     parse_owners,
+    parse_processes,
     parse_redis_url,
     parse_regex,
     parse_secret,
@@ -195,6 +196,7 @@ class Settings:
     metrics_tenants: int = 100  # SNGIN_METRICS_TENANTS: tenants with their own metrics label
     admin_bind: Bind | None = None  # SNGIN_ADMIN_BIND: a separate listener for the admin API
     probe_interval_s: float = 10.0  # how often readiness checks the code store
+    processes: int = 1  # SNGIN_PROCESSES: server processes sharing the listener; "auto": cores
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -302,6 +304,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_LOG_FORMAT": ("log_format", parse_log_format),
     "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
     "SNGIN_WORKERS": ("pool.size", int_range(2, 1024)),
+    "SNGIN_PROCESSES": ("processes", parse_processes),
     "SNGIN_KEPT_RUNTIMES_MB": ("pool.kept_runtimes_mb", int_range(0, 1024 * 1024)),
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", int_range(1, 3_600_000)),
     "SNGIN_CPU_MS": ("limits.cpu_ms", int_range(1, 3_600_000)),

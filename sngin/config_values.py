@@ -4,6 +4,7 @@ ValueError with what is wrong (sngin.config names the variable)."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -197,3 +198,18 @@ def parse_redis_url(text: str) -> str:
     if not re.match(r"(rediss?|unix)://\S+\Z", url):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     return url
+
+
+MAX_PROCESSES = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset included)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def parse_processes(text: str) -> int:
+    """SNGIN_PROCESSES: a count, or `auto` for one per usable core."""
+    if text.strip().lower() == "auto":
+        return min(MAX_PROCESSES, usable_cores())
+    return int_range(1, MAX_PROCESSES)(text)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sngin.mail import Mailer
     from sngin.outbound import Outbound
     from sngin.pool import Pool
+    from sngin.process_link import ProcessLink
     from sngin.redis_storage import RedisCache
     from sngin.storage import TenantStorage
     from sngin.tenant_cache import TenantCache
@@ -43,6 +44,8 @@ class Deps:
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
     events_tls: ssl.SSLContext | None = None
+    # With `--processes N`: this process's link to the node's parent (None: the only process).
+    link: ProcessLink | None = None
     purger: Purger = field(init=False)  # on this node, then (with a cluster bus) on every node
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)

@@ -29,7 +29,7 @@ from sandbox.protocol import (
     encode_to_worker,
     frame_length,
 )
-from sngin.observe import forward_script_line
+from sngin.live_tails import forward_script_line
 from sngin.pipes import PipeReader, PipeWriter
 from sngin.worker_failures import CRASH, NEVER_STARTED, PROTOCOL, WALL_KILL, WorkerFailed
 

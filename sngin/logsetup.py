@@ -36,7 +36,12 @@ def scrub(text: str) -> str:
 
 class JsonLines(logging.Formatter):
     """{"time", "level", "logger", "message"} (+ "exception"); a script line's own JSON fields
-    (tenant, request, path, line) are merged in rather than nested as a string."""
+    (tenant, request, path, line) are merged in rather than nested as a string. With several
+    server processes, "process" says which one wrote the line."""
+
+    def __init__(self, process: int | None = None) -> None:
+        super().__init__()
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -45,6 +50,8 @@ class JsonLines(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self.process is not None:
+            fields["process"] = self.process
         carried = getattr(record, "fields", None)
         if isinstance(carried, dict):
             fields.update(carried)
@@ -61,13 +68,18 @@ class JsonLines(logging.Formatter):
 
 
 class TextLines(logging.Formatter):
-    """time level logger: message, then the traceback if any."""
+    """time level logger[process]: message, then the traceback if any."""
+
+    def __init__(self, process: int | None = None) -> None:
+        super().__init__()
+        self.process = "" if process is None else f"[{process}]"
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.name != SCRIPT_LOGGER:
             message = scrub(message)
-        line = f"{timestamp(record.created)} {record.levelname} {record.name}: {message}"
+        name = record.name + self.process
+        line = f"{timestamp(record.created)} {record.levelname} {name}: {message}"
         if record.exc_info:
             line += "\n" + scrub(self.formatException(record.exc_info))
         return line
@@ -91,14 +103,17 @@ class QueuedStderrHandler(logging.Handler):
         stderr_writer().write(line.encode("utf-8", "replace"))
 
 
-def configure(level: str, log_format: str | None, stream: TextIO | None = None) -> str:
+def configure(
+    level: str, log_format: str | None, stream: TextIO | None = None, process: int | None = None
+) -> str:
     """Route every logger through one stderr handler in the chosen format; returns the
-    format used (None: json unless stderr is a terminal)."""
+    format used (None: json unless stderr is a terminal). `process`: this is that one of the
+    node's several server processes."""
     chosen = log_format or default_format(stream or sys.stderr)
     handler: logging.Handler = (
         logging.StreamHandler(stream) if stream is not None else QueuedStderrHandler()
     )
-    handler.setFormatter(JsonLines() if chosen == "json" else TextLines())
+    handler.setFormatter(JsonLines(process) if chosen == "json" else TextLines(process))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

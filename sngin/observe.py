@@ -1,28 +1,24 @@
-"""Observability: Prometheus metrics with bounded tenant labels, the JSON access log, the live
-per-tenant log tail, and the code outcome of each request."""
+"""Observability: Prometheus metrics with bounded tenant labels, the JSON access log, and the
+code outcome of each request (the live tails are sngin.live_tails)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Final
 
 import msgspec
-import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from sngin.live_tails import LogHub, TailHandler
 from sngin.stderr_writer import stderr_writer
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from sandbox.protocol import Request
-
 OTHER: Final = "other"
-TAIL_BUFFER: Final = 1000  # lines a slow subscriber may fall behind before it loses some
-TAIL_BUFFER_BYTES: Final = 1024 * 1024  # ... and characters of them
+MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # set by the parent of several processes
 
 
 class TenantLabels:
@@ -40,106 +36,6 @@ class TenantLabels:
             self._named.add(tenant)
             return tenant
         return OTHER
-
-
-@dataclass(slots=True)
-class Subscriber:
-    send: trio.MemorySendChannel[str]
-    dropped: int = 0
-    queued_bytes: int = 0  # published and not yet taken (taken() gives them back)
-
-    def taken(self, line: str) -> None:
-        self.queued_bytes -= len(line)
-
-
-@dataclass(slots=True)
-class LogHub:
-    """Live tails: each subscriber gets a bounded channel; publishing never waits."""
-
-    subscribers: dict[str, list[Subscriber]] = field(default_factory=dict)
-    closed: bool = False
-
-    def subscribe(self, tenant: str) -> tuple[Subscriber, trio.MemoryReceiveChannel[str]]:
-        send, receive = trio.open_memory_channel[str](TAIL_BUFFER)
-        subscriber = Subscriber(send)
-        if self.closed:
-            send.close()  # shutting down: the tail ends at once
-        else:
-            self.subscribers.setdefault(tenant, []).append(subscriber)
-        return subscriber, receive
-
-    def close_all(self) -> None:
-        """End every tail (at shutdown: an open follower must not hold the server up)."""
-        self.closed = True
-        for subscribers in self.subscribers.values():
-            for subscriber in subscribers:
-                subscriber.send.close()
-        self.subscribers.clear()
-
-    def unsubscribe(self, tenant: str, subscriber: Subscriber) -> None:
-        subscribers = self.subscribers.get(tenant, [])
-        if subscriber in subscribers:
-            subscribers.remove(subscriber)
-        if not subscribers:
-            self.subscribers.pop(tenant, None)
-        subscriber.send.close()
-
-    def publish(self, tenant: str, line: str) -> None:
-        for subscriber in self.subscribers.get(tenant, ()):
-            if subscriber.queued_bytes + len(line) > TAIL_BUFFER_BYTES:
-                subscriber.dropped += 1  # bounded in bytes: lines can be 64 KiB each
-                continue
-            try:
-                subscriber.send.send_nowait(line)
-                subscriber.queued_bytes += len(line)
-            except trio.WouldBlock:
-                subscriber.dropped += 1  # a slow subscriber loses lines, scripts never wait
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-
-script_log = logging.getLogger("sngin.script")
-
-
-def forward_script_line(
-    tenant: str,
-    request: Request,
-    line: bytes,
-    redact: Callable[[str], str] | None,
-    budget: int,
-) -> int | None:
-    """One print/log line of a script, as it is written: one JSON line in the server log,
-    tagged so a tail can follow one tenant or request (the tenant's secrets redacted). It is
-    written only if it fits in `budget` bytes as written (bytes that are not UTF-8 become
-    U+FFFD, three bytes each); returns the bytes it took, or None if it was dropped."""
-    text = line.decode("utf-8", "replace")
-    if redact is not None:
-        text = redact(text)
-    record = {"tenant": tenant, "request": request.id, "path": request.path, "line": text}
-    encoded = json.dumps(record, ensure_ascii=False)
-    size = len(encoded.encode("utf-8", "surrogatepass"))
-    if size > budget:
-        return None
-    # The tenant and fields travel on the record too: the tail and the JSON log format use
-    # them as they are, rather than parsing the line again.
-    script_log.info("%s", encoded, extra={"tenant": tenant, "fields": record})
-    return size
-
-
-class TailHandler(logging.Handler):
-    """Feeds script lines (sngin.script) to the tails."""
-
-    def __init__(self, hub: LogHub) -> None:
-        super().__init__()
-        self.hub = hub
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.hub.subscribers:
-            return
-        # The tenant travels on the record (`extra`): the JSON line is not parsed again.
-        tenant = getattr(record, "tenant", None)
-        if isinstance(tenant, str):
-            self.hub.publish(tenant, record.getMessage())
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +76,7 @@ class Metrics:
         )  # fmt: skip
         self.storage_bytes = Gauge(
             "sngin_storage_bytes", "Bytes of keys and values in a tenant's storage",
-            ["tenant"], registry=self.registry,
+            ["tenant"], registry=self.registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.s3_events = Counter(
             "sngin_s3_events", "S3 event notification records, by outcome (purged, ignored, "
@@ -198,21 +94,20 @@ class Metrics:
             "sngin_limit_kills", "Requests stopped for a limit or a crash", ["tenant", "reason"],
             registry=self.registry,
         )  # fmt: skip
-        self.workers = Gauge("sngin_workers", "Live worker processes", registry=self.registry)
-        self.busy = Gauge("sngin_workers_busy", "Workers running requests", registry=self.registry)
-        self.cache_entries = Gauge(
-            "sngin_code_cache_entries", "Scripts in the code cache", registry=self.registry
+        # With several server processes, a gauge is the sum over the live ones.
+        self.workers = self._live_sum("sngin_workers", "Live worker processes")
+        self.busy = self._live_sum("sngin_workers_busy", "Workers running requests")
+        self.cache_entries = self._live_sum("sngin_code_cache_entries", "Scripts in the code cache")
+        self.cache_bytes = self._live_sum("sngin_code_cache_bytes", "Bytes in the code cache")
+        self.access_lost = self._live_sum(
+            "sngin_access_log_lost_lines", "Access-log lines stderr would not take, since start"
         )
-        self.cache_bytes = Gauge(
-            "sngin_code_cache_bytes", "Bytes in the code cache", registry=self.registry
-        )
-        self.access_lost = Gauge(
-            "sngin_access_log_lost_lines", "Access-log lines stderr would not take, since start",
-            registry=self.registry,
-        )  # fmt: skip
         # Looking a labelled series up costs more than updating it (~9 vs ~2 us a request).
         # Bounded: labels are capped by TenantLabels, status classes are 1xx-5xx.
         self._series: dict[tuple[str, int], RequestSeries] = {}
+
+    def _live_sum(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, registry=self.registry, multiprocess_mode="livesum")
 
     def request_finished(
         self,
@@ -249,7 +144,15 @@ class Metrics:
         self.alerts.labels(self.labels(tenant), kind, outcome).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition; with several server processes (prometheus-client's multiprocess
+        mode, PROMETHEUS_MULTIPROC_DIR set by the parent), every process's values, those of
+        processes that ended included, so counters never go back."""
+        folder = os.environ.get(MULTIPROC_DIR)
+        if folder is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
 
 class AccessLog:
@@ -258,8 +161,16 @@ class AccessLog:
     ~17 us, on every request. Lines go to stderr through the writer thread (sngin.stderr_writer),
     flushed at shutdown."""
 
-    def __init__(self, hub: LogHub, stream: BinaryIO | None = None, *, text: bool = False) -> None:
+    def __init__(
+        self,
+        hub: LogHub,
+        stream: BinaryIO | None = None,
+        *,
+        text: bool = False,
+        process: int | None = None,
+    ) -> None:
         self._hub = hub
+        self._process = process  # which of the node's several server processes writes it
         self._stream = stream
         self._text = text  # SNGIN_LOG_FORMAT=text: the server log's text form (tails get JSON)
         self._encode = msgspec.json.Encoder().encode
@@ -296,8 +207,10 @@ class AccessLog:
             "code": code,
             "worker": worker,
         }
+        if self._process is not None:
+            record["process"] = self._process
         # JSON only where it is read: the log in json format, and this tenant's live tails.
-        tailed = tenant in self._hub.subscribers
+        tailed = tenant in self._hub.watched
         json_line = self._json_line(record) if tailed or not self._text else b""
         if tailed:
             self._hub.publish(tenant, json_line[:-1].decode())
@@ -341,7 +254,9 @@ def text_line(record: dict[str, Any]) -> bytes:
         f"{record['time']} INFO sngin.access: {record['method']} {record['tenant']}"
         f"{record['path']} {record['status']} {record['bytes']}B {record['wall_ms']}ms"
         f" cpu={record['cpu_ms']}ms code={record['code']} worker={record['worker']}"
-        f" id={record['id']}\n"
+        f" id={record['id']}"
+        + (f" process={record['process']}" if "process" in record else "")
+        + "\n"
     ).encode("utf-8", "backslashreplace")
 
 
@@ -354,10 +269,11 @@ class Observer:
         access_stream: BinaryIO | None = None,
         *,
         text_log: bool = False,
+        process: int | None = None,
     ) -> None:
         self.metrics = Metrics(tenant_labels)
         self.hub = LogHub()
-        self.access = AccessLog(self.hub, access_stream, text=text_log)
+        self.access = AccessLog(self.hub, access_stream, text=text_log, process=process)
         self.ready = True
         self.not_ready_reason = ""
         self.probed = False  # the code store has been probed once

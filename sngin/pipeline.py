@@ -18,6 +18,7 @@ import trio
 
 from sandbox.protocol import Job, Reply, Request
 from sngin.admission import RateLimiter, TenantAllowlist, retry_after
+from sngin.cluster_bus import ClusterBus
 from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
 from sngin.forwarding import client_of
 from sngin.redis_storage import RedisStorage
@@ -30,6 +31,7 @@ from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
+    from sngin.process_link import ProcessLink
     from sngin.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -57,15 +59,16 @@ def wants_fresh_code(query: bytes) -> bool:
     return False
 
 
-def shared_rates_for(deps: Deps) -> SharedRateLimiter | None:
-    """With Redis (SNGIN_REDIS_URL), tenants' rate limits hold for the cluster as a whole."""
+def shared_rates_for(deps: Deps) -> SharedRateLimiter | ProcessLink | None:
+    """With Redis (SNGIN_REDIS_URL), tenants' rate limits hold for the cluster as a whole;
+    without it, with several processes, for the node (the buckets are in the parent)."""
     backend = deps.storage.backend if deps.storage is not None else None
     if deps.settings.redis_url is None or not isinstance(backend, RedisStorage):
-        return None
+        return deps.link
 
     def nodes() -> int:
         bus = deps.purger.bus
-        return bus.nodes_seen if bus is not None else 1
+        return bus.nodes_seen if isinstance(bus, ClusterBus) else 1
 
     return SharedRateLimiter(backend, nodes)
 

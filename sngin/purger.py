@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sngin.cluster_bus import Purge
 
 if TYPE_CHECKING:
     from sngin.cache import CodeCache
-    from sngin.cluster_bus import ClusterBus
     from sngin.codestore import CodeSource
+
+
+class EventBus(Protocol):
+    """What carries events to the other nodes or processes: the cluster bus over Redis
+    (sngin.cluster_bus), or a process's link to its node's parent (sngin.process_link)."""
+
+    node: str
+
+    def publish(self, purge: Purge) -> None: ...
+
+    def send_soon(
+        self, fields: dict[str, str], *, key: tuple[str, int | None] | None = None
+    ) -> None: ...
+
+    def statistics(self) -> dict[str, object]: ...
 
 
 class Purger:
@@ -19,7 +33,7 @@ class Purger:
     def __init__(self, store: CodeSource, github: CodeCache | None) -> None:
         self._store = store
         self._github = github
-        self.bus: ClusterBus | None = None
+        self.bus: EventBus | None = None
 
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
         purge = Purge(tenant=tenant, folder=folder, recursive=recursive)

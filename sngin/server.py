@@ -12,18 +12,16 @@ from typing import TYPE_CHECKING, Any
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from sngin import __version__
 from sngin.admin import AdminListener
 from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
-from sngin.cluster import ClusterState
-from sngin.cluster_bus import ClusterBus
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import open_s3_store
 from sngin.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
+from sngin.coordination import attach_cluster_bus, attach_link, first_of
 from sngin.deps import Deps
 from sngin.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
 from sngin.egress import EgressPolicy
@@ -32,9 +30,11 @@ from sngin.limits import MIB, Limits
 from sngin.logsetup import quiet_libraries
 from sngin.mail import Mailer
 from sngin.mirror import DiskMirror, mirror_folder
+from sngin.node_share import process_settings
 from sngin.observe import Observer
 from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
+from sngin.process_link import ProcessLink
 from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
 from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from sngin.codestore import CodeSource
     from sngin.config import Bind, PoolSettings, Settings
+    from sngin.process_link import ProcessRole
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,17 @@ async def serve(
     settings: Settings,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    role: ProcessRole | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until shutdown_trigger returns; reports the bound URLs through task_status."""
+    """Serve until shutdown_trigger returns; reports the bound URLs through task_status.
+    `role`: this is one of the node's `--processes` (its share of the settings, the listeners
+    its parent passed, and the link to that parent)."""
+    link = None
+    if role is not None:
+        settings = process_settings(settings, role.index, role.count)
+        link = ProcessLink.from_role(role)
+        shutdown_trigger = first_of(shutdown_trigger, link.lost.wait)
     descriptors = raise_descriptor_limit()
     return_large_blocks_to_the_os()
     log.info(
@@ -103,14 +112,18 @@ async def serve(
     tokens = GitHubTokens(settings.github_token, settings.github_token_owners)
     async with (
         open_tenant_storage(settings) as storage,
-        open_code_source(settings) as store,
+        open_code_source(settings, role) as store,
         open_github_modules(settings, tokens) as github,
         open_outbound(
             EgressPolicy.parse(settings.egress_allow), settings=settings.outbound
         ) as outbound,
         open_pool(pool_config(settings), limits_for) as pool,
     ):
-        observer = Observer(settings.metrics_tenants, text_log=settings.log_format == "text")
+        observer = Observer(
+            settings.metrics_tenants,
+            text_log=settings.log_format == "text",
+            process=role.index if role is not None else None,
+        )
         deps = Deps(
             settings=settings,
             store=store,
@@ -128,30 +141,14 @@ async def serve(
             github_tokens=tokens,
             storage=storage,
             tenant_cache=tenant_cache_for(settings, storage),
+            link=link,
         )
         async with trio.open_nursery() as nursery:
             attach_cluster_bus(deps, nursery)
+            if link is not None:
+                attach_link(deps, link, nursery)
             await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
-            if deps.purger.bus is not None:
-                deps.purger.bus.stop()
-
-
-def attach_cluster_bus(deps: Deps, nursery: trio.Nursery) -> None:
-    """With SNGIN_REDIS_URL, purges and quarantines reach every node through Redis."""
-    url = deps.settings.redis_url
-    if url is None:
-        return
-    state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
-    bus = ClusterBus(url, state.apply, deps.purger.flush, state.resync)
-    state.attach(bus)
-    pool = deps.pool
-    bus.describe = lambda: {
-        "version": __version__,
-        "workers": pool.live_count(),
-        "requests_in_flight": sum(w.in_flight for w in pool.supervisor.workers),
-        "connections": deps.connections.open,
-    }
-    nursery.start_soon(bus.run)
+            nursery.cancel_scope.cancel()
 
 
 def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache | RedisCache:
@@ -232,8 +229,12 @@ async def open_github_modules(
 
 
 @asynccontextmanager
-async def open_code_source(settings: Settings) -> AsyncIterator[CodeSource]:
-    """The S3 store behind the code cache when AWS_S3_CODE_PATH is set, else the folder."""
+async def open_code_source(
+    settings: Settings, role: ProcessRole | None = None
+) -> AsyncIterator[CodeSource]:
+    """The S3 store behind the code cache when AWS_S3_CODE_PATH is set, else the folder. Each
+    of several processes keeps its own disk mirror (no two write one file), with its share of
+    SNGIN_MIRROR_BYTES; process 0 uses the folder a single process would."""
     if settings.s3 is None:
         log.info("code store: folder %s", settings.code_dir)
         yield LocalStore(settings.code_dir)
@@ -241,9 +242,10 @@ async def open_code_source(settings: Settings) -> AsyncIterator[CodeSource]:
     async with open_s3_store(settings.s3) as s3, trio.open_nursery() as nursery:
         mirror = None
         if settings.mirror_bytes > 0:
-            mirror = DiskMirror(
-                mirror_folder(settings.app_path, s3.location), settings.mirror_bytes
-            )
+            folder = mirror_folder(settings.app_path, s3.location)
+            if role is not None and role.index > 0:
+                folder = folder / f"process-{role.index}"
+            mirror = DiskMirror(folder, settings.mirror_bytes)
             try:
                 await mirror.open()
             except OSError as exc:
@@ -281,14 +283,21 @@ async def serve_app(
 
             nursery.start_soon(trigger)
             async with trio.open_nursery() as servers:
+                role = deps.link.role if deps.link is not None else None
                 config = hypercorn_config(settings, deps.connections)
+                if role is not None:  # the listener the node's parent bound
+                    config.bind = [f"fd://{role.listen_fd}"]
                 binds: list[str] = await listen(servers, app, config, settings.bind, stop)
                 if settings.admin_bind is not None:
                     admin_gate = ConnectionGate(ADMIN_MAX_CONNECTIONS)
                     admin_config = hypercorn_config(settings, admin_gate)
                     admin_config.bind = [str(settings.admin_bind)]
+                    if role is not None and role.admin_fd is not None:
+                        admin_config.bind = [f"fd://{role.admin_fd}"]
                     admin: Any = AdminListener(dispatcher.admin)
                     binds += await listen(servers, admin, admin_config, settings.admin_bind, stop)
+                if deps.link is not None:
+                    deps.link.ready(binds)
                 task_status.started(binds)
             nursery.cancel_scope.cancel()
     finally:

@@ -56,10 +56,13 @@ class SqliteStorage:
         self.path = path
         # check_same_thread=False: trio's worker threads take turns (one at a time).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        # Setting up waits its turn whatever busy_timeout_ms says: the processes of one node
+        # (`--processes N`) open a new database at the same moment.
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
     def close(self) -> None:
         self._db.close()

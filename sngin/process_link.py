@@ -1,0 +1,210 @@
+"""A server process's side of `--processes N`: its link to the node's supervising parent
+(sngin.process_hub). Without Redis it is the cluster bus of the node's processes (purges and
+quarantines go to the others); it takes rate-limit tokens from the node's buckets; it answers
+the parent's report requests and gathers every process's; it forwards tail lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from sngin.admission import RateLimiter
+from sngin.process_hub import GATHER_TIMEOUT_S
+from sngin.process_protocol import (
+    Event,
+    FrameReader,
+    FrameWriter,
+    Gather,
+    Gathered,
+    Hello,
+    Line,
+    ProcessRow,
+    Ready,
+    Report,
+    Reported,
+    Take,
+    Taken,
+    Watch,
+    Watched,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sngin.cluster_bus import Purge
+    from sngin.live_tails import LogHub
+
+log = logging.getLogger(__name__)
+
+TAKE_TIMEOUT_S: Final = 0.25  # the parent answers in microseconds; past this, a local share
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRole:
+    """Which of the node's processes this one is, and the descriptors its parent passed it."""
+
+    index: int
+    count: int
+    hub_fd: int
+    listen_fd: int
+    admin_fd: int | None = None
+
+
+@dataclass(slots=True)
+class Waiting:
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Any = None
+
+
+class ProcessLink:
+    def __init__(self, role: ProcessRole, stream: trio.SocketStream) -> None:
+        self.role = role
+        self.node = f"process-{role.index}-{secrets.token_hex(4)}"  # the origin of its events
+        self._reader = FrameReader(stream)
+        self._writer = FrameWriter(stream)
+        self._waiting: dict[int, Waiting] = {}
+        self._next_id = 0
+        self._local_rates = RateLimiter()
+        self.connected = True
+        self.lost = trio.Event()  # the parent is gone: the process stops too
+        self.last_error: str | None = None
+        self.published = self.received = 0
+        self.nodes_seen = 1
+        # Set by the server once its parts exist:
+        self.on_event: Callable[[dict[str, str]], Awaitable[Any]] | None = None
+        self.on_report: Callable[[str], Awaitable[bytes]] | None = None
+        self._hub: LogHub | None = None
+
+    @staticmethod
+    def die_with_parent() -> None:
+        """Have the kernel send this process SIGTERM when its parent ends, however it ends (a
+        parent gone already shows as a closed link, with the same result)."""
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    @classmethod
+    def from_role(cls, role: ProcessRole) -> ProcessLink:
+        import socket
+
+        sock = socket.socket(fileno=role.hub_fd)
+        return cls(role, trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+
+    # --- the cluster bus of the node's processes --------------------------------------------
+
+    def publish(self, purge: Purge) -> None:
+        self.send_soon(purge.fields(self.node))
+
+    def send_soon(
+        self, fields: dict[str, str], *, key: tuple[str, int | None] | None = None
+    ) -> None:
+        """An event for the other processes (`key` is Redis's; the parent keeps quarantines
+        from the event itself)."""
+        self._writer.send_soon(Event(fields))
+        self.published += 1
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "connected": self.connected,
+            "published": self.published,
+            "received": self.received,
+            "tail_lines_dropped": self._writer.dropped_lines,
+        }
+
+    # --- rate limits held for the node ------------------------------------------------------
+
+    async def admit(self, tenant: str, rps: float) -> float | None:
+        """None if the request may run; else the seconds to wait (the node's bucket, in the
+        parent; this process's share of the rate if the parent does not answer)."""
+        if self.connected:
+            with trio.move_on_after(TAKE_TIMEOUT_S):
+                answer: float | None = await self._ask(lambda i: Take(i, tenant, rps))
+                return answer
+        return self._local_rates.admit(tenant, rps / self.role.count)
+
+    # --- reports ----------------------------------------------------------------------------
+
+    async def gather(self, what: str) -> list[ProcessRow]:
+        """Every process's report (this one's included), or why there is none."""
+        with trio.fail_after(GATHER_TIMEOUT_S + 1):
+            rows: list[ProcessRow] | None = await self._ask(lambda i: Gather(i, what))
+        return rows or []
+
+    async def _ask(self, make: Callable[[int], Take | Gather]) -> Any:
+        self._next_id += 1
+        request_id = self._next_id
+        waiting = self._waiting[request_id] = Waiting()
+        try:
+            self._writer.send_soon(make(request_id))
+            await waiting.done.wait()
+            return waiting.answer
+        finally:
+            del self._waiting[request_id]
+
+    async def _report(self, request: Report) -> None:
+        body = b"{}"
+        if self.on_report is not None:
+            try:
+                body = await self.on_report(request.what)
+            except Exception:
+                log.exception("report %r failed", request.what)
+        self._writer.send_soon(Reported(request.id, body))
+
+    # --- live tails ------------------------------------------------------------------------
+
+    def attach_tails(self, hub: LogHub) -> None:
+        self._hub = hub
+        hub.forward = lambda tenant, line: self._writer.send_soon(Line(tenant, line))
+        hub.on_watch = lambda tenant, on: self._writer.send_soon(Watch(tenant, on))
+
+    # --- the connection ---------------------------------------------------------------------
+
+    def ready(self, binds: list[str]) -> None:
+        self._writer.send_soon(Ready(binds))
+
+    async def run(self) -> None:
+        """Read the parent's messages for the life of the process."""
+        self._writer.send_soon(Hello(self.role.index, os.getpid()))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer.run)
+            try:
+                while (message := await self._reader.receive()) is not None:
+                    await self._handle(message, nursery)
+                reason = "the parent closed the connection"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
+                reason = str(exc) or type(exc).__name__
+            self.connected = False
+            self.last_error = reason
+            log.error("lost the node's parent process (%s): stopping", reason)
+            for waiting in self._waiting.values():
+                waiting.done.set()  # answer None: admitted / no rows
+            self.lost.set()
+            nursery.cancel_scope.cancel()
+
+    async def _handle(self, message: object, nursery: trio.Nursery) -> None:
+        if isinstance(message, Taken | Gathered):
+            waiting = self._waiting.get(message.id)
+            if waiting is not None:
+                waiting.answer = message.wait if isinstance(message, Taken) else message.rows
+                waiting.done.set()
+        elif isinstance(message, Event):
+            self.received += 1
+            if self.on_event is not None:
+                await self.on_event(message.fields)
+        elif isinstance(message, Line):
+            if self._hub is not None:
+                self._hub.publish_here(message.tenant, message.line)
+        elif isinstance(message, Watched):
+            if self._hub is not None:
+                self._hub.tailed_elsewhere(frozenset(message.tenants))
+        elif isinstance(message, Report):
+            nursery.start_soon(self._report, message)
