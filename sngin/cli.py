@@ -166,11 +166,6 @@ def serve_forever(
         finally:
             stderr_writer().flush()
 
-    if role is not None:
-        from sngin.process_link import ProcessLink
-
-        ProcessLink.die_with_parent()
-
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(partial(serve, settings, role=role))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -73,7 +72,10 @@ class ProcessLink:
         self._next_id = 0
         self._local_rates = RateLimiter()
         self.connected = True
-        self.lost = trio.Event()  # the parent is gone: the process stops too
+        # The parent is gone (its end of the socket closed, however it ended): this process
+        # stops too. (Not PR_SET_PDEATHSIG: it fires when the parent's *thread* that started
+        # the process ends, and trio starts processes from a worker thread.)
+        self.lost = trio.Event()
         self.last_error: str | None = None
         self.published = self.received = 0
         self.nodes_seen = 1
@@ -81,15 +83,6 @@ class ProcessLink:
         self.on_event: Callable[[dict[str, str]], Awaitable[Any]] | None = None
         self.on_report: Callable[[str], Awaitable[bytes]] | None = None
         self._hub: LogHub | None = None
-
-    @staticmethod
-    def die_with_parent() -> None:
-        """Have the kernel send this process SIGTERM when its parent ends, however it ends (a
-        parent gone already shows as a closed link, with the same result)."""
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
     @classmethod
     def from_role(cls, role: ProcessRole) -> ProcessLink:

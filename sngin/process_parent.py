@@ -215,10 +215,13 @@ def run_node(
     import shutil
     import tempfile
 
+    from sngin.server import prepare_storage_database
+
     metrics_dir = tempfile.mkdtemp(prefix="sngin-metrics-")
     parent = NodeParent(settings, env, metrics_dir, serving_line=serving_line)
     try:
         parent.open_listeners()
+        prepare_storage_database(settings)
         return trio.run(parent.run)
     finally:
         parent.close_listeners()

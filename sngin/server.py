@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import PoolConfig, open_pool
 from sngin.process_link import ProcessLink
 from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
+from sngin.sqlite_storage import SqliteStorage
 from sngin.storage import SqliteBackend, TenantStorage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
@@ -43,7 +44,8 @@ from sngin.tenants import is_config_key
 from sngin.worker_process import WorkerOptions
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
 
     from hypercorn.config import Config
 
@@ -172,15 +174,30 @@ async def open_tenant_storage(settings: Settings) -> AsyncIterator[TenantStorage
             yield TenantStorage(redis)
         return
     path = settings.storage.data_path / STORAGE_FILE
-    try:
+    with storage_database_errors(path):
         storage = TenantStorage(SqliteBackend(path))
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
     log.info("tenant storage: %s", path)
     try:
         yield storage
     finally:
         storage.close()
+
+
+@contextmanager
+def storage_database_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
+
+
+def prepare_storage_database(settings: Settings) -> None:
+    """Create the SQLite database (schema, WAL mode) before a node's processes open it: done
+    by all of them at once, switching a new file to WAL can fail with "database is locked"."""
+    if settings.redis_url is None:
+        path = settings.storage.data_path / STORAGE_FILE
+        with storage_database_errors(path):
+            SqliteStorage(path).close()
 
 
 def kept_runtimes_share(pool: PoolSettings) -> int:

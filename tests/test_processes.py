@@ -360,21 +360,53 @@ async def test_the_processes_stop_when_their_parent_is_killed(tmp_path):
             await all_ended(everyone)
 
 
-def test_a_process_that_cannot_start_stops_the_node_with_one_line(tmp_path):
+def test_a_process_that_cannot_start_stops_the_node(tmp_path):
+    """The disk mirror is each process's own: an unusable SNGIN_APP_PATH stops the first
+    process at start-up with a configuration error, and the node at once (no retries)."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    env = {**os.environ, "SNGIN_DATA_PATH": str(blocker / "below"), "SNGIN_ADMIN_TOKEN": TOKEN}
+    env = {
+        **os.environ,
+        **TEST_CREDENTIALS,
+        "AWS_S3_CODE_PATH": "bucket/prefix",
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+        "SNGIN_APP_PATH": str(blocker / "below"),
+        "SNGIN_ADMIN_TOKEN": TOKEN,
+        "SNGIN_DATA_PATH": str(tmp_path / "data"),
+        "SNGIN_LOG_FORMAT": "text",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
-        env=env | {"SNGIN_LOG_FORMAT": "text"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 1
-    assert "sngin: cannot open the storage database" in result.stderr
+    assert "sngin: SNGIN_APP_PATH: cannot use " in result.stderr
     assert "could not start (exited with status 2): stopping" in result.stderr
+    assert "starting it again" not in result.stderr
+
+
+def test_an_unusable_storage_database_stops_the_node_with_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "SNGIN_DATA_PATH": str(blocker / "below"), "SNGIN_ADMIN_TOKEN": TOKEN}
+    result = subprocess.run(
+        [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("sngin: cannot open the storage database ")
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "many", "2x"])
