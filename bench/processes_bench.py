@@ -84,8 +84,9 @@ def round_of(processes: int) -> dict[str, object]:
 
 
 def main() -> None:
-    print(f"processes bench: sngin hello, wrk -t1 -c{CONNECTIONS} for {SECONDS} s, {WORKERS}"
-          f" workers, {ROUNDS} alternating rounds of --processes 1 and 2, nothing pinned")  # fmt: skip
+    print(f"processes bench: sngin hello, wrk -t1 -c{CONNECTIONS} for {SECONDS} s,"
+          f" {WORKERS} workers, {ROUNDS} alternating rounds of --processes 1 and 2,"
+          " nothing pinned")  # fmt: skip
     results: dict[int, list[dict[str, object]]] = {1: [], 2: []}
     for n in range(ROUNDS):
         order = (1, 2) if n % 2 == 0 else (2, 1)

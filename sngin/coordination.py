@@ -4,6 +4,7 @@ carries the purges and quarantines; always the reports and live tails)."""
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,8 +31,13 @@ def attach_cluster_bus(deps: Deps, nursery: trio.Nursery) -> None:
     bus = ClusterBus(url, state.apply, deps.purger.flush, state.resync)
     state.attach(bus)
     pool = deps.pool
+    # Every process of a node registers on its own: the machine and the process say whose.
+    where = {"host": socket.gethostname()}
+    if deps.link is not None:
+        where["process"] = f"{deps.link.role.index}/{deps.link.role.count}"
     bus.describe = lambda: {
         "version": __version__,
+        **where,
         "workers": pool.live_count(),
         "requests_in_flight": sum(w.in_flight for w in pool.supervisor.workers),
         "connections": deps.connections.open,

@@ -73,7 +73,7 @@ class Hub:
         self._next_id = 0
         self.on_ready: Callable[[Slot, list[str]], None] = lambda slot, binds: None
 
-    async def serve(self, slot: Slot, stream: trio.SocketStream) -> None:
+    async def serve(self, slot: Slot, stream: trio.abc.Stream) -> None:
         """Carry one process's messages until its end of the socket closes."""
         reader = FrameReader(stream)
         writer = FrameWriter(stream)

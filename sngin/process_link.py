@@ -63,7 +63,7 @@ class Waiting:
 
 
 class ProcessLink:
-    def __init__(self, role: ProcessRole, stream: trio.SocketStream) -> None:
+    def __init__(self, role: ProcessRole, stream: trio.abc.Stream) -> None:
         self.role = role
         self.node = f"process-{role.index}-{secrets.token_hex(4)}"  # the origin of its events
         self._reader = FrameReader(stream)
@@ -83,6 +83,7 @@ class ProcessLink:
         self.on_event: Callable[[dict[str, str]], Awaitable[Any]] | None = None
         self.on_report: Callable[[str], Awaitable[bytes]] | None = None
         self._hub: LogHub | None = None
+        self._writer.send_soon(Hello(role.index, os.getpid()))  # first, whatever is sent next
 
     @classmethod
     def from_role(cls, role: ProcessRole) -> ProcessLink:
@@ -166,7 +167,6 @@ class ProcessLink:
 
     async def run(self) -> None:
         """Read the parent's messages for the life of the process."""
-        self._writer.send_soon(Hello(self.role.index, os.getpid()))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer.run)
             try:

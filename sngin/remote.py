@@ -99,7 +99,21 @@ def show_stats(response: httpx.Response, *, as_json: bool) -> int:
     if cache:
         print(f"\ncode cache: {cache['entries']} entries, {cache['bytes']} bytes, "
               f"{cache['hits']} hits, {cache['misses']} misses")  # fmt: skip
+    show_processes(data.get("processes") or [])
     return 0
+
+
+def show_processes(rows: list[dict[str, Any]]) -> None:
+    """The node's server processes (`--processes N`); the figures above are their totals."""
+    if not rows:
+        return
+    print(f"\n{'PROCESS':>7} {'PID':>8} {'RESTARTS':>8} {'STARTED':25} {'WORKERS':>7} {'CONNS':>6}")
+    for row in rows:
+        start = f"{row['process']:>7} {row['pid']:>8} {row['restarts']:>8} {row['started']:25}"
+        if "error" in row:
+            print(f"{start} {row['error']}")
+        else:
+            print(f"{start} {row['pool']['live']:>7} {row['connections']['open']:>6}")
 
 
 def show_quarantine(response: httpx.Response, *, as_json: bool) -> int:

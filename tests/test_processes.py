@@ -474,3 +474,51 @@ async def test_a_purge_sent_to_one_process_reaches_every_process(tmp_path, bucke
         )
         # Whichever process answers, the new version: the purge reached them all.
         assert set(answers) == {"v2"}
+
+
+async def test_with_redis_every_process_joins_the_cluster_bus(
+    tmp_path, bucket, s3_endpoint, redis_url
+):
+    """With SNGIN_REDIS_URL each process is a member of the cluster on its own: a purge sent to
+    one reaches the others through Redis, and the registry lists every process."""
+    bucket.put("code/s3.test/page/index.lua", "return 'v1'")
+    env = {
+        **TEST_CREDENTIALS,
+        "AWS_S3_CODE_PATH": f"{bucket.name}/code",
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+        "SNGIN_CODE_TTL_S": "3600",
+        "SNGIN_REDIS_URL": redis_url,
+    }
+    async with node(tmp_path, env=env) as running:
+        answers = []
+
+        async def page() -> None:
+            answers.append((await running.get("/page", host="s3.test")).text)
+
+        stats = await until_every_process(
+            running, lambda s: all(tenant_requests(s, "s3.test")), page
+        )
+        assert set(answers) == {"v1"}
+        assert all(row["cluster_bus"]["connected"] for row in stats["processes"])
+        with trio.fail_after(30):
+            while True:  # each process's first heartbeat
+                cluster = (await running.admin("GET", "/__sngin/stats?cluster=1")).json()
+                nodes = cluster["cluster"]["nodes"]
+                if len(nodes) == 2:
+                    break
+        assert sorted(n["process"] for n in nodes) == ["0/2", "1/2"]
+
+        bucket.put("code/s3.test/page/index.lua", "return 'v2'")
+        purged = await running.admin(
+            "POST", "/__sngin/purge", json={"host": "s3.test", "path": "/page"}
+        )
+        assert purged.status_code == 200
+        before = tenant_requests(stats, "s3.test")
+        answers.clear()
+        await until_every_process(running, lambda s: grew(s, "s3.test", before), page)
+        assert set(answers) == {"v2"}
+        stats = await running.stats()
+        # Through Redis: one process published the purge, the other received it.
+        buses = sorted((r["cluster_bus"]["published"], r["cluster_bus"]["received"])
+                       for r in stats["processes"])  # fmt: skip
+        assert buses == [(0, 1), (1, 0)]
