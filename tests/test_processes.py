@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from contextlib import asynccontextmanager
@@ -474,6 +475,11 @@ async def test_a_purge_sent_to_one_process_reaches_every_process(tmp_path, bucke
         )
         # Whichever process answers, the new version: the purge reached them all.
         assert set(answers) == {"v2"}
+    # Each process mirrored the script in a folder of its own: no two write one file.
+    (mirror,) = (tmp_path / "app" / "mirror").iterdir()
+    first = {path.name for path in mirror.glob("*.lua")}
+    assert first  # the script (and the absence of its tenant's _sngin.json)
+    assert {path.name for path in (mirror / "process-1").glob("*.lua")} == first
 
 
 async def test_with_redis_every_process_joins_the_cluster_bus(
@@ -522,3 +528,64 @@ async def test_with_redis_every_process_joins_the_cluster_bus(
         buses = sorted((r["cluster_bus"]["published"], r["cluster_bus"]["received"])
                        for r in stats["processes"])  # fmt: skip
         assert buses == [(0, 1), (1, 0)]
+
+
+async def test_both_processes_write_the_one_storage_database(tmp_path):
+    site(tmp_path, "store.test", "storage['k' .. request.query.n] = 'v' return 'stored'")
+    async with node(tmp_path) as running:
+        made = 0
+
+        async def store() -> None:
+            nonlocal made
+            made += 1
+            assert (await running.get(f"/?n={made}", host="store.test")).text == "stored"
+
+        await until_every_process(running, lambda s: all(tenant_requests(s, "store.test")), store)
+        listed = await running.admin("GET", "/__sngin/storage/store.test?limit=1000")
+        keys = sorted(row["key"] for row in listed.json()["keys"])
+        assert keys == sorted(f"k{n}" for n in range(1, made + 1))
+
+
+async def test_the_admin_listener_is_shared_too(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        admin_port = probe.getsockname()[1]
+    async with node(tmp_path, env={"SNGIN_ADMIN_BIND": f"127.0.0.1:{admin_port}"}) as running:
+        async with httpx.AsyncClient(timeout=30) as client:
+            stats = await client.get(f"http://127.0.0.1:{admin_port}/__sngin/stats", headers=AUTH)
+            found = re.search(rb"serving .*? on (http://127\.0\.0\.1:\d+)", bytes(running.log))
+            assert found is not None
+            public_url = found.group(1).decode()
+            assert public_url != f"http://127.0.0.1:{admin_port}"
+            public = await client.get(public_url + "/__sngin/stats", headers=AUTH)
+        assert [row["process"] for row in stats.json()["processes"]] == [0, 1]
+        assert public.status_code == 404  # the admin API is on its own listener only
+
+
+def test_a_process_that_keeps_failing_at_start_up_stops_the_node_after_five_tries(tmp_path):
+    """Not a configuration error (say, a crash): tried again with backoff, five times in a row,
+    then the node stops."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nif '--process' in sys.argv: os._exit(3)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "SNGIN_ADMIN_TOKEN": TOKEN,
+        "SNGIN_DATA_PATH": str(tmp_path / "data"),
+        "SNGIN_LOG_FORMAT": "text",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "could not start (exited with status 3): stopping" in result.stderr
+    retried = re.findall(r"process (\d) \(pid \d+\) exited with status 3: starting it again "
+                         r"in ([\d.]+) s", result.stderr)  # fmt: skip
+    first = [float(delay) for index, delay in retried if index == "0"]
+    assert first == [0.5, 1.0, 2.0, 4.0]
