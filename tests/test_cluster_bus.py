@@ -24,14 +24,15 @@ from tests.support import (
 KEY = "code/s3.test/page/index.lua"
 
 
-async def two_nodes(
+async def cluster_nodes(
     stack: AsyncExitStack, proxy, bucket, tmp_path, redis_url: str, *,
-    settings_changes_extra: dict | None = None, **options,
+    settings_changes_extra: dict | None = None, count: int = 2, **options,
 ):  # fmt: skip
+    """`count` nodes (a, b, c...) on one bucket and one Redis, each connected to the bus."""
     changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
     changes |= settings_changes_extra or {}
     nodes = []
-    for name in ("a", "b"):
+    for name in "abcdef"[:count]:
         cache = await stack.enter_async_context(code_cache(proxy, bucket, prefix="code"))
         node = await stack.enter_async_context(
             running(
@@ -57,21 +58,27 @@ async def purge_on(node, path: str = "/page"):
     assert answer.status_code == 200
 
 
-async def test_a_purge_sent_to_one_node_is_applied_by_the_other(proxy, bucket, tmp_path, redis_url):
+async def test_a_purge_sent_to_one_node_is_applied_by_the_others(
+    proxy, bucket, tmp_path, redis_url
+):
     bucket.put(KEY, "return 'v1'")
     async with AsyncExitStack() as stack:
-        a, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url)
-        for node in (a, b):
+        a, b, c = await cluster_nodes(stack, proxy, bucket, tmp_path, redis_url, count=3)
+        for node in (a, b, c):
             assert (await node.get("/page", host="s3.test")).text == "v1"
         bucket.put(KEY, "return 'v2'")
-        b_bus = b.deps.purger.bus
         await purge_on(a)
-        with trio.fail_after(10):
-            await b_bus.wait_for(lambda: b_bus.received == 1)
-        assert (await b.get("/page", host="s3.test")).text == "v2"
+        for node in (b, c):
+            bus = node.deps.purger.bus
+            with trio.fail_after(10):
+                await bus.wait_for(lambda bus=bus: bus.received == 1)
+            assert (await node.get("/page", host="s3.test")).text == "v2"
+            stats = (await node.client.get(node.url + "/__sngin/stats", headers=AUTH)).json()
+            bus_stats = stats["cluster_bus"]
+            assert (bus_stats["connected"], bus_stats["received"], bus_stats["flushes"]) == (
+                True, 1, 0,
+            )  # fmt: skip
         assert (await a.get("/page", host="s3.test")).text == "v2"
-        stats = (await b.client.get(b.url + "/__sngin/stats", headers=AUTH)).json()["cluster_bus"]
-        assert (stats["connected"], stats["received"], stats["flushes"]) == (True, 1, 0)
 
 
 async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket, tmp_path):
@@ -80,26 +87,33 @@ async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket
     bucket.put(KEY, "return 'v1'")
     with redis_server_process(port) as redis:
         async with AsyncExitStack() as stack:
-            a, b = await two_nodes(stack, proxy, bucket, tmp_path, url)
-            for node in (a, b):
+            a, b, c = await cluster_nodes(stack, proxy, bucket, tmp_path, url, count=3)
+            for node in (a, b, c):
                 assert (await node.get("/page", host="s3.test")).text == "v1"
-            a_bus, b_bus = a.deps.purger.bus, b.deps.purger.bus
+            a_bus = a.deps.purger.bus
             redis.terminate()
             redis.wait(timeout=10)
-            with trio.fail_after(20):
-                await b_bus.wait_for(lambda: not b_bus.connected)
+            for node in (b, c):
+                bus = node.deps.purger.bus
+                with trio.fail_after(20):
+                    await bus.wait_for(lambda bus=bus: not bus.connected)
             bucket.put(KEY, "return 'v2'")
             await purge_on(a)  # applied on a; kept in a's outbox
             assert (await a.get("/page", host="s3.test")).text == "v2"
-            assert (await b.get("/page", host="s3.test")).text == "v1"  # b cannot know yet
+            for node in (b, c):  # they cannot know yet
+                assert (await node.get("/page", host="s3.test")).text == "v1"
             ready = (await b.client.get(b.url + "/__sngin/ready", headers=AUTH)).json()
             assert ready["ready"] is True
             assert "Redis unreachable" in ready["cluster_bus"]
             with redis_server_process(port):  # Redis back, empty: the stream is gone
+                for node in (b, c):
+                    bus = node.deps.purger.bus
+                    with trio.fail_after(30):
+                        await bus.wait_for(lambda bus=bus: bus.connected and bus.flushes >= 1)
                 with trio.fail_after(30):
-                    await b_bus.wait_for(lambda: b_bus.connected and b_bus.flushes >= 1)
                     await a_bus.wait_for(lambda: a_bus.connected and a_bus.published >= 1)
-                assert (await b.get("/page", host="s3.test")).text == "v2"
+                for node in (a, b, c):  # every node ends on the new version
+                    assert (await node.get("/page", host="s3.test")).text == "v2"
                 assert a_bus.statistics()["outbox"] == 0
 
 
@@ -108,7 +122,7 @@ async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tm
 
     bucket.put(KEY, "return 'v1'")
     async with AsyncExitStack() as stack:
-        _, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url)
+        _, b = await cluster_nodes(stack, proxy, bucket, tmp_path, redis_url)
         assert (await b.get("/page", host="s3.test")).text == "v1"
         b_bus = b.deps.purger.bus
         bucket.put(KEY, "return 'v2'")
@@ -127,24 +141,31 @@ async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tm
 async def test_a_quarantine_and_its_lifting_apply_on_every_node(proxy, bucket, tmp_path, redis_url):
     bucket.put("code/spin.test/index.lua", "while true do end")
     async with AsyncExitStack() as stack:
-        a, b = await two_nodes(
-            stack, proxy, bucket, tmp_path, redis_url, cpu_ms=100,
+        a, b, c = await cluster_nodes(
+            stack, proxy, bucket, tmp_path, redis_url, count=3, cpu_ms=100,
             pool={"quarantine_strikes": 1, "quarantine_s": 600},
         )  # fmt: skip
-        b_bus = b.deps.purger.bus
         assert (await a.get("/", host="spin.test")).status_code == 504  # killed: quarantined
-        with trio.fail_after(10):
-            await b_bus.wait_for(lambda: b_bus.received >= 1)
-        paused = await b.get("/", host="spin.test")
-        assert paused.status_code == 503
-        assert "paused" in paused.text
-        assert b.deps.pool.statistics().tenants["spin.test"].quarantined_requests == 1  # not run
-        # Lifted on b: a runs the tenant again (and kills it again, as it still spins).
-        a_bus = a.deps.purger.bus
+        for node in (b, c):
+            bus = node.deps.purger.bus
+            with trio.fail_after(10):
+                await bus.wait_for(lambda bus=bus: bus.received >= 1)
+            paused = await node.get("/", host="spin.test")
+            assert paused.status_code == 503
+            assert "paused" in paused.text
+            tenant = node.deps.pool.statistics().tenants["spin.test"]
+            assert tenant.quarantined_requests == 1  # refused, never run
+        # Lifted on b: lifted on a and c too.
         lifted = await b.client.delete(b.url + "/__sngin/quarantine/spin.test", headers=AUTH)
         assert lifted.json()["lifted"] is True
-        with trio.fail_after(10):
-            await a_bus.wait_for(lambda: a_bus.received >= 1)
+        for node in (a, c):
+            bus = node.deps.purger.bus
+            events = 1 if node is a else 2  # c also received the quarantine itself
+            with trio.fail_after(10):
+                await bus.wait_for(lambda bus=bus, events=events: bus.received >= events)
+            assert "spin.test" not in node.deps.pool.quarantined()
+        # a runs the tenant again (and kills it again, as it still spins). One request only:
+        # that kill quarantines it anew, everywhere.
         assert (await a.get("/", host="spin.test")).status_code == 504
 
 
@@ -155,7 +176,7 @@ async def test_a_node_that_joins_later_learns_the_quarantines_in_force(
     changes = {"redis_url": redis_url, "s3": S3Settings(bucket=bucket.name, prefix="code")}
     options = {"cpu_ms": 100, "pool": {"quarantine_strikes": 1, "quarantine_s": 600}}
     async with AsyncExitStack() as stack:
-        a, _ = await two_nodes(stack, proxy, bucket, tmp_path, redis_url, **options)
+        a, _ = await cluster_nodes(stack, proxy, bucket, tmp_path, redis_url, **options)
         a_bus = a.deps.purger.bus
         assert (await a.get("/", host="spin.test")).status_code == 504
         with trio.fail_after(10):
@@ -180,7 +201,7 @@ async def test_a_shared_rate_limit_admits_the_burst_once_across_two_nodes(
     bucket.put("code/rl.test/index.lua", "return 'ok'")
     bucket.put("code/rl.test/_sngin.json", '{"limits": {"rps": 10}}')  # a burst of 20
     async with AsyncExitStack() as stack:
-        a, b = await two_nodes(stack, proxy, bucket, tmp_path, redis_url, tenant_configs=True)
+        a, b = await cluster_nodes(stack, proxy, bucket, tmp_path, redis_url, tenant_configs=True)
         started = trio.current_time()
         statuses = [(await node.get("/", host="rl.test")).status_code for node in (a, b) * 20]
         elapsed = trio.current_time() - started
@@ -198,7 +219,7 @@ async def test_without_redis_each_node_limits_to_its_share_and_says_so(proxy, bu
     bucket.put("code/rl.test/_sngin.json", '{"limits": {"rps": 10}}')
     with redis_server_process(port) as redis:
         async with AsyncExitStack() as stack:
-            a, b = await two_nodes(stack, proxy, bucket, tmp_path, url, tenant_configs=True)
+            a, b = await cluster_nodes(stack, proxy, bucket, tmp_path, url, tenant_configs=True)
             a_bus = a.deps.purger.bus
             with trio.fail_after(10):
                 await a_bus.wait_for(lambda: a_bus.nodes_seen == 2)
@@ -221,7 +242,7 @@ async def test_an_s3_event_posted_to_one_node_makes_the_other_serve_the_new_scri
 ):
     bucket.put(KEY, "return 'v1'")
     async with AsyncExitStack() as stack:
-        a, b = await two_nodes(
+        a, b = await cluster_nodes(
             stack, proxy, bucket, tmp_path, redis_url,
             settings_changes_extra={"events_token": EVENTS_TOKEN},
         )  # fmt: skip
