@@ -337,13 +337,14 @@ async def all_ended(pids: set[int]) -> None:
             nursery.start_soon(ended, pid)
 
 
-async def test_sigterm_stops_every_process_and_worker(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_signal_stops_every_process_and_worker(tmp_path, signum):
     site(tmp_path, "hello.localhost", "return 'hello'")
     async with node(tmp_path) as running:
         assert (await running.get()).text == "hello"
         everyone = process_tree(running.process.pid)
         assert len(everyone) == 2 + 4  # two server processes, four workers
-        running.process.send_signal(signal.SIGTERM)
+        running.process.send_signal(signum)
         with trio.fail_after(60):
             assert await running.process.wait() == 0
     # All ended and reaped (the parent waits for its processes, and they for their workers).
