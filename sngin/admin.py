@@ -11,6 +11,7 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from sngin.admin_code import register_code_routes
 from sngin.admin_events import register_event_routes
 from sngin.admin_stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin_storage import register_storage_routes
@@ -179,6 +180,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
 
     register_storage_routes(admin, deps, authorize)
+    register_code_routes(admin, deps, authorize)
     register_event_routes(admin, deps)
 
     @admin.post("/__purge")

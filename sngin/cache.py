@@ -100,6 +100,11 @@ class CodeCache:
         self._revalidated = {304: 0, 200: 0, 404: 0}
         self._forced_at: dict[str, float] = {}
 
+    @property
+    def origin(self) -> ConditionalStore:
+        """The store behind the cache (the management API writes to it)."""
+        return self._store
+
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
             entries=len(self._lru),

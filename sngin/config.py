@@ -31,6 +31,7 @@ from sngin.config_values import (
     parse_regex,
     parse_secret,
     parse_token,
+    parse_ui,
 )
 from sngin.errors import ConfigError
 from sngin.limits import MIB, Limits
@@ -196,6 +197,7 @@ class Settings:
     metrics_tenants: int = 100  # SNGIN_METRICS_TENANTS: tenants with their own metrics label
     admin_bind: Bind | None = None  # SNGIN_ADMIN_BIND: a separate listener for the admin API
     probe_interval_s: float = 10.0  # how often readiness checks the code store
+    ui: str = "on"  # SNGIN_UI: the management API writes (on), only reads (readonly), or is off
     processes: int = 1  # SNGIN_PROCESSES: server processes sharing the listener; "auto": cores
 
     @classmethod
@@ -305,6 +307,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_TRUSTED_PROXIES": ("trusted_proxies", parse_networks),
     "SNGIN_WORKERS": ("pool.size", int_range(2, 1024)),
     "SNGIN_PROCESSES": ("processes", parse_processes),
+    "SNGIN_UI": ("ui", parse_ui),
     "SNGIN_KEPT_RUNTIMES_MB": ("pool.kept_runtimes_mb", int_range(0, 1024 * 1024)),
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", int_range(1, 3_600_000)),
     "SNGIN_CPU_MS": ("limits.cpu_ms", int_range(1, 3_600_000)),

@@ -213,3 +213,14 @@ def parse_processes(text: str) -> int:
     if text.strip().lower() == "auto":
         return min(MAX_PROCESSES, usable_cores())
     return int_range(1, MAX_PROCESSES)(text)
+
+
+UI_MODES = ("on", "readonly", "off")
+
+
+def parse_ui(text: str) -> str:
+    """SNGIN_UI: the management API (and its UI) writes, only reads, or is off."""
+    value = text.strip().lower()
+    if value not in UI_MODES:
+        raise ValueError("must be on, readonly or off")
+    return value

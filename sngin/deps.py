@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from sngin.alerts import Alerts
     from sngin.cache import CodeCache
+    from sngin.code_files import CodeFiles
     from sngin.codestore import CodeSource
     from sngin.codestore.github import GitHubTokens
     from sngin.config import Settings
@@ -44,6 +45,7 @@ class Deps:
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
     events_tls: ssl.SSLContext | None = None
+    files: CodeFiles | None = None  # the management API's view of the code store; None: off
     # With `--processes N`: this process's link to the node's parent (None: the only process).
     link: ProcessLink | None = None
     purger: Purger = field(init=False)  # on this node, then (with a cluster bus) on every node

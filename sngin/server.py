@@ -17,9 +17,11 @@ from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
+from sngin.code_files import FolderFiles
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
-from sngin.codestore.s3 import open_s3_store
+from sngin.codestore.s3 import S3Store, open_s3_store
+from sngin.codestore.s3_files import S3Files
 from sngin.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
 from sngin.coordination import attach_cluster_bus, attach_link, first_of
 from sngin.deps import Deps
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
     from hypercorn.config import Config
 
+    from sngin.code_files import CodeFiles
     from sngin.codestore import CodeSource
     from sngin.config import Bind, PoolSettings, Settings
     from sngin.process_link import ProcessRole
@@ -144,6 +147,7 @@ async def serve(
             storage=storage,
             tenant_cache=tenant_cache_for(settings, storage),
             link=link,
+            files=code_files_for(settings, store),
         )
         async with trio.open_nursery() as nursery:
             attach_cluster_bus(deps, nursery)
@@ -151,6 +155,17 @@ async def serve(
                 attach_link(deps, link, nursery)
             await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
             nursery.cancel_scope.cancel()
+
+
+def code_files_for(settings: Settings, store: CodeSource) -> CodeFiles | None:
+    """The management API's view of the code store (None with SNGIN_UI=off)."""
+    if settings.ui == "off":
+        return None
+    if isinstance(store, LocalStore):
+        return FolderFiles(store.root, settings.storage.data_path / "code-files.lock")
+    if isinstance(store, CodeCache) and isinstance(store.origin, S3Store):
+        return S3Files(store.origin)
+    return None
 
 
 def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache | RedisCache:

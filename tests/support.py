@@ -45,6 +45,7 @@ from sngin.outbound import open_outbound, system_resolver
 from sngin.pool import open_pool
 from sngin.server import (
     attach_cluster_bus,
+    code_files_for,
     default_limits,
     open_tenant_storage,
     pool_config,
@@ -235,7 +236,7 @@ async def running(
             alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
             if outbound is not None
             else None,
-            **(deps_changes or {}),
+            **({"files": code_files_for(settings, store)} | (deps_changes or {})),
         )
         attach_cluster_bus(deps, nursery)
         binds = await nursery.start(

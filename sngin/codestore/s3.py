@@ -180,14 +180,49 @@ class S3Store:
             self._denied_logged_at = now
             log.error(message, *args)
 
-    async def _sign(self, url: str, headers: dict[str, str]) -> dict[str, str]:
+    async def _sign(
+        self, url: str, headers: dict[str, str], *, method: str = "GET", content: bytes = b""
+    ) -> dict[str, str]:
         if self._credentials is None:
             return headers  # anonymous: a public bucket
         # Refreshing role or SSO credentials blocks (it may call STS or the metadata service).
         frozen = await trio.to_thread.run_sync(self._credentials.get_frozen_credentials)
-        request = AWSRequest(method="GET", url=url, headers=headers)
+        request = AWSRequest(method=method, url=url, headers=headers, data=content)
         S3SigV4Auth(frozen, "s3", self._endpoint.region).add_auth(request)
         return dict(request.headers.items())
+
+    # --- for the management API (sngin.codestore.s3_files) --------------------------------
+
+    def url_of(self, object_key: str, query: str = "") -> str:
+        url = f"{self._endpoint.base_url}/{quote(object_key, safe='/~')}"
+        return f"{url}?{query}" if query else url
+
+    @property
+    def prefix(self) -> str:
+        return self._settings.prefix
+
+    async def send(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None,
+        content: bytes = b"", cap: int = MAX_SCRIPT_BYTES,
+    ) -> tuple[httpx.Response, bytes]:  # fmt: skip
+        """One signed request and its body (at most `cap` bytes, else CodeFetchError); a
+        transport failure or timeout is a CodeFetchError too."""
+        signed = await self._sign(url, dict(headers or {}), method=method, content=content)
+        try:
+            with trio.fail_after(self._settings.deadline_s):
+                async with self._http.stream(
+                    method, url, headers=signed, content=content
+                ) as response:
+                    body = await read_capped(response, cap)
+        except trio.TooSlowError:
+            raise CodeFetchError(
+                f"the code store did not answer within {self._settings.deadline_s:g} s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise CodeFetchError(f"code store unavailable: {type(exc).__name__}") from None
+        if body is None:
+            raise CodeFetchError(f"the code store's answer is larger than {cap} bytes")
+        return response, bytes(body)
 
 
 ERROR_CODE: Final = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")

@@ -1,0 +1,175 @@
+"""The management API for tenants' code, under /__sngin/code (docs/admin.md): list tenants and
+their files, read a file, and create, update or delete one. Updates and deletes are conditional
+(`If-Match` with the etag the client loaded, `If-None-Match: *` to create): a file that changed
+meanwhile is a 412 carrying its current version, never a silent overwrite. Every write purges
+what it changed, on every node and process. `SNGIN_UI=readonly` refuses writes, `off` the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+
+from sngin.code_files import MAX_FILE_BYTES, Conflict, FileVersion, file_path, text_or_none
+from sngin.errors import SnginError
+from sngin.tenants import CONFIG_NAME, tenant_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quart_trio import QuartTrio
+
+    from sngin.code_files import CodeFiles
+    from sngin.deps import Deps
+
+log = logging.getLogger(__name__)
+
+Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
+NEEDS_CONDITION = (
+    "send If-Match with the etag of the version you loaded (or If-None-Match: * to create the"
+    " file): writes never overwrite blindly"
+)
+
+
+def purge_folder(path: str) -> str:
+    """What a write of `path` purges: its script ('a/b/index.lua' -> 'a/b') or itself."""
+    if path == "index.lua":
+        return ""
+    if path.endswith("/index.lua"):
+        return path.removesuffix("/index.lua")
+    return path
+
+
+def version_body(version: FileVersion | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    text = text_or_none(version.content)
+    body: dict[str, Any] = {"etag": version.etag, "size": len(version.content), "content": text}
+    if text is None:
+        body["content_base64"] = base64.b64encode(version.content).decode()
+    return body
+
+
+def etag_of(header: str) -> str:
+    return header.strip().removeprefix("W/").strip('"')
+
+
+def register_code_routes(
+    admin: QuartTrio, deps: Deps, authorize: Callable[[Deps], Answer | None]
+) -> None:
+    def gate(*, writing: bool = False) -> tuple[CodeFiles | None, Answer | None]:
+        denied = authorize(deps)
+        if denied is not None:
+            return None, denied
+        mode = deps.settings.ui
+        if mode == "off" or deps.files is None:
+            return None, ({"error": "the management API is off (SNGIN_UI=off)"}, 404)
+        if writing and mode == "readonly":
+            return None, ({"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403)
+        return deps.files, None
+
+    def target(host: str) -> tuple[str, str]:
+        return tenant_of(host), file_path(request.args.get("path", ""))
+
+    @admin.get("/__sngin/code")
+    async def list_tenants() -> Answer:
+        files, denied = gate()
+        if denied is not None:
+            return denied
+        assert files is not None
+        try:
+            return {"tenants": await files.tenants()}, 200
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+
+    @admin.get("/__sngin/code/<host>")
+    async def list_files(host: str) -> Answer:
+        files, denied = gate()
+        if denied is not None:
+            return denied
+        assert files is not None
+        try:
+            tenant = tenant_of(host)
+            listed = await files.files(tenant)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        return {"host": tenant, "files": [dataclasses.asdict(f) for f in listed]}, 200
+
+    @admin.get("/__sngin/code/<host>/file")
+    async def read_file(host: str) -> Any:
+        files, denied = gate()
+        if denied is not None:
+            return denied
+        assert files is not None
+        try:
+            tenant, path = target(host)
+            version = await files.read(tenant, path)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        if version is None:
+            return {"error": f"{tenant} has no file {path}"}, 404
+        kind = "application/json" if path.endswith(CONFIG_NAME) else "text/x-lua; charset=utf-8"
+        headers = {"ETag": f'"{version.etag}"', "Content-Type": kind, "Cache-Control": "no-store"}
+        return Response(version.content, 200, headers)
+
+    @admin.put("/__sngin/code/<host>/file")
+    async def write_file(host: str) -> Answer:
+        files, denied = gate(writing=True)
+        if denied is not None:
+            return denied
+        assert files is not None
+        declared = request.content_length
+        if declared is not None and declared > MAX_FILE_BYTES:
+            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        # Read (bounded) before any other answer, so the connection stays usable.
+        data = await request.get_data(cache=False)
+        if not isinstance(data, bytes) or len(data) > MAX_FILE_BYTES:
+            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        if_match = request.headers.get("If-Match")
+        creating = request.headers.get("If-None-Match", "").strip() == "*"
+        if if_match is None and not creating:
+            return {"error": NEEDS_CONDITION}, 428
+        try:
+            tenant, path = target(host)
+            expected = None if creating else etag_of(if_match or "")
+            etag = await files.write(tenant, path, data, if_match=expected)
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: %s %s/%s (%d bytes)", "created" if creating else "updated",
+                 tenant, path, len(data))  # fmt: skip
+        body = {"host": tenant, "path": path, "etag": etag, "purged": purged}
+        return body, 201 if creating else 200, {"ETag": f'"{etag}"'}
+
+    @admin.delete("/__sngin/code/<host>/file")
+    async def delete_file(host: str) -> Answer:
+        files, denied = gate(writing=True)
+        if denied is not None:
+            return denied
+        assert files is not None
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            return {"error": NEEDS_CONDITION.split(" (")[0]}, 428
+        try:
+            tenant, path = target(host)
+            await files.delete(tenant, path, if_match=etag_of(if_match))
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: deleted %s/%s", tenant, path)
+        return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
+
+
+def conflict(exc: Conflict) -> Answer:
+    if exc.current is None:
+        return {"error": "the file does not exist (any more)", "current": None}, 412
+    message = "the file is not the version you loaded: it changed, or already exists"
+    return {"error": message, "current": version_body(exc.current)}, 412

@@ -1,0 +1,227 @@
+"""Tenants' code as files, for the management API: list, read, and conditional writes and
+deletes, the same on every store. A file's `etag` is the SHA-256 of its bytes (hex), defined by
+sngin for every store: S3's ETag is an MD5 only for some uploads, and a folder has none.
+
+`FolderFiles` is the folder store's: writes go to a temporary file renamed into place, the check
+and the rename under a lock shared by every process of the node (an flock), so a stale write can
+never replace a newer file. The S3 store's is `sngin.codestore.s3_files`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+
+import trio
+
+from sngin.errors import BadRequest
+from sngin.tenants import CONFIG_NAME, tenant_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+T = TypeVar("T")
+
+MAX_FILE_BYTES: Final = 1024 * 1024  # a script, module or configuration file
+MAX_FILE_PATH_BYTES: Final = 512
+MAX_DEPTH: Final = 16
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~+@-][A-Za-z0-9._~+@-]{0,127}\Z")
+TEMP_PREFIX: Final = ".sngin-tmp-"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_path(path: str) -> str:
+    """A tenant file's path as the API accepts it: `index.lua`, `a/b/index.lua`, a module
+    `lib/x.lua`, or `_sngin.json`; plain segments only (no `.`, `..`, empty or hidden segment,
+    no control character), so a path never leaves its tenant's folder or prefix."""
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_FILE_PATH_BYTES:
+        raise BadRequest(f"path longer than {MAX_FILE_PATH_BYTES} bytes")
+    segments = path.split("/")
+    if len(segments) > MAX_DEPTH:
+        raise BadRequest(f"path deeper than {MAX_DEPTH} folders")
+    if not all(_SEGMENT.match(segment) for segment in segments):
+        raise BadRequest(
+            "path segments may hold letters, digits and . _ ~ + @ - (not first: .), nothing else"
+        )
+    if path == CONFIG_NAME or path.endswith(".lua"):
+        return path
+    raise BadRequest(f"a tenant's files are .lua scripts and modules, and {CONFIG_NAME}")
+
+
+def text_or_none(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    etag: str
+    modified: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    content: bytes
+    etag: str
+
+
+class Conflict(Exception):
+    """The file is not the version the write expected; `current` is what it is (None: none)."""
+
+    def __init__(self, current: FileVersion | None) -> None:
+        super().__init__("the file changed")
+        self.current = current
+
+
+class FileTooLarge(BadRequest):
+    pass
+
+
+class CodeFiles(Protocol):
+    async def tenants(self) -> list[str]: ...
+
+    async def files(self, tenant: str) -> list[FileInfo]: ...
+
+    async def read(self, tenant: str, path: str) -> FileVersion | None: ...
+
+    async def write(self, tenant: str, path: str, data: bytes, *, if_match: str | None) -> str:
+        """Store data if the file is at version `if_match` (None: only if there is no file);
+        the new etag. Conflict otherwise."""
+        ...
+
+    async def delete(self, tenant: str, path: str, *, if_match: str) -> None: ...
+
+
+def iso_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class FolderFiles:
+    def __init__(self, root: Path, lock_file: Path) -> None:
+        self.root = root
+        self._lock_file = lock_file
+        self._limiter = trio.CapacityLimiter(1)  # one file operation of this process at a time
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+    def _tenant_dir(self, tenant: str) -> Path:
+        return self.root / tenant
+
+    def _file(self, tenant: str, path: str) -> Path:
+        """The file's location, refused if a symbolic link would take it out of the tenant's
+        folder."""
+        folder = self._tenant_dir(tenant)
+        target = folder / path
+        resolved_folder = folder.resolve()
+        if not target.resolve().is_relative_to(resolved_folder):
+            raise BadRequest("the path leads out of the tenant's folder")
+        return target
+
+    async def tenants(self) -> list[str]:
+        return await self._run(self._tenants)
+
+    def _tenants(self) -> list[str]:
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.root.iterdir():
+                with contextlib.suppress(BadRequest):
+                    if entry.is_dir() and tenant_of(entry.name) == entry.name:
+                        found.append(entry.name)
+        return sorted(found)
+
+    async def files(self, tenant: str) -> list[FileInfo]:
+        return await self._run(self._files, tenant)
+
+    def _files(self, tenant: str) -> list[FileInfo]:
+        folder = self._tenant_dir(tenant)
+        found = []
+        for directory, subdirectories, names in os.walk(folder):  # symbolic links not followed
+            subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+            for name in sorted(names):
+                full = Path(directory) / name
+                path = full.relative_to(folder).as_posix()
+                try:
+                    file_path(path)
+                    if full.is_symlink():
+                        continue
+                    data = full.read_bytes()
+                    stat = full.stat()
+                except (BadRequest, OSError):
+                    continue  # not a tenant file (or gone meanwhile)
+                found.append(FileInfo(path, len(data), content_hash(data), iso_time(stat.st_mtime)))
+        return found
+
+    async def read(self, tenant: str, path: str) -> FileVersion | None:
+        return await self._run(self._read, tenant, path)
+
+    def _read(self, tenant: str, path: str) -> FileVersion | None:
+        target = self._file(tenant, path)
+        try:
+            data = target.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        return FileVersion(data, content_hash(data))
+
+    async def write(self, tenant: str, path: str, data: bytes, *, if_match: str | None) -> str:
+        if len(data) > MAX_FILE_BYTES:
+            raise FileTooLarge(f"a file may hold at most {MAX_FILE_BYTES} bytes")
+        return await self._run(self._write, tenant, path, data, if_match)
+
+    def _write(self, tenant: str, path: str, data: bytes, if_match: str | None) -> str:
+        target = self._file(tenant, path)
+        with self._locked():
+            self._expect(tenant, path, if_match)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            try:
+                with temporary.open("wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+        return content_hash(data)
+
+    async def delete(self, tenant: str, path: str, *, if_match: str) -> None:
+        await self._run(self._delete, tenant, path, if_match)
+
+    def _delete(self, tenant: str, path: str, if_match: str) -> None:
+        target = self._file(tenant, path)
+        with self._locked():
+            self._expect(tenant, path, if_match)
+            target.unlink()
+
+    def _expect(self, tenant: str, path: str, if_match: str | None) -> None:
+        current = self._read(tenant, path)
+        if (current is None) != (if_match is None) or (
+            current is not None and current.etag != if_match
+        ):
+            raise Conflict(current)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Every process of the node (and any other sngin on this folder) takes turns."""
+        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock_file.open("a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

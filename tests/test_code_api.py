@@ -1,0 +1,219 @@
+"""The management API for tenants' code (/__sngin/code), on the folder store and on S3 (moto):
+listing, reading, conditional writes and deletes that purge what they changed, hostile paths,
+and the read-only and off modes."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sngin.code_files import file_path
+from sngin.config import S3Settings
+from sngin.errors import BadRequest
+from tests.support import AUTH, TOKEN, code_cache, running
+
+HOST = "code.test"
+FILE = f"/__sngin/code/{HOST}/file"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def quoted(text: str) -> str:
+    """The ETag header of a file holding text."""
+    return '"' + sha(text) + '"'
+
+
+@pytest.fixture(params=["folder", "s3"])
+def kind(request):
+    return request.param
+
+
+@asynccontextmanager
+async def code_server(kind: str, tmp_path: Path, request, **changes):
+    settings_changes = dict(changes)
+    if kind == "folder":
+        async with running(tmp_path, admin_token=TOKEN, settings_changes=settings_changes) as srv:
+            yield srv
+        return
+    proxy, bucket = request.getfixturevalue("proxy"), request.getfixturevalue("bucket")
+    settings_changes["s3"] = S3Settings(bucket=bucket.name, prefix="code")
+    async with (
+        code_cache(proxy, bucket, prefix="code", ttl_s=3600) as cache,
+        running(tmp_path, store=cache, admin_token=TOKEN, settings_changes=settings_changes) as srv,
+    ):
+        yield srv
+
+
+async def put(srv, path: str, text: str, **headers):
+    return await srv.client.put(
+        srv.url + FILE, params={"path": path}, content=text.encode(), headers=AUTH | headers
+    )
+
+
+async def test_create_read_list_and_serve(kind, tmp_path, request):
+    async with code_server(kind, tmp_path, request) as srv:
+        created = await put(srv, "index.lua", "return 'one'", **{"If-None-Match": "*"})
+        assert created.status_code == 201, created.text
+        assert created.json()["etag"] == sha("return 'one'")
+        assert created.headers["etag"] == quoted("return 'one'")
+        await put(srv, "lib/util.lua", "return {}", **{"If-None-Match": "*"})
+        read = await srv.client.get(srv.url + FILE, params={"path": "index.lua"}, headers=AUTH)
+        assert (read.text, read.headers["etag"]) == ("return 'one'", quoted("return 'one'"))
+        listed = (await srv.client.get(srv.url + f"/__sngin/code/{HOST}", headers=AUTH)).json()
+        files = {f["path"]: f for f in listed["files"]}
+        assert set(files) == {"index.lua", "lib/util.lua"}
+        assert files["index.lua"]["etag"] == sha("return 'one'")
+        assert files["index.lua"]["size"] == len("return 'one'")
+        assert files["index.lua"]["modified"].endswith("Z")
+        tenants = (await srv.client.get(srv.url + "/__sngin/code", headers=AUTH)).json()
+        assert HOST in tenants["tenants"]
+        assert (await srv.get("/", host=HOST)).text == "one"
+
+
+async def test_an_update_needs_the_version_loaded_and_purges_what_it_changed(
+    kind, tmp_path, request
+):
+    async with code_server(kind, tmp_path, request) as srv:
+        await put(srv, "page/index.lua", "return 'v1'", **{"If-None-Match": "*"})
+        assert (await srv.get("/page", host=HOST)).text == "v1"  # cached (S3: TTL 1 hour)
+        loaded = sha("return 'v1'")
+        updated = await put(srv, "page/index.lua", "return 'v2'", **{"If-Match": f'"{loaded}"'})
+        assert updated.status_code == 200, updated.text
+        assert (await srv.get("/page", host=HOST)).text == "v2"  # purged: served at once
+        # A second editor saving the copy it loaded before: refused, with what is there now.
+        stale = await put(srv, "page/index.lua", "return 'v3'", **{"If-Match": f'"{loaded}"'})
+        assert stale.status_code == 412
+        current = stale.json()["current"]
+        assert (current["etag"], current["content"]) == (sha("return 'v2'"), "return 'v2'")
+        assert (await srv.get("/page", host=HOST)).text == "v2"
+        # Creating what exists, or writing with no condition at all, is refused too.
+        again = await put(srv, "page/index.lua", "return 'v4'", **{"If-None-Match": "*"})
+        assert again.status_code == 412
+        blind = await put(srv, "page/index.lua", "return 'v5'")
+        assert blind.status_code == 428
+        assert (await srv.get("/page", host=HOST)).text == "v2"
+
+
+async def test_two_saves_of_one_version_at_once_one_wins(kind, tmp_path, request):
+    async with code_server(kind, tmp_path, request) as srv:
+        await put(srv, "index.lua", "return 'base'", **{"If-None-Match": "*"})
+        base = quoted("return 'base'")
+        statuses = {}
+
+        async def save(text: str) -> None:
+            statuses[text] = (await put(srv, "index.lua", text, **{"If-Match": base})).status_code
+
+        async with trio.open_nursery() as nursery:
+            for text in ("return 'a'", "return 'b'"):
+                nursery.start_soon(save, text)
+        assert sorted(statuses.values()) == [200, 412]
+        (winner,) = [text for text, status in statuses.items() if status == 200]
+        read = await srv.client.get(srv.url + FILE, params={"path": "index.lua"}, headers=AUTH)
+        assert read.text == winner
+
+
+async def test_a_delete_needs_the_current_version(kind, tmp_path, request):
+    async with code_server(kind, tmp_path, request) as srv:
+        await put(srv, "gone/index.lua", "return 'here'", **{"If-None-Match": "*"})
+        assert (await srv.get("/gone", host=HOST)).text == "here"
+        params = {"path": "gone/index.lua"}
+        stale = await srv.client.delete(
+            srv.url + FILE, params=params, headers=AUTH | {"If-Match": '"0123"'}
+        )
+        assert stale.status_code == 412
+        assert stale.json()["current"]["content"] == "return 'here'"
+        deleted = await srv.client.delete(
+            srv.url + FILE, params=params, headers=AUTH | {"If-Match": sha("return 'here'")}
+        )
+        assert deleted.json()["deleted"] is True
+        assert (
+            await srv.client.get(srv.url + FILE, params=params, headers=AUTH)
+        ).status_code == 404
+        assert (await srv.get("/gone", host=HOST)).status_code == 404  # purged
+
+
+HOSTILE_PATHS = [
+    "../escape.lua", "a/../../escape.lua", "/etc/x.lua", ".hidden.lua", "a//b.lua", "a/./b.lua",
+    "x.txt", "a\\b.lua", "a\x00.lua", "", "index.lua/", "ä.lua", "a/" * 20 + "x.lua",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+async def test_hostile_paths_are_refused_and_write_nothing(tmp_path, path):
+    async with running(tmp_path / "sites", admin_token=TOKEN) as srv:
+        before = sorted(p for p in tmp_path.rglob("*") if ".sngin-data" not in p.parts)
+        # Sent as raw bytes, the path percent-encoded (all of it reaches the API's own check).
+        answer = await srv.raw(
+            f"PUT {FILE}?path={quote(path, safe='')} HTTP/1.1\r\nHost: admin\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nIf-None-Match: *\r\nContent-Length: 8\r\n"
+            "Connection: close\r\n\r\nreturn 1".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        after = sorted(p for p in tmp_path.rglob("*") if ".sngin-data" not in p.parts)
+        assert after == before
+
+
+@given(st.text(max_size=80))
+def test_an_accepted_path_stays_inside_its_tenant(text):
+    try:
+        path = file_path(text)
+    except BadRequest:
+        return
+    root = Path("/srv/sites/code.test")
+    assert (root / path).resolve().is_relative_to(root)
+    assert ".." not in path.split("/")
+
+
+async def test_a_symbolic_link_out_of_the_tenant_is_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.lua").write_text("return 'secret'")
+    async with running(tmp_path / "sites", admin_token=TOKEN) as srv:
+        tenant = tmp_path / "sites" / HOST
+        tenant.mkdir()
+        (tenant / "lib").symlink_to(outside)
+        read = await srv.client.get(srv.url + FILE, params={"path": "lib/secret.lua"}, headers=AUTH)
+        assert read.status_code == 400
+        written = await put(srv, "lib/new.lua", "return 1", **{"If-None-Match": "*"})
+        assert written.status_code == 400
+        assert not (outside / "new.lua").exists()
+        listed = (await srv.client.get(srv.url + f"/__sngin/code/{HOST}", headers=AUTH)).json()
+        assert listed["files"] == []
+
+
+@pytest.mark.parametrize(("mode", "read_status", "write_status"),
+                         [("readonly", 200, 403), ("off", 404, 404)])  # fmt: skip
+async def test_read_only_and_off(tmp_path, request, mode, read_status, write_status):
+    async with code_server("folder", tmp_path, request, ui=mode) as srv:
+        (tmp_path / HOST).mkdir()
+        (tmp_path / HOST / "index.lua").write_text("return 'x'")
+        read = await srv.client.get(srv.url + FILE, params={"path": "index.lua"}, headers=AUTH)
+        assert read.status_code == read_status
+        written = await put(srv, "index.lua", "return 'y'", **{"If-Match": sha("return 'x'")})
+        assert written.status_code == write_status
+        assert (tmp_path / HOST / "index.lua").read_text() == "return 'x'"
+
+
+async def test_the_code_api_needs_the_admin_token_and_bounds_a_file(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        for method, path in (("GET", "/__sngin/code"), ("GET", f"/__sngin/code/{HOST}"),
+                             ("PUT", FILE), ("DELETE", FILE)):  # fmt: skip
+            answer = await srv.client.request(method, srv.url + path, params={"path": "a.lua"})
+            assert answer.status_code == 401
+        # Refused on its declared length, before a byte of it is read.
+        answer = await srv.raw(
+            f"PUT {FILE}?path=big.lua HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}"
+            f"\r\nIf-None-Match: *\r\nContent-Length: {1024 * 1024 + 1}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert not (tmp_path / HOST / "big.lua").exists()
