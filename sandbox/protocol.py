@@ -80,6 +80,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     source: bytes | None = None
     env: dict[str, str] = {}  # the tenant's `env` (from its _sngin.json), read-only in Lua
     tail: int = 0  # request.body's bytes follow this frame on the pipe (see encode_to_worker)
+    # Compile the source (with the Lua 5.1 pre-pass) and answer without running it: the
+    # management API's syntax check. A compile error is the usual BAD_SOURCE reply.
+    check_only: bool = False
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -209,6 +209,8 @@ class TenantRuntime:
         factory, failure = self._factory(job)
         if failure is not None:
             return msgspec.structs.replace(failure, id=job.id)
+        if job.check_only:
+            return Reply(id=job.id, status=204)
         lua = self._lua
         try:
             req = request.build(job.request, lua.table_from)

@@ -10,12 +10,21 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
-from sngin.code_files import MAX_FILE_BYTES, Conflict, FileVersion, file_path, text_or_none
-from sngin.errors import SnginError
+from sandbox.protocol import BAD_SOURCE, Job, Request
+from sngin.code_files import (
+    MAX_FILE_BYTES,
+    Conflict,
+    FileVersion,
+    content_hash,
+    file_path,
+    text_or_none,
+)
+from sngin.errors import BadRequest, SnginError
 from sngin.tenants import CONFIG_NAME, tenant_of
 
 if TYPE_CHECKING:
@@ -27,6 +36,8 @@ if TYPE_CHECKING:
     from sngin.deps import Deps
 
 log = logging.getLogger(__name__)
+
+SYNTAX_ERROR = re.compile(r":(\d+): (.*)", re.DOTALL)
 
 Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 NEEDS_CONDITION = (
@@ -147,6 +158,38 @@ def register_code_routes(
         body = {"host": tenant, "path": path, "etag": etag, "purged": purged}
         return body, 201 if creating else 200, {"ETag": f'"{etag}"'}
 
+    @admin.post("/__sngin/code/<host>/check")
+    async def check(host: str) -> Answer:
+        """Compile a script or module in a worker (never in the server process), without
+        running it: its syntax errors with their lines."""
+        _, denied = gate()
+        if denied is not None:
+            return denied
+        declared = request.content_length
+        if declared is not None and declared > MAX_FILE_BYTES:
+            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        source = await request.get_data(cache=False)
+        if not isinstance(source, bytes) or len(source) > MAX_FILE_BYTES:
+            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        try:
+            tenant, path = target(host)
+            if not path.endswith(".lua"):
+                raise BadRequest("only Lua files are compiled")
+            chunk = f"{tenant}/{path}"
+            job = Job(
+                tenant=tenant, key=chunk, version=content_hash(source),
+                request=Request(method="GET", path="/" + path, host=tenant), source=source,
+                check_only=True,
+            )  # fmt: skip
+            reply = await deps.pool.run(job)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        if reply.error == BAD_SOURCE:
+            return {"path": path, "ok": False, "errors": syntax_errors(reply.message, chunk)}, 200
+        if reply.error is not None:
+            return {"error": reply.message or reply.error}, 500
+        return {"path": path, "ok": True, "errors": []}, 200
+
     @admin.delete("/__sngin/code/<host>/file")
     async def delete_file(host: str) -> Answer:
         files, denied = gate(writing=True)
@@ -166,6 +209,14 @@ def register_code_routes(
         purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: deleted %s/%s", tenant, path)
         return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
+
+
+def syntax_errors(message: str, chunk: str) -> list[dict[str, Any]]:
+    """LuaJIT's compile error ('<chunk>:<line>: <message>') as the check answers it."""
+    found = SYNTAX_ERROR.match(message.removeprefix(chunk))
+    if found is None:
+        return [{"line": None, "message": message}]
+    return [{"line": int(found.group(1)), "message": found.group(2)}]
 
 
 def conflict(exc: Conflict) -> Answer:

@@ -217,3 +217,30 @@ async def test_the_code_api_needs_the_admin_token_and_bounds_a_file(tmp_path):
         )
         assert answer.startswith(b"HTTP/1.1 413")
         assert not (tmp_path / HOST / "big.lua").exists()
+
+
+async def test_check_compiles_in_a_worker_and_marks_the_error_line(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        check = srv.url + f"/__sngin/code/{HOST}/check"
+        good = await srv.client.post(
+            check, params={"path": "index.lua"}, content=b"return 'fine'", headers=AUTH
+        )
+        assert good.json() == {"path": "index.lua", "ok": True, "errors": []}
+        broken = b"local a = 1\nlocal b = = 2\nreturn a\n"
+        bad = await srv.client.post(
+            check, params={"path": "lib/m.lua"}, content=broken, headers=AUTH
+        )
+        (error,) = bad.json()["errors"]
+        assert bad.json()["ok"] is False
+        assert error["line"] == 2
+        assert error["message"] == "unexpected symbol near '='"
+        # Lua 5.1's escapes pass (the same pre-pass as serving), and nothing ran.
+        escaped = await srv.client.post(
+            check,
+            params={"path": "index.lua"},
+            content=b"error('ran') return '\\%d'",
+            headers=AUTH,
+        )
+        assert escaped.json()["ok"] is True
+        # Checked in a worker: the pool counted it, the server process compiled nothing.
+        assert srv.deps.pool.statistics().tenants[HOST].requests == 3
