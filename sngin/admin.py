@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -11,10 +10,12 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from sngin.access import FORBIDDEN, Caller, authorize, identify
 from sngin.admin_code import register_code_routes
 from sngin.admin_events import register_event_routes
 from sngin.admin_stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin_storage import register_storage_routes
+from sngin.admin_tokens import register_token_routes
 from sngin.cluster_bus import ClusterBus
 from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
@@ -31,19 +32,6 @@ PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
 # github.com/<user>/<repo>/... -> the module cache's key prefix "<user>/<repo>/..."
 GITHUB_PREFIX = re.compile(r"(?:https://)?github\.com/([\w.-]+/[\w.-]+/(?:[\w./-]*))\Z")
 Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
-
-
-def authorize(deps: Deps) -> Answer | None:
-    """None when the request carries the admin token; else the error to answer."""
-    token = deps.settings.admin_token
-    if token is None:
-        return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
-    offered = request.headers.get("Authorization", "")
-    scheme, _, credential = offered.partition(" ")
-    expected = token.encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
-        return {"error": "missing or wrong admin token"}, 401, {"WWW-Authenticate": "Bearer"}
-    return None
 
 
 def create_admin(deps: Deps) -> QuartTrio:
@@ -96,13 +84,15 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.get("/__sngin/logs")
     async def logs() -> Any:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
+        caller = await identify(deps)  # the operator, or the tenant's own token
+        if not isinstance(caller, Caller):
+            return caller
         try:
             tenant = tenant_of(request.args.get("host", ""))
         except BadRequest as exc:
             return {"error": exc.message}, 400
+        if not caller.may(tenant):
+            return FORBIDDEN
         hub = deps.observer.hub
         subscriber, lines = hub.subscribe(tenant)
 
@@ -180,7 +170,8 @@ def create_admin(deps: Deps) -> QuartTrio:
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
 
     register_storage_routes(admin, deps, authorize)
-    register_code_routes(admin, deps, authorize)
+    register_code_routes(admin, deps)
+    register_token_routes(admin, deps)
     register_event_routes(admin, deps)
 
     @admin.post("/__purge")

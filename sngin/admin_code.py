@@ -11,11 +11,13 @@ import base64
 import dataclasses
 import logging
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quart import Response, request
 
 from sandbox.protocol import BAD_SOURCE, Job, Request
+from sngin.access import FORBIDDEN, Answer, Caller, identify
 from sngin.code_files import (
     MAX_FILE_BYTES,
     Conflict,
@@ -28,8 +30,6 @@ from sngin.errors import BadRequest, SnginError
 from sngin.tenants import CONFIG_NAME, tenant_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from quart_trio import QuartTrio
 
     from sngin.code_files import CodeFiles
@@ -39,7 +39,15 @@ log = logging.getLogger(__name__)
 
 SYNTAX_ERROR = re.compile(r":(\d+): (.*)", re.DOTALL)
 
-Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    files: CodeFiles
+    tenant: str  # the tenant the route names ("" for the tenants' list)
+    caller: Caller
+
+
+Gate = Allowed | Answer
 NEEDS_CONDITION = (
     "send If-Match with the etag of the version you loaded (or If-None-Match: * to create the"
     " file): writes never overwrite blindly"
@@ -69,42 +77,49 @@ def etag_of(header: str) -> str:
     return header.strip().removeprefix("W/").strip('"')
 
 
-def register_code_routes(
-    admin: QuartTrio, deps: Deps, authorize: Callable[[Deps], Answer | None]
-) -> None:
-    def gate(*, writing: bool = False) -> tuple[CodeFiles | None, Answer | None]:
-        denied = authorize(deps)
-        if denied is not None:
-            return None, denied
+def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
+    async def gate(host: str | None, *, writing: bool = False) -> Gate:
+        """The store, the tenant named (if any) and the caller, or the answer refusing them:
+        the admin token acts on every tenant, a tenant's token on that tenant only."""
+        caller = await identify(deps)
+        if not isinstance(caller, Caller):
+            return caller
         mode = deps.settings.ui
         if mode == "off" or deps.files is None:
-            return None, ({"error": "the management API is off (SNGIN_UI=off)"}, 404)
+            return {"error": "the management API is off (SNGIN_UI=off)"}, 404
         if writing and mode == "readonly":
-            return None, ({"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403)
-        return deps.files, None
+            return {"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403
+        tenant = None
+        if host is not None:
+            try:
+                tenant = tenant_of(host)
+            except BadRequest as exc:
+                return {"error": exc.message}, 400
+            if not caller.may(tenant):
+                return FORBIDDEN
+        return Allowed(deps.files, tenant or "", caller)
 
-    def target(host: str) -> tuple[str, str]:
-        return tenant_of(host), file_path(request.args.get("path", ""))
+    def path_argument() -> str:
+        return file_path(request.args.get("path", ""))
 
     @admin.get("/__sngin/code")
     async def list_tenants() -> Answer:
-        files, denied = gate()
-        if denied is not None:
-            return denied
-        assert files is not None
+        allowed = await gate(None)
+        if not isinstance(allowed, Allowed):
+            return allowed
         try:
-            return {"tenants": await files.tenants()}, 200
+            tenants = await allowed.files.tenants()
         except SnginError as exc:
             return {"error": exc.message}, exc.status
+        return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
 
     @admin.get("/__sngin/code/<host>")
     async def list_files(host: str) -> Answer:
-        files, denied = gate()
-        if denied is not None:
-            return denied
-        assert files is not None
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
         try:
-            tenant = tenant_of(host)
             listed = await files.files(tenant)
         except SnginError as exc:
             return {"error": exc.message}, exc.status
@@ -112,12 +127,12 @@ def register_code_routes(
 
     @admin.get("/__sngin/code/<host>/file")
     async def read_file(host: str) -> Any:
-        files, denied = gate()
-        if denied is not None:
-            return denied
-        assert files is not None
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
         try:
-            tenant, path = target(host)
+            path = path_argument()
             version = await files.read(tenant, path)
         except SnginError as exc:
             return {"error": exc.message}, exc.status
@@ -129,10 +144,10 @@ def register_code_routes(
 
     @admin.put("/__sngin/code/<host>/file")
     async def write_file(host: str) -> Answer:
-        files, denied = gate(writing=True)
-        if denied is not None:
-            return denied
-        assert files is not None
+        allowed = await gate(host, writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
         declared = request.content_length
         if declared is not None and declared > MAX_FILE_BYTES:
             return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
@@ -145,7 +160,7 @@ def register_code_routes(
         if if_match is None and not creating:
             return {"error": NEEDS_CONDITION}, 428
         try:
-            tenant, path = target(host)
+            path = path_argument()
             expected = None if creating else etag_of(if_match or "")
             etag = await files.write(tenant, path, data, if_match=expected)
         except Conflict as exc:
@@ -162,9 +177,10 @@ def register_code_routes(
     async def check(host: str) -> Answer:
         """Compile a script or module in a worker (never in the server process), without
         running it: its syntax errors with their lines."""
-        _, denied = gate()
-        if denied is not None:
-            return denied
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        tenant = allowed.tenant
         declared = request.content_length
         if declared is not None and declared > MAX_FILE_BYTES:
             return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
@@ -172,7 +188,7 @@ def register_code_routes(
         if not isinstance(source, bytes) or len(source) > MAX_FILE_BYTES:
             return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
         try:
-            tenant, path = target(host)
+            path = path_argument()
             if not path.endswith(".lua"):
                 raise BadRequest("only Lua files are compiled")
             chunk = f"{tenant}/{path}"
@@ -192,15 +208,15 @@ def register_code_routes(
 
     @admin.delete("/__sngin/code/<host>/file")
     async def delete_file(host: str) -> Answer:
-        files, denied = gate(writing=True)
-        if denied is not None:
-            return denied
-        assert files is not None
+        allowed = await gate(host, writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
         if_match = request.headers.get("If-Match")
         if if_match is None:
             return {"error": NEEDS_CONDITION.split(" (")[0]}, 428
         try:
-            tenant, path = target(host)
+            path = path_argument()
             await files.delete(tenant, path, if_match=etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)

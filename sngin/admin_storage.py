@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from typing import TYPE_CHECKING, Any, Final
 
 from quart import request
 
+from sngin.access import FORBIDDEN, Caller, identify
 from sngin.errors import BadRequest
 from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
 from sngin.tenants import tenant_of
@@ -63,10 +65,19 @@ def register_storage_routes(
         settings = deps.settings.storage
         return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
 
-    async def guarded(work: Callable[[], Any]) -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
+    async def guarded(work: Callable[[], Any], host: str | None = None) -> Answer:
+        """The admin token, or (for routes naming `host`) that tenant's own token."""
+        if host is None:
+            denied = authorize(deps)
+            if denied is not None:
+                return denied
+        else:
+            caller = await identify(deps)
+            if not isinstance(caller, Caller):
+                return caller
+            with contextlib.suppress(BadRequest):  # a bad host is the route's own 400
+                if not caller.may(tenant_of(host)):
+                    return FORBIDDEN
         try:
             return await work()
         except BadRequest as exc:
@@ -108,7 +119,7 @@ def register_storage_routes(
             following = page[-1][0].decode("utf-8", "replace") if len(page) == limit else None
             return {"host": tenant, "keys": keys, "next": following}, 200
 
-        return await guarded(work)
+        return await guarded(work, host)
 
     @admin.route("/__sngin/storage/<host>/value", methods=["GET", "PUT", "DELETE"])
     async def storage_value(host: str) -> Answer:
@@ -130,7 +141,7 @@ def register_storage_routes(
             await storage.set(tenant, key, value, quota())
             return {"host": tenant, "key": key.decode(), "stored": value is not None}, 200
 
-        return await guarded(work)
+        return await guarded(work, host)
 
     @admin.get("/__sngin/storage/<host>/export")
     async def storage_export(host: str) -> Answer:
@@ -139,7 +150,7 @@ def register_storage_routes(
             items = [item(k, v) for k, v in await backend().items(tenant)]
             return {"host": tenant, "items": items}, 200
 
-        return await guarded(work)
+        return await guarded(work, host)
 
     @admin.post("/__sngin/storage/<host>/import")
     async def storage_import(host: str) -> Answer:

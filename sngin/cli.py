@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quarantine", parents=[remote], help="list quarantined tenants, or lift one's quarantine"
     )
     quarantine.add_argument("--lift", metavar="HOST", help="end this tenant's quarantine now")
+    token = commands.add_parser(
+        "token", parents=[remote],
+        help="tokens scoped to one tenant: create HOST (shown once), list, revoke ID",
+    )  # fmt: skip
+    token.add_argument("action", choices=["create", "list", "revoke"])
+    token.add_argument("target", nargs="?", help="HOST for create, ID for revoke")
     storage = commands.add_parser(
         "storage", parents=[remote], help="tenant storage: list, get, set, delete, export, import",
         epilog=STORAGE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -242,7 +248,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
-        if args.command in ("stats", "purge", "logs", "quarantine", "storage"):
+        if args.command in ("stats", "purge", "logs", "quarantine", "storage", "token"):
             from sngin.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)

@@ -1,4 +1,4 @@
-"""`sngin stats | purge | logs` against a running server's admin API."""
+"""`sngin stats | purge | logs | quarantine | token` against a running server's admin API."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 return show(client.post("/__sngin/purge", json=body), as_json=args.json)
             if args.command == "storage":
                 return run_storage(client, args)
+            if args.command == "token":
+                return run_token(client, args)
             if args.command == "quarantine":
                 if args.lift:
                     path = f"/__sngin/quarantine/{args.lift}"
@@ -59,6 +61,35 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             return follow(client, args.host, as_json=args.json)
     except httpx.HTTPError as exc:
         raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
+
+
+def run_token(client: httpx.Client, args: argparse.Namespace) -> int:
+    """`sngin token create HOST | list | revoke ID`."""
+    if args.action == "create":
+        if args.target is None:
+            raise BadRequest("sngin token create HOST")
+        answer = client.post("/__sngin/tokens", json={"host": args.target})
+        if answer.status_code != 201 or args.json:
+            show(answer, as_json=True)
+            return 0 if answer.status_code == 201 else 1
+        made = answer.json()
+        print(made["token"])
+        print(f"(for {made['host']}, id {made['id']}: shown once, only its hash is kept)",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    if args.action == "revoke":
+        if args.target is None:
+            raise BadRequest("sngin token revoke ID")
+        return show(client.delete(f"/__sngin/tokens/{args.target}"), as_json=args.json)
+    answer = client.get("/__sngin/tokens")
+    if answer.status_code != 200 or args.json:
+        return show(answer, as_json=True)
+    rows = answer.json()["tokens"]
+    if not rows:
+        print("no tenant tokens")
+    for row in rows:
+        print(f"{row['id']}  {row['host']:40} created {row['created']}")
+    return 0
 
 
 def describe(exc: httpx.HTTPError) -> str:

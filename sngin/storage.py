@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEASE_POLL_S: Final = 0.05
+# sngin's own records (tenant-scoped tokens) live in storage under names no Host can give (a
+# tenant is an LDH host name: never an underscore).
+INTERNAL_PREFIX: Final = "__"
 BACKEND_TIMEOUT_S: Final = 5.0  # no storage call waits on its backend longer than this
 
 __all__ = ["Quota", "QuotaExceeded", "SqliteBackend", "StorageUnavailable", "TenantStorage"]
@@ -173,7 +176,9 @@ class TenantStorage:
         return await self._call("items", tenant)  # type: ignore[no-any-return]
 
     async def tenants(self) -> list[str]:
-        return await self._call("tenants")  # type: ignore[no-any-return]
+        """Tenants with storage (sngin's own namespaces, `__...`, are no tenant's)."""
+        names: list[str] = await self._call("tenants")
+        return [name for name in names if not name.startswith(INTERNAL_PREFIX)]
 
     async def drop(self, tenant: str) -> int:
         return await self._call("drop", tenant)  # type: ignore[no-any-return]
