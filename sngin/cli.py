@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         "token", parents=[remote],
         help="tokens scoped to one tenant: create HOST (shown once), list, revoke ID",
     )  # fmt: skip
+    deploy = commands.add_parser(
+        "deploy", parents=[remote],
+        help="upload a sites folder (one folder per host) through the management API",
+    )  # fmt: skip
+    deploy.add_argument("dir", help="a folder holding one folder per host, like the code root")
+    deploy.add_argument("--host", help="only this host's folder")
+    deploy.add_argument("--delete", action="store_true", help="delete files not in the folder")
+    deploy.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     token.add_argument("action", choices=["create", "list", "revoke"])
     token.add_argument("target", nargs="?", help="HOST for create, ID for revoke")
     storage = commands.add_parser(
@@ -248,7 +256,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
-        if args.command in ("stats", "purge", "logs", "quarantine", "storage", "token"):
+        if args.command in ("stats", "purge", "logs", "quarantine", "storage", "token", "deploy"):
             from sngin.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)

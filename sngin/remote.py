@@ -41,7 +41,7 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     base = admin_url(args.url, env)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10, trust_env=False) as client:
+        with httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False) as client:
             if args.command == "stats":
                 return show_stats(client.get("/__sngin/stats"), as_json=args.json)
             if args.command == "purge":
@@ -51,6 +51,10 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 return show(client.post("/__sngin/purge", json=body), as_json=args.json)
             if args.command == "storage":
                 return run_storage(client, args)
+            if args.command == "deploy":
+                from sngin.deploy import deploy
+
+                return deploy(client, args)
             if args.command == "token":
                 return run_token(client, args)
             if args.command == "quarantine":
