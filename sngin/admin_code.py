@@ -206,6 +206,45 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
             return {"error": reply.message or reply.error}, 500
         return {"path": path, "ok": True, "errors": []}, 200
 
+    @admin.get("/__sngin/code/<host>/history")
+    async def history(host: str) -> Answer:
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        try:
+            path = path_argument()
+            versions = await allowed.files.history(allowed.tenant, path)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        listed = [dataclasses.asdict(v) for v in versions]
+        return {"host": allowed.tenant, "path": path, "versions": listed}, 200
+
+    @admin.post("/__sngin/code/<host>/restore")
+    async def restore(host: str) -> Answer:
+        """An earlier version made the current one again (itself a conditional write)."""
+        allowed = await gate(host, writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            return {"error": NEEDS_CONDITION.split(" (")[0]}, 428
+        try:
+            path = path_argument()
+            version_id = request.args.get("version", "")
+            version = await files.read_version(tenant, path, version_id)
+            if version is None:
+                return {"error": f"{path} has no version {version_id[:64]!r}"}, 404
+            etag = await files.write(tenant, path, version.content, if_match=etag_of(if_match))
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: restored %s/%s to version %s", tenant, path, version_id)
+        body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
+        return body | {"purged": purged}, 200
+
     @admin.delete("/__sngin/code/<host>/file")
     async def delete_file(host: str) -> Answer:
         allowed = await gate(host, writing=True)

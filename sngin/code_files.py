@@ -35,6 +35,8 @@ MAX_FILE_PATH_BYTES: Final = 512
 MAX_DEPTH: Final = 16
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_~+@-][A-Za-z0-9._~+@-]{0,127}\Z")
 TEMP_PREFIX: Final = ".sngin-tmp-"
+KEPT_VERSIONS: Final = 10  # earlier versions of a file the folder store keeps
+VERSION_ID: Final = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
 
 
 def content_hash(data: bytes) -> str:
@@ -80,6 +82,14 @@ class FileVersion:
     etag: str
 
 
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    id: str
+    etag: str
+    size: int
+    saved: str  # ISO 8601, UTC: when it stopped being the current version (S3: was written)
+
+
 class Conflict(Exception):
     """The file is not the version the write expected; `current` is what it is (None: none)."""
 
@@ -106,15 +116,22 @@ class CodeFiles(Protocol):
 
     async def delete(self, tenant: str, path: str, *, if_match: str) -> None: ...
 
+    async def history(self, tenant: str, path: str) -> list[VersionInfo]:
+        """Earlier versions of the file, newest first (not the current one)."""
+        ...
+
+    async def read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None: ...
+
 
 def iso_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 class FolderFiles:
-    def __init__(self, root: Path, lock_file: Path) -> None:
+    def __init__(self, root: Path, lock_file: Path, history: Path | None = None) -> None:
         self.root = root
         self._lock_file = lock_file
+        self._history = history  # where replaced and deleted versions are kept (10 a file)
         self._limiter = trio.CapacityLimiter(1)  # one file operation of this process at a time
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
@@ -186,7 +203,7 @@ class FolderFiles:
     def _write(self, tenant: str, path: str, data: bytes, if_match: str | None) -> str:
         target = self._file(tenant, path)
         with self._locked():
-            self._expect(tenant, path, if_match)
+            self._keep(tenant, path, self._expect(tenant, path, if_match))
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
             try:
@@ -205,15 +222,61 @@ class FolderFiles:
     def _delete(self, tenant: str, path: str, if_match: str) -> None:
         target = self._file(tenant, path)
         with self._locked():
-            self._expect(tenant, path, if_match)
+            self._keep(tenant, path, self._expect(tenant, path, if_match))
             target.unlink()
 
-    def _expect(self, tenant: str, path: str, if_match: str | None) -> None:
+    def _expect(self, tenant: str, path: str, if_match: str | None) -> FileVersion | None:
         current = self._read(tenant, path)
         if (current is None) != (if_match is None) or (
             current is not None and current.etag != if_match
         ):
             raise Conflict(current)
+        return current
+
+    # --- history: the versions a write or delete replaced, the last KEPT_VERSIONS a file ---
+
+    def _versions_dir(self, tenant: str, path: str) -> Path | None:
+        if self._history is None:
+            return None
+        return self._history / tenant / hashlib.sha256(path.encode()).hexdigest()[:32]
+
+    def _keep(self, tenant: str, path: str, replaced: FileVersion | None) -> None:
+        folder = self._versions_dir(tenant, path)
+        if folder is None or replaced is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{replaced.etag[:16]}"
+        (folder / name).write_bytes(replaced.content)
+        for old in sorted(folder.iterdir())[:-KEPT_VERSIONS]:
+            old.unlink(missing_ok=True)
+
+    async def history(self, tenant: str, path: str) -> list[VersionInfo]:
+        return await self._run(self._list_versions, tenant, path)
+
+    def _list_versions(self, tenant: str, path: str) -> list[VersionInfo]:
+        folder = self._versions_dir(tenant, path)
+        if folder is None or not folder.is_dir():
+            return []
+        found = []
+        for entry in sorted(folder.iterdir(), reverse=True):
+            if VERSION_ID.fullmatch(entry.name):
+                data = entry.read_bytes()
+                saved = iso_time(int(entry.name.split("-")[0]) / 1e9)
+                found.append(VersionInfo(entry.name, content_hash(data), len(data), saved))
+        return found
+
+    async def read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None:
+        return await self._run(self._read_version, tenant, path, version_id)
+
+    def _read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None:
+        folder = self._versions_dir(tenant, path)
+        if folder is None or not VERSION_ID.fullmatch(version_id):
+            return None
+        try:
+            data = (folder / version_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        return FileVersion(data, content_hash(data))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -162,7 +162,8 @@ def code_files_for(settings: Settings, store: CodeSource) -> CodeFiles | None:
     if settings.ui == "off":
         return None
     if isinstance(store, LocalStore):
-        return FolderFiles(store.root, settings.storage.data_path / "code-files.lock")
+        data = settings.storage.data_path
+        return FolderFiles(store.root, data / "code-files.lock", data / "code-history")
     if isinstance(store, CodeCache) and isinstance(store.origin, S3Store):
         return S3Files(store.origin)
     return None

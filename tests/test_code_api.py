@@ -244,3 +244,54 @@ async def test_check_compiles_in_a_worker_and_marks_the_error_line(tmp_path):
         assert escaped.json()["ok"] is True
         # Checked in a worker: the pool counted it, the server process compiled nothing.
         assert srv.deps.pool.statistics().tenants[HOST].requests == 3
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3-versioned", "s3"])
+async def test_history_lists_earlier_versions_and_restores_one(kind, tmp_path, request):
+    store = "folder" if kind == "folder" else "s3"
+    if kind == "s3-versioned":
+        bucket = request.getfixturevalue("bucket")
+        bucket.client.put_bucket_versioning(
+            Bucket=bucket.name, VersioningConfiguration={"Status": "Enabled"}
+        )
+    async with code_server(store, tmp_path, request) as srv:
+        etag = None
+        for n in (1, 2, 3):
+            condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
+            etag = (await put(srv, "h/index.lua", f"return 'v{n}'", **condition)).json()["etag"]
+        history = srv.url + f"/__sngin/code/{HOST}/history"
+        listed = await srv.client.get(history, params={"path": "h/index.lua"}, headers=AUTH)
+        versions = listed.json()["versions"]
+        if kind == "s3":  # a bucket without versioning keeps none
+            assert versions == []
+            return
+        assert [v["etag"] for v in versions] == [sha("return 'v2'"), sha("return 'v1'")]
+        oldest = versions[-1]["id"]
+        restore = srv.url + f"/__sngin/code/{HOST}/restore"
+        params = {"path": "h/index.lua", "version": oldest}
+        stale = await srv.client.post(
+            restore, params=params, headers=AUTH | {"If-Match": sha("return 'v2'")}
+        )
+        assert stale.status_code == 412
+        restored = await srv.client.post(restore, params=params, headers=AUTH | {"If-Match": etag})
+        assert restored.json()["etag"] == sha("return 'v1'")
+        assert (await srv.get("/h", host=HOST)).text == "v1"
+        missing = await srv.client.post(
+            restore, params={"path": "h/index.lua", "version": "0" * 20 + "-" + "0" * 16},
+            headers=AUTH | {"If-Match": sha("return 'v1'")},
+        )  # fmt: skip
+        assert missing.status_code == 404
+
+
+async def test_the_folder_store_keeps_the_last_ten_versions(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        etag = None
+        for n in range(13):
+            condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
+            etag = (await put(srv, "index.lua", f"return {n}", **condition)).json()["etag"]
+        listed = await srv.client.get(
+            srv.url + f"/__sngin/code/{HOST}/history", params={"path": "index.lua"}, headers=AUTH
+        )
+        assert [v["etag"] for v in listed.json()["versions"]] == [
+            sha(f"return {n}") for n in range(11, 1, -1)
+        ]

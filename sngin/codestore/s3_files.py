@@ -23,6 +23,7 @@ from sngin.code_files import (
     FileInfo,
     FileTooLarge,
     FileVersion,
+    VersionInfo,
     content_hash,
     file_path,
 )
@@ -36,6 +37,7 @@ NS: Final = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 LIST_CAP: Final = 16 * 1024 * 1024
 MAX_PAGES: Final = 1000  # 1,000 keys a page: a million objects under one listing at most
 HASHES_KEPT: Final = 100_000
+MAX_VERSIONS: Final = 50  # earlier versions listed (each is read once for its hash)
 
 
 class S3Files:
@@ -161,6 +163,40 @@ class S3Files:
         self._remember(key, response.headers.get("etag", ""), digest)
         return digest
 
+    # --- history: S3's object versions, where the bucket keeps them ----------------------
+
+    async def history(self, tenant: str, path: str) -> list[VersionInfo]:
+        """The object's earlier versions (a bucket without versioning has none), newest first."""
+        key = self._key(tenant, path)
+        query = urlencode(sorted({"versions": "", "prefix": key}.items()), quote_via=quote)
+        url = self._store.url_of("", query).replace("/?", "?", 1)
+        response, body = await self._store.send("GET", url, cap=LIST_CAP)
+        if response.status_code != 200:
+            raise failure("list versions", response.status_code, body)
+        found: list[VersionInfo] = []
+        for entry in ElementTree.fromstring(body).iter(f"{NS}Version"):
+            version_id = entry.findtext(f"{NS}VersionId") or ""
+            if entry.findtext(f"{NS}Key") != key or entry.findtext(f"{NS}IsLatest") == "true":
+                continue
+            if version_id in ("", "null") or len(found) >= MAX_VERSIONS:
+                continue
+            version = await self.read_version(tenant, path, version_id)
+            if version is None:
+                continue
+            saved = (entry.findtext(f"{NS}LastModified") or "")[:19] + "Z"
+            found.append(VersionInfo(version_id, version.etag, len(version.content), saved))
+        return sorted(found, key=lambda v: v.saved, reverse=True)
+
+    async def read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None:
+        key = self._key(tenant, path)
+        url = self._store.url_of(key, version_query(version_id))
+        response, body = await self._store.send("GET", url)
+        if response.status_code in (400, 404):  # no such version (or a malformed id)
+            return None
+        if response.status_code != 200:
+            raise failure("read a version", response.status_code, body)
+        return FileVersion(body, content_hash(body))
+
     async def delete(self, tenant: str, path: str, *, if_match: str) -> None:
         key = self._key(tenant, path)
         condition = await self._expect(key, if_match)
@@ -172,6 +208,10 @@ class S3Files:
             raise Conflict(None if current is None else current[0])
         if response.status_code not in (200, 204):
             raise failure("delete", response.status_code, body)
+
+
+def version_query(version_id: str) -> str:
+    return urlencode({"versionId": version_id}, quote_via=quote)
 
 
 def failure(action: str, status: int, body: bytes) -> CodeFetchError:
