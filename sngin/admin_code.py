@@ -27,6 +27,7 @@ from sngin.code_files import (
     text_or_none,
 )
 from sngin.errors import BadRequest, SnginError
+from sngin.preview import preview_body, run_preview
 from sngin.tenants import CONFIG_NAME, tenant_of
 
 if TYPE_CHECKING:
@@ -244,6 +245,22 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         log.info("code: restored %s/%s to version %s", tenant, path, version_id)
         body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
         return body | {"purged": purged}, 200
+
+    @admin.post("/__sngin/code/<host>/preview")
+    async def preview(host: str) -> Answer:
+        """Run a source that is not saved with a sample request (sngin.preview)."""
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        declared = request.content_length
+        if declared is not None and declared > 4 * MAX_FILE_BYTES:
+            return {"error": "a preview request of at most 4 MiB"}, 413
+        data = await request.get_data(cache=False)
+        try:
+            body = preview_body(data if isinstance(data, bytes) else data.encode())
+            return await run_preview(deps, allowed.tenant, body), 200
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
 
     @admin.delete("/__sngin/code/<host>/file")
     async def delete_file(host: str) -> Answer:
