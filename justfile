@@ -27,6 +27,10 @@ fmt:
     {{bin}}/ruff format .
     {{bin}}/ruff check --fix .
 
+# build the web UI's bundle into sngin/ui_assets (npm; commit the result with ui/package-lock.json)
+ui:
+    cd ui && npm ci --no-audit --no-fund && npm run build
+
 # benchmarks (`just bench --quick`: fewer rounds everywhere, under a minute)
 bench *args:
     @echo "bench: sandbox micro-benchmark, then HTTP against the bare Hypercorn floor (needs hey, wrk)"

@@ -11,6 +11,7 @@ from quart import request
 
 from sngin.storage import StorageUnavailable
 from sngin.tenant_tokens import PREFIX, TenantTokens
+from sngin.ui_session import COOKIE, CSRF_HEADER, Session, verify
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
@@ -24,13 +25,41 @@ def bearer() -> str:
 
 
 def authorize(deps: Deps) -> Answer | None:
-    """None when the request carries the admin token; else the error to answer."""
+    """None when the request carries the admin token (or a UI session of the operator's);
+    else the error to answer."""
     token = deps.settings.admin_token
     if token is None:
         return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
-    if not hmac.compare_digest(bearer().encode(), token.encode()):
+    offered = bearer()
+    if not offered:
+        session = ui_session(deps)
+        if isinstance(session, Session) and session.host is None:
+            return None
+        if isinstance(session, tuple):
+            return session  # a session without its CSRF token
+    if not hmac.compare_digest(offered.encode(), token.encode()):
         return {"error": "missing or wrong admin token"}, 401, {"WWW-Authenticate": "Bearer"}
     return None
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def ui_session(deps: Deps) -> Session | Answer | None:
+    """The web UI's session from its cookie, if any; a request that changes anything must
+    also carry the session's CSRF token (else the error to answer)."""
+    cookie = request.cookies.get(COOKIE)
+    token = deps.settings.admin_token
+    if cookie is None or token is None:
+        return None
+    session = verify(cookie, token)
+    if session is None:
+        return None
+    if request.method not in SAFE_METHODS:
+        offered = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(offered.encode(), session.csrf.encode()):
+            return {"error": "missing or wrong CSRF token"}, 403
+    return session
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +79,12 @@ async def identify(deps: Deps) -> Caller | Answer:
     if denied is None:
         return Caller(host=None)
     offered = bearer()
+    if not offered:
+        session = ui_session(deps)
+        if isinstance(session, Session):
+            return Caller(host=session.host)
+        if session is not None:
+            return session  # without its CSRF token
     if deps.settings.admin_token is None or deps.storage is None or not offered.startswith(PREFIX):
         return denied
     try:

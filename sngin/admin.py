@@ -16,6 +16,7 @@ from sngin.admin_events import register_event_routes
 from sngin.admin_stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin_storage import register_storage_routes
 from sngin.admin_tokens import register_token_routes
+from sngin.admin_ui import register_ui_routes
 from sngin.cluster_bus import ClusterBus
 from sngin.errors import BadRequest
 from sngin.tenants import script_path, tenant_of
@@ -172,6 +173,7 @@ def create_admin(deps: Deps) -> QuartTrio:
     register_storage_routes(admin, deps, authorize)
     register_code_routes(admin, deps)
     register_token_routes(admin, deps)
+    register_ui_routes(admin, deps)
     register_event_routes(admin, deps)
 
     @admin.post("/__purge")

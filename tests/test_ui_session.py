@@ -1,0 +1,110 @@
+"""The web UI's session, without a browser: login with the admin token or a tenant's token,
+the cookie's flags, CSRF on every change made with the cookie, forged and expired cookies
+refused, logout, the page's Content-Security-Policy, and SNGIN_UI=off."""
+
+from __future__ import annotations
+
+import time
+
+from sngin.ui_session import COOKIE, Session, sign
+from tests.support import AUTH, TOKEN, running
+
+HOST = "ses.test"
+
+
+async def login(srv, token: str = TOKEN, **headers):
+    return await srv.client.post(
+        srv.url + "/__sngin/ui/login", json={"token": token}, headers=headers
+    )
+
+
+async def test_login_sets_a_strict_http_only_cookie_and_changes_need_the_csrf_token(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        answer = await login(srv)
+        assert answer.status_code == 200
+        cookie = answer.headers["set-cookie"]
+        for flag in ("HttpOnly", "SameSite=Strict", "Path=/__sngin/"):
+            assert flag in cookie
+        assert "Secure" not in cookie  # plain HTTP here
+        csrf = answer.json()["csrf"]
+        # The cookie alone reads...
+        assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 200
+        session = await srv.client.get(srv.url + "/__sngin/ui/session")
+        assert session.json()["csrf"] == csrf
+        # ...but changes nothing without the session's CSRF token.
+        url = srv.url + f"/__sngin/code/{HOST}/file?path=index.lua"
+        body, create = b"return 1", {"If-None-Match": "*"}
+        refused = await srv.client.put(url, content=body, headers=create)
+        assert (refused.status_code, refused.json()["error"]) == (
+            403,
+            "missing or wrong CSRF token",
+        )
+        wrong = await srv.client.put(url, content=body, headers=create | {"X-CSRF-Token": "x"})
+        assert wrong.status_code == 403
+        purge = await srv.client.post(srv.url + "/__sngin/purge", json={"host": HOST})
+        assert purge.status_code == 403
+        made = await srv.client.put(url, content=body, headers=create | {"X-CSRF-Token": csrf})
+        assert made.status_code == 201
+        # Logout: the cookie is gone and the API is closed again.
+        out = await srv.client.post(srv.url + "/__sngin/ui/logout")
+        assert "Max-Age=0" in out.headers["set-cookie"] or "expires=" in out.headers["set-cookie"]
+        assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 401
+
+
+async def test_behind_tls_the_cookie_is_secure(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        answer = await login(srv, **{"X-Forwarded-Proto": "https"})
+        assert "Secure" in answer.headers["set-cookie"]
+
+
+async def test_a_tenant_session_is_that_tenant_s_only(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        made = await srv.client.post(srv.url + "/__sngin/tokens", json={"host": HOST},
+                                     headers=AUTH)  # fmt: skip
+        answer = await login(srv, made.json()["token"])
+        assert answer.json()["host"] == HOST
+        assert (await srv.client.get(srv.url + "/__sngin/code")).json() == {"tenants": []}
+        assert (await srv.client.get(srv.url + "/__sngin/code/a.test")).status_code == 403
+        assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 401
+        assert (await login(srv, "sngt_" + "x" * 40)).status_code == 401
+        assert (await login(srv, "not-the-token-at-all")).status_code == 401
+
+
+async def test_forged_altered_and_expired_cookies_are_refused(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        stats = srv.url + "/__sngin/stats"
+        forged = sign(Session(host=None, expires=time.time() + 60, csrf="c"), "another-token")
+        expired = sign(Session(host=None, expires=time.time() - 1, csrf="c"), TOKEN)
+        good = sign(Session(host=None, expires=time.time() + 60, csrf="c"), TOKEN)
+        payload, _, mac = good.partition(".")
+        altered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + mac
+        for cookie in (forged, expired, altered, "garbage", "x" * 5000):
+            srv.client.cookies.set(COOKIE, cookie, path="/__sngin/")
+            assert (await srv.client.get(stats)).status_code == 401, cookie[:40]
+            srv.client.cookies.clear()
+        srv.client.cookies.set(COOKIE, good, path="/__sngin/")
+        assert (await srv.client.get(stats)).status_code == 200
+
+
+async def test_the_page_has_a_strict_policy_and_its_own_nonce(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        first = await srv.client.get(srv.url + "/__sngin/ui/")
+        second = await srv.client.get(srv.url + "/__sngin/ui/")
+        policy = first.headers["content-security-policy"]
+        assert "script-src 'self';" in policy
+        assert "default-src 'none'" in policy
+        assert "frame-ancestors 'none'" in policy
+        nonce = policy.split("'nonce-")[1].split("'")[0]
+        assert f'content="{nonce}"' in first.text
+        assert nonce not in second.headers["content-security-policy"]
+        assert "<script>" not in first.text  # no inline script
+        script = await srv.client.get(srv.url + "/__sngin/ui/assets/app.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        missing = await srv.client.get(srv.url + "/__sngin/ui/assets/../admin.py")
+        assert missing.status_code == 404
+
+
+async def test_the_ui_can_be_turned_off(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN, settings_changes={"ui": "off"}) as srv:
+        assert (await srv.client.get(srv.url + "/__sngin/ui/")).status_code == 404
+        assert (await login(srv)).status_code == 404
