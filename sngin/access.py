@@ -73,6 +73,15 @@ class Caller:
 FORBIDDEN: Answer = {"error": "this token is for another site"}, 403
 
 
+async def token_alive(deps: Deps, key: str | None) -> bool:
+    if key is None or deps.storage is None:
+        return False
+    try:
+        return await TenantTokens(deps.storage).alive(key)
+    except StorageUnavailable:
+        return False
+
+
 async def identify(deps: Deps) -> Caller | Answer:
     """The operator (admin token) or the tenant a scoped token is for; else the error."""
     denied = authorize(deps)
@@ -82,6 +91,8 @@ async def identify(deps: Deps) -> Caller | Answer:
     if not offered:
         session = ui_session(deps)
         if isinstance(session, Session):
+            if session.host is not None and not await token_alive(deps, session.token_key):
+                return {"error": "this session's token was revoked"}, 401
             return Caller(host=session.host)
         if session is not None:
             return session  # without its CSRF token

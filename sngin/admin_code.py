@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from sngin.code_files import (
 )
 from sngin.errors import BadRequest, SnginError
 from sngin.preview import preview_body, run_preview
+from sngin.tenant_series import BUCKET_S
 from sngin.tenants import CONFIG_NAME, tenant_of
 
 if TYPE_CHECKING:
@@ -206,6 +208,15 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         if reply.error is not None:
             return {"error": reply.message or reply.error}, 500
         return {"path": path, "ok": True, "errors": []}, 200
+
+    @admin.get("/__sngin/code/<host>/series")
+    async def series(host: str) -> Answer:
+        """The site's last ten minutes in 10-second points (requests/s, 5xx, CPU, p50/p99)."""
+        allowed = await gate(host)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        points = deps.observer.series.series(allowed.tenant, time.time())
+        return {"host": allowed.tenant, "bucket_s": BUCKET_S, "points": points}, 200
 
     @admin.get("/__sngin/code/<host>/history")
     async def history(host: str) -> Answer:

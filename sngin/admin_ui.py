@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from quart import Response, redirect, request
 
-from sngin.access import Answer, ui_session
+from sngin.access import Answer, token_alive, ui_session
 from sngin.storage import StorageUnavailable
-from sngin.tenant_tokens import TenantTokens
+from sngin.tenant_tokens import TenantTokens, token_key
 from sngin.ui_session import COOKIE, SESSION_S, Session, new_session, sign
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
                 return {"error": "tokens cannot be checked: storage unavailable"}, 503
             if host is None:
                 return {"error": "wrong token"}, 401
-        session = new_session(host)
+        session = new_session(host, None if host is None else token_key(token).decode())
         body = {"host": host, "csrf": session.csrf, "expires": int(session.expires)}
         answer = Response(msgspec.json.encode(body), 200, content_type="application/json")
         answer.set_cookie(
@@ -117,7 +117,9 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
     @admin.get("/__sngin/ui/session")
     async def current() -> Answer:
         session = ui_session(deps)
-        if not isinstance(session, Session):  # (200: the page asks before every login)
+        if not isinstance(session, Session) or (
+            session.host is not None and not await token_alive(deps, session.token_key)
+        ):  # (200: the page asks before every login)
             return {"logged_in": False}, 200
         left = int(session.expires - time.time())
         body = {"logged_in": True, "host": session.host, "csrf": session.csrf}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -150,6 +151,9 @@ class Dispatcher:
             kill = trace.run.kill
             self.deps.observer.metrics.request_finished(
                 tenant, trace.status, wall_s, trace.cpu_ms / 1000, kill, trace.decode_ms / 1000
+            )
+            self.deps.observer.series.record(
+                tenant, time.time(), trace.status, wall_s * 1000, trace.cpu_ms
             )
             if trace.error is not None and trace.status >= 500:
                 script_log.info(

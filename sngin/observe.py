@@ -16,6 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from sngin.live_tails import LogHub, TailHandler
 from sngin.stderr_writer import stderr_writer
+from sngin.tenant_series import TenantSeries
 
 OTHER: Final = "other"
 MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"  # set by the parent of several processes
@@ -272,6 +273,7 @@ class Observer:
         process: int | None = None,
     ) -> None:
         self.metrics = Metrics(tenant_labels)
+        self.series = TenantSeries()  # each tenant's last minutes, for the UI's charts
         self.hub = LogHub()
         self.access = AccessLog(self.hub, access_stream, text=text_log, process=process)
         self.ready = True

@@ -60,6 +60,10 @@ class TenantTokens:
             return None
         return msgspec.json.decode(value, type=TokenRecord).host
 
+    async def alive(self, key: str) -> bool:
+        """Is the token with this hash still there (a UI session made with it ends with it)?"""
+        return await self._storage.get(NAMESPACE, key.encode()) is not None
+
     async def list(self) -> list[TokenRecord]:
         items = await self._storage.items(NAMESPACE)
         records = [msgspec.json.decode(value, type=TokenRecord) for _, value in items]

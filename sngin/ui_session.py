@@ -28,14 +28,18 @@ class Session(msgspec.Struct, frozen=True):
     host: str | None  # None: the operator
     expires: float  # time.time()
     csrf: str
+    token_key: str | None = None  # a tenant session: its token's hash, checked on every use
 
 
 def session_key(admin_token: str) -> bytes:
     return hashlib.sha256(b"sngin ui session\0" + admin_token.encode()).digest()
 
 
-def new_session(host: str | None) -> Session:
-    return Session(host=host, expires=time.time() + SESSION_S, csrf=secrets.token_urlsafe(24))
+def new_session(host: str | None, token_key: str | None = None) -> Session:
+    return Session(
+        host=host, expires=time.time() + SESSION_S, csrf=secrets.token_urlsafe(24),
+        token_key=token_key,
+    )  # fmt: skip
 
 
 def sign(session: Session, admin_token: str) -> str:

@@ -68,6 +68,15 @@ async def test_a_tenant_session_is_that_tenant_s_only(tmp_path):
         assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 401
         assert (await login(srv, "sngt_" + "x" * 40)).status_code == 401
         assert (await login(srv, "not-the-token-at-all")).status_code == 401
+        # Revoking the token ends the sessions made with it.
+        assert (await srv.client.get(srv.url + f"/__sngin/code/{HOST}")).status_code == 200
+        revoked = await srv.client.delete(
+            srv.url + f"/__sngin/tokens/{made.json()['id']}", headers=AUTH
+        )
+        assert revoked.status_code == 200
+        assert (await srv.client.get(srv.url + f"/__sngin/code/{HOST}")).status_code == 401
+        session = await srv.client.get(srv.url + "/__sngin/ui/session")
+        assert session.json() == {"logged_in": False}
 
 
 async def test_forged_altered_and_expired_cookies_are_refused(tmp_path):
@@ -108,3 +117,27 @@ async def test_the_ui_can_be_turned_off(tmp_path):
     async with running(tmp_path, admin_token=TOKEN, settings_changes={"ui": "off"}) as srv:
         assert (await srv.client.get(srv.url + "/__sngin/ui/")).status_code == 404
         assert (await login(srv)).status_code == 404
+
+
+async def test_a_site_s_last_minutes_are_kept_in_ten_second_points(tmp_path):
+    from sngin.tenant_series import BUCKETS, TenantSeries
+
+    series = TenantSeries()
+    series.record(HOST, 1_000_000.0 - 600, 200, 1.0, 0.0)  # ten minutes ago: its slot reused
+    for wall_ms, status in ((3.0, 200), (5.0, 200), (700.0, 500)):
+        series.record(HOST, 1_000_005.0, status, wall_ms, 1.5)
+    points = series.series(HOST, 1_000_009.0)
+    assert len(points) == BUCKETS
+    latest = points[-1]
+    assert latest["time"] == 1_000_000
+    assert (latest["rps"], latest["errors"], latest["cpu_ms"]) == (0.3, 1, 4.5)
+    assert (latest["p50_ms"], latest["p99_ms"]) == (8.0, 1024.0)
+    assert all(p["rps"] == 0 for p in points[:-1])
+    # Through the API, for the site's own session too.
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        (tmp_path / HOST).mkdir()
+        (tmp_path / HOST / "index.lua").write_text("return 'x'")
+        for _ in range(3):
+            await srv.get("/", host=HOST)
+        answer = await srv.client.get(srv.url + f"/__sngin/code/{HOST}/series", headers=AUTH)
+        assert sum(p["rps"] for p in answer.json()["points"]) * 10 == 3

@@ -9,7 +9,7 @@ import { setDiagnostics, lintGutter } from "@codemirror/lint";
 
 const $ = (id) => document.getElementById(id);
 const state = { csrf: null, host: null, tenant: null, path: null, etag: null, tail: null,
-                samples: [], timer: null, checkTimer: null, editor: null };
+                timer: null, checkTimer: null, editor: null };
 
 function show(id) {
   for (const section of ["login", "tenants", "workspace"]) $(section).hidden = section !== id;
@@ -346,40 +346,27 @@ function follow(tenant) {
 
 function chart(tenant) {
   if (state.timer) clearInterval(state.timer);
-  state.samples = [];
   $("charts").replaceChildren();
-  if (state.host) return;  // the node's statistics are the operator's
   const sample = async () => {
-    const response = await api("GET", "/__sngin/stats");
-    if (response.status !== 200) return;
-    const stats = await response.json();
-    const row = stats.pool.tenants[tenant] || {};
-    state.samples.push({ at: Date.now(), requests: row.requests || 0,
-      errors: row.status_5xx || 0, cpu: row.cpu_ms || 0 });
-    state.samples = state.samples.slice(-60);
-    draw();
+    const response = await api("GET", `/__sngin/code/${tenant}/series`);
+    if (response.status !== 200 || state.tenant !== tenant) return;
+    draw((await response.json()).points);
   };
   sample();
-  state.timer = setInterval(sample, 5000);
+  state.timer = setInterval(sample, 10000);
 }
 
-function draw() {
-  const rates = [];
-  for (let i = 1; i < state.samples.length; i++) {
-    const [a, b] = [state.samples[i - 1], state.samples[i]];
-    const seconds = Math.max((b.at - a.at) / 1000, 0.001);
-    rates.push({ requests: (b.requests - a.requests) / seconds,
-      errors: (b.errors - a.errors) / seconds, cpu: (b.cpu - a.cpu) / seconds });
-  }
+function draw(points) {
   const charts = $("charts");
   charts.replaceChildren();
-  for (const [name, label] of [["requests", "requests/s"], ["errors", "5xx/s"],
-                               ["cpu", "CPU ms/s"]]) {
-    const values = rates.map((r) => r[name]);
-    const last = values.length ? values[values.length - 1].toFixed(1) : "…";
+  for (const [name, label] of [["rps", "requests/s"], ["errors", "5xx"], ["cpu_ms", "CPU ms"],
+                               ["p50_ms", "p50 ms"], ["p99_ms", "p99 ms"]]) {
+    const values = points.map((p) => p[name] ?? 0);
+    const last = points.length ? points[points.length - 1][name] : null;
     const caption = document.createElement("div");
     caption.className = "label";
-    caption.textContent = `${label}: ${last}`;
+    caption.dataset.chart = name;
+    caption.textContent = `${label}: ${last === null || last === undefined ? "–" : last}`;
     charts.append(caption, sparkline(values));
   }
 }
