@@ -83,6 +83,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     # Compile the source (with the Lua 5.1 pre-pass) and answer without running it: the
     # management API's syntax check. A compile error is the usual BAD_SOURCE reply.
     check_only: bool = False
+    # A preview (the management API): its runtime is closed once the job is over, not kept.
+    throwaway: bool = False
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):

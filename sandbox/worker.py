@@ -65,6 +65,7 @@ class Worker:
         # Reported with the next Reply, so the server's mirror of the dormant set stays true.
         self.dropped: list[str] = []
         self.fresh: set[int] = set()  # requests that needed a new runtime
+        self.throwaway: set[int] = set()  # requests whose runtime is closed when they end
         self.runs: dict[int, RequestRun] = {}
         self.cpu_left_s: dict[int, float] = {}
         self.cpu_used_s: dict[int, float] = {}
@@ -132,6 +133,8 @@ class Worker:
             self.send(Reply(id=job.id, declined=True))
             return
         runtime = self.runtime_for(job)
+        if job.throwaway:
+            self.throwaway.add(job.id)
         self.cpu_left_s[job.id] = job.limits.cpu_ms / 1000
         self.cpu_used_s[job.id] = 0.0
         if self.runs:
@@ -227,6 +230,9 @@ class Worker:
             limits.release_free_memory()
 
     def forget(self, request_id: int) -> None:
+        if request_id in self.throwaway:  # a preview's: closed once no request uses it
+            self.throwaway.discard(request_id)
+            self.replace_runtime = True
         self.cpu_left_s.pop(request_id, None)
         self.cpu_used_s.pop(request_id, None)
         self.fresh.discard(request_id)

@@ -11,7 +11,6 @@ import base64
 import dataclasses
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from quart import Response, request
 
 from sandbox.protocol import BAD_SOURCE, Job, Request
 from sngin.access import FORBIDDEN, Answer, Caller, identify
+from sngin.admin_stats import tenant_series
 from sngin.code_files import (
     MAX_FILE_BYTES,
     Conflict,
@@ -215,7 +215,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         allowed = await gate(host)
         if not isinstance(allowed, Allowed):
             return allowed
-        points = deps.observer.series.series(allowed.tenant, time.time())
+        points = await tenant_series(deps, allowed.tenant)
         return {"host": allowed.tenant, "bucket_s": BUCKET_S, "points": points}, 200
 
     @admin.get("/__sngin/code/<host>/history")

@@ -14,10 +14,12 @@ import trio
 
 from sngin.cluster_bus import ClusterBus
 from sngin.storage import StorageUnavailable
+from sngin.tenant_series import Bucket, merged, points
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
 
+SERIES = "series:"  # a report of one tenant's buckets
 PER_PROCESS = frozenset({"process", "pid", "restarts", "started"})  # not added up
 
 
@@ -175,10 +177,23 @@ async def render_metrics(deps: Deps) -> bytes:
     return deps.observer.metrics.render()
 
 
+async def tenant_series(deps: Deps, tenant: str) -> list[dict[str, Any]]:
+    """A site's last ten minutes: with several processes, every process's added up."""
+    now = time.time()
+    own = deps.observer.series.buckets(tenant, now)
+    if deps.link is None:
+        return points(own)
+    rows = await deps.link.gather(SERIES + tenant)
+    reports = [msgspec.json.decode(r.body, type=list[Bucket]) for r in rows if r.body]
+    return points(merged(*reports) if reports else own)
+
+
 async def report(deps: Deps, what: str) -> bytes:
     """This process's answer to a report the node's parent asks for."""
     if what == "stats":
         return msgspec.json.encode(process_statistics(deps))
+    if what.startswith(SERIES):
+        return msgspec.json.encode(deps.observer.series.buckets(what[len(SERIES) :], time.time()))
     if what == "gauges":
         observe_gauges(deps)
     return b"{}"

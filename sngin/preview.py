@@ -4,8 +4,9 @@ source swapped. What must not leave a trace does not: `storage` reads the tenant
 writes go to a scratch overlay dropped afterwards, leases are the preview's own, the `cache` is
 a fresh one, and `email.send` / `alert.*` are recorded, not sent. `http.request` is real.
 
-The job runs as `<host>#preview`: a runtime apart from the live site's, and a limit kill there
-never counts towards the live site's quarantine.
+The job runs as `<host>#preview` in a throwaway runtime (the worker closes it when the job is
+over), apart from the live site's; a limit kill there never counts towards the live site's
+quarantine.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ async def run_preview(deps: Deps, tenant: str, body: PreviewBody) -> dict[str, A
     runs_as = tenant + PREVIEW_SUFFIX
     job = Job(
         tenant=runs_as, key=key, version=content_hash(source), request=request,
-        limits=config.limits.wire, source=source, env=config.env,
+        limits=config.limits.wire, source=source, env=config.env, throwaway=True,
     )  # fmt: skip
     scratch = ScratchStorage(deps.storage)
     recorder = Recorder()

@@ -38,6 +38,8 @@ def percentile(counts: list[int], fraction: float) -> float | None:
 
 @dataclass(slots=True)
 class Bucket:
+    """One 10-second bucket (processes send theirs to be added up: a plain dataclass)."""
+
     start: int = -1  # the bucket's time (seconds, a multiple of BUCKET_S)
     requests: int = 0
     errors: int = 0
@@ -70,19 +72,39 @@ class TenantSeries:
         bucket.cpu_ms += cpu_ms
         bucket.walls[histogram_slot(wall_ms)] += 1
 
-    def series(self, tenant: str, now: float) -> list[dict[str, float | int | None]]:
-        """The last ten minutes, oldest first, a point per bucket (empty ones included)."""
+    def buckets(self, tenant: str, now: float) -> list[Bucket]:
+        """The last ten minutes' buckets, oldest first (empty ones included)."""
         ring = self._rings.get(tenant)
         latest = int(now) // BUCKET_S * BUCKET_S
-        points = []
+        found = []
         for back in range(BUCKETS - 1, -1, -1):
             start = latest - back * BUCKET_S
             bucket = ring[(start // BUCKET_S) % BUCKETS] if ring is not None else None
-            if bucket is None or bucket.start != start:
-                bucket = Bucket(start=start)
-            points.append({
-                "time": start, "rps": bucket.requests / BUCKET_S,
-                "errors": bucket.errors, "cpu_ms": round(bucket.cpu_ms, 2),
-                "p50_ms": percentile(bucket.walls, 0.5), "p99_ms": percentile(bucket.walls, 0.99),
-            })  # fmt: skip
-        return points
+            found.append(bucket if bucket is not None and bucket.start == start else Bucket(start))
+        return found
+
+    def series(self, tenant: str, now: float) -> list[dict[str, float | int | None]]:
+        return points(self.buckets(tenant, now))
+
+
+def merged(*processes: list[Bucket]) -> list[Bucket]:
+    """The same ten minutes of several processes, added up (`--processes N`)."""
+    total = [Bucket(bucket.start) for bucket in processes[0]]
+    for buckets in processes:
+        for into, bucket in zip(total, buckets, strict=True):
+            into.requests += bucket.requests
+            into.errors += bucket.errors
+            into.cpu_ms += bucket.cpu_ms
+            into.walls = [a + b for a, b in zip(into.walls, bucket.walls, strict=True)]
+    return total
+
+
+def points(buckets: list[Bucket]) -> list[dict[str, float | int | None]]:
+    return [
+        {
+            "time": b.start, "rps": b.requests / BUCKET_S, "errors": b.errors,
+            "cpu_ms": round(b.cpu_ms, 2), "p50_ms": percentile(b.walls, 0.5),
+            "p99_ms": percentile(b.walls, 0.99),
+        }
+        for b in buckets
+    ]  # fmt: skip

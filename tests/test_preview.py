@@ -89,3 +89,15 @@ async def test_a_bad_preview_request_is_a_400(tmp_path):
         for body in bad:
             answer = await srv.client.post(url, content=body, headers=AUTH)
             assert answer.status_code == 400, body
+
+
+async def test_each_preview_runs_in_a_fresh_runtime_the_worker_then_closes(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN, workers=1) as srv:
+        before = srv.deps.pool.statistics().fresh_runtimes
+        for _ in range(3):
+            assert (await preview(srv, "return 'p'"))["body"] == "p"
+        assert srv.deps.pool.statistics().fresh_runtimes - before == 3
+        # A live tenant's runtime is kept: its second request needs no new one.
+        await srv.get("/")
+        await srv.get("/")
+        assert srv.deps.pool.statistics().fresh_runtimes - before == 4

@@ -160,6 +160,9 @@ async def test_two_processes_share_the_listener_and_report_as_one_node(tmp_path)
         # Every access-log line says which process wrote it; both did.
         served = {line["process"] for line in running.access_lines()}
         assert served == {0, 1}
+        # The site's last minutes (the UI's charts) add up both processes too.
+        series = await running.admin("GET", "/__sngin/code/hello.localhost/series")
+        assert round(sum(p["rps"] for p in series.json()["points"]) * 10) == len(bodies)
 
 
 async def test_a_quarantine_decided_in_one_process_applies_in_all_and_so_does_lifting_it(

@@ -132,7 +132,7 @@ def scenario(base: str, folder: Path) -> None:
         # (No space typed outside strings: a space the browser sees at the end of a line as
         # it is typed can arrive as U+00A0, which Lua does not read as a space.)
         one.type_over("log('ran')\nreturn'new output'")
-        one.element("#run").click()
+        one.element(".cm-content").send_keys(Keys.CONTROL, Keys.ENTER)  # Run
         one.text_is("#preview-body", "new output")
         one.text_is("#preview-logs", "ran")
         one.shot("run")
