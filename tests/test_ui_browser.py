@@ -95,6 +95,15 @@ class Steps:
         self.wait.until(lambda d: d.find_element("css selector", ".cm-content").text == "")
         content.send_keys(source)
 
+    def answer_dialog(self, text: str | None) -> None:
+        """Accept the prompt (with `text`) or confirm dialog the last click opened."""
+        from selenium.webdriver.support import expected_conditions as ec
+
+        dialog = self.wait.until(ec.alert_is_present())
+        if text is not None:
+            dialog.send_keys(text)
+        dialog.accept()
+
     def editor_text(self) -> str:
         lines = self.driver.find_elements("css selector", ".cm-content .cm-line")
         return "\n".join(line.text for line in lines)
@@ -150,6 +159,38 @@ def scenario(base: str, folder: Path) -> None:
         assert "stale-copy" in two.element("#mine").text
         two.shot("conflict")
 
+        # New file, rename, delete (each through the browser's own dialogs).
+        one.element("#new-file").click()
+        one.answer_dialog("lib/util.lua")
+        one.element("#file-list a[data-path='lib/util.lua']")
+        one.text_is("#status", "saved")
+        one.element("#rename").click()
+        one.answer_dialog("lib/tools.lua")
+        one.element("#file-list a[data-path='lib/tools.lua']")
+        one.wait.until(
+            lambda d: not d.find_elements("css selector", "#file-list a[data-path='lib/util.lua']")
+        )
+        one.element("#delete").click()
+        one.answer_dialog(None)  # confirm
+        one.text_is("#status", "deleted")
+        one.wait.until(
+            lambda d: not d.find_elements("css selector", "#file-list a[data-path='lib/tools.lua']")
+        )
+        one.shot("files")
+        # A storage key: shown, edited through its dialog.
+        one.element("#key-list a").click()
+        one.answer_dialog("edited in the UI")
+        with httpx.Client() as client:
+            value = client.get(
+                base + f"/__sngin/storage/{HOST}/value",
+                params={"key": "greeting"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ).text
+        assert value == "edited in the UI"
+        one.shot("storage")
+
+        one.element("#file-list a[data-path='index.lua']").click()
+        one.text_is("#file-name", "index.lua")
         one.type_over("x==1\nreturn(x)")
         one.element(".cm-lint-marker-error")
         one.wait.until(
@@ -197,6 +238,11 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     async with ui_server(kind, tmp_path, request) as srv:
+        stored = await srv.client.put(
+            srv.url + f"/__sngin/storage/{HOST}/value", params={"key": "greeting"},
+            content=b"hello", headers={"Authorization": f"Bearer {TOKEN}"},
+        )  # fmt: skip
+        assert stored.status_code == 200
         with trio.fail_after(120):
             await trio.to_thread.run_sync(scenario, srv.url, folder)
-    assert len(list(folder.glob("*.png"))) == 8
+    assert len(list(folder.glob("*.png"))) == 10
