@@ -24,22 +24,41 @@ def bearer() -> str:
     return credential.strip() if scheme.lower() == "bearer" else ""
 
 
+DISABLED: Answer = {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
+WRONG_TOKEN: Answer = (
+    {"error": "missing or wrong admin token"},
+    401,
+    {"WWW-Authenticate": "Bearer"},
+)
+
+
+def credentials(deps: Deps) -> Caller | Session | str | Answer:
+    """What the request offers, read once: the operator (the admin token, or an operator's UI
+    session); a tenant's UI session (to check its token is still there); another bearer token
+    (to look up); or the error to answer."""
+    token = deps.settings.admin_token
+    if token is None:
+        return DISABLED
+    offered = bearer()
+    if offered:
+        if hmac.compare_digest(offered.encode(), token.encode()):
+            return Caller(host=None)
+        return offered
+    session = ui_session(deps)
+    if session is None:
+        return WRONG_TOKEN
+    if isinstance(session, Session) and session.host is None:
+        return Caller(host=None)
+    return session  # a tenant's session, or the error of one without its CSRF token
+
+
 def authorize(deps: Deps) -> Answer | None:
     """None when the request carries the admin token (or a UI session of the operator's);
     else the error to answer."""
-    token = deps.settings.admin_token
-    if token is None:
-        return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
-    offered = bearer()
-    if not offered:
-        session = ui_session(deps)
-        if isinstance(session, Session) and session.host is None:
-            return None
-        if isinstance(session, tuple):
-            return session  # a session without its CSRF token
-    if not hmac.compare_digest(offered.encode(), token.encode()):
-        return {"error": "missing or wrong admin token"}, 401, {"WWW-Authenticate": "Bearer"}
-    return None
+    offered = credentials(deps)
+    if isinstance(offered, Caller):
+        return None
+    return offered if isinstance(offered, tuple) else WRONG_TOKEN
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -84,20 +103,15 @@ async def token_alive(deps: Deps, key: str | None) -> bool:
 
 async def identify(deps: Deps) -> Caller | Answer:
     """The operator (admin token) or the tenant a scoped token is for; else the error."""
-    denied = authorize(deps)
-    if denied is None:
-        return Caller(host=None)
-    offered = bearer()
-    if not offered:
-        session = ui_session(deps)
-        if isinstance(session, Session):
-            if session.host is not None and not await token_alive(deps, session.token_key):
-                return {"error": "this session's token was revoked"}, 401
-            return Caller(host=session.host)
-        if session is not None:
-            return session  # without its CSRF token
-    if deps.settings.admin_token is None or deps.storage is None or not offered.startswith(PREFIX):
-        return denied
+    offered = credentials(deps)
+    if isinstance(offered, Caller | tuple):
+        return offered
+    if isinstance(offered, Session):
+        if not await token_alive(deps, offered.token_key):
+            return {"error": "this session's token was revoked"}, 401
+        return Caller(host=offered.host)
+    if deps.storage is None or not offered.startswith(PREFIX):
+        return WRONG_TOKEN
     try:
         host = await TenantTokens(deps.storage).host_of(offered)
     except StorageUnavailable:

@@ -51,10 +51,27 @@ class Allowed:
 
 
 Gate = Allowed | Answer
+
+MAX_PREVIEW_BYTES = 4 * MAX_FILE_BYTES  # the source and the sample request, as JSON
+NEEDS_IF_MATCH = "send If-Match with the etag of the version you loaded"
 NEEDS_CONDITION = (
-    "send If-Match with the etag of the version you loaded (or If-None-Match: * to create the"
-    " file): writes never overwrite blindly"
+    f"{NEEDS_IF_MATCH} (or If-None-Match: * to create the file): writes never overwrite blindly"
 )
+
+
+async def bounded_body(limit: int) -> bytes | None:
+    """The request body, or None when it is over `limit` bytes (a declared length over it is
+    refused unread)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    data = await request.get_data(cache=False)
+    body = data if isinstance(data, bytes) else data.encode()
+    return body if len(body) <= limit else None
+
+
+def too_large(limit: int) -> Answer:
+    return {"error": f"a request body of at most {limit} bytes"}, 413
 
 
 def purge_folder(path: str) -> str:
@@ -151,13 +168,10 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
-        declared = request.content_length
-        if declared is not None and declared > MAX_FILE_BYTES:
-            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
         # Read (bounded) before any other answer, so the connection stays usable.
-        data = await request.get_data(cache=False)
-        if not isinstance(data, bytes) or len(data) > MAX_FILE_BYTES:
-            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        data = await bounded_body(MAX_FILE_BYTES)
+        if data is None:
+            return too_large(MAX_FILE_BYTES)
         if_match = request.headers.get("If-Match")
         creating = request.headers.get("If-None-Match", "").strip() == "*"
         if if_match is None and not creating:
@@ -184,12 +198,9 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         if not isinstance(allowed, Allowed):
             return allowed
         tenant = allowed.tenant
-        declared = request.content_length
-        if declared is not None and declared > MAX_FILE_BYTES:
-            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
-        source = await request.get_data(cache=False)
-        if not isinstance(source, bytes) or len(source) > MAX_FILE_BYTES:
-            return {"error": f"a file may hold at most {MAX_FILE_BYTES} bytes"}, 413
+        source = await bounded_body(MAX_FILE_BYTES)
+        if source is None:
+            return too_large(MAX_FILE_BYTES)
         try:
             path = path_argument()
             if not path.endswith(".lua"):
@@ -240,7 +251,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         files, tenant = allowed.files, allowed.tenant
         if_match = request.headers.get("If-Match")
         if if_match is None:
-            return {"error": NEEDS_CONDITION.split(" (")[0]}, 428
+            return {"error": NEEDS_IF_MATCH}, 428
         try:
             path = path_argument()
             version_id = request.args.get("version", "")
@@ -263,12 +274,11 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         allowed = await gate(host)
         if not isinstance(allowed, Allowed):
             return allowed
-        declared = request.content_length
-        if declared is not None and declared > 4 * MAX_FILE_BYTES:
-            return {"error": "a preview request of at most 4 MiB"}, 413
-        data = await request.get_data(cache=False)
+        data = await bounded_body(MAX_PREVIEW_BYTES)
+        if data is None:
+            return too_large(MAX_PREVIEW_BYTES)
         try:
-            body = preview_body(data if isinstance(data, bytes) else data.encode())
+            body = preview_body(data)
             return await run_preview(deps, allowed.tenant, body), 200
         except SnginError as exc:
             return {"error": exc.message}, exc.status
@@ -281,7 +291,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         files, tenant = allowed.files, allowed.tenant
         if_match = request.headers.get("If-Match")
         if if_match is None:
-            return {"error": NEEDS_CONDITION.split(" (")[0]}, 428
+            return {"error": NEEDS_IF_MATCH}, 428
         try:
             path = path_argument()
             await files.delete(tenant, path, if_match=etag_of(if_match))

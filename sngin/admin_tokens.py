@@ -15,6 +15,8 @@ from sngin.tenant_tokens import TenantTokens
 from sngin.tenants import tenant_of
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from quart_trio import QuartTrio
 
     from sngin.deps import Deps
@@ -23,55 +25,46 @@ UNAVAILABLE: Answer = {"error": "tokens are kept in tenant storage, which is una
 
 
 def register_token_routes(admin: QuartTrio, deps: Deps) -> None:
-    def tokens() -> TenantTokens | None:
-        return TenantTokens(deps.storage) if deps.storage is not None else None
+    async def guarded(work: Callable[[TenantTokens], Awaitable[Answer]]) -> Answer:
+        """The admin token only; tokens live in tenant storage, which may be unavailable."""
+        denied = authorize(deps)
+        if denied is not None:
+            return denied
+        if deps.storage is None:
+            return UNAVAILABLE
+        try:
+            return await work(TenantTokens(deps.storage))
+        except StorageUnavailable:
+            return UNAVAILABLE
 
     @admin.post("/__sngin/tokens")
     async def create() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
-        body = await request.get_json(force=True, silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("host"), str):
-            return {"error": 'expected JSON {"host": "<the tenant\'s host>"}'}, 400
-        store = tokens()
-        if store is None:
-            return UNAVAILABLE
-        try:
-            made = await store.create(tenant_of(body["host"]))
-        except BadRequest as exc:
-            return {"error": exc.message}, 400
-        except StorageUnavailable:
-            return UNAVAILABLE
-        # The only time the token is shown: only its hash is kept.
-        return {**msgspec.structs.asdict(made.record), "token": made.token}, 201
+        async def work(tokens: TenantTokens) -> Answer:
+            body = await request.get_json(force=True, silent=True)
+            if not isinstance(body, dict) or not isinstance(body.get("host"), str):
+                return {"error": 'expected JSON {"host": "<the tenant\'s host>"}'}, 400
+            try:
+                made = await tokens.create(tenant_of(body["host"]))
+            except BadRequest as exc:
+                return {"error": exc.message}, 400
+            # The only time the token is shown: only its hash is kept.
+            return {**msgspec.structs.asdict(made.record), "token": made.token}, 201
+
+        return await guarded(work)
 
     @admin.get("/__sngin/tokens")
     async def listing() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
-        store = tokens()
-        if store is None:
-            return UNAVAILABLE
-        try:
-            records = await store.list()
-        except StorageUnavailable:
-            return UNAVAILABLE
-        return {"tokens": [msgspec.structs.asdict(r) for r in records]}, 200
+        async def work(tokens: TenantTokens) -> Answer:
+            return {"tokens": [msgspec.structs.asdict(r) for r in await tokens.list()]}, 200
+
+        return await guarded(work)
 
     @admin.delete("/__sngin/tokens/<token_id>")
     async def revoke(token_id: str) -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
-        store = tokens()
-        if store is None:
-            return UNAVAILABLE
-        try:
-            record = await store.revoke(token_id)
-        except StorageUnavailable:
-            return UNAVAILABLE
-        if record is None:
-            return {"error": f"no token {token_id}"}, 404
-        return {**msgspec.structs.asdict(record), "revoked": True}, 200
+        async def work(tokens: TenantTokens) -> Answer:
+            record = await tokens.revoke(token_id)
+            if record is None:
+                return {"error": f"no token {token_id}"}, 404
+            return {**msgspec.structs.asdict(record), "revoked": True}, 200
+
+        return await guarded(work)

@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import trio
 
+from sngin.atomic_file import write_atomically
 from sngin.errors import BadRequest
 from sngin.tenants import CONFIG_NAME, tenant_of
 
@@ -205,15 +205,7 @@ class FolderFiles:
         with self._locked():
             self._keep(tenant, path, self._expect(tenant, path, if_match))
             target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-            try:
-                with temporary.open("wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, target)
-            finally:
-                temporary.unlink(missing_ok=True)
+            write_atomically(target, data, TEMP_PREFIX)
         return content_hash(data)
 
     async def delete(self, tenant: str, path: str, *, if_match: str) -> None:

@@ -13,14 +13,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
 
+from sngin.atomic_file import write_atomically
 from sngin.codestore import Source
 
 if TYPE_CHECKING:
@@ -176,17 +175,10 @@ class DiskMirror:
         data = encode(key, source)
         if len(data) > self.max_bytes:
             return None
-        target = self.folder / file_name(key)
-        temporary = self.folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
-            with temporary.open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
+            write_atomically(self.folder / file_name(key), data, TEMP_PREFIX)
         except OSError as exc:
             log.warning("cannot write mirror file for %s: %s", key, exc)
-            temporary.unlink(missing_ok=True)
             return None
         return len(data)
 
