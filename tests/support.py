@@ -5,11 +5,13 @@ code caches over the counting proxy, a node's code path with its disk mirror, an
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -330,6 +332,18 @@ async def node(proxy, bucket, mirror_path, *, ttl_s=60.0, cb_interval_s=1.0, pre
 
 
 # --- `sngin serve` as a process ------------------------------------------------------------------
+
+
+def serve_until_exit(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    """`sngin serve` expected to stop at start-up (or soon after): its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "sngin", "serve", *flags],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 async def wait_until_serving(process) -> tuple[str, bytes]:

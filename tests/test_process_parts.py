@@ -19,7 +19,7 @@ from sngin.live_tails import LogHub
 from sngin.node_share import process_settings, share
 from sngin.process_hub import GATHER_TIMEOUT_S, Hub
 from sngin.process_link import TAKE_TIMEOUT_S, ProcessLink, ProcessRole
-from sngin.process_protocol import FrameReader, Hello, encode_message
+from sngin.process_protocol import Event, FrameReader, Hello, encode_message
 
 
 @given(st.integers(0, 10**12), st.integers(1, 256))
@@ -204,7 +204,24 @@ async def test_a_process_whose_parent_is_gone_stops_and_limits_rates_to_its_shar
         nursery.cancel_scope.cancel()
 
 
-def test_the_hello_frame_round_trips():
+async def test_frames_round_trip_whole_and_split_at_any_byte():
     frame = encode_message(Hello(3, 1234))
     assert frame[:4] == len(frame[4:]).to_bytes(4, "big")
     assert dataclasses.is_dataclass(Settings)
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    reader = FrameReader(receive)
+    got: list[object] = []
+
+    async def read_all() -> None:
+        while (message := await reader.receive()) is not None:
+            got.append(message)
+        got.append(None)
+
+    two = frame + encode_message(Event({"kind": "lift", "tenant": "a.test"}))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        for byte in two:  # one byte at a time, each read on its own: frames come out whole
+            await send.send_all(bytes([byte]))
+            await trio.testing.wait_all_tasks_blocked()
+        await send.aclose()
+    assert got == [Hello(3, 1234), Event({"kind": "lift", "tenant": "a.test"}), None]

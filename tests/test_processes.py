@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from tests.conftest import TEST_CREDENTIALS
-from tests.support import AUTH, TOKEN, wait_until_serving
+from tests.support import AUTH, TOKEN, serve_until_exit, wait_until_serving
 
 ATTEMPTS = 200  # fresh connections tried before concluding a process never gets one
 
@@ -371,7 +371,6 @@ def test_a_process_that_cannot_start_stops_the_node(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     env = {
-        **os.environ,
         **TEST_CREDENTIALS,
         "AWS_S3_CODE_PATH": "bucket/prefix",
         "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
@@ -380,14 +379,7 @@ def test_a_process_that_cannot_start_stops_the_node(tmp_path):
         "SNGIN_DATA_PATH": str(tmp_path / "data"),
         "SNGIN_LOG_FORMAT": "text",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve_until_exit(env, "--processes", "2", "--bind", "127.0.0.1:0")
     assert result.returncode == 1
     assert "sngin: SNGIN_APP_PATH: cannot use " in result.stderr
     assert "could not start (exited with status 2): stopping" in result.stderr
@@ -397,15 +389,8 @@ def test_a_process_that_cannot_start_stops_the_node(tmp_path):
 def test_an_unusable_storage_database_stops_the_node_with_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    env = {**os.environ, "SNGIN_DATA_PATH": str(blocker / "below"), "SNGIN_ADMIN_TOKEN": TOKEN}
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"SNGIN_DATA_PATH": str(blocker / "below"), "SNGIN_ADMIN_TOKEN": TOKEN}
+    result = serve_until_exit(env, "--processes", "2", "--bind", "127.0.0.1:0")
     assert result.returncode == 2
     assert (
         result.stderr.strip()
@@ -416,28 +401,14 @@ def test_an_unusable_storage_database_stops_the_node_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("value", ["0", "many", "2x"])
 def test_a_bad_process_count_is_one_line(value):
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve"],
-        env={**os.environ, "SNGIN_PROCESSES": value},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_until_exit({"SNGIN_PROCESSES": value})
     assert result.returncode == 2
     assert result.stderr.startswith(f"sngin: SNGIN_PROCESSES={value!r}: ")
     assert result.stderr.count("\n") == 1
 
 
 def test_fewer_workers_than_processes_is_one_line():
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", "--processes", "3", "--workers", "2"],
-        env={**os.environ, "SNGIN_ADMIN_TOKEN": TOKEN},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = serve_until_exit({"SNGIN_ADMIN_TOKEN": TOKEN}, "--processes", "3", "--workers", "2")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "sngin: SNGIN_WORKERS=2 is fewer than SNGIN_PROCESSES=3: each server process needs at"
@@ -573,20 +544,12 @@ def test_a_process_that_keeps_failing_at_start_up_stops_the_node_after_five_trie
         "import os, sys\nif '--process' in sys.argv: os._exit(3)\n"
     )
     env = {
-        **os.environ,
         "PYTHONPATH": str(tmp_path),
         "SNGIN_ADMIN_TOKEN": TOKEN,
         "SNGIN_DATA_PATH": str(tmp_path / "data"),
         "SNGIN_LOG_FORMAT": "text",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", "--processes", "2", "--bind", "127.0.0.1:0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = serve_until_exit(env, "--processes", "2", "--bind", "127.0.0.1:0")
     assert result.returncode == 1
     assert "could not start (exited with status 3): stopping" in result.stderr
     retried = re.findall(r"process (\d) \(pid \d+\) exited with status 3: starting it again "

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from tests.support import wait_until_serving
+from tests.support import serve_until_exit, wait_until_serving
 
 
 def children_of(pid: int) -> set[int]:
@@ -67,18 +67,6 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-def serve_until_exit(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
-    """`sngin serve` expected to stop at start-up: its exit status and output."""
-    return subprocess.run(
-        [sys.executable, "-m", "sngin", "serve", *flags],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_serve_rejects_a_bad_setting_with_one_line():
