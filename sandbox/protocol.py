@@ -114,17 +114,9 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lua: str
 
 
-class OAuthKeys(msgspec.Struct, frozen=True, kw_only=True):
-    """http.request's auth.oauth: OAuth 1.0a credentials the server signs the request with."""
-
-    consumer_key: str
-    consumer_secret: str
-    token: str | None = None
-    token_secret: str | None = None
-
-
 class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
-    """http.request as a script asked for it (already form-encoded, params merged into url)."""
+    """http.request as a script asked for it (already form-encoded, params merged into url;
+    with auth.oauth, the URL in canonical form and signed by the worker)."""
 
     method: str = "GET"
     url: str
@@ -132,7 +124,6 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes | None = None
     timeout_s: float | None = None
     auth: tuple[bytes, bytes] | None = None
-    oauth: OAuthKeys | None = None
 
 
 class EmailCall(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any, Final
 import lupa.luajit21 as lupa
 import msgspec
 
-from sandbox import compat, host, request
+from sandbox import compat, host, oauth1, request
 from sandbox.protocol import (
     BAD_SOURCE,
     ERROR_KINDS,
@@ -53,6 +53,7 @@ STATELESS_HOST_FUNCTIONS: Final = {
     b"uuid": host.guard("crypto.uuid", host.new_uuid),
     b"b64encode": host.guard("base64.encode", host.b64encode),
     b"b64decode": host.guard("base64.decode", host.b64decode),
+    b"oauth_sign": host.guard("http.request", oauth1.sign_request),
 }
 
 

@@ -36,7 +36,6 @@ from sandbox.protocol import (
     HttpCall,
     Job,
     Log,
-    OAuthKeys,
     Reply,
     Running,
     StorageCall,
@@ -318,20 +317,6 @@ def http_call(call: Any) -> HttpCall:
     pairs = [(flat[i].decode("latin-1"), flat[i + 1]) for i in range(1, len(flat) + 1, 2)]
     user, password = call[b"user"], call[b"password"]
     timeout = call[b"timeout"]
-    oauth = call[b"oauth"]
-    keys = None
-    if oauth is not None:  # (the prelude checked the fields are strings)
-
-        def text(name: bytes) -> str | None:
-            value = oauth[name]
-            return value.decode("utf-8", "replace") if value is not None else None
-
-        keys = OAuthKeys(
-            consumer_key=text(b"consumertoken") or "",
-            consumer_secret=text(b"consumersecret") or "",
-            token=text(b"accesstoken"),
-            token_secret=text(b"tokensecret"),
-        )
     return HttpCall(
         method=call[b"method"].decode("latin-1"),
         url=call[b"url"].decode("utf-8", "replace"),
@@ -339,7 +324,6 @@ def http_call(call: Any) -> HttpCall:
         body=call[b"body"],
         timeout_s=float(timeout) if timeout is not None else None,
         auth=(user, password) if user is not None and password is not None else None,
-        oauth=keys,
     )
 
 

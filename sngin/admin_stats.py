@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 SERIES = "series:"  # a report of one tenant's buckets
 PER_PROCESS = frozenset({"process", "pid", "restarts", "started"})  # not added up
+LAG = "event_loop_lag_ms"  # per process; the node's is the maximum of each figure
 
 
 def plain(value: Any) -> Any:
@@ -41,6 +42,7 @@ def process_statistics(deps: Deps) -> dict[str, Any]:
         "pool": plain(deps.pool.statistics()),
         "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
         "budgets": deps.budgets.statistics(),
+        "event_loop_lag_ms": plain(deps.observer.loop_lag.statistics()),
     }
     if deps.storage is not None:
         body["storage_operations"] = deps.storage.operations
@@ -74,7 +76,9 @@ async def node_statistics(deps: Deps, *, cluster: bool) -> dict[str, Any]:
             else:
                 report["error"] = row.error
             reports.append(report)
-        body = added_up([r for r in reports if "error" not in r], skip=PER_PROCESS)
+        answered = [r for r in reports if "error" not in r]
+        body = added_up(answered, skip=PER_PROCESS | {LAG})
+        body[LAG] = worst_lag(answered)
         body["processes"] = reports
     body["quarantined"] = quarantine_list(deps)
     storage_operations = body.pop("storage_operations", None)
@@ -91,6 +95,17 @@ async def node_statistics(deps: Deps, *, cluster: bool) -> dict[str, Any]:
         except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
             body["cluster"] = {"error": f"Redis unreachable: {exc}"}
     return body
+
+
+def worst_lag(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """The node's event-loop lag: one stalled process stalls every request it holds, so each
+    figure is the worst process's (samples are added up)."""
+    lags = [r[LAG] for r in reports if LAG in r]
+    if not lags:
+        return {}
+    worst = {key: max(lag[key] for lag in lags) for key in lags[0]}
+    worst["samples"] = sum(lag.get("samples", 0) for lag in lags)
+    return worst
 
 
 def added_up(

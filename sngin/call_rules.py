@@ -26,9 +26,6 @@ CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 URL_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
-MAX_OAUTH_FIELD_BYTES: Final = 4096
-
-
 def http_call_problem(call: HttpCall) -> str | None:
     """What is wrong with an http.request call, or None."""
     if len(call.method) > MAX_METHOD_BYTES or not TOKEN.match(call.method):
@@ -45,11 +42,6 @@ def http_call_problem(call: HttpCall) -> str | None:
     timeout = call.timeout_s
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         return "timeout must be a positive number of seconds"
-    oauth = call.oauth
-    if oauth is not None:
-        values = (oauth.consumer_key, oauth.consumer_secret, oauth.token, oauth.token_secret)
-        if any(v is not None and len(v) > MAX_OAUTH_FIELD_BYTES for v in values):
-            return f"auth.oauth values must be at most {MAX_OAUTH_FIELD_BYTES} bytes"
     return None
 
 

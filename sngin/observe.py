@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sngin.live_tails import LogHub, TailHandler
+from sngin.loop_lag import LoopLag
 from sngin.stderr_writer import stderr_writer
 from sngin.tenant_series import TenantSeries
 
@@ -90,6 +91,12 @@ class Metrics:
         self.wall = Histogram(
             "sngin_request_seconds", "Wall time of tenant requests", ["tenant"],
             registry=self.registry,
+        )  # fmt: skip
+        self.loop_lag = Histogram(
+            "sngin_event_loop_lag_seconds",
+            "How late a 10 ms sleep on the server's event loop wakes up (a stall delays every"
+            " tenant)", registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )  # fmt: skip
         self.kills = Counter(
             "sngin_limit_kills", "Requests stopped for a limit or a crash", ["tenant", "reason"],
@@ -275,6 +282,7 @@ class Observer:
         self.metrics = Metrics(tenant_labels)
         self.series = TenantSeries()  # each tenant's last minutes, for the UI's charts
         self.hub = LogHub()
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.access = AccessLog(self.hub, access_stream, text=text_log, process=process)
         self.ready = True
         self.not_ready_reason = ""

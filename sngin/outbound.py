@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
 import ssl
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -28,7 +26,6 @@ from sandbox.protocol import HttpCall, HttpResult
 from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, TenantEgress
 from sngin.http_body import ACCEPT_ENCODING, BodyBudgetExceeded, BodyCost, read_capped
-from sngin.oauth1 import OAuth1Credentials, authorization_header
 from sngin.tenant_shares import TenantShares
 
 if TYPE_CHECKING:
@@ -211,8 +208,6 @@ class Outbound:
             return HttpResult(error="no time left for the request")
         headers = [(name.encode("latin-1"), value) for name, value in call.headers]
         headers.append((b"X-Request-Id", request_id.encode()))
-        if call.oauth is not None:
-            headers.append((b"Authorization", oauth_authorization(call, url).encode()))
         auth = httpx.BasicAuth(*call.auth) if call.auth is not None else None
         request = client.build_request(
             call.method,
@@ -260,24 +255,6 @@ class Outbound:
             # The bytearray read_capped filled, not a copy: msgspec frames it as bytes.
             body=cast("bytes", body),
         )
-
-
-def oauth_authorization(call: HttpCall, url: httpx.URL) -> str:
-    """The OAuth 1.0a header for the call, with a fresh nonce and the current time."""
-    keys = call.oauth
-    assert keys is not None
-    content_type = next(
-        (v.decode("latin-1") for n, v in call.headers if n.lower() == "content-type"), None
-    )
-    return authorization_header(
-        OAuth1Credentials(keys.consumer_key, keys.consumer_secret, keys.token, keys.token_secret),
-        method=call.method,
-        url=str(url),
-        body=call.body,
-        content_type=content_type,
-        nonce=secrets.token_hex(16),
-        timestamp=int(time.time()),
-    )
 
 
 def describe(exc: httpx.HTTPError) -> str:

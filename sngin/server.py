@@ -30,6 +30,7 @@ from sngin.egress import EgressPolicy
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
 from sngin.limits import MIB, Limits
 from sngin.logsetup import quiet_libraries
+from sngin.loop_lag import serve_loop_lag
 from sngin.mail import Mailer
 from sngin.mirror import DiskMirror, mirror_folder
 from sngin.node_share import process_settings
@@ -306,6 +307,7 @@ async def serve_app(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
+            nursery.start_soon(serve_loop_lag, deps.observer.loop_lag)
             # One trigger for every listener (a signal is delivered to one receiver only).
             stop = trio.Event()
 

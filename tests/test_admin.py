@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from sngin.admin_stats import observe_gauges
+from sngin.admin_stats import observe_gauges, worst_lag
 from sngin.live_tails import TAIL_BUFFER, LogHub
 from sngin.observe import Metrics
 from sngin.server import probe_once
@@ -324,3 +326,27 @@ async def test_the_code_outcome_is_the_scripts_not_the_configs(tmp_path):
     assert (first.text, second.text) == ("one", "two!")
     assert "code;desc=miss" in first.headers["server-timing"]
     assert "code;desc=hit" in second.headers["server-timing"]
+
+
+async def test_an_event_loop_stall_shows_in_stats_and_metrics(tmp_path):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        time.sleep(0.3)  # noqa: ASYNC251 (the stall itself: the test shares the server's loop)
+        await trio.testing.wait_all_tasks_blocked()  # the lag task has woken and recorded it
+        stats = (await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)).json()
+        metrics = (await srv.client.get(srv.url + "/__sngin/metrics", headers=AUTH)).text
+    lag = stats["event_loop_lag_ms"]
+    assert lag["max"] >= 290
+    assert lag["samples"] >= 1
+    stalled = re.search(r'sngin_event_loop_lag_seconds_bucket\{le="0\.25"\} (\S+)', metrics)
+    total = re.search(r"sngin_event_loop_lag_seconds_count (\S+)", metrics)
+    assert stalled is not None
+    assert total is not None
+    assert float(total.group(1)) - float(stalled.group(1)) >= 1  # one sample above 250 ms
+
+
+def test_the_nodes_event_loop_lag_is_the_worst_process():
+    reports = [
+        {"event_loop_lag_ms": {"p50": 0.1, "p99": 2.0, "max": 900.0, "samples": 10}},
+        {"event_loop_lag_ms": {"p50": 0.3, "p99": 1.0, "max": 5.0, "samples": 20}},
+    ]
+    assert worst_lag(reports) == {"p50": 0.3, "p99": 2.0, "max": 900.0, "samples": 30}

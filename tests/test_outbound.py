@@ -237,27 +237,6 @@ async def test_answer_headers_look_up_in_any_case_and_iterate_in_title_case(tmp_
     assert "X-Up" in answer["names"]
 
 
-@pytest.mark.parametrize(
-    ("tokens", "expected"),
-    [
-        ("accesstoken = 'at', tokensecret = 'ts'", "200 signed"),
-        ("", "200 signed"),  # the request-token step: no access token yet
-        ("accesstoken = 'at', tokensecret = 'wrong'", "401 bad"),
-    ],
-)
-async def test_oauth1_signed_requests_pass_a_providers_check(tmp_path, upstream, tokens, expected):
-    script = f"""
-        local r = http.request{{
-            url = '{upstream.url("/oauth?count=2&q=a b")}', method = 'POST',
-            data = {{status = 'hello world', tag = '~*'}},
-            auth = {{oauth = {{consumertoken = 'ck', consumersecret = 'cs', {tokens}}}}},
-        }}
-        return tostring(r.statuscode) .. ' ' .. r.content
-    """
-    async with serving(tmp_path, {"a.test/oauth": script}) as srv:
-        assert (await srv.get("/oauth")).text == expected
-
-
 async def test_redirects_are_followed_up_to_five(tmp_path, upstream):
     target = upstream.url("/landed")
     for _ in range(5):

@@ -9,13 +9,6 @@ import pytest
 from sngin.codestore import Source
 from sngin.http_body import BodyDecodeError, BoundedDecoder
 from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
-from sngin.oauth1 import (
-    OAuth1Credentials,
-    authorization_header,
-    percent_encode,
-    sign,
-    signature_base_string,
-)
 from sngin.purge_log import PurgeLog
 
 
@@ -130,50 +123,3 @@ def test_the_bounded_decoder_undoes_codings_in_reverse_and_passes_unknown_ones()
     assert BoundedDecoder("").decode(b"plain", 10_000) == b"plain"
     with pytest.raises(BodyDecodeError, match="not valid gzip data"):
         BoundedDecoder("gzip").decode(b"not gzip at all", 10_000)
-
-
-def test_oauth1_base_string_matches_rfc_5849_section_3_4_1_1():
-    parameters = [
-        ("b5", "=%3D"), ("a3", "a"), ("c@", ""), ("a2", "r b"),
-        ("oauth_consumer_key", "9djdj82h48djs9d2"), ("oauth_token", "kkk9d7dh3k39sjv7"),
-        ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", "137131201"),
-        ("oauth_nonce", "7d8f3e4a"), ("c2", ""), ("a3", "2 q"),
-    ]  # fmt: skip
-    base = signature_base_string(
-        "POST", "http://example.com/request?b5=%3D%253D&a3=a&c%40=&a2=r%20b", parameters
-    )
-    assert base == (
-        "POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3D2%2520q%26a3%3Da%26b5%3D"
-        "%253D%25253D%26c%2540%3D%26c2%3D%26oauth_consumer_key%3D9djdj82h48djs9d2%26oauth_nonce"
-        "%3D7d8f3e4a%26oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D137131201%26"
-        "oauth_token%3Dkkk9d7dh3k39sjv7"
-    )
-
-
-def test_oauth1_signature_matches_rfc_5849_section_1_2():
-    url = "http://photos.example.net/photos?file=vacation.jpg&size=original"
-    parameters = [
-        ("file", "vacation.jpg"), ("size", "original"),
-        ("oauth_consumer_key", "dpf43f3p2l4k3l03"), ("oauth_token", "nnch734d00sl2jdk"),
-        ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", "137131202"),
-        ("oauth_nonce", "chapoH"),
-    ]  # fmt: skip
-    base = signature_base_string("GET", url, parameters)
-    assert sign(base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00") == "MdpQcU8iPSUjWoN/UDMsK2sui9I="
-
-
-def test_oauth1_header_signs_form_body_parameters_and_omits_an_absent_token():
-    credentials = OAuth1Credentials("key", "secret")
-    header = authorization_header(
-        credentials, method="POST", url="https://API.example.com:443/x?q=1", body=b"a=b+c",
-        content_type="application/x-www-form-urlencoded; charset=utf-8", nonce="n", timestamp=1,
-    )  # fmt: skip
-    assert header.startswith('OAuth oauth_consumer_key="key", oauth_nonce="n", ')
-    assert "oauth_token" not in header
-    base = signature_base_string(
-        "POST", "https://api.example.com/x",
-        [("a", "b c"), ("q", "1"), ("oauth_consumer_key", "key"), ("oauth_nonce", "n"),
-         ("oauth_signature_method", "HMAC-SHA1"), ("oauth_timestamp", "1"),
-         ("oauth_version", "1.0")],
-    )  # fmt: skip
-    assert f'oauth_signature="{percent_encode(sign(base, "secret", None))}"' in header

@@ -26,24 +26,26 @@ VERIFY_KEY = b"\x00sngin-test-signing-key\xff"
 OAUTH_SECRETS = {"ck": "cs", "at": "ts"}  # consumer key -> secret, token -> secret
 
 
-def oauth_valid(handler: BaseHTTPRequestHandler, query: str, body: bytes, port: int) -> bool:
+def oauth_valid(method: str, target: str, headers, body: bytes) -> bool:
     """Checks an OAuth 1.0a HMAC-SHA1 signature the way a provider would (RFC 5849, from the
-    standard library's parts), with the secrets of OAUTH_SECRETS."""
-    header = handler.headers.get("Authorization", "")
+    standard library's parts), with the secrets of OAUTH_SECRETS: the base string URI is
+    rebuilt from the Host header and the request target as they arrived."""
+    header = headers.get("Authorization", "")
     if not header.startswith("OAuth "):
         return False
     given = {k: unquote(v) for k, v in re.findall(r'(\w+)="([^"]*)"', header)}
     signature = given.pop("oauth_signature", "")
+    path, _, query = target.partition("?")
     pairs = list(given.items()) + parse_qsl(query, keep_blank_values=True)
-    if handler.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+    if headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
         pairs += parse_qsl(body.decode(), keep_blank_values=True)
 
     def enc(text: str) -> str:
-        return quote(text, safe="")
+        return quote(text, safe="~")
 
     normalised = "&".join(f"{k}={v}" for k, v in sorted((enc(k), enc(v)) for k, v in pairs))
-    path = handler.path.split("?", 1)[0]
-    base = "&".join([handler.command, enc(f"http://127.0.0.1:{port}{path}"), enc(normalised)])
+    host = headers.get("Host", "").lower().removesuffix(":80")
+    base = "&".join([method, enc(f"http://{host}{path}"), enc(normalised)])
     key = "&".join(enc(OAUTH_SECRETS.get(given.get(n, ""), "")) for n in
                    ("oauth_consumer_key", "oauth_token"))  # fmt: skip
     expected = base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest())
@@ -131,8 +133,8 @@ class Upstream:
             return self.reply(handler, 200, b"not gzip at all" * 100, {"Content-Encoding": "gzip"})
         if split.path == "/gzip-bomb":
             return self.gzip_bomb(handler)
-        if split.path == "/oauth":
-            valid = oauth_valid(handler, split.query, body, self.port)
+        if split.path.startswith("/oauth"):
+            valid = oauth_valid(handler.command, handler.path, handler.headers, body)
             return self.reply(handler, 200 if valid else 401, b"signed" if valid else b"bad")
         if split.path == "/two-mib":
             return self.reply(handler, 200, b"y" * (2 * 1024 * 1024))

@@ -78,6 +78,11 @@ local function fail_http(message)
   error("http.request: " .. message, 3)
 end
 
+-- The OAuth 1.0a signer (sandbox/oauth1.py), set by host_libraries: it runs in the worker under
+-- the tenant's limits, and answers the URL in the form the server's client sends, with the
+-- Authorization value that signs it.
+local oauth_sign
+
 local function http_request(arg)
   local spec = arg
   if type(arg) == "string" then
@@ -89,14 +94,16 @@ local function http_request(arg)
   if type(url) ~= "string" then fail_http("url must be a string") end
   local method = rawget(spec, "method") or "GET"
   if type(method) ~= "string" then fail_http("method must be a string") end
-  local flat, has_type = {}, false
+  local flat, content_type = {}, nil
   local headers = rawget(spec, "headers")
   if headers ~= nil then
     if type(headers) ~= "table" then fail_http("headers must be a table") end
     for name, value in next, headers do
       if type(name) ~= "string" then fail_http("header names must be strings") end
-      if slower(name) == "content-type" then has_type = true end
       local values = type(value) == "table" and value or { value }
+      if content_type == nil and slower(name) == "content-type" and rawget(values, 1) ~= nil then
+        content_type = tostring(rawget(values, 1))
+      end
       for i = 1, #values do
         flat[#flat + 1] = name
         flat[#flat + 1] = tostring(rawget(values, i))
@@ -108,9 +115,10 @@ local function http_request(arg)
   if data ~= nil then
     if type(data) == "table" then
       body = qsencode(data)
-      if not has_type then
+      if content_type == nil then
+        content_type = "application/x-www-form-urlencoded"
         flat[#flat + 1] = "Content-Type"
-        flat[#flat + 1] = "application/x-www-form-urlencoded"
+        flat[#flat + 1] = content_type
       end
     elseif type(data) == "string" then
       body = data
@@ -131,8 +139,8 @@ local function http_request(arg)
     if type(auth) ~= "table" then fail_http("auth must be {user, password} or {oauth = {...}}") end
     local o = rawget(auth, "oauth")
     if o ~= nil then
-      -- OAuth 1.0a (HMAC-SHA1), signed by the server; the access token and its secret are
-      -- optional (the request-token step has none).
+      -- OAuth 1.0a (HMAC-SHA1), signed here in the worker; the access token and its secret
+      -- are optional (the request-token step has none).
       if type(o) ~= "table" then fail_http("auth.oauth must be a table") end
       oauth = {}
       for _, field in next, { "consumertoken", "consumersecret", "accesstoken", "tokensecret" } do
@@ -157,9 +165,18 @@ local function http_request(arg)
   if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0) or timeout == huge) then
     fail_http("timeout must be a positive number of seconds")
   end
+  method = supper(method)
+  if oauth then
+    local ok, signed_url, authorization = pcall(oauth_sign, method, url, body, content_type,
+      oauth.consumertoken, oauth.consumersecret, oauth.accesstoken, oauth.tokensecret)
+    if not ok then fail_http(sgsub(tostring(signed_url), "^http%.request: ", "")) end
+    url = signed_url
+    flat[#flat + 1] = "Authorization"
+    flat[#flat + 1] = authorization
+  end
   local answer = platform_call({
-    op = "http", url = url, method = supper(method), headers = flat, body = body,
-    timeout = timeout, user = user, password = password, oauth = oauth,
+    op = "http", url = url, method = method, headers = flat, body = body,
+    timeout = timeout, user = user, password = password,
   })
   local raised = rawget(answer, "raise")
   if raised then fail_http(raised) end

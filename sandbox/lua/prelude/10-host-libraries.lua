@@ -142,6 +142,7 @@ local function host_libraries(python_functions)
   -- Each guarded Python callable stays an upvalue of its Lua wrapper: tenants never see it.
   local host = {}
   for name, fn in next, python_functions do host[name] = wrap_host(fn) end
+  oauth_sign = host.oauth_sign
   local json = json_library()
   json.decode, json.parse, json.stringify = host.json_decode, host.json_decode, json.encode
   local crypto = {}
