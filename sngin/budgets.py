@@ -88,6 +88,12 @@ class Lease:
             return False
         return True
 
+    def give_back(self, size: int) -> None:
+        """Stop holding size of the bytes taken (a value replaced by a smaller one)."""
+        size = min(size, self.held)
+        self._budget.held -= size
+        self.held -= size
+
     def release(self) -> None:
         self._budget.held -= self.held
         self.held = 0

@@ -9,6 +9,7 @@ from sngin.budgets import Budgets
 from sngin.connection_guard import ConnectionGate
 from sngin.observe import Observer
 from sngin.purger import Purger
+from sngin.site_gate import SiteGate
 
 if TYPE_CHECKING:
     import ssl
@@ -52,7 +53,10 @@ class Deps:
     # The public listener's client connections (its limit is set when it starts listening).
     connections: ConnectionGate = field(default_factory=ConnectionGate)
     budgets: Budgets = field(init=False)  # from settings, below
+    # Enabled, rate limit: one gate (and one set of buckets) for requests and previews.
+    site_gate: SiteGate = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))
         object.__setattr__(self, "purger", Purger(self.store, self.github))
+        object.__setattr__(self, "site_gate", SiteGate(self))

@@ -17,21 +17,17 @@ import msgspec
 import trio
 
 from sandbox.protocol import Job, Reply, Request
-from sngin.admission import RateLimiter, TenantAllowlist, retry_after
-from sngin.cluster_bus import ClusterBus
-from sngin.errors import CodeNotFound, RateLimited, TenantNotFound, Unavailable
+from sngin.admission import TenantAllowlist
+from sngin.errors import CodeNotFound, TenantNotFound
 from sngin.forwarding import client_of
-from sngin.redis_storage import RedisStorage
 from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
-from sngin.shared_rates import SharedRateLimiter
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
 from sngin.tenants import script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
-    from sngin.process_link import ProcessLink
     from sngin.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -59,28 +55,12 @@ def wants_fresh_code(query: bytes) -> bool:
     return False
 
 
-def shared_rates_for(deps: Deps) -> SharedRateLimiter | ProcessLink | None:
-    """With Redis (SNGIN_REDIS_URL), tenants' rate limits hold for the cluster as a whole;
-    without it, with several processes, for the node (the buckets are in the parent)."""
-    backend = deps.storage.backend if deps.storage is not None else None
-    if deps.settings.redis_url is None or not isinstance(backend, RedisStorage):
-        return deps.link
-
-    def nodes() -> int:
-        bus = deps.purger.bus
-        return bus.nodes_seen if isinstance(bus, ClusterBus) else 1
-
-    return SharedRateLimiter(backend, nodes)
-
-
 class TenantPipeline:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
         settings = deps.settings
         self._trusted = settings.trusted_proxies
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
-        self._rates = RateLimiter()
-        self._shared_rates = shared_rates_for(deps)
         self._default_config = TenantConfig(limits=settings.limits)
 
     def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
@@ -99,18 +79,7 @@ class TenantPipeline:
         query = scope.get("query_string", b"")
         fresh = wants_fresh_code(query)
         config = await self._config(tenant, fresh)
-        if not config.enabled:
-            raise Unavailable("this site is disabled by its configuration")
-        if config.rps:
-            shared = self._shared_rates
-            if shared is not None:
-                wait = await shared.admit(tenant, config.rps)
-            else:
-                wait = self._rates.admit(tenant, config.rps)
-            if wait is not None:
-                raise RateLimited(
-                    "too many requests for this site", headers={"Retry-After": retry_after(wait)}
-                )
+        await self.deps.site_gate.admit(tenant, config)
         source = await self.deps.store.fetch(key, revalidate=fresh, note=trace.fetch)
         if source is None:
             raise CodeNotFound(f"no script for {scope['path']}")

@@ -186,6 +186,10 @@ class Pool:
         """Tenants in quarantine, with the seconds each has left."""
         return self.accounting.quarantine.paused()
 
+    def quarantine_left(self, tenant: str) -> float | None:
+        """Seconds the tenant's quarantine has left, or None."""
+        return self.accounting.quarantine.remaining_s(tenant)
+
     def lift_quarantine(self, tenant: str) -> bool:
         lifted = self.accounting.quarantine.lift(tenant)
         if lifted:

@@ -23,12 +23,16 @@ from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Reply, Request
 from sngin.code_files import content_hash, text_or_none
 from sngin.errors import BadRequest, SnginError
 from sngin.request_calls import RequestCalls
+from sngin.sqlite_storage import entry_bytes, mib
+from sngin.storage import QuotaExceeded, StorageUnavailable
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfig
+from sngin.tenants import script_key, script_path
 
 if TYPE_CHECKING:
     from sandbox.protocol import AlertCall, EmailCall
+    from sngin.budgets import Lease
     from sngin.deps import Deps
     from sngin.egress import TenantEgress
     from sngin.sqlite_storage import Quota
@@ -37,6 +41,13 @@ PREVIEW_SUFFIX: Final = "#preview"
 MAX_HEADERS: Final = 100
 MAX_BODY_BYTES: Final = 1024 * 1024
 SCRATCH_CACHE_BYTES: Final = 4 * 1024 * 1024
+# What an answer echoes: the body up to this, the first so many storage writes (each value cut),
+# the first so many emails and alerts (each field cut); counts for the rest.
+MAX_ECHO_BODY_BYTES: Final = 256 * 1024
+MAX_ECHO_WRITES: Final = 100
+MAX_ECHO_VALUE_BYTES: Final = 1024
+MAX_RECORDED: Final = 20
+MAX_RECORDED_FIELD: Final = 4096
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -57,11 +68,16 @@ class PreviewBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 @dataclass
 class ScratchStorage:
     """TenantStorage's request-side operations: reads fall through to the tenant's data unless
-    the preview wrote the key; writes and leases stay here."""
+    the preview wrote the key; writes and leases stay here. Writes obey the tenant's quota
+    (its real usage with the overlay's changes), and the overlay's bytes are held against the
+    server's request-bodies budget (`lease`) until the preview ends."""
 
     real: Any
+    lease: Lease
     written: dict[bytes, bytes | None] = field(default_factory=dict)
     leases: set[bytes] = field(default_factory=set)
+    usage: tuple[int, int] | None = None  # (keys, bytes) as the overlay makes it, once read
+    held: dict[bytes, int] = field(default_factory=dict)  # the overlay's bytes per key
 
     async def get(self, tenant: str, key: bytes) -> bytes | None:
         if key in self.written:
@@ -69,7 +85,28 @@ class ScratchStorage:
         return None if self.real is None else await self.real.get(tenant, key)
 
     async def set(self, tenant: str, key: bytes, value: bytes | None, quota: Quota) -> None:
+        if self.usage is None:
+            self.usage = (0, 0) if self.real is None else await self.real.usage(tenant)
+        before = await self.get(tenant, key)
+        keys, size = self.usage
+        if before is not None:
+            keys, size = keys - 1, size - entry_bytes(key, before)
+        if value is not None:
+            keys, size = keys + 1, size + entry_bytes(key, value)
+            if keys > quota.max_keys:
+                raise QuotaExceeded(f"storage quota of {quota.max_keys} keys exceeded")
+            if size > quota.max_bytes:
+                raise QuotaExceeded(f"storage quota of {mib(quota.max_bytes)} exceeded")
+        size_now = entry_bytes(key, value) if value is not None else len(key)
+        self.lease.give_back(self.held.pop(key, 0))
+        if not self.lease.take(size_now):
+            raise StorageUnavailable(
+                "the server holds as much request data as it may (SNGIN_REQUEST_BODIES_BYTES);"
+                " try again shortly"
+            )
+        self.held[key] = size_now
         self.written[key] = value
+        self.usage = (keys, size)
 
     async def acquire(
         self, tenant: str, name: bytes, holder: str, *, timeout_s: float, ttl_s: float
@@ -88,28 +125,47 @@ class ScratchStorage:
 
 @dataclass
 class Recorder:
-    """Stands in for the mailer and the alerts: what would have been sent."""
+    """Stands in for the mailer and the alerts: what would have been sent. It keeps the first
+    MAX_RECORDED, each field cut at MAX_RECORDED_FIELD characters, and counts the rest, so a
+    script that sends in a loop costs the server a fixed amount."""
 
     sent: list[dict[str, Any]] = field(default_factory=list)
+    not_kept: int = 0
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        if len(self.sent) >= MAX_RECORDED:
+            self.not_kept += 1
+            return
+        self.sent.append({k: cut(v) for k, v in record.items()})
 
     async def send(
         self, mail: EmailCall, *, timeout_s: float, egress: TenantEgress | None = None
     ) -> None:
-        self.sent.append({
-            "kind": "email", "from": mail.from_, "to": mail.to, "subject": mail.subject,
-            "text": mail.text, "html": mail.html, "server": mail.server,
+        self._keep({
+            "kind": "email", "from": mail.from_, "to": mail.to[:MAX_RECORDED],
+            "subject": mail.subject, "text": mail.text, "html": mail.html, "server": mail.server,
         })  # fmt: skip
 
     async def raise_alert(self, alert: AlertCall, **details: Any) -> None:
-        self.sent.append({"kind": f"alert.{alert.kind}", "text": alert.text})
+        self._keep({"kind": f"alert.{alert.kind}", "text": alert.text})
+
+
+def cut(value: Any, limit: int = MAX_RECORDED_FIELD) -> Any:
+    """A recorded field as the answer shows it: long text cut, lists of text cut each."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"… ({len(value)} characters)"
+    if isinstance(value, list):
+        return [cut(item, limit) for item in value]
+    return value
 
 
 def sample_request(tenant: str, sample: SampleRequest, request_id: str) -> Request:
     method = sample.method.upper()
     if method not in METHODS:
         raise BadRequest(f"method must be one of {', '.join(sorted(METHODS))}")
-    if not sample.path.startswith("/") or len(sample.path) > 2048:
-        raise BadRequest("path must start with / (at most 2,048 characters)")
+    if not sample.path.startswith("/"):
+        raise BadRequest("path must start with /")
+    script_path(sample.path)  # as a request's: no `..`, control characters, backslashes
     if len(sample.headers) > MAX_HEADERS:
         raise BadRequest(f"at most {MAX_HEADERS} headers")
     body = sample.body.encode()
@@ -126,22 +182,36 @@ def sample_request(tenant: str, sample: SampleRequest, request_id: str) -> Reque
 async def run_preview(deps: Deps, tenant: str, body: PreviewBody) -> dict[str, Any]:
     """Run it; the answer the API returns (status, headers, body, log lines, timings, what
     would have been sent, what storage would have held)."""
-    if not body.path.endswith("index.lua"):
+    if body.path != "index.lua" and not body.path.endswith("/index.lua"):
         raise BadRequest("path names a script: index.lua or <folder>/index.lua")
+    folder = script_path("/" + body.path.removesuffix("index.lua"))
     source = body.source.encode()
     if len(source) > MAX_BODY_BYTES:
         raise BadRequest(f"a source of at most {MAX_BODY_BYTES} bytes")
     config = await deps.configs.get(tenant) if deps.configs is not None else None
     config = config or TenantConfig(limits=deps.settings.limits)
+    # What the live site may not do now, its preview may not either.
+    await deps.site_gate.admit(tenant, config)
+    deps.site_gate.refuse_if_quarantined(tenant)
     request_id = "preview-" + secrets.token_hex(8)
     request = sample_request(tenant, body.request, request_id)
-    key = f"{tenant}/{body.path.removesuffix('index.lua').rstrip('/')}".rstrip("/")
+    key = script_key(tenant, folder)
     runs_as = tenant + PREVIEW_SUFFIX
     job = Job(
         tenant=runs_as, key=key, version=content_hash(source), request=request,
         limits=config.limits.wire, source=source, env=config.env, throwaway=True,
     )  # fmt: skip
-    scratch = ScratchStorage(deps.storage)
+    scratch = ScratchStorage(deps.storage, deps.budgets.request_bodies.lease())
+    try:
+        return await run_with_overlay(deps, job, config, scratch, request_id)
+    finally:
+        scratch.lease.release()
+
+
+async def run_with_overlay(
+    deps: Deps, job: Job, config: TenantConfig, scratch: ScratchStorage, request_id: str
+) -> dict[str, Any]:
+    tenant, runs_as = job.tenant.removesuffix(PREVIEW_SUFFIX), job.tenant
     recorder = Recorder()
     wall_s = config.limits.timeout_ms / 1000
     deadline = trio.current_time() + wall_s
@@ -187,21 +257,44 @@ async def run_preview(deps: Deps, tenant: str, body: PreviewBody) -> dict[str, A
     answer: dict[str, Any] = {
         "status": reply.status,
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in reply.headers],
-        "body": text_or_none(reply.body),
         "logs": logs,
         "cpu_ms": round(reply.cpu_ms, 2),
         "wall_ms": round(wall_ms, 2),
         "sent": recorder.sent,
-        "storage_writes": {
-            key.decode("utf-8", "replace"): text_or_none(value) if value is not None else None
-            for key, value in scratch.written.items()
-        },
     }
-    if answer["body"] is None:
-        answer["body_base64"] = base64.b64encode(reply.body).decode()
+    answer |= echoed_body(reply.body)
+    answer |= echoed_writes(scratch.written)
+    if recorder.not_kept:
+        answer["sent_not_shown"] = recorder.not_kept
     if reply.error is not None:
         answer["error"] = reply.message or reply.error
     return answer
+
+
+def echoed_body(body: bytes) -> dict[str, Any]:
+    """The response body as the answer shows it: text, else base64; cut past a size."""
+    shown = body[:MAX_ECHO_BODY_BYTES]
+    echo: dict[str, Any] = {"body": text_or_none(shown)}
+    if echo["body"] is None:
+        echo["body_base64"] = base64.b64encode(shown).decode()
+    if len(body) > MAX_ECHO_BODY_BYTES:
+        echo |= {"body_truncated": True, "body_bytes": len(body)}
+    return echo
+
+
+def echoed_writes(written: dict[bytes, bytes | None]) -> dict[str, Any]:
+    """The scratch writes as the answer shows them: the first MAX_ECHO_WRITES keys, values cut
+    at MAX_ECHO_VALUE_BYTES (a binary value as its size), how many more there were."""
+    shown: dict[str, str | None] = {}
+    for key, value in list(written.items())[:MAX_ECHO_WRITES]:
+        text = None if value is None else text_or_none(value[:MAX_ECHO_VALUE_BYTES])
+        if value is not None and (text is None or len(value) > MAX_ECHO_VALUE_BYTES):
+            text = (text or "") + f"… ({len(value)} bytes)"
+        shown[key.decode("utf-8", "replace")] = text
+    echo: dict[str, Any] = {"storage_writes": shown}
+    if len(written) > MAX_ECHO_WRITES:
+        echo["storage_writes_not_shown"] = len(written) - MAX_ECHO_WRITES
+    return echo
 
 
 def preview_body(data: bytes) -> PreviewBody:
