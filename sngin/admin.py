@@ -10,9 +10,9 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from sngin.access import FORBIDDEN, Caller, authorize, identify
 from sngin.admin_code import register_code_routes
 from sngin.admin_events import register_event_routes
+from sngin.admin_guard import ADMIN_LISTENER, Access, Guard, granted
 from sngin.admin_stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin_storage import register_storage_routes
 from sngin.admin_tokens import register_token_routes
@@ -37,6 +37,9 @@ Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 
 def create_admin(deps: Deps) -> QuartTrio:
     admin = QuartTrio("sngin.admin")
+    guard = Guard(deps)
+    admin.extensions["sngin.guard"] = guard  # (the route table test reads every route's access)
+    admin.before_request(guard.check)  # every route: who calls, which tenant, CSRF (sessions)
 
     @admin.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Answer:
@@ -47,6 +50,7 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     # Public and polled often: O(1) in tenants, no /proc reads (statistics() does both).
     @admin.get("/__sngin/health")
+    @guard.allow(Access.PUBLIC)
     async def health() -> Answer:
         live = deps.pool.live_count()
         status = 200 if live > 0 else 503
@@ -54,9 +58,6 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.get("/__sngin/ready")
     async def ready() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         observer = deps.observer
         if deps.pool.live_count() == 0:
             return {"ready": False, "reason": "no live workers"}, 503
@@ -70,30 +71,19 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.get("/__sngin/stats")
     async def stats() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         cluster = request.args.get("cluster") in ("1", "true")
         return await node_statistics(deps, cluster=cluster), 200
 
     @admin.get("/__sngin/metrics")
     async def metrics() -> Any:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         return await render_metrics(deps), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     @admin.get("/__sngin/logs")
+    @guard.allow(Access.TENANT)  # the operator, or the tenant's own token
     async def logs() -> Any:
-        caller = await identify(deps)  # the operator, or the tenant's own token
-        if not isinstance(caller, Caller):
-            return caller
-        try:
-            tenant = tenant_of(request.args.get("host", ""))
-        except BadRequest as exc:
-            return {"error": exc.message}, 400
-        if not caller.may(tenant):
-            return FORBIDDEN
+        tenant = granted().tenant
+        if tenant is None:
+            return {"error": "name the site: ?host=HOST"}, 400
         hub = deps.observer.hub
         subscriber, lines = hub.subscribe(tenant)
 
@@ -114,9 +104,6 @@ def create_admin(deps: Deps) -> QuartTrio:
         return events(), 200, headers
 
     async def purge(host: str, path: str, kind: str) -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         if kind not in PURGE_TYPES:
             return {"error": "type must be 'file' or 'folder'"}, 400
         try:
@@ -128,9 +115,6 @@ def create_admin(deps: Deps) -> QuartTrio:
         return {"purged": dropped, "host": tenant, "path": "/" + folder, "type": kind}, 200
 
     async def purge_modules(url_prefix: str) -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         match = GITHUB_PREFIX.match(url_prefix)
         if match is None:
             return {"error": "url_prefix must look like github.com/<user>/<repo>/"}, 400
@@ -139,9 +123,6 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.post("/__sngin/purge")
     async def purge_json() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         body = await request.get_json(force=True, silent=True)
         if isinstance(body, dict) and isinstance(body.get("url_prefix"), str):
             return await purge_modules(body["url_prefix"])
@@ -154,27 +135,21 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.get("/__sngin/quarantine")
     async def quarantine() -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         return {"quarantined": quarantine_list(deps)}, 200
 
     @admin.delete("/__sngin/quarantine/<host>")
     async def lift_quarantine(host: str) -> Answer:
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
         try:
             tenant = tenant_of(host)
         except BadRequest as exc:
             return {"error": exc.message}, 400
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
 
-    register_storage_routes(admin, deps, authorize)
-    register_code_routes(admin, deps)
-    register_token_routes(admin, deps)
-    register_ui_routes(admin, deps)
-    register_event_routes(admin, deps)
+    register_storage_routes(admin, deps, guard)
+    register_code_routes(admin, deps, guard)
+    register_token_routes(admin, deps)  # the operator's only: the guard's default
+    register_ui_routes(admin, deps, guard)
+    register_event_routes(admin, deps, guard)
 
     @admin.post("/__purge")
     @admin.post("/__purge/")
@@ -209,4 +184,5 @@ class AdminListener:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        scope[ADMIN_LISTENER] = True  # the admin origin, whatever the Host (sngin.admin_guard)
         await self.admin(scope, receive, send)  # type: ignore[arg-type]

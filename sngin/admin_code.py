@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from quart import Response, request
 
 from sandbox.protocol import BAD_SOURCE, Job, Request
-from sngin.access import FORBIDDEN, Answer, Caller, identify
+from sngin.access import Answer, Caller
+from sngin.admin_guard import Access, Guard, granted
 from sngin.admin_stats import tenant_series
 from sngin.code_files import (
     MAX_FILE_BYTES,
@@ -30,7 +31,7 @@ from sngin.code_files import (
 from sngin.errors import BadRequest, SnginError
 from sngin.preview import preview_body, run_preview
 from sngin.tenant_series import BUCKET_S
-from sngin.tenants import CONFIG_NAME, tenant_of
+from sngin.tenants import CONFIG_NAME
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -97,34 +98,26 @@ def etag_of(header: str) -> str:
     return header.strip().removeprefix("W/").strip('"')
 
 
-def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
-    async def gate(host: str | None, *, writing: bool = False) -> Gate:
-        """The store, the tenant named (if any) and the caller, or the answer refusing them:
-        the admin token acts on every tenant, a tenant's token on that tenant only."""
-        caller = await identify(deps)
-        if not isinstance(caller, Caller):
-            return caller
+def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
+    async def gate(*, writing: bool = False) -> Gate:
+        """The store, the tenant named (if any) and the caller (the guard let them through:
+        the admin token acts on every tenant, a tenant's token on that tenant only), or the
+        answer when SNGIN_UI turns the API off or read-only."""
+        found = granted()
         mode = deps.settings.ui
         if mode == "off" or deps.files is None:
             return {"error": "the management API is off (SNGIN_UI=off)"}, 404
         if writing and mode == "readonly":
             return {"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403
-        tenant = None
-        if host is not None:
-            try:
-                tenant = tenant_of(host)
-            except BadRequest as exc:
-                return {"error": exc.message}, 400
-            if not caller.may(tenant):
-                return FORBIDDEN
-        return Allowed(deps.files, tenant or "", caller)
+        return Allowed(deps.files, found.tenant or "", found.caller)
 
     def path_argument() -> str:
         return file_path(request.args.get("path", ""))
 
     @admin.get("/__sngin/code")
+    @guard.allow(Access.TENANT)
     async def list_tenants() -> Answer:
-        allowed = await gate(None)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         try:
@@ -134,8 +127,9 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
 
     @admin.get("/__sngin/code/<host>")
+    @guard.allow(Access.TENANT)
     async def list_files(host: str) -> Answer:
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -146,8 +140,9 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return {"host": tenant, "files": [dataclasses.asdict(f) for f in listed]}, 200
 
     @admin.get("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
     async def read_file(host: str) -> Any:
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -163,8 +158,9 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return Response(version.content, 200, headers)
 
     @admin.put("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
     async def write_file(host: str) -> Answer:
-        allowed = await gate(host, writing=True)
+        allowed = await gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -191,10 +187,11 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return body, 201 if creating else 200, {"ETag": f'"{etag}"'}
 
     @admin.post("/__sngin/code/<host>/check")
+    @guard.allow(Access.TENANT)
     async def check(host: str) -> Answer:
         """Compile a script or module in a worker (never in the server process), without
         running it: its syntax errors with their lines."""
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         tenant = allowed.tenant
@@ -221,17 +218,19 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return {"path": path, "ok": True, "errors": []}, 200
 
     @admin.get("/__sngin/code/<host>/series")
+    @guard.allow(Access.TENANT)
     async def series(host: str) -> Answer:
         """The site's last ten minutes in 10-second points (requests/s, 5xx, CPU, p50/p99)."""
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         points = await tenant_series(deps, allowed.tenant)
         return {"host": allowed.tenant, "bucket_s": BUCKET_S, "points": points}, 200
 
     @admin.get("/__sngin/code/<host>/history")
+    @guard.allow(Access.TENANT)
     async def history(host: str) -> Answer:
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         try:
@@ -243,9 +242,10 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return {"host": allowed.tenant, "path": path, "versions": listed}, 200
 
     @admin.post("/__sngin/code/<host>/restore")
+    @guard.allow(Access.TENANT)
     async def restore(host: str) -> Answer:
         """An earlier version made the current one again (itself a conditional write)."""
-        allowed = await gate(host, writing=True)
+        allowed = await gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -269,9 +269,10 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
         return body | {"purged": purged}, 200
 
     @admin.post("/__sngin/code/<host>/preview")
+    @guard.allow(Access.TENANT)
     async def preview(host: str) -> Answer:
         """Run a source that is not saved with a sample request (sngin.preview)."""
-        allowed = await gate(host)
+        allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
         data = await bounded_body(MAX_PREVIEW_BYTES)
@@ -284,8 +285,9 @@ def register_code_routes(admin: QuartTrio, deps: Deps) -> None:
             return {"error": exc.message}, exc.status
 
     @admin.delete("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
     async def delete_file(host: str) -> Answer:
-        allowed = await gate(host, writing=True)
+        allowed = await gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from quart import request
 
+from sngin.admin_guard import Access, Guard
 from sngin.errors import BadRequest
 from sngin.s3_events import EventError, code_target, parse_notification
 from sngin.tenants import script_path, tenant_of
@@ -58,8 +59,9 @@ def confirm_allowed(url: str, patterns: tuple[str, ...]) -> bool:
     return parts.scheme == "https" and any(fnmatch.fnmatchcase(host, p) for p in patterns)
 
 
-def register_event_routes(admin: QuartTrio, deps: Deps) -> None:
+def register_event_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
     @admin.post("/__sngin/events/s3")
+    @guard.allow(Access.PUBLIC)  # to the admin guard: it checks SNGIN_EVENTS_TOKEN itself
     async def s3_events() -> Answer:
         token = deps.settings.events_token
         if token is None:

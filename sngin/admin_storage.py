@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 from typing import TYPE_CHECKING, Any, Final
 
 from quart import request
 
-from sngin.access import FORBIDDEN, Caller, identify
+from sngin.admin_code import bounded_body, too_large
+from sngin.admin_guard import Access, Guard
 from sngin.errors import BadRequest
 from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
 from sngin.tenants import tenant_of
@@ -53,31 +53,25 @@ def unpack(entry: Any) -> tuple[bytes, bytes]:
     return entry["key"].encode(), value.encode()
 
 
-def register_storage_routes(
-    admin: QuartTrio, deps: Deps, authorize: Callable[[Deps], Answer | None]
-) -> None:
+def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
+    """Routes naming a tenant's keys are the tenant's too (Access.TENANT); listing every
+    tenant, import and drop are the operator's (the guard's default)."""
+
     def backend() -> TenantStorage:
         if deps.storage is None:
             raise BadRequest("tenant storage is not available on this server")
         return deps.storage
 
-    def quota() -> Quota:
+    async def quota(tenant: str) -> Quota:
+        """The tenant's own quota (its _sngin.json, clamped), else the operator's: as scripts."""
+        config = await deps.configs.get(tenant) if deps.configs is not None else None
+        if config is not None and config.storage_quota is not None:
+            return config.storage_quota
         settings = deps.settings.storage
         return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
 
-    async def guarded(work: Callable[[], Any], host: str | None = None) -> Answer:
-        """The admin token, or (for routes naming `host`) that tenant's own token."""
-        if host is None:
-            denied = authorize(deps)
-            if denied is not None:
-                return denied
-        else:
-            caller = await identify(deps)
-            if not isinstance(caller, Caller):
-                return caller
-            with contextlib.suppress(BadRequest):  # a bad host is the route's own 400
-                if not caller.may(tenant_of(host)):
-                    return FORBIDDEN
+    async def answered(work: Callable[[], Any]) -> Answer:
+        """The route's answer, its storage errors as statuses (the guard has let it through)."""
         try:
             return await work()
         except BadRequest as exc:
@@ -87,13 +81,23 @@ def register_storage_routes(
         except StorageUnavailable as exc:
             return {"error": str(exc)}, 503
 
+    def checked(key: bytes, value: bytes | None) -> None:
+        """The same key and value limits as a script's storage calls."""
+        settings = deps.settings.storage
+        if not key or len(key) > settings.max_key_bytes:
+            raise BadRequest(f"keys must be 1 to {settings.max_key_bytes} bytes")
+        if value is not None and len(value) > settings.max_value_bytes:
+            raise BadRequest(f"values must be at most {settings.max_value_bytes} bytes")
+
     async def import_items(tenant: str, items: Any) -> int:
         if not isinstance(items, list):
             raise BadRequest('expected {"items": [...]}')
         storage = backend()
+        limit = await quota(tenant)
         for entry in items:
             key, value = unpack(entry)
-            await storage.set(tenant, key, value, quota())
+            checked(key, value)
+            await storage.set(tenant, key, value, limit)
         return len(items)
 
     @admin.get("/__sngin/storage")
@@ -106,9 +110,10 @@ def register_storage_routes(
                 rows.append({"host": tenant, "keys": keys, "bytes": size})
             return {"tenants": rows}, 200
 
-        return await guarded(work)
+        return await answered(work)
 
     @admin.get("/__sngin/storage/<host>")
+    @guard.allow(Access.TENANT)
     async def storage_keys(host: str) -> Answer:
         async def work() -> Answer:
             tenant = tenant_of(host)
@@ -119,15 +124,17 @@ def register_storage_routes(
             following = page[-1][0].decode("utf-8", "replace") if len(page) == limit else None
             return {"host": tenant, "keys": keys, "next": following}, 200
 
-        return await guarded(work, host)
+        return await answered(work)
 
     @admin.route("/__sngin/storage/<host>/value", methods=["GET", "PUT", "DELETE"])
+    @guard.allow(Access.TENANT)
     async def storage_value(host: str) -> Answer:
         async def work() -> Answer:
             tenant = tenant_of(host)
             key = request.args.get("key", "").encode()
             if not key:
                 raise BadRequest("?key= is required")
+            checked(key, None)
             storage = backend()
             if request.method == "GET":
                 value = await storage.get(tenant, key)
@@ -136,21 +143,24 @@ def register_storage_routes(
                 return value, 200, {"Content-Type": "application/octet-stream"}
             value = None
             if request.method == "PUT":
-                data = await request.get_data(as_text=False)
-                value = data if isinstance(data, bytes) else data.encode()
-            await storage.set(tenant, key, value, quota())
+                limit = deps.settings.storage.max_value_bytes
+                value = await bounded_body(limit)
+                if value is None:
+                    return too_large(limit)
+            await storage.set(tenant, key, value, await quota(tenant))
             return {"host": tenant, "key": key.decode(), "stored": value is not None}, 200
 
-        return await guarded(work, host)
+        return await answered(work)
 
     @admin.get("/__sngin/storage/<host>/export")
+    @guard.allow(Access.TENANT)
     async def storage_export(host: str) -> Answer:
         async def work() -> Answer:
             tenant = tenant_of(host)
             items = [item(k, v) for k, v in await backend().items(tenant)]
             return {"host": tenant, "items": items}, 200
 
-        return await guarded(work, host)
+        return await answered(work)
 
     @admin.post("/__sngin/storage/<host>/import")
     async def storage_import(host: str) -> Answer:
@@ -160,7 +170,7 @@ def register_storage_routes(
             count = await import_items(tenant, (body or {}).get("items"))
             return {"host": tenant, "imported": count}, 200
 
-        return await guarded(work)
+        return await answered(work)
 
     @admin.get("/__sngin/storage-export")
     async def storage_export_all() -> Answer:
@@ -170,7 +180,7 @@ def register_storage_routes(
                        for t in await storage.tenants()}  # fmt: skip
             return {"tenants": tenants}, 200
 
-        return await guarded(work)
+        return await answered(work)
 
     @admin.post("/__sngin/storage-import")
     async def storage_import_all() -> Answer:
@@ -185,7 +195,7 @@ def register_storage_routes(
                 counts[tenant] = await import_items(tenant, items)
             return {"imported": counts}, 200
 
-        return await guarded(work)
+        return await answered(work)
 
     @admin.delete("/__sngin/storage/<host>")
     async def storage_drop(host: str) -> Answer:
@@ -193,4 +203,4 @@ def register_storage_routes(
             tenant = tenant_of(host)
             return {"host": tenant, "deleted": await backend().drop(tenant)}, 200
 
-        return await guarded(work)
+        return await answered(work)

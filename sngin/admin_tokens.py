@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from quart import request
 
-from sngin.access import Answer, authorize
+from sngin.admin_guard import is_admin_host
 from sngin.errors import BadRequest
 from sngin.storage import StorageUnavailable
 from sngin.tenant_tokens import TenantTokens
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from quart_trio import QuartTrio
 
+    from sngin.access import Answer
     from sngin.deps import Deps
 
 UNAVAILABLE: Answer = {"error": "tokens are kept in tenant storage, which is unavailable"}, 503
@@ -26,10 +27,8 @@ UNAVAILABLE: Answer = {"error": "tokens are kept in tenant storage, which is una
 
 def register_token_routes(admin: QuartTrio, deps: Deps) -> None:
     async def guarded(work: Callable[[TenantTokens], Awaitable[Answer]]) -> Answer:
-        """The admin token only; tokens live in tenant storage, which may be unavailable."""
-        denied = authorize(deps)
-        if denied is not None:
-            return denied
+        """Tokens live in tenant storage, which may be unavailable (the guard lets only the
+        operator through to these routes)."""
         if deps.storage is None:
             return UNAVAILABLE
         try:
@@ -44,9 +43,12 @@ def register_token_routes(admin: QuartTrio, deps: Deps) -> None:
             if not isinstance(body, dict) or not isinstance(body.get("host"), str):
                 return {"error": 'expected JSON {"host": "<the tenant\'s host>"}'}, 400
             try:
-                made = await tokens.create(tenant_of(body["host"]))
+                tenant = tenant_of(body["host"])
             except BadRequest as exc:
                 return {"error": exc.message}, 400
+            if is_admin_host(tenant, deps.settings):
+                return {"error": f"{tenant} is the admin origin, not a site"}, 400
+            made = await tokens.create(tenant)
             # The only time the token is shown: only its hash is kept.
             return {**msgspec.structs.asdict(made.record), "token": made.token}, 201
 

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from quart import Response, redirect, request
 
-from sngin.access import Answer, token_alive, ui_session
+from sngin.access import Answer, token_alive
+from sngin.admin_guard import Access, Guard, csrf_ok, session_here
 from sngin.storage import StorageUnavailable
 from sngin.tenant_tokens import TenantTokens, token_key
-from sngin.ui_session import COOKIE, SESSION_S, Session, new_session, sign
+from sngin.ui_session import COOKIE, SESSION_S, new_session, sign
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
@@ -51,17 +52,32 @@ def secure() -> bool:
     return request.scheme == "https" or forwarded == "https"
 
 
-def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
+def cross_site() -> Answer | None:
+    """A login or logout another site started (its Origin or Sec-Fetch-Site says so)."""
+    site = request.headers.get("Sec-Fetch-Site", "")
+    if site and site not in ("same-origin", "none"):
+        return {"error": f"refused: a {site} request"}, 403
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if not forwarded or origin != f"{forwarded}://{request.host}":
+            return {"error": "refused: a request from another origin"}, 403
+    return None
+
+
+def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
     def off() -> Answer | None:
         if deps.settings.ui == "off":
             return {"error": "the web UI is off (SNGIN_UI=off)"}, 404
         return None
 
     @admin.get("/__sngin/ui")
+    @guard.allow(Access.UI)  # the admin origin only
     async def ui_root() -> Any:
         return redirect("/__sngin/ui/", 308)
 
     @admin.get("/__sngin/ui/")
+    @guard.allow(Access.UI)  # the admin origin only
     async def page() -> Any:
         closed = off()
         if closed is not None:
@@ -73,6 +89,7 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
         return Response(page, 200, headers, content_type="text/html; charset=utf-8")
 
     @admin.get("/__sngin/ui/assets/<name>")
+    @guard.allow(Access.UI)  # the admin origin only
     async def bundle(name: str) -> Any:
         closed = off()
         if closed is not None:
@@ -84,6 +101,7 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
                         content_type=kind)  # fmt: skip
 
     @admin.post("/__sngin/ui/login")
+    @guard.allow(Access.UI)  # the admin origin only
     async def login() -> Any:
         closed = off()
         if closed is not None:
@@ -91,6 +109,12 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
         admin_token = deps.settings.admin_token
         if admin_token is None:
             return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
+        refused = cross_site()
+        if refused is not None:
+            return refused
+        if request.mimetype != "application/json":
+            # A cross-site form can post text/plain or a form, never JSON without a preflight.
+            return {"error": "login takes application/json"}, 415
         body = await request.get_json(force=True, silent=True)
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not 0 < len(token) <= 256:
@@ -115,9 +139,10 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
         return answer
 
     @admin.get("/__sngin/ui/session")
+    @guard.allow(Access.UI)  # the admin origin only
     async def current() -> Answer:
-        session = ui_session(deps)
-        if not isinstance(session, Session) or (
+        session = session_here(deps)
+        if session is None or (
             session.host is not None and not await token_alive(deps, session.token_key)
         ):  # (200: the page asks before every login)
             return {"logged_in": False}, 200
@@ -126,7 +151,14 @@ def register_ui_routes(admin: QuartTrio, deps: Deps) -> None:
         return body | {"expires_in_s": left}, 200
 
     @admin.post("/__sngin/ui/logout")
+    @guard.allow(Access.UI)  # the admin origin only
     async def logout() -> Any:
+        refused = cross_site()
+        if refused is not None:
+            return refused
+        session = session_here(deps)
+        if session is not None and not csrf_ok(session):
+            return {"error": "missing or wrong CSRF token"}, 403
         answer = Response(b'{"logged_out": true}', 200, content_type="application/json")
         answer.delete_cookie(COOKIE, path="/__sngin/", httponly=True, samesite="Strict",
                              secure=secure())  # fmt: skip

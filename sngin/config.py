@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sngin.config_values import (
     float_range,
     int_range,
+    parse_admin_host,
     parse_app_path,
     parse_base_url,
     parse_dir,
@@ -196,6 +197,9 @@ class Settings:
     tenants_allow_file: Path | None = None  # SNGIN_TENANTS_ALLOW_FILE: host or *.suffix lines
     metrics_tenants: int = 100  # SNGIN_METRICS_TENANTS: tenants with their own metrics label
     admin_bind: Bind | None = None  # SNGIN_ADMIN_BIND: a separate listener for the admin API
+    # SNGIN_ADMIN_HOST: besides IP literals and localhost, the Host the public listener answers
+    # the web UI and cookie sessions on (never a tenant)
+    admin_host: str | None = None
     probe_interval_s: float = 10.0  # how often readiness checks the code store
     ui: str = "on"  # SNGIN_UI: the management API writes (on), only reads (readonly), or is off
     processes: int = 1  # SNGIN_PROCESSES: server processes sharing the listener; "auto": cores
@@ -364,6 +368,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_TENANTS_ALLOW_FILE": ("tenants_allow_file", parse_file),
     "SNGIN_METRICS_TENANTS": ("metrics_tenants", int_range(0, 100_000)),
     "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),
+    "SNGIN_ADMIN_HOST": ("admin_host", parse_admin_host),
     "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", int_range(1, 1024)),
     "SNGIN_TENANT_CONCURRENCY": ("pool.tenant_concurrency", int_range(1, 100_000)),
     "SNGIN_QUEUE_TIMEOUT_S": ("pool.queue_timeout_s", float_range(0, 3600)),

@@ -215,6 +215,14 @@ def parse_processes(text: str) -> int:
     return int_range(1, MAX_PROCESSES)(text)
 
 
+def parse_admin_host(text: str) -> str:
+    """SNGIN_ADMIN_HOST: the host name the admin origin answers to on the public listener."""
+    host = text.strip().lower().removesuffix(".")
+    if host.startswith(".") or not _HOST_NAME.match(host) or host.replace(".", "").isdigit():
+        raise ValueError("must be a host name such as admin.example.com (no port, no IP address)")
+    return host
+
+
 UI_MODES = ("on", "readonly", "off")
 
 

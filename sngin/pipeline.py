@@ -24,7 +24,7 @@ from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
-from sngin.tenants import script_key, script_path, tenant_of
+from sngin.tenants import names_admin_origin, script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
@@ -60,6 +60,7 @@ class TenantPipeline:
         self.deps = deps
         settings = deps.settings
         self._trusted = settings.trusted_proxies
+        self._admin_host = settings.admin_host  # the admin origin's name: never a tenant
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._default_config = TenantConfig(limits=settings.limits)
 
@@ -69,7 +70,7 @@ class TenantPipeline:
         reach S3."""
         host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
         tenant = tenant_of(host)
-        if not self._allowlist.allows(tenant):
+        if names_admin_origin(tenant, self._admin_host) or not self._allowlist.allows(tenant):
             raise TenantNotFound("no site is served at this host")
         trace.tenant = tenant
         return Route(tenant, script_key(tenant, script_path(scope["path"])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Final
 
@@ -42,6 +43,19 @@ def tenant_of(raw_host: str) -> str:
     if labels[-1].isdigit():
         raise BadRequest("an IP address is not a tenant host name")
     return host
+
+
+def names_admin_origin(host: str, admin_host: str | None) -> bool:
+    """An IP literal, `localhost` or SNGIN_ADMIN_HOST: the Hosts the admin origin (the web UI,
+    cookie sessions) answers to on the public listener, so never a tenant's."""
+    host = host.removesuffix(".")
+    if host == "localhost" or (admin_host is not None and host == admin_host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def script_path(path: str) -> str:

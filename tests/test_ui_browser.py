@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from sngin.config import S3Settings
+from sngin.ui_session import COOKIE, new_session, sign
 from tests.support import TOKEN, code_cache, running
 
 HOST = "ui.test"
@@ -28,14 +29,14 @@ pytestmark = pytest.mark.skipif(
 
 
 @contextmanager
-def browser():
+def browser(*flags: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1400,900", "--disable-gpu"):  # fmt: skip
+                 "--window-size=1400,900", "--disable-gpu", *flags):  # fmt: skip
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
@@ -246,3 +247,86 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
         with trio.fail_after(120):
             await trio.to_thread.run_sync(scenario, srv.url, folder)
     assert len(list(folder.glob("*.png"))) == 10
+
+
+# --- a tenant's Host is not the admin origin ----------------------------------------------------
+
+EVIL = "evil.test"
+# The tenant's page: what its script can reach of the admin API from its own origin, and a
+# cross-site login into the attacker's session (login CSRF) aimed at the admin origin.
+EVIL_PAGE = """
+return [==[<!doctype html><title>evil</title><pre id="out">running</pre><script>
+(async () => {
+  const lines = [];
+  const tries = [["GET", "/__sngin/ui/"], ["GET", "/__sngin/ui/session"],
+                 ["GET", "/__sngin/code"], ["POST", "/__sngin/tokens", '{"host": "ui.test"}'],
+                 ["POST", "/__sngin/ui/login", '{"token": "x"}']];
+  for (const [method, path, body] of tries) {
+    const r = await fetch(path, {method, body, credentials: "include",
+                                 headers: body ? {"Content-Type": "application/json"} : {}});
+    lines.push(method + " " + path + " " + r.status);
+  }
+  document.getElementById("out").textContent = lines.join("\\n");
+})();
+</script>]==], 200, {["Content-Type"] = "text/html"}
+"""
+LOGIN_CSRF = """
+return [[<!doctype html>
+<form id="f" method="POST" enctype="text/plain" action="ADMIN/__sngin/ui/login"><input name='{"token": "ATTACKER", "x": "' value='"}'></form>
+<script>document.getElementById("f").submit()</script>]], 200, {["Content-Type"] = "text/html"}
+"""
+
+
+def tenant_host_scenario(base: str, port: int, folder: Path, attacker_token: str) -> None:
+    evil = f"http://{EVIL}:{port}"
+    with browser(f"--host-resolver-rules=MAP {EVIL} 127.0.0.1") as driver:
+        steps = Steps(driver, base, folder)
+        # The UI is not there on the tenant's Host.
+        driver.get(evil + "/__sngin/ui/")
+        assert '"error":"404 Not Found"' in driver.page_source
+        steps.shot("no-ui-on-tenant-host")
+        # A session cookie on the tenant's Host (one made there before this fix, say) is
+        # ignored: the tenant's page reads no CSRF token and reaches nothing.
+        driver.get(evil + "/")
+        driver.add_cookie({"name": COOKIE, "value": sign(new_session(None), TOKEN),
+                           "path": "/__sngin/"})  # fmt: skip
+        driver.get(evil + "/")
+        steps.wait.until(lambda d: d.find_element("css selector", "#out").text != "running")
+        assert steps.element("#out").text.splitlines() == [
+            "GET /__sngin/ui/ 404",
+            "GET /__sngin/ui/session 404",
+            "GET /__sngin/code 401",
+            "POST /__sngin/tokens 401",
+            "POST /__sngin/ui/login 404",
+        ]
+        steps.shot("tenant-page-reaches-nothing")
+        # A cross-site form posting the attacker's token to the real login is refused, so the
+        # operator's browser holds no session of the attacker's.
+        driver.get(evil + "/login-csrf")
+        steps.wait.until(lambda d: "login" in d.current_url and "refused" in d.page_source)
+        steps.shot("login-csrf-refused")
+        driver.get(base + "/__sngin/ui/session")
+        assert '"logged_in":false' in driver.page_source
+        assert attacker_token not in driver.page_source
+
+
+async def test_a_tenant_host_can_neither_load_the_ui_nor_use_a_session(tmp_path):
+    folder = ARTIFACTS / "tenant-host"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    sites = tmp_path / "sites"
+    (sites / EVIL).mkdir(parents=True)
+    (sites / EVIL / "index.lua").write_text(EVIL_PAGE)
+    async with running(sites, admin_token=TOKEN) as srv:
+        made = await srv.client.post(srv.url + "/__sngin/tokens", json={"host": EVIL},
+                                     headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        attacker = made.json()["token"]
+        (sites / EVIL / "login-csrf").mkdir()
+        (sites / EVIL / "login-csrf" / "index.lua").write_text(
+            LOGIN_CSRF.replace("ADMIN", srv.url).replace("ATTACKER", attacker)
+        )
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(
+                tenant_host_scenario, srv.url, srv.port, folder, attacker
+            )
+    assert len(list(folder.glob("*.png"))) == 3

@@ -45,8 +45,11 @@ async def test_login_sets_a_strict_http_only_cookie_and_changes_need_the_csrf_to
         assert purge.status_code == 403
         made = await srv.client.put(url, content=body, headers=create | {"X-CSRF-Token": csrf})
         assert made.status_code == 201
-        # Logout: the cookie is gone and the API is closed again.
-        out = await srv.client.post(srv.url + "/__sngin/ui/logout")
+        # Logout needs the session's CSRF token too; then the cookie is gone and the API closed.
+        forced = await srv.client.post(srv.url + "/__sngin/ui/logout")
+        assert forced.status_code == 403
+        assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 200
+        out = await srv.client.post(srv.url + "/__sngin/ui/logout", headers={"X-CSRF-Token": csrf})
         assert "Max-Age=0" in out.headers["set-cookie"] or "expires=" in out.headers["set-cookie"]
         assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 401
 
