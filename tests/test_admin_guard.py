@@ -31,9 +31,7 @@ def routes(deps) -> list[tuple[str, str, Access]]:
             continue
         path = rule.rule
         for name in rule.arguments:
-            path = path.replace(f"<{name}>", FILLERS[name]).replace(
-                f"<path:{name}>", FILLERS[name]
-            )
+            path = path.replace(f"<{name}>", FILLERS[name]).replace(f"<path:{name}>", FILLERS[name])
         if rule.endpoint == "logs":
             path += f"?host={VICTIM}"
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

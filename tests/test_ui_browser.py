@@ -272,7 +272,8 @@ return [==[<!doctype html><title>evil</title><pre id="out">running</pre><script>
 """
 LOGIN_CSRF = """
 return [[<!doctype html>
-<form id="f" method="POST" enctype="text/plain" action="ADMIN/__sngin/ui/login"><input name='{"token": "ATTACKER", "x": "' value='"}'></form>
+<form id="f" method="POST" enctype="text/plain" action="ADMIN/__sngin/ui/login">
+<input name='{"token": "ATTACKER", "x": "' value='"}'></form>
 <script>document.getElementById("f").submit()</script>]], 200, {["Content-Type"] = "text/html"}
 """
 
@@ -326,7 +327,5 @@ async def test_a_tenant_host_can_neither_load_the_ui_nor_use_a_session(tmp_path)
             LOGIN_CSRF.replace("ADMIN", srv.url).replace("ATTACKER", attacker)
         )
         with trio.fail_after(60):
-            await trio.to_thread.run_sync(
-                tenant_host_scenario, srv.url, srv.port, folder, attacker
-            )
+            await trio.to_thread.run_sync(tenant_host_scenario, srv.url, srv.port, folder, attacker)
     assert len(list(folder.glob("*.png"))) == 3
