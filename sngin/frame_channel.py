@@ -66,6 +66,9 @@ class Pending:
     reply: Reply | None = None
     failure: WorkerFailed | None = None
     waiting_call: bool = False  # the worker is waiting for our answer to its Call
+    # ...and that Call is a storage or cache operation: a backend's stall, not the tenant's
+    # (lease waits and http.request are the tenant's own choice)
+    waiting_on_backend: bool = False
     heard: bool = False  # the worker sent a frame about it: it has started
     redact: Callable[[str], str] | None = None  # the tenant's secrets out of its log lines
     call_scopes: list[trio.CancelScope] = field(default_factory=list)
@@ -190,6 +193,10 @@ class FrameChannel:
         if pending.waiting_call:
             # Waiting for the server, not running Lua: drop just this request.
             self._send_cancel(pending)
+            if pending.waiting_on_backend:
+                raise WorkerFailed(
+                    WALL_KILL, "the request ran out of wall time waiting on storage", platform=True
+                )
         elif self._queued(pending):
             # Stacked behind another request that still computes: it never ran, so the worker
             # (and the request ahead) go on; its Reply, should it come, is dropped.
@@ -315,6 +322,8 @@ class FrameChannel:
         if pending is None:
             return  # cancelled: the worker gets a Cancel, not an answer
         pending.waiting_call = pending.heard = True
+        storage = call.storage
+        pending.waiting_on_backend = storage is not None and storage.op != "lease_acquire"
         if pending.nursery is not None:
             pending.nursery.start_soon(self._answer_call, pending, call)
         else:
@@ -335,7 +344,7 @@ class FrameChannel:
                 result = CallResult(
                     id=call.id, call_id=call.call_id, error="the server could not complete the call"
                 )
-            pending.waiting_call = False
+            pending.waiting_call = pending.waiting_on_backend = False
             self._send(result)
 
     def _fail_all(self, reason: str) -> None:

@@ -329,7 +329,7 @@ class Pool:
                 note.kill = exc.reason
             if exc.reason == WALL_KILL:
                 self._timeouts += 1
-            if not exc.sibling:
+            if not exc.sibling and not exc.platform:
                 self.accounting.strike(tenant, counters, exc.reason)
             counters.status_5xx += 1
             raise failure_error(exc, limits) from None

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from sngin.storage import TenantStorage
     from sngin.tenant_cache import TenantCache
 
+# A storage or cache backend that stalls (Redis stopped, a locked database) costs a call at most
+# this, and always leaves the request time to answer: the stall is the platform's, so it must
+# not end as the tenant's wall kill (a quarantine strike).
+BACKEND_WAIT_S: Final = 2.0
+ANSWER_MARGIN_S: Final = 0.25
 LEASE_GRACE_S: Final = 5.0  # a lease outlives its request's wall time by this much, at most
 DEFAULT_CACHE_TTL_S: Final = 300.0
 OPS: Final = frozenset(
@@ -62,7 +67,14 @@ class StorageCalls:
         started = trio.current_time()
         self.operations += 1
         try:
-            return await self._answer(call)
+            if call.op == "lease_acquire":  # its wait is the script's own choice (timeout)
+                return await self._answer(call)
+            bound = min(BACKEND_WAIT_S, self._deadline - started - ANSWER_MARGIN_S)
+            with trio.move_on_after(max(bound, 0)):
+                return await self._answer(call)
+            raise StorageRefused(
+                f"storage unavailable: the backend did not answer within {max(bound, 0):.2g} s"
+            )
         finally:
             self.seconds += trio.current_time() - started
 

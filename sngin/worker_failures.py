@@ -26,13 +26,22 @@ class WorkerFailed(Exception):
     had not begun to run (it may safely run elsewhere)."""
 
     def __init__(
-        self, reason: str, detail: str, *, sibling: bool = False, unstarted: bool = False
+        self,
+        reason: str,
+        detail: str,
+        *,
+        sibling: bool = False,
+        unstarted: bool = False,
+        platform: bool = False,
     ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.sibling = sibling
         self.unstarted = unstarted
+        # The time ran out while the request waited on a storage or cache backend: the
+        # platform's stall, not the tenant's doing, so no quarantine strike.
+        self.platform = platform
 
 
 class WorkerBootFailed(Exception):
