@@ -73,6 +73,8 @@ class PoolConfig:
 
 # Goes a job gets: a worker that declines it or ends before its turn hands it on (rare: only a
 # job stacked behind others meets either).
+# A declined job is queued again for an idle worker, where it cannot be declined: the third
+# attempt is reached only if workers keep dying before its turn.
 MAX_ATTEMPTS: Final = 3
 
 LIMIT_NAMES: Final = {
@@ -266,21 +268,21 @@ class Pool:
             # The job runs under exactly these limits (the pipeline built it so already).
             job = msgspec.structs.replace(job, limits=limits.wire)
         counters.requests += 1
-        # The wall time counts while a worker has the job (not while it queues for one), over
-        # every attempt.
-        wall_left_s = limits.timeout_ms / 1000
+        # The wall time counts while a worker runs the job, not while it queues for one, nor
+        # while it sat stacked on a worker that then declined it or ended before its turn.
+        wall_s = limits.timeout_ms / 1000
+        behind_others = True
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            reply, held_s = await self._attempt(
+            reply = await self._attempt(
                 job, calls, counters, limits=limits, concurrency=concurrency, redact=redact,
-                note=note, timeout_s=wall_left_s, last=attempt == MAX_ATTEMPTS,
+                note=note, timeout_s=wall_s, behind_others=behind_others,
+                last=attempt == MAX_ATTEMPTS,
             )  # fmt: skip
             if reply is not None:
                 break
-            wall_left_s -= held_s
-            if wall_left_s <= 0:  # it waited out its wall time without starting anywhere
-                counters.status_5xx += 1
-                never_started = WorkerFailed(NEVER_STARTED, "no time left", sibling=True)
-                raise failure_error(never_started, limits)
+            # Back to the queue, for an idle worker (or one of its own tenant's): it is not
+            # stacked again, so it cannot be declined again.
+            behind_others = False
             self._ran_elsewhere += 1
         assert reply is not None  # the last attempt answers or raises
         counters.cpu_ms += reply.cpu_ms
@@ -302,14 +304,16 @@ class Pool:
         redact: Callable[[str], str] | None,
         note: RunNote,
         timeout_s: float,
+        behind_others: bool,
         last: bool,
-    ) -> tuple[Reply | None, float]:
-        """One worker's go at a job: its Reply (None when the job never started there: the
-        worker declined it, or ended before its turn; it may run elsewhere), and how long the
-        worker had it."""
+    ) -> Reply | None:
+        """One worker's go at a job: its Reply, or None when the job never started there (the
+        worker declined it, or ended before its turn): it goes back to the queue."""
         tenant = job.tenant
         try:
-            admitted = await self.scheduler.admit(tenant, concurrency, self._config.queue_timeout_s)
+            admitted = await self.scheduler.admit(
+                tenant, concurrency, self._config.queue_timeout_s, behind_others=behind_others
+            )
         except QueueTimeout as exc:
             counters.queue_waits += 1
             counters.queue_wait_ms += exc.queued_s * 1000
@@ -324,7 +328,7 @@ class Pool:
             reply = await worker.run(job, calls, timeout_s=timeout_s, redact=redact)
         except WorkerFailed as exc:
             if exc.unstarted and not last:
-                return None, trio.current_time() - started
+                return None
             if exc.reason != NEVER_STARTED:  # that one killed nothing
                 note.kill = exc.reason
             if exc.reason == WALL_KILL:
@@ -337,13 +341,12 @@ class Pool:
             counters.wall_ms += (trio.current_time() - started) * 1000
             self.scheduler.finished(tenant)
             self._check_in(worker)
-        held_s = trio.current_time() - started
         if reply.declined:
             if not last:
-                return None, held_s
+                return None
             counters.status_5xx += 1
             raise Unavailable("no worker could start the request", headers={"Retry-After": "1"})
-        return reply, held_s
+        return reply
 
     async def aclose(self) -> None:
         self.scheduler.close()

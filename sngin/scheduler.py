@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class Schedulable(Protocol):
-    """What the scheduler reads of a worker (and the one thing it writes: `reserved`)."""
+    """What the scheduler reads of a worker (and what it writes: `reserved`, `reserved_for`)."""
 
     @property
     def alive(self) -> bool: ...
@@ -50,6 +50,7 @@ class Schedulable(Protocol):
     def tenant(self) -> str | None: ...
 
     reserved: int
+    reserved_for: str | None  # the tenant of its latest reservation
 
     @property
     def dormant(self) -> Collection[str]: ...
@@ -63,6 +64,7 @@ class Waiter:
     cap: int
     ready: trio.Event = field(default_factory=trio.Event)
     worker: Schedulable | None = None
+    behind_others: bool = True  # may be stacked behind another tenant's requests (rule 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,9 @@ class Scheduler:
         if worker in self.ready:
             self.ready.remove(worker)
 
-    def pick(self, tenant: str, *, stack: bool = True) -> Schedulable | None:
+    def pick(
+        self, tenant: str, *, stack: bool = True, behind_others: bool = True
+    ) -> Schedulable | None:
         """Where a request of `tenant` runs next, or None to wait. With stack=False only an
         idle worker will do (rules 1, 3, 4): another tenant's older request is waiting for a
         worker to come free, and stacking more of this tenant's requests would keep it busy.
@@ -126,7 +130,10 @@ class Scheduler:
         5. any worker of the tenant below the per-worker concurrency;
         6. stacked on the least loaded worker whose requests all compute (module docstring),
            one holding the tenant's runtime first. Open to waiters with stack=False too: it
-           takes nothing from another tenant, unlike rules 2 and 5.
+           takes nothing from another tenant, unlike rules 2 and 5. Not with
+           behind_others=False: a request a worker declined (or that never started behind
+           another tenant's) waits for an idle worker or its own tenant's, so it cannot be
+           declined again (no stack-and-decline spin).
         """
         limit = self.worker_concurrency
         idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = None
@@ -134,7 +141,11 @@ class Scheduler:
             if not w.alive:
                 continue
             in_flight = w.in_flight
-            if w.tenant == tenant:
+            # A reservation not started yet makes the worker that tenant's already: the job it
+            # was reserved for runs next, so another tenant joining it would go first, and a
+            # park of that other tenant's would get the reserved job declined.
+            owner = w.reserved_for if w.reserved else w.tenant
+            if owner == tenant:
                 if not in_flight:
                     idle_mine = w  # the last one seen is the most recently used
                 elif in_flight < limit:
@@ -152,7 +163,7 @@ class Scheduler:
         # An idle worker before a busy one, even one holding the tenant's runtime: a stacked
         # request waits for the CPU of those ahead of it, a fresh runtime costs ~1 ms.
         worker = idle_mine or waiting_mine or idle_dormant or idle_any or open_mine
-        if worker is None:
+        if worker is None and behind_others:
             worker = self._stackable(tenant)
         if worker is not None:
             self.ready.remove(worker)
@@ -166,6 +177,8 @@ class Scheduler:
         depth = min(STACK_DEPTH, self.worker_concurrency)
         best, best_key = None, (depth, True)
         for w in self.ready:
+            if w.reserved and w.reserved_for != tenant:
+                continue  # its next job is not sent yet: ours might go ahead of it
             if w.alive and 0 < w.in_flight < depth and not w.parked:
                 held = w.tenant == tenant or tenant in w.dormant
                 key = (w.in_flight, not held)
@@ -175,14 +188,17 @@ class Scheduler:
 
     # --- reservations --------------------------------------------------------------------------
 
-    def take(self, tenant: str, cap: int, *, stack: bool = True) -> Schedulable | None:
+    def take(
+        self, tenant: str, cap: int, *, stack: bool = True, behind_others: bool = True
+    ) -> Schedulable | None:
         """Reserve a worker for one request of `tenant` now, or None."""
         if self.tenant_in_flight[tenant] >= cap:
             return None
-        worker = self.pick(tenant, stack=stack)
+        worker = self.pick(tenant, stack=stack, behind_others=behind_others)
         if worker is None:
             return None
         worker.reserved += 1
+        worker.reserved_for = tenant
         self.tenant_in_flight[tenant] += 1
         return worker
 
@@ -198,18 +214,21 @@ class Scheduler:
         if not self.tenant_in_flight[tenant]:
             del self.tenant_in_flight[tenant]
 
-    async def admit(self, tenant: str, cap: int | None, timeout_s: float) -> Admitted:
+    async def admit(
+        self, tenant: str, cap: int | None, timeout_s: float, *, behind_others: bool = True
+    ) -> Admitted:
         """A worker reserved for one request of `tenant`, counted against the tenant's
-        concurrency; waits its turn (first come, first served) up to timeout_s."""
+        concurrency; waits its turn (first come, first served) up to timeout_s. With
+        behind_others=False, never a worker busy with another tenant's requests."""
         cap = cap or self.tenant_concurrency
         if not self.waiters:
-            worker = self.take(tenant, cap)
+            worker = self.take(tenant, cap, behind_others=behind_others)
             if worker is not None:
                 return Admitted(worker, None)  # the usual case: no queue, no cancel scope
         queued_at = trio.current_time()
         with trio.move_on_after(timeout_s):
             while True:
-                waiter = Waiter(tenant, cap)
+                waiter = Waiter(tenant, cap, behind_others=behind_others)
                 self.waiters.append(waiter)
                 try:
                     await waiter.ready.wait()
@@ -256,7 +275,9 @@ class Scheduler:
             if not idle and (starving or waiter.tenant not in open_tenants):
                 starving = True
                 continue  # nothing it could take: skip it without a full pick
-            worker = self.take(waiter.tenant, waiter.cap, stack=not starving)
+            worker = self.take(
+                waiter.tenant, waiter.cap, stack=not starving, behind_others=waiter.behind_others
+            )
             if worker is None:
                 starving = True
             else:

@@ -90,6 +90,7 @@ class WorkerProcess:
         self.channel = FrameChannel(self._stdin, self._stdout, nursery, self)
         self.mirror = RuntimeMirror()
         self.reserved = 0  # requests the pool handed this worker that have not started yet
+        self.reserved_for: str | None = None  # the tenant of the latest of them
         self.broken = False
         self.killed_for: str | None = None
         self._blame: int | None = None  # for a wall kill: the request whose time ran out
@@ -220,6 +221,7 @@ class WorkerProcess:
         first or the time runs out (WALL_KILL)."""
         if self.reserved:
             self.reserved -= 1
+        previous = self.mirror.tenant
         if not self.broken:
             self.mirror.switch_to(job.tenant)
         version = (job.key, job.version)
@@ -230,6 +232,9 @@ class WorkerProcess:
             timeout_s=timeout_s,
             redact=redact,
         )
+        if reply.declined:
+            self.mirror.switch_back(job.tenant, previous)
+            return reply
         self.mirror.compiled(version)
         if reply.dropped_runtimes:
             self.mirror.forget(reply.dropped_runtimes)

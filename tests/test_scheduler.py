@@ -20,6 +20,7 @@ class StandIn:
     busy: int = 0  # requests running on it (the pool's own count, outside the scheduler)
     waiting: bool = False  # its requests all wait on platform calls
     reserved: int = 0
+    reserved_for: str | None = None
     alive: bool = True
     dormant: set[str] = field(default_factory=set)
 
@@ -229,3 +230,23 @@ async def test_a_waiter_takes_a_worker_that_opens_to_stacking(autojump_clock):
         admitted = await s.admit("a", None, timeout_s=10)
     assert admitted.worker is worker
     assert admitted.queued_s == 1
+
+
+def test_a_worker_reserved_for_one_tenant_is_not_joined_by_its_last_tenant():
+    """The worker last ran heavy's jobs; light reserved it (its job not sent yet). Heavy's next
+    request must not join it: sent first, it would run ahead of light's, and a park of it would
+    get light's job declined."""
+    worker = StandIn(tenant="heavy.test")
+    scheduler = Scheduler(worker_concurrency=8, tenant_concurrency=8, check_in=lambda w: None)
+    scheduler.offer(worker)
+    assert scheduler.take("light.test", 8) is worker
+    assert scheduler.pick("heavy.test") is None
+    assert scheduler.take("light.test", 8) is worker  # light's own reservation: its own worker
+
+
+def test_a_declined_requests_retry_is_never_stacked_behind_another_tenant():
+    worker = StandIn(tenant="heavy.test", busy=1)  # computing: open to stacking
+    scheduler = Scheduler(worker_concurrency=8, tenant_concurrency=8, check_in=lambda w: None)
+    scheduler.offer(worker)
+    assert scheduler.pick("light.test", behind_others=False) is None
+    assert scheduler.pick("light.test") is worker

@@ -120,3 +120,37 @@ async def test_a_stacked_request_whose_wall_time_runs_out_never_kills_the_one_ah
     assert "CPU-time limit of 600 ms" in str(outcomes["spin.test"])  # its own kill, not b's
     assert stats.tenants["b.test"].wall_kills == 0
     assert stats.exits.get("wall", 0) == 0
+
+
+async def test_a_storage_heavy_tenant_never_makes_another_tenants_requests_fail(tmp_path):
+    """Tenant `heavy` alternates computing and parking on storage calls, four requests at a
+    time on both workers; `light`'s requests get stacked behind it and declined when it parks.
+    A declined request waits for an idle worker (the worker no longer passes for light's own
+    after declining it, which sent it back there to be declined again: 98 of 100 answered 503
+    before): every one of them answers 200."""
+    from tests.support import running
+
+    (tmp_path / "heavy.test").mkdir()
+    (tmp_path / "heavy.test" / "index.lua").write_text(
+        "for i = 1, 300 do local x = 0 for j = 1, 20000 do x = x + j end"
+        " storage['k' .. (i % 50)] = tostring(x) end return 'heavy'"
+    )
+    (tmp_path / "light.test").mkdir()
+    (tmp_path / "light.test" / "index.lua").write_text("return 'light'")
+    statuses: dict[str, list[int]] = {"heavy.test": [], "light.test": []}
+    async with running(tmp_path, workers=2, timeout_ms=20_000) as srv:
+
+        async def hammer(host: str, count: int) -> None:
+            for _ in range(count):
+                answer = await srv.get("/", host=host)
+                statuses[host].append(answer.status_code)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(hammer, "heavy.test", 6)
+                nursery.start_soon(hammer, "light.test", 100)
+        stats = srv.pool.statistics()
+    assert statuses["light.test"] == [200] * 100
+    assert statuses["heavy.test"] == [200] * 24
+    assert stats.ran_elsewhere > 0  # light's requests were declined, and ran all the same
