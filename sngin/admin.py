@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import request
 from quart_trio import QuartTrio
@@ -18,7 +19,8 @@ from sngin.admin_storage import register_storage_routes
 from sngin.admin_tokens import register_token_routes
 from sngin.admin_ui import register_ui_routes
 from sngin.cluster_bus import ClusterBus
-from sngin.errors import BadRequest
+from sngin.errors import BadRequest, SnginError
+from sngin.tail_gate import TailGate
 from sngin.tenants import script_path, tenant_of
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     Message = MutableMapping[str, Any]
 
 PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
+TAIL_RECHECK_S = 4.0  # a live tail's credential is checked again this often (ends within 5 s)
 # github.com/<user>/<repo>/... -> the module cache's key prefix "<user>/<repo>/..."
 GITHUB_PREFIX = re.compile(r"(?:https://)?github\.com/([\w.-]+/[\w.-]+/(?:[\w./-]*))\Z")
 Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
@@ -38,6 +41,7 @@ Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 def create_admin(deps: Deps) -> QuartTrio:
     admin = QuartTrio("sngin.admin")
     guard = Guard(deps)
+    tails = TailGate(deps.observer.hub, deps.settings, deps.link)
     admin.extensions["sngin.guard"] = guard  # (the route table test reads every route's access)
     admin.before_request(guard.check)  # every route: who calls, which tenant, CSRF (sessions)
 
@@ -81,16 +85,34 @@ def create_admin(deps: Deps) -> QuartTrio:
     @admin.get("/__sngin/logs")
     @guard.allow(Access.TENANT)  # the operator, or the tenant's own token
     async def logs() -> Any:
-        tenant = granted().tenant
+        found = granted()
+        tenant = found.tenant
         if tenant is None:
             return {"error": "name the site: ?host=HOST"}, 400
         hub = deps.observer.hub
-        subscriber, lines = hub.subscribe(tenant)
+        try:
+            subscriber, lines = await tails.open(tenant)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status, exc.headers
 
         async def events() -> AsyncIterator[bytes]:
             try:
                 yield b": tailing " + tenant.encode() + b"\n\n"
-                async for line in lines:
+                recheck_at = trio.current_time() + TAIL_RECHECK_S
+                while True:
+                    line: str | None = None
+                    with trio.move_on_at(recheck_at):  # (no yield inside: an async generator)
+                        try:
+                            line = await lines.receive()
+                        except trio.EndOfChannel:
+                            return
+                    if line is None:
+                        # Every few seconds: a revoked token or an expired session ends it.
+                        if not await found.still_valid():
+                            yield b"event: end\ndata: the credential was revoked or expired\n\n"
+                            return
+                        recheck_at = trio.current_time() + TAIL_RECHECK_S
+                        continue
                     subscriber.taken(line)
                     if subscriber.dropped:
                         # A slow reader loses lines rather than slowing scripts; say how many.

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import enum
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from quart import g, request
@@ -85,17 +87,35 @@ def session_here(deps: Deps) -> Session | None:
     return verify(cookie, token)
 
 
+async def session_unexpired(session: Session) -> bool:
+    return session.expires > time.time()
+
+
 def csrf_ok(session: Session) -> bool:
     offered = request.headers.get(CSRF_HEADER, "")
     return hmac.compare_digest(offered.encode(), session.csrf.encode())
 
 
+async def always() -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """Who a request's credential names, and how to tell later that it still holds."""
+
+    caller: Caller
+    still_valid: Callable[[], Awaitable[bool]]
+
+
 @dataclass(frozen=True, slots=True)
 class Granted:
-    """What the guard found, for the route: the caller and the tenant its route names."""
+    """What the guard found, for the route: the caller, the tenant its route names, and how to
+    tell later whether the credential still holds (a long-lived answer, a live tail, asks)."""
 
     caller: Caller
     tenant: str | None
+    still_valid: Callable[[], Awaitable[bool]] = always
 
 
 def granted() -> Granted:
@@ -132,9 +152,10 @@ class Guard:
         settings = self._deps.settings
         if access is Access.UI:
             return None if on_admin_origin(settings) else NOT_FOUND
-        caller = await self._caller(operator_only=access is Access.OPERATOR)
-        if not isinstance(caller, Caller):
-            return caller
+        found = await self._caller(operator_only=access is Access.OPERATOR)
+        if not isinstance(found, Credential):
+            return found
+        caller = found.caller
         if access is Access.OPERATOR and caller.host is not None:
             return WRONG_TOKEN
         named = (request.view_args or {}).get("host")
@@ -150,12 +171,13 @@ class Guard:
                 return {"error": f"{tenant} is the admin origin, not a site"}, 400
             if not caller.may(tenant):
                 return FORBIDDEN
-        g.granted = Granted(caller, tenant)
+        g.granted = Granted(caller, tenant, found.still_valid)
         return None
 
-    async def _caller(self, *, operator_only: bool) -> Caller | Answer:
-        """The operator or a tenant, from a bearer token or (on the admin origin) a session;
-        a session's changing request must carry its CSRF token."""
+    async def _caller(self, *, operator_only: bool) -> Credential | Answer:
+        """The operator or a tenant, from a bearer token or (on the admin origin) a session,
+        with the check that it still holds; a session's changing request must carry its CSRF
+        token."""
         deps = self._deps
         admin_token = deps.settings.admin_token
         if admin_token is None:
@@ -163,19 +185,30 @@ class Guard:
         offered = bearer()
         if offered:
             if hmac.compare_digest(offered.encode(), admin_token.encode()):
-                return Caller(host=None)
+                return Credential(Caller(host=None), always)
             if operator_only:  # no lookup: an operator route answers 401 to any other token
                 return WRONG_TOKEN
-            return await lookup_token(deps, offered)
+            caller = await lookup_token(deps, offered)
+            if not isinstance(caller, Caller):
+                return caller
+
+            async def token_still_there() -> bool:
+                return isinstance(await lookup_token(deps, offered), Caller)
+
+            return Credential(caller, token_still_there)
         session = session_here(deps)
         if session is None:
             return WRONG_TOKEN
         if request.method not in SAFE_METHODS and not csrf_ok(session):
             return {"error": "missing or wrong CSRF token"}, 403
         if session.host is None:
-            return Caller(host=None)
+            return Credential(Caller(host=None), partial(session_unexpired, session))
         if operator_only:
             return WRONG_TOKEN
         if not await token_alive(deps, session.token_key):
             return {"error": "this session's token was revoked"}, 401
-        return Caller(host=session.host)
+
+        async def session_still_holds() -> bool:
+            return await session_unexpired(session) and await token_alive(deps, session.token_key)
+
+        return Credential(Caller(host=session.host), session_still_holds)

@@ -43,17 +43,30 @@ class LogHub:
     forward: Callable[[str, str], None] | None = None
     on_watch: Callable[[str, bool], None] | None = None
 
-    def subscribe(self, tenant: str) -> tuple[Subscriber, trio.MemoryReceiveChannel[str]]:
+    def subscribe(
+        self, tenant: str, *, counted: bool = False
+    ) -> tuple[Subscriber, trio.MemoryReceiveChannel[str]]:
+        """A new tail (`counted`: the node's parent counted it already, see TailGate)."""
         send, receive = trio.open_memory_channel[str](TAIL_BUFFER)
         subscriber = Subscriber(send)
         if self.closed:
             send.close()  # shutting down: the tail ends at once
+            if counted and self.on_watch is not None:
+                self.on_watch(tenant, False)
         else:
             self.subscribers.setdefault(tenant, []).append(subscriber)
             self.watched.add(tenant)
-            if self.on_watch is not None:
+            if self.on_watch is not None and not counted:
                 self.on_watch(tenant, True)
         return subscriber, receive
+
+    def refusal(self, tenant: str, per_tenant: int, total: int) -> str | None:
+        """Which cap one more tail here would pass ("tenant", "node"), or None."""
+        if len(self.subscribers.get(tenant, ())) >= per_tenant:
+            return "tenant"
+        if sum(len(s) for s in self.subscribers.values()) >= total:
+            return "node"
+        return None
 
     def close_all(self) -> None:
         """End every tail (at shutdown: an open follower must not hold the server up)."""

@@ -25,10 +25,12 @@ from sngin.process_protocol import (
     Hello,
     Line,
     Message,
+    OpenTail,
     ProcessRow,
     Ready,
     Report,
     Reported,
+    TailAnswer,
     Take,
     Taken,
     Watch,
@@ -122,6 +124,9 @@ class Hub:
             for other in self.slots:
                 if other is not slot and other.writer is not None and message.tenant in other.tails:
                     other.writer.send_soon(message)
+        elif isinstance(message, OpenTail):
+            assert slot.writer is not None
+            slot.writer.send_soon(TailAnswer(message.id, self._open_tail(slot, message)))
         elif isinstance(message, Watch):
             count = slot.tails.get(message.tenant, 0) + (1 if message.watching else -1)
             if count > 0:
@@ -154,6 +159,17 @@ class Hub:
         for other in self.slots:
             if other is not origin and other.writer is not None:
                 other.writer.send_soon(message)
+
+    def _open_tail(self, slot: Slot, ask: OpenTail) -> str | None:
+        """Count a new tail of the node's, or say which limit it would pass."""
+        open_for_tenant = sum(other.tails.get(ask.tenant, 0) for other in self.slots)
+        if open_for_tenant >= ask.per_tenant:
+            return "tenant"
+        if sum(sum(other.tails.values()) for other in self.slots) >= ask.total:
+            return "node"
+        slot.tails[ask.tenant] = slot.tails.get(ask.tenant, 0) + 1
+        self._tell_tails()
+        return None
 
     def _tell_tails(self) -> None:
         """Tell each process which tenants the other processes tail (when that changed)."""

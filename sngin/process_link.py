@@ -24,10 +24,12 @@ from sngin.process_protocol import (
     Gathered,
     Hello,
     Line,
+    OpenTail,
     ProcessRow,
     Ready,
     Report,
     Reported,
+    TailAnswer,
     Take,
     Taken,
     Watch,
@@ -133,7 +135,16 @@ class ProcessLink:
             rows: list[ProcessRow] | None = await self._ask(lambda i: Gather(i, what))
         return rows or []
 
-    async def _ask(self, make: Callable[[int], Take | Gather]) -> Any:
+    async def open_tail(self, tenant: str, per_tenant: int, total: int) -> str | None:
+        """Whether a live tail may open here, the node's tails counted by the parent: None
+        (granted and counted), or the limit it would pass ("tenant", "node"); "node" too when
+        the parent does not answer in time (it may count a grant this process never uses)."""
+        with trio.move_on_after(TAKE_TIMEOUT_S):
+            answer: str | None = await self._ask(lambda i: OpenTail(i, tenant, per_tenant, total))
+            return answer
+        return "node"
+
+    async def _ask(self, make: Callable[[int], Take | Gather | OpenTail]) -> Any:
         self._next_id += 1
         request_id = self._next_id
         waiting = self._waiting[request_id] = Waiting()
@@ -184,10 +195,15 @@ class ProcessLink:
             nursery.cancel_scope.cancel()
 
     async def _handle(self, message: object, nursery: trio.Nursery) -> None:
-        if isinstance(message, Taken | Gathered):
+        if isinstance(message, Taken | Gathered | TailAnswer):
             waiting = self._waiting.get(message.id)
             if waiting is not None:
-                waiting.answer = message.wait if isinstance(message, Taken) else message.rows
+                if isinstance(message, Taken):
+                    waiting.answer = message.wait
+                elif isinstance(message, Gathered):
+                    waiting.answer = message.rows
+                else:
+                    waiting.answer = message.refusal
                 waiting.done.set()
         elif isinstance(message, Event):
             self.received += 1

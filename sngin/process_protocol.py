@@ -1,8 +1,8 @@
 """Messages between a node's supervising parent and its server processes (`--processes N`):
 msgspec structs, length-prefixed msgpack frames over a socket pair.
 
-Child to parent: Hello, Ready, Event, Take, Gather, Reported, Watch, Line.
-Parent to child: Event, Taken, Report, Gathered, Watched, Line.
+Child to parent: Hello, Ready, Event, Take, Gather, Reported, OpenTail, Watch, Line.
+Parent to child: Event, Taken, Report, Gathered, TailAnswer, Watched, Line.
 """
 
 from __future__ import annotations
@@ -87,6 +87,21 @@ class Watch(msgspec.Struct, tag=True):
     watching: bool
 
 
+class OpenTail(msgspec.Struct, tag=True):
+    """May a live tail of `tenant` open here? The parent counts the node's tails: granted, it
+    counts this one at once (a later Watch(tenant, False) closes it)."""
+
+    id: int
+    tenant: str
+    per_tenant: int
+    total: int
+
+
+class TailAnswer(msgspec.Struct, tag=True):
+    id: int
+    refusal: str | None  # None: granted; "tenant" or "node": which limit is reached
+
+
 class Watched(msgspec.Struct, tag=True):
     """The tenants tailed in other processes: this process sends their lines to the parent."""
 
@@ -108,6 +123,8 @@ Message = (
     | Report
     | Reported
     | Gathered
+    | OpenTail
+    | TailAnswer
     | Watch
     | Watched
     | Line

@@ -556,3 +556,44 @@ def test_a_process_that_keeps_failing_at_start_up_stops_the_node_after_five_trie
                          r"in ([\d.]+) s", result.stderr)  # fmt: skip
     first = [float(delay) for index, delay in retried if index == "0"]
     assert first == [0.5, 1.0, 2.0, 4.0]
+
+
+async def test_the_nodes_tail_cap_is_counted_across_processes_by_the_parent(tmp_path):
+    site(tmp_path, "tail.test", "return 'ok'")
+    async with node(tmp_path, env={"SNGIN_MAX_TAILS": "2"}) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+
+        async def open_tail() -> tuple[trio.SocketStream, bytes]:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(
+                b"GET /__sngin/logs?host=tail.test HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+            )
+            return stream, await stream.receive_some(65536)
+
+        async def holders() -> list[int]:
+            rows = (await running.stats())["processes"]
+            return sorted(len(row["live_tails"]["here"]) for row in rows)
+
+        with trio.fail_after(60):
+            first, head = await open_tail()
+            assert head.startswith(b"HTTP/1.1 200"), head
+            # A second tail on the other process (a fresh connection may land on either).
+            for _ in range(ATTEMPTS):
+                second, head = await open_tail()
+                assert head.startswith(b"HTTP/1.1 200"), head
+                if await holders() == [1, 1]:
+                    break
+                await second.aclose()
+                while await holders() != [0, 1]:  # until the parent heard it closed
+                    pass
+            assert await holders() == [1, 1]
+            # Each process holds one: only the parent's count refuses a third, wherever it
+            # lands.
+            for _ in range(4):
+                third, head = await open_tail()
+                async with third:
+                    assert head.startswith(b"HTTP/1.1 503"), head
+                    assert b"(SNGIN_MAX_TAILS)" in head
+            await first.aclose()
+            await second.aclose()
