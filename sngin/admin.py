@@ -11,6 +11,7 @@ from quart import request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from sngin.admin_bodies import json_body
 from sngin.admin_code import register_code_routes
 from sngin.admin_events import register_event_routes
 from sngin.admin_guard import ADMIN_LISTENER, Access, Guard, granted
@@ -51,6 +52,11 @@ def create_admin(deps: Deps) -> QuartTrio:
         code = error.code or 500
         headers = {name: value for name, value in error.get_headers() if name == "Allow"}
         return {"error": f"{code} {error.name}"}, code, headers
+
+    @admin.errorhandler(SnginError)
+    async def sngin_error(error: SnginError) -> Answer:
+        # What a route raises (a bad or too deep body, a bad host): its status, JSON.
+        return {"error": error.message}, error.status, error.headers
 
     # Public and polled often: O(1) in tenants, no /proc reads (statistics() does both).
     @admin.get("/__sngin/health")
@@ -145,7 +151,7 @@ def create_admin(deps: Deps) -> QuartTrio:
 
     @admin.post("/__sngin/purge")
     async def purge_json() -> Answer:
-        body = await request.get_json(force=True, silent=True)
+        body = await json_body()
         if isinstance(body, dict) and isinstance(body.get("url_prefix"), str):
             return await purge_modules(body["url_prefix"])
         if not isinstance(body, dict) or not isinstance(body.get("host"), str):

@@ -18,6 +18,7 @@ from quart import Response, request
 
 from sandbox.protocol import BAD_SOURCE, Job, Request
 from sngin.access import Answer, Caller
+from sngin.admin_bodies import bounded_body, too_large
 from sngin.admin_guard import Access, Guard, granted
 from sngin.admin_stats import tenant_series
 from sngin.code_files import (
@@ -58,21 +59,6 @@ NEEDS_IF_MATCH = "send If-Match with the etag of the version you loaded"
 NEEDS_CONDITION = (
     f"{NEEDS_IF_MATCH} (or If-None-Match: * to create the file): writes never overwrite blindly"
 )
-
-
-async def bounded_body(limit: int) -> bytes | None:
-    """The request body, or None when it is over `limit` bytes (a declared length over it is
-    refused unread)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return None
-    data = await request.get_data(cache=False)
-    body = data if isinstance(data, bytes) else data.encode()
-    return body if len(body) <= limit else None
-
-
-def too_large(limit: int) -> Answer:
-    return {"error": f"a request body of at most {limit} bytes"}, 413
 
 
 def purge_folder(path: str) -> str:

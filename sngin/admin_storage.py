@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from quart import request
 
-from sngin.admin_code import bounded_body, too_large
+from sngin.admin_bodies import MAX_IMPORT_BYTES, bounded_body, json_body, too_large
 from sngin.admin_guard import Access, Guard
 from sngin.errors import BadRequest
 from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
@@ -166,8 +166,10 @@ def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
     async def storage_import(host: str) -> Answer:
         async def work() -> Answer:
             tenant = tenant_of(host)
-            body = await request.get_json(force=True, silent=True)
-            count = await import_items(tenant, (body or {}).get("items"))
+            body = await json_body(MAX_IMPORT_BYTES)
+            if not isinstance(body, dict):
+                raise BadRequest('expected {"items": [...]}')
+            count = await import_items(tenant, body.get("items"))
             return {"host": tenant, "imported": count}, 200
 
         return await answered(work)
@@ -185,8 +187,8 @@ def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
     @admin.post("/__sngin/storage-import")
     async def storage_import_all() -> Answer:
         async def work() -> Answer:
-            body = await request.get_json(force=True, silent=True)
-            tenants = (body or {}).get("tenants")
+            body = await json_body(MAX_IMPORT_BYTES)
+            tenants = body.get("tenants") if isinstance(body, dict) else None
             if not isinstance(tenants, dict):
                 raise BadRequest('expected {"tenants": {"<host>": [items]}}')
             counts = {}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
-from quart import request
 
+from sngin.admin_bodies import json_body
 from sngin.admin_guard import is_admin_host
 from sngin.errors import BadRequest
 from sngin.storage import StorageUnavailable
@@ -39,7 +39,7 @@ def register_token_routes(admin: QuartTrio, deps: Deps) -> None:
     @admin.post("/__sngin/tokens")
     async def create() -> Answer:
         async def work(tokens: TenantTokens) -> Answer:
-            body = await request.get_json(force=True, silent=True)
+            body = await json_body()
             if not isinstance(body, dict) or not isinstance(body.get("host"), str):
                 return {"error": 'expected JSON {"host": "<the tenant\'s host>"}'}, 400
             try:

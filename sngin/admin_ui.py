@@ -14,6 +14,7 @@ import msgspec
 from quart import Response, redirect, request
 
 from sngin.access import Answer, token_alive
+from sngin.admin_bodies import json_body
 from sngin.admin_guard import Access, Guard, csrf_ok, session_here
 from sngin.storage import StorageUnavailable
 from sngin.tenant_tokens import TenantTokens, token_key
@@ -115,7 +116,7 @@ def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if request.mimetype != "application/json":
             # A cross-site form can post text/plain or a form, never JSON without a preflight.
             return {"error": "login takes application/json"}, 415
-        body = await request.get_json(force=True, silent=True)
+        body = await json_body()
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not 0 < len(token) <= 256:
             return {"error": 'expected JSON {"token": "..."}'}, 400

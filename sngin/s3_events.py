@@ -39,6 +39,8 @@ class Notification:
 def parse_notification(body: bytes) -> Notification:
     try:
         document = msgspec.json.decode(body)
+    except RecursionError:
+        raise EventError("the body is nested too deeply") from None
     except msgspec.DecodeError:
         raise EventError("the body is not JSON") from None
     return _read(document, sns_allowed=True)
@@ -73,6 +75,8 @@ def _read_sns(document: dict[str, Any]) -> Notification:
             raise EventError("SNS Notification without a Message")
         try:
             inner = msgspec.json.decode(message)
+        except RecursionError:
+            raise EventError("the SNS Message is nested too deeply") from None
         except msgspec.DecodeError:
             raise EventError("the SNS Message is not JSON") from None
         return _read(inner, sns_allowed=False)

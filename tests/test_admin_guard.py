@@ -11,7 +11,7 @@ import pytest
 
 from sngin.admin import create_admin
 from sngin.admin_guard import Access, host_of
-from sngin.config import Settings
+from sngin.config import S3Settings, Settings
 from sngin.tenants import names_admin_origin
 from sngin.ui_session import COOKIE, new_session, sign
 from tests.support import AUTH, TOKEN, running
@@ -166,3 +166,24 @@ async def test_login_answers_a_fresh_session_whatever_cookie_came_with_it(tmp_pa
         fresh = answer.cookies[COOKIE]
         assert fresh != planted
         assert answer.json()["csrf"] not in planted
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+async def test_deeply_nested_json_is_a_400_on_every_json_route(tmp_path, depth):
+    nested = b"[" * depth + b"]" * depth
+    wrapped = b'{"token": ' + nested + b"}"
+    changes = {"events_token": "events-token-0123456789", "s3": S3Settings(bucket="b", prefix="")}
+    async with running(tmp_path, admin_token=TOKEN, settings_changes=changes) as srv:
+        for path, headers, body in [
+            ("/__sngin/ui/login", {"Content-Type": "application/json"}, wrapped),
+            ("/__sngin/tokens", AUTH, nested),
+            ("/__sngin/purge", AUTH, nested),
+            (f"/__sngin/storage/{VICTIM}/import", AUTH, nested),
+            ("/__sngin/storage-import", AUTH, nested),
+            ("/__sngin/events/s3", {"Authorization": "Bearer events-token-0123456789"}, nested),
+        ]:
+            answer = await srv.client.post(srv.url + path, content=body, headers=headers)
+            assert answer.status_code == 400, (path, answer.text)
+            if depth > 100 or "events" not in path:  # (events: a list is no notification)
+                assert "nested" in answer.json()["error"], (path, answer.text)
+        assert (await srv.get("/")).status_code == 200  # the server is fine

@@ -451,3 +451,33 @@ async def test_the_redis_cache_keeps_each_tenants_share_and_the_total(redis_url)
         assert used <= 2_000
         await cache.store("a", b"short", b"v", ttl_s=0.05)
         assert await cache.fetch("a", b"short") == b"v"
+
+
+async def test_the_storage_api_keeps_the_scripts_limits_and_the_tenants_quota(tmp_path):
+    """The API was a way around the limits: a 6,000-byte key, an 8 MiB value, and the
+    operator's default quota instead of the tenant's own."""
+    write(tmp_path, {"a.test": "return 'a'"})
+    (tmp_path / "a.test" / "_sngin.json").write_text('{"storage": {"max_keys": 2}}')
+    async with running(tmp_path, admin_token=TOKEN, tenant_configs=True) as srv:
+        value = srv.url + "/__sngin/storage/a.test/value"
+        long_key = await srv.client.put(value, params={"key": "k" * 6000}, content=b"v",
+                                        headers=AUTH)  # fmt: skip
+        assert long_key.status_code == 400
+        assert long_key.json()["error"] == "keys must be 1 to 1024 bytes"
+        # An 8 MiB value, declared: refused unread.
+        big = await srv.raw(
+            b"PUT /__sngin/storage/a.test/value?key=big HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection: close\r\n"
+            b"Content-Length: 8388608\r\n\r\n"
+        )
+        assert big.startswith(b"HTTP/1.1 413"), big
+        for key in ("one", "two"):
+            stored = await srv.client.put(value, params={"key": key}, content=b"v", headers=AUTH)
+            assert stored.status_code == 200
+        third = await srv.client.put(value, params={"key": "three"}, content=b"v", headers=AUTH)
+        assert third.status_code == 409
+        assert third.json()["error"] == "storage quota of 2 keys exceeded"
+        items = {"items": [{"key": "k" * 2000, "value": "v"}]}
+        imported = await srv.client.post(srv.url + "/__sngin/storage/a.test/import", json=items,
+                                         headers=AUTH)  # fmt: skip
+        assert imported.status_code == 400
