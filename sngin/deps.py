@@ -46,6 +46,7 @@ class Deps:
     tenant_cache: TenantCache | RedisCache | None = None  # scripts' `cache`
     # The CAs an SNS SubscribeURL's certificate is checked against (None: the usual ones).
     events_tls: ssl.SSLContext | None = None
+    events_confirm_port: int = 443  # where a SubscribeURL is confirmed (tests: their own server)
     files: CodeFiles | None = None  # the management API's view of the code store; None: off
     # With `--processes N`: this process's link to the node's parent (None: the only process).
     link: ProcessLink | None = None

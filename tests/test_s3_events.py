@@ -159,6 +159,13 @@ def test_only_https_urls_on_allowed_hosts_are_confirmed():
     assert not confirm_allowed("https://sns.us-east-1.amazonaws.com.evil.test/", patterns)
     assert not confirm_allowed("https://evil.test/sns.us-east-1.amazonaws.com", patterns)
     assert not confirm_allowed("https://user@evil.test/", patterns)
+    # `*` is one label, never several; the port is 443 or none.
+    assert not confirm_allowed("https://sns.evil.test.amazonaws.com/", patterns)
+    assert not confirm_allowed("https://sns..amazonaws.com/", patterns)
+    assert not confirm_allowed("https://sns.us-east-1.amazonaws.com:8443/", patterns)
+    assert not confirm_allowed("https://sns.us-east-1.amazonaws.com:99999/", patterns)
+    assert confirm_allowed("https://sns.us-east-1.amazonaws.com:443/", patterns)
+    assert confirm_allowed("https://SNS.us-east-1.amazonaws.com/", patterns)
 
 
 # --- through a server whose code is in S3 -------------------------------------------------------
@@ -257,16 +264,19 @@ async def test_an_sns_subscription_is_confirmed_only_on_an_allowed_https_host(tm
         "s3": S3Settings(bucket="code-bucket"),
     }
     try:
-        async with running(
-            tmp_path, settings_changes=changes, deps_changes={"events_tls": client_context}
-        ) as srv:
-            url = f"https://localhost:{confirmer.port}/?Action=ConfirmSubscription&Token=abc"
+        seam = {"events_tls": client_context, "events_confirm_port": confirmer.port}
+        async with running(tmp_path, settings_changes=changes, deps_changes=seam) as srv:
+            url = "https://localhost/?Action=ConfirmSubscription&Token=abc"
             message = {"Type": "SubscriptionConfirmation", "SubscribeURL": url}
             with trio.fail_after(20):
                 answer = await post_event(srv, message)
             assert (answer.status_code, answer.json()) == (200, {"confirmed": True})
             assert Confirmations.seen == ["/?Action=ConfirmSubscription&Token=abc"]
-            for refused in (f"http://localhost:{confirmer.port}/", "https://evil.test/"):
+            for refused in (
+                f"https://localhost:{confirmer.port}/",  # https on 443 only
+                "http://localhost/",
+                "https://evil.test/",
+            ):
                 message = {"Type": "SubscriptionConfirmation", "SubscribeURL": refused}
                 assert (await post_event(srv, message)).status_code == 403
             assert len(Confirmations.seen) == 1
