@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
@@ -102,6 +103,71 @@ class FileTooLarge(BadRequest):
     pass
 
 
+class CodeQuotaExceeded(BadRequest):
+    """A write would take the tenant's code past its quota (SNGIN_CODE_QUOTA_*)."""
+
+    status = 413
+
+
+@dataclass(frozen=True, slots=True)
+class CodeQuota:
+    max_bytes: int = 64 * 1024 * 1024  # SNGIN_CODE_QUOTA_BYTES: files and their history
+    max_files: int = 2000  # SNGIN_CODE_QUOTA_FILES
+
+    def check(self, files: int, size: int) -> None:
+        """CodeQuotaExceeded when `files` files holding `size` bytes would be past it."""
+        if files > self.max_files:
+            raise CodeQuotaExceeded(
+                f"this site's code quota of {self.max_files} files is used"
+                " (SNGIN_CODE_QUOTA_FILES): delete files first"
+            )
+        if size > self.max_bytes:
+            raise CodeQuotaExceeded(
+                f"this site's code quota of {self.max_bytes // (1024 * 1024)} MiB is used"
+                " (SNGIN_CODE_QUOTA_BYTES, earlier versions included): delete files first"
+            )
+
+
+class HashCache:
+    """A file's etag by its (tenant, path), valid while its mtime and size are the same: a
+    listing hashes only the files that changed. Bounded: the least recently used go first."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[int, int, str]] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, key: tuple[str, str], mtime_ns: int, size: int) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[:2] != (mtime_ns, size):
+            return None
+        self._entries.move_to_end(key)
+        return entry[2]
+
+    def put(self, key: tuple[str, str], mtime_ns: int, size: int, etag: str) -> None:
+        self._entries[key] = (mtime_ns, size, etag)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+class TenantLimiters:
+    """One file operation at a time per tenant (a tenant's big listing never holds another
+    tenant's calls); a tenant's limiter exists only while it is in use."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, trio.CapacityLimiter] = {}
+
+    async def run(self, tenant: str, function: Callable[..., T], *args: object) -> T:
+        limiter = self._limiters.get(tenant)
+        if limiter is None:
+            limiter = self._limiters[tenant] = trio.CapacityLimiter(1)
+        try:
+            return await trio.to_thread.run_sync(function, *args, limiter=limiter)
+        finally:
+            if not limiter.borrowed_tokens and not limiter.statistics().tasks_waiting:
+                self._limiters.pop(tenant, None)
+
+
 class CodeFiles(Protocol):
     async def tenants(self) -> list[str]: ...
 
@@ -128,14 +194,22 @@ def iso_time(seconds: float) -> str:
 
 
 class FolderFiles:
-    def __init__(self, root: Path, lock_file: Path, history: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        locks: Path,
+        history: Path | None = None,
+        quota: CodeQuota | None = None,
+    ) -> None:
         self.root = root
-        self._lock_file = lock_file
+        self._locks = locks  # a lock file per tenant: `<tenant>.lock`
         self._history = history  # where replaced and deleted versions are kept (10 a file)
-        self._limiter = trio.CapacityLimiter(1)  # one file operation of this process at a time
+        self._quota = quota or CodeQuota()
+        self._limiters = TenantLimiters()
+        self._hashes = HashCache()
 
-    async def _run(self, function: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(function, *args, limiter=self._limiter)
+    async def _run(self, tenant: str, function: Callable[..., T], *args: object) -> T:
+        return await self._limiters.run(tenant, function, *args)
 
     def _tenant_dir(self, tenant: str) -> Path:
         return self.root / tenant
@@ -151,7 +225,7 @@ class FolderFiles:
         return target
 
     async def tenants(self) -> list[str]:
-        return await self._run(self._tenants)
+        return await self._run("", self._tenants)
 
     def _tenants(self) -> list[str]:
         found = []
@@ -163,7 +237,7 @@ class FolderFiles:
         return sorted(found)
 
     async def files(self, tenant: str) -> list[FileInfo]:
-        return await self._run(self._files, tenant)
+        return await self._run(tenant, self._files, tenant)
 
     def _files(self, tenant: str) -> list[FileInfo]:
         folder = self._tenant_dir(tenant)
@@ -177,15 +251,18 @@ class FolderFiles:
                     file_path(path)
                     if full.is_symlink():
                         continue
-                    data = full.read_bytes()
                     stat = full.stat()
+                    etag = self._hashes.get((tenant, path), stat.st_mtime_ns, stat.st_size)
+                    if etag is None:
+                        etag = content_hash(full.read_bytes())
+                        self._hashes.put((tenant, path), stat.st_mtime_ns, stat.st_size, etag)
                 except (BadRequest, OSError):
                     continue  # not a tenant file (or gone meanwhile)
-                found.append(FileInfo(path, len(data), content_hash(data), iso_time(stat.st_mtime)))
+                found.append(FileInfo(path, stat.st_size, etag, iso_time(stat.st_mtime)))
         return found
 
     async def read(self, tenant: str, path: str) -> FileVersion | None:
-        return await self._run(self._read, tenant, path)
+        return await self._run(tenant, self._read, tenant, path)
 
     def _read(self, tenant: str, path: str) -> FileVersion | None:
         target = self._file(tenant, path)
@@ -198,22 +275,24 @@ class FolderFiles:
     async def write(self, tenant: str, path: str, data: bytes, *, if_match: str | None) -> str:
         if len(data) > MAX_FILE_BYTES:
             raise FileTooLarge(f"a file may hold at most {MAX_FILE_BYTES} bytes")
-        return await self._run(self._write, tenant, path, data, if_match)
+        return await self._run(tenant, self._write, tenant, path, data, if_match)
 
     def _write(self, tenant: str, path: str, data: bytes, if_match: str | None) -> str:
         target = self._file(tenant, path)
-        with self._locked():
-            self._keep(tenant, path, self._expect(tenant, path, if_match))
+        with self._locked(tenant):
+            replaced = self._expect(tenant, path, if_match)
+            if self._make_room(tenant, len(data), replaced):
+                self._keep(tenant, path, replaced)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(target, data, TEMP_PREFIX)
         return content_hash(data)
 
     async def delete(self, tenant: str, path: str, *, if_match: str) -> None:
-        await self._run(self._delete, tenant, path, if_match)
+        await self._run(tenant, self._delete, tenant, path, if_match)
 
     def _delete(self, tenant: str, path: str, if_match: str) -> None:
         target = self._file(tenant, path)
-        with self._locked():
+        with self._locked(tenant):
             self._keep(tenant, path, self._expect(tenant, path, if_match))
             target.unlink()
 
@@ -243,7 +322,7 @@ class FolderFiles:
             old.unlink(missing_ok=True)
 
     async def history(self, tenant: str, path: str) -> list[VersionInfo]:
-        return await self._run(self._list_versions, tenant, path)
+        return await self._run(tenant, self._list_versions, tenant, path)
 
     def _list_versions(self, tenant: str, path: str) -> list[VersionInfo]:
         folder = self._versions_dir(tenant, path)
@@ -258,7 +337,7 @@ class FolderFiles:
         return found
 
     async def read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None:
-        return await self._run(self._read_version, tenant, path, version_id)
+        return await self._run(tenant, self._read_version, tenant, path, version_id)
 
     def _read_version(self, tenant: str, path: str, version_id: str) -> FileVersion | None:
         folder = self._versions_dir(tenant, path)
@@ -270,11 +349,54 @@ class FolderFiles:
             return None
         return FileVersion(data, content_hash(data))
 
+    # --- the quota: files and bytes, earlier versions included ---------------------------
+
+    def _usage(self, tenant: str) -> tuple[int, int, list[tuple[int, Path]]]:
+        """The tenant's files, their bytes with the history's, and the history's versions
+        (oldest first, with their sizes): sizes from stat, no file is read."""
+        files = size = 0
+        for directory, subdirectories, names in os.walk(self._tenant_dir(tenant)):
+            subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
+            for name in names:
+                with contextlib.suppress(OSError):
+                    size += (Path(directory) / name).lstat().st_size
+                    files += 1
+        versions: list[tuple[str, int, Path]] = []
+        if self._history is not None:
+            for folder in (self._history / tenant).glob("*"):
+                for entry in folder.glob("*"):
+                    with contextlib.suppress(OSError):
+                        versions.append((entry.name, entry.stat().st_size, entry))
+        versions.sort()
+        size += sum(length for _, length, _ in versions)
+        return files, size, [(length, entry) for _, length, entry in versions]
+
+    def _make_room(self, tenant: str, adding: int, replaced: FileVersion | None) -> bool:
+        """Refuse a write past the quota. The oldest earlier versions go first to make room,
+        then the one this write replaces (what a site serves counts more than its history);
+        whether that one is kept."""
+        files, size, versions = self._usage(tenant)
+        quota = self._quota
+        new_files = files + (replaced is None)
+        quota.check(new_files, 0)
+        projected = size + adding
+        while projected > quota.max_bytes and versions:
+            length, oldest = versions.pop(0)
+            oldest.unlink(missing_ok=True)
+            projected -= length
+        keep = replaced is not None and self._history is not None
+        if projected > quota.max_bytes and keep and replaced is not None:
+            projected -= len(replaced.content)
+            keep = False
+        quota.check(new_files, projected)
+        return keep
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Every process of the node (and any other sngin on this folder) takes turns."""
-        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_file.open("a") as handle:
+    def _locked(self, tenant: str) -> Iterator[None]:
+        """Every process of the node (and any other sngin on this folder) takes turns with
+        the tenant's files; other tenants' are not held up."""
+        self._locks.mkdir(parents=True, exist_ok=True)
+        with (self._locks / f"{tenant}.lock").open("a") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield

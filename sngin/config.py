@@ -198,6 +198,8 @@ class Settings:
     metrics_tenants: int = 100  # SNGIN_METRICS_TENANTS: tenants with their own metrics label
     max_tails_per_tenant: int = 4  # SNGIN_MAX_TAILS_PER_TENANT: live log tails open per tenant
     max_tails: int = 64  # SNGIN_MAX_TAILS: live log tails open on the node, all tenants
+    code_quota_bytes: int = 64 * MIB  # SNGIN_CODE_QUOTA_BYTES: a tenant's code, history included
+    code_quota_files: int = 2000  # SNGIN_CODE_QUOTA_FILES: files a tenant's code may hold
     admin_bind: Bind | None = None  # SNGIN_ADMIN_BIND: a separate listener for the admin API
     # SNGIN_ADMIN_HOST: besides IP literals and localhost, the Host the public listener answers
     # the web UI and cookie sessions on (never a tenant)
@@ -371,6 +373,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_METRICS_TENANTS": ("metrics_tenants", int_range(0, 100_000)),
     "SNGIN_MAX_TAILS_PER_TENANT": ("max_tails_per_tenant", int_range(1, 10_000)),
     "SNGIN_MAX_TAILS": ("max_tails", int_range(1, 100_000)),
+    "SNGIN_CODE_QUOTA_BYTES": ("code_quota_bytes", int_range(MIB, 1024**4)),
+    "SNGIN_CODE_QUOTA_FILES": ("code_quota_files", int_range(1, 10_000_000)),
     "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),
     "SNGIN_ADMIN_HOST": ("admin_host", parse_admin_host),
     "SNGIN_WORKER_CONCURRENCY": ("pool.worker_concurrency", int_range(1, 1024)),

@@ -17,7 +17,7 @@ from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
-from sngin.code_files import FolderFiles
+from sngin.code_files import CodeQuota, FolderFiles
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import S3Store, open_s3_store
@@ -162,11 +162,12 @@ def code_files_for(settings: Settings, store: CodeSource) -> CodeFiles | None:
     """The management API's view of the code store (None with SNGIN_UI=off)."""
     if settings.ui == "off":
         return None
+    quota = CodeQuota(max_bytes=settings.code_quota_bytes, max_files=settings.code_quota_files)
     if isinstance(store, LocalStore):
         data = settings.storage.data_path
-        return FolderFiles(store.root, data / "code-files.lock", data / "code-history")
+        return FolderFiles(store.root, data / "code-locks", data / "code-history", quota)
     if isinstance(store, CodeCache) and isinstance(store.origin, S3Store):
-        return S3Files(store.origin)
+        return S3Files(store.origin, quota)
     return None
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 from sngin.code_files import (
     MAX_FILE_BYTES,
+    CodeQuota,
     Conflict,
     FileInfo,
     FileTooLarge,
@@ -40,10 +41,35 @@ HASHES_KEPT: Final = 100_000
 MAX_VERSIONS: Final = 50  # earlier versions listed (each is read once for its hash)
 
 
+USAGES_KEPT: Final = 10_000
+
+
 class S3Files:
-    def __init__(self, store: S3Store) -> None:
+    def __init__(self, store: S3Store, quota: CodeQuota | None = None) -> None:
         self._store = store
+        self._quota = quota or CodeQuota()
         self._hashes: OrderedDict[tuple[str, str], str] = OrderedDict()  # (key, S3 ETag) -> hash
+        # A tenant's (files, bytes) under its prefix: from a listing, then kept up to date by
+        # this API's own writes and deletes (what others write shows at the next listing).
+        self._usages: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    async def _usage(self, tenant: str) -> tuple[int, int]:
+        usage = self._usages.get(tenant)
+        if usage is None:
+            prefix = self._key(tenant, "")
+            files = size = 0
+            for item in (await self._list(prefix)).iter(f"{NS}Contents"):
+                files += 1
+                size += int(item.findtext(f"{NS}Size") or 0)
+            usage = (files, size)
+        self._set_usage(tenant, usage)
+        return usage
+
+    def _set_usage(self, tenant: str, usage: tuple[int, int]) -> None:
+        self._usages[tenant] = usage
+        self._usages.move_to_end(tenant)
+        while len(self._usages) > USAGES_KEPT:
+            self._usages.popitem(last=False)
 
     def _key(self, *parts: str) -> str:
         prefix = self._store.prefix
@@ -88,7 +114,11 @@ class S3Files:
         prefix = self._key(tenant, "")
         listing = await self._list(prefix)
         found = []
-        for item in listing.iter(f"{NS}Contents"):
+        contents = list(listing.iter(f"{NS}Contents"))
+        self._set_usage(
+            tenant, (len(contents), sum(int(i.findtext(f"{NS}Size") or 0) for i in contents))
+        )
+        for item in contents:
             key = item.findtext(f"{NS}Key") or ""
             path = key.removeprefix(prefix)
             try:
@@ -134,23 +164,30 @@ class S3Files:
         while len(self._hashes) > HASHES_KEPT:
             self._hashes.popitem(last=False)
 
-    async def _expect(self, key: str, if_match: str | None) -> dict[str, str]:
-        """The condition for S3 that stands for the caller's: the S3 ETag of the version it
-        named, or `If-None-Match: *`. Conflict if the file is not that version now."""
+    async def _expect(
+        self, key: str, if_match: str | None
+    ) -> tuple[dict[str, str], FileVersion | None]:
+        """The condition for S3 that stands for the caller's (the S3 ETag of the version it
+        named, or `If-None-Match: *`), and that version. Conflict if the file is not that
+        version now."""
         current = await self._read(key)
         if if_match is None:
             if current is not None:
                 raise Conflict(current[0])
-            return {"If-None-Match": "*"}
+            return {"If-None-Match": "*"}, None
         if current is None or current[0].etag != if_match:
             raise Conflict(None if current is None else current[0])
-        return {"If-Match": current[1]}
+        return {"If-Match": current[1]}, current[0]
 
     async def write(self, tenant: str, path: str, data: bytes, *, if_match: str | None) -> str:
         if len(data) > MAX_FILE_BYTES:
             raise FileTooLarge(f"a file may hold at most {MAX_FILE_BYTES} bytes")
         key = self._key(tenant, path)
-        condition = await self._expect(key, if_match)
+        condition, replaced = await self._expect(key, if_match)
+        files, size = await self._usage(tenant)
+        old = len(replaced.content) if replaced is not None else 0
+        files, size = files + (replaced is None), size - old + len(data)
+        self._quota.check(files, size)
         response, body = await self._store.send(
             "PUT", self._store.url_of(key), headers=condition, content=data
         )
@@ -161,6 +198,7 @@ class S3Files:
             raise failure("write", response.status_code, body)
         digest = content_hash(data)
         self._remember(key, response.headers.get("etag", ""), digest)
+        self._set_usage(tenant, (files, size))
         return digest
 
     # --- history: S3's object versions, where the bucket keeps them ----------------------
@@ -199,7 +237,7 @@ class S3Files:
 
     async def delete(self, tenant: str, path: str, *, if_match: str) -> None:
         key = self._key(tenant, path)
-        condition = await self._expect(key, if_match)
+        condition, replaced = await self._expect(key, if_match)
         response, body = await self._store.send(
             "DELETE", self._store.url_of(key), headers=condition
         )
@@ -208,6 +246,9 @@ class S3Files:
             raise Conflict(None if current is None else current[0])
         if response.status_code not in (200, 204):
             raise failure("delete", response.status_code, body)
+        usage = self._usages.get(tenant)
+        if usage is not None and replaced is not None:
+            self._set_usage(tenant, (usage[0] - 1, usage[1] - len(replaced.content)))
 
 
 def version_query(version_id: str) -> str:
