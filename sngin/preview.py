@@ -127,16 +127,20 @@ class ScratchStorage:
 class Recorder:
     """Stands in for the mailer and the alerts: what would have been sent. It keeps the first
     MAX_RECORDED, each field cut at MAX_RECORDED_FIELD characters, and counts the rest, so a
-    script that sends in a loop costs the server a fixed amount."""
+    script that sends in a loop costs the server a fixed amount; what it keeps is held against
+    the same budget as the scratch overlay (`lease`)."""
 
+    lease: Lease
     sent: list[dict[str, Any]] = field(default_factory=list)
     not_kept: int = 0
 
     def _keep(self, record: dict[str, Any]) -> None:
-        if len(self.sent) >= MAX_RECORDED:
+        kept = {k: cut(v) for k, v in record.items()}
+        size = sum(len(str(v)) for v in kept.values())
+        if len(self.sent) >= MAX_RECORDED or not self.lease.take(size):
             self.not_kept += 1
             return
-        self.sent.append({k: cut(v) for k, v in record.items()})
+        self.sent.append(kept)
 
     async def send(
         self, mail: EmailCall, *, timeout_s: float, egress: TenantEgress | None = None
@@ -212,7 +216,7 @@ async def run_with_overlay(
     deps: Deps, job: Job, config: TenantConfig, scratch: ScratchStorage, request_id: str
 ) -> dict[str, Any]:
     tenant, runs_as = job.tenant.removesuffix(PREVIEW_SUFFIX), job.tenant
-    recorder = Recorder()
+    recorder = Recorder(scratch.lease)
     wall_s = config.limits.timeout_ms / 1000
     deadline = trio.current_time() + wall_s
     settings = deps.settings
