@@ -44,6 +44,7 @@ bench *args:
     @{{bin}}/python bench/bounds_bench.py --env SNGIN_SEND_TIMEOUT_S=5
     @{{bin}}/python bench/cluster_bench.py {{args}}
     @{{bin}}/python bench/processes_bench.py {{args}}
+    @{{bin}}/python bench/attacks_bench.py
 
 # server CPU per request of this install against another sngin (e.g. a worktree's venv)
 bench-compare other rounds="6":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 import trio
 
 from sngin.atomic_file import write_atomically
+from sngin.code_quota import CodeQuota
 from sngin.errors import BadRequest
 from sngin.tenants import CONFIG_NAME, tenant_of
 
@@ -101,31 +102,6 @@ class Conflict(Exception):
 
 class FileTooLarge(BadRequest):
     pass
-
-
-class CodeQuotaExceeded(BadRequest):
-    """A write would take the tenant's code past its quota (SNGIN_CODE_QUOTA_*)."""
-
-    status = 413
-
-
-@dataclass(frozen=True, slots=True)
-class CodeQuota:
-    max_bytes: int = 64 * 1024 * 1024  # SNGIN_CODE_QUOTA_BYTES: files and their history
-    max_files: int = 2000  # SNGIN_CODE_QUOTA_FILES
-
-    def check(self, files: int, size: int) -> None:
-        """CodeQuotaExceeded when `files` files holding `size` bytes would be past it."""
-        if files > self.max_files:
-            raise CodeQuotaExceeded(
-                f"this site's code quota of {self.max_files} files is used"
-                " (SNGIN_CODE_QUOTA_FILES): delete files first"
-            )
-        if size > self.max_bytes:
-            raise CodeQuotaExceeded(
-                f"this site's code quota of {self.max_bytes // (1024 * 1024)} MiB is used"
-                " (SNGIN_CODE_QUOTA_BYTES, earlier versions included): delete files first"
-            )
 
 
 class HashCache:

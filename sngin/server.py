@@ -17,7 +17,8 @@ from sngin.alerts import Alerts
 from sngin.app import create_app
 from sngin.budgets import return_large_blocks_to_the_os
 from sngin.cache import CodeCache
-from sngin.code_files import CodeQuota, FolderFiles
+from sngin.code_files import FolderFiles
+from sngin.code_quota import CodeQuota
 from sngin.codestore.github import GitHubTokens, open_github_store
 from sngin.codestore.local import LocalStore
 from sngin.codestore.s3 import S3Store, open_s3_store

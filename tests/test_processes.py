@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -563,37 +563,49 @@ async def test_the_nodes_tail_cap_is_counted_across_processes_by_the_parent(tmp_
     async with node(tmp_path, env={"SNGIN_MAX_TAILS": "2"}) as running:
         port = int(running.url.rsplit(":", 1)[1])
 
-        async def open_tail() -> tuple[trio.SocketStream, bytes]:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async def open_tail(stack: AsyncExitStack) -> tuple[trio.SocketStream, bytes]:
+            """A tail connection (closed with the stack) and its answer's head, or its whole
+            answer when it is refused."""
+            stream = await stack.enter_async_context(await trio.open_tcp_stream("127.0.0.1", port))
             await stream.send_all(
                 b"GET /__sngin/logs?host=tail.test HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
             )
-            return stream, await stream.receive_some(65536)
+            seen = b""
+            while not answered(seen):
+                chunk = await stream.receive_some(65536)
+                assert chunk, seen
+                seen += chunk
+            return stream, seen
+
+        def answered(seen: bytes) -> bool:
+            head, found, body = seen.partition(b"\r\n\r\n")
+            if not found or head.startswith(b"HTTP/1.1 200"):
+                return bool(found)  # a tail: its head is enough
+            length = re.search(rb"content-length: (\d+)", head.lower())
+            return length is not None and len(body) >= int(length.group(1))
 
         async def holders() -> list[int]:
             rows = (await running.stats())["processes"]
             return sorted(len(row["live_tails"]["here"]) for row in rows)
 
         with trio.fail_after(60):
-            first, head = await open_tail()
-            assert head.startswith(b"HTTP/1.1 200"), head
-            # A second tail on the other process (a fresh connection may land on either).
-            for _ in range(ATTEMPTS):
-                second, head = await open_tail()
+            async with AsyncExitStack() as stack:
+                _, head = await open_tail(stack)
                 assert head.startswith(b"HTTP/1.1 200"), head
-                if await holders() == [1, 1]:
-                    break
-                await second.aclose()
-                while await holders() != [0, 1]:  # until the parent heard it closed
-                    pass
-            assert await holders() == [1, 1]
-            # Each process holds one: only the parent's count refuses a third, wherever it
-            # lands.
-            for _ in range(4):
-                third, head = await open_tail()
-                async with third:
-                    assert head.startswith(b"HTTP/1.1 503"), head
-                    assert b"(SNGIN_MAX_TAILS)" in head
-            await first.aclose()
-            await second.aclose()
+                # A second tail on the other process (a fresh connection may land on either).
+                for _ in range(ATTEMPTS):
+                    second, head = await open_tail(stack)
+                    assert head.startswith(b"HTTP/1.1 200"), head
+                    if await holders() == [1, 1]:
+                        break
+                    await second.aclose()
+                    while await holders() != [0, 1]:  # until the parent heard it closed
+                        pass
+                assert await holders() == [1, 1]
+                # Each process holds one: only the parent's count refuses a third, wherever it
+                # lands.
+                for _ in range(4):
+                    _, answer = await open_tail(stack)
+                    assert answer.startswith(b"HTTP/1.1 503"), answer
+                    assert b"(SNGIN_MAX_TAILS)" in answer

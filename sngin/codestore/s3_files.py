@@ -19,7 +19,6 @@ from urllib.parse import quote, urlencode
 
 from sngin.code_files import (
     MAX_FILE_BYTES,
-    CodeQuota,
     Conflict,
     FileInfo,
     FileTooLarge,
@@ -28,6 +27,7 @@ from sngin.code_files import (
     content_hash,
     file_path,
 )
+from sngin.code_quota import CodeQuota
 from sngin.errors import BadRequest, CodeFetchError, StoreMisconfigured
 from sngin.tenants import tenant_of
 
