@@ -39,7 +39,7 @@ from sngin.access import (
     token_alive,
 )
 from sngin.errors import BadRequest
-from sngin.tenants import names_admin_origin, tenant_of
+from sngin.tenants import host_of, names_admin_origin, tenant_of
 from sngin.ui_session import COOKIE, CSRF_HEADER, Session, verify
 
 if TYPE_CHECKING:
@@ -57,14 +57,6 @@ class Access(enum.Enum):
     UI = "ui"
     OPERATOR = "operator"
     TENANT = "tenant"
-
-
-def host_of(header: str) -> str:
-    """The Host header's name: lower-cased, port and one trailing dot removed, IPv6 unbracketed."""
-    host = header.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rpartition(":")[0] if ":" in host else host.removesuffix(".")
 
 
 def is_admin_host(host: str, settings: Settings) -> bool:

@@ -24,7 +24,7 @@ from sngin.request_body import MULTIPART, header, parse_form_data
 from sngin.request_calls import RequestCalls
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_config import TenantConfig
-from sngin.tenants import names_admin_origin, script_key, script_path, tenant_of
+from sngin.tenants import host_of, names_admin_origin, script_key, script_path, tenant_of
 
 if TYPE_CHECKING:
     from sngin.deps import Deps
@@ -69,8 +69,11 @@ class TenantPipeline:
         operator does not serve. Decided before any store request: random-Host scans never
         reach S3."""
         host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
+        if names_admin_origin(host_of(host), self._admin_host):
+            # An IP literal, localhost, SNGIN_ADMIN_HOST: the admin origin, never a site.
+            raise TenantNotFound("no site is served at this host")
         tenant = tenant_of(host)
-        if names_admin_origin(tenant, self._admin_host) or not self._allowlist.allows(tenant):
+        if not self._allowlist.allows(tenant):
             raise TenantNotFound("no site is served at this host")
         trace.tenant = tenant
         return Route(tenant, script_key(tenant, script_path(scope["path"])))

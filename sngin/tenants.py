@@ -45,6 +45,15 @@ def tenant_of(raw_host: str) -> str:
     return host
 
 
+def host_of(header: str) -> str:
+    """A Host header's name: lower-cased, port and one trailing dot removed, IPv6 unbracketed
+    (no validation: for comparing with the admin origin's names)."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host.removesuffix(".")
+
+
 def names_admin_origin(host: str, admin_host: str | None) -> bool:
     """An IP literal, `localhost` or SNGIN_ADMIN_HOST: the Hosts the admin origin (the web UI,
     cookie sessions) answers to on the public listener, so never a tenant's."""

@@ -10,9 +10,9 @@ import json
 import pytest
 
 from sngin.admin import create_admin
-from sngin.admin_guard import Access, host_of
+from sngin.admin_guard import Access
 from sngin.config import S3Settings, Settings
-from sngin.tenants import names_admin_origin
+from sngin.tenants import host_of, names_admin_origin
 from sngin.ui_session import COOKIE, new_session, sign
 from tests.support import AUTH, TOKEN, running
 
@@ -107,7 +107,7 @@ async def test_the_admin_origins_hosts_are_never_tenants(tmp_path):
     (tmp_path / "localhost" / "index.lua").write_text("return 'tenant code ran'")
     changes = {"admin_host": "admin.example.com"}
     async with running(tmp_path, admin_token=TOKEN, settings_changes=changes) as srv:
-        for host in ["localhost", "localhost:8080", "admin.example.com"]:
+        for host in ["localhost", "localhost:8080", "admin.example.com", "127.0.0.1", "[::1]:80"]:
             answer = await srv.get("/", host=host)
             assert answer.status_code == 404, host
             assert "tenant code ran" not in answer.text

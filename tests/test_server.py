@@ -136,7 +136,7 @@ async def test_missing_script_is_404(server):
     assert (await server.get("/", host="unknown.test")).status_code == 404
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "a..test", "a_b.test", "bad host", ""])
+@pytest.mark.parametrize("host", ["a..test", "a_b.test", "bad host", ""])
 async def test_bad_host_is_400(server, host):
     answer = await server.raw(
         f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
