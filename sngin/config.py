@@ -281,8 +281,12 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
 def parse_s3_code_path(text: str) -> S3Settings:
-    """'bucket' or 'bucket/prefix/nested' (slashes around the prefix are ignored)."""
-    bucket, _, prefix = text.strip().partition("/")
+    """'bucket' or 'bucket/prefix/nested' (slashes around the prefix are ignored), with or
+    without the `s3://` the console shows."""
+    text = text.strip()
+    if text[:5].lower() == "s3://":
+        text = text[5:]
+    bucket, _, prefix = text.partition("/")
     if not _BUCKET.match(bucket) or ".." in bucket:
         raise ValueError("expected BUCKET/PREFIX with a valid S3 bucket name")
     prefix = prefix.strip("/")

@@ -100,10 +100,14 @@ def test_s3_code_path_and_cache_settings():
     assert settings.cache.tenant_share == 0.5
     assert Settings.from_env({"AWS_S3_CODE_PATH": "bucket"}).s3.prefix == ""
     assert Settings.from_env({}).s3 is None
+    # As the S3 console shows it: the s3:// is dropped.
+    pasted = Settings.from_env({"AWS_S3_CODE_PATH": "s3://my-bucket/sites/prod/"}).s3
+    assert (pasted.bucket, pasted.prefix) == ("my-bucket", "sites/prod")
 
 
 @pytest.mark.parametrize(
-    "value", ["", "/prefix", "Bad_Bucket/x", "ab/x", "bucket/a//b", "bucket/../x", "b..c/x"]
+    "value",
+    ["", "/prefix", "Bad_Bucket/x", "ab/x", "bucket/a//b", "bucket/../x", "b..c/x", "s3://"],
 )
 def test_bad_s3_code_path(value):
     with pytest.raises(ConfigError, match="AWS_S3_CODE_PATH"):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -15,6 +18,7 @@ from sngin.codestore import Modified
 from sngin.codestore.s3 import open_s3_store
 from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
+from tests.httpserver import LoopbackServer
 from tests.support import free_port
 
 BUCKET = "sngin-auth"
@@ -195,3 +199,55 @@ async def test_denied_access_through_the_server_is_502(auth_s3, aws_env, tmp_pat
         nursery.cancel_scope.cancel()
     assert response.status_code == 502
     assert response.text == "code store denied access\n"
+
+
+class SignatureRecorder(BaseHTTPRequestHandler):
+    """An S3 stand-in that records the region each request was signed for, and has no keys."""
+
+    regions: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        found = re.search(
+            r"Credential=[^/]+/\d{8}/([^/]+)/s3/", self.headers["Authorization"] or ""
+        )
+        SignatureRecorder.regions.append(found.group(1) if found else "unsigned")
+        body = b"<Error><Code>NoSuchKey</Code></Error>"
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("env", "profile_region", "signed_for"),
+    [
+        ({"AWS_REGION": "eu-west-1"}, None, "eu-west-1"),  # the README's example
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, None, "ap-south-1"),
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "ap-south-1"}, None, "eu-west-1"),
+        ({"AWS_PROFILE": "code"}, "sa-east-1", "sa-east-1"),
+        ({"AWS_REGION": "eu-west-1", "AWS_PROFILE": "code"}, "sa-east-1", "eu-west-1"),
+        ({}, None, "us-east-1"),
+    ],
+)
+async def test_the_region_s3_sees_in_the_signature(aws_env, tmp_path, env, profile_region,
+                                                   signed_for):  # fmt: skip
+    aws_env.delenv("AWS_DEFAULT_REGION")
+    if profile_region is not None:
+        config = tmp_path / "config"
+        config.write_text(f"[profile code]\nregion = {profile_region}\n")
+        aws_env.setenv("AWS_CONFIG_FILE", str(config))
+    for name, value in env.items():
+        aws_env.setenv(name, value)
+    SignatureRecorder.regions = []
+    recorder = LoopbackServer(SignatureRecorder)
+    try:
+        aws_env.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{recorder.port}")
+        with trio.fail_after(20):
+            async with open_s3_store(S3Settings(bucket=BUCKET, **FAST)) as store:
+                await store.get("a.test", etag=None, last_modified=None)
+    finally:
+        recorder.stop()
+    assert SignatureRecorder.regions == [signed_for]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,9 +49,11 @@ class Endpoint:
 
 
 def resolve_endpoint(bucket: str) -> tuple[Endpoint, Credentials | None]:
-    """Blocking: botocore's own resolution of region, endpoint and the credential chain."""
+    """Blocking: botocore's own resolution of region, endpoint and the credential chain, with
+    the region the AWS SDKs read first: AWS_REGION, then botocore's (AWS_DEFAULT_REGION, then
+    the profile's region), then us-east-1."""
     session = botocore.session.get_session()
-    client = session.create_client("s3")
+    client = session.create_client("s3", region_name=os.environ.get("AWS_REGION") or None)
     region = client.meta.region_name or "us-east-1"
     endpoint = client.meta.endpoint_url.rstrip("/")
     host = urlsplit(endpoint).hostname or ""
