@@ -73,11 +73,15 @@ def create_admin(deps: Deps) -> QuartTrio:
             return {"ready": False, "reason": "no live workers"}, 503
         if not observer.ready:
             return {"ready": False, "reason": observer.not_ready_reason}, 503
+        answer: dict[str, Any] = {"ready": True}
         bus = deps.purger.bus
         if isinstance(bus, ClusterBus) and not bus.connected:
             # Still ready: it serves, and flushes its code cache once Redis is back.
-            return {"ready": True, "cluster_bus": f"Redis unreachable: {bus.last_error}"}, 200
-        return {"ready": True}, 200
+            answer["cluster_bus"] = f"Redis unreachable: {bus.last_error}"
+        if observer.storage_problem is not None:
+            # Still ready: everything but storage serves.
+            answer["storage"] = f"Redis unreachable: {observer.storage_problem}"
+        return answer, 200
 
     @admin.get("/__sngin/stats")
     async def stats() -> Answer:

@@ -16,7 +16,8 @@ FORMATS: Final = ("json", "text")
 SCRIPT_LOGGER: Final = "sngin.script"
 # httpx logs every request's URL at INFO (a tenant's query string may hold its API key); S3
 # fetches and the readiness probe would add a line every 10 s. Warnings still get through.
-QUIET_LOGGERS: Final = ("httpx", "httpcore", "botocore", "hpack", "h2")
+# Libraries that log each request or retry at INFO: their warnings and errors still show.
+QUIET_LOGGERS: Final = ("httpx", "httpcore", "botocore", "hpack", "h2", "coredis")
 # A query string in a URL anywhere in a server line (a traceback, an error message).
 URL_QUERY: Final = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"<>]*)\?[^\s#'\"<>]*")
 

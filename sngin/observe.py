@@ -286,6 +286,7 @@ class Observer:
         self.access = AccessLog(self.hub, access_stream, text=text_log, process=process)
         self.ready = True
         self.not_ready_reason = ""
+        self.storage_problem: str | None = None  # the storage backend's, while it has one
         self.probed = False  # the code store has been probed once
         self._handler = TailHandler(self.hub)
 

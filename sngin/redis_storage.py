@@ -7,11 +7,14 @@ holder's lease expires on its own."""
 from __future__ import annotations
 
 import hashlib
+import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 import coredis
 import coredis.exceptions
+import trio
 
 from sngin.sqlite_storage import Quota, QuotaExceeded, mib
 
@@ -77,7 +80,18 @@ class RedisStorage:
     def __init__(self, client: Any, url: str) -> None:
         self._redis = client
         self.client = client
-        self.location = url
+        self.location = f"Redis at {without_password(url)}"  # for log lines: no secret
+
+    async def problem(self) -> str | None:
+        """None when Redis answers a PING within PING_TIMEOUT_S; else what is wrong."""
+        try:
+            with trio.fail_after(PING_TIMEOUT_S):
+                await self._redis.ping()
+        except trio.TooSlowError:
+            return f"no answer within {PING_TIMEOUT_S:g} s"
+        except (OSError, coredis.exceptions.RedisError) as exc:
+            return describe_failure(exc)
+        return None
 
     async def script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         return await self._script(source, keys, args)
@@ -137,6 +151,32 @@ class RedisStorage:
         await self._redis.delete([data_key(tenant), usage_key(tenant)])
         await self._redis.srem(TENANTS, [tenant])
         return count
+
+
+PING_TIMEOUT_S: Final = 2.0
+
+
+def without_password(url: str) -> str:
+    """The URL as a log line may show it: any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}"))
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a person needs of a connection failure: `connection refused`, not the class."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, TimeoutError):
+            return "the connection timed out"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
 
 
 @asynccontextmanager

@@ -42,6 +42,7 @@ from sngin.process_link import ProcessLink
 from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
 from sngin.sqlite_storage import SqliteStorage
 from sngin.storage import SqliteBackend, TenantStorage
+from sngin.storage_watch import watch_storage
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfigs
 from sngin.tenants import is_config_key
@@ -189,7 +190,7 @@ async def open_tenant_storage(settings: Settings) -> AsyncIterator[TenantStorage
     fail with `storage unavailable` until it is back."""
     if settings.redis_url is not None:
         async with open_redis_storage(settings.redis_url) as redis:
-            log.info("tenant storage: %s", settings.redis_url.split("@")[-1])
+            log.info("tenant storage: %s", redis.location)
             yield TenantStorage(redis)
         return
     path = settings.storage.data_path / STORAGE_FILE
@@ -310,6 +311,8 @@ async def serve_app(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
             nursery.start_soon(serve_loop_lag, deps.observer.loop_lag)
+            if deps.storage is not None:
+                nursery.start_soon(watch_storage, deps.storage, deps.observer)
             # One trigger for every listener (a signal is delivered to one receiver only).
             stop = trio.Event()
 

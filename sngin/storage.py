@@ -106,6 +106,9 @@ class SqliteBackend:
     async def drop(self, tenant: str) -> int:
         return await self._run("drop", tenant)  # type: ignore[no-any-return]
 
+    async def problem(self) -> str | None:
+        return None  # a file: its failures are each call's own (busy, full disk)
+
     def database_bytes(self) -> int:
         """The database file and its write-ahead log, on disk."""
         total = 0
@@ -186,6 +189,10 @@ class TenantStorage:
     def database_bytes(self) -> int | None:
         backend = self.backend
         return backend.database_bytes() if isinstance(backend, SqliteBackend) else None
+
+    async def problem(self) -> str | None:
+        """None when the backend answers; else what is wrong (sngin.storage_watch)."""
+        return await self.backend.problem()
 
     def close(self) -> None:
         if isinstance(self.backend, SqliteBackend):
