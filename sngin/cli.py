@@ -125,7 +125,16 @@ def merged_env(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, st
 
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
-    return Settings.from_env(merged_env(args, env))
+    try:
+        return Settings.from_env(merged_env(args, env))
+    except ConfigError as exc:
+        # A value a flag gave is blamed on that flag, not on the variable it stands for.
+        for dest, variable in FLAG_VARIABLES.items():
+            value = getattr(args, dest, None)
+            if value is not None and exc.message.startswith(f"{variable}="):
+                flag = "--" + dest.replace("_", "-")
+                raise ConfigError(f"{flag} {value}: {exc.message.split(': ', 1)[1]}") from None
+        raise
 
 
 def process_role(args: argparse.Namespace) -> ProcessRole | None:
@@ -241,7 +250,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser().parse_args(argv)
     try:
         merged = merged_env(args, os.environ if env is None else env)
-        settings = Settings.from_env(merged)
+        settings = settings_from(args, os.environ if env is None else env)
         if args.command == "serve":
             return serve_forever(settings, merged, process_role(args))
         if args.command == "run":

@@ -212,7 +212,10 @@ def parse_processes(text: str) -> int:
     """SNGIN_PROCESSES: a count, or `auto` for one per usable core."""
     if text.strip().lower() == "auto":
         return min(MAX_PROCESSES, usable_cores())
-    return int_range(1, MAX_PROCESSES)(text)
+    try:
+        return int_range(1, MAX_PROCESSES)(text)
+    except ValueError:
+        raise ValueError(f"must be a number from 1 to {MAX_PROCESSES}, or auto") from None
 
 
 def parse_admin_host(text: str) -> str:

@@ -68,3 +68,25 @@ class TenantEgress:
 
     def allows(self, host: str, address: Address) -> bool:
         return self.policy.lists(host, address) if self.deny_public else True
+
+
+def refusal(
+    host: str,
+    address: Address,
+    policy: EgressPolicy,
+    tenant: TenantEgress | None,
+) -> str | None:
+    """Why a destination is refused, naming the rule that refused it (the operator's or the
+    site's own), or None. The operator's policy always applies; a site's rule only narrows it."""
+    if not policy.allows(host, address):
+        return (
+            f"the destination {host} ({address}) is not allowed: the server's egress guard"
+            " refuses private and local addresses unless the operator lists them in"
+            " SNGIN_EGRESS_ALLOW"
+        )
+    if tenant is not None and not tenant.allows(host, address):
+        return (
+            f"the destination {host} ({address}) is not allowed by this site's own rule:"
+            ' "egress" in its _sngin.json'
+        )
+    return None

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from sngin.egress import refusal
+
 if TYPE_CHECKING:
     from sandbox.protocol import EmailCall
     from sngin.egress import EgressPolicy, TenantEgress
@@ -79,10 +81,9 @@ class Mailer:
             raise MailRefused(f"cannot resolve {host}")
         for text in addresses:
             address = ipaddress.ip_address(text.split("%", 1)[0])
-            if not self.policy.allows(host, address) or (
-                egress is not None and not egress.allows(host, address)
-            ):
-                raise MailRefused(f"the destination {host} ({address}) is not allowed")
+            refused = refusal(host, address, self.policy, egress)
+            if refused is not None:
+                raise MailRefused(refused)
         message = build_message(mail)
         context = self.ssl_context or ssl.create_default_context()
         try:

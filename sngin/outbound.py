@@ -24,7 +24,7 @@ import trio
 
 from sandbox.protocol import HttpCall, HttpResult
 from sngin.config import OutboundSettings
-from sngin.egress import EgressPolicy, TenantEgress
+from sngin.egress import EgressPolicy, TenantEgress, refusal
 from sngin.http_body import ACCEPT_ENCODING, BodyBudgetExceeded, BodyCost, read_capped
 from sngin.tenant_shares import TenantShares
 
@@ -81,11 +81,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectError(f"cannot resolve {host}")
         for text in addresses:
             address = ipaddress.ip_address(text.split("%", 1)[0])
-            # The operator's policy always applies; a tenant's rule can only narrow it.
-            if not self._policy.allows(host, address) or (
-                self._tenant is not None and not self._tenant.allows(host, address)
-            ):
-                raise EgressRefused(f"the destination {host} ({address}) is not allowed")
+            refused = refusal(host, address, self._policy, self._tenant)
+            if refused is not None:
+                raise EgressRefused(refused)
         failure: Exception | None = None
         for text in addresses:
             try:

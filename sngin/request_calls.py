@@ -187,7 +187,11 @@ class RequestCalls:
                 raise CodeFetchError("too many places to look for one module")
             for place in places:
                 for location in self._locations(place):
-                    source, chunkname = await self._fetch_module(location)
+                    try:
+                        source, chunkname = await self._fetch_module(location)
+                    except CodeFetchError as exc:
+                        message = self._unreachable(place, location, looked, exc)
+                        raise CodeFetchError(message) from None
                     if source is not None:
                         return self._answer(call, location, source, chunkname)
                     looked.append(shown(location, self._tenant))
@@ -197,6 +201,21 @@ class RequestCalls:
         return CallResult(
             id=call.id, call_id=call.call_id, error=f"module not found (looked for {where})"
         )
+
+    def _unreachable(
+        self, place: str, location: str, looked: list[str], exc: CodeFetchError
+    ) -> str:
+        """Where the search stopped and why, and (for the default module repository) how to
+        turn that repository off."""
+        text = f"{exc.message} while looking for {shown(location, self._tenant)}"
+        if looked:
+            text += f" (not found in {' or '.join(looked)})"
+        if place.startswith("default:"):
+            text += (
+                f"; it is the default module repository ({self._default_modules}:"
+                " SNGIN_DEFAULT_MODULES, empty turns it off)"
+            )
+        return text
 
     def _locations(self, place: str) -> list[str]:
         """Where one place of a search may be: "tenant:<path>" or "github:<user>/<repo>/<ref>/

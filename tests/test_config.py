@@ -126,6 +126,24 @@ def test_cli_bad_env_is_one_line_and_exit_2(capsys):
     assert err == "sngin: SNGIN_WORKERS='x': not an integer\n"
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["serve", "--bind", "127.0.0.1:99999"], {},
+         "sngin: --bind 127.0.0.1:99999: port must be between 0 and 65535\n"),
+        (["serve", "--processes", "autp"], {},
+         "sngin: --processes autp: must be a number from 1 to 256, or auto\n"),
+        (["serve"], {"SNGIN_PROCESSES": "autp"},
+         "sngin: SNGIN_PROCESSES='autp': must be a number from 1 to 256, or auto\n"),
+        (["serve", "--workers", "1"], {"SNGIN_WORKERS": "4"},
+         "sngin: --workers 1: must be between 2 and 1024\n"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_names_the_flag_or_the_variable_that_gave_it(capsys, argv, env, said):
+    assert main(argv, env=env) == 2
+    assert capsys.readouterr().err == said
+
+
 def test_cli_flag_overrides_env():
     args = build_parser().parse_args(["serve", "--workers", "3", "--timeout-ms", "700"])
     settings = settings_from(args, {"SNGIN_WORKERS": "5", "SNGIN_TIMEOUT_MS": "100"})

@@ -101,7 +101,11 @@ async def test_email_goes_only_where_the_egress_guard_allows(tmp_path, smtp):
     """
     async with serving(tmp_path, {"a.test/mail": script}) as srv:
         text = (await srv.get("/mail")).text
-    assert text.endswith("email.send: the destination 10.1.2.3 (10.1.2.3) is not allowed")
+    assert text.endswith(
+        "email.send: the destination 10.1.2.3 (10.1.2.3) is not allowed: the server's egress"
+        " guard refuses private and local addresses unless the operator lists them in"
+        " SNGIN_EGRESS_ALLOW"
+    )
 
 
 async def test_email_with_starttls_verifies_the_host_name(tmp_path):

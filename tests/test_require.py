@@ -373,3 +373,14 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
         assert (await calls("b.test")(kept)).module is not None
         nursery.cancel_scope.cancel()
     assert raw_host.gets[f"{REPO}/top.lua"] == 1  # still cached: no second fetch
+
+
+async def test_a_default_repository_that_cannot_be_reached_is_named_with_the_way_out(tmp_path):
+    closed = RawHost()
+    closed.close()  # nothing listens there now
+    async with serving(tmp_path, closed) as (srv, _):
+        text = (await srv.get("/bare", host="b.test")).text
+    assert "require: module host unavailable: ConnectError while looking for" in text
+    assert "github.com/webscriptio/lib/master/underscore.lua" in text
+    assert "(not found in b.test/underscore.lua)" in text
+    assert "default module repository (webscriptio/lib/master: SNGIN_DEFAULT_MODULES" in text

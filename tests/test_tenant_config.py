@@ -131,7 +131,7 @@ async def test_tenant_egress_narrows(tmp_path, upstream):
     async with site(tmp_path, files) as (srv, _):
         assert (await srv.get("/e")).text == "reached"
         refused = (await srv.get("/e", host="b.test")).text
-    assert "is not allowed" in refused
+    assert 'is not allowed by this site\'s own rule: "egress" in its _sngin.json' in refused
 
 
 async def test_tenant_egress_cannot_widen(tmp_path, upstream):
@@ -140,7 +140,7 @@ async def test_tenant_egress_cannot_widen(tmp_path, upstream):
         "a.test/e/index.lua": call_script(upstream),
     }
     async with site(tmp_path, files, policy=EgressPolicy()) as (srv, _):
-        assert "is not allowed" in (await srv.get("/e")).text
+        assert "unless the operator lists them in SNGIN_EGRESS_ALLOW" in (await srv.get("/e")).text
 
 
 # --- on/off and invalid files --------------------------------------------------------------------
