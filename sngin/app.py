@@ -21,7 +21,6 @@ from sngin.errors import (
     RequestTooLarge,
     ScriptError,
     SnginError,
-    TenantNotFound,
     Unavailable,
 )
 from sngin.pipeline import TenantPipeline
@@ -45,6 +44,11 @@ RESERVED_PREFIXES = ("/__sngin/", "/__purge/")
 RESERVED_EXACT = ("/__sngin", "/__purge")
 HEALTH = "/__sngin/health"
 TEXT = b"text/plain; charset=utf-8"
+NOT_FOUND_JSON = b'{"error":"404 Not Found"}\n'
+JSON_404 = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(NOT_FOUND_JSON)).encode()),
+]
 
 
 class Dispatcher:
@@ -72,8 +76,10 @@ class Dispatcher:
                 return
         if kind == "lifespan" or path.startswith(RESERVED_PREFIXES) or path in RESERVED_EXACT:
             if self._admin_elsewhere and kind == "http" and path != HEALTH:
-                # SNGIN_ADMIN_BIND moved the admin API to its own listener.
-                await respond_error(send, TenantNotFound("not found"), head=False)
+                # SNGIN_ADMIN_BIND moved the admin API to its own listener: the JSON 404 of
+                # every unknown reserved path.
+                await send({"type": "http.response.start", "status": 404, "headers": JSON_404})
+                await send({"type": "http.response.body", "body": NOT_FOUND_JSON})
                 return
             await self.admin(scope, receive, send)  # type: ignore[arg-type]
             return

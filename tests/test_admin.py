@@ -265,7 +265,10 @@ async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
     changes = {"admin_bind": Bind(host="127.0.0.1", port=0)}
     async with running(tmp_path, admin_token=TOKEN, settings_changes=changes) as srv:
         admin_url = srv.binds[1]
-        assert (await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)).status_code == 404
+        moved = await srv.client.get(srv.url + "/__sngin/stats", headers=AUTH)
+        # The JSON 404 of every unknown reserved path.
+        assert (moved.status_code, moved.json()) == (404, {"error": "404 Not Found"})
+        assert moved.headers["content-type"] == "application/json"
         assert (await srv.get("/__sngin/health")).status_code == 200  # stays public
         stats = await srv.client.get(admin_url + "/__sngin/stats", headers=AUTH)
         assert stats.status_code == 200
