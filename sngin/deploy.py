@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from sngin.code_files import content_hash, file_path
 from sngin.errors import BadRequest
-from sngin.tenants import tenant_of
+from sngin.tenants import CONFIG_NAME, tenant_of
 
 if TYPE_CHECKING:
     import argparse
@@ -41,34 +41,57 @@ class HostPlan:
         return len(self.added) + len(self.changed) + len(self.deleted)
 
 
-def local_sites(root: Path, only: str | None) -> dict[str, dict[str, bytes]]:
-    """host -> {path: bytes} for every host folder under root (files the API would refuse,
-    such as a README, are skipped)."""
-    if not root.is_dir():
-        raise BadRequest(f"{root} is not a folder")
-    sites: dict[str, dict[str, bytes]] = {}
+def site_files(folder: Path) -> dict[str, bytes]:
+    """{path: bytes} of one site's folder (files the API would refuse, a README, are skipped)."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        try:
+            file_path(relative)
+        except BadRequest:
+            continue
+        if path.is_file() and not path.is_symlink():
+            files[relative] = path.read_bytes()
+    return files
+
+
+def host_folders(root: Path) -> list[Path]:
+    """The subfolders of root named as a site's host is (a DNS name)."""
+    found = []
     for folder in sorted(root.iterdir()):
         if not folder.is_dir():
             continue
         try:
-            host = tenant_of(folder.name)
+            if tenant_of(folder.name) == folder.name:
+                found.append(folder)
         except BadRequest:
             continue
-        if host != folder.name or (only is not None and host != only):
-            continue
-        files = {}
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder).as_posix()
-            try:
-                file_path(relative)
-            except BadRequest:
-                continue
-            if path.is_file() and not path.is_symlink():
-                files[relative] = path.read_bytes()
-        sites[host] = files
-    if only is not None and only not in sites:
-        raise BadRequest(f"{root} has no folder {only}")
-    return sites
+    return found
+
+
+def looks_like_a_site(root: Path) -> bool:
+    """One site's folder rather than a folder of sites: a script or configuration at its top,
+    or no subfolder named like a host with a dot."""
+    if (root / "index.lua").is_file() or (root / CONFIG_NAME).is_file():
+        return True
+    return not any("." in folder.name for folder in host_folders(root))
+
+
+def local_sites(root: Path, only: str | None) -> dict[str, dict[str, bytes]]:
+    """host -> {path: bytes} for every host folder under root; with `only` and no folder of
+    that name, root itself is that site's folder."""
+    if not root.is_dir():
+        raise BadRequest(f"{root} is not a folder")
+    if only is not None and not (root / only).is_dir():
+        files = site_files(root)
+        if not files:
+            raise BadRequest(f"{root} has no folder {only}, and no files to deploy as {only}")
+        return {tenant_of(only): files}
+    return {
+        folder.name: site_files(folder)
+        for folder in host_folders(root)
+        if only is None or folder.name == only
+    }
 
 
 def plan_host(
@@ -108,7 +131,17 @@ class Progress:
 
 
 def deploy(client: httpx.Client, args: argparse.Namespace) -> int:
-    sites = local_sites(Path(args.dir), args.host)
+    root = Path(args.dir)
+    if args.host is None and root.is_dir() and looks_like_a_site(root):
+        site = root.resolve().name
+        print(
+            f"sngin: {root} looks like one site's folder, not a folder of sites: run"
+            f" `sngin deploy {root.parent} --host {site}`, or"
+            f" `sngin deploy {root} --host {site}`",
+            file=sys.stderr,
+        )
+        return 1
+    sites = local_sites(root, args.host)
     plans = []
     for host, files in sites.items():
         listed = client.get(f"/__sngin/code/{host}")

@@ -125,3 +125,27 @@ async def test_a_missing_folder_or_host_is_one_line(tmp_path, capsys, flags):
             folder.mkdir()
         assert await deploy(srv, folder, *flags) == 2
         assert capsys.readouterr().err.startswith("sngin: ")
+
+
+async def test_one_sites_folder_is_refused_without_host_and_deployed_with_it(tmp_path, capsys):
+    async with running(tmp_path / "srv", admin_token=TOKEN) as srv:
+        site = tmp_path / "sites" / "my.example"
+        write(site, {"index.lua": "return 'home'", "about/index.lua": "return 'about'"})
+        # Its subfolders are not hosts: refused, with both right commands.
+        assert await deploy(srv, site, "--dry-run") == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "looks like one site's folder" in err
+        assert f"`sngin deploy {site.parent} --host my.example`" in err
+        assert f"`sngin deploy {site} --host my.example`" in err
+        listed = await srv.client.get(srv.url + "/__sngin/code", headers={
+            "Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert "about" not in listed.json()["tenants"]
+        # The folder itself, named as its site: deployed as my.example.
+        assert await deploy(srv, site, "--host", "my.example") == 0
+        assert (await srv.get("/about", host="my.example")).text == "about"
+        assert (await srv.get("/", host="my.example")).text == "home"
+        # The folder of sites with --host still picks that one folder.
+        write(site, {"index.lua": "return 'home 2'"})
+        assert await deploy(srv, site.parent, "--host", "my.example") == 0
+        assert (await srv.get("/", host="my.example")).text == "home 2"
