@@ -148,7 +148,9 @@ def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
                 if value is None:
                     return too_large(limit)
             await storage.set(tenant, key, value, await quota(tenant))
-            return {"host": tenant, "key": key.decode(), "stored": value is not None}, 200
+            if value is None:
+                return {"host": tenant, "key": key.decode(), "deleted": True}, 200
+            return {"host": tenant, "key": key.decode(), "stored": True}, 200
 
         return await answered(work)
 

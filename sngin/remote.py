@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
+from sngin.cli_output import show
 from sngin.errors import BadRequest
 from sngin.remote_storage import run_storage
 
@@ -48,7 +49,11 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 # No path: the whole tenant. A path: that script, or with --folder all below.
                 kind = "folder" if args.folder or args.path is None else "file"
                 body = {"host": args.host, "path": args.path or "/", "type": kind}
-                return show(client.post("/__sngin/purge", json=body), as_json=args.json)
+                return show(
+                    client.post("/__sngin/purge", json=body), as_json=args.json,
+                    line=lambda d: f"purged {d['purged']} cached entries of {d['host']}{d['path']}"
+                    f" ({d['type']})",
+                )  # fmt: skip
             if args.command == "storage":
                 return run_storage(client, args)
             if args.command == "deploy":
@@ -60,7 +65,11 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             if args.command == "quarantine":
                 if args.lift:
                     path = f"/__sngin/quarantine/{args.lift}"
-                    return show(client.delete(path), as_json=args.json)
+                    return show(
+                        client.delete(path), as_json=args.json,
+                        line=lambda d: f"{d['host']}: quarantine lifted" if d["lifted"]
+                        else f"{d['host']} was not quarantined",
+                    )  # fmt: skip
                 return show_quarantine(client.get("/__sngin/quarantine"), as_json=args.json)
             return follow(client, args.host, as_json=args.json)
     except httpx.HTTPError as exc:
@@ -74,8 +83,7 @@ def run_token(client: httpx.Client, args: argparse.Namespace) -> int:
             raise BadRequest("sngin token create HOST")
         answer = client.post("/__sngin/tokens", json={"host": args.target})
         if answer.status_code != 201 or args.json:
-            show(answer, as_json=True)
-            return 0 if answer.status_code == 201 else 1
+            return show(answer, as_json=args.json)
         made = answer.json()
         print(made["token"])
         print(f"(for {made['host']}, id {made['id']}: shown once, only its hash is kept)",
@@ -84,10 +92,13 @@ def run_token(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.action == "revoke":
         if args.target is None:
             raise BadRequest("sngin token revoke ID")
-        return show(client.delete(f"/__sngin/tokens/{args.target}"), as_json=args.json)
+        return show(
+            client.delete(f"/__sngin/tokens/{args.target}"), as_json=args.json,
+            line=lambda d: f"revoked token {d['id']} (for {d['host']})",
+        )  # fmt: skip
     answer = client.get("/__sngin/tokens")
     if answer.status_code != 200 or args.json:
-        return show(answer, as_json=True)
+        return show(answer, as_json=args.json)
     rows = answer.json()["tokens"]
     if not rows:
         print("no tenant tokens")
@@ -102,18 +113,9 @@ def describe(exc: httpx.HTTPError) -> str:
     return text.splitlines()[0][:200]
 
 
-def show(response: httpx.Response, *, as_json: bool) -> int:
-    data = response.json()
-    if as_json or response.status_code != 200:
-        print(json.dumps(data, indent=2))
-    else:
-        print(", ".join(f"{k}: {v}" for k, v in data.items()))
-    return 0 if response.status_code == 200 else 1
-
-
 def show_stats(response: httpx.Response, *, as_json: bool) -> int:
     if response.status_code != 200 or as_json:
-        return show(response, as_json=True)
+        return show(response, as_json=as_json)
     data: dict[str, Any] = response.json()
     pool = data["pool"]
     print(f"workers: {pool['live']} live, {pool['idle']} idle, {pool['replaced']} replaced")
@@ -153,7 +155,7 @@ def show_processes(rows: list[dict[str, Any]]) -> None:
 
 def show_quarantine(response: httpx.Response, *, as_json: bool) -> int:
     if response.status_code != 200 or as_json:
-        return show(response, as_json=True)
+        return show(response, as_json=as_json)
     paused = response.json()["quarantined"]
     if not paused:
         print("no tenant is quarantined")
@@ -167,7 +169,7 @@ def follow(client: httpx.Client, host: str, *, as_json: bool) -> int:
         with client.stream("GET", "/__sngin/logs", params={"host": host}, timeout=None) as answer:
             if answer.status_code != 200:
                 answer.read()
-                return show(answer, as_json=True)
+                return show(answer, as_json=as_json)
             event = "message"
             for line in answer.iter_lines():
                 if line.startswith("event: "):

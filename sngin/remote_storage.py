@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from sngin.cli_output import show
 from sngin.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ USAGE: Final = """actions:
 
 
 def run_storage(client: httpx.Client, args: argparse.Namespace) -> int:
-    action, rest = args.action, args.args
+    action, rest, as_json = args.action, args.args, args.json
     api = "/__sngin/storage"
 
     def need(count: int, usage: str) -> list[str]:
@@ -36,44 +37,80 @@ def run_storage(client: httpx.Client, args: argparse.Namespace) -> int:
 
     if action == "list":
         if not rest:
-            return printed(client.get(api))
+            return show_tenants(client.get(api), as_json=as_json)
         (host,) = need(1, "[HOST]")
-        after, status = "", 0
-        while True:  # every page
-            response = client.get(f"{api}/{host}", params={"after": after, "limit": 1000})
-            if response.status_code != 200:
-                return printed(response)
-            page = response.json()
-            for entry in page["keys"]:
-                print(f"{entry['bytes']:>10}  {entry['key']}")
-            if page["next"] is None:
-                return status
-            after = page["next"]
+        return list_keys(client, host, as_json=as_json)
     if action == "get":
         host, key = need(2, "HOST KEY")
         response = client.get(f"{api}/{host}/value", params={"key": key})
         if response.status_code != 200:
-            return printed(response)
+            return show(response, as_json=as_json)
         sys.stdout.buffer.write(response.content)
         return 0
     if action == "set":
         host, key, value = need(3, "HOST KEY VALUE")
-        return printed(client.put(f"{api}/{host}/value", params={"key": key}, content=value))
+        answer = client.put(f"{api}/{host}/value", params={"key": key}, content=value)
+        return show(answer, as_json=as_json, line=lambda d: f"stored {d['key']} for {d['host']}")
     if action == "delete":
         host, key = need(2, "HOST KEY")
-        return printed(client.delete(f"{api}/{host}/value", params={"key": key}))
-    if action == "export":
+        answer = client.delete(f"{api}/{host}/value", params={"key": key})
+        return show(answer, as_json=as_json, line=lambda d: f"deleted {d['key']} of {d['host']}")
+    if action == "export":  # JSON is what an export is, with or without --json
         if not rest:
-            return printed(client.get("/__sngin/storage-export"))
+            return show(client.get("/__sngin/storage-export"), as_json=True)
         (host,) = need(1, "[HOST]")
-        return printed(client.get(f"{api}/{host}/export"))
+        return show(client.get(f"{api}/{host}/export"), as_json=True)
     if action == "import":
         if len(rest) == 1:
-            return printed(client.post("/__sngin/storage-import", json=read_json(rest[0])))
+            answer = client.post("/__sngin/storage-import", json=read_json(rest[0]))
+            return show(answer, as_json=as_json, line=lambda d: "imported " + ", ".join(
+                f"{count} keys into {tenant}" for tenant, count in d["imported"].items()
+            ) if d["imported"] else "imported nothing: the file names no tenant")  # fmt: skip
         host, source = need(2, "[HOST] FILE")
-        return printed(client.post(f"{api}/{host}/import", json=read_json(source)))
+        answer = client.post(f"{api}/{host}/import", json=read_json(source))
+        return show(answer, as_json=as_json,
+                    line=lambda d: f"imported {d['imported']} keys into {d['host']}")  # fmt: skip
     (host,) = need(1, "HOST")
-    return printed(client.delete(f"{api}/{host}"))
+    answer = client.delete(f"{api}/{host}")
+    return show(
+        answer, as_json=as_json, line=lambda d: f"dropped {d['deleted']} keys of {d['host']}"
+    )
+
+
+def show_tenants(response: httpx.Response, *, as_json: bool) -> int:
+    if response.status_code != 200 or as_json:
+        return show(response, as_json=as_json)
+    rows = response.json()["tenants"]
+    if not rows:
+        print("no tenant has storage")
+        return 0
+    print(f"{'HOST':40} {'KEYS':>8} {'BYTES':>12}")
+    for row in rows:
+        print(f"{row['host']:40} {row['keys']:>8} {row['bytes']:>12}")
+    return 0
+
+
+def list_keys(client: httpx.Client, host: str, *, as_json: bool) -> int:
+    """Every page of one tenant's keys: a table, or with --json the pages' keys as one list."""
+    after, keys = "", []
+    while True:
+        response = client.get(f"/__sngin/storage/{host}", params={"after": after, "limit": 1000})
+        if response.status_code != 200:
+            return show(response, as_json=as_json)
+        page = response.json()
+        keys += page["keys"]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    if as_json:
+        print(json.dumps({"host": host, "keys": keys}, indent=2, ensure_ascii=False))
+    elif not keys:
+        print(f"no keys for {host}")
+    else:
+        print(f"{'BYTES':>10}  KEY")
+        for entry in keys:
+            print(f"{entry['bytes']:>10}  {entry['key']}")
+    return 0
 
 
 def read_json(source: str) -> object:
@@ -82,8 +119,3 @@ def read_json(source: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise BadRequest(f"{source}: not JSON: {exc}") from None
-
-
-def printed(response: httpx.Response) -> int:
-    print(json.dumps(response.json(), indent=2, ensure_ascii=False))
-    return 0 if response.status_code == 200 else 1

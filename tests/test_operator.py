@@ -210,3 +210,31 @@ async def test_an_open_follower_neither_delays_shutdown_nor_sees_a_traceback(
                     process.kill()
                     await process.wait()
     assert errors.decode() == message
+
+
+async def test_every_command_prints_a_line_or_a_table_and_json_only_with_the_flag(tmp_path, capsys):
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        remote = ["--url", srv.url, "--token", TOKEN]
+
+        async def cli(*words: str) -> int:
+            return await trio.to_thread.run_sync(main, [*words, *remote], {})
+
+        assert await cli("purge", "a.test") == 0
+        assert capsys.readouterr().out.startswith("purged ")
+        assert await cli("quarantine", "--lift", "a.test") == 0
+        assert capsys.readouterr().out == "a.test was not quarantined\n"
+        assert await cli("token", "create", "a.test") == 0
+        made = capsys.readouterr().out.strip()
+        assert await cli("token", "list") == 0
+        token_id = capsys.readouterr().out.split()[0]
+        assert await cli("token", "revoke", token_id) == 0
+        assert capsys.readouterr().out == f"revoked token {token_id} (for a.test)\n"
+        assert made.startswith("sngt_")
+        assert await cli("token", "list") == 0
+        assert capsys.readouterr().out == "no tenant tokens\n"
+        # An error: one line on stderr, exit 1; its JSON only with --json.
+        assert await cli("token", "revoke", "nope") == 1
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", "sngin: no token nope (404)\n")
+        assert await cli("token", "revoke", "nope", "--json") == 1
+        assert json.loads(capsys.readouterr().out) == {"error": "no token nope"}

@@ -318,7 +318,7 @@ async def test_operators_list_get_set_export_import_and_drop_through_the_admin_a
         metrics = (await client.get(srv.url + "/__sngin/metrics", headers=AUTH)).text
         assert 'sngin_storage_bytes{tenant="a.test"} 24.0' in metrics
         gone = await client.delete(api + "/a.test/value?key=theme", headers=AUTH)
-        assert gone.json()["stored"] is False
+        assert gone.json()["deleted"] is True
         missing = await client.get(api + "/a.test/value?key=theme", headers=AUTH)
         assert missing.status_code == 404
         bad = await client.post(api + "/a.test/import", json={"items": [{"key": 1}]}, headers=AUTH)
@@ -335,18 +335,29 @@ async def test_sngin_storage_cli_sets_lists_exports_and_imports(tmp_path, capsys
             return await trio.to_thread.run_sync(main, argv, {})
 
         assert await cli("set", "a.test", "api_base", "https://api.example.com") == 0
-        capsys.readouterr()
         assert (await srv.get("/read")).text == "https://api.example.com"
+        assert capsys.readouterr().out == "stored api_base for a.test\n"
         assert await cli("list", "a.test") == 0
-        assert capsys.readouterr().out.split() == ["23", "api_base"]
+        assert capsys.readouterr().out.splitlines() == ["     BYTES  KEY", "        23  api_base"]
+        assert await cli("list", "c.test") == 0
+        assert capsys.readouterr().out == "no keys for c.test\n"
+        assert await cli("list") == 0
+        listing = capsys.readouterr().out.splitlines()
+        assert listing[0].split() == ["HOST", "KEYS", "BYTES"]
+        assert listing[1].split() == ["a.test", "1", "31"]  # (usage counts the key too)
+        assert await cli("list", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["tenants"][0]["host"] == "a.test"
         assert await cli("export", "a.test") == 0
         exported = tmp_path / "export.json"
         exported.write_text(capsys.readouterr().out)
         assert await cli("import", "b.test", str(exported)) == 0
-        assert json.loads(capsys.readouterr().out) == {"host": "b.test", "imported": 1}
+        assert capsys.readouterr().out == "imported 1 keys into b.test\n"
         assert await cli("get", "b.test", "api_base") == 0
         assert capsys.readouterr().out == "https://api.example.com"
+        assert await cli("delete", "b.test", "api_base") == 0
+        assert capsys.readouterr().out == "deleted api_base of b.test\n"
         assert await cli("get", "b.test", "nothing") == 1
+        assert capsys.readouterr().err == "sngin: no such key (404)\n"
         assert await cli("set", "a.test") == 2  # usage: one clear line
         assert "usage: sngin storage set HOST KEY VALUE" in capsys.readouterr().err
 
