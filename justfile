@@ -45,6 +45,8 @@ bench *args:
     @{{bin}}/python bench/cluster_bench.py {{args}}
     @{{bin}}/python bench/processes_bench.py {{args}}
     @{{bin}}/python bench/attacks_bench.py
+    @{{bin}}/python bench/parked_bench.py
+    @{{bin}}/python bench/spawn_bench.py
 
 # server CPU per request of this install against another sngin (e.g. a worktree's venv)
 bench-compare other rounds="6":

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ERROR_STATUS: Final = 2  # how `sngin` exits on a bad setting: no use starting it again
 STOP_MARGIN_S: Final = 10.0  # past the grace time, a process that has not ended is killed
-BACKLOG: Final = 1024
+BACKLOG: Final = 4096  # as the single process's listener (sngin.server.LISTEN_BACKLOG)
 
 
 def listening_socket(bind: Bind) -> socket.socket:

@@ -7,7 +7,7 @@ import signal
 import sqlite3
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from hypercorn.trio import serve as hypercorn_serve
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from sngin.process_link import ProcessRole
 
 log = logging.getLogger(__name__)
+LISTEN_BACKLOG: Final = 4096  # the listen queue (see hypercorn_config)
 
 STORAGE_FILE = "storage.db"
 
@@ -84,6 +85,9 @@ def hypercorn_config(settings: Settings, gate: ConnectionGate | None = None) -> 
     config.h11_max_incomplete_size = 64 * 1024
     config.graceful_timeout = settings.http.grace_s
     config.include_server_header = False
+    # A burst of connections waits in the kernel's queue instead of being dropped and retried
+    # a second later (Hypercorn's default is 100; net.core.somaxconn caps it).
+    config.backlog = LISTEN_BACKLOG
     return config
 
 

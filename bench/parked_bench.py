@@ -1,0 +1,128 @@
+"""Many tenants waiting on I/O at once: requests whose script waits on a slow loopback upstream,
+spread over many tenants, all sent at once, against `sngin serve` with default settings.
+
+The client is raw asyncio HTTP/1.1 (one connection per request, a few microseconds each), so
+what is measured is the server, not the client. Prints, per load: wall time, answers by status,
+and the node's RSS (server and workers, PSS) at the end of the burst.
+Run: .venv/bin/python bench/parked_bench.py [--processes N] [--wait-s 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import free_port, wait_listening
+
+# (requests, tenants) as in issue 29's table
+LOADS = [(100, 1), (50, 50), (200, 200), (1000, 20), (1000, 100)]
+
+
+class Slow(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wait_s = 0.2
+
+    def do_GET(self) -> None:
+        time.sleep(self.wait_s)
+        with contextlib.suppress(OSError):  # the server gave up on it (its own timeout)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Upstream(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 4096
+
+
+async def one(port: int, host: str) -> int:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n")
+        writer.close()
+        return int(head.split()[1])
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        return 0  # refused or reset: no answer
+
+
+async def burst(port: int, requests: int, tenants: int) -> tuple[float, collections.Counter[int]]:
+    started = time.perf_counter()
+    statuses = await asyncio.gather(*(one(port, f"t{n % tenants}.test") for n in range(requests)))
+    return time.perf_counter() - started, collections.Counter(statuses)
+
+
+def pss_mib(root: int) -> float:
+    """PSS of a process and all its descendants, in MiB."""
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(root)], capture_output=True,
+                              text=True, check=False).stdout.split()  # fmt: skip
+    total = 0
+    for pid in [root, *map(int, children)]:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+        total += int(found.group(1)) if found else 0
+    return total / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--wait-s", type=float, default=0.2)
+    options = parser.parse_args()
+    Slow.wait_s = options.wait_s
+    upstream = Upstream(("127.0.0.1", 0), Slow)
+    Thread(target=upstream.serve_forever, daemon=True).start()
+    sites = Path(tempfile.mkdtemp())
+    url = f"http://127.0.0.1:{upstream.server_address[1]}/"
+    for n in range(max(t for _, t in LOADS)):
+        (sites / f"t{n}.test").mkdir()
+        (sites / f"t{n}.test" / "index.lua").write_text(
+            f"return tostring(http.request{{url = '{url}'}}.statuscode)"
+        )
+    port = free_port()
+    env = {**os.environ, "SNGIN_CODE_DIR": str(sites), "SNGIN_EGRESS_ALLOW": "127.0.0.1",
+           "SNGIN_DATA_PATH": str(sites / ".data"), "SNGIN_LOG_LEVEL": "warning",
+           "SNGIN_PROCESSES": str(options.processes)}  # fmt: skip
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sngin"), "serve", "--bind", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_listening(port)
+        asyncio.run(burst(port, 20, 20))  # warm: workers started, scripts compiled
+        print(f"parked requests: upstream waits {options.wait_s} s, default settings,"
+              f" --processes {options.processes}")  # fmt: skip
+        for requests, tenants in LOADS:
+            elapsed, statuses = asyncio.run(burst(port, requests, tenants))
+            answers = ", ".join(f"{count} x {status or 'none'}"
+                                for status, count in sorted(statuses.items()))  # fmt: skip
+            print(f"{requests:>5} requests over {tenants:>3} tenants: {elapsed:6.2f} s  {answers}"
+                  f"  (node PSS {pss_mib(server.pid):.0f} MiB)")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        upstream.shutdown()
+
+
+if __name__ == "__main__":
+    main()
