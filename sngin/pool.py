@@ -157,6 +157,7 @@ class Pool:
                 state="busy" if w.in_flight else "idle",
                 requests=w.requests,
                 in_flight=w.in_flight,
+                parked=w.parked_requests,
                 rss_bytes=rss_bytes(w.pid),
                 age_s=w.age_s,
             )
@@ -175,6 +176,7 @@ class Pool:
             + sum(w.switches for w in supervisor.workers),
             fresh_runtimes=self._fresh_runtimes,
             ran_elsewhere=self._ran_elsewhere,
+            parked_requests=sum(w.parked for w in workers),
             exits=MappingProxyType(dict(supervisor.exits)),
             workers=workers,
             tenants=MappingProxyType(self.accounting.statistics()),

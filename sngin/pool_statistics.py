@@ -19,6 +19,7 @@ class WorkerInfo:
     state: str  # "idle" or "busy"
     requests: int
     in_flight: int
+    parked: int  # of those, waiting on a platform call's answer
     rss_bytes: int
     age_s: float
 
@@ -75,6 +76,7 @@ class PoolStatistics:
     tenant_switches: int
     fresh_runtimes: int  # requests that needed a new Lua runtime (none kept for the tenant)
     ran_elsewhere: int  # stacked jobs a worker declined or ended before starting, run again
+    parked_requests: int  # requests waiting on a platform call's answer, all workers
     exits: Mapping[str, int]  # read-only views: a snapshot never changes under its reader
     workers: tuple[WorkerInfo, ...]
     tenants: Mapping[str, TenantStatistics]

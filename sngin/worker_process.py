@@ -160,6 +160,11 @@ class WorkerProcess:
         return self.channel.parked
 
     @property
+    def parked_requests(self) -> int:
+        """How many of its requests wait for a platform call's answer."""
+        return sum(1 for p in self.channel.pending.values() if p.waiting_call)
+
+    @property
     def tenant(self) -> str | None:
         """The tenant of the job sent last (the worker runs jobs in the order sent)."""
         return self.mirror.tenant

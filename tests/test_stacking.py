@@ -154,3 +154,19 @@ async def test_a_storage_heavy_tenant_never_makes_another_tenants_requests_fail(
     assert statuses["light.test"] == [200] * 100
     assert statuses["heavy.test"] == [200] * 24
     assert stats.ran_elsewhere > 0  # light's requests were declined, and ran all the same
+
+
+async def test_the_stats_count_parked_requests():
+    config = PoolConfig(size=2)
+    async with open_pool(config) as pool:
+        await pool.wait_for_workers()
+        gate = Gate()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.run, job("parked.test", WAITS_UPSTREAM), gate)
+                await gate.entered.wait()
+                stats = pool.statistics()
+                assert stats.parked_requests == 1
+                assert sorted(w.parked for w in stats.workers) == [0, 1]
+                gate.opened.set()
+        assert pool.statistics().parked_requests == 0
