@@ -21,14 +21,20 @@ PR_SET_NO_NEW_PRIVS = 38
 OPEN_FILES_AFTER_START = 16
 
 
-def apply_at_start(address_space_bytes: int | None) -> None:
-    """Before lupa is imported: caps, privileges, fds and environment."""
+def apply_at_start(address_space_bytes: int | None, keep_fd: int | None = None) -> None:
+    """Before lupa is imported: caps, privileges, fds (all above stderr but `keep_fd`, the
+    zygote's control socket) and environment."""
     if address_space_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if keep_fd is None:
+        os.closerange(3, top)
+    else:
+        os.closerange(3, keep_fd)
+        os.closerange(keep_fd + 1, top)
     os.environ.clear()
     # SIGPROF must kill: the CPU budget relies on the default action.
     signal.signal(signal.SIGPROF, signal.SIG_DFL)

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from sngin.errors import SnginError
-from sngin.worker_process import RECYCLE, WorkerBootFailed, WorkerProcess, classify_exit
+from sngin.worker_process import (
+    RECYCLE,
+    WORKER_ARGV,
+    WorkerBootFailed,
+    WorkerProcess,
+    classify_exit,
+)
+from sngin.worker_zygote import Zygote, ZygoteGone
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,6 +77,7 @@ class Supervisor:
         self._spawn_retry_s = spawn_retry_s
         self._max_spawn_retry_s = max_spawn_retry_s
         self.spawn_failures = 0  # since start, all told
+        self.zygote: Zygote | None = None  # forks workers in ms (sngin.worker_zygote)
         self._change = trio.Event()
 
     def live(self) -> list[WorkerProcess]:
@@ -93,15 +101,34 @@ class Supervisor:
     # --- starting and replacing ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._options.argv == WORKER_ARGV:  # (a test's stand-in worker is spawned)
+            await self._start_zygote()
         async with trio.open_nursery() as starting:
             for _ in range(self.size):
                 starting.start_soon(self._add_worker)
         self.serving = True
 
+    async def _start_zygote(self) -> None:
+        """The zygote workers are forked from; without one, workers are spawned."""
+        try:
+            self.zygote = await Zygote.start(self._nursery, self._options.command())
+        except OSError as exc:
+            log.warning("no worker zygote (%s): workers are started one by one", exc)
+            self.zygote = None
+
     async def _add_worker(self) -> None:
         while True:
             try:
-                worker = await WorkerProcess.start(self._nursery, self._options)
+                zygote = self.zygote
+                if zygote is not None and zygote.gone and not self.closing:
+                    log.warning("the worker zygote ended; starting another")
+                    await self._start_zygote()
+                    zygote = self.zygote
+                try:
+                    worker = await WorkerProcess.start(self._nursery, self._options, zygote)
+                except ZygoteGone as exc:
+                    log.warning("%s; this worker is spawned instead", exc)
+                    worker = await WorkerProcess.start(self._nursery, self._options)
                 break
             except (WorkerBootFailed, OSError) as exc:
                 if self._gave_up:
@@ -191,3 +218,6 @@ class Supervisor:
                 await worker.process.wait()
         for worker in list(self.workers):
             worker.kill()
+        if self.zygote is not None:
+            # Last: it reaps the workers and reports their exits until then.
+            await self.zygote.aclose()

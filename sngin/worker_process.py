@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection
 
     from sandbox.protocol import Job, Reply
+    from sngin.worker_zygote import ForkedProcess, Zygote
 
 __all__ = [
     "CPU_KILL",
@@ -79,7 +80,7 @@ class WorkerOptions:
 class WorkerProcess:
     """A `python -m sandbox` child serving one tenant's requests, several at a time."""
 
-    def __init__(self, process: trio.Process, nursery: trio.Nursery) -> None:
+    def __init__(self, process: trio.Process | ForkedProcess, nursery: trio.Nursery) -> None:
         self.process = process
         self.pid = process.pid
         # trio opens a child's pipes as non-blocking FdStreams; sngin.pipes uses their fds.
@@ -99,23 +100,30 @@ class WorkerProcess:
 
     @classmethod
     async def start(
-        cls, nursery: trio.Nursery, options: WorkerOptions | None = None
+        cls,
+        nursery: trio.Nursery,
+        options: WorkerOptions | None = None,
+        zygote: Zygote | None = None,
     ) -> WorkerProcess:
-        """Spawn a worker, wait for its Hello frame (its limits are in place by then), and
-        start serving its frames."""
+        """Fork a worker from the zygote (or spawn one), wait for its Hello frame (its limits
+        are in place by then), and start serving its frames."""
         options = options or WorkerOptions()
-        process: trio.Process = await nursery.start(
-            partial(
-                trio.run_process,
-                options.command(),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                check=False,
-                env={},  # the worker needs nothing from the server's environment
-                # Own session: a terminal's Ctrl-C reaches the server, which stops its workers.
-                start_new_session=True,
+        process: trio.Process | ForkedProcess
+        if zygote is not None:
+            process = await zygote.fork()
+        else:
+            process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    options.command(),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    check=False,
+                    env={},  # the worker needs nothing from the server's environment
+                    # Own session: a terminal's Ctrl-C reaches the server, which stops it.
+                    start_new_session=True,
+                )
             )
-        )
         worker = cls(process, nursery)
         try:
             with trio.fail_after(BOOT_TIMEOUT_S):

@@ -18,7 +18,7 @@ from sngin.descriptors import RESERVE_FIXED, RESERVE_PER_WORKER, connection_limi
 from sngin.errors import ConfigError
 from tests.support import wait_until_serving
 
-from .test_serve_process import children_of
+from .test_serve_process import workers_of
 
 
 def limited_descriptors(count: int):
@@ -101,7 +101,7 @@ async def test_slow_clients_cannot_take_the_descriptors_a_worker_replacement_nee
                 answer = await stream.receive_some(4096)
                 refused += answer.startswith(b"HTTP/1.1 503 ")
             assert refused == 300 - 96
-            victim = min(children_of(process.pid))
+            victim = min(workers_of(process.pid))
             os.kill(victim, signal.SIGKILL)
             while not re.search(rb"worker \d+ started", log):
                 chunk = await process.stderr.receive_some(4096)

@@ -346,7 +346,8 @@ async def test_a_stop_signal_stops_every_process_and_worker(tmp_path, signum):
     async with node(tmp_path) as running:
         assert (await running.get()).text == "hello"
         everyone = process_tree(running.process.pid)
-        assert len(everyone) == 2 + 4  # two server processes, four workers
+        # two server processes, a worker zygote each, four workers
+        assert len(everyone) == 2 + 2 + 4
         running.process.send_signal(signum)
         with trio.fail_after(60):
             assert await running.process.wait() == 0
@@ -358,7 +359,7 @@ async def test_the_processes_stop_when_their_parent_is_killed(tmp_path):
     site(tmp_path, "hello.localhost", "return 'hello'")
     async with node(tmp_path) as running:
         everyone = process_tree(running.process.pid)
-        assert len(everyone) == 2 + 4
+        assert len(everyone) == 2 + 2 + 4  # processes, their worker zygotes, workers
         running.process.kill()
         await running.process.wait()
         with trio.fail_after(60):

@@ -25,6 +25,12 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def workers_of(server: int) -> set[int]:
+    """The workers of a server process: the children of its one child, the worker zygote."""
+    (zygote,) = children_of(server)
+    return children_of(zygote)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
     site = tmp_path / "hello.localhost"
@@ -48,8 +54,9 @@ async def test_serve_stops_on_signal_and_leaves_no_process(tmp_path, signum):
             assert response.text == "hi from serve"
             assert stats.status_code == 200
             assert unauthorized.status_code == 401
-            workers = children_of(process.pid)
+            workers = workers_of(process.pid)
             assert len(workers) == 2
+            workers |= children_of(process.pid)  # and the zygote they were forked from
             process.send_signal(signum)
             assert await process.wait() == 0
             while chunk := await process.stderr.receive_some(4096):
