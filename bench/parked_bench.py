@@ -26,6 +26,7 @@ from threading import Thread
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import free_port, wait_listening
 
+WHY: dict[int, str] = {}  # the first body of each status but 200
 # (requests, tenants) as in issue 29's table
 LOADS = [(100, 1), (50, 50), (200, 200), (1000, 20), (1000, 100)]
 
@@ -56,9 +57,12 @@ async def one(port: int, host: str) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        head = await reader.readuntil(b"\r\n")
+        answer = await reader.read()
         writer.close()
-        return int(head.split()[1])
+        status = int(answer.split(b"\r\n", 1)[0].split()[1])
+        if status != 200:
+            WHY.setdefault(status, answer.split(b"\r\n\r\n", 1)[-1][:120].decode(errors="replace"))
+        return status
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
         return 0  # refused or reset: no answer
 
@@ -88,6 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--wait-s", type=float, default=0.2)
+    parser.add_argument("--max-workers", type=int, default=0, help="SNGIN_MAX_WORKERS")
+    parser.add_argument("--outbound", type=int, default=100, help="SNGIN_OUTBOUND_CONNECTIONS")
     options = parser.parse_args()
     Slow.wait_s = options.wait_s
     upstream = Upstream(("127.0.0.1", 0), Slow)
@@ -102,7 +108,9 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "SNGIN_CODE_DIR": str(sites), "SNGIN_EGRESS_ALLOW": "127.0.0.1",
            "SNGIN_DATA_PATH": str(sites / ".data"), "SNGIN_LOG_LEVEL": "warning",
-           "SNGIN_PROCESSES": str(options.processes)}  # fmt: skip
+           "SNGIN_PROCESSES": str(options.processes),
+           "SNGIN_MAX_WORKERS": str(options.max_workers),
+           "SNGIN_OUTBOUND_CONNECTIONS": str(options.outbound)}  # fmt: skip
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "sngin"), "serve", "--bind", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -110,14 +118,18 @@ def main() -> None:
     try:
         wait_listening(port)
         asyncio.run(burst(port, 20, 20))  # warm: workers started, scripts compiled
-        print(f"parked requests: upstream waits {options.wait_s} s, default settings,"
-              f" --processes {options.processes}")  # fmt: skip
+        print(f"parked requests: upstream waits {options.wait_s} s, --processes"
+              f" {options.processes}, SNGIN_MAX_WORKERS={options.max_workers},"
+              f" SNGIN_OUTBOUND_CONNECTIONS={options.outbound}")  # fmt: skip
         for requests, tenants in LOADS:
             elapsed, statuses = asyncio.run(burst(port, requests, tenants))
             answers = ", ".join(f"{count} x {status or 'none'}"
                                 for status, count in sorted(statuses.items()))  # fmt: skip
             print(f"{requests:>5} requests over {tenants:>3} tenants: {elapsed:6.2f} s  {answers}"
                   f"  (node PSS {pss_mib(server.pid):.0f} MiB)")  # fmt: skip
+            for status, why in sorted(WHY.items()):
+                print(f"      {status}: {why.strip()}")
+            WHY.clear()
     finally:
         server.terminate()
         server.wait(timeout=30)

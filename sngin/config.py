@@ -87,8 +87,9 @@ class PoolSettings:
     tenant_concurrency: int = 64  # SNGIN_TENANT_CONCURRENCY: one tenant's requests in flight
     queue_timeout_s: float = 10.0  # SNGIN_QUEUE_TIMEOUT_S: wait for a slot, then 503
     # SNGIN_KEPT_RUNTIMES_MB: Lua heap of the runtimes the node's workers keep for recent
-    # tenants, all told (each worker gets an equal share); from_env defaults it from memory
+    # tenants (each worker an equal share); from_env defaults it from memory
     kept_runtimes_mb: int = 256
+    max_workers: int = 0  # SNGIN_MAX_WORKERS: grown to while requests wait; 0: no growth
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,6 +322,7 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_PROCESSES": ("processes", parse_processes),
     "SNGIN_UI": ("ui", parse_ui),
     "SNGIN_KEPT_RUNTIMES_MB": ("pool.kept_runtimes_mb", int_range(0, 1024 * 1024)),
+    "SNGIN_MAX_WORKERS": ("pool.max_workers", int_range(0, 100_000)),
     "SNGIN_TIMEOUT_MS": ("limits.timeout_ms", int_range(1, 3_600_000)),
     "SNGIN_CPU_MS": ("limits.cpu_ms", int_range(1, 3_600_000)),
     "SNGIN_MEMORY_MB": ("limits.memory_mb", int_range(1, 64 * 1024)),

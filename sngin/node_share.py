@@ -46,6 +46,7 @@ def process_settings(settings: Settings, index: int, count: int) -> Settings:
             pool,
             size=share(pool.size, index, count),
             kept_runtimes_mb=share(pool.kept_runtimes_mb, index, count, floor=0),
+            max_workers=share(pool.max_workers, index, count, floor=0),
         ),
         http=dataclasses.replace(
             http,

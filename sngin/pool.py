@@ -20,6 +20,7 @@ import trio
 
 from sandbox.protocol import MEMORY_LIMIT, Job, Reply
 from sngin.accounting import TenantAccounting
+from sngin.elastic import ElasticWorkers
 from sngin.errors import (
     LimitExceeded,
     ProtocolError,
@@ -67,6 +68,8 @@ class PoolConfig:
     tenant_concurrency: int = 64  # requests of one tenant in flight across the pool
     queue_timeout_s: float = 10.0  # how long a request may wait for a slot before 503
     worker: WorkerOptions = field(default_factory=WorkerOptions)
+    max_workers: int = 0  # grown to while requests wait on parked workers (0 or size: fixed)
+    extra_idle_s: float = 10.0  # a worker past `size` idle this long is retired
     spawn_retry_s: float = SPAWN_RETRY_S  # backoff for a worker that cannot start ...
     max_spawn_retry_s: float = MAX_SPAWN_RETRY_S  # ... doubling up to this once serving
 
@@ -135,7 +138,9 @@ class Pool:
             worker_concurrency=config.worker_concurrency,
             tenant_concurrency=config.tenant_concurrency,
             check_in=self._check_in_reserved,
+            on_starved=lambda: self.elastic.starved(),
         )
+        self._nursery = nursery
         self.supervisor = Supervisor(
             nursery,
             size=config.size,
@@ -146,6 +151,7 @@ class Pool:
             spawn_retry_s=config.spawn_retry_s,
             max_spawn_retry_s=config.max_spawn_retry_s,
         )
+        self.elastic = ElasticWorkers(config, self.supervisor, self.scheduler)
 
     # --- statistics --------------------------------------------------------------------------
 
@@ -177,6 +183,9 @@ class Pool:
             fresh_runtimes=self._fresh_runtimes,
             ran_elsewhere=self._ran_elsewhere,
             parked_requests=sum(w.parked for w in workers),
+            max_workers=max(self._config.max_workers, self._config.size),
+            grown=supervisor.grown,
+            retired=supervisor.retired,
             exits=MappingProxyType(dict(supervisor.exits)),
             workers=workers,
             tenants=MappingProxyType(self.accounting.statistics()),
@@ -226,6 +235,8 @@ class Pool:
                     supervisor.recycle(worker)
             else:
                 scheduler.offer(worker)
+                if not worker.in_flight:
+                    worker.idle_since = trio.current_time()  # (for ElasticWorkers)
         scheduler.hand_out()
 
     def _check_in_reserved(self, worker: Schedulable) -> None:
@@ -236,6 +247,7 @@ class Pool:
 
     async def start(self) -> None:
         await self.supervisor.start()
+        self._nursery.start_soon(self.elastic.retire_idle_extras)
 
     # --- running jobs ------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@ class PoolStatistics:
     fresh_runtimes: int  # requests that needed a new Lua runtime (none kept for the tenant)
     ran_elsewhere: int  # stacked jobs a worker declined or ended before starting, run again
     parked_requests: int  # requests waiting on a platform call's answer, all workers
+    max_workers: int  # the most workers the pool grows to (size: those kept warm)
+    grown: int  # extra workers started for waiting requests, since start
+    retired: int  # extra workers retired after idling, since start
     exits: Mapping[str, int]  # read-only views: a snapshot never changes under its reader
     workers: tuple[WorkerInfo, ...]
     tenants: Mapping[str, TenantStatistics]

@@ -91,10 +91,13 @@ class Scheduler:
         worker_concurrency: int,
         tenant_concurrency: int,
         check_in: Callable[[Schedulable], None],
+        on_starved: Callable[[], None] = lambda: None,
     ) -> None:
         # check_in: the pool's hook for a worker whose reservation came back unused (it decides
         # whether the worker takes requests again, and calls hand_out).
         self._check_in = check_in
+        # The pool's hook for a request that waits: it may start another worker.
+        self._on_starved = on_starved
         self.worker_concurrency = worker_concurrency
         self.tenant_concurrency = tenant_concurrency
         # Workers that take requests, least recently used first.
@@ -230,6 +233,7 @@ class Scheduler:
             while True:
                 waiter = Waiter(tenant, cap, behind_others=behind_others)
                 self.waiters.append(waiter)
+                self._on_starved()
                 try:
                     await waiter.ready.wait()
                 except BaseException:  # timed out or cancelled: a worker handed meanwhile goes back

@@ -85,8 +85,7 @@ def hypercorn_config(settings: Settings, gate: ConnectionGate | None = None) -> 
     config.h11_max_incomplete_size = 64 * 1024
     config.graceful_timeout = settings.http.grace_s
     config.include_server_header = False
-    # A burst of connections waits in the kernel's queue instead of being dropped and retried
-    # a second later (Hypercorn's default is 100; net.core.somaxconn caps it).
+    # A burst waits in the kernel's queue, not dropped and retried 1 s later (Hypercorn: 100).
     config.backlog = LISTEN_BACKLOG
     return config
 
@@ -247,6 +246,7 @@ def pool_config(settings: Settings) -> PoolConfig:
         worker_concurrency=p.worker_concurrency,
         tenant_concurrency=p.tenant_concurrency,
         queue_timeout_s=p.queue_timeout_s,
+        max_workers=max(p.max_workers, p.size),
         worker=WorkerOptions(address_space_bytes=address_space, kept_runtimes_bytes=kept_runtimes),
     )
 

@@ -19,6 +19,7 @@ import trio
 from sngin.errors import SnginError
 from sngin.worker_process import (
     RECYCLE,
+    RETIRED,
     WORKER_ARGV,
     WorkerBootFailed,
     WorkerProcess,
@@ -78,6 +79,8 @@ class Supervisor:
         self._max_spawn_retry_s = max_spawn_retry_s
         self.spawn_failures = 0  # since start, all told
         self.zygote: Zygote | None = None  # forks workers in ms (sngin.worker_zygote)
+        self.starting = 0  # extra workers being started
+        self.grown = self.retired = 0  # extra workers started and retired since start
         self._change = trio.Event()
 
     def live(self) -> list[WorkerProcess]:
@@ -150,6 +153,9 @@ class Supervisor:
                 log.error("cannot start a worker: %s; retrying in %.3g s", exc, delay)
                 await trio.sleep(delay)
         self._boot_failures = 0
+        self._register(worker)
+
+    def _register(self, worker: WorkerProcess) -> None:
         self.started += 1
         self.workers.add(worker)
         jitter = random.uniform(1 - RECYCLE_JITTER, 1 + RECYCLE_JITTER)
@@ -175,11 +181,40 @@ class Supervisor:
         self.exits[reason] += 1
         self.replaced += 1
         self.changed()
-        if reason == RECYCLE:
-            return  # its successor was started before it was asked to leave
+        if reason in (RECYCLE, RETIRED):
+            return  # recycled: its successor was started first; retired: not needed
         log.warning("worker %d ended (%s, status %s); replacing it", worker.pid, reason,
                     worker.process.returncode)  # fmt: skip
         await self._add_worker()
+
+    # --- growing and retiring (elastic workers) ---------------------------------------------
+
+    def grow(self) -> None:
+        """One more worker, for requests waiting while the workers hold only parked ones."""
+        self.starting += 1
+        self._nursery.start_soon(self._add_extra)
+
+    async def _add_extra(self) -> None:
+        """One attempt (no retries: a waiting request is served by a worker coming free too)."""
+        try:
+            try:
+                worker = await WorkerProcess.start(self._nursery, self._options, self.zygote)
+            except ZygoteGone:
+                worker = await WorkerProcess.start(self._nursery, self._options)
+        except (WorkerBootFailed, OSError) as exc:
+            self.spawn_failures += 1
+            log.warning("cannot start an extra worker: %s", exc)
+            return
+        finally:
+            self.starting -= 1
+        self.grown += 1
+        self._register(worker)
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """An extra worker idle long enough leaves (it is not replaced)."""
+        worker.killed_for = RETIRED
+        self.retired += 1
+        self._nursery.start_soon(worker.close)
 
     # --- recycling -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ CRASH: Final = "crash"
 NEVER_STARTED: Final = "never_started"
 PROTOCOL: Final = "protocol"
 RECYCLE: Final = "recycle"
+RETIRED: Final = "retired"  # an extra worker no longer needed (sngin.supervisor.retire)
 
 
 class WorkerFailed(Exception):

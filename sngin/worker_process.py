@@ -28,6 +28,7 @@ from sngin.worker_failures import (
     MEMORY,
     PROTOCOL,
     RECYCLE,
+    RETIRED,
     WALL_KILL,
     WorkerBootFailed,
     WorkerFailed,
@@ -46,6 +47,7 @@ __all__ = [
     "MEMORY",
     "PROTOCOL",
     "RECYCLE",
+    "RETIRED",
     "WALL_KILL",
     "CallHandler",
     "WorkerBootFailed",
@@ -97,6 +99,7 @@ class WorkerProcess:
         self._blame: int | None = None  # for a wall kill: the request whose time ran out
         self.requests = 0
         self.started_at = trio.current_time()
+        self.idle_since: float | None = None  # when it last had nothing in flight
 
     @classmethod
     async def start(

@@ -1,5 +1,6 @@
 """The pool's queue: a freed worker goes to the request that waited longest, and a request
-that leaves the queue gives back a worker it was handed."""
+that leaves the queue gives back a worker it was handed. (A fixed pool here, max_workers=size:
+tests/test_elastic.py has the pool that grows.)"""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ async def test_freed_workers_serve_waiting_requests_in_arrival_order():
     results: dict[str, bytes] = {}
     # One request per worker: none is stacked behind a.test's (they would be handed out at
     # once, and start in the order their tasks happen to run).
-    config = PoolConfig(size=2, worker_concurrency=1)
+    config = PoolConfig(size=2, max_workers=2, worker_concurrency=1)
     async with open_pool(config) as pool, trio.open_nursery() as nursery:
         gates = await occupy_both_workers(pool, nursery, results)
         await queue_up(pool, nursery, ["c.test", "d.test", "e.test"], finished)
@@ -83,7 +84,7 @@ async def test_a_request_that_leaves_the_queue_gives_its_turn_to_the_next():
     finished = Finished(1)
     order = finished.order
     results: dict[str, bytes] = {}
-    async with open_pool(PoolConfig(size=2)) as pool, trio.open_nursery() as nursery:
+    async with open_pool(PoolConfig(size=2, max_workers=2)) as pool, trio.open_nursery() as nursery:
         gates = await occupy_both_workers(pool, nursery, results)
         with trio.CancelScope() as leaving:
             async with trio.open_nursery() as inner:
@@ -100,7 +101,7 @@ async def test_a_request_that_leaves_the_queue_gives_its_turn_to_the_next():
 
 async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothing():
     results: dict[str, bytes] = {}
-    config = PoolConfig(size=2, queue_timeout_s=0.5)
+    config = PoolConfig(size=2, max_workers=2, queue_timeout_s=0.5)
     async with open_pool(config) as pool, trio.open_nursery() as nursery:
         gates = await occupy_both_workers(pool, nursery, results)
         with pytest.raises(Unavailable):
@@ -113,7 +114,7 @@ async def test_a_request_that_times_out_in_the_queue_is_refused_and_holds_nothin
 async def test_requests_still_queued_when_the_pool_closes_are_refused_at_once():
     results: dict[str, bytes] = {}
     refused: list[str] = []
-    config = PoolConfig(size=2, queue_timeout_s=60)
+    config = PoolConfig(size=2, max_workers=2, queue_timeout_s=60)
     async with trio.open_nursery() as nursery, open_pool(config) as pool:
         gates = await occupy_both_workers(pool, nursery, results)
 
@@ -153,7 +154,7 @@ async def test_a_slot_freed_by_a_dead_worker_goes_to_the_next_request_of_that_te
 
     second_done = trio.Event()
 
-    config = PoolConfig(size=2, queue_timeout_s=60)
+    config = PoolConfig(size=2, max_workers=2, queue_timeout_s=60)
     async with open_pool(config) as pool, trio.open_nursery() as nursery:
         nursery.start_soon(first)
         await gate.entered.wait()

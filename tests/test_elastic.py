@@ -1,0 +1,82 @@
+"""Elastic workers (sngin/elastic.py): while requests wait and the workers hold only requests
+parked on platform calls, the pool forks more workers, up to max_workers; idle extras are
+retired; a tenant's CPU kill fails none of the other tenants' parked requests."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from sngin.limits import Limits
+from sngin.pool import PoolConfig, open_pool
+from tests.support import WAITS_UPSTREAM, Gate
+from tests.support import gate_job as job
+
+
+async def park(pool, nursery, tenants: list[str], answers: dict[str, bytes]) -> list[Gate]:
+    """One request of each tenant, held at its platform call."""
+    gates = []
+    for tenant in tenants:
+        gate = Gate()
+
+        async def run(tenant: str = tenant, gate: Gate = gate) -> None:
+            answers[tenant] = (await pool.run(job(tenant, WAITS_UPSTREAM), gate)).body
+
+        nursery.start_soon(run)
+        await gate.entered.wait()
+        gates.append(gate)
+    return gates
+
+
+async def test_parked_workers_make_the_pool_grow_then_shrink_back():
+    answers: dict[str, bytes] = {}
+    config = PoolConfig(size=2, max_workers=8, extra_idle_s=0.2)
+    with trio.fail_after(30):
+        async with open_pool(config) as pool, trio.open_nursery() as nursery:
+            await pool.wait_for_workers()
+            # Five tenants parked at once: three more workers than the two kept warm.
+            gates = await park(pool, nursery, [f"t{n}.test" for n in range(5)], answers)
+            stats = pool.statistics()
+            assert (stats.live, stats.grown, stats.parked_requests) == (5, 3, 5)
+            # A sixth tenant's request is not queued behind them either: one more worker.
+            assert (await pool.run(job("c.test", b"return 'c'"))).body == b"c"
+            assert pool.statistics().grown == 4
+            for gate in gates:
+                gate.opened.set()
+            await pool.supervisor.wait_until(lambda: len(pool.supervisor.live()) == 2)
+            stats = pool.statistics()
+            assert (stats.live, stats.retired) == (2, 4)  # every extra retired, none replaced
+    assert answers == {f"t{n}.test": b"up" for n in range(5)}
+
+
+async def test_the_pool_grows_no_further_than_max_workers():
+    answers: dict[str, bytes] = {}
+    config = PoolConfig(size=2, max_workers=3, queue_timeout_s=0.5)
+    with trio.fail_after(30):
+        async with open_pool(config) as pool, trio.open_nursery() as nursery:
+            await pool.wait_for_workers()
+            gates = await park(pool, nursery, ["a.test", "b.test", "c.test"], answers)
+            assert pool.statistics().live == 3
+            with pytest.raises(Exception, match="no worker came free"):
+                await pool.run(job("d.test", b"return 'd'"))
+            for gate in gates:
+                gate.opened.set()
+
+
+async def test_a_cpu_kill_fails_none_of_the_other_tenants_parked_requests():
+    answers: dict[str, bytes] = {}
+    config = PoolConfig(size=2, max_workers=32, quarantine_strikes=1000)
+    with trio.fail_after(60):
+        async with (
+            open_pool(config, lambda tenant: Limits(cpu_ms=200)) as pool,
+            trio.open_nursery() as nursery,
+        ):
+            await pool.wait_for_workers()
+            tenants = [f"p{n}.test" for n in range(20)]
+            gates = await park(pool, nursery, tenants, answers)
+            with pytest.raises(Exception, match="CPU-time limit"):
+                await pool.run(job("spin.test", b"while true do end"))
+            for gate in gates:
+                gate.opened.set()
+    assert answers == {tenant: b"up" for tenant in tenants}
