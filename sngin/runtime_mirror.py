@@ -39,13 +39,14 @@ class RuntimeMirror:
         self._known = self.dormant.pop(tenant, set())
         self.tenant = tenant
 
-    def switch_back(self, declined: str, previous: str | None) -> None:
-        """The child declined a job of `declined` (sandbox/worker.py: another tenant's requests
-        were parked there): its runtime never became active, `previous`'s still is. Without
-        this the worker would pass for `declined`'s own, and its next request would be sent
-        there again, to be declined again."""
-        if self.tenant != declined or previous is None or previous == declined:
-            return  # another job was sent since: the child runs that one's tenant next
+    def switch_back(self, declined: str, active: str | None) -> None:
+        """The child declined the last job sent, of `declined` (sandbox/worker.py: another
+        tenant's requests were parked there): its runtime never became active, `active`'s
+        still is. Without this the worker would pass for `declined`'s own, and its next
+        request would be sent there again, to be declined again."""
+        if self.tenant != declined or active is None or active == declined:
+            return
+        previous = active
         if self._known:  # it came back from dormant: the child still keeps it so
             self.dormant[declined] = self._known
         self._known = self.dormant.pop(previous, set())

@@ -100,6 +100,8 @@ class WorkerProcess:
         self.requests = 0
         self.started_at = trio.current_time()
         self.idle_since: float | None = None  # when it last had nothing in flight
+        self._sent = 0  # jobs sent to it, so a declined one knows whether it was the last
+        self._served: str | None = None  # the tenant of the last job it ran
 
     @classmethod
     async def start(
@@ -170,6 +172,14 @@ class WorkerProcess:
         """Some request on it waits for a platform call's answer."""
         return self.channel.parked
 
+    def _active_tenant(self) -> str | None:
+        """Whose runtime the child has active: the tenant of a request it has started (one
+        tenant at a time), else of the last job it ran."""
+        for pending in self.channel.pending.values():
+            if pending.heard:
+                return pending.job.tenant
+        return self._served
+
     @property
     def parked_requests(self) -> int:
         """How many of its requests wait for a platform call's answer."""
@@ -237,7 +247,8 @@ class WorkerProcess:
         first or the time runs out (WALL_KILL)."""
         if self.reserved:
             self.reserved -= 1
-        previous = self.mirror.tenant
+        self._sent += 1
+        sent = self._sent
         if not self.broken:
             self.mirror.switch_to(job.tenant)
         version = (job.key, job.version)
@@ -249,8 +260,10 @@ class WorkerProcess:
             redact=redact,
         )
         if reply.declined:
-            self.mirror.switch_back(job.tenant, previous)
+            if sent == self._sent:  # the job sent last: the mirror names its tenant
+                self.mirror.switch_back(job.tenant, self._active_tenant())
             return reply
+        self._served = job.tenant
         self.mirror.compiled(version)
         if reply.dropped_runtimes:
             self.mirror.forget(reply.dropped_runtimes)

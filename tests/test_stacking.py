@@ -170,3 +170,22 @@ async def test_the_stats_count_parked_requests():
                 assert sorted(w.parked for w in stats.workers) == [0, 1]
                 gate.opened.set()
         assert pool.statistics().parked_requests == 0
+
+
+def test_after_stacked_jobs_are_declined_the_mirror_names_the_tenant_the_child_holds():
+    """a.test's request runs (then parks); b, c and d were stacked behind it in that order and
+    are all declined. The mirror must end on a.test: naming c.test (the one sent before the
+    last) made the worker pass for c.test's own, and c.test's retry was sent back there to be
+    declined again, until `no worker could start the request`."""
+    from sngin.runtime_mirror import RuntimeMirror
+
+    mirror = RuntimeMirror()
+    mirror.switch_to("a.test")
+    mirror.compiled(("a.test", "v1"))
+    for tenant in ("b.test", "c.test", "d.test"):
+        mirror.switch_to(tenant)
+    # The replies come back in order; only the last sent may change the mirror (the worker's
+    # own bookkeeping: WorkerProcess.run), with the tenant the child holds.
+    mirror.switch_back("d.test", "a.test")
+    assert mirror.tenant == "a.test"
+    assert mirror.has_compiled(("a.test", "v1"))  # a.test's compiled versions came back too
