@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # What the server opens besides client connections: stdio, listeners, the event loop, log and
 # mirror files, S3 and GitHub connections (a generous fixed part) ...
 RESERVE_FIXED: Final = 128
-# ... a worker's pipes (stdin, stdout) and the process handle, with room for a replacement ...
+# ... a worker's pipes (stdin, stdout) and its pidfd, with room for a replacement, for every
+# worker the pool may grow to (SNGIN_MAX_WORKERS, else SNGIN_WORKERS) ...
 RESERVE_PER_WORKER: Final = 6
 # ... and every outbound connection scripts may hold (SNGIN_OUTBOUND_CONNECTIONS).
 # The admin listener, when it has its own address, takes at most this many connections.
@@ -42,7 +43,7 @@ def reserve(settings: Settings) -> int:
     admin = ADMIN_MAX_CONNECTIONS if settings.admin_bind is not None else 0
     return (
         RESERVE_FIXED
-        + RESERVE_PER_WORKER * settings.pool.size
+        + RESERVE_PER_WORKER * max(settings.pool.size, settings.pool.max_workers)
         + settings.outbound.connections
         + admin
     )
@@ -58,7 +59,8 @@ def connection_limit(settings: Settings, available: int | None = None) -> int:
     if chosen is None:
         if room < 1:
             raise ConfigError(
-                f"only {available} file descriptors: not enough for {settings.pool.size} workers "
+                f"only {available} file descriptors: not enough for "
+                f"{max(settings.pool.size, settings.pool.max_workers)} workers "
                 f"and {settings.outbound.connections} outbound connections; raise the limit "
                 "(ulimit -n) or lower SNGIN_WORKERS / SNGIN_OUTBOUND_CONNECTIONS"
             )

@@ -122,3 +122,14 @@ async def test_slow_clients_cannot_take_the_descriptors_a_worker_replacement_nee
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
+
+
+def test_the_descriptor_reserve_counts_every_worker_the_pool_may_grow_to():
+    from dataclasses import replace
+
+    from sngin.config import PoolSettings, Settings
+    from sngin.descriptors import RESERVE_PER_WORKER, reserve
+
+    fixed = Settings(pool=PoolSettings(size=4))
+    elastic = replace(fixed, pool=PoolSettings(size=4, max_workers=64))
+    assert reserve(elastic) - reserve(fixed) == RESERVE_PER_WORKER * 60
