@@ -4,9 +4,13 @@ retired; a tenant's CPU kill fails none of the other tenants' parked requests.""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sngin.limits import Limits
 from sngin.pool import PoolConfig, open_pool
@@ -80,3 +84,48 @@ async def test_a_cpu_kill_fails_none_of_the_other_tenants_parked_requests():
             for gate in gates:
                 gate.opened.set()
     assert answers == {tenant: b"up" for tenant in tenants}
+
+
+class Echo:
+    """A platform-call handler that answers after a few scheduler turns (so parked requests of
+    several tenants interleave with computing ones)."""
+
+    def __init__(self, turns: int) -> None:
+        self.turns = turns
+
+    async def __call__(self, call):
+        from sandbox.protocol import CallResult, HttpResult
+
+        for _ in range(self.turns):
+            await trio.lowlevel.checkpoint()
+        return CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200, body=b"up"))
+
+
+SCRIPT = b"""
+local before = rawget(_G, 'mark')
+mark = '%s'
+%s
+return tostring(before) .. '|' .. mark .. '|%s'
+"""
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.integers(0, 20)), min_size=1,
+                max_size=14))  # fmt: skip
+async def test_interleaved_tenants_get_their_own_answers_and_no_ones_globals(requests):
+    config = PoolConfig(size=2, max_workers=6, queue_timeout_s=30)
+    answers: dict[int, bytes] = {}
+    with trio.fail_after(60):
+        async with open_pool(config) as pool, trio.open_nursery() as nursery:
+            for n, (tenant, parks, turns) in enumerate(requests):
+                wait = b"http.request('http://upstream.test/')" if parks else b"local x = 0"
+                source = SCRIPT % (b"t%d" % tenant, wait, b"%d" % n)
+                request = msgspec.structs.replace(job(f"t{tenant}.test", source), version=f"v{n}")
+
+                async def run(n: int = n, request=request, turns: int = turns) -> None:
+                    answers[n] = (await pool.run(request, Echo(turns))).body
+
+                nursery.start_soon(run)
+    # Every answer reached its own request, and no request saw a global of any other, its own
+    # tenant's earlier requests included (each runs in a fresh environment).
+    assert answers == {n: b"nil|t%d|%d" % (tenant, n) for n, (tenant, _, _) in enumerate(requests)}
