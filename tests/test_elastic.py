@@ -129,3 +129,38 @@ async def test_interleaved_tenants_get_their_own_answers_and_no_ones_globals(req
     # Every answer reached its own request, and no request saw a global of any other, its own
     # tenant's earlier requests included (each runs in a fresh environment).
     assert answers == {n: b"nil|t%d|%d" % (tenant, n) for n, (tenant, _, _) in enumerate(requests)}
+
+
+async def test_many_tenants_waiting_on_a_slow_upstream_all_get_answers(tmp_path, upstream):
+    """Issue 29's loads, counted (their timings are bench/parked_bench.py's): with the pool
+    allowed to grow, 200 requests for 200 tenants and 600 over 60 tenants, all at once, each
+    script waiting 200 ms on a real loopback upstream, every one answered 200."""
+    from sngin.config import OutboundSettings
+    from tests.support import serving
+
+    url = upstream.url("/slow?s=0.2")
+    scripts = {f"t{n}.test": f"return tostring(http.request('{url}').statuscode)"
+               for n in range(200)}  # fmt: skip
+    outbound = OutboundSettings(connections=1000)
+    async with serving(tmp_path, scripts, outbound_settings=outbound, timeout_ms=20_000,
+                       pool={"max_workers": 64}) as srv:  # fmt: skip
+
+        async def one(host: str, statuses: list[int]) -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            async with stream:
+                await stream.send_all(
+                    f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                )
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+            statuses.append(int(answer.split()[1]))
+
+        for requests, tenants in [(200, 200), (600, 60)]:
+            statuses: list[int] = []
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for n in range(requests):
+                        nursery.start_soon(one, f"t{n % tenants}.test", statuses)
+            assert statuses == [200] * requests, sorted(set(statuses))
+        assert srv.pool.statistics().grown > 0
