@@ -73,12 +73,22 @@ async def burst(port: int, requests: int, tenants: int) -> tuple[float, collecti
     return time.perf_counter() - started, collections.Counter(statuses)
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
 def pss_mib(root: int) -> float:
-    """PSS of a process and all its descendants, in MiB."""
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(root)], capture_output=True,
-                              text=True, check=False).stdout.split()  # fmt: skip
+    """PSS of a process and all its descendants (processes, zygotes, workers), in MiB."""
     total = 0
-    for pid in [root, *map(int, children)]:
+    for pid in [root, *descendants(root)]:
         try:
             text = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
