@@ -23,8 +23,8 @@ from sandbox.protocol import METHOD_NOT_ALLOWED, Job, Reply, Request
 from sngin.code_files import content_hash, text_or_none
 from sngin.errors import BadRequest, SnginError
 from sngin.request_calls import RequestCalls
-from sngin.sqlite_storage import entry_bytes, mib
-from sngin.storage import QuotaExceeded, StorageUnavailable
+from sngin.sqlite_storage import entry_bytes, usage_after
+from sngin.storage import StorageUnavailable
 from sngin.storage_calls import StorageCalls
 from sngin.tenant_cache import TenantCache
 from sngin.tenant_config import TenantConfig
@@ -88,15 +88,7 @@ class ScratchStorage:
         if self.usage is None:
             self.usage = (0, 0) if self.real is None else await self.real.usage(tenant)
         before = await self.get(tenant, key)
-        keys, size = self.usage
-        if before is not None:
-            keys, size = keys - 1, size - entry_bytes(key, before)
-        if value is not None:
-            keys, size = keys + 1, size + entry_bytes(key, value)
-            if keys > quota.max_keys:
-                raise QuotaExceeded(f"storage quota of {quota.max_keys} keys exceeded")
-            if size > quota.max_bytes:
-                raise QuotaExceeded(f"storage quota of {mib(quota.max_bytes)} exceeded")
+        usage = usage_after(self.usage, key, None if before is None else len(before), value, quota)
         size_now = entry_bytes(key, value) if value is not None else len(key)
         self.lease.give_back(self.held.pop(key, 0))
         if not self.lease.take(size_now):
@@ -106,7 +98,7 @@ class ScratchStorage:
             )
         self.held[key] = size_now
         self.written[key] = value
-        self.usage = (keys, size)
+        self.usage = usage
 
     async def acquire(
         self, tenant: str, name: bytes, holder: str, *, timeout_s: float, ttl_s: float
@@ -135,9 +127,11 @@ class Recorder:
     not_kept: int = 0
 
     def _keep(self, record: dict[str, Any]) -> None:
+        if len(self.sent) >= MAX_RECORDED:
+            self.not_kept += 1
+            return
         kept = {k: cut(v) for k, v in record.items()}
-        size = sum(len(str(v)) for v in kept.values())
-        if len(self.sent) >= MAX_RECORDED or not self.lease.take(size):
+        if not self.lease.take(sum(len(str(v)) for v in kept.values())):
             self.not_kept += 1
             return
         self.sent.append(kept)

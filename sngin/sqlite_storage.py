@@ -48,6 +48,23 @@ def entry_bytes(key: bytes, value: bytes) -> int:
     return len(key) + len(value)
 
 
+def usage_after(
+    usage: tuple[int, int], key: bytes, old_len: int | None, value: bytes | None, quota: Quota
+) -> tuple[int, int]:
+    """A tenant's (keys, bytes) once `key` (holding a value of old_len bytes, or none) holds
+    `value` (None: deleted); QuotaExceeded when a write would take it past the quota."""
+    keys, size = usage
+    if old_len is not None:
+        keys, size = keys - 1, size - len(key) - old_len
+    if value is not None:
+        keys, size = keys + 1, size + entry_bytes(key, value)
+        if keys > quota.max_keys:
+            raise QuotaExceeded(f"storage quota of {quota.max_keys} keys exceeded")
+        if size > quota.max_bytes:
+            raise QuotaExceeded(f"storage quota of {mib(quota.max_bytes)} exceeded")
+    return keys, size
+
+
 class SqliteStorage:
     """Blocking operations on one connection; sngin.storage decides which thread runs them."""
 
@@ -87,15 +104,8 @@ class SqliteStorage:
             usage = db.execute(
                 "SELECT keys, bytes FROM usage WHERE tenant = ?", (tenant,)
             ).fetchone() or (0, 0)
-            keys, size = usage
-            if old is not None:
-                keys, size = keys - 1, size - len(key) - old[0]
+            keys, size = usage_after(usage, key, None if old is None else old[0], value, quota)
             if value is not None:
-                keys, size = keys + 1, size + entry_bytes(key, value)
-                if keys > quota.max_keys:
-                    raise QuotaExceeded(f"storage quota of {quota.max_keys} keys exceeded")
-                if size > quota.max_bytes:
-                    raise QuotaExceeded(f"storage quota of {mib(quota.max_bytes)} exceeded")
                 db.execute(
                     "INSERT OR REPLACE INTO storage (tenant, key, value) VALUES (?, ?, ?)",
                     (tenant, key, value),

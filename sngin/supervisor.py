@@ -119,19 +119,23 @@ class Supervisor:
             log.warning("no worker zygote (%s): workers are started one by one", exc)
             self.zygote = None
 
+    async def _start_one(self) -> WorkerProcess:
+        """A worker forked from the zygote (a new zygote if it ended), else spawned."""
+        zygote = self.zygote
+        if zygote is not None and zygote.gone and not self.closing:
+            log.warning("the worker zygote ended; starting another")
+            await self._start_zygote()
+            zygote = self.zygote
+        try:
+            return await WorkerProcess.start(self._nursery, self._options, zygote)
+        except ZygoteGone as exc:
+            log.warning("%s; this worker is spawned instead", exc)
+            return await WorkerProcess.start(self._nursery, self._options)
+
     async def _add_worker(self) -> None:
         while True:
             try:
-                zygote = self.zygote
-                if zygote is not None and zygote.gone and not self.closing:
-                    log.warning("the worker zygote ended; starting another")
-                    await self._start_zygote()
-                    zygote = self.zygote
-                try:
-                    worker = await WorkerProcess.start(self._nursery, self._options, zygote)
-                except ZygoteGone as exc:
-                    log.warning("%s; this worker is spawned instead", exc)
-                    worker = await WorkerProcess.start(self._nursery, self._options)
+                worker = await self._start_one()
                 break
             except (WorkerBootFailed, OSError) as exc:
                 if self._gave_up:
@@ -197,10 +201,7 @@ class Supervisor:
     async def _add_extra(self) -> None:
         """One attempt (no retries: a waiting request is served by a worker coming free too)."""
         try:
-            try:
-                worker = await WorkerProcess.start(self._nursery, self._options, self.zygote)
-            except ZygoteGone:
-                worker = await WorkerProcess.start(self._nursery, self._options)
+            worker = await self._start_one()
         except (WorkerBootFailed, OSError) as exc:
             self.spawn_failures += 1
             log.warning("cannot start an extra worker: %s", exc)

@@ -60,6 +60,8 @@ def names_admin_origin(host: str, admin_host: str | None) -> bool:
     host = host.removesuffix(".")
     if host == "localhost" or (admin_host is not None and host == admin_host):
         return True
+    if not host[-1:].isdigit() and ":" not in host:
+        return False  # (on every tenant request: no IP parse for a name that cannot be one)
     try:
         ipaddress.ip_address(host)
     except ValueError:

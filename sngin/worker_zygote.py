@@ -71,9 +71,6 @@ class ForkedProcess:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._pidfd, number)
 
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
     def _close_pidfd(self) -> None:
         if self._pidfd >= 0:
             with contextlib.suppress(OSError):
@@ -133,7 +130,7 @@ class Zygote:
         """The zygote's answers: a forked worker's pipes, or a worker's exit status."""
         try:
             while True:
-                data, fds, _, _ = await self._recv_fds()
+                data, fds = await self._recv_fds()
                 if not data:
                     break
                 kind, _, rest = data.partition(b" ")
@@ -161,16 +158,14 @@ class Zygote:
                 self._nursery.start_soon(child.watch)
             self._children.clear()
 
-    async def _recv_fds(self) -> tuple[bytes, list[int], int, object]:
-        message, ancillary, flags, address = await self._control.recvmsg(
-            64, socket.CMSG_SPACE(3 * 4)
-        )
+    async def _recv_fds(self) -> tuple[bytes, list[int]]:
+        message, ancillary, _, _ = await self._control.recvmsg(64, socket.CMSG_SPACE(3 * 4))
         fds: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
                 fds += list(memoryview(payload[:usable]).cast("i"))
-        return message, fds, flags, address
+        return message, fds
 
     async def aclose(self) -> None:
         """Close the control socket: the zygote reaps its workers (each ends when its stdin
