@@ -189,3 +189,34 @@ def test_after_stacked_jobs_are_declined_the_mirror_names_the_tenant_the_child_h
     mirror.switch_back("d.test", "a.test")
     assert mirror.tenant == "a.test"
     assert mirror.has_compiled(("a.test", "v1"))  # a.test's compiled versions came back too
+
+
+async def test_a_real_worker_that_declines_several_stacked_jobs_passes_for_the_parked_tenant():
+    """The same through WorkerProcess.run and a real worker: a.test parks; b, c and d are sent
+    behind it at once and all declined; the worker must still pass for a.test's."""
+    from sngin.worker_process import WorkerProcess
+
+    gate = Gate()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            worker = await WorkerProcess.start(nursery)
+            replies: dict[str, Reply] = {}
+            parked_done = trio.Event()
+
+            async def run(tenant: str, source: bytes, calls=None) -> None:
+                request = job(tenant, source, job_id=ord(tenant[0]))
+                replies[tenant] = await worker.run(request, calls)
+                if tenant == "a.test":
+                    parked_done.set()
+
+            nursery.start_soon(run, "a.test", WAITS_UPSTREAM, gate)
+            await gate.entered.wait()
+            async with trio.open_nursery() as stacked:  # all sent before any answer is read
+                for tenant in ("b.test", "c.test", "d.test"):
+                    stacked.start_soon(run, tenant, b"return 'x'")
+            assert [replies[t].declined for t in ("b.test", "c.test", "d.test")] == [True] * 3
+            assert worker.tenant == "a.test"
+            gate.opened.set()
+            await parked_done.wait()
+            await worker.close()
+    assert replies["a.test"].body == b"up"
