@@ -15,6 +15,7 @@ from sngin.admin_bodies import MAX_IMPORT_BYTES, bounded_body, json_body, too_la
 from sngin.admin_guard import Access, Guard
 from sngin.errors import BadRequest
 from sngin.storage import Quota, QuotaExceeded, StorageUnavailable
+from sngin.storage_calls import entry_problem, operator_quota
 from sngin.tenants import tenant_of
 
 if TYPE_CHECKING:
@@ -67,8 +68,7 @@ def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         config = await deps.configs.get(tenant) if deps.configs is not None else None
         if config is not None and config.storage_quota is not None:
             return config.storage_quota
-        settings = deps.settings.storage
-        return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
+        return operator_quota(deps.settings.storage)
 
     async def answered(work: Callable[[], Any]) -> Answer:
         """The route's answer, its storage errors as statuses (the guard has let it through)."""
@@ -83,11 +83,9 @@ def register_storage_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
 
     def checked(key: bytes, value: bytes | None) -> None:
         """The same key and value limits as a script's storage calls."""
-        settings = deps.settings.storage
-        if not key or len(key) > settings.max_key_bytes:
-            raise BadRequest(f"keys must be 1 to {settings.max_key_bytes} bytes")
-        if value is not None and len(value) > settings.max_value_bytes:
-            raise BadRequest(f"values must be at most {settings.max_value_bytes} bytes")
+        problem = entry_problem(deps.settings.storage, key, value)
+        if problem is not None:
+            raise BadRequest(problem)
 
     async def import_items(tenant: str, items: Any) -> int:
         if not isinstance(items, list):

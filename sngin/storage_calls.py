@@ -33,6 +33,20 @@ OPS: Final = frozenset(
 )  # fmt: skip
 
 
+def entry_problem(settings: StorageSettings, key: bytes, value: bytes | None) -> str | None:
+    """What breaks the key and value limits (scripts' calls and the admin API alike), or None."""
+    if not key or len(key) > settings.max_key_bytes:
+        return f"keys must be 1 to {settings.max_key_bytes} bytes"
+    if value is not None and len(value) > settings.max_value_bytes:
+        return f"values must be at most {settings.max_value_bytes} bytes"
+    return None
+
+
+def operator_quota(settings: StorageSettings) -> Quota:
+    """The quota of a tenant whose _sngin.json sets none."""
+    return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
+
+
 class StorageRefused(Exception):
     """The call is refused or failed: the text is the script's error."""
 
@@ -50,7 +64,7 @@ class StorageCalls:
         quota: Quota | None = None,
     ) -> None:
         # the tenant's own (its _sngin.json, clamped), else the operator's
-        self._quota = quota or Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
+        self._quota = quota or operator_quota(settings)
         self._storage = storage
         self._cache = cache
         self._settings = settings
@@ -85,12 +99,10 @@ class StorageCalls:
         if self._left <= 0:
             raise StorageRefused(f"more than {settings.max_ops} storage operations in one request")
         self._left -= 1
-        key = call.key
-        if not key or len(key) > settings.max_key_bytes:
-            raise StorageRefused(f"keys must be 1 to {settings.max_key_bytes} bytes")
-        value = call.value
-        if value is not None and len(value) > settings.max_value_bytes:
-            raise StorageRefused(f"values must be at most {settings.max_value_bytes} bytes")
+        key, value = call.key, call.value
+        problem = entry_problem(settings, key, value)
+        if problem is not None:
+            raise StorageRefused(problem)
         if call.op.startswith("cache_"):
             try:
                 return await self._cached(call.op, key, value, call.ttl_s)
