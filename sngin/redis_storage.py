@@ -7,6 +7,7 @@ holder's lease expires on its own."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -21,9 +22,13 @@ from sngin.sqlite_storage import Quota, QuotaExceeded, mib
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+log = logging.getLogger(__name__)
+
 PREFIX: Final = "sngin:"
 TENANTS: Final = PREFIX + "tenants"
 CONNECT_TIMEOUT_S: Final = 1.0
+RETRY_S: Final = 0.1
+CLIENT_FAILURES: Final = (coredis.exceptions.RedisError, OSError)
 STREAM_TIMEOUT_S: Final = 2.0
 
 # KEYS: data hash, usage hash, tenants set; ARGV: field, value, max keys, max bytes, delete?,
@@ -78,15 +83,16 @@ class RedisStorage:
     """The same operations as SqliteStorage, awaited."""
 
     def __init__(self, client: Any, url: str) -> None:
-        self._redis = client
-        self.client = client
+        self.client = client  # replaced by hold_client when coredis ends a pool
+        self.url = url
+        self.reopened = trio.Event()  # set (and renewed) when a new client took over
         self.location = f"Redis at {without_password(url)}"  # for log lines: no secret
 
     async def problem(self) -> str | None:
         """None when Redis answers a PING within PING_TIMEOUT_S; else what is wrong."""
         try:
             with trio.fail_after(PING_TIMEOUT_S):
-                await self._redis.ping()
+                await self.client.ping()
         except trio.TooSlowError:
             return f"no answer within {PING_TIMEOUT_S:g} s"
         except (OSError, coredis.exceptions.RedisError) as exc:
@@ -100,12 +106,12 @@ class RedisStorage:
         """EVALSHA, and EVAL when this Redis has not seen the script (a restart, a new node)."""
         sha = hashlib.sha1(source.encode()).hexdigest()
         try:
-            return await self._redis.evalsha(sha, keys=keys, args=args)
+            return await self.client.evalsha(sha, keys=keys, args=args)
         except coredis.exceptions.NoScriptError:
-            return await self._redis.eval(source, keys=keys, args=args)
+            return await self.client.eval(source, keys=keys, args=args)
 
     async def get(self, tenant: str, key: bytes) -> bytes | None:
-        value = await self._redis.hget(data_key(tenant), key)
+        value = await self.client.hget(data_key(tenant), key)
         return None if value is None else bytes(value)
 
     async def set(self, tenant: str, key: bytes, value: bytes | None, quota: Quota) -> None:
@@ -131,25 +137,25 @@ class RedisStorage:
         return bool(released)
 
     async def usage(self, tenant: str) -> tuple[int, int]:
-        values = await self._redis.hmget(usage_key(tenant), ["keys", "bytes"])
+        values = await self.client.hmget(usage_key(tenant), ["keys", "bytes"])
         return int(values[0] or 0), int(values[1] or 0)
 
     async def keys(self, tenant: str, after: bytes, limit: int) -> list[tuple[bytes, int]]:
-        names = sorted(bytes(k) for k in await self._redis.hkeys(data_key(tenant)))
+        names = sorted(bytes(k) for k in await self.client.hkeys(data_key(tenant)))
         page = [k for k in names if k > after][:limit]
-        return [(k, int(await self._redis.hstrlen(data_key(tenant), k))) for k in page]
+        return [(k, int(await self.client.hstrlen(data_key(tenant), k))) for k in page]
 
     async def items(self, tenant: str) -> list[tuple[bytes, bytes]]:
-        entries = await self._redis.hgetall(data_key(tenant))
+        entries = await self.client.hgetall(data_key(tenant))
         return sorted((bytes(k), bytes(v)) for k, v in entries.items())
 
     async def tenants(self) -> list[str]:
-        return sorted(bytes(t).decode() for t in await self._redis.smembers(TENANTS))
+        return sorted(bytes(t).decode() for t in await self.client.smembers(TENANTS))
 
     async def drop(self, tenant: str) -> int:
-        count = int(await self._redis.hlen(data_key(tenant)))
-        await self._redis.delete([data_key(tenant), usage_key(tenant)])
-        await self._redis.srem(TENANTS, [tenant])
+        count = int(await self.client.hlen(data_key(tenant)))
+        await self.client.delete([data_key(tenant), usage_key(tenant)])
+        await self.client.srem(TENANTS, [tenant])
         return count
 
 
@@ -179,13 +185,46 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-@asynccontextmanager
-async def open_redis_storage(url: str) -> AsyncIterator[RedisStorage]:
-    client = coredis.Redis.from_url(
+def new_client(url: str) -> Any:
+    return coredis.Redis.from_url(
         url, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=STREAM_TIMEOUT_S
     )
-    async with client:
-        yield RedisStorage(client, url)
+
+
+@asynccontextmanager
+async def open_redis_storage(url: str) -> AsyncIterator[RedisStorage]:
+    storage = RedisStorage(new_client(url), url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hold_client, storage)
+        yield storage
+        nursery.cancel_scope.cancel()
+
+
+async def hold_client(storage: RedisStorage, *, task_status: trio.TaskStatus[None]) -> None:
+    """Keep the client's connection pool open in a task of its own. coredis can end a pool by
+    raising a connection's failure from the pool's task group, which cancels the code inside
+    the pool's `async with`: entered around the server, that would end the server (seen when
+    Redis went away as a connection was being opened). Here it ends this task's body only, and
+    a new client takes over; calls meanwhile fail like any call while Redis is away."""
+    started = False
+    while True:
+        client = storage.client if not started else new_client(storage.url)
+        try:
+            async with client:
+                storage.client = client
+                if started:
+                    storage.reopened.set()
+                    storage.reopened = trio.Event()
+                else:
+                    started = True
+                    task_status.started()
+                await trio.sleep_forever()
+        except* CLIENT_FAILURES as group:
+            log.warning(
+                "storage: the Redis client ended (%s); opening a new one",
+                describe_failure(group.exceptions[0]),
+            )
+        await trio.sleep(RETRY_S)  # a pool that keeps failing does not spin
 
 
 # The cache on Redis: entries `sngin:c:<tenant>:<hex key>` with their TTL; per tenant an index

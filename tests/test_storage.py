@@ -464,6 +464,26 @@ async def test_the_redis_cache_keeps_each_tenants_share_and_the_total(redis_url)
         assert await cache.fetch("a", b"short") == b"v"
 
 
+async def test_a_failure_coredis_raises_in_its_pool_ends_neither_the_server_nor_storage(redis_url):
+    """coredis ends a pool by raising a connection's failure from the pool's task group, which
+    cancels whatever runs inside the pool's `async with` (once, the whole server): the storage
+    holds its client in a task of its own and opens a new one."""
+    import coredis.exceptions
+
+    async def fail() -> None:  # what coredis's connection task raised
+        raise coredis.exceptions.ConnectionError("Unable to establish a connection")
+
+    async with open_redis_storage(redis_url) as redis:
+        await redis.set("t", b"k", b"before", Quota(10, 1_000))
+        first, reopened = redis.client, redis.reopened
+        first.connection_pool.task_group.start_soon(fail)
+        with trio.fail_after(10):  # this body goes on: it was not cancelled
+            await reopened.wait()
+        assert redis.client is not first
+        assert await redis.get("t", b"k") == b"before"
+        assert await redis.problem() is None
+
+
 async def test_the_storage_api_keeps_the_scripts_limits_and_the_tenants_quota(tmp_path):
     """The API was a way around the limits: a 6,000-byte key, an 8 MiB value, and the
     operator's default quota instead of the tenant's own."""
