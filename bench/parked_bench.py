@@ -98,19 +98,38 @@ def pss_mib(root: int) -> float:
     return total / 1024
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process and the children it reaped (utime, stime, cutime, cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int) -> tuple[float, float]:
+    """(the server process's own CPU, that of everything under it), in seconds."""
+    fields = Path(f"/proc/{root}/stat").read_text().rsplit(")", 1)[1].split()
+    own = sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+    return own, sum(cpu_s(pid) for pid in [root, *descendants(root)]) - own
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--wait-s", type=float, default=0.2)
     parser.add_argument("--max-workers", type=int, default=0, help="SNGIN_MAX_WORKERS")
     parser.add_argument("--outbound", type=int, default=100, help="SNGIN_OUTBOUND_CONNECTIONS")
+    parser.add_argument("--load", action="append", metavar="REQUESTS/TENANTS",
+                        help="run only these loads (e.g. 1000/100); repeatable")  # fmt: skip
     options = parser.parse_args()
+    loads = [tuple(map(int, load.split("/"))) for load in options.load or []] or LOADS
     Slow.wait_s = options.wait_s
     upstream = Upstream(("127.0.0.1", 0), Slow)
     Thread(target=upstream.serve_forever, daemon=True).start()
     sites = Path(tempfile.mkdtemp())
     url = f"http://127.0.0.1:{upstream.server_address[1]}/"
-    for n in range(max(t for _, t in LOADS)):
+    for n in range(max(t for _, t in loads)):
         (sites / f"t{n}.test").mkdir()
         (sites / f"t{n}.test" / "index.lua").write_text(
             f"return tostring(http.request{{url = '{url}'}}.statuscode)"
@@ -131,12 +150,16 @@ def main() -> None:
         print(f"parked requests: upstream waits {options.wait_s} s, --processes"
               f" {options.processes}, SNGIN_MAX_WORKERS={options.max_workers},"
               f" SNGIN_OUTBOUND_CONNECTIONS={options.outbound}")  # fmt: skip
-        for requests, tenants in LOADS:
+        for requests, tenants in loads:
+            server_before, others_before = tree_cpu_s(server.pid)
             elapsed, statuses = asyncio.run(burst(port, requests, tenants))
+            server_after, others_after = tree_cpu_s(server.pid)
             answers = ", ".join(f"{count} x {status or 'none'}"
                                 for status, count in sorted(statuses.items()))  # fmt: skip
             print(f"{requests:>5} requests over {tenants:>3} tenants: {elapsed:6.2f} s  {answers}"
-                  f"  (node PSS {pss_mib(server.pid):.0f} MiB)")  # fmt: skip
+                  f"  (node PSS {pss_mib(server.pid):.0f} MiB; CPU s: server"
+                  f" {server_after - server_before:.2f}, the rest"
+                  f" {others_after - others_before:.2f})")  # fmt: skip
             for status, why in sorted(WHY.items()):
                 print(f"      {status}: {why.strip()}")
             WHY.clear()
