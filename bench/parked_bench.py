@@ -13,15 +13,14 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import free_port, wait_listening
@@ -31,25 +30,33 @@ WHY: dict[int, str] = {}  # the first body of each status but 200
 LOADS = [(100, 1), (50, 50), (200, 200), (1000, 20), (1000, 100)]
 
 
-class Slow(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wait_s = 0.2
+async def slow_upstream(port: int, wait_s: float) -> None:
+    """Answers every request after wait_s, keeping connections open (asyncio: a thousand
+    waiting connections cost it little, unlike a thread each)."""
 
-    def do_GET(self) -> None:
-        time.sleep(self.wait_s)
-        with contextlib.suppress(OSError):  # the server gave up on it (its own timeout)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # the scripts send GETs: no body
+                await asyncio.sleep(wait_s)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
 
-    def log_message(self, *args: object) -> None:
-        pass
+    server = await asyncio.start_server(answer, "127.0.0.1", port, backlog=4096)
+    async with server:
+        await server.serve_forever()
 
 
-class Upstream(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 4096
+def start_upstream(wait_s: float) -> tuple[multiprocessing.Process, int]:
+    """The slow upstream in a process of its own (not this client's CPU or GIL)."""
+    port = free_port()
+    process = multiprocessing.Process(
+        target=asyncio.run, args=(slow_upstream(port, wait_s),), daemon=True
+    )
+    process.start()
+    wait_listening(port)
+    return process, port
 
 
 async def one(port: int, host: str) -> int:
@@ -124,11 +131,9 @@ def main() -> None:
                         help="run only these loads (e.g. 1000/100); repeatable")  # fmt: skip
     options = parser.parse_args()
     loads = [tuple(map(int, load.split("/"))) for load in options.load or []] or LOADS
-    Slow.wait_s = options.wait_s
-    upstream = Upstream(("127.0.0.1", 0), Slow)
-    Thread(target=upstream.serve_forever, daemon=True).start()
+    upstream, upstream_port = start_upstream(options.wait_s)
     sites = Path(tempfile.mkdtemp())
-    url = f"http://127.0.0.1:{upstream.server_address[1]}/"
+    url = f"http://127.0.0.1:{upstream_port}/"
     for n in range(max(t for _, t in loads)):
         (sites / f"t{n}.test").mkdir()
         (sites / f"t{n}.test" / "index.lua").write_text(
@@ -166,7 +171,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        upstream.shutdown()
+        upstream.kill()
 
 
 if __name__ == "__main__":

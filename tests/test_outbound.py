@@ -12,7 +12,7 @@ import trio.testing
 
 from sngin.config import OutboundSettings
 from sngin.egress import EgressPolicy, is_public
-from sngin.outbound import open_outbound
+from sngin.outbound import ShardedTransport, guarded_client, open_outbound
 from tests.support import run_call, running, serving, tls_contexts
 from tests.upstream import Upstream
 
@@ -480,3 +480,29 @@ async def test_per_rule_clients_are_bounded_and_closed():
         await outbound.client_for(rules[2])  # evicts rules[0]'s client
         assert first.is_closed
         assert not (await outbound.client_for(rules[1])).is_closed
+
+
+async def test_a_client_spread_over_pools_holds_as_many_connections_as_allowed_and_no_more(
+    upstream,
+):
+    """40 connections allowed: two pools of 20 taken in turn (one pool's per-request pass over
+    every connection was the server's largest cost with a thousand calls in flight). 41 calls
+    to a slow upstream: 40 reach it at once, the 41st waits for a connection, all answer."""
+    policy = EgressPolicy.parse(["127.0.0.1"])
+    client = guarded_client(policy, max_connections=40)
+    assert isinstance(client._transport, ShardedTransport)
+    statuses: list[int] = []
+
+    async def call() -> None:
+        statuses.append((await client.get(upstream.url("/slow?s=60"), timeout=30)).status_code)
+
+    async with client, trio.open_nursery() as nursery:
+        for _ in range(41):
+            nursery.start_soon(call)
+        await trio.to_thread.run_sync(upstream.wait_for, "/slow", 40)
+        await trio.testing.wait_all_tasks_blocked()  # the 41st queued in its pool
+        pools = [transport._pool for transport in client._transport._transports]
+        assert [len(pool.connections) for pool in pools] == [20, 20]
+        assert sum(len(pool._requests) for pool in pools) == 41
+        upstream.release.set()
+    assert statuses == [200] * 41
