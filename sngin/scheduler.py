@@ -48,6 +48,8 @@ class Schedulable(Protocol):
     def parked(self) -> bool: ...
     @property
     def tenant(self) -> str | None: ...
+    @property
+    def mixed(self) -> bool: ...  # its requests are not all of the tenant of its last job
 
     reserved: int
     reserved_for: str | None  # the tenant of its latest reservation
@@ -135,8 +137,9 @@ class Scheduler:
            one holding the tenant's runtime first. Open to waiters with stack=False too: it
            takes nothing from another tenant, unlike rules 2 and 5. Not with
            behind_others=False: a request a worker declined (or that never started behind
-           another tenant's) waits for an idle worker or its own tenant's, so it cannot be
-           declined again (no stack-and-decline spin).
+           another tenant's) waits for an idle worker or one running only its own tenant's
+           requests (rules 2 and 5 too: a worker it was stacked on is its tenant's by its last
+           job), so it cannot be declined again (no stack-and-decline spin).
         """
         limit = self.worker_concurrency
         idle_mine = waiting_mine = open_mine = idle_any = idle_dormant = None
@@ -151,7 +154,7 @@ class Scheduler:
             if owner == tenant:
                 if not in_flight:
                     idle_mine = w  # the last one seen is the most recently used
-                elif in_flight < limit:
+                elif in_flight < limit and (behind_others or not w.mixed):
                     if not w.computing:
                         waiting_mine = w
                     if open_mine is None or in_flight < open_mine.in_flight:

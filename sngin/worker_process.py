@@ -191,6 +191,13 @@ class WorkerProcess:
         return self.mirror.tenant
 
     @property
+    def mixed(self) -> bool:
+        """Some request on it is not of the tenant of the job sent last: that job was stacked
+        behind another tenant's, and declined if one of those parks."""
+        tenant = self.mirror.tenant
+        return any(p.job.tenant != tenant for p in self.channel.pending.values())
+
+    @property
     def dormant(self) -> Collection[str]:
         return self.mirror.dormant.keys()
 
