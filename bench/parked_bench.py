@@ -125,8 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--wait-s", type=float, default=0.2)
-    parser.add_argument("--max-workers", type=int, default=0, help="SNGIN_MAX_WORKERS")
-    parser.add_argument("--outbound", type=int, default=100, help="SNGIN_OUTBOUND_CONNECTIONS")
+    parser.add_argument("--max-workers", help="SNGIN_MAX_WORKERS (default: the server's)")
+    parser.add_argument("--outbound", help="SNGIN_OUTBOUND_CONNECTIONS (default: the server's)")
     parser.add_argument("--load", action="append", metavar="REQUESTS/TENANTS",
                         help="run only these loads (e.g. 1000/100); repeatable")  # fmt: skip
     options = parser.parse_args()
@@ -142,9 +142,11 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "SNGIN_CODE_DIR": str(sites), "SNGIN_EGRESS_ALLOW": "127.0.0.1",
            "SNGIN_DATA_PATH": str(sites / ".data"), "SNGIN_LOG_LEVEL": "warning",
-           "SNGIN_PROCESSES": str(options.processes),
-           "SNGIN_MAX_WORKERS": str(options.max_workers),
-           "SNGIN_OUTBOUND_CONNECTIONS": str(options.outbound)}  # fmt: skip
+           "SNGIN_PROCESSES": str(options.processes)}  # fmt: skip
+    for name, value in (("SNGIN_MAX_WORKERS", options.max_workers),
+                        ("SNGIN_OUTBOUND_CONNECTIONS", options.outbound)):  # fmt: skip
+        if value is not None:
+            env[name] = value
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "sngin"), "serve", "--bind", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -153,8 +155,8 @@ def main() -> None:
         wait_listening(port)
         asyncio.run(burst(port, 20, 20))  # warm: workers started, scripts compiled
         print(f"parked requests: upstream waits {options.wait_s} s, --processes"
-              f" {options.processes}, SNGIN_MAX_WORKERS={options.max_workers},"
-              f" SNGIN_OUTBOUND_CONNECTIONS={options.outbound}")  # fmt: skip
+              f" {options.processes}, SNGIN_MAX_WORKERS={options.max_workers or 'default'},"
+              f" SNGIN_OUTBOUND_CONNECTIONS={options.outbound or 'default'}")  # fmt: skip
         for requests, tenants in loads:
             server_before, others_before = tree_cpu_s(server.pid)
             elapsed, statuses = asyncio.run(burst(port, requests, tenants))

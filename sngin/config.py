@@ -36,6 +36,12 @@ from sngin.config_values import (
 )
 from sngin.errors import ConfigError
 from sngin.limits import MIB, Limits
+from sngin.machine_defaults import (
+    default_kept_runtimes_mb,
+    default_max_workers,
+    default_outbound_connections,
+    default_workers,
+)
 
 if TYPE_CHECKING:
     import ipaddress
@@ -89,7 +95,9 @@ class PoolSettings:
     # SNGIN_KEPT_RUNTIMES_MB: Lua heap of the runtimes the node's workers keep for recent
     # tenants (each worker an equal share); from_env defaults it from memory
     kept_runtimes_mb: int = 256
-    max_workers: int = 0  # SNGIN_MAX_WORKERS: grown to while requests wait; 0: no growth
+    # SNGIN_MAX_WORKERS: grown to while requests wait on parked workers; from_env defaults it
+    # from memory; 0 or SNGIN_WORKERS: a fixed pool
+    max_workers: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,7 +159,9 @@ class StorageSettings:
 class OutboundSettings:
     """Scripts' http.request connections, shared by all tenants."""
 
-    connections: int = 100  # SNGIN_OUTBOUND_CONNECTIONS: open at once, all tenants together
+    # SNGIN_OUTBOUND_CONNECTIONS: open at once, all tenants together; from_env defaults it to
+    # 1,000 (fewer when the descriptor limit is low)
+    connections: int = 100
     tenant_share: float = 0.25  # SNGIN_OUTBOUND_TENANT_SHARE: of connections, per tenant
     bodies_bytes: int = 256 * MIB  # SNGIN_SUBREQUEST_BODIES_BYTES: in flight, all told
 
@@ -236,6 +246,9 @@ class Settings:
             values["code_dir"] = local_sites if local_sites.is_dir() else BUNDLED_SITES
         values.setdefault("pool.size", default_workers())
         values.setdefault("pool.kept_runtimes_mb", default_kept_runtimes_mb())
+        memory_mb = values.get("limits.memory_mb", Limits().memory_mb)
+        values.setdefault("pool.max_workers", default_max_workers(values["pool.size"], memory_mb))
+        values.setdefault("outbound.connections", default_outbound_connections())
         sections = {
             "limits": Limits,
             "pool": PoolSettings,
@@ -252,25 +265,6 @@ class Settings:
             }
             values[section] = kind(**fields)
         return cls(**values)
-
-
-def default_workers() -> int:
-    return max(2, 2 * (os.cpu_count() or 1))
-
-
-def default_kept_runtimes_mb() -> int:
-    """A sixteenth of the memory this server may use (the container's limit when it has one),
-    at most 512 MiB: a fresh runtime costs ~0.5 ms of CPU, a kept one ~100-200 KiB of heap."""
-    return max(32, min(512, usable_memory_bytes() // 16 // MIB))
-
-
-def usable_memory_bytes() -> int:
-    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:  # cgroup v2: "max" or a byte count
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        return physical
-    return min(physical, int(limit)) if limit.isdigit() else physical
 
 
 def _suggest(name: str) -> str:

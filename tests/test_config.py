@@ -7,9 +7,10 @@ import ipaddress
 import pytest
 
 from sngin.cli import build_parser, main, settings_from
-from sngin.config import BUNDLED_SITES, Bind, Settings, default_workers
+from sngin.config import BUNDLED_SITES, Bind, Settings
 from sngin.errors import ConfigError
 from sngin.limits import MIB
+from sngin.machine_defaults import default_workers
 
 
 def test_defaults(tmp_path):
@@ -246,7 +247,7 @@ def test_github_token_owners_and_the_token_stays_out_of_errors():
 
 
 def test_kept_runtimes_memory_defaults_from_the_machine_and_is_split_over_the_workers():
-    from sngin.config import default_kept_runtimes_mb, usable_memory_bytes
+    from sngin.machine_defaults import default_kept_runtimes_mb, usable_memory_bytes
     from sngin.server import MIN_KEPT_RUNTIMES_BYTES, pool_config
 
     default = Settings.from_env({})
@@ -286,3 +287,22 @@ def test_events_settings_parse_and_keep_the_token_out_of_errors():
     assert "short-secret" not in str(short.value)
     with pytest.raises(ConfigError, match="SNGIN_SNS_CONFIRM_HOSTS="):
         Settings.from_env({"SNGIN_SNS_CONFIRM_HOSTS": "https://sns.example/"})
+
+
+def test_the_pool_grows_by_default_to_what_half_the_memory_holds_at_the_lua_cap():
+    import resource
+
+    from sngin.machine_defaults import default_outbound_connections, usable_memory_bytes
+
+    default = Settings.from_env({"SNGIN_WORKERS": "4"})
+    fits = usable_memory_bytes() // 2 // ((128 + 32) * MIB)
+    assert default.pool.max_workers == max(4, min(512, fits))
+    smaller = Settings.from_env({"SNGIN_WORKERS": "4", "SNGIN_MEMORY_MB": "1024"})
+    assert smaller.pool.max_workers == max(4, min(512, usable_memory_bytes() // 2 // (1056 * MIB)))
+    assert smaller.pool.max_workers <= default.pool.max_workers
+    fixed = Settings.from_env({"SNGIN_MAX_WORKERS": "0"})
+    assert fixed.pool.max_workers == 0  # a fixed pool, as documented
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    expected = 1000 if hard == resource.RLIM_INFINITY else max(16, min(1000, hard // 4))
+    assert default.outbound.connections == default_outbound_connections() == expected
+    assert Settings.from_env({"SNGIN_OUTBOUND_CONNECTIONS": "50"}).outbound.connections == 50
