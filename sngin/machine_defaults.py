@@ -29,19 +29,23 @@ def default_kept_runtimes_mb() -> int:
 
 def default_max_workers(size: int, memory_mb: int) -> int:
     """SNGIN_MAX_WORKERS: as many workers as half the memory holds if every one of them ran a
-    tenant at its Lua memory cap (SNGIN_MEMORY_MB), at least SNGIN_WORKERS, at most 512.
-    Parked workers use a few MiB each; the bound is for the worst case."""
+    tenant at its Lua memory cap (SNGIN_MEMORY_MB), and whose descriptors (6 each) fit in a
+    quarter of the descriptor limit; at least SNGIN_WORKERS, at most 512. Parked workers use a
+    few MiB each; the bound is for the worst case."""
     fits = usable_memory_bytes() // 2 // ((memory_mb + WORKER_BASE_MB) * MIB)
-    return max(size, min(MAX_WORKERS_CEILING, fits))
+    return max(size, min(MAX_WORKERS_CEILING, fits, descriptor_limit() // 4 // 6))
 
 
 def default_outbound_connections() -> int:
     """SNGIN_OUTBOUND_CONNECTIONS: 1,000, or a quarter of the descriptors the server can have
     when that is fewer (client connections and workers need the rest)."""
+    return max(16, min(MAX_OUTBOUND_CONNECTIONS, descriptor_limit() // 4))
+
+
+def descriptor_limit() -> int:
+    """The hard RLIMIT_NOFILE: what the server raises its own limit to at start."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        return MAX_OUTBOUND_CONNECTIONS
-    return max(16, min(MAX_OUTBOUND_CONNECTIONS, hard // 4))
+    return 1 << 20 if hard == resource.RLIM_INFINITY else hard
 
 
 def usable_memory_bytes() -> int:

@@ -290,19 +290,22 @@ def test_events_settings_parse_and_keep_the_token_out_of_errors():
 
 
 def test_the_pool_grows_by_default_to_what_half_the_memory_holds_at_the_lua_cap():
-    import resource
-
-    from sngin.machine_defaults import default_outbound_connections, usable_memory_bytes
+    from sngin.machine_defaults import (
+        default_outbound_connections,
+        descriptor_limit,
+        usable_memory_bytes,
+    )
 
     default = Settings.from_env({"SNGIN_WORKERS": "4"})
+    by_descriptors = descriptor_limit() // 24  # 6 descriptors a worker, a quarter of them
     fits = usable_memory_bytes() // 2 // ((128 + 32) * MIB)
-    assert default.pool.max_workers == max(4, min(512, fits))
+    assert default.pool.max_workers == max(4, min(512, fits, by_descriptors))
     smaller = Settings.from_env({"SNGIN_WORKERS": "4", "SNGIN_MEMORY_MB": "1024"})
-    assert smaller.pool.max_workers == max(4, min(512, usable_memory_bytes() // 2 // (1056 * MIB)))
+    fits = usable_memory_bytes() // 2 // (1056 * MIB)
+    assert smaller.pool.max_workers == max(4, min(512, fits, by_descriptors))
     assert smaller.pool.max_workers <= default.pool.max_workers
     fixed = Settings.from_env({"SNGIN_MAX_WORKERS": "0"})
     assert fixed.pool.max_workers == 0  # a fixed pool, as documented
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    expected = 1000 if hard == resource.RLIM_INFINITY else max(16, min(1000, hard // 4))
+    expected = max(16, min(1000, descriptor_limit() // 4))
     assert default.outbound.connections == default_outbound_connections() == expected
     assert Settings.from_env({"SNGIN_OUTBOUND_CONNECTIONS": "50"}).outbound.connections == 50

@@ -81,7 +81,8 @@ async def test_slow_clients_cannot_take_the_descriptors_a_worker_replacement_nee
     site.mkdir()
     (site / "index.lua").write_text("return 'still here'")
     env = {**os.environ, "SNGIN_CODE_DIR": str(tmp_path), "SNGIN_WORKERS": "2",
-           "SNGIN_OUTBOUND_CONNECTIONS": "20", "SNGIN_LOG_FORMAT": "text"}  # fmt: skip
+           "SNGIN_MAX_WORKERS": "2", "SNGIN_OUTBOUND_CONNECTIONS": "20",
+           "SNGIN_LOG_FORMAT": "text"}  # fmt: skip
     argv = [sys.executable, "-m", "sngin", "serve", "--bind", "127.0.0.1:0"]
     with trio.fail_after(60):
         process = await trio.lowlevel.open_process(

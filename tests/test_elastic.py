@@ -70,15 +70,17 @@ async def test_the_pool_grows_no_further_than_max_workers():
 
 async def test_a_cpu_kill_fails_none_of_the_other_tenants_parked_requests():
     answers: dict[str, bytes] = {}
-    config = PoolConfig(size=2, max_workers=32, quarantine_strikes=1000)
-    with trio.fail_after(60):
+    """100 tenants parked (the issue's load), then a spinner killed at its CPU limit."""
+    config = PoolConfig(size=2, max_workers=104, quarantine_strikes=1000)
+    with trio.fail_after(120):
         async with (
             open_pool(config, lambda tenant: Limits(cpu_ms=200)) as pool,
             trio.open_nursery() as nursery,
         ):
             await pool.wait_for_workers()
-            tenants = [f"p{n}.test" for n in range(20)]
+            tenants = [f"p{n}.test" for n in range(100)]
             gates = await park(pool, nursery, tenants, answers)
+            assert pool.statistics().parked_requests == 100
             with pytest.raises(Exception, match="CPU-time limit"):
                 await pool.run(job("spin.test", b"while true do end"))
             for gate in gates:
