@@ -359,7 +359,11 @@ class Pool:
             if not last:
                 return None
             counters.status_5xx += 1
-            raise Unavailable("no worker could start the request", headers={"Retry-After": "1"})
+            raise Unavailable(
+                f"no worker could start the request: declined {MAX_ATTEMPTS} times by workers"
+                " where another tenant's requests were waiting on platform calls; try again",
+                headers={"Retry-After": "1"},
+            )
         return reply
 
     async def aclose(self) -> None:
