@@ -39,7 +39,8 @@ def start(port: int, processes: int) -> subprocess.Popen[bytes]:
     argv = [str(BIN / "sngin"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
             "--processes", str(processes), "--log-level", "warning"]  # fmt: skip
     env = {**os.environ, "SNGIN_ADMIN_TOKEN": ADMIN_TOKEN, "SNGIN_APP_PATH": str(BENCH_DIR / "app"),
-           "SNGIN_DATA_PATH": str(BENCH_DIR / "data")}  # fmt: skip
+           "SNGIN_DATA_PATH": str(BENCH_DIR / "data"),
+           "SNGIN_MAX_WORKERS": "0"}  # a fixed pool: the tree measured stays the tree  # fmt: skip
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port)
     return process
@@ -73,7 +74,9 @@ def round_of(processes: int) -> dict[str, object]:
     try:
         wrk(port, 2)  # warm-up: workers, runtimes, caches
         tree = process_tree(server.pid)
-        assert len(tree) == 1 + (processes if processes > 1 else 0) + WORKERS, tree
+        # the server (or the parent and its processes), a zygote per process, the workers
+        expected = 1 + (processes if processes > 1 else 0) + processes + WORKERS
+        assert len(tree) == expected, tree
         before = cpu_seconds(tree)
         rps, requests = wrk(port, SECONDS)
         cpu_us = (cpu_seconds(tree) - before) / requests * 1e6
