@@ -10,6 +10,8 @@ import ctypes
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import trio
+
 from sngin.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -52,9 +54,15 @@ class MemoryBudget:
         self.held = 0
         self.peak = 0
         self.refused = 0
+        self.waiting = 0  # leases waiting for room (take_when_free)
+        self._freed = trio.Event()  # set (and renewed) whenever bytes are given back
 
     def lease(self) -> Lease:
         return Lease(self)
+
+    def freed(self) -> None:
+        self._freed.set()
+        self._freed = trio.Event()
 
     def room(self) -> int:
         return self.limit - self.held
@@ -80,6 +88,23 @@ class Lease:
         self.held += size
         return True
 
+    async def take_when_free(self, size: int) -> bool:
+        """Hold size more bytes, waiting while other leases hold the room (the caller's cancel
+        scope bounds the wait); False at once when size exceeds the whole budget. A body
+        whose size is known is held whole before it is read: many read at once, each holding
+        part, would otherwise fill the budget and all fail halfway."""
+        budget = self._budget
+        if size > budget.limit:
+            budget.refused += 1
+            return False
+        budget.waiting += 1
+        try:
+            while budget.held + size > budget.limit:
+                await budget._freed.wait()
+        finally:
+            budget.waiting -= 1
+        return self.take(size)
+
     def fits(self, size: int) -> bool:
         """Whether size more bytes would fit now (a refusal is counted when they would not)."""
         budget = self._budget
@@ -93,10 +118,12 @@ class Lease:
         size = min(size, self.held)
         self._budget.held -= size
         self.held -= size
+        self._budget.freed()
 
     def release(self) -> None:
         self._budget.held -= self.held
         self.held = 0
+        self._budget.freed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +148,7 @@ class Budgets:
                 "peak": budget.peak,
                 "limit": budget.limit,
                 "refused": budget.refused,
+                "waiting": budget.waiting,
             }
             for budget in (self.request_bodies, self.responses, self.subrequest_bodies)
         }

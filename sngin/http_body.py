@@ -105,11 +105,17 @@ async def read_capped(
 ) -> bytearray | None:
     """The decoded body, or None if it is larger than cap. A declared size is refused unread; a
     body that turns out larger stops being read at the cap (the connection is then closed by
-    response.aclose()). BodyDecodeError for a body its coding cannot undo; with a lease, each
-    decoded chunk is held against its budget first, BodyBudgetExceeded when it cannot be."""
+    response.aclose()). BodyDecodeError for a body its coding cannot undo. With a lease, a
+    declared size is held whole first (waiting for room, within the caller's timeout), and
+    each decoded chunk past it before it is kept; BodyBudgetExceeded when that cannot be."""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         return None
+    prepaid = 0  # bytes of the declared size held before reading
+    if lease is not None and declared.isdigit():
+        if not await lease.take_when_free(int(declared)):
+            raise BodyBudgetExceeded
+        prepaid = int(declared)
     decoder = BoundedDecoder(response.headers.get("content-encoding", ""))
     body = bytearray()
     failure: Exception | None = None  # raised once the stream has ended cleanly
@@ -120,7 +126,9 @@ async def read_capped(
                     continue  # (buffered chunks, until the cancellation below lands)
                 try:
                     decoded = decoder.decode(chunk, cap + 1 - len(body))
-                    if lease is not None and not lease.take(len(decoded)):
+                    covered = min(prepaid, len(decoded))  # decoded may outgrow the declared
+                    prepaid -= covered
+                    if lease is not None and not lease.take(len(decoded) - covered):
                         raise BodyBudgetExceeded
                 except (BodyDecodeError, BodyBudgetExceeded) as exc:
                     failure = exc
@@ -134,6 +142,8 @@ async def read_capped(
     finally:
         if cost is not None:
             cost.decode_s += decoder.cpu_s
+        if lease is not None and prepaid:
+            lease.give_back(prepaid)  # the body was shorter than declared, or stopped early
     if failure is not None:
         raise failure
     # The bytearray itself, not a copy: bytes-like, and msgspec frames it as bytes.

@@ -139,13 +139,26 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp
         await stalled.aclose()
 
 
-async def test_subrequest_bodies_past_the_budget_are_the_scripts_error(tmp_path):
+async def test_a_subrequest_body_waits_for_room_and_one_past_the_budget_is_the_scripts_error(
+    tmp_path,
+):
+    """3 MiB for subrequest bodies. a's body (2 MiB declared) is held whole from its first
+    byte; b's 2 MiB waits for room and arrives once a's is done (each holding part, many
+    bodies at once used to fill the budget and all fail halfway). A declared 4 MiB can never
+    fit, and an undeclared (chunked) body that outgrows the room is cut: both are the
+    script's error at once."""
     upstream = Upstream()
+    message = (
+        "the server is holding as many subrequest bodies as it may"
+        " (SNGIN_SUBREQUEST_BODIES_BYTES); try again shortly"
+    )
+    fetch = "local r = http.request('{url}') return r.err or tostring(#r.content)"
     try:
         scripts = {
-            "a.test/stall": f"return tostring(#http.request('{upstream.url('/stall')}').content)",
-            "b.test/big": f"local r = http.request('{upstream.url('/two-mib')}')"
-            " return r.err or tostring(#r.content)",
+            "a.test/stall": fetch.format(url=upstream.url("/stall")),
+            "b.test/big": fetch.format(url=upstream.url("/two-mib")),
+            "b.test/bigger": fetch.format(url=upstream.url("/four-mib")),
+            "b.test/chunked": fetch.format(url=upstream.url("/gzip-bomb")),
         }
         settings = OutboundSettings(bodies_bytes=3 * MIB)
         async with (
@@ -153,22 +166,22 @@ async def test_subrequest_bodies_past_the_budget_are_the_scripts_error(tmp_path)
             trio.open_nursery() as nursery,
         ):
             budget = srv.deps.budgets.subrequest_bodies
-            stalled: list[str] = []
+            answers: dict[str, str] = {}
 
-            async def fetch_stall() -> None:
-                stalled.append((await srv.get("/stall", timeout=30)).text)
+            async def fetch_into(path: str, host: str) -> None:
+                answers[path] = (await srv.get(path, host=host, timeout=30)).text
 
-            nursery.start_soon(fetch_stall)
-            await until(lambda: budget.held >= 3 * MIB // 2)  # half way, then it stalls
-            refused = await srv.get("/big", host="b.test")
-            assert refused.text == (
-                "the server is holding as many subrequest bodies as it may"
-                " (SNGIN_SUBREQUEST_BODIES_BYTES); try again shortly"
-            )
+            nursery.start_soon(fetch_into, "/stall", "a.test")
+            await until(lambda: budget.held == 2 * MIB)  # held whole, though half sent
+            nursery.start_soon(fetch_into, "/big", "b.test")
+            await until(lambda: budget.waiting == 1)
+            assert (await srv.get("/bigger", host="b.test")).text == message
+            assert (await srv.get("/chunked", host="b.test")).text == message  # 1 MiB left
+            assert "/big" not in answers
             upstream.release.set()
-        assert stalled == [str(2 * MIB)]
+        assert answers == {"/stall": str(2 * MIB), "/big": str(2 * MIB)}
         assert budget.held == 0
-        assert budget.refused == 1
+        assert budget.refused == 2
     finally:
         upstream.close()
 

@@ -138,6 +138,8 @@ class Upstream:
             return self.reply(handler, 200 if valid else 401, b"signed" if valid else b"bad")
         if split.path == "/two-mib":
             return self.reply(handler, 200, b"y" * (2 * 1024 * 1024))
+        if split.path == "/four-mib":
+            return self.reply(handler, 200, b"f" * (4 * 1024 * 1024))
         if split.path == "/stall":
             # 2 MiB declared; 1.5 MiB sent, the rest once released.
             handler.send_response(200)
