@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.lowlevel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sngin.errors import Unavailable
 from sngin.scheduler import QueueTimeout, Scheduler
@@ -263,3 +265,34 @@ def test_a_declined_requests_retry_never_joins_its_own_tenant_behind_another_one
     assert s.pick("b.test") is stacked  # a first attempt may still join it
     stacked.mixed = False  # the other tenant's request is over: only b's remain
     assert s.pick("b.test", behind_others=False) is stacked
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", None]), st.integers(0, 9), st.booleans(),
+                  st.integers(0, 2), st.sampled_from(["a", "b", "c"])),
+        min_size=1, max_size=8,
+    ),
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.booleans()), max_size=6),
+)  # fmt: skip
+def test_the_capacity_kept_by_hand_out_never_says_less_than_a_fresh_count(workers, takes):
+    """hand_out updates its capacity for the one worker each reservation changed instead of
+    passing over every worker again: the counts must match a fresh pass, and the tenant sets
+    may only hold more (a wasted pick), never less (a waiter skipped)."""
+    stand_ins = [
+        StandIn(tenant, busy=busy, waiting=waiting, reserved=reserved,
+                reserved_for=reserved_for if reserved else None)
+        for tenant, busy, waiting, reserved, reserved_for in workers
+    ]  # fmt: skip
+    s, _ = scheduler(*stand_ins, worker_concurrency=8, tenant_concurrency=100)
+    capacity = s._capacity()
+    for tenant, stack in takes:
+        worker = s.take(tenant, 100, stack=stack)
+        if worker is None:
+            continue
+        s._taken(capacity, worker)
+        fresh = s._capacity()
+        assert (capacity.idle, capacity.stack_any) == (fresh.idle, fresh.stack_any)
+        assert fresh.open_tenants <= capacity.open_tenants
+        assert fresh.stack_for <= capacity.stack_for
