@@ -19,8 +19,8 @@ import contextlib
 from sandbox.protocol import Job, Request
 from sngin.errors import SnginError
 from sngin.limits import Limits
-from sngin.pool import PoolConfig, open_pool
-from sngin.pool_statistics import rss_bytes
+from sngin.workers.pool import PoolConfig, open_pool
+from sngin.workers.statistics import rss_bytes
 
 BUDGET_MS = 200
 SAMPLES = 3 if "--quick" in sys.argv else 10

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sngin import __version__
+from sngin.client.remote import TOKEN_HELP, URL_HELP
+from sngin.client.remote_storage import ACTIONS as STORAGE_ACTIONS
+from sngin.client.remote_storage import USAGE as STORAGE_USAGE
 from sngin.config import Settings
 from sngin.errors import ConfigError, SnginError
-from sngin.remote import TOKEN_HELP, URL_HELP
-from sngin.remote_storage import ACTIONS as STORAGE_ACTIONS
-from sngin.remote_storage import USAGE as STORAGE_USAGE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from sngin.process_link import ProcessRole
+    from sngin.node.link import ProcessRole
 
 # flag destination -> the variable it overrides
 FLAG_VARIABLES = {
@@ -141,7 +141,7 @@ def process_role(args: argparse.Namespace) -> ProcessRole | None:
     """`--process I/N` and the descriptors the node's parent passed (None: not a child)."""
     if args.command != "serve" or args.process is None:
         return None
-    from sngin.process_link import ProcessRole
+    from sngin.node.link import ProcessRole
 
     index, _, count = args.process.partition("/")
     if args.hub_fd is None or args.listen_fd is None:
@@ -160,10 +160,10 @@ def serve_forever(
 
     import trio
 
-    from sngin.logsetup import configure as configure_logging
-    from sngin.node_share import check_processes
+    from sngin.node.share import check_processes
+    from sngin.observe.logsetup import configure as configure_logging
+    from sngin.observe.stderr_writer import stderr_writer
     from sngin.server import serve
-    from sngin.stderr_writer import stderr_writer
 
     process = role.index if role is not None else None
     chosen = configure_logging(settings.log_level, settings.log_format, process=process)
@@ -179,7 +179,7 @@ def serve_forever(
         log.warning("admin token for this run (set SNGIN_ADMIN_TOKEN to choose one): %s", token)
 
     if role is None and settings.processes > 1:
-        from sngin.process_parent import run_node
+        from sngin.node.parent import run_node
 
         # Each process parses the same environment; the parent adds what it chose.
         child_env = dict(os.environ if env is None else env)
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if args.command == "serve":
             return serve_forever(settings, merged, process_role(args))
         if args.command == "run":
-            from sngin.oneshot import run_file
+            from sngin.client.oneshot import run_file
 
             return run_file(
                 settings,
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 body=args.body,
             )
         if args.command in ("stats", "purge", "logs", "quarantine", "storage", "token", "deploy"):
-            from sngin.remote import run_remote
+            from sngin.client.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)
     except SnginError as exc:

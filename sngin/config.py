@@ -71,7 +71,7 @@ class HttpSettings:
 
     max_request_bytes: int = 10 * MIB  # SNGIN_MAX_REQUEST_BYTES: request body
     # SNGIN_MAX_CONNECTIONS: client connections at once; None: what the descriptor limit leaves
-    # after the server's reserve (sngin.descriptors)
+    # after the server's reserve (sngin.edge.descriptors)
     max_connections: int | None = None
     request_bodies_bytes: int = 256 * MIB  # SNGIN_REQUEST_BODIES_BYTES: being received, all told
     responses_bytes: int = 256 * MIB  # SNGIN_RESPONSES_BYTES: large ones not yet sent, all told

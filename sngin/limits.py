@@ -1,5 +1,5 @@
 """The one limits type: everything one request runs under. The operator's defaults come from
-SNGIN_* (Settings.limits); a tenant's _sngin.json may narrow them (sngin.tenant_config). The
+SNGIN_* (Settings.limits); a tenant's _sngin.json may narrow them (sngin.tenants.config). The
 wall time is enforced by the pool, the rest by the worker, which receives `wire`: derived
 here, once per Limits value, and nowhere else."""
 

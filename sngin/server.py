@@ -4,65 +4,63 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
-from sngin.admin import AdminListener
-from sngin.alerts import Alerts
-from sngin.app import create_app
-from sngin.budgets import return_large_blocks_to_the_os
-from sngin.cache import CodeCache
-from sngin.code_files import FolderFiles
-from sngin.code_quota import CodeQuota
-from sngin.codestore.github import GitHubTokens, open_github_store
-from sngin.codestore.local import LocalStore
-from sngin.codestore.s3 import S3Store, open_s3_store
-from sngin.codestore.s3_files import S3Files
-from sngin.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
-from sngin.coordination import attach_cluster_bus, attach_link, first_of
-from sngin.deps import Deps
-from sngin.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
-from sngin.egress import EgressPolicy
+from sngin.admin.coordination import attach_cluster_bus, attach_link, first_of
+from sngin.admin.routes import AdminListener, create_admin
+from sngin.bodies.budgets import return_large_blocks_to_the_os
+from sngin.calls.alerts import Alerts
+from sngin.calls.mail import Mailer
+from sngin.calls.outbound import open_outbound, system_resolver
+from sngin.code.cache import CodeCache
+from sngin.code.files import FolderFiles
+from sngin.code.github import GitHubTokens, open_github_store
+from sngin.code.local_store import LocalStore
+from sngin.code.mirror import DiskMirror, mirror_folder
+from sngin.code.quota import CodeQuota
+from sngin.code.s3_files import S3Files
+from sngin.code.s3_store import S3Store, open_s3_store
+from sngin.edge.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
+from sngin.edge.deps import Deps
+from sngin.edge.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
+from sngin.edge.dispatcher import Dispatcher
 from sngin.errors import CodeFetchError, ConfigError, StoreMisconfigured
 from sngin.limits import MIB, Limits
-from sngin.logsetup import quiet_libraries
-from sngin.loop_lag import serve_loop_lag
-from sngin.mail import Mailer
-from sngin.mirror import DiskMirror, mirror_folder
-from sngin.node_share import process_settings
-from sngin.observe import Observer
-from sngin.outbound import open_outbound, system_resolver
-from sngin.pool import PoolConfig, open_pool
-from sngin.process_link import ProcessLink
-from sngin.redis_storage import RedisCache, RedisStorage, open_redis_storage
-from sngin.sqlite_storage import SqliteStorage
-from sngin.storage import SqliteBackend, TenantStorage
-from sngin.storage_watch import watch_storage
-from sngin.tenant_cache import TenantCache
-from sngin.tenant_config import TenantConfigs
-from sngin.tenants import is_config_key
-from sngin.worker_process import WorkerOptions
+from sngin.names import is_config_key
+from sngin.node.link import ProcessLink
+from sngin.node.share import process_settings
+from sngin.observe.logsetup import quiet_libraries
+from sngin.observe.loop_lag import serve_loop_lag
+from sngin.observe.observer import Observer
+from sngin.storage.opening import open_tenant_storage
+from sngin.storage.redis import RedisCache, RedisStorage
+from sngin.storage.script_cache import TenantCache
+from sngin.storage.watch import watch_storage
+from sngin.tenants.config import TenantConfigs
+from sngin.tenants.egress import EgressPolicy
+from sngin.workers.pool import PoolConfig, open_pool
+from sngin.workers.process import WorkerOptions
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from hypercorn.config import Config
 
-    from sngin.code_files import CodeFiles
-    from sngin.codestore import CodeSource
+    from sngin.code.files import CodeFiles
+    from sngin.code.store import CodeSource
     from sngin.config import Bind, PoolSettings, Settings
-    from sngin.process_link import ProcessRole
+    from sngin.edge.dispatcher import ASGIApp
+    from sngin.node.link import ProcessRole
+    from sngin.storage.tenant_storage import TenantStorage
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG: Final = 4096  # the listen queue (see hypercorn_config)
 
-STORAGE_FILE = "storage.db"
 
 PROBE_TIMEOUT_S = 10.0
 # A worker keeps at least this much, whatever SNGIN_KEPT_RUNTIMES_MB (0 included) leaves it:
@@ -186,43 +184,6 @@ def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache 
     return TenantCache(max_bytes=bounds.cache_bytes, tenant_share=bounds.cache_tenant_share)
 
 
-@asynccontextmanager
-async def open_tenant_storage(settings: Settings) -> AsyncIterator[TenantStorage]:
-    """Redis when SNGIN_REDIS_URL is set, else the SQLite database under SNGIN_DATA_PATH (one
-    line if it cannot be opened). A Redis that is down at start is not fatal: storage calls
-    fail with `storage unavailable` until it is back."""
-    if settings.redis_url is not None:
-        async with open_redis_storage(settings.redis_url) as redis:
-            log.info("tenant storage: %s", redis.location)
-            yield TenantStorage(redis)
-        return
-    path = settings.storage.data_path / STORAGE_FILE
-    with storage_database_errors(path):
-        storage = TenantStorage(SqliteBackend(path))
-    log.info("tenant storage: %s", path)
-    try:
-        yield storage
-    finally:
-        storage.close()
-
-
-@contextmanager
-def storage_database_errors(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot open the storage database {path}: {exc}") from None
-
-
-def prepare_storage_database(settings: Settings) -> None:
-    """Create the SQLite database (schema, WAL mode) before a node's processes open it: done
-    by all of them at once, switching a new file to WAL can fail with "database is locked"."""
-    if settings.redis_url is None:
-        path = settings.storage.data_path / STORAGE_FILE
-        with storage_database_errors(path):
-            SqliteStorage(path).close()
-
-
 def kept_runtimes_share(pool: PoolSettings) -> int:
     """One worker's share of SNGIN_KEPT_RUNTIMES_MB (the node's total)."""
     return max(MIN_KEPT_RUNTIMES_BYTES, pool.kept_runtimes_mb * MIB // pool.size)
@@ -306,8 +267,8 @@ async def serve_app(
     """Run Hypercorn for the app over already opened resources, with the readiness probe."""
     contain_connection_errors()
     quiet_libraries()
-    dispatcher = create_app(deps)
-    app: Any = dispatcher
+    admin_app = create_admin(deps)
+    app: Any = Dispatcher(deps, cast("ASGIApp", admin_app))
     settings = deps.settings
     deps.connections.limit = connection_limit(settings)
     deps.observer.attach()
@@ -338,7 +299,7 @@ async def serve_app(
                     admin_config.bind = [str(settings.admin_bind)]
                     if role is not None and role.admin_fd is not None:
                         admin_config.bind = [f"fd://{role.admin_fd}"]
-                    admin: Any = AdminListener(dispatcher.admin)
+                    admin: Any = AdminListener(admin_app)
                     binds += await listen(servers, admin, admin_config, settings.admin_bind, stop)
                 if deps.link is not None:
                     deps.link.ready(binds)

@@ -24,10 +24,13 @@ import trio.lowlevel
 from botocore.credentials import Credentials
 
 from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
-from sngin.alerts import Alerts
-from sngin.cache import CodeCache
-from sngin.codestore.local import LocalStore
-from sngin.codestore.s3 import Endpoint, S3Store
+from sngin.calls.alerts import Alerts
+from sngin.calls.mail import Mailer
+from sngin.calls.outbound import open_outbound, system_resolver
+from sngin.code.cache import CodeCache
+from sngin.code.local_store import LocalStore
+from sngin.code.mirror import DiskMirror
+from sngin.code.s3_store import Endpoint, S3Store
 from sngin.config import (
     Bind,
     CacheSettings,
@@ -37,25 +40,22 @@ from sngin.config import (
     Settings,
     StorageSettings,
 )
-from sngin.deps import Deps
-from sngin.egress import EgressPolicy
+from sngin.edge.deps import Deps
 from sngin.limits import Limits
-from sngin.mail import Mailer
-from sngin.mirror import DiskMirror
-from sngin.observe import Observer
-from sngin.outbound import open_outbound, system_resolver
-from sngin.pool import open_pool
+from sngin.names import is_config_key
+from sngin.observe.observer import Observer
 from sngin.server import (
     attach_cluster_bus,
     code_files_for,
     default_limits,
-    open_tenant_storage,
     pool_config,
     serve_app,
     tenant_cache_for,
 )
-from sngin.tenant_config import TenantConfigs
-from sngin.tenants import is_config_key
+from sngin.storage.opening import open_tenant_storage
+from sngin.tenants.config import TenantConfigs
+from sngin.tenants.egress import EgressPolicy
+from sngin.workers.pool import open_pool
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

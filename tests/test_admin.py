@@ -12,9 +12,9 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from sngin.admin_stats import observe_gauges, worst_lag
-from sngin.live_tails import TAIL_BUFFER, LogHub
-from sngin.observe import Metrics
+from sngin.admin.stats import observe_gauges, worst_lag
+from sngin.observe.live_tails import TAIL_BUFFER, LogHub
+from sngin.observe.observer import Metrics
 from sngin.server import probe_once
 from tests.support import TOKEN, code_cache, running
 
@@ -151,7 +151,7 @@ def test_slow_subscriber_loses_lines_and_is_told():
 
 def test_a_stalled_tail_holds_at_most_a_mebibyte_of_lines():
     """Bounded in bytes, not only in lines: script lines can be 64 KiB each."""
-    from sngin.live_tails import TAIL_BUFFER_BYTES
+    from sngin.observe.live_tails import TAIL_BUFFER_BYTES
 
     hub = LogHub()
     subscriber, receive = hub.subscribe("a.test")

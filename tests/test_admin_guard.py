@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from sngin.admin import create_admin
-from sngin.admin_guard import Access
+from sngin.admin.guard import Access
+from sngin.admin.routes import create_admin
+from sngin.admin.session import COOKIE, new_session, sign
 from sngin.config import S3Settings, Settings
-from sngin.tenants import host_of, names_admin_origin
-from sngin.ui_session import COOKIE, new_session, sign
+from sngin.names import host_of, names_admin_origin
 from tests.support import AUTH, TOKEN, running
 
 VICTIM, ATTACKER = "victim.test", "attacker.test"

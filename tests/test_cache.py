@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from sngin.cache import ENTRY_OVERHEAD_BYTES, CodeCache
-from sngin.codestore import Missing, Modified, NotModified, Source
+from sngin.code.cache import ENTRY_OVERHEAD_BYTES, CodeCache
+from sngin.code.store import Missing, Modified, NotModified, Source
 from sngin.config import CacheSettings
 from sngin.errors import CodeFetchError
 

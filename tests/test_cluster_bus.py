@@ -194,7 +194,7 @@ async def test_a_node_that_joins_later_learns_the_quarantines_in_force(
 async def test_a_shared_rate_limit_admits_the_burst_once_across_two_nodes(
     proxy, bucket, tmp_path, redis_url, monkeypatch
 ):
-    from sngin import shared_rates
+    from sngin.tenants import shared_rates
 
     # Redis's answer is what is tested: a loaded machine must not turn it into the fallback.
     monkeypatch.setattr(shared_rates, "SHARED_TIMEOUT_S", 10.0)

@@ -14,7 +14,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sngin.code_files import file_path
+from sngin.code.files import file_path
 from sngin.config import S3Settings
 from sngin.errors import BadRequest
 from tests.support import AUTH, TOKEN, code_cache, running

@@ -9,8 +9,8 @@ import os
 
 import trio
 
-from sngin.code_files import FolderFiles
-from sngin.code_quota import CodeQuota
+from sngin.code.files import FolderFiles
+from sngin.code.quota import CodeQuota
 from tests.support import AUTH
 from tests.test_code_api import code_server, kind, put  # noqa: F401 (the fixture)
 

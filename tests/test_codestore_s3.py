@@ -6,9 +6,9 @@ import httpx
 import pytest
 import trio
 
-from sngin.cache import CodeCache
-from sngin.codestore import Missing, Modified, NotModified
-from sngin.codestore.s3 import Endpoint, S3Store, open_s3_store
+from sngin.code.cache import CodeCache
+from sngin.code.s3_store import Endpoint, S3Store, open_s3_store
+from sngin.code.store import Missing, Modified, NotModified
 from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
 from tests.support import FAST, code_cache, running, s3_store

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from sngin.config import HttpSettings, OutboundSettings, PoolSettings, Settings
-from sngin.descriptors import RESERVE_FIXED, RESERVE_PER_WORKER, connection_limit
+from sngin.edge.descriptors import RESERVE_FIXED, RESERVE_PER_WORKER, connection_limit
 from sngin.errors import ConfigError
 from tests.support import wait_until_serving
 
@@ -57,7 +57,7 @@ def test_a_cap_the_descriptors_cannot_honour_stops_start_up_with_one_line(tmp_pa
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one():
     code = (
-        "import resource; from sngin.descriptors import raise_descriptor_limit; "
+        "import resource; from sngin.edge.descriptors import raise_descriptor_limit; "
         "print(raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
 
@@ -129,7 +129,7 @@ def test_the_descriptor_reserve_counts_every_worker_the_pool_may_grow_to():
     from dataclasses import replace
 
     from sngin.config import PoolSettings, Settings
-    from sngin.descriptors import RESERVE_PER_WORKER, reserve
+    from sngin.edge.descriptors import RESERVE_PER_WORKER, reserve
 
     fixed = Settings(pool=PoolSettings(size=4))
     elastic = replace(fixed, pool=PoolSettings(size=4, max_workers=64))

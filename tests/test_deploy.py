@@ -97,7 +97,7 @@ async def test_deploy_to_s3_uploads_only_what_changed(tmp_path, proxy, bucket, c
 
 
 async def test_a_file_changed_on_the_server_meanwhile_is_a_conflict(tmp_path, capsys, monkeypatch):
-    from sngin import deploy as deploy_module
+    from sngin.client import deploy as deploy_module
 
     local = tmp_path / "local"
     write(local, {"c.test/index.lua": "return 'mine'"})

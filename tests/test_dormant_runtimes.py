@@ -7,8 +7,8 @@ import trio
 
 from sandbox.protocol import DORMANT_MAX_BYTES, DORMANT_TOTAL_BYTES, Job, Reply, Request
 from sandbox.worker import Worker
-from sngin.notes import RunNote
-from sngin.pool import PoolConfig, open_pool
+from sngin.observe.notes import RunNote
+from sngin.workers.pool import PoolConfig, open_pool
 
 _ids = iter(range(1, 1_000_000))
 
@@ -136,7 +136,7 @@ def test_the_kept_runtimes_budget_is_the_workers_to_set():
 
 
 async def test_a_real_worker_keeps_runtimes_within_the_share_the_server_gives_it():
-    from sngin.worker_process import WorkerOptions
+    from sngin.workers.process import WorkerOptions
 
     async def kept_after_serving(tenants: int, options: WorkerOptions) -> int:
         async with open_pool(PoolConfig(size=2, worker=options)) as pool:

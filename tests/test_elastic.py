@@ -1,5 +1,5 @@
-"""Elastic workers (sngin/elastic.py): while requests wait and the workers hold only requests
-parked on platform calls, the pool forks more workers, up to max_workers; idle extras are
+"""Elastic workers (sngin/workers/elastic.py): while requests wait and the workers hold only
+requests parked on platform calls, the pool forks more workers, up to max_workers; idle extras are
 retired; a tenant's CPU kill fails none of the other tenants' parked requests."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sngin.limits import Limits
-from sngin.pool import PoolConfig, open_pool
+from sngin.workers.pool import PoolConfig, open_pool
 from tests.support import WAITS_UPSTREAM, Gate
 from tests.support import gate_job as job
 

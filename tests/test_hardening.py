@@ -65,7 +65,7 @@ async def test_an_error_while_sending_ends_only_its_connection():
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    from sngin.connection_guard import contain_connection_errors
+    from sngin.edge.connection_guard import contain_connection_errors
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -112,8 +112,8 @@ CALLS = {
 
 @pytest.mark.parametrize("case", sorted(CALLS))
 async def test_hostile_http_request_arguments_are_the_scripts_error(tmp_path, upstream, case):
-    from sngin.egress import EgressPolicy
-    from sngin.outbound import open_outbound
+    from sngin.calls.outbound import open_outbound
+    from sngin.tenants.egress import EgressPolicy
 
     call, message = CALLS[case]
     script = f"""
@@ -134,8 +134,8 @@ async def test_hostile_http_request_arguments_are_the_scripts_error(tmp_path, up
 
 
 async def test_an_anonymous_client_cannot_kill_the_server_through_a_script(tmp_path):
-    from sngin.egress import EgressPolicy
-    from sngin.outbound import open_outbound
+    from sngin.calls.outbound import open_outbound
+    from sngin.tenants.egress import EgressPolicy
 
     add_sites(tmp_path, {"a.test/proxy": "return http.request(request.query.url).err or 'ok'"})
     async with (
@@ -168,8 +168,8 @@ async def test_hostile_module_names_are_the_scripts_error(tmp_path, name, messag
 async def test_a_failing_platform_call_is_an_ordinary_lua_error(tmp_path, caplog):
     """The catch-all at the boundary: whatever escapes the code answering a call becomes the
     script's error (pcall-able), its traceback is logged once, and the server goes on."""
-    from sngin.egress import EgressPolicy
-    from sngin.outbound import Outbound, guarded_client
+    from sngin.calls.outbound import Outbound, guarded_client
+    from sngin.tenants.egress import EgressPolicy
 
     class Exploding(Outbound):
         async def fetch(self, call, **kw):
@@ -195,10 +195,10 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
     import math
 
     from sandbox.protocol import Call, HttpCall
-    from sngin.codestore.local import LocalStore
-    from sngin.egress import EgressPolicy
-    from sngin.outbound import Outbound, guarded_client
-    from sngin.request_calls import RequestCalls
+    from sngin.calls.outbound import Outbound, guarded_client
+    from sngin.calls.request_calls import RequestCalls
+    from sngin.code.local_store import LocalStore
+    from sngin.tenants.egress import EgressPolicy
 
     async with guarded_client(EgressPolicy()) as client:
         calls = RequestCalls(

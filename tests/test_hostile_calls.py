@@ -9,8 +9,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sngin.egress import EgressPolicy
-from sngin.outbound import open_outbound
+from sngin.calls.outbound import open_outbound
+from sngin.tenants.egress import EgressPolicy
 from tests.support import running
 
 

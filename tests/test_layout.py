@@ -61,3 +61,96 @@ def test_modules_stay_small():
     files = [*modules().values(), *(ROOT / "sandbox" / "lua").rglob("*.lua")]
     too_long = {p.name: n for p in files if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not too_long
+
+
+# The layers of sngin (docs/architecture.md), lowest first: a module may import from its own
+# package and from lower layers, never from a higher one; this holds for every import, those in
+# functions and under `if TYPE_CHECKING:` too. A top-level module is a unit of its own.
+LAYERS: list[set[str]] = [
+    {"sngin", "errors", "limits", "config_values", "names"},
+    {"machine_defaults", "config"},
+    {"bodies"},
+    {"observe"},
+    {"storage"},
+    {"code"},
+    {"tenants"},
+    {"calls"},
+    {"workers"},
+    {"node"},
+    {"edge"},
+    {"admin"},
+    {"server"},
+    {"client"},
+    {"cli", "__main__"},
+]
+RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
+MAX_TOP_LEVEL = 12
+
+
+def unit_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def all_imports(name: str, path: Path) -> set[str]:
+    """Every sngin module this one imports, wherever the import stands."""
+    known = modules()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sngin"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names
+                         if f"{node.module}.{a.name}" in known)  # fmt: skip
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sngin"))
+    return {m for m in found if m in known} - {name}
+
+
+def sngin_modules() -> dict[str, Path]:
+    return {name: path for name, path in modules().items() if name.split(".")[0] == "sngin"}
+
+
+def test_every_unit_of_sngin_has_a_layer():
+    units = {unit_of(name) for name in sngin_modules()}
+    assert units <= set(RANK), units - set(RANK)
+
+
+def test_no_module_imports_from_a_higher_layer():
+    upward = []
+    for name, path in sngin_modules().items():
+        rank = RANK[unit_of(name)]
+        for imported in all_imports(name, path):
+            if RANK[unit_of(imported)] > rank:
+                upward.append(f"{name} -> {imported}")
+    assert not upward, upward
+
+
+def test_the_tenants_edge_reaches_neither_the_admin_package_nor_quart():
+    """The module defining Dispatcher is handed the admin app by server.py: nothing it imports,
+    however indirectly (type-only imports included), is admin code or Quart."""
+    known = sngin_modules()
+    seen, todo, libraries = set(), ["sngin.edge.dispatcher"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(known[name].read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                libraries.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                libraries.update(a.name.split(".")[0] for a in node.names)
+        todo.extend(all_imports(name, known[name]))
+    assert "class Dispatcher" in known["sngin.edge.dispatcher"].read_text()
+    assert not {name for name in seen if unit_of(name) == "admin"}
+    assert not libraries & {"quart", "quart_trio"}
+
+
+def test_few_modules_at_the_top_and_no_package_of_one():
+    top = [p for p in (ROOT / "sngin").glob("*.py")]
+    assert len(top) <= MAX_TOP_LEVEL, sorted(p.name for p in top)
+    for package in (ROOT / "sngin").iterdir():
+        if (package / "__init__.py").exists():
+            inside = [p for p in package.glob("*.py") if p.name != "__init__.py"]
+            assert len(inside) >= 2, package.name

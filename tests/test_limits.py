@@ -12,9 +12,9 @@ import trio.lowlevel
 
 from sandbox.protocol import Job, Request
 from sngin.limits import Limits
-from sngin.pool import PoolConfig, WorkerBootError, open_pool
-from sngin.quarantine import Quarantine
-from sngin.worker_process import WorkerOptions
+from sngin.tenants.quarantine import Quarantine
+from sngin.workers.pool import PoolConfig, WorkerBootError, open_pool
+from sngin.workers.process import WorkerOptions
 from tests.support import AUTH, TOKEN, add_sites, running, start_busy
 
 CPU_BOMBS = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from sngin.codestore.local import LocalStore
-from sngin.notes import FetchNote
+from sngin.code.local_store import LocalStore
+from sngin.observe.notes import FetchNote
 
 
 async def test_fetch_reads_and_sees_edits(tmp_path):

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from sngin.logsetup import configure, scrub
+from sngin.observe.logsetup import configure, scrub
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_the_stderr_writer_queues_past_a_full_pipe_and_counts_what_it_drops():
     import os
     import threading
 
-    from sngin.stderr_writer import StderrWriter
+    from sngin.observe.stderr_writer import StderrWriter
 
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "wb")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sngin.codestore import Source
-from sngin.mirror import TEMP_PREFIX, DiskMirror, file_name
+from sngin.code.mirror import TEMP_PREFIX, DiskMirror, file_name
+from sngin.code.store import Source
 
 
 def always() -> bool:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from sngin.cli import main
-from sngin.remote import admin_url, short_id
+from sngin.client.remote import admin_url, short_id
 from tests.support import TOKEN, running, wait_until_serving
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,7 +82,7 @@ async def test_no_traceback_when_the_output_is_closed(tmp_path):
 
 
 def test_log_lines_show_the_part_of_the_id_that_differs():
-    from sngin.tracing import RequestIds
+    from sngin.observe.tracing import RequestIds
 
     ids = RequestIds()
     scope = {"headers": []}
@@ -146,7 +146,7 @@ async def test_unknown_admin_paths_and_methods_are_json(tmp_path, method, path, 
 async def test_health_does_not_build_statistics(tmp_path, monkeypatch):
     """/__sngin/health is public and polled: with 10,000 tenants known it must not walk them
     or read /proc for every worker (statistics() does both)."""
-    from sngin.pool import Pool
+    from sngin.workers.pool import Pool
 
     async with running(tmp_path, admin_token=TOKEN) as srv:
         for index in range(10_000):

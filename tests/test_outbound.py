@@ -10,9 +10,9 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from sngin.calls.outbound import ShardedTransport, guarded_client, open_outbound
 from sngin.config import OutboundSettings
-from sngin.egress import EgressPolicy, is_public
-from sngin.outbound import ShardedTransport, guarded_client, open_outbound
+from sngin.tenants.egress import EgressPolicy, is_public
 from tests.support import run_call, running, serving, tls_contexts
 from tests.upstream import Upstream
 
@@ -469,7 +469,7 @@ async def test_cpu_budget_spans_all_of_a_requests_steps(tmp_path, upstream):
 
 
 async def test_per_rule_clients_are_bounded_and_closed():
-    from sngin.egress import TenantEgress
+    from sngin.tenants.egress import TenantEgress
 
     async with open_outbound(LOOPBACK_ONLY) as outbound:
         outbound.MAX_TENANT_CLIENTS = 2  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""sngin.pipes: frames written without waiting, queued in order when the pipe is full."""
+"""sngin.workers.pipes: frames written without waiting, queued in order when the pipe is full."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from sngin.pipes import READ_SIZE, READS_BEFORE_YIELD, PipeReader, PipeWriter
+from sngin.workers.pipes import READ_SIZE, READS_BEFORE_YIELD, PipeReader, PipeWriter
 
 
 def nonblocking_pipe() -> tuple[int, int]:

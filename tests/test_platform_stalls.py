@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import trio
 
-import sngin.storage_calls
+import sngin.calls.storage_calls
 from sngin.config import StorageSettings
 from tests.support import free_port, redis_server_process, running
 
@@ -71,8 +71,8 @@ async def test_a_frozen_redis_is_a_quick_lua_error_and_no_strike(tmp_path):
 
 async def test_a_wall_kill_while_parked_on_storage_is_not_a_strike(tmp_path, monkeypatch):
     # The backstop: were the bound ever to miss, the kill still is the platform's.
-    monkeypatch.setattr(sngin.storage_calls, "ANSWER_MARGIN_S", -10.0)
-    monkeypatch.setattr(sngin.storage_calls, "BACKEND_WAIT_S", 10.0)
+    monkeypatch.setattr(sngin.calls.storage_calls, "ANSWER_MARGIN_S", -10.0)
+    monkeypatch.setattr(sngin.calls.storage_calls, "BACKEND_WAIT_S", 10.0)
     write(tmp_path, {"a.test/read": READ})
     port = free_port()
     with redis_server_process(port) as redis:

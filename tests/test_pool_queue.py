@@ -12,7 +12,7 @@ import trio.lowlevel
 import trio.testing
 
 from sngin.errors import Unavailable
-from sngin.pool import PoolConfig, open_pool
+from sngin.workers.pool import PoolConfig, open_pool
 from tests.support import WAITS_UPSTREAM, Gate
 from tests.support import gate_job as job
 

@@ -12,14 +12,14 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sngin.admin_stats import added_up
-from sngin.cluster_bus import Purge
+from sngin.admin.stats import added_up
 from sngin.config import Settings
-from sngin.live_tails import LogHub
-from sngin.node_share import process_settings, share
-from sngin.process_hub import GATHER_TIMEOUT_S, Hub
-from sngin.process_link import TAKE_TIMEOUT_S, ProcessLink, ProcessRole
-from sngin.process_protocol import Event, FrameReader, Hello, encode_message
+from sngin.node.cluster_bus import Purge
+from sngin.node.hub import GATHER_TIMEOUT_S, Hub
+from sngin.node.link import TAKE_TIMEOUT_S, ProcessLink, ProcessRole
+from sngin.node.protocol import Event, FrameReader, Hello, encode_message
+from sngin.node.share import process_settings, share
+from sngin.observe.live_tails import LogHub
 
 
 @given(st.integers(0, 10**12), st.integers(1, 256))

@@ -6,10 +6,10 @@ import zlib
 
 import pytest
 
-from sngin.codestore import Source
-from sngin.http_body import BodyDecodeError, BoundedDecoder
-from sngin.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
-from sngin.purge_log import PurgeLog
+from sngin.bodies.http_body import BodyDecodeError, BoundedDecoder
+from sngin.code.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
+from sngin.code.purge_log import PurgeLog
+from sngin.code.store import Source
 
 
 def source(size: int) -> Source:
@@ -67,7 +67,7 @@ def test_purge_log_answers_what_a_purge_covered_since_an_epoch():
 
 
 def test_the_runtime_mirror_follows_switches_and_dormant_runtimes():
-    from sngin.runtime_mirror import RuntimeMirror
+    from sngin.workers.runtime_mirror import RuntimeMirror
 
     mirror = RuntimeMirror()
     mirror.switch_to("a.test")

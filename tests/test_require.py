@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 import trio
 
-from sngin.cache import CodeCache
-from sngin.codestore.github import GitHubTokens, open_github_store
+from sngin.code.cache import CodeCache
+from sngin.code.github import GitHubTokens, open_github_store
 from sngin.config import CacheSettings
 from tests.httpserver import LoopbackServer
 from tests.support import TOKEN, running
@@ -354,7 +354,7 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
     import math
 
     from sandbox.protocol import Call
-    from sngin.request_calls import RequestCalls
+    from sngin.calls.request_calls import RequestCalls
 
     settings = CacheSettings(max_entries=40, tenant_share=0.25)
     async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:

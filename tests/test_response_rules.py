@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sngin.edge.response_rules import SERVER_HEADERS, response_headers
 from sngin.errors import ScriptError
-from sngin.response_rules import SERVER_HEADERS, response_headers
 
 
 def test_content_length_is_the_servers():

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import trio
 
-from sngin.codestore import Modified
-from sngin.codestore.s3 import open_s3_store
+from sngin.code.s3_store import open_s3_store
+from sngin.code.store import Modified
 from sngin.config import S3Settings
 from sngin.errors import CodeFetchError
 from tests.httpserver import LoopbackServer
@@ -151,7 +151,7 @@ async def test_expiring_credentials_are_refreshed_without_a_restart(auth_s3):
 
     from botocore.credentials import RefreshableCredentials
 
-    from sngin.codestore.s3 import Endpoint, S3Store
+    from sngin.code.s3_store import Endpoint, S3Store
 
     endpoint, key_id, secret = auth_s3
     refreshed = []
@@ -181,7 +181,7 @@ async def test_expiring_credentials_are_refreshed_without_a_restart(auth_s3):
 
 
 async def test_denied_access_through_the_server_is_502(auth_s3, aws_env, tmp_path):
-    from sngin.cache import CodeCache
+    from sngin.code.cache import CodeCache
     from sngin.config import CacheSettings
     from tests.support import running
 

@@ -12,15 +12,15 @@ from typing import ClassVar
 import pytest
 import trio
 
-from sngin.admin_events import confirm_allowed, offered_token
-from sngin.config import S3Settings
-from sngin.s3_events import (
+from sngin.admin.events import confirm_allowed, offered_token
+from sngin.admin.s3_events import (
     CodeTarget,
     EventError,
     ObjectEvent,
     code_target,
     parse_notification,
 )
+from sngin.config import S3Settings
 from tests.httpserver import LoopbackServer
 from tests.support import (
     AUTH,

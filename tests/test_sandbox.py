@@ -127,7 +127,7 @@ def test_explicit_content_type_is_kept(runtime):
 
 
 def test_the_worker_leaves_content_length_to_the_server(runtime):
-    # The server sets it from the body it sends (sngin.response_rules, tests/test_server.py).
+    # The server sets it from the body it sends (sngin.edge.response_rules, tests/test_server.py).
     assert header(ok(runtime, "return 'hello'"), "content-length") == []
 
 

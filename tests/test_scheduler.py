@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sngin.errors import Unavailable
-from sngin.scheduler import QueueTimeout, Scheduler
+from sngin.workers.scheduler import QueueTimeout, Scheduler
 
 
 @dataclass(eq=False)
@@ -209,7 +209,7 @@ def test_with_no_idle_worker_a_request_is_stacked_behind_computing_ones_of_anoth
 
 
 def test_stacking_stops_at_its_depth_and_at_the_worker_concurrency():
-    from sngin.scheduler import STACK_DEPTH
+    from sngin.workers.scheduler import STACK_DEPTH
 
     deep = StandIn("x", busy=STACK_DEPTH)
     s, _ = scheduler(deep, worker_concurrency=32)

@@ -8,9 +8,9 @@ from functools import partial
 import pytest
 import trio
 
-from sngin import shared_rates
-from sngin.redis_storage import open_redis_storage
-from sngin.shared_rates import SharedRateLimiter
+from sngin.storage.redis import open_redis_storage
+from sngin.tenants import shared_rates
+from sngin.tenants.shared_rates import SharedRateLimiter
 
 
 async def test_a_hung_redis_costs_one_request_the_timeout_then_the_nodes_share(autojump_clock):

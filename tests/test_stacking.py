@@ -11,8 +11,8 @@ import trio.testing
 from sandbox.protocol import Call, CallResult, HttpResult, Job, Reply
 from sandbox.worker import Worker
 from sngin.limits import Limits
-from sngin.notes import RunNote
-from sngin.pool import PoolConfig, open_pool
+from sngin.observe.notes import RunNote
+from sngin.workers.pool import PoolConfig, open_pool
 from tests.support import WAITS_UPSTREAM, Gate, gate_job
 
 
@@ -177,7 +177,7 @@ def test_after_stacked_jobs_are_declined_the_mirror_names_the_tenant_the_child_h
     are all declined. The mirror must end on a.test: naming c.test (the one sent before the
     last) made the worker pass for c.test's own, and c.test's retry was sent back there to be
     declined again, until `no worker could start the request`."""
-    from sngin.runtime_mirror import RuntimeMirror
+    from sngin.workers.runtime_mirror import RuntimeMirror
 
     mirror = RuntimeMirror()
     mirror.switch_to("a.test")
@@ -194,7 +194,7 @@ def test_after_stacked_jobs_are_declined_the_mirror_names_the_tenant_the_child_h
 async def test_a_real_worker_that_declines_several_stacked_jobs_passes_for_the_parked_tenant():
     """The same through WorkerProcess.run and a real worker: a.test parks; b, c and d are sent
     behind it at once and all declined; the worker must still pass for a.test's."""
-    from sngin.worker_process import WorkerProcess
+    from sngin.workers.process import WorkerProcess
 
     gate = Gate()
     with trio.fail_after(30):

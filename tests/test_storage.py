@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from sngin.cli import main
 from sngin.config import StorageSettings
-from sngin.redis_storage import RedisCache, open_redis_storage
-from sngin.sqlite_storage import Quota, QuotaExceeded, SqliteStorage
-from sngin.storage import SqliteBackend, StorageUnavailable, TenantStorage
-from sngin.tenant_cache import TenantCache
+from sngin.storage.redis import RedisCache, open_redis_storage
+from sngin.storage.script_cache import TenantCache
+from sngin.storage.sqlite import Quota, QuotaExceeded, SqliteStorage
+from sngin.storage.tenant_storage import SqliteBackend, StorageUnavailable, TenantStorage
 from tests.support import AUTH, TOKEN, running, serving, wait_until_serving
 from tests.upstream import Upstream
 

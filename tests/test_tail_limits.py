@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 import trio.testing
 
-from sngin.ui_session import COOKIE, Session, sign
+from sngin.admin.session import COOKIE, Session, sign
 from tests.support import AUTH, TOKEN, running
 
 

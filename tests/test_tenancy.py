@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sngin.errors import BadRequest
-from sngin.tenants import script_key, script_path, tenant_of
+from sngin.names import script_key, script_path, tenant_of
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_script_key():
 
 
 def test_purge_covers_scripts_and_files_at_segment_boundaries():
-    from sngin.tenants import covering
+    from sngin.names import covering
 
     keys = ["a.test", "a.test/lib", "a.test/lib/x", "a.test/libx", "a.test//lib/util.lua",
             "a.test//_sngin.json", "a.test//libx.lua", "b.test/lib"]  # fmt: skip

@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from sngin.admission import RateLimiter, TenantAllowlist
-from sngin.cache import PROBE_KEY
+from sngin.calls.outbound import open_outbound
+from sngin.code.cache import PROBE_KEY
 from sngin.config import Ceilings
-from sngin.egress import EgressPolicy
-from sngin.outbound import open_outbound
+from sngin.tenants.admission import RateLimiter, TenantAllowlist
+from sngin.tenants.egress import EgressPolicy
 from tests.support import TOKEN, code_cache, running
 
 SECRET = "s3cr3t-value-0001"
@@ -274,10 +274,10 @@ async def test_rate_limited_tenant_gets_429(tmp_path, mock_clock):
 
 
 def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path, caplog):
-    from sngin.codestore.local import LocalStore
+    from sngin.code.local_store import LocalStore
     from sngin.config import PoolSettings, Settings
     from sngin.limits import Limits
-    from sngin.tenant_config import TenantConfigs
+    from sngin.tenants.config import TenantConfigs
 
     settings = Settings(
         code_dir=tmp_path,
@@ -287,7 +287,7 @@ def test_without_ceilings_a_tenant_cannot_lift_a_limit_past_the_default(tmp_path
     configs = TenantConfigs(LocalStore(tmp_path), settings)
     greedy = b"""{"limits": {"timeout_ms": 999999, "cpu_ms": 999999, "memory_mb": 4096,
                              "concurrency": 100000}}"""
-    caplog.set_level("WARNING", logger="sngin.tenant_config")
+    caplog.set_level("WARNING", logger="sngin.tenants.config")
     for _ in range(3):
         config = configs.parse("a.test", greedy)
     limits = config.limits

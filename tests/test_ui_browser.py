@@ -14,8 +14,8 @@ import httpx
 import pytest
 import trio
 
+from sngin.admin.session import COOKIE, new_session, sign
 from sngin.config import S3Settings
-from sngin.ui_session import COOKIE, new_session, sign
 from tests.support import TOKEN, code_cache, running
 
 HOST = "ui.test"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from sngin.ui_session import COOKIE, Session, sign
+from sngin.admin.session import COOKIE, Session, sign
 from tests.support import AUTH, TOKEN, running
 
 HOST = "ses.test"
@@ -123,7 +123,7 @@ async def test_the_ui_can_be_turned_off(tmp_path):
 
 
 async def test_a_site_s_last_minutes_are_kept_in_ten_second_points(tmp_path):
-    from sngin.tenant_series import BUCKETS, TenantSeries
+    from sngin.observe.series import BUCKETS, TenantSeries
 
     series = TenantSeries()
     series.record(HOST, 1_000_000.0 - 600, 200, 1.0, 0.0)  # ten minutes ago: its slot reused

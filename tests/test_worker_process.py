@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from sandbox.protocol import Job, Request, WireLimits
-from sngin.worker_process import (
+from sngin.workers.process import (
     CPU_KILL,
     CRASH,
     PROTOCOL,

@@ -1,4 +1,4 @@
-"""Workers forked from the zygote (sandbox/zygote.py, sngin/worker_zygote.py): they are the
+"""Workers forked from the zygote (sandbox/zygote.py, sngin/workers/zygote.py): they are the
 zygote's children, not the server's; each has its own random seeds; their exits are told apart
 as before; a zygote that dies is replaced and the workers it forked serve on; nothing is left
 behind when the pool closes."""
@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from sngin.limits import Limits
-from sngin.pool import PoolConfig, open_pool
+from sngin.workers.pool import PoolConfig, open_pool
 from tests.support import WAITS_UPSTREAM, Gate, gate_job
 
 

@@ -1,0 +1,307 @@
+"""The management API for tenants' code, under /__sngin/code (docs/admin.md): list tenants and
+their files, read a file, and create, update or delete one. Updates and deletes are conditional
+(`If-Match` with the etag the client loaded, `If-None-Match: *` to create): a file that changed
+meanwhile is a 412 carrying its current version, never a silent overwrite. Every write purges
+what it changed, on every node and process. `SNGIN_UI=readonly` refuses writes, `off` the API.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+
+from sandbox.protocol import BAD_SOURCE, Job, Request
+from sngin.admin.access import Answer, Caller
+from sngin.admin.bodies import bounded_body, too_large
+from sngin.admin.guard import Access, Guard, granted
+from sngin.admin.preview import preview_body, run_preview
+from sngin.admin.stats import tenant_series
+from sngin.code.files import (
+    MAX_FILE_BYTES,
+    Conflict,
+    FileVersion,
+    content_hash,
+    file_path,
+    text_or_none,
+)
+from sngin.errors import BadRequest, SnginError
+from sngin.names import CONFIG_NAME
+from sngin.observe.series import BUCKET_S
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from sngin.code.files import CodeFiles
+    from sngin.edge.deps import Deps
+
+log = logging.getLogger(__name__)
+
+SYNTAX_ERROR = re.compile(r":(\d+): (.*)", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    files: CodeFiles
+    tenant: str  # the tenant the route names ("" for the tenants' list)
+    caller: Caller
+
+
+Gate = Allowed | Answer
+
+MAX_PREVIEW_BYTES = 4 * MAX_FILE_BYTES  # the source and the sample request, as JSON
+NEEDS_IF_MATCH = "send If-Match with the etag of the version you loaded"
+NEEDS_CONDITION = (
+    f"{NEEDS_IF_MATCH} (or If-None-Match: * to create the file): writes never overwrite blindly"
+)
+
+
+def purge_folder(path: str) -> str:
+    """What a write of `path` purges: its script ('a/b/index.lua' -> 'a/b') or itself."""
+    if path == "index.lua":
+        return ""
+    if path.endswith("/index.lua"):
+        return path.removesuffix("/index.lua")
+    return path
+
+
+def version_body(version: FileVersion | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    text = text_or_none(version.content)
+    body: dict[str, Any] = {"etag": version.etag, "size": len(version.content), "content": text}
+    if text is None:
+        body["content_base64"] = base64.b64encode(version.content).decode()
+    return body
+
+
+def etag_of(header: str) -> str:
+    return header.strip().removeprefix("W/").strip('"')
+
+
+def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
+    async def gate(*, writing: bool = False) -> Gate:
+        """The store, the tenant named (if any) and the caller (the guard let them through:
+        the admin token acts on every tenant, a tenant's token on that tenant only), or the
+        answer when SNGIN_UI turns the API off or read-only."""
+        found = granted()
+        mode = deps.settings.ui
+        if mode == "off" or deps.files is None:
+            return {"error": "the management API is off (SNGIN_UI=off)"}, 404
+        if writing and mode == "readonly":
+            return {"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403
+        return Allowed(deps.files, found.tenant or "", found.caller)
+
+    def path_argument() -> str:
+        return file_path(request.args.get("path", ""))
+
+    @admin.get("/__sngin/code")
+    @guard.allow(Access.TENANT)
+    async def list_tenants() -> Answer:
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        try:
+            tenants = await allowed.files.tenants()
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
+
+    @admin.get("/__sngin/code/<host>")
+    @guard.allow(Access.TENANT)
+    async def list_files(host: str) -> Answer:
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        try:
+            listed = await files.files(tenant)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        return {"host": tenant, "files": [dataclasses.asdict(f) for f in listed]}, 200
+
+    @admin.get("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
+    async def read_file(host: str) -> Any:
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        try:
+            path = path_argument()
+            version = await files.read(tenant, path)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        if version is None:
+            return {"error": f"{tenant} has no file {path}"}, 404
+        kind = "application/json" if path.endswith(CONFIG_NAME) else "text/x-lua; charset=utf-8"
+        headers = {"ETag": f'"{version.etag}"', "Content-Type": kind, "Cache-Control": "no-store"}
+        return Response(version.content, 200, headers)
+
+    @admin.put("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
+    async def write_file(host: str) -> Answer:
+        allowed = await gate(writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        # Read (bounded) before any other answer, so the connection stays usable.
+        data = await bounded_body(MAX_FILE_BYTES)
+        if data is None:
+            return too_large(MAX_FILE_BYTES)
+        if_match = request.headers.get("If-Match")
+        creating = request.headers.get("If-None-Match", "").strip() == "*"
+        if if_match is None and not creating:
+            return {"error": NEEDS_CONDITION}, 428
+        try:
+            path = path_argument()
+            expected = None if creating else etag_of(if_match or "")
+            etag = await files.write(tenant, path, data, if_match=expected)
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: %s %s/%s (%d bytes)", "created" if creating else "updated",
+                 tenant, path, len(data))  # fmt: skip
+        body = {"host": tenant, "path": path, "etag": etag, "purged": purged}
+        return body, 201 if creating else 200, {"ETag": f'"{etag}"'}
+
+    @admin.post("/__sngin/code/<host>/check")
+    @guard.allow(Access.TENANT)
+    async def check(host: str) -> Answer:
+        """Compile a script or module in a worker (never in the server process), without
+        running it: its syntax errors with their lines."""
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        tenant = allowed.tenant
+        source = await bounded_body(MAX_FILE_BYTES)
+        if source is None:
+            return too_large(MAX_FILE_BYTES)
+        try:
+            path = path_argument()
+            if not path.endswith(".lua"):
+                raise BadRequest("only Lua files are compiled")
+            chunk = f"{tenant}/{path}"
+            job = Job(
+                tenant=tenant, key=chunk, version=content_hash(source),
+                request=Request(method="GET", path="/" + path, host=tenant), source=source,
+                check_only=True,
+            )  # fmt: skip
+            reply = await deps.pool.run(job)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        if reply.error == BAD_SOURCE:
+            return {"path": path, "ok": False, "errors": syntax_errors(reply.message, chunk)}, 200
+        if reply.error is not None:
+            return {"error": reply.message or reply.error}, 500
+        return {"path": path, "ok": True, "errors": []}, 200
+
+    @admin.get("/__sngin/code/<host>/series")
+    @guard.allow(Access.TENANT)
+    async def series(host: str) -> Answer:
+        """The site's last ten minutes in 10-second points (requests/s, 5xx, CPU, p50/p99)."""
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        points = await tenant_series(deps, allowed.tenant)
+        return {"host": allowed.tenant, "bucket_s": BUCKET_S, "points": points}, 200
+
+    @admin.get("/__sngin/code/<host>/history")
+    @guard.allow(Access.TENANT)
+    async def history(host: str) -> Answer:
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        try:
+            path = path_argument()
+            versions = await allowed.files.history(allowed.tenant, path)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        listed = [dataclasses.asdict(v) for v in versions]
+        return {"host": allowed.tenant, "path": path, "versions": listed}, 200
+
+    @admin.post("/__sngin/code/<host>/restore")
+    @guard.allow(Access.TENANT)
+    async def restore(host: str) -> Answer:
+        """An earlier version made the current one again (itself a conditional write)."""
+        allowed = await gate(writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            return {"error": NEEDS_IF_MATCH}, 428
+        try:
+            path = path_argument()
+            version_id = request.args.get("version", "")
+            version = await files.read_version(tenant, path, version_id)
+            if version is None:
+                return {"error": f"{path} has no version {version_id[:64]!r}"}, 404
+            etag = await files.write(tenant, path, version.content, if_match=etag_of(if_match))
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: restored %s/%s to version %s", tenant, path, version_id)
+        body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
+        return body | {"purged": purged}, 200
+
+    @admin.post("/__sngin/code/<host>/preview")
+    @guard.allow(Access.TENANT)
+    async def preview(host: str) -> Answer:
+        """Run a source that is not saved with a sample request (sngin.admin.preview)."""
+        allowed = await gate()
+        if not isinstance(allowed, Allowed):
+            return allowed
+        data = await bounded_body(MAX_PREVIEW_BYTES)
+        if data is None:
+            return too_large(MAX_PREVIEW_BYTES)
+        try:
+            body = preview_body(data)
+            return await run_preview(deps, allowed.tenant, body), 200
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+
+    @admin.delete("/__sngin/code/<host>/file")
+    @guard.allow(Access.TENANT)
+    async def delete_file(host: str) -> Answer:
+        allowed = await gate(writing=True)
+        if not isinstance(allowed, Allowed):
+            return allowed
+        files, tenant = allowed.files, allowed.tenant
+        if_match = request.headers.get("If-Match")
+        if if_match is None:
+            return {"error": NEEDS_IF_MATCH}, 428
+        try:
+            path = path_argument()
+            await files.delete(tenant, path, if_match=etag_of(if_match))
+        except Conflict as exc:
+            return conflict(exc)
+        except SnginError as exc:
+            return {"error": exc.message}, exc.status
+        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        log.info("code: deleted %s/%s", tenant, path)
+        return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
+
+
+def syntax_errors(message: str, chunk: str) -> list[dict[str, Any]]:
+    """LuaJIT's compile error ('<chunk>:<line>: <message>') as the check answers it."""
+    found = SYNTAX_ERROR.match(message.removeprefix(chunk))
+    if found is None:
+        return [{"line": None, "message": message}]
+    return [{"line": int(found.group(1)), "message": found.group(2)}]
+
+
+def conflict(exc: Conflict) -> Answer:
+    if exc.current is None:
+        return {"error": "the file does not exist (any more)", "current": None}, 412
+    message = "the file is not the version you loaded: it changed, or already exists"
+    return {"error": message, "current": version_body(exc.current)}, 412

@@ -1,0 +1,273 @@
+"""One request's platform calls, answered by the server: http.request within the request's
+subrequest budget, deadline and the server's budget for bodies in flight, and modules for
+`require` (within their own budget) from the tenant's store or the GitHub raw host."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from sandbox.protocol import Call, CallResult, ModuleSource
+from sngin.bodies.http_body import BodyCost
+from sngin.calls.alerts import AlertFailed
+from sngin.calls.mail import MailRefused
+from sngin.calls.outbound import DEFAULT_TIMEOUT_S
+from sngin.calls.rules import email_call_problem, http_call_problem, module_name_problem
+from sngin.calls.storage_calls import StorageCalls, StorageRefused
+from sngin.errors import CodeFetchError
+from sngin.names import file_key
+
+if TYPE_CHECKING:
+    from sngin.bodies.budgets import MemoryBudget
+    from sngin.calls.alerts import Alerts
+    from sngin.calls.mail import Mailer
+    from sngin.calls.outbound import Outbound
+    from sngin.code.github import GitHubTokens
+    from sngin.code.store import CodeSource, Source
+    from sngin.tenants.egress import TenantEgress
+
+# Leave the script this long to answer after a call that used up its wall time.
+WALL_MARGIN_S: Final = 0.05
+
+
+MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
+MAX_PLACES: Final = 4  # a search has at most two places today
+FALLBACK_BRANCHES: Final = ("master", "main")  # webscript's user/repo/path form
+
+
+class RequestCalls:
+    """Answers one request's platform calls: http.request within its subrequest budget and
+    deadline, and modules for `require` (within their own budget) from the tenant's own store
+    or the GitHub raw host."""
+
+    def __init__(
+        self,
+        outbound: Outbound | None,
+        *,
+        tenant: str,
+        deadline: float,
+        request_id: str,
+        max_subrequests: int,
+        max_modules: int = 100,
+        store: CodeSource | None = None,
+        github: CodeSource | None = None,
+        egress: TenantEgress | None = None,
+        bodies: MemoryBudget | None = None,
+        default_modules: str | None = None,
+        mailer: Mailer | None = None,
+        alerts: Alerts | None = None,
+        alert_webhook: str | None = None,
+        github_tokens: GitHubTokens | None = None,
+        github_token: str | None = None,
+        storage: StorageCalls | None = None,
+    ) -> None:
+        self.storage = storage  # this request's storage, lease and cache calls
+        self._github_tokens = github_tokens
+        self._github_token = github_token  # the tenant's own, for its fetches only
+        self._mailer = mailer
+        self._alerts = alerts
+        self._alert_webhook = alert_webhook  # the tenant's own (_sngin.json alerts.webhook)
+        # "<owner>/<repo>/<ref>": where bare names a tenant does not have are looked for
+        self._default_modules = default_modules
+        self._egress = egress
+        self._bodies = bodies  # the server-wide budget for subrequest bodies in flight
+        self._outbound = outbound
+        self._tenant = tenant
+        self._deadline = deadline
+        self._request_id = request_id
+        self._left = max_subrequests
+        self._max = max_subrequests
+        self._modules_left = max_modules
+        self._max_modules = max_modules
+        self._store = store
+        self._github = github
+        self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
+
+    async def __call__(self, call: Call) -> CallResult:
+        if call.module is not None:
+            if self._modules_left <= 0:
+                return CallResult(
+                    id=call.id,
+                    call_id=call.call_id,
+                    error=f"more than {self._max_modules} module fetches in one request",
+                )
+            self._modules_left -= 1
+            return await self._module(call, call.module)
+        if call.storage is not None:
+            if self.storage is None:
+                return CallResult(id=call.id, call_id=call.call_id, error="not available here")
+            try:
+                value = await self.storage(call.storage)
+            except StorageRefused as exc:
+                return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
+            return CallResult(id=call.id, call_id=call.call_id, done=True, value=value)
+        if call.email is not None or call.alert is not None:
+            return await self._notice(call)
+        if call.http is None:
+            return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
+        if self._outbound is None:
+            return CallResult(id=call.id, call_id=call.call_id, error="not available here")
+        if self._left <= 0:
+            return CallResult(
+                id=call.id,
+                call_id=call.call_id,
+                error=f"more than {self._max} subrequests in one request",
+            )
+        problem = http_call_problem(call.http)
+        if problem is not None:
+            return CallResult(id=call.id, call_id=call.call_id, error=problem)
+        self._left -= 1
+        remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
+        timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
+        lease = self._bodies.lease() if self._bodies is not None else None
+        try:
+            result = await self._outbound.fetch(
+                call.http,
+                timeout_s=timeout,
+                request_id=self._request_id,
+                tenant=self._tenant,
+                egress=self._egress,
+                cost=self.cost,
+                lease=lease,
+            )
+        finally:
+            # The body is framed for the worker as soon as this returns; the frame, not the
+            # body, is what waits for the pipe.
+            if lease is not None:
+                lease.release()
+        return CallResult(id=call.id, call_id=call.call_id, http=result)
+
+    async def _notice(self, call: Call) -> CallResult:
+        """email.send and alert.*: they count against the subrequest budget too."""
+        if self._left <= 0:
+            return CallResult(
+                id=call.id,
+                call_id=call.call_id,
+                error=f"more than {self._max} subrequests in one request",
+            )
+        self._left -= 1
+        timeout = self._deadline - trio.current_time() - WALL_MARGIN_S
+        if timeout <= 0:
+            return CallResult(id=call.id, call_id=call.call_id, error="no time left")
+        try:
+            if call.email is not None:
+                problem = email_call_problem(call.email)
+                if problem is not None:
+                    raise MailRefused(problem)
+                if self._mailer is None:
+                    raise MailRefused("email is not available here")
+                await self._mailer.send(call.email, timeout_s=timeout, egress=self._egress)
+            elif call.alert is not None:
+                if self._alerts is None:
+                    raise AlertFailed("alerts are not available here")
+                await self._alerts.raise_alert(
+                    call.alert,
+                    tenant=self._tenant,
+                    request_id=self._request_id,
+                    webhook=self._alert_webhook,
+                    timeout_s=min(timeout, DEFAULT_TIMEOUT_S),
+                    egress=self._egress,
+                )
+        except (MailRefused, AlertFailed) as exc:
+            return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
+        return CallResult(id=call.id, call_id=call.call_id, done=True)
+
+    async def _module(self, call: Call, search: str) -> CallResult:
+        """A require's search (sandbox/lua/prelude/09-modules.lua): the first of its places
+        that has the file. 'tenant:' reads this tenant's store only; 'github:' and 'ghpath:'
+        (master, else main) and 'default:' (the default module repository) read the GitHub
+        raw host. Module fetches have their own budget (one per require), not the
+        subrequests'."""
+        looked: list[str] = []
+        try:
+            places = search.split("|")
+            if len(places) > MAX_PLACES:
+                raise CodeFetchError("too many places to look for one module")
+            for place in places:
+                for location in self._locations(place):
+                    try:
+                        source, chunkname = await self._fetch_module(location)
+                    except CodeFetchError as exc:
+                        message = self._unreachable(place, location, looked, exc)
+                        raise CodeFetchError(message) from None
+                    if source is not None:
+                        return self._answer(call, location, source, chunkname)
+                    looked.append(shown(location, self._tenant))
+        except CodeFetchError as exc:
+            return CallResult(id=call.id, call_id=call.call_id, error=exc.message)
+        where = " or ".join(looked) if looked else "the module sources this server has"
+        return CallResult(
+            id=call.id, call_id=call.call_id, error=f"module not found (looked for {where})"
+        )
+
+    def _unreachable(
+        self, place: str, location: str, looked: list[str], exc: CodeFetchError
+    ) -> str:
+        """Where the search stopped and why, and (for the default module repository) how to
+        turn that repository off."""
+        text = f"{exc.message} while looking for {shown(location, self._tenant)}"
+        if looked:
+            text += f" (not found in {' or '.join(looked)})"
+        if place.startswith("default:"):
+            text += (
+                f"; it is the default module repository ({self._default_modules}:"
+                " SNGIN_DEFAULT_MODULES, empty turns it off)"
+            )
+        return text
+
+    def _locations(self, place: str) -> list[str]:
+        """Where one place of a search may be: "tenant:<path>" or "github:<user>/<repo>/<ref>/
+        <path>", each name checked."""
+        kind, _, path = place.partition(":")
+        problem = module_name_problem(path)
+        if problem is not None:
+            raise CodeFetchError(problem)
+        if not MODULE_PATH.match(path) or ".." in path.split("/"):
+            raise CodeFetchError(f"invalid module name {path}")
+        if kind == "tenant":
+            return [place]
+        if kind == "github":
+            return [place]
+        if kind == "ghpath":
+            parts = path.split("/", 2)
+            if len(parts) < 3:
+                raise CodeFetchError(f"invalid module name {path}")
+            user, repo, rest = parts
+            return [f"github:{user}/{repo}/{branch}/{rest}" for branch in FALLBACK_BRANCHES]
+        if kind == "default":
+            return [f"github:{self._default_modules}/{path}"] if self._default_modules else []
+        raise CodeFetchError(f"invalid module name {place}")
+
+    async def _fetch_module(self, location: str) -> tuple[Source | None, str]:
+        kind, _, path = location.partition(":")
+        if kind == "tenant":
+            if self._store is None:
+                raise CodeFetchError("modules are not available here")
+            return await self._store.fetch(file_key(self._tenant, path)), f"{self._tenant}/{path}"
+        if self._github is None:
+            raise CodeFetchError("modules from GitHub are not available here")
+        # Counted against this tenant's share of the module cache, which every tenant shares:
+        # one tenant's many URLs cannot flush the others' modules. A fetch made with a token
+        # is cached under its scope (GitHubTokens): no other tenant reads it.
+        key = path
+        if self._github_tokens is not None:
+            key = self._github_tokens.key_for(path, self._tenant, self._github_token)
+        return await self._github.fetch(key, owner=self._tenant), f"github.com/{path}"
+
+    def _answer(self, call: Call, location: str, source: Source, chunkname: str) -> CallResult:
+        unchanged = call.module_have == f"{location}\0{source.version}"
+        module = ModuleSource(
+            text=b"" if unchanged else source.text,
+            version=source.version,
+            chunkname=chunkname,
+            location=location,
+            unchanged=unchanged,
+        )
+        return CallResult(id=call.id, call_id=call.call_id, module=module)
+
+
+def shown(location: str, tenant: str) -> str:
+    kind, _, path = location.partition(":")
+    return f"{tenant}/{path}" if kind == "tenant" else f"github.com/{path}"

@@ -1,0 +1,187 @@
+"""The tenant pipeline: from a request the edge has accepted to the worker's Reply.
+
+resolve(): Host -> tenant (allowlist) and path -> script key, before the body is read;
+run(): tenant config (enabled, rate limit) -> code (the store, `$cb`) -> Job -> pool, with the
+request's platform calls answered by RequestCalls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+import trio
+
+from sandbox.protocol import Job, Reply, Request
+from sngin.bodies.request_body import MULTIPART, header, parse_form_data
+from sngin.calls.request_calls import RequestCalls
+from sngin.calls.storage_calls import StorageCalls
+from sngin.edge.forwarding import client_of
+from sngin.errors import CodeNotFound, TenantNotFound
+from sngin.names import host_of, names_admin_origin, script_key, script_path, tenant_of
+from sngin.tenants.admission import TenantAllowlist
+from sngin.tenants.config import TenantConfig
+
+if TYPE_CHECKING:
+    from sngin.edge.deps import Deps
+    from sngin.observe.tracing import RequestTrace
+
+log = logging.getLogger(__name__)
+script_log = logging.getLogger("sngin.script")
+
+Scope = MutableMapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: its tenant and script key."""
+
+    tenant: str
+    key: str
+
+
+def wants_fresh_code(query: bytes) -> bool:
+    """True when the query has a `$cb` parameter (the seed's cache buster; bare `cb` is not)."""
+    if b"cb" not in query:
+        return False
+    for part in query.split(b"&"):
+        name = part.split(b"=", 1)[0]
+        if name == b"$cb" or unquote_to_bytes(name.replace(b"+", b" ")) == b"$cb":
+            return True
+    return False
+
+
+class TenantPipeline:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        settings = deps.settings
+        self._trusted = settings.trusted_proxies
+        self._admin_host = settings.admin_host  # the admin origin's name: never a tenant
+        self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
+        self._default_config = TenantConfig(limits=settings.limits)
+
+    def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
+        """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
+        operator does not serve. Decided before any store request: random-Host scans never
+        reach S3."""
+        host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
+        if names_admin_origin(host_of(host), self._admin_host):
+            # An IP literal, localhost, SNGIN_ADMIN_HOST: the admin origin, never a site.
+            raise TenantNotFound("no site is served at this host")
+        tenant = tenant_of(host)
+        if not self._allowlist.allows(tenant):
+            raise TenantNotFound("no site is served at this host")
+        trace.tenant = tenant
+        return Route(tenant, script_key(tenant, script_path(scope["path"])))
+
+    async def run(self, scope: Scope, route: Route, body: bytes, trace: RequestTrace) -> Reply:
+        tenant, key = route.tenant, route.key
+        query = scope.get("query_string", b"")
+        fresh = wants_fresh_code(query)
+        config = await self._config(tenant, fresh)
+        await self.deps.site_gate.admit(tenant, config)
+        source = await self.deps.store.fetch(key, revalidate=fresh, note=trace.fetch)
+        if source is None:
+            raise CodeNotFound(f"no script for {scope['path']}")
+        headers = scope["headers"]
+        remote_addr, scheme = client_of(scope, headers, self._trusted)
+        form = files = None
+        content_type = header(headers, b"content-type") or b""
+        if content_type[: len(MULTIPART)].lower() == MULTIPART:
+            form, files = parse_form_data(content_type, body)
+        request = Request(
+            method=scope["method"],
+            path=scope["path"],
+            querystring=query,
+            headers=headers,
+            body=body,
+            host=tenant,
+            scheme=scheme,
+            port=(scope.get("server") or ("", 80))[1] or 80,
+            remote_addr=remote_addr,
+            id=trace.id,
+            form=form,
+            files=files,
+        )
+        job = Job(
+            tenant=tenant,
+            key=key,
+            version=source.version,
+            request=request,
+            limits=config.limits.wire,
+            source=source.text,
+            env=config.env,
+        )
+        redact = config.redact if config.secrets else None
+        calls = self._calls(tenant, request.id, config)
+        try:
+            reply = await self.deps.pool.run(
+                job,
+                calls,
+                limits=config.limits,
+                concurrency=config.concurrency,
+                redact=redact,
+                note=trace.run,
+            )
+        finally:
+            # Also when the run ends in a limit kill: the server's work is still the tenant's,
+            # and every lease the request took is free for the next one at once.
+            trace.decode_ms = calls.cost.decode_s * 1000
+            if calls.storage is not None:
+                await calls.storage.release_all()
+                trace.storage_ms = calls.storage.seconds * 1000
+                if calls.storage.operations:
+                    self.deps.observer.metrics.storage_used(
+                        tenant, calls.storage.operations, calls.storage.seconds
+                    )
+        if reply.error is not None and redact is not None:
+            reply = msgspec.structs.replace(reply, message=redact(reply.message))
+        trace.cpu_ms = reply.cpu_ms
+        if reply.error is not None:
+            trace.error = reply.message
+        if reply.logs_dropped:
+            # The lines themselves were streamed (and logged) as the script wrote them.
+            script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
+        return reply
+
+    async def _config(self, tenant: str, fresh: bool) -> TenantConfig:
+        configs = self.deps.configs
+        if configs is None:
+            return self._default_config
+        return await configs.get(tenant, revalidate=fresh)
+
+    def _calls(self, tenant: str, request_id: str, config: TenantConfig) -> RequestCalls:
+        deps = self.deps
+        wall_s = config.limits.timeout_ms / 1000
+        deadline = trio.current_time() + wall_s
+        return RequestCalls(
+            deps.outbound,
+            tenant=tenant,
+            deadline=deadline,
+            request_id=request_id,
+            max_subrequests=config.limits.max_subrequests,
+            max_modules=config.limits.max_modules,
+            store=deps.store,
+            github=deps.github,
+            egress=config.egress,
+            bodies=deps.budgets.subrequest_bodies,
+            default_modules=deps.settings.default_modules,
+            mailer=deps.mailer,
+            alerts=deps.alerts,
+            alert_webhook=config.alert_webhook,
+            github_tokens=deps.github_tokens,
+            github_token=config.github_token,
+            storage=StorageCalls(
+                deps.storage,
+                deps.tenant_cache,
+                deps.settings.storage,
+                tenant=tenant,
+                deadline=deadline,
+                wall_s=wall_s,
+                quota=config.storage_quota,
+            ),
+        )

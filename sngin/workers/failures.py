@@ -1,0 +1,59 @@
+"""Why a worker ended, and how a request on it learns: the exit reasons, the errors, and the
+classification of an exit status."""
+
+from __future__ import annotations
+
+import signal
+from typing import Final
+
+from sandbox.protocol import EXIT_MEMORY
+
+# Why a worker ended.
+CPU_KILL: Final = "cpu"
+WALL_KILL: Final = "wall"
+MEMORY: Final = "memory"
+CRASH: Final = "crash"
+# Not an exit: a request stacked behind other requests ran out of wall time before it started
+# (its worker goes on; sngin.workers.frame_channel).
+NEVER_STARTED: Final = "never_started"
+PROTOCOL: Final = "protocol"
+RECYCLE: Final = "recycle"
+RETIRED: Final = "retired"  # an extra worker no longer needed (sngin.workers.supervisor.retire)
+
+
+class WorkerFailed(Exception):
+    """A request ended with its worker gone. `reason` is one of the constants above; `sibling`
+    is True when another request on the same worker caused it; `unstarted` when the request
+    had not begun to run (it may safely run elsewhere)."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        sibling: bool = False,
+        unstarted: bool = False,
+        platform: bool = False,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.sibling = sibling
+        self.unstarted = unstarted
+        # The time ran out while the request waited on a storage or cache backend: the
+        # platform's stall, not the tenant's doing, so no quarantine strike.
+        self.platform = platform
+
+
+class WorkerBootFailed(Exception):
+    """The worker exited or hung before saying it was ready."""
+
+
+def classify_exit(returncode: int | None, killed_for: str | None) -> str:
+    if killed_for is not None:
+        return killed_for
+    if returncode == -signal.SIGPROF:
+        return CPU_KILL
+    if returncode == EXIT_MEMORY:
+        return MEMORY
+    return CRASH
