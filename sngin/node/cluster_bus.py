@@ -22,6 +22,8 @@ import coredis.exceptions
 import msgspec
 import trio
 
+from sngin.backoff import Backoff
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -173,7 +175,7 @@ class ClusterBus:
             await self._run()
 
     async def _run(self) -> None:
-        retry_s = RETRY_S
+        backoff = Backoff(RETRY_S, MAX_RETRY_S)
         while True:
             self._reached = False
             try:
@@ -193,8 +195,9 @@ class ClusterBus:
                     raise
                 self._lost(failures.exceptions[0])
             # Back off while Redis stays away; start over after a connection that worked.
-            retry_s = RETRY_S if self._reached else min(MAX_RETRY_S, retry_s * 2)
-            await trio.sleep(retry_s)
+            if self._reached:
+                backoff.succeeded()
+            await trio.sleep(backoff.next_delay())
 
     async def _follow(self, client: Any) -> None:
         last, added = stream_state(await self._info(client))

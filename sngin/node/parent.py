@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 from prometheus_client import multiprocess
 
+from sngin.backoff import Backoff
 from sngin.errors import ConfigError
 from sngin.node.hub import Hub, Slot
 from sngin.observe.observer import MULTIPROC_DIR
@@ -135,7 +136,8 @@ class NodeParent:
 
     async def _keep(self, slot: Slot) -> None:
         """Run slot's process, and start it again each time it ends, until the node stops."""
-        failures, retry_s = 0, SPAWN_RETRY_S
+        failures = 0  # at start-up: failed starts in a row
+        backoff = Backoff(SPAWN_RETRY_S, MAX_SPAWN_RETRY_S)
         while not self.stopping.is_set():
             status = await self._run_once(slot)
             if self.stopping.is_set():
@@ -152,8 +154,9 @@ class NodeParent:
                     await self.stop()
                     return
             # 0.5 s after a process that had served; doubled per failure in a row (to 30 s).
-            delay = SPAWN_RETRY_S if ran_ok else retry_s
-            retry_s = min(MAX_SPAWN_RETRY_S, delay * 2)
+            if ran_ok:
+                backoff.succeeded()
+            delay = backoff.next_delay()
             log.error(
                 "process %d (pid %d) %s: starting it again in %.1f s",
                 slot.index, slot.pid, exit_text(status), delay,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from sngin.backoff import Backoff
 from sngin.errors import SnginError
 from sngin.workers.process import (
     RECYCLE,
@@ -72,11 +73,9 @@ class Supervisor:
         self.closing = False
         self.started = self.replaced = self.retired_switches = 0
         self.exits: Counter[str] = Counter()
-        self._boot_failures = 0
+        self._boot = Backoff(spawn_retry_s, max_spawn_retry_s)  # failed starts in a row
         self._gave_up = False
         self.serving = False  # start() is done: from now on a failed start is retried forever
-        self._spawn_retry_s = spawn_retry_s
-        self._max_spawn_retry_s = max_spawn_retry_s
         self.spawn_failures = 0  # since start, all told
         self.zygote: Zygote | None = None  # forks workers in ms (sngin.workers.zygote)
         self.starting = 0  # extra workers being started
@@ -140,23 +139,19 @@ class Supervisor:
             except (WorkerBootFailed, OSError) as exc:
                 if self._gave_up:
                     return  # another spawner already stopped the pool: one error is enough
-                self._boot_failures += 1
+                delay = self._boot.next_delay()
                 self.spawn_failures += 1
                 self.changed()
-                if not self.serving and self._boot_failures >= MAX_BOOT_FAILURES:
+                if not self.serving and self._boot.failures >= MAX_BOOT_FAILURES:
                     self._gave_up = True
                     raise WorkerBootError(
-                        f"workers fail to start ({self._boot_failures} times in a row): {exc}"
+                        f"workers fail to start ({self._boot.failures} times in a row): {exc}"
                     ) from None
                 if self.closing:
                     return
-                delay = min(
-                    self._spawn_retry_s * 2 ** min(self._boot_failures - 1, 30),
-                    self._max_spawn_retry_s,
-                )
                 log.error("cannot start a worker: %s; retrying in %.3g s", exc, delay)
                 await trio.sleep(delay)
-        self._boot_failures = 0
+        self._boot.succeeded()
         self._register(worker)
 
     def _register(self, worker: WorkerProcess) -> None:
