@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import trio
 
-from sngin.workers.pipes import READ_SIZE, READS_BEFORE_YIELD, PipeReader, PipeWriter
+from sandbox.frame_input import READ_SIZE
+from sngin.workers.pipes import READS_BEFORE_YIELD, PipeReader, PipeWriter
 
 
 def nonblocking_pipe() -> tuple[int, int]:
@@ -91,6 +93,37 @@ async def test_a_closed_reader_refuses_to_read_a_reused_fd():
     try:
         with pytest.raises(trio.ClosedResourceError):
             await reader.receive_exactly(1)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_both_ends_share_one_frame_buffer_and_a_large_frame_gets_its_own():
+    """sandbox.frame_input.FrameBuffer is the buffering of the worker's stdin reader and of the
+    server's PipeReader: what is buffered comes first, a frame larger than one read is read
+    into a buffer of its own with the buffered part already at its start."""
+    from sandbox.frame_input import FrameBuffer, FrameInput
+
+    frames = FrameBuffer()
+    assert frames.take(3) is None
+    assert frames.wanted(3) == READ_SIZE
+    frames.feed(b"abcdef")
+    assert frames.large_frame(4) is None  # small: taken from the buffer
+    assert frames.take(4) == b"abcd"
+    large = frames.large_frame(READ_SIZE + 10)
+    assert large is not None
+    frame, have = large
+    assert (bytes(frame[:have]), have, len(frame), frames.empty) == (b"ef", 2, READ_SIZE + 10, True)
+    read_fd, write_fd = os.pipe()
+    try:
+        payload = os.urandom(READ_SIZE * 3)
+        reader = FrameInput(read_fd)
+        os.write(write_fd, payload[:100])
+        assert reader.read(10) == payload[:10]  # buffered the rest of the 100 bytes
+        writer = threading.Thread(target=os.write, args=(write_fd, payload[100:]))
+        writer.start()
+        assert reader.read(len(payload) - 10) == payload[10:]
+        writer.join()
     finally:
         os.close(read_fd)
         os.close(write_fd)

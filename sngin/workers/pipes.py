@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
-from sandbox.protocol import take_prefix
+from sandbox.frame_input import FrameBuffer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 T = TypeVar("T", bytes, int)
 
-READ_SIZE: Final = 65536
 READS_BEFORE_YIELD: Final = 16  # a flooding writer cannot keep the reader from yielding
 
 
@@ -101,39 +100,36 @@ class PipeWriter:
 
 
 class PipeReader:
-    """Reads exact byte counts, waiting for readability only when the buffer runs short."""
+    """Reads exact byte counts, waiting for readability only when the buffer runs short (the
+    buffering is the worker's own, sandbox.frame_input.FrameBuffer)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._buffer = bytearray()
+        self._frames = FrameBuffer()
         self._reads = 0
         self.closed = False
 
     async def receive_exactly(self, size: int) -> bytes | bytearray:
-        """size bytes. A frame larger than one read is read straight into a buffer of its own
-        (one copy, from the kernel), not in chunks appended to the shared buffer."""
-        if size > READ_SIZE and len(self._buffer) < size:
-            return await self._receive_large(size)
-        while len(self._buffer) < size:
+        """size bytes."""
+        large = self._frames.large_frame(size)
+        if large is not None:
+            return await self._receive_into(*large)
+        while (data := self._frames.take(size)) is None:
             self._reads += 1
             if self._reads >= READS_BEFORE_YIELD:
                 self._reads = 0
                 await trio.lowlevel.checkpoint()
                 continue
-            chunk = await self._read_once(os.read, max(READ_SIZE, size - len(self._buffer)))
+            chunk = await self._read_once(os.read, self._frames.wanted(size))
             if chunk is None:
                 self._reads = 0
                 continue
-            self._buffer += chunk
-        return take_prefix(self._buffer, size)
+            self._frames.feed(chunk)
+        return data
 
-    async def _receive_large(self, size: int) -> bytearray:
-        frame = bytearray(size)
-        have = len(self._buffer)
-        frame[:have] = self._buffer
-        self._buffer.clear()
+    async def _receive_into(self, frame: bytearray, have: int) -> bytearray:
         with memoryview(frame) as view:
-            while have < size:
+            while have < len(frame):
                 got = await self._read_once(os.readv, [view[have:]])
                 if got is not None:
                     have += got
