@@ -4,6 +4,9 @@ refused, logout, the page's Content-Security-Policy, and SNGIN_UI=off."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 
 from sngin.admin.session import COOKIE, Session, sign
@@ -90,7 +93,13 @@ async def test_forged_altered_and_expired_cookies_are_refused(tmp_path):
         good = sign(Session(host=None, expires=time.time() + 60, csrf="c"), TOKEN)
         payload, _, mac = good.partition(".")
         altered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + mac
-        for cookie in (forged, expired, altered, "garbage", "x" * 5000):
+        # Signed as before itsdangerous signed the cookie: refused (the upgrade ends sessions).
+        key = hashlib.sha256(b"sngin ui session\0" + TOKEN.encode()).digest()
+        before = b'{"host":null,"expires":%d,"csrf":"c"}' % (time.time() + 60)
+        old = base64.urlsafe_b64encode(before)
+        old_payload = old.decode().rstrip("=")
+        older = old_payload + "." + hmac.new(key, old_payload.encode(), hashlib.sha256).hexdigest()
+        for cookie in (forged, expired, altered, older, "garbage", "x" * 5000):
             srv.client.cookies.set(COOKIE, cookie, path="/__sngin/")
             assert (await srv.client.get(stats)).status_code == 401, cookie[:40]
             srv.client.cookies.clear()
