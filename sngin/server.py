@@ -332,23 +332,21 @@ async def listen(
 async def probe_once(deps: Deps) -> None:
     """Does the code store answer as it should? Owned by the server, so readiness never waits
     on requests. A change of state is logged once."""
-    probe = getattr(deps.store, "probe", None)
     reason = ""
-    if probe is not None:
-        try:
-            with trio.fail_after(PROBE_TIMEOUT_S):
-                await probe()
-        except StoreMisconfigured as exc:
-            reason = f"code store misconfigured: {exc.message}"
-        except CodeFetchError as exc:
-            reason = f"code store unreachable: {exc.message}"
-        except trio.TooSlowError:
-            reason = f"code store unreachable: no answer within {PROBE_TIMEOUT_S:g} s"
+    try:
+        with trio.fail_after(PROBE_TIMEOUT_S):
+            await deps.store.probe()
+    except StoreMisconfigured as exc:
+        reason = f"code store misconfigured: {exc.message}"
+    except CodeFetchError as exc:
+        reason = f"code store unreachable: {exc.message}"
+    except trio.TooSlowError:
+        reason = f"code store unreachable: no answer within {PROBE_TIMEOUT_S:g} s"
     observer = deps.observer
     if not observer.probed or reason != observer.not_ready_reason:
         if reason:
             log.error("not ready: %s", reason)
-        elif probe is not None:
+        else:
             log.info("code store answered: ready")
     observer.probed = True
     observer.ready = not reason

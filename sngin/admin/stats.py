@@ -47,9 +47,9 @@ def process_statistics(deps: Deps) -> dict[str, Any]:
     if deps.storage is not None:
         body["storage_operations"] = deps.storage.operations
     for name, source in (("code_cache", deps.store), ("module_cache", deps.github)):
-        statistics = getattr(source, "statistics", None)
-        if statistics is not None:
-            body[name] = plain(statistics())
+        figures = source.statistics() if source is not None else None
+        if figures is not None:
+            body[name] = plain(figures)
     bus = deps.purger.bus
     if bus is not None:
         body["cluster_bus"] = bus.statistics()
@@ -170,9 +170,8 @@ def observe_gauges(deps: Deps) -> None:
     metrics.workers.set(stats.live)
     metrics.busy.set(stats.live - stats.idle)
     metrics.access_lost.set(deps.observer.access.lost)
-    statistics = getattr(deps.store, "statistics", None)
-    if statistics is not None:
-        cache = statistics()
+    cache = deps.store.statistics()
+    if cache is not None:
         metrics.cache_entries.set(cache.entries)
         metrics.cache_bytes.set(cache.bytes)
 

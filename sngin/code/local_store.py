@@ -127,6 +127,16 @@ class LocalStore:
         if not await trio.to_thread.run_sync(self.root.is_dir):
             raise CodeFetchError(f"code folder {self.root.name!r} is missing")
 
+    def statistics(self) -> None:
+        return None  # a stat per fetch: nothing worth counting
+
+    def forget_memory(self) -> int:
+        """Drop every in-memory copy (each fetch checks its file anyway)."""
+        count = len(self._cache)
+        self._cache.clear()
+        self._missing.clear()
+        return count
+
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
         """Drop in-memory copies; the next fetch re-reads the file."""
         covers = covering(tenant, folder, recursive=recursive)

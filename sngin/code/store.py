@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from sngin.code.cache import CacheStatistics
     from sngin.observe.notes import FetchNote
 
 
@@ -39,6 +40,19 @@ class CodeSource(Protocol):
 
     async def purge(self, tenant: str, folder: str, *, recursive: bool) -> int:
         """Forget cached copies of one script or a folder of them; returns how many."""
+        ...
+
+    async def probe(self) -> None:
+        """Raise CodeFetchError or StoreMisconfigured if the store does not answer as it
+        should (the readiness probe)."""
+        ...
+
+    def statistics(self) -> CacheStatistics | None:
+        """The code cache's figures (None: a store without a cache of its own)."""
+        ...
+
+    def forget_memory(self) -> int:
+        """Forget every copy held in memory (a flush); returns how many."""
         ...
 
 

@@ -61,8 +61,6 @@ class Purger:
     async def flush(self) -> None:
         """Forget every copy cached in memory on this node (the bus cannot vouch for what it
         may have missed); disk-mirror copies stay, and are revalidated before use."""
-        forget = getattr(self._store, "forget_memory", None)
-        if forget is not None:  # the folder store checks its files on every request anyway
-            forget()
+        self._store.forget_memory()
         if self._github is not None:
             self._github.forget_memory()

@@ -88,6 +88,12 @@ class RedisStorage:
         self.reopened = trio.Event()  # set (and renewed) when a new client took over
         self.location = f"Redis at {without_password(url)}"  # for log lines: no secret
 
+    def database_bytes(self) -> None:
+        return None  # Redis's memory is Redis's own to report
+
+    def close(self) -> None:
+        pass  # the client is closed by open_redis_storage
+
     async def problem(self) -> str | None:
         """None when Redis answers a PING within PING_TIMEOUT_S; else what is wrong."""
         try:

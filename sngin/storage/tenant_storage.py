@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import coredis.exceptions
 import trio
@@ -23,11 +23,12 @@ import trio
 from sngin.storage.sqlite import BUSY_TIMEOUT_MS, Quota, QuotaExceeded, SqliteStorage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
     from sngin.storage.redis import RedisStorage
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 LEASE_POLL_S: Final = 0.05
@@ -128,23 +129,24 @@ class TenantStorage:
         self._released: dict[tuple[str, bytes], trio.Event] = {}
         self.operations = 0
 
-    async def _call(self, name: str, *args: Any) -> Any:
+    async def _call(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One backend operation, counted; its failures become `storage unavailable`."""
         self.operations += 1
         with backend_failures(self.backend.location, "storage unavailable"):
-            return await getattr(self.backend, name)(*args)
+            return await operation(*args)
 
     async def get(self, tenant: str, key: bytes) -> bytes | None:
-        return await self._call("get", tenant, key)  # type: ignore[no-any-return]
+        return await self._call(self.backend.get, tenant, key)
 
     async def set(self, tenant: str, key: bytes, value: bytes | None, quota: Quota) -> None:
-        await self._call("set", tenant, key, value, quota)
+        await self._call(self.backend.set, tenant, key, value, quota)
 
     async def acquire(
         self, tenant: str, name: bytes, holder: str, *, timeout_s: float, ttl_s: float
     ) -> bool:
         """Take the lease, waiting up to timeout_s for its holder to release it (or for it to
         expire); False if it stayed taken."""
-        if await self._call("try_lease", tenant, name, holder, ttl_s):
+        if await self._call(self.backend.try_lease, tenant, name, holder, ttl_s):
             return True  # (tried once even with no time to wait)
         try:
             with trio.move_on_after(max(timeout_s, 0)):
@@ -152,7 +154,7 @@ class TenantStorage:
                     released = self._released.setdefault((tenant, name), trio.Event())
                     with trio.move_on_after(LEASE_POLL_S):
                         await released.wait()
-                    if await self._call("try_lease", tenant, name, holder, ttl_s):
+                    if await self._call(self.backend.try_lease, tenant, name, holder, ttl_s):
                         return True
             return False
         finally:
@@ -161,7 +163,7 @@ class TenantStorage:
                 del self._released[(tenant, name)]  # nobody else waits: bounded by waiters
 
     async def release(self, tenant: str, name: bytes, holder: str) -> bool:
-        released = bool(await self._call("release_lease", tenant, name, holder))
+        released = bool(await self._call(self.backend.release_lease, tenant, name, holder))
         event = self._released.pop((tenant, name), None)
         if event is not None:
             event.set()
@@ -170,33 +172,31 @@ class TenantStorage:
     # --- for operators (the admin API) -----------------------------------------------------
 
     async def usage(self, tenant: str) -> tuple[int, int]:
-        return await self._call("usage", tenant)  # type: ignore[no-any-return]
+        return await self._call(self.backend.usage, tenant)
 
     async def keys(self, tenant: str, after: bytes, limit: int) -> list[tuple[bytes, int]]:
-        return await self._call("keys", tenant, after, limit)  # type: ignore[no-any-return]
+        return await self._call(self.backend.keys, tenant, after, limit)
 
     async def items(self, tenant: str) -> list[tuple[bytes, bytes]]:
-        return await self._call("items", tenant)  # type: ignore[no-any-return]
+        return await self._call(self.backend.items, tenant)
 
     async def tenants(self) -> list[str]:
         """Tenants with storage (sngin's own namespaces, `__...`, are no tenant's)."""
-        names: list[str] = await self._call("tenants")
+        names: list[str] = await self._call(self.backend.tenants)
         return [name for name in names if not name.startswith(INTERNAL_PREFIX)]
 
     async def drop(self, tenant: str) -> int:
-        return await self._call("drop", tenant)  # type: ignore[no-any-return]
+        return await self._call(self.backend.drop, tenant)
 
     def database_bytes(self) -> int | None:
-        backend = self.backend
-        return backend.database_bytes() if isinstance(backend, SqliteBackend) else None
+        return self.backend.database_bytes()
 
     async def problem(self) -> str | None:
         """None when the backend answers; else what is wrong (sngin.storage.watch)."""
         return await self.backend.problem()
 
     def close(self) -> None:
-        if isinstance(self.backend, SqliteBackend):
-            self.backend.close()
+        self.backend.close()
 
 
 def is_busy(error: sqlite3.OperationalError) -> bool:
