@@ -73,3 +73,28 @@ def test_purge_covers_scripts_and_files_at_segment_boundaries():
         "a.test/lib", "a.test/lib/x", "a.test//lib/util.lua"
     ]  # fmt: skip
     assert [k for k in keys if covering("a.test", "", recursive=True)(k)] == keys[:-1]
+
+
+async def test_a_requests_call_state_is_made_at_its_first_call_and_only_once():
+    """Most scripts make no platform call: the pipeline makes the calls' state (budgets,
+    storage key space) only when the worker sends a first one."""
+    from sandbox.protocol import Call, CallResult
+    from sngin.edge.pipeline import CallsOnDemand
+
+    made = []
+
+    class Calls:
+        async def __call__(self, call: Call) -> CallResult:
+            return CallResult(id=call.id, call_id=call.call_id)
+
+    def make() -> Calls:
+        made.append(1)
+        return Calls()
+
+    calls = CallsOnDemand(make)  # type: ignore[arg-type]
+    assert (calls.made, made) == (None, [])
+    for call_id in (1, 2):
+        answer = await calls(Call(id=7, call_id=call_id))
+        assert answer.call_id == call_id
+    assert made == [1]
+    assert calls.made is not None
