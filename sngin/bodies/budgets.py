@@ -61,8 +61,9 @@ class MemoryBudget:
         return Lease(self)
 
     def freed(self) -> None:
-        self._freed.set()
-        self._freed = trio.Event()
+        if self.waiting:  # (an Event per release would be every request's cost)
+            self._freed.set()
+            self._freed = trio.Event()
 
     def room(self) -> int:
         return self.limit - self.held
