@@ -9,6 +9,12 @@ SnginError ─ ConfigError (start-up, one line naming the variable)
            ─ CodeFetchError 502 (no copy) ─ StoreMisconfigured (bucket missing, access denied)
            ─ Unavailable 503 (+Retry-After: quarantine, queue full, tenant disabled, shutting down)
            ─ LimitExceeded 504 (wall time or CPU time; the body names which)
+           By domain, for what fails inside the server (each with the status it would answer):
+           ─ WorkerError 502 ─ WorkerFailed (a request's worker ended), WorkerBootFailed
+                               (a worker, or at start-up the pool, would not start), ZygoteGone
+           ─ StorageError 503 ─ StorageUnavailable, QuotaExceeded, StorageRefused
+           ─ CallError 500 ─ MailRefused, AlertFailed, BodyBudgetExceeded (a platform call's
+                             refusal: the script's Lua error)
 
 Messages are short plain text for people: what failed and which limit, never a server path or
 a traceback. Foreign errors are wrapped on entry (`raise CodeFetchError(key) from exc`).
@@ -103,3 +109,20 @@ class Unavailable(SnginError):
 
 class LimitExceeded(SnginError):
     status = 504
+
+
+class WorkerError(SnginError):
+    """A worker failed, or would not start (sngin.workers)."""
+
+    status = 502
+
+
+class StorageError(SnginError):
+    """Tenant storage could not, or would not, do an operation (sngin.storage)."""
+
+    status = 503
+
+
+class CallError(SnginError):
+    """A script's platform call was refused or failed (sngin.calls): the script sees it as a
+    Lua error; it is never an HTTP answer by itself."""

@@ -13,7 +13,8 @@ import trio.lowlevel
 from sandbox.protocol import Job, Request
 from sngin.limits import Limits
 from sngin.tenants.quarantine import Quarantine
-from sngin.workers.pool import PoolConfig, WorkerBootError, open_pool
+from sngin.workers.failures import WorkerBootFailed
+from sngin.workers.pool import PoolConfig, open_pool
 from sngin.workers.process import WorkerOptions
 from tests.support import AUTH, TOKEN, add_sites, running, start_busy
 
@@ -212,7 +213,7 @@ async def test_no_fd_leak_across_1000_requests_and_50_replacements():
 
 async def test_workers_that_never_boot_stop_the_pool_with_a_clear_error():
     broken = WorkerOptions(argv=(sys.executable, "-c", "import sys; sys.exit(3)"))
-    with trio.fail_after(60), pytest.RaisesGroup(WorkerBootError, flatten_subgroups=True):
+    with trio.fail_after(60), pytest.RaisesGroup(WorkerBootFailed, flatten_subgroups=True):
         async with open_pool(PoolConfig(size=2, worker=broken)):
             pass
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Final
 import httpx
 import trio
 
+from sngin.errors import CallError
+
 if TYPE_CHECKING:
     from sngin.bodies.budgets import Lease
 
@@ -85,8 +87,11 @@ class BoundedDecoder:
         return data
 
 
-class BodyBudgetExceeded(Exception):
+class BodyBudgetExceeded(CallError):
     """The server-wide budget for bodies in flight cannot take this one now."""
+
+    def __init__(self, message: str = "the subrequest bodies budget is full") -> None:
+        super().__init__(message)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from sandbox.protocol import AlertCall, HttpCall
+from sngin.errors import CallError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,7 +34,7 @@ WINDOW_S: Final = 60.0
 KINDS: Final = frozenset({"email", "sms"})
 
 
-class AlertFailed(Exception):
+class AlertFailed(CallError):
     """The alert could not be delivered: the text says why (for the script's error)."""
 
 

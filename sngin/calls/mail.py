@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from sngin.errors import CallError
 from sngin.tenants.egress import refusal
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ IMPLICIT_TLS_PORT: Final = 465
 DEFAULT_PORTS: Final = {True: 587, False: 25}  # secure (STARTTLS) or not
 
 
-class MailRefused(Exception):
+class MailRefused(CallError):
     """The message cannot be sent: the text says why (for the script's error)."""
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from sngin.errors import StorageError
 from sngin.storage.tenant_storage import Quota, QuotaExceeded, StorageUnavailable, backend_failures
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def operator_quota(settings: StorageSettings) -> Quota:
     return Quota(max_keys=settings.max_keys, max_bytes=settings.max_bytes)
 
 
-class StorageRefused(Exception):
+class StorageRefused(StorageError):
     """The call is refused or failed: the text is the script's error."""
 
 

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from sngin.errors import StorageError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -34,7 +36,7 @@ CREATE TABLE IF NOT EXISTS leases (
 BUSY_TIMEOUT_MS: Final = 5000
 
 
-class QuotaExceeded(Exception):
+class QuotaExceeded(StorageError):
     """A write would take the tenant past its key count or bytes: the text names the limit."""
 
 

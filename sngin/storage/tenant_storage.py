@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import coredis.exceptions
 import trio
 
+from sngin.errors import StorageError
 from sngin.storage.sqlite import BUSY_TIMEOUT_MS, Quota, QuotaExceeded, SqliteStorage
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ BACKEND_TIMEOUT_S: Final = 5.0  # no storage call waits on its backend longer th
 __all__ = ["Quota", "QuotaExceeded", "SqliteBackend", "StorageUnavailable", "TenantStorage"]
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(StorageError):
     """The backend cannot answer now (a locked or broken database, a full disk, Redis down)."""
 
 

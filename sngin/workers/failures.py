@@ -7,6 +7,7 @@ import signal
 from typing import Final
 
 from sandbox.protocol import EXIT_MEMORY
+from sngin.errors import WorkerError
 
 # Why a worker ended.
 CPU_KILL: Final = "cpu"
@@ -21,7 +22,7 @@ RECYCLE: Final = "recycle"
 RETIRED: Final = "retired"  # an extra worker no longer needed (sngin.workers.supervisor.retire)
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(WorkerError):
     """A request ended with its worker gone. `reason` is one of the constants above; `sibling`
     is True when another request on the same worker caused it; `unstarted` when the request
     had not begun to run (it may safely run elsewhere)."""
@@ -45,8 +46,9 @@ class WorkerFailed(Exception):
         self.platform = platform
 
 
-class WorkerBootFailed(Exception):
-    """The worker exited or hung before saying it was ready."""
+class WorkerBootFailed(WorkerError):
+    """A worker exited or hung before saying it was ready; or, at start-up, workers kept
+    failing to start and the pool gave up."""
 
 
 def classify_exit(returncode: int | None, killed_for: str | None) -> str:

@@ -45,7 +45,7 @@ from sngin.workers.process import (
 )
 from sngin.workers.scheduler import QueueTimeout, Scheduler
 from sngin.workers.statistics import PoolStatistics, TenantCounters, WorkerInfo, rss_bytes
-from sngin.workers.supervisor import MAX_SPAWN_RETRY_S, SPAWN_RETRY_S, Supervisor, WorkerBootError
+from sngin.workers.supervisor import MAX_SPAWN_RETRY_S, SPAWN_RETRY_S, Supervisor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pool", "PoolConfig", "WorkerBootError", "open_pool"]
+__all__ = ["Pool", "PoolConfig", "open_pool"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

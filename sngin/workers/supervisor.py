@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from sngin.backoff import Backoff
-from sngin.errors import SnginError
 from sngin.workers.process import (
     RECYCLE,
     RETIRED,
@@ -40,10 +39,6 @@ SPAWN_RETRY_S: Final = 0.5  # the first retry; doubled per failure ...
 MAX_SPAWN_RETRY_S: Final = 30.0  # ... up to this, once serving
 MAX_BOOT_FAILURES: Final = 5  # in a row, while starting
 RECYCLE_JITTER: Final = 0.1
-
-
-class WorkerBootError(SnginError):
-    """Workers keep failing to start while the server starts: it stops with this error."""
 
 
 class Supervisor:
@@ -144,7 +139,7 @@ class Supervisor:
                 self.changed()
                 if not self.serving and self._boot.failures >= MAX_BOOT_FAILURES:
                     self._gave_up = True
-                    raise WorkerBootError(
+                    raise WorkerBootFailed(
                         f"workers fail to start ({self._boot.failures} times in a row): {exc}"
                     ) from None
                 if self.closing:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from sngin.errors import WorkerError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -31,7 +33,7 @@ STATUS_WAIT_S: Final = 2.0  # for the zygote to exit once its control socket is 
 LOST_STATUS: Final = -int(signal.SIGKILL)  # a worker whose status the zygote did not report
 
 
-class ZygoteGone(Exception):
+class ZygoteGone(WorkerError):
     """The zygote ended or did not answer: start workers another way (or a new zygote)."""
 
 
