@@ -114,7 +114,7 @@ async def test_a_purge_made_while_redis_is_down_reaches_every_node(proxy, bucket
                     await a_bus.wait_for(lambda: a_bus.connected and a_bus.published >= 1)
                 for node in (a, b, c):  # every node ends on the new version
                     assert (await node.get("/page", host="s3.test")).text == "v2"
-                assert a_bus.statistics()["outbox"] == 0
+                assert a_bus.statistics().outbox == 0
 
 
 async def test_a_node_whose_unread_purges_were_trimmed_flushes(proxy, bucket, tmp_path, redis_url):

@@ -41,7 +41,7 @@ def process_statistics(deps: Deps) -> dict[str, Any]:
     body: dict[str, Any] = {
         "pool": plain(deps.pool.statistics()),
         "connections": {"open": gate.open, "limit": gate.limit, "refused": gate.refused},
-        "budgets": deps.budgets.statistics(),
+        "budgets": plain(deps.budgets.statistics()),
         "event_loop_lag_ms": plain(deps.observer.loop_lag.statistics()),
     }
     if deps.storage is not None:
@@ -52,7 +52,7 @@ def process_statistics(deps: Deps) -> dict[str, Any]:
             body[name] = plain(figures)
     bus = deps.purger.bus
     if bus is not None:
-        body["cluster_bus"] = bus.statistics()
+        body["cluster_bus"] = plain(bus.statistics())
     hub = deps.observer.hub
     # Tenants tailed here, and (several processes) those whose lines go to another process.
     body["live_tails"] = {"here": sorted(hub.subscribers), "forwarded": sorted(hub.remote)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -15,6 +16,8 @@ import trio
 from sngin.errors import Unavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from sngin.config import Settings
 
 # glibc's mallopt parameter, and the size from which every allocation gets its own mapping.
@@ -142,14 +145,25 @@ class Budgets:
             subrequest_bodies=MemoryBudget("subrequest bodies", settings.outbound.bodies_bytes),
         )
 
-    def statistics(self) -> dict[str, dict[str, int]]:
-        return {
-            budget.name.replace(" ", "_"): {
-                "held": budget.held,
-                "peak": budget.peak,
-                "limit": budget.limit,
-                "refused": budget.refused,
-                "waiting": budget.waiting,
+    def statistics(self) -> Mapping[str, BudgetStatistics]:
+        return MappingProxyType(
+            {
+                budget.name.replace(" ", "_"): BudgetStatistics(
+                    held=budget.held,
+                    peak=budget.peak,
+                    limit=budget.limit,
+                    refused=budget.refused,
+                    waiting=budget.waiting,
+                )
+                for budget in (self.request_bodies, self.responses, self.subrequest_bodies)
             }
-            for budget in (self.request_bodies, self.responses, self.subrequest_bodies)
-        }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatistics:
+    held: int
+    peak: int
+    limit: int
+    refused: int
+    waiting: int

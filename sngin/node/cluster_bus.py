@@ -84,6 +84,18 @@ def stream_id(text: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    node: str
+    connected: bool
+    published: int
+    received: int
+    flushes: int
+    outbox: int
+    nodes_seen: int
+    last_error: str | None
+
+
 class ClusterBus:
     """Writes this node's purges to the stream and applies the other nodes' (run() follows the
     stream for the life of the server)."""
@@ -323,14 +335,14 @@ class ClusterBus:
         while not condition():
             await self._changed.wait()
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "node": self.node,
-            "connected": self.connected,
-            "published": self.published,
-            "received": self.received,
-            "flushes": self.flushes,
-            "outbox": len(self._outbox),
-            "nodes_seen": self.nodes_seen,
-            "last_error": self.last_error,
-        }
+    def statistics(self) -> BusStatistics:
+        return BusStatistics(
+            node=self.node,
+            connected=self.connected,
+            published=self.published,
+            received=self.received,
+            flushes=self.flushes,
+            outbox=len(self._outbox),
+            nodes_seen=self.nodes_seen,
+            last_error=self.last_error,
+        )

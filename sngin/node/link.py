@@ -64,6 +64,15 @@ class Waiting:
     answer: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    node: str
+    connected: bool
+    published: int
+    received: int
+    tail_lines_dropped: int
+
+
 class ProcessLink:
     def __init__(self, role: ProcessRole, stream: trio.abc.Stream) -> None:
         self.role = role
@@ -107,14 +116,14 @@ class ProcessLink:
         self._writer.send_soon(Event(fields))
         self.published += 1
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "node": self.node,
-            "connected": self.connected,
-            "published": self.published,
-            "received": self.received,
-            "tail_lines_dropped": self._writer.dropped_lines,
-        }
+    def statistics(self) -> LinkStatistics:
+        return LinkStatistics(
+            node=self.node,
+            connected=self.connected,
+            published=self.published,
+            received=self.received,
+            tail_lines_dropped=self._writer.dropped_lines,
+        )
 
     # --- rate limits held for the node ------------------------------------------------------
 

@@ -9,6 +9,8 @@ from sngin.node.cluster_bus import Purge
 if TYPE_CHECKING:
     from sngin.code.cache import CodeCache
     from sngin.code.store import CodeSource
+    from sngin.node.cluster_bus import BusStatistics
+    from sngin.node.link import LinkStatistics
 
 
 class EventBus(Protocol):
@@ -23,7 +25,7 @@ class EventBus(Protocol):
         self, fields: dict[str, str], *, key: tuple[str, int | None] | None = None
     ) -> None: ...
 
-    def statistics(self) -> dict[str, object]: ...
+    def statistics(self) -> BusStatistics | LinkStatistics: ...
 
 
 class Purger:
