@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -199,15 +200,7 @@ def pool_config(settings: Settings) -> PoolConfig:
     kept_runtimes = kept_runtimes_share(p)
     address_space = 64 * MIB + 2 * limits.memory_mb * MIB + 4 * largest_body + 2 * kept_runtimes
     return PoolConfig(
-        size=p.size,
-        max_requests_per_worker=p.max_requests_per_worker,
-        quarantine_strikes=p.quarantine_strikes,
-        quarantine_window_s=p.quarantine_window_s,
-        quarantine_s=p.quarantine_s,
-        worker_concurrency=p.worker_concurrency,
-        tenant_concurrency=p.tenant_concurrency,
-        queue_timeout_s=p.queue_timeout_s,
-        max_workers=max(p.max_workers, p.size),
+        **{f.name: getattr(p, f.name) for f in dataclasses.fields(p)},
         worker=WorkerOptions(address_space_bytes=address_space, kept_runtimes_bytes=kept_runtimes),
     )
 

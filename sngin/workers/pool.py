@@ -19,6 +19,7 @@ import msgspec
 import trio
 
 from sandbox.protocol import MEMORY_LIMIT, Job, Reply
+from sngin.config import PoolSettings
 from sngin.errors import (
     LimitExceeded,
     ProtocolError,
@@ -58,17 +59,11 @@ __all__ = ["Pool", "PoolConfig", "open_pool"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PoolConfig:
-    size: int = 4
-    max_requests_per_worker: int = 10_000
-    quarantine_strikes: int = 5
-    quarantine_window_s: float = 60.0
-    quarantine_s: float = 60.0
-    worker_concurrency: int = 32  # requests of one tenant interleaved in one worker
-    tenant_concurrency: int = 64  # requests of one tenant in flight across the pool
-    queue_timeout_s: float = 10.0  # how long a request may wait for a slot before 503
+class PoolConfig(PoolSettings):
+    """The operator's pool settings (SNGIN_WORKERS, SNGIN_MAX_WORKERS, ...: sngin.config, one
+    type) and what server.py derives for the pool from the rest of the settings."""
+
     worker: WorkerOptions = field(default_factory=WorkerOptions)
-    max_workers: int = 0  # grown to while requests wait on parked workers (0 or size: fixed)
     extra_idle_s: float = 10.0  # a worker past `size` idle this long is retired
     spawn_retry_s: float = SPAWN_RETRY_S  # backoff for a worker that cannot start ...
     max_spawn_retry_s: float = MAX_SPAWN_RETRY_S  # ... doubling up to this once serving
