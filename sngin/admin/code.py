@@ -30,7 +30,7 @@ from sngin.code.files import (
     file_path,
     text_or_none,
 )
-from sngin.errors import BadRequest, SnginError
+from sngin.errors import BadRequest
 from sngin.names import CONFIG_NAME
 from sngin.observe.series import BUCKET_S
 
@@ -106,10 +106,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
-        try:
-            tenants = await allowed.files.tenants()
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        tenants = await allowed.files.tenants()
         return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
 
     @admin.get("/__sngin/code/<host>")
@@ -119,10 +116,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
-        try:
-            listed = await files.files(tenant)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        listed = await files.files(tenant)
         return {"host": tenant, "files": [dataclasses.asdict(f) for f in listed]}, 200
 
     @admin.get("/__sngin/code/<host>/file")
@@ -132,11 +126,8 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
-        try:
-            path = path_argument()
-            version = await files.read(tenant, path)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        path = path_argument()
+        version = await files.read(tenant, path)
         if version is None:
             return {"error": f"{tenant} has no file {path}"}, 404
         kind = "application/json" if path.endswith(CONFIG_NAME) else "text/x-lua; charset=utf-8"
@@ -164,8 +155,6 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             etag = await files.write(tenant, path, data, if_match=expected)
         except Conflict as exc:
             return conflict(exc)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
         purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: %s %s/%s (%d bytes)", "created" if creating else "updated",
                  tenant, path, len(data))  # fmt: skip
@@ -184,19 +173,16 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         source = await bounded_body(MAX_FILE_BYTES)
         if source is None:
             return too_large(MAX_FILE_BYTES)
-        try:
-            path = path_argument()
-            if not path.endswith(".lua"):
-                raise BadRequest("only Lua files are compiled")
-            chunk = f"{tenant}/{path}"
-            job = Job(
-                tenant=tenant, key=chunk, version=content_hash(source),
-                request=Request(method="GET", path="/" + path, host=tenant), source=source,
-                check_only=True,
-            )  # fmt: skip
-            reply = await deps.pool.run(job)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        path = path_argument()
+        if not path.endswith(".lua"):
+            raise BadRequest("only Lua files are compiled")
+        chunk = f"{tenant}/{path}"
+        job = Job(
+            tenant=tenant, key=chunk, version=content_hash(source),
+            request=Request(method="GET", path="/" + path, host=tenant), source=source,
+            check_only=True,
+        )  # fmt: skip
+        reply = await deps.pool.run(job)
         if reply.error == BAD_SOURCE:
             return {"path": path, "ok": False, "errors": syntax_errors(reply.message, chunk)}, 200
         if reply.error is not None:
@@ -219,11 +205,8 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         allowed = await gate()
         if not isinstance(allowed, Allowed):
             return allowed
-        try:
-            path = path_argument()
-            versions = await allowed.files.history(allowed.tenant, path)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        path = path_argument()
+        versions = await allowed.files.history(allowed.tenant, path)
         listed = [dataclasses.asdict(v) for v in versions]
         return {"host": allowed.tenant, "path": path, "versions": listed}, 200
 
@@ -247,8 +230,6 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             etag = await files.write(tenant, path, version.content, if_match=etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
         purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: restored %s/%s to version %s", tenant, path, version_id)
         body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
@@ -264,11 +245,8 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         data = await bounded_body(MAX_PREVIEW_BYTES)
         if data is None:
             return too_large(MAX_PREVIEW_BYTES)
-        try:
-            body = preview_body(data)
-            return await run_preview(deps, allowed.tenant, body), 200
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
+        body = preview_body(data)
+        return await run_preview(deps, allowed.tenant, body), 200
 
     @admin.delete("/__sngin/code/<host>/file")
     @guard.allow(Access.TENANT)
@@ -285,8 +263,6 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             await files.delete(tenant, path, if_match=etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status
         purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: deleted %s/%s", tenant, path)
         return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
