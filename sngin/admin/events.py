@@ -13,7 +13,7 @@ import base64
 import binascii
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,13 +29,13 @@ if TYPE_CHECKING:
 
     from quart_trio import QuartTrio
 
+    from sngin.admin.access import Answer
     from sngin.edge.deps import Deps
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES: Final = 1024 * 1024
 CONFIRM_TIMEOUT_S: Final = 10.0
-Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 
 
 def offered_token(authorization: str) -> str:

@@ -27,6 +27,7 @@ from sngin.node.cluster_bus import ClusterBus
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 
+    from sngin.admin.access import Answer
     from sngin.edge.deps import Deps
 
     Scope = MutableMapping[str, Any]
@@ -36,7 +37,6 @@ PURGE_TYPES = {"file": False, "folder": True}  # type -> recursive
 TAIL_RECHECK_S = 4.0  # a live tail's credential is checked again this often (ends within 5 s)
 # github.com/<user>/<repo>/... -> the module cache's key prefix "<user>/<repo>/..."
 GITHUB_PREFIX = re.compile(r"(?:https://)?github\.com/([\w.-]+/[\w.-]+/(?:[\w./-]*))\Z")
-Answer = tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]
 
 
 def create_admin(deps: Deps) -> QuartTrio:
@@ -100,10 +100,7 @@ def create_admin(deps: Deps) -> QuartTrio:
         if tenant is None:
             return {"error": "name the site: ?host=HOST"}, 400
         hub = deps.observer.hub
-        try:
-            subscriber, lines = await tails.open(tenant)
-        except SnginError as exc:
-            return {"error": exc.message}, exc.status, exc.headers
+        subscriber, lines = await tails.open(tenant)  # a SnginError: the errorhandler answers
 
         async def events() -> AsyncIterator[bytes]:
             try:
