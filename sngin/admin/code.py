@@ -19,7 +19,7 @@ from quart import Response, request
 from sandbox.protocol import BAD_SOURCE, Job, Request
 from sngin.admin.access import Answer, Caller
 from sngin.admin.bodies import bounded_body, too_large
-from sngin.admin.guard import Access, Guard, granted
+from sngin.admin.guard import Access, Route, granted
 from sngin.admin.preview import preview_body, run_preview
 from sngin.admin.stats import tenant_series
 from sngin.code.files import (
@@ -35,8 +35,6 @@ from sngin.names import CONFIG_NAME
 from sngin.observe.series import BUCKET_S
 
 if TYPE_CHECKING:
-    from quart_trio import QuartTrio
-
     from sngin.code.files import CodeFiles
     from sngin.edge.deps import Deps
 
@@ -84,49 +82,46 @@ def etag_of(header: str) -> str:
     return header.strip().removeprefix("W/").strip('"')
 
 
-def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
-    async def gate(*, writing: bool = False) -> Gate:
+class CodeRoutes:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def gate(self, *, writing: bool = False) -> Gate:
         """The store, the tenant named (if any) and the caller (the guard let them through:
         the admin token acts on every tenant, a tenant's token on that tenant only), or the
         answer when SNGIN_UI turns the API off or read-only."""
         found = granted()
-        mode = deps.settings.ui
-        if mode == "off" or deps.files is None:
+        mode = self.deps.settings.ui
+        if mode == "off" or self.deps.files is None:
             return {"error": "the management API is off (SNGIN_UI=off)"}, 404
         if writing and mode == "readonly":
             return {"error": "the management API is read-only (SNGIN_UI=readonly)"}, 403
-        return Allowed(deps.files, found.tenant or "", found.caller)
+        return Allowed(self.deps.files, found.tenant or "", found.caller)
 
-    def path_argument() -> str:
+    def path_argument(self) -> str:
         return file_path(request.args.get("path", ""))
 
-    @admin.get("/__sngin/code")
-    @guard.allow(Access.TENANT)
-    async def list_tenants() -> Answer:
-        allowed = await gate()
+    async def list_tenants(self) -> Answer:
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
         tenants = await allowed.files.tenants()
         return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
 
-    @admin.get("/__sngin/code/<host>")
-    @guard.allow(Access.TENANT)
-    async def list_files(host: str) -> Answer:
-        allowed = await gate()
+    async def list_files(self, host: str) -> Answer:
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
         listed = await files.files(tenant)
         return {"host": tenant, "files": [dataclasses.asdict(f) for f in listed]}, 200
 
-    @admin.get("/__sngin/code/<host>/file")
-    @guard.allow(Access.TENANT)
-    async def read_file(host: str) -> Any:
-        allowed = await gate()
+    async def read_file(self, host: str) -> Any:
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
-        path = path_argument()
+        path = self.path_argument()
         version = await files.read(tenant, path)
         if version is None:
             return {"error": f"{tenant} has no file {path}"}, 404
@@ -134,10 +129,8 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         headers = {"ETag": f'"{version.etag}"', "Content-Type": kind, "Cache-Control": "no-store"}
         return Response(version.content, 200, headers)
 
-    @admin.put("/__sngin/code/<host>/file")
-    @guard.allow(Access.TENANT)
-    async def write_file(host: str) -> Answer:
-        allowed = await gate(writing=True)
+    async def write_file(self, host: str) -> Answer:
+        allowed = await self.gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -150,30 +143,28 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if if_match is None and not creating:
             return {"error": NEEDS_CONDITION}, 428
         try:
-            path = path_argument()
+            path = self.path_argument()
             expected = None if creating else etag_of(if_match or "")
             etag = await files.write(tenant, path, data, if_match=expected)
         except Conflict as exc:
             return conflict(exc)
-        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        purged = await self.deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: %s %s/%s (%d bytes)", "created" if creating else "updated",
                  tenant, path, len(data))  # fmt: skip
         body = {"host": tenant, "path": path, "etag": etag, "purged": purged}
         return body, 201 if creating else 200, {"ETag": f'"{etag}"'}
 
-    @admin.post("/__sngin/code/<host>/check")
-    @guard.allow(Access.TENANT)
-    async def check(host: str) -> Answer:
+    async def check(self, host: str) -> Answer:
         """Compile a script or module in a worker (never in the server process), without
         running it: its syntax errors with their lines."""
-        allowed = await gate()
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
         tenant = allowed.tenant
         source = await bounded_body(MAX_FILE_BYTES)
         if source is None:
             return too_large(MAX_FILE_BYTES)
-        path = path_argument()
+        path = self.path_argument()
         if not path.endswith(".lua"):
             raise BadRequest("only Lua files are compiled")
         chunk = f"{tenant}/{path}"
@@ -182,39 +173,33 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             request=Request(method="GET", path="/" + path, host=tenant), source=source,
             check_only=True,
         )  # fmt: skip
-        reply = await deps.pool.run(job)
+        reply = await self.deps.pool.run(job)
         if reply.error == BAD_SOURCE:
             return {"path": path, "ok": False, "errors": syntax_errors(reply.message, chunk)}, 200
         if reply.error is not None:
             return {"error": reply.message or reply.error}, 500
         return {"path": path, "ok": True, "errors": []}, 200
 
-    @admin.get("/__sngin/code/<host>/series")
-    @guard.allow(Access.TENANT)
-    async def series(host: str) -> Answer:
+    async def series(self, host: str) -> Answer:
         """The site's last ten minutes in 10-second points (requests/s, 5xx, CPU, p50/p99)."""
-        allowed = await gate()
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
-        points = await tenant_series(deps, allowed.tenant)
+        points = await tenant_series(self.deps, allowed.tenant)
         return {"host": allowed.tenant, "bucket_s": BUCKET_S, "points": points}, 200
 
-    @admin.get("/__sngin/code/<host>/history")
-    @guard.allow(Access.TENANT)
-    async def history(host: str) -> Answer:
-        allowed = await gate()
+    async def history(self, host: str) -> Answer:
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
-        path = path_argument()
+        path = self.path_argument()
         versions = await allowed.files.history(allowed.tenant, path)
         listed = [dataclasses.asdict(v) for v in versions]
         return {"host": allowed.tenant, "path": path, "versions": listed}, 200
 
-    @admin.post("/__sngin/code/<host>/restore")
-    @guard.allow(Access.TENANT)
-    async def restore(host: str) -> Answer:
+    async def restore(self, host: str) -> Answer:
         """An earlier version made the current one again (itself a conditional write)."""
-        allowed = await gate(writing=True)
+        allowed = await self.gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -222,7 +207,7 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if if_match is None:
             return {"error": NEEDS_IF_MATCH}, 428
         try:
-            path = path_argument()
+            path = self.path_argument()
             version_id = request.args.get("version", "")
             version = await files.read_version(tenant, path, version_id)
             if version is None:
@@ -230,28 +215,24 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             etag = await files.write(tenant, path, version.content, if_match=etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)
-        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        purged = await self.deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: restored %s/%s to version %s", tenant, path, version_id)
         body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
         return body | {"purged": purged}, 200
 
-    @admin.post("/__sngin/code/<host>/preview")
-    @guard.allow(Access.TENANT)
-    async def preview(host: str) -> Answer:
+    async def preview(self, host: str) -> Answer:
         """Run a source that is not saved with a sample request (sngin.admin.preview)."""
-        allowed = await gate()
+        allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
         data = await bounded_body(MAX_PREVIEW_BYTES)
         if data is None:
             return too_large(MAX_PREVIEW_BYTES)
         body = preview_body(data)
-        return await run_preview(deps, allowed.tenant, body), 200
+        return await run_preview(self.deps, allowed.tenant, body), 200
 
-    @admin.delete("/__sngin/code/<host>/file")
-    @guard.allow(Access.TENANT)
-    async def delete_file(host: str) -> Answer:
-        allowed = await gate(writing=True)
+    async def delete_file(self, host: str) -> Answer:
+        allowed = await self.gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
         files, tenant = allowed.files, allowed.tenant
@@ -259,13 +240,27 @@ def register_code_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         if if_match is None:
             return {"error": NEEDS_IF_MATCH}, 428
         try:
-            path = path_argument()
+            path = self.path_argument()
             await files.delete(tenant, path, if_match=etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)
-        purged = await deps.purger.purge(tenant, purge_folder(path), recursive=False)
+        purged = await self.deps.purger.purge(tenant, purge_folder(path), recursive=False)
         log.info("code: deleted %s/%s", tenant, path)
         return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(("GET",), "/__sngin/code", self.list_tenants, Access.TENANT),
+            Route(("GET",), "/__sngin/code/<host>", self.list_files, Access.TENANT),
+            Route(("GET",), "/__sngin/code/<host>/file", self.read_file, Access.TENANT),
+            Route(("PUT",), "/__sngin/code/<host>/file", self.write_file, Access.TENANT),
+            Route(("POST",), "/__sngin/code/<host>/check", self.check, Access.TENANT),
+            Route(("GET",), "/__sngin/code/<host>/series", self.series, Access.TENANT),
+            Route(("GET",), "/__sngin/code/<host>/history", self.history, Access.TENANT),
+            Route(("POST",), "/__sngin/code/<host>/restore", self.restore, Access.TENANT),
+            Route(("POST",), "/__sngin/code/<host>/preview", self.preview, Access.TENANT),
+            Route(("DELETE",), "/__sngin/code/<host>/file", self.delete_file, Access.TENANT),
+        ]
 
 
 def syntax_errors(message: str, chunk: str) -> list[dict[str, Any]]:

@@ -19,15 +19,13 @@ from urllib.parse import urlsplit
 import httpx
 from quart import request
 
-from sngin.admin.guard import Access, Guard
+from sngin.admin.guard import Access, Route
 from sngin.admin.s3_events import EventError, code_target, parse_notification
 from sngin.errors import BadRequest
 from sngin.names import script_path, tenant_of
 
 if TYPE_CHECKING:
     import ssl
-
-    from quart_trio import QuartTrio
 
     from sngin.admin.access import Answer
     from sngin.edge.deps import Deps
@@ -74,17 +72,18 @@ def host_matches(host: str, pattern: str) -> bool:
     )
 
 
-def register_event_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
-    @admin.post("/__sngin/events/s3")
-    @guard.allow(Access.PUBLIC)  # to the admin guard: it checks SNGIN_EVENTS_TOKEN itself
-    async def s3_events() -> Answer:
-        token = deps.settings.events_token
+class EventRoutes:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def s3_events(self) -> Answer:
+        token = self.deps.settings.events_token
         if token is None:
             return {"error": "S3 events are off: set SNGIN_EVENTS_TOKEN"}, 403
         offered = offered_token(request.headers.get("Authorization", ""))
         if not hmac.compare_digest(offered.encode(), token.encode()):
             return {"error": "missing or wrong events token"}, 401, {"WWW-Authenticate": "Bearer"}
-        s3 = deps.settings.s3
+        s3 = self.deps.settings.s3
         if s3 is None:
             return {"error": "this server's code is not in S3 (AWS_S3_CODE_PATH is unset)"}, 409
         if (request.content_length or 0) > MAX_EVENT_BYTES:
@@ -98,7 +97,7 @@ def register_event_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         except EventError as exc:
             return {"error": str(exc)}, 400
         if notification.subscribe_url is not None:
-            return await confirm_subscription(deps, notification.subscribe_url)
+            return await confirm_subscription(self.deps, notification.subscribe_url)
         purged = ignored = 0
         for event in notification.objects:
             target = code_target(event.key, s3.prefix) if event.bucket == s3.bucket else None
@@ -110,11 +109,18 @@ def register_event_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
                 ignored += 1
                 continue
             purged += 1
-            await deps.purger.purge(tenant, folder, recursive=False)
+            await self.deps.purger.purge(tenant, folder, recursive=False)
         ignored += notification.unknown
-        deps.observer.metrics.s3_events.labels("purged").inc(purged)
-        deps.observer.metrics.s3_events.labels("ignored").inc(ignored)
+        self.deps.observer.metrics.s3_events.labels("purged").inc(purged)
+        self.deps.observer.metrics.s3_events.labels("ignored").inc(ignored)
         return {"purged": purged, "ignored": ignored}, 200
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(
+                ("POST",), "/__sngin/events/s3", self.s3_events, Access.PUBLIC
+            ),  # to the admin guard: it checks SNGIN_EVENTS_TOKEN itself
+        ]
 
 
 async def confirm_subscription(deps: Deps, url: str) -> Answer:

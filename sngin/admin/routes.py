@@ -12,14 +12,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from sngin.admin.bodies import json_body
-from sngin.admin.code import register_code_routes
-from sngin.admin.events import register_event_routes
-from sngin.admin.guard import ADMIN_LISTENER, Access, Guard, granted
+from sngin.admin.code import CodeRoutes
+from sngin.admin.events import EventRoutes
+from sngin.admin.guard import ADMIN_LISTENER, Access, Guard, add_routes, granted
 from sngin.admin.stats import node_statistics, quarantine_list, render_metrics
-from sngin.admin.storage import register_storage_routes
+from sngin.admin.storage import StorageRoutes
 from sngin.admin.tail_gate import TailGate
-from sngin.admin.tokens import register_token_routes
-from sngin.admin.ui import register_ui_routes
+from sngin.admin.tokens import TokenRoutes
+from sngin.admin.ui import UiRoutes
 from sngin.errors import BadRequest, SnginError
 from sngin.names import script_path, tenant_of
 from sngin.node.cluster_bus import ClusterBus
@@ -174,11 +174,11 @@ def create_admin(deps: Deps) -> QuartTrio:
             return {"error": exc.message}, 400
         return {"host": tenant, "lifted": deps.pool.lift_quarantine(tenant)}, 200
 
-    register_storage_routes(admin, deps, guard)
-    register_code_routes(admin, deps, guard)
-    register_token_routes(admin, deps)  # the operator's only: the guard's default
-    register_ui_routes(admin, deps, guard)
-    register_event_routes(admin, deps, guard)
+    add_routes(admin, guard, StorageRoutes(deps).routes())
+    add_routes(admin, guard, CodeRoutes(deps).routes())
+    add_routes(admin, guard, TokenRoutes(deps).routes())  # the operator's only
+    add_routes(admin, guard, UiRoutes(deps).routes())
+    add_routes(admin, guard, EventRoutes(deps).routes())
 
     @admin.post("/__purge")
     @admin.post("/__purge/")

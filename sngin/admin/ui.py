@@ -15,14 +15,12 @@ from quart import Response, redirect, request
 
 from sngin.admin.access import Answer, token_alive
 from sngin.admin.bodies import json_body
-from sngin.admin.guard import Access, Guard, csrf_ok, session_here
+from sngin.admin.guard import Access, Route, csrf_ok, session_here
 from sngin.admin.session import COOKIE, SESSION_S, new_session, sign
 from sngin.storage.tenant_storage import StorageUnavailable
 from sngin.tenants.tokens import TenantTokens, token_key
 
 if TYPE_CHECKING:
-    from quart_trio import QuartTrio
-
     from sngin.edge.deps import Deps
 
 ASSETS: Final = {
@@ -66,21 +64,20 @@ def cross_site() -> Answer | None:
     return None
 
 
-def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
-    def off() -> Answer | None:
-        if deps.settings.ui == "off":
+class UiRoutes:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def off(self) -> Answer | None:
+        if self.deps.settings.ui == "off":
             return {"error": "the web UI is off (SNGIN_UI=off)"}, 404
         return None
 
-    @admin.get("/__sngin/ui")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def ui_root() -> Any:
+    async def ui_root(self) -> Any:
         return redirect("/__sngin/ui/", 308)
 
-    @admin.get("/__sngin/ui/")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def page() -> Any:
-        closed = off()
+    async def page(self) -> Any:
+        closed = self.off()
         if closed is not None:
             return closed
         nonce = secrets.token_urlsafe(18)
@@ -89,10 +86,8 @@ def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         page = asset("index.html").replace(b"{{nonce}}", nonce.encode())
         return Response(page, 200, headers, content_type="text/html; charset=utf-8")
 
-    @admin.get("/__sngin/ui/assets/<name>")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def bundle(name: str) -> Any:
-        closed = off()
+    async def bundle(self, name: str) -> Any:
+        closed = self.off()
         if closed is not None:
             return closed
         kind = ASSETS.get(name)
@@ -101,13 +96,11 @@ def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         return Response(asset(name), 200, PAGE_HEADERS | {"Cache-Control": "no-cache"},
                         content_type=kind)  # fmt: skip
 
-    @admin.post("/__sngin/ui/login")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def login() -> Any:
-        closed = off()
+    async def login(self) -> Any:
+        closed = self.off()
         if closed is not None:
             return closed
-        admin_token = deps.settings.admin_token
+        admin_token = self.deps.settings.admin_token
         if admin_token is None:
             return {"error": "the admin API is disabled: set SNGIN_ADMIN_TOKEN"}, 403
         refused = cross_site()
@@ -122,10 +115,10 @@ def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
             return {"error": 'expected JSON {"token": "..."}'}, 400
         host: str | None = None
         if not hmac.compare_digest(token.encode(), admin_token.encode()):
-            if deps.storage is None:
+            if self.deps.storage is None:
                 return {"error": "wrong token"}, 401
             try:
-                host = await TenantTokens(deps.storage).host_of(token)
+                host = await TenantTokens(self.deps.storage).host_of(token)
             except StorageUnavailable:
                 return {"error": "tokens cannot be checked: storage unavailable"}, 503
             if host is None:
@@ -139,28 +132,38 @@ def register_ui_routes(admin: QuartTrio, deps: Deps, guard: Guard) -> None:
         )  # fmt: skip
         return answer
 
-    @admin.get("/__sngin/ui/session")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def current() -> Answer:
-        session = session_here(deps)
+    async def current(self) -> Answer:
+        session = session_here(self.deps)
         if session is None or (
-            session.host is not None and not await token_alive(deps, session.token_key)
+            session.host is not None and not await token_alive(self.deps, session.token_key)
         ):  # (200: the page asks before every login)
             return {"logged_in": False}, 200
         left = int(session.expires - time.time())
         body = {"logged_in": True, "host": session.host, "csrf": session.csrf}
         return body | {"expires_in_s": left}, 200
 
-    @admin.post("/__sngin/ui/logout")
-    @guard.allow(Access.UI)  # the admin origin only
-    async def logout() -> Any:
+    async def logout(self) -> Any:
         refused = cross_site()
         if refused is not None:
             return refused
-        session = session_here(deps)
+        session = session_here(self.deps)
         if session is not None and not csrf_ok(session):
             return {"error": "missing or wrong CSRF token"}, 403
         answer = Response(b'{"logged_out": true}', 200, content_type="application/json")
         answer.delete_cookie(COOKIE, path="/__sngin/", httponly=True, samesite="Strict",
                              secure=secure())  # fmt: skip
         return answer
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(("GET",), "/__sngin/ui", self.ui_root, Access.UI),  # the admin origin only
+            Route(("GET",), "/__sngin/ui/", self.page, Access.UI),  # the admin origin only
+            Route(
+                ("GET",), "/__sngin/ui/assets/<name>", self.bundle, Access.UI
+            ),  # the admin origin only
+            Route(("POST",), "/__sngin/ui/login", self.login, Access.UI),  # the admin origin only
+            Route(
+                ("GET",), "/__sngin/ui/session", self.current, Access.UI
+            ),  # the admin origin only
+            Route(("POST",), "/__sngin/ui/logout", self.logout, Access.UI),  # the admin origin only
+        ]
