@@ -27,7 +27,7 @@ def attach_cluster_bus(deps: Deps, nursery: trio.Nursery) -> None:
     url = deps.settings.redis_url
     if url is None:
         return
-    state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
+    state = ClusterState(deps.purger, deps.pool.quarantine)
     bus = ClusterBus(url, state.apply, deps.purger.flush, state.resync)
     state.attach(bus)
     pool = deps.pool
@@ -39,7 +39,7 @@ def attach_cluster_bus(deps: Deps, nursery: trio.Nursery) -> None:
         "version": __version__,
         **where,
         "workers": pool.live_count(),
-        "requests_in_flight": sum(w.in_flight for w in pool.supervisor.workers),
+        "requests_in_flight": pool.requests_in_flight(),
         "connections": deps.connections.open,
     }
     nursery.start_soon(bus.run)
@@ -49,7 +49,7 @@ def attach_link(deps: Deps, link: ProcessLink, nursery: trio.Nursery) -> None:
     """One of several processes: without Redis, purges and quarantines reach the node's other
     processes through the parent; reports and live tails always go through it."""
     if deps.purger.bus is None:
-        state = ClusterState(deps.purger, deps.pool.accounting.quarantine)
+        state = ClusterState(deps.purger, deps.pool.quarantine)
         state.attach(link)
         link.on_event = state.apply
     link.on_report = partial(report, deps)

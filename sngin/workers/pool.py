@@ -1,8 +1,10 @@
-"""The worker pool, a thin facade: admission (shutdown, quarantine), the limits a job runs
-under, and the errors a failed request becomes. The work is done by its parts:
+"""The worker pool: it owns its parts and wires them, and does admission (shutdown,
+quarantine), the limits a job runs under, a job that never started run again elsewhere, and the
+errors a failed request becomes. Its parts:
 
 - sngin.workers.supervisor: starting, replacing, recycling and stopping worker processes;
-- sngin.workers.scheduler: which worker runs a request, and the queue (pure logic);
+- sngin.workers.scheduler: which worker runs a request, and the queue (no I/O);
+- sngin.workers.elastic: more workers while the workers hold only parked requests;
 - sngin.workers.accounting: per-tenant counters and quarantine strikes.
 """
 
@@ -189,6 +191,14 @@ class Pool:
     def live_count(self) -> int:
         """Live workers, without the per-tenant and /proc work of statistics()."""
         return sum(1 for w in self.supervisor.workers if w.alive)
+
+    def requests_in_flight(self) -> int:
+        return sum(w.in_flight for w in self.supervisor.workers)
+
+    @property
+    def quarantine(self) -> Quarantine:
+        """The tenants paused after repeated limit kills (the cluster keeps them in step)."""
+        return self.accounting.quarantine
 
     def quarantined(self) -> dict[str, float]:
         """Tenants in quarantine, with the seconds each has left."""
