@@ -52,12 +52,14 @@ if TYPE_CHECKING:
 
     from hypercorn.config import Config
 
+    from sngin.calls.outbound import Outbound
     from sngin.code.files import CodeFiles
     from sngin.code.store import CodeSource
     from sngin.config import Bind, PoolSettings, Settings
     from sngin.edge.dispatcher import ASGIApp
     from sngin.node.link import ProcessRole
     from sngin.storage.tenant_storage import TenantStorage
+    from sngin.workers.pool import Pool
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG: Final = 4096  # the listen queue (see hypercorn_config)
@@ -134,23 +136,21 @@ async def serve(
             text_log=settings.log_format == "text",
             process=role.index if role is not None else None,
         )
-        deps = Deps(
-            settings=settings,
+        deps = assemble_deps(
+            settings,
             store=store,
             pool=pool,
+            observer=observer,
+            storage=storage,
             outbound=outbound,
             github=github,
+            github_tokens=tokens,
             configs=TenantConfigs(store, settings),
-            observer=observer,
             mailer=Mailer(
                 EgressPolicy.parse(settings.egress_allow),
                 system_resolver,
                 enabled=settings.email_enabled,
             ),
-            alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert),
-            github_tokens=tokens,
-            storage=storage,
-            tenant_cache=tenant_cache_for(settings, storage),
             link=link,
             files=code_files_for(settings, store),
         )
@@ -160,6 +160,46 @@ async def serve(
                 attach_link(deps, link, nursery)
             await serve_app(deps, shutdown_trigger=shutdown_trigger, task_status=task_status)
             nursery.cancel_scope.cancel()
+
+
+def assemble_deps(
+    settings: Settings,
+    *,
+    store: CodeSource,
+    pool: Pool,
+    observer: Observer,
+    storage: TenantStorage | None,
+    outbound: Outbound | None = None,
+    github: CodeCache | None = None,
+    github_tokens: GitHubTokens | None = None,
+    configs: TenantConfigs | None = None,
+    mailer: Mailer | None = None,
+    link: ProcessLink | None = None,
+    files: CodeFiles | None = None,
+    **more: Any,
+) -> Deps:
+    """The one assembly of Deps, for serve() and for the tests' servers: what follows from the
+    parts (alerts over the outbound client, the scripts' cache over the storage) is made here."""
+    alerts = None
+    if outbound is not None:
+        alerts = Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
+    return Deps(
+        settings=settings,
+        store=store,
+        pool=pool,
+        outbound=outbound,
+        github=github,
+        configs=configs,
+        observer=observer,
+        mailer=mailer,
+        alerts=alerts,
+        github_tokens=github_tokens,
+        storage=storage,
+        tenant_cache=tenant_cache_for(settings, storage),
+        link=link,
+        files=files,
+        **more,
+    )
 
 
 def code_files_for(settings: Settings, store: CodeSource) -> CodeFiles | None:
@@ -175,10 +215,10 @@ def code_files_for(settings: Settings, store: CodeSource) -> CodeFiles | None:
     return None
 
 
-def tenant_cache_for(settings: Settings, storage: TenantStorage) -> TenantCache | RedisCache:
+def tenant_cache_for(settings: Settings, storage: TenantStorage | None) -> TenantCache | RedisCache:
     """`cache`: in Redis with the storage when SNGIN_REDIS_URL is set, else node-local."""
     bounds = settings.storage
-    if isinstance(storage.backend, RedisStorage):
+    if storage is not None and isinstance(storage.backend, RedisStorage):
         return RedisCache(
             storage.backend, max_bytes=bounds.cache_bytes, tenant_share=bounds.cache_tenant_share
         )

@@ -24,7 +24,6 @@ import trio.lowlevel
 from botocore.credentials import Credentials
 
 from sandbox.protocol import Call, CallResult, HttpResult, Job, Request
-from sngin.calls.alerts import Alerts
 from sngin.calls.mail import Mailer
 from sngin.calls.outbound import open_outbound, system_resolver
 from sngin.code.cache import CodeCache
@@ -40,17 +39,16 @@ from sngin.config import (
     Settings,
     StorageSettings,
 )
-from sngin.edge.deps import Deps
 from sngin.limits import Limits
 from sngin.names import is_config_key
 from sngin.observe.observer import Observer
 from sngin.server import (
+    assemble_deps,
     attach_cluster_bus,
     code_files_for,
     default_limits,
     pool_config,
     serve_app,
-    tenant_cache_for,
 )
 from sngin.storage.opening import open_tenant_storage
 from sngin.tenants.config import TenantConfigs
@@ -221,23 +219,17 @@ async def running(
         # fixture's cancel scope would not cover the test's task; a crashing task does).
         watchdog = await nursery.start(deadline, 30)
         store = store or LocalStore(tmp_path)
-        observer = Observer(access_stream=access_log)
-        tenant_cache = tenant_cache_for(settings, storage)
-        deps = Deps(
-            settings=settings,
+        deps = assemble_deps(
+            settings,
             store=store,
             pool=pool,
+            observer=Observer(access_stream=access_log),
+            storage=storage,
             outbound=outbound,
             github=github,
-            configs=TenantConfigs(store, settings) if tenant_configs else None,
-            observer=observer,
-            mailer=mailer,
             github_tokens=github_tokens,
-            storage=storage,
-            tenant_cache=tenant_cache,
-            alerts=Alerts(outbound, webhook=settings.alert_webhook, count=observer.metrics.alert)
-            if outbound is not None
-            else None,
+            configs=TenantConfigs(store, settings) if tenant_configs else None,
+            mailer=mailer,
             **({"files": code_files_for(settings, store)} | (deps_changes or {})),
         )
         attach_cluster_bus(deps, nursery)
