@@ -114,7 +114,7 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lua: str
 
 
-class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
+class HttpCall(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """http.request as a script asked for it (already form-encoded, params merged into url;
     with auth.oauth, the URL in canonical form and signed by the worker)."""
 
@@ -126,7 +126,7 @@ class HttpCall(msgspec.Struct, frozen=True, kw_only=True):
     auth: tuple[bytes, bytes] | None = None
 
 
-class EmailCall(msgspec.Struct, frozen=True, kw_only=True):
+class EmailCall(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """email.send as a script asked for it (webscript's fields; checked by the prelude)."""
 
     server: str
@@ -142,7 +142,7 @@ class EmailCall(msgspec.Struct, frozen=True, kw_only=True):
     secure: bool = False
 
 
-class StorageCall(msgspec.Struct, frozen=True, kw_only=True):
+class StorageCall(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """storage / lease / cache: `op` is get, set, delete, lease_acquire, lease_release,
     cache_get, cache_set or cache_delete (checked again by the server)."""
 
@@ -153,7 +153,7 @@ class StorageCall(msgspec.Struct, frozen=True, kw_only=True):
     ttl_s: float | None = None  # cache_set
 
 
-class AlertCall(msgspec.Struct, frozen=True, kw_only=True):
+class AlertCall(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """alert.email(text) / alert.sms(text): a notice for the tenant's owner."""
 
     kind: str
@@ -181,20 +181,25 @@ class ModuleSource(msgspec.Struct, frozen=True, kw_only=True):
     unchanged: bool = False
 
 
-class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """A running script asks the server to do something for it (a platform call): an HTTP
-    request, or a module for `require`: a search, the places to look in order joined by "|"
+class ModuleCall(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A module for `require`: a search, the places to look in order joined by "|"
     (sandbox/lua/prelude/09-modules.lua), with the location and version it last compiled for
-    that search (`module_have`, "<location>\0<version>")."""
+    that search (`have`, "<location>\0<version>")."""
+
+    search: str
+    have: str | None = None
+
+
+# What a platform call asks for: one tagged type each, so both sides dispatch by type.
+CallRequest = HttpCall | ModuleCall | EmailCall | AlertCall | StorageCall
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A running script asks the server to do something for it (a platform call)."""
 
     id: int
     call_id: int
-    http: HttpCall | None = None
-    module: str | None = None
-    module_have: str | None = None
-    email: EmailCall | None = None
-    alert: AlertCall | None = None
-    storage: StorageCall | None = None
+    request: CallRequest
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):

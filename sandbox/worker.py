@@ -28,6 +28,7 @@ from sandbox.protocol import (
     MEMORY_LIMIT,
     AlertCall,
     Call,
+    CallRequest,
     CallResult,
     Cancel,
     EmailCall,
@@ -36,6 +37,7 @@ from sandbox.protocol import (
     HttpCall,
     Job,
     Log,
+    ModuleCall,
     Reply,
     Running,
     StorageCall,
@@ -168,23 +170,18 @@ class Worker:
         if outcome[b"op"] == b"module":
             name = outcome[b"name"].decode("utf-8", "replace")
             have = outcome[b"have"]
-            self.send(
-                Call(
-                    id=request_id,
-                    call_id=self.call_ids,
-                    module=name,
-                    module_have=have.decode("utf-8", "replace") if have is not None else None,
-                )
+            asked: CallRequest = ModuleCall(
+                search=name, have=have.decode("utf-8", "replace") if have is not None else None
             )
         elif outcome[b"op"] == b"email":
-            self.send(Call(id=request_id, call_id=self.call_ids, email=email_call(outcome)))
+            asked = email_call(outcome)
         elif outcome[b"op"] == b"storage":
-            self.send(Call(id=request_id, call_id=self.call_ids, storage=storage_call(outcome)))
+            asked = storage_call(outcome)
         elif outcome[b"op"] == b"alert":
-            alert = AlertCall(kind=text(outcome[b"kind"]), text=text(outcome[b"text"]))
-            self.send(Call(id=request_id, call_id=self.call_ids, alert=alert))
+            asked = AlertCall(kind=text(outcome[b"kind"]), text=text(outcome[b"text"]))
         else:
-            self.send(Call(id=request_id, call_id=self.call_ids, http=http_call(outcome)))
+            asked = http_call(outcome)
+        self.send(Call(id=request_id, call_id=self.call_ids, request=asked))
 
     def timed(self, request_id: int, work: Any) -> Any:
         """Run work under the request's remaining CPU budget (SIGPROF kills past it)."""

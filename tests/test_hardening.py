@@ -194,7 +194,7 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
     """A compromised worker can send what the prelude never would: the server checks again."""
     import math
 
-    from sandbox.protocol import Call, HttpCall
+    from sandbox.protocol import Call, HttpCall, ModuleCall
     from sngin.calls.outbound import Outbound, guarded_client
     from sngin.calls.request_calls import RequestCalls
     from sngin.code.local_store import LocalStore
@@ -213,11 +213,11 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
             (HttpCall(url="http://x.test/" + "a" * 70_000), "url longer"),
         ]
         for http_call, fragment in forged:
-            result = await calls(Call(id=1, call_id=1, http=http_call))
+            result = await calls(Call(id=1, call_id=1, request=http_call))
             assert result.error is not None
             assert fragment in result.error
         for name in ["tenant:" + "a" * 300 + ".lua", "github:u/r/m/" + "a" * 70_000 + ".lua"]:
-            result = await calls(Call(id=1, call_id=1, module=name))
+            result = await calls(Call(id=1, call_id=1, request=ModuleCall(search=name)))
             assert result.error is not None
             assert "longer than" in result.error
 

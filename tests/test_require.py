@@ -353,7 +353,7 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
     own share of it (entries and bytes, misses included)."""
     import math
 
-    from sandbox.protocol import Call
+    from sandbox.protocol import Call, ModuleCall
     from sngin.calls.request_calls import RequestCalls
 
     settings = CacheSettings(max_entries=40, tenant_share=0.25)
@@ -364,11 +364,12 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
             return RequestCalls(None, tenant=tenant, deadline=math.inf, request_id="r",
                                 max_subrequests=0, max_modules=1000, github=cache)  # fmt: skip
 
-        kept = Call(id=1, call_id=1, module=f"github:{REPO}/top.lua")
+        kept = Call(id=1, call_id=1, request=ModuleCall(search=f"github:{REPO}/top.lua"))
         assert (await calls("b.test")(kept)).module is not None
         flood = calls("a.test")
         for index in range(60):
-            missing = Call(id=1, call_id=1, module=f"github:u/r/main/junk{index}.lua")
+            junk = ModuleCall(search=f"github:u/r/main/junk{index}.lua")
+            missing = Call(id=1, call_id=1, request=junk)
             assert (await flood(missing)).error is not None
         assert (await calls("b.test")(kept)).module is not None
         nursery.cancel_scope.cancel()

@@ -78,7 +78,7 @@ def test_purge_covers_scripts_and_files_at_segment_boundaries():
 async def test_a_requests_call_state_is_made_at_its_first_call_and_only_once():
     """Most scripts make no platform call: the pipeline makes the calls' state (budgets,
     storage key space) only when the worker sends a first one."""
-    from sandbox.protocol import Call, CallResult
+    from sandbox.protocol import Call, CallResult, ModuleCall
     from sngin.edge.pipeline import CallsOnDemand
 
     made = []
@@ -94,7 +94,7 @@ async def test_a_requests_call_state_is_made_at_its_first_call_and_only_once():
     calls = CallsOnDemand(make)  # type: ignore[arg-type]
     assert (calls.made, made) == (None, [])
     for call_id in (1, 2):
-        answer = await calls(Call(id=7, call_id=call_id))
+        answer = await calls(Call(id=7, call_id=call_id, request=ModuleCall(search="tenant:x")))
         assert answer.call_id == call_id
     assert made == [1]
     assert calls.made is not None

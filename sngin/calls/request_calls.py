@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from sandbox.protocol import Call, CallResult, ModuleSource
+from sandbox.protocol import (
+    AlertCall,
+    Call,
+    CallResult,
+    EmailCall,
+    HttpCall,
+    ModuleCall,
+    ModuleSource,
+    StorageCall,
+)
 from sngin.bodies.http_body import BodyCost
 from sngin.calls.alerts import AlertFailed
 from sngin.calls.mail import MailRefused
@@ -86,7 +95,10 @@ class RequestCalls:
         self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
 
     async def __call__(self, call: Call) -> CallResult:
-        if call.module is not None:
+        asked = call.request
+        if isinstance(asked, HttpCall):
+            return await self._http(call, asked)
+        if isinstance(asked, ModuleCall):
             if self._modules_left <= 0:
                 return CallResult(
                     id=call.id,
@@ -94,19 +106,18 @@ class RequestCalls:
                     error=f"more than {self._max_modules} module fetches in one request",
                 )
             self._modules_left -= 1
-            return await self._module(call, call.module)
-        if call.storage is not None:
+            return await self._module(call, asked)
+        if isinstance(asked, StorageCall):
             if self.storage is None:
                 return CallResult(id=call.id, call_id=call.call_id, error="not available here")
             try:
-                value = await self.storage(call.storage)
+                value = await self.storage(asked)
             except StorageRefused as exc:
                 return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
             return CallResult(id=call.id, call_id=call.call_id, done=True, value=value)
-        if call.email is not None or call.alert is not None:
-            return await self._notice(call)
-        if call.http is None:
-            return CallResult(id=call.id, call_id=call.call_id, error="unknown platform call")
+        return await self._notice(call, asked)
+
+    async def _http(self, call: Call, asked: HttpCall) -> CallResult:
         if self._outbound is None:
             return CallResult(id=call.id, call_id=call.call_id, error="not available here")
         if self._left <= 0:
@@ -115,16 +126,16 @@ class RequestCalls:
                 call_id=call.call_id,
                 error=f"more than {self._max} subrequests in one request",
             )
-        problem = http_call_problem(call.http)
+        problem = http_call_problem(asked)
         if problem is not None:
             return CallResult(id=call.id, call_id=call.call_id, error=problem)
         self._left -= 1
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
-        timeout = min(call.http.timeout_s or DEFAULT_TIMEOUT_S, remaining)
+        timeout = min(asked.timeout_s or DEFAULT_TIMEOUT_S, remaining)
         lease = self._bodies.lease() if self._bodies is not None else None
         try:
             result = await self._outbound.fetch(
-                call.http,
+                asked,
                 timeout_s=timeout,
                 request_id=self._request_id,
                 tenant=self._tenant,
@@ -139,7 +150,7 @@ class RequestCalls:
                 lease.release()
         return CallResult(id=call.id, call_id=call.call_id, http=result)
 
-    async def _notice(self, call: Call) -> CallResult:
+    async def _notice(self, call: Call, asked: EmailCall | AlertCall) -> CallResult:
         """email.send and alert.*: they count against the subrequest budget too."""
         if self._left <= 0:
             return CallResult(
@@ -152,18 +163,18 @@ class RequestCalls:
         if timeout <= 0:
             return CallResult(id=call.id, call_id=call.call_id, error="no time left")
         try:
-            if call.email is not None:
-                problem = email_call_problem(call.email)
+            if isinstance(asked, EmailCall):
+                problem = email_call_problem(asked)
                 if problem is not None:
                     raise MailRefused(problem)
                 if self._mailer is None:
                     raise MailRefused("email is not available here")
-                await self._mailer.send(call.email, timeout_s=timeout, egress=self._egress)
-            elif call.alert is not None:
+                await self._mailer.send(asked, timeout_s=timeout, egress=self._egress)
+            else:
                 if self._alerts is None:
                     raise AlertFailed("alerts are not available here")
                 await self._alerts.raise_alert(
-                    call.alert,
+                    asked,
                     tenant=self._tenant,
                     request_id=self._request_id,
                     webhook=self._alert_webhook,
@@ -174,7 +185,7 @@ class RequestCalls:
             return CallResult(id=call.id, call_id=call.call_id, error=str(exc))
         return CallResult(id=call.id, call_id=call.call_id, done=True)
 
-    async def _module(self, call: Call, search: str) -> CallResult:
+    async def _module(self, call: Call, asked: ModuleCall) -> CallResult:
         """A require's search (sandbox/lua/prelude/09-modules.lua): the first of its places
         that has the file. 'tenant:' reads this tenant's store only; 'github:' and 'ghpath:'
         (master, else main) and 'default:' (the default module repository) read the GitHub
@@ -182,7 +193,7 @@ class RequestCalls:
         subrequests'."""
         looked: list[str] = []
         try:
-            places = search.split("|")
+            places = asked.search.split("|")
             if len(places) > MAX_PLACES:
                 raise CodeFetchError("too many places to look for one module")
             for place in places:
@@ -193,7 +204,7 @@ class RequestCalls:
                         message = self._unreachable(place, location, looked, exc)
                         raise CodeFetchError(message) from None
                     if source is not None:
-                        return self._answer(call, location, source, chunkname)
+                        return self._answer(call, asked.have, location, source, chunkname)
                     looked.append(shown(location, self._tenant))
         except CodeFetchError as exc:
             return CallResult(id=call.id, call_id=call.call_id, error=exc.message)
@@ -256,8 +267,10 @@ class RequestCalls:
             key = self._github_tokens.key_for(path, self._tenant, self._github_token)
         return await self._github.fetch(key, owner=self._tenant), f"github.com/{path}"
 
-    def _answer(self, call: Call, location: str, source: Source, chunkname: str) -> CallResult:
-        unchanged = call.module_have == f"{location}\0{source.version}"
+    def _answer(
+        self, call: Call, have: str | None, location: str, source: Source, chunkname: str
+    ) -> CallResult:
+        unchanged = have == f"{location}\0{source.version}"
         module = ModuleSource(
             text=b"" if unchanged else source.text,
             version=source.version,

@@ -24,6 +24,7 @@ from sandbox.protocol import (
     Log,
     Reply,
     Running,
+    StorageCall,
     ToWorker,
     decode_from_worker,
     encode_to_worker,
@@ -322,8 +323,8 @@ class FrameChannel:
         if pending is None:
             return  # cancelled: the worker gets a Cancel, not an answer
         pending.waiting_call = pending.heard = True
-        storage = call.storage
-        pending.waiting_on_backend = storage is not None and storage.op != "lease_acquire"
+        asked = call.request
+        pending.waiting_on_backend = isinstance(asked, StorageCall) and asked.op != "lease_acquire"
         if pending.nursery is not None:
             pending.nursery.start_soon(self._answer_call, pending, call)
         else:
