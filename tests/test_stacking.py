@@ -220,3 +220,24 @@ async def test_a_real_worker_that_declines_several_stacked_jobs_passes_for_the_p
             await parked_done.wait()
             await worker.close()
     assert replies["a.test"].body == b"up"
+
+
+def test_when_a_worker_ends_only_the_culprits_tenant_loses_requests_it_had_not_started():
+    """blame_on_exit, the rule the frame channel applies: a, running, is the culprit; b's job
+    sent after it and never heard of is unstarted (it runs elsewhere); a's own later job and
+    c's job the worker had started both fail as siblings."""
+    from sngin.workers.failures import CPU_KILL, blame_on_exit
+
+    in_flight = [
+        (1, "c.test", True), (2, "a.test", True), (3, "b.test", False), (4, "a.test", False)
+    ]  # fmt: skip
+    failures = blame_on_exit(in_flight, culprit=2, reason=CPU_KILL)
+    shape = {i: (f.reason, f.sibling, f.unstarted) for i, f in failures.items()}
+    assert shape == {
+        1: (CPU_KILL, True, False),
+        2: (CPU_KILL, False, False),
+        3: (CPU_KILL, True, True),
+        4: (CPU_KILL, True, False),
+    }
+    unknown = blame_on_exit([(5, "x.test", False)], culprit=None, reason=CPU_KILL)
+    assert (unknown[5].sibling, unknown[5].unstarted) == (False, True)

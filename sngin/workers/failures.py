@@ -59,3 +59,26 @@ def classify_exit(returncode: int | None, killed_for: str | None) -> str:
     if returncode == EXIT_MEMORY:
         return MEMORY
     return CRASH
+
+
+def blame_on_exit(
+    in_flight: list[tuple[int, str, bool]], culprit: int | None, reason: str
+) -> dict[int, WorkerFailed]:
+    """How each request in flight on a worker that ended fails: `in_flight` is (request id,
+    tenant, heard of yet) in the order sent, `culprit` the request that was running. A request
+    of another tenant that the worker had not started (stacked behind the culprit: the worker
+    starts jobs in the order sent) is unstarted, for the pool to run elsewhere: no tenant's
+    kill costs another's request. The culprit's own tenant's requests fail as its siblings."""
+    tenants = {request_id: tenant for request_id, tenant, _ in in_flight}
+    culprit_tenant = tenants.get(culprit) if culprit is not None else None
+    after_culprit = culprit is None
+    failures = {}
+    for request_id, tenant, heard in in_flight:
+        sibling = culprit is not None and request_id != culprit
+        unstarted = after_culprit and not heard and tenant != culprit_tenant
+        failures[request_id] = WorkerFailed(
+            reason, "the worker ended", sibling=sibling, unstarted=unstarted
+        )
+        if request_id == culprit:
+            after_culprit = True
+    return failures

@@ -31,7 +31,14 @@ from sandbox.protocol import (
     frame_length,
 )
 from sngin.observe.live_tails import forward_script_line
-from sngin.workers.failures import CRASH, NEVER_STARTED, PROTOCOL, WALL_KILL, WorkerFailed
+from sngin.workers.failures import (
+    CRASH,
+    NEVER_STARTED,
+    PROTOCOL,
+    WALL_KILL,
+    WorkerFailed,
+    blame_on_exit,
+)
 from sngin.workers.pipes import PipeReader, PipeWriter
 
 if TYPE_CHECKING:
@@ -349,24 +356,12 @@ class FrameChannel:
             self._send(result)
 
     def _fail_all(self, reason: str) -> None:
-        """The worker ended: every request in flight fails, but one of another tenant that it
-        had not started (stacked behind the culprit: the worker starts jobs in the order sent)
-        is marked unstarted, for the pool to run elsewhere; no tenant's kill costs another's
-        request. The culprit's own tenant's requests fail as its siblings, as before."""
-        culprit = self._culprit()
-        culprit_tenant = None
-        after_culprit = culprit is None
-        if culprit is not None and culprit in self.pending:
-            culprit_tenant = self.pending[culprit].job.tenant
+        """The worker ended: every request in flight fails, each as blame_on_exit says."""
+        in_flight = [(i, p.job.tenant, p.heard) for i, p in self.pending.items()]
+        failures = blame_on_exit(in_flight, self._culprit(), reason)
         for request_id, pending in list(self.pending.items()):
-            sibling = culprit is not None and request_id != culprit
-            unstarted = after_culprit and not pending.heard and pending.job.tenant != culprit_tenant
-            pending.failure = WorkerFailed(
-                reason, "the worker ended", sibling=sibling, unstarted=unstarted
-            )
+            pending.failure = failures[request_id]
             pending.finish()
-            if request_id == culprit:
-                after_culprit = True
 
     def _culprit(self) -> int | None:
         """The request that was running when the worker ended, as far as we can tell."""
