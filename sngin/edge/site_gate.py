@@ -8,7 +8,6 @@ import math
 from typing import TYPE_CHECKING
 
 from sngin.errors import RateLimited, Unavailable
-from sngin.node.cluster_bus import ClusterBus
 from sngin.storage.redis import RedisStorage
 from sngin.tenants.admission import RateLimiter, retry_after
 from sngin.tenants.shared_rates import SharedRateLimiter
@@ -28,7 +27,7 @@ def shared_rates_for(deps: Deps) -> SharedRateLimiter | ProcessLink | None:
 
     def nodes() -> int:
         bus = deps.purger.bus
-        return bus.nodes_seen if isinstance(bus, ClusterBus) else 1
+        return bus.nodes_seen if bus is not None else 1
 
     return SharedRateLimiter(backend, nodes)
 

@@ -18,6 +18,7 @@ class EventBus(Protocol):
     (sngin.node.cluster_bus), or a process's link to its node's parent (sngin.node.link)."""
 
     node: str
+    nodes_seen: int  # the nodes it knows of (a process's link: its own node)
 
     def publish(self, purge: Purge) -> None: ...
 
