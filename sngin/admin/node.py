@@ -16,7 +16,6 @@ from sngin.admin.stats import node_statistics, quarantine_list, render_metrics
 from sngin.admin.tail_gate import TailGate
 from sngin.errors import BadRequest
 from sngin.names import script_path, tenant_of
-from sngin.node.cluster_bus import ClusterBus
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -51,9 +50,9 @@ class NodeRoutes:
             return {"ready": False, "reason": observer.not_ready_reason}, 503
         answer: dict[str, Any] = {"ready": True}
         bus = self.deps.purger.bus
-        if isinstance(bus, ClusterBus) and not bus.connected:
-            # Still ready: it serves, and flushes its code cache once Redis is back.
-            answer["cluster_bus"] = f"Redis unreachable: {bus.last_error}"
+        unreachable = bus.unreachable() if bus is not None else None
+        if unreachable is not None:  # still ready (sngin.node.cluster_bus)
+            answer["cluster_bus"] = unreachable
         if observer.storage_problem is not None:
             # Still ready: everything but storage serves.
             answer["storage"] = f"Redis unreachable: {observer.storage_problem}"

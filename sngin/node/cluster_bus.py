@@ -335,6 +335,10 @@ class ClusterBus:
         while not condition():
             await self._changed.wait()
 
+    def unreachable(self) -> str | None:
+        """Still ready meanwhile: it serves, and flushes its code cache once Redis is back."""
+        return None if self.connected else f"Redis unreachable: {self.last_error}"
+
     def statistics(self) -> BusStatistics:
         return BusStatistics(
             node=self.node,

@@ -116,6 +116,9 @@ class ProcessLink:
         self._writer.send_soon(Event(fields))
         self.published += 1
 
+    def unreachable(self) -> None:
+        return None  # a process whose parent is gone stops: readiness has nothing to add
+
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
             node=self.node,

@@ -28,6 +28,10 @@ class EventBus(Protocol):
 
     def statistics(self) -> BusStatistics | LinkStatistics: ...
 
+    def unreachable(self) -> str | None:
+        """Why the bus cannot reach the others now (for readiness), or None."""
+        ...
+
 
 class Purger:
     """The one way purges are made (the API, the seed's /__purge/, S3 events): here, then on
