@@ -160,7 +160,7 @@ async def test_a_subrequest_body_waits_for_room_and_one_past_the_budget_is_the_s
             "b.test/bigger": fetch.format(url=upstream.url("/four-mib")),
             "b.test/chunked": fetch.format(url=upstream.url("/gzip-bomb")),
         }
-        settings = OutboundSettings(bodies_bytes=3 * MIB)
+        settings = OutboundSettings(bodies_bytes=3 * MIB, tenant_share=1.0)  # (shares: below)
         async with (
             serving(tmp_path, scripts, outbound_settings=settings) as srv,
             trio.open_nursery() as nursery,
@@ -206,3 +206,31 @@ async def test_a_large_response_arrives_whole_and_in_order_through_partial_write
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert body == expected
+
+
+async def test_a_tenant_waits_for_its_own_share_of_the_subrequest_bodies_not_the_others():
+    """While its bodies wait for room, one tenant holds at most its share (the outbound
+    connections' share, 0.5 here): its second body waits although the budget has room,
+    another tenant's is taken at once, and the waiting one goes once its first is done."""
+    from sngin.bodies.budgets import MemoryBudget
+
+    budget = MemoryBudget("subrequest bodies", 4 * MIB, tenant_share=0.5)
+    first, second, other = budget.lease("a"), budget.lease("a"), budget.lease("b")
+    assert await first.take_when_free(2 * MIB)
+    taken: list[bool] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait_second() -> None:
+            taken.append(await second.take_when_free(MIB))
+
+        nursery.start_soon(wait_second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (budget.waiting, taken, budget.room()) == (1, [], 2 * MIB)
+        assert await other.take_when_free(2 * MIB)  # b's share is its own
+        first.release()
+    assert taken == [True]
+    assert budget.held_by == {"a": MIB, "b": 2 * MIB}
+    assert not await budget.lease("a").take_when_free(3 * MIB)  # more than a share: at once
+    second.release()
+    other.release()
+    assert (budget.held, budget.held_by) == (0, {})

@@ -51,17 +51,21 @@ SMALL_RESPONSE_BYTES: Final = 64 * 1024
 class MemoryBudget:
     """Bytes held against a limit, by leases that give back all they took at once."""
 
-    def __init__(self, name: str, limit: int) -> None:
+    def __init__(self, name: str, limit: int, *, tenant_share: float = 1.0) -> None:
         self.name = name
         self.limit = limit
+        # What one tenant's leases may hold while they wait for room (take_when_free), so a
+        # tenant's slow bodies leave the rest of the budget to the others.
+        self.tenant_limit = max(1, int(limit * tenant_share))
         self.held = 0
+        self.held_by: dict[str, int] = {}  # by the owners leases name
         self.peak = 0
         self.refused = 0
         self.waiting = 0  # leases waiting for room (take_when_free)
         self._freed = trio.Event()  # set (and renewed) whenever bytes are given back
 
-    def lease(self) -> Lease:
-        return Lease(self)
+    def lease(self, owner: str | None = None) -> Lease:
+        return Lease(self, owner)
 
     def freed(self) -> None:
         if self.waiting:  # (an Event per release would be every request's cost)
@@ -75,10 +79,11 @@ class MemoryBudget:
 class Lease:
     """One request's share of a budget."""
 
-    __slots__ = ("_budget", "held")
+    __slots__ = ("_budget", "_owner", "held")
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    def __init__(self, budget: MemoryBudget, owner: str | None = None) -> None:
         self._budget = budget
+        self._owner = owner  # the tenant whose bytes these are, for its share
         self.held = 0
 
     def take(self, size: int) -> bool:
@@ -89,21 +94,22 @@ class Lease:
             return False
         budget.held += size
         budget.peak = max(budget.peak, budget.held)
-        self.held += size
+        self._count(size)
         return True
 
     async def take_when_free(self, size: int) -> bool:
         """Hold size more bytes, waiting while other leases hold the room (the caller's cancel
-        scope bounds the wait); False at once when size exceeds the whole budget. A body
-        whose size is known is held whole before it is read: many read at once, each holding
-        part, would otherwise fill the budget and all fail halfway."""
+        scope bounds the wait), and while the owner's leases hold its share; False at once
+        when size exceeds that share. A body whose size is known is held whole before it is
+        read: many read at once, each holding part, would otherwise fill the budget and all
+        fail halfway."""
         budget = self._budget
-        if size > budget.limit:
+        if size > budget.tenant_limit:
             budget.refused += 1
             return False
         budget.waiting += 1
         try:
-            while budget.held + size > budget.limit:
+            while budget.held + size > budget.limit or self._owned() + size > budget.tenant_limit:
                 await budget._freed.wait()
         finally:
             budget.waiting -= 1
@@ -121,12 +127,26 @@ class Lease:
         """Stop holding size of the bytes taken (a value replaced by a smaller one)."""
         size = min(size, self.held)
         self._budget.held -= size
-        self.held -= size
+        self._count(-size)
         self._budget.freed()
+
+    def _owned(self) -> int:
+        return self._budget.held_by.get(self._owner, 0) if self._owner is not None else 0
+
+    def _count(self, size: int) -> None:
+        self.held += size
+        owner = self._owner
+        if owner is not None and size:
+            held_by = self._budget.held_by
+            left = held_by.get(owner, 0) + size
+            if left:
+                held_by[owner] = left
+            else:
+                del held_by[owner]
 
     def release(self) -> None:
         self._budget.held -= self.held
-        self.held = 0
+        self._count(-self.held)
         self._budget.freed()
 
 
@@ -142,7 +162,11 @@ class Budgets:
         return cls(
             request_bodies=MemoryBudget("request bodies", http.request_bodies_bytes),
             responses=MemoryBudget("responses", http.responses_bytes),
-            subrequest_bodies=MemoryBudget("subrequest bodies", settings.outbound.bodies_bytes),
+            subrequest_bodies=MemoryBudget(
+                "subrequest bodies",
+                settings.outbound.bodies_bytes,
+                tenant_share=settings.outbound.tenant_share,
+            ),
         )
 
     def statistics(self) -> Mapping[str, BudgetStatistics]:

@@ -132,7 +132,7 @@ class RequestCalls:
         self._left -= 1
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
         timeout = min(asked.timeout_s or DEFAULT_TIMEOUT_S, remaining)
-        lease = self._bodies.lease() if self._bodies is not None else None
+        lease = self._bodies.lease(self._tenant) if self._bodies is not None else None
         try:
             result = await self._outbound.fetch(
                 asked,
