@@ -17,6 +17,7 @@ import coredis
 import coredis.exceptions
 import trio
 
+from sngin.backoff import Backoff
 from sngin.storage.sqlite import Quota, QuotaExceeded, mib
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ PREFIX: Final = "sngin:"
 TENANTS: Final = PREFIX + "tenants"
 CONNECT_TIMEOUT_S: Final = 1.0
 RETRY_S: Final = 0.1
+MAX_RETRY_S: Final = 5.0
 CLIENT_FAILURES: Final = (coredis.exceptions.RedisError, OSError)
 STREAM_TIMEOUT_S: Final = 2.0
 
@@ -213,8 +215,10 @@ async def hold_client(storage: RedisStorage, *, task_status: trio.TaskStatus[Non
     Redis went away as a connection was being opened). Here it ends this task's body only, and
     a new client takes over; calls meanwhile fail like any call while Redis is away."""
     started = False
+    backoff = Backoff(RETRY_S, MAX_RETRY_S)  # a pool that keeps failing does not spin
     while True:
         client = storage.client if not started else new_client(storage.url)
+        opened = trio.current_time()
         try:
             async with client:
                 storage.client = client
@@ -230,7 +234,9 @@ async def hold_client(storage: RedisStorage, *, task_status: trio.TaskStatus[Non
                 "storage: the Redis client ended (%s); opening a new one",
                 describe_failure(group.exceptions[0]),
             )
-        await trio.sleep(RETRY_S)  # a pool that keeps failing does not spin
+        if trio.current_time() - opened > MAX_RETRY_S:  # it had served a while: start over
+            backoff.succeeded()
+        await trio.sleep(backoff.next_delay())
 
 
 # The cache on Redis: entries `sngin:c:<tenant>:<hex key>` with their TTL; per tenant an index
