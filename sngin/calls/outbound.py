@@ -203,7 +203,7 @@ class Outbound:
             resolver=self._resolver,
             ssl_context=self._ssl_context,
             tenant=egress,
-            max_connections=self._settings.connections,
+            max_connections=self.shares.per_tenant,  # its calls never hold more
         )
         return client
 
