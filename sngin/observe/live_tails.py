@@ -142,6 +142,30 @@ def forward_script_line(
     return size
 
 
+class ScriptLines:
+    """One request's print/log lines on their way to the log: its secrets redacted, at most
+    `budget` bytes as written (the worker caps the lines' raw bytes; this caps what is written,
+    escaped and with invalid UTF-8 replaced, which is what the documented 64 KiB is about)."""
+
+    __slots__ = ("_redact", "_request", "_tenant", "budget", "dropped")
+
+    def __init__(
+        self, tenant: str, request: Request, redact: Callable[[str], str] | None, budget: int
+    ) -> None:
+        self._tenant = tenant
+        self._request = request
+        self._redact = redact
+        self.budget = budget
+        self.dropped = 0  # lines past the budget, dropped here rather than in the worker
+
+    def write(self, line: bytes) -> None:
+        written = forward_script_line(self._tenant, self._request, line, self._redact, self.budget)
+        if written is None:
+            self.dropped += 1
+        else:
+            self.budget -= written
+
+
 class TailHandler(logging.Handler):
     """Feeds script lines (sngin.script) to the tails."""
 

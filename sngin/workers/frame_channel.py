@@ -1,7 +1,9 @@
 """The multiplexed request channel to one worker child: length-prefixed frames over its pipes,
 several requests in flight, each waiting for its Reply while the reader task serves the child's
-frames (replies, platform calls, log lines). When the child ends, every request in flight fails:
-the one that was running with the reason, the others as siblings.
+frames (replies, platform calls, log lines). What a request's platform calls and log lines do
+is injected (a CallHandler, ScriptLines); what ends when its time runs out or its caller leaves
+is sngin.workers.kill_policy's decision, and who fails when the child ends is
+sngin.workers.failures'; the channel carries them out.
 """
 
 from __future__ import annotations
@@ -30,19 +32,13 @@ from sandbox.protocol import (
     encode_to_worker,
     frame_length,
 )
-from sngin.observe.live_tails import forward_script_line
-from sngin.workers.failures import (
-    CRASH,
-    NEVER_STARTED,
-    PROTOCOL,
-    WALL_KILL,
-    WorkerFailed,
-    blame_on_exit,
-)
+from sngin.workers import kill_policy
+from sngin.workers.failures import CRASH, PROTOCOL, WALL_KILL, WorkerFailed, blame_on_exit
+from sngin.workers.kill_policy import Action, Standing
 from sngin.workers.pipes import PipeReader, PipeWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from sngin.observe.live_tails import ScriptLines
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +74,8 @@ class Pending:
     # (lease waits and http.request are the tenant's own choice)
     waiting_on_backend: bool = False
     heard: bool = False  # the worker sent a frame about it: it has started
-    redact: Callable[[str], str] | None = None  # the tenant's secrets out of its log lines
+    lines: ScriptLines | None = None  # where its print/log lines go (None: dropped)
     call_scopes: list[trio.CancelScope] = field(default_factory=list)
-    log_bytes: int = 0  # of script lines written to the log for this request
-    log_dropped: int = 0  # lines past the budget, dropped here rather than in the worker
 
     def cancel_calls(self) -> None:
         for scope in self.call_scopes:
@@ -148,7 +142,7 @@ class FrameChannel:
         *,
         source_known: bool,
         timeout_s: float = math.inf,
-        redact: Callable[[str], str] | None = None,
+        lines: ScriptLines | None = None,
     ) -> Reply:
         """Send a job (without its source when the child compiled it already) and wait for its
         Reply within timeout_s; raises WorkerFailed if the worker ends first or the time runs
@@ -161,7 +155,7 @@ class FrameChannel:
             )
         self._ids += 1
         full = msgspec.structs.replace(job, id=self._ids)
-        pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
+        pending = self.pending[full.id] = Pending(job=full, calls=calls, lines=lines)
         deadline = trio.current_time() + timeout_s
         try:
             self._send(msgspec.structs.replace(full, source=None) if source_known else full)
@@ -170,7 +164,7 @@ class FrameChannel:
                 # The worker evicted its compiled copy: send the source this time. Re-entered
                 # last: the pending map is in the order the worker will start its jobs.
                 del self.pending[full.id]
-                pending = self.pending[full.id] = Pending(job=full, calls=calls, redact=redact)
+                pending = self.pending[full.id] = Pending(job=full, calls=calls, lines=lines)
                 self._send(full)
                 await self._wait(pending, deadline)
         except BaseException:
@@ -186,10 +180,8 @@ class FrameChannel:
         if reply.need_source:
             self._owner.kill(PROTOCOL)
             raise WorkerFailed(PROTOCOL, "the worker asked for source it was sent")
-        if pending.log_dropped:
-            reply = msgspec.structs.replace(
-                reply, logs_dropped=reply.logs_dropped + pending.log_dropped
-            )
+        if lines is not None and lines.dropped:
+            reply = msgspec.structs.replace(reply, logs_dropped=reply.logs_dropped + lines.dropped)
         return reply
 
     async def _wait(self, pending: Pending, deadline: float) -> None:
@@ -198,20 +190,21 @@ class FrameChannel:
             if not pending.done.is_set():
                 await self._serve_calls(pending)
             return
-        if pending.waiting_call:
-            # Waiting for the server, not running Lua: drop just this request.
+        verdict = kill_policy.out_of_wall_time(self._standing(pending))
+        if verdict.action is Action.CANCEL:
             self._send_cancel(pending)
-            if pending.waiting_on_backend:
-                raise WorkerFailed(
-                    WALL_KILL, "the request ran out of wall time waiting on storage", platform=True
-                )
-        elif self._queued(pending):
-            # Stacked behind another request that still computes: it never ran, so the worker
-            # (and the request ahead) go on; its Reply, should it come, is dropped.
-            raise WorkerFailed(NEVER_STARTED, "the request never started", sibling=True)
-        else:
+        elif verdict.action is Action.KILL:
             self._owner.kill(WALL_KILL, blame=pending.job.id)
-        raise WorkerFailed(WALL_KILL, "the request ran out of wall time")
+        assert verdict.failure is not None
+        raise verdict.failure
+
+    def _standing(self, pending: Pending) -> Standing:
+        return Standing(
+            waiting_call=pending.waiting_call,
+            waiting_on_backend=pending.waiting_on_backend,
+            queued=self._queued(pending),
+            alone=len(self.pending) == 1,
+        )
 
     def _queued(self, pending: Pending) -> bool:
         """The worker has not started this job: nothing was heard of it, and a request sent
@@ -249,11 +242,11 @@ class FrameChannel:
         """The caller went away (e.g. the client left) before the Reply."""
         if pending.done.is_set() or self._owner.broken:
             return
-        if pending.waiting_call:
+        action = kill_policy.caller_left(self._standing(pending))
+        if action is Action.CANCEL:
             self._send_cancel(pending)
-        elif len(self.pending) == 1:
-            self._owner.kill()  # running Lua for nobody, and nobody else shares the worker
-        # Else it finishes on its own (within its CPU budget) and its Reply is dropped.
+        elif action is Action.KILL:
+            self._owner.kill()
 
     def _send_cancel(self, pending: Pending) -> None:
         pending.cancel_calls()
@@ -305,15 +298,8 @@ class FrameChannel:
         if pending is None:
             return
         pending.heard = True
-        job = pending.job
-        # The worker caps the lines' raw bytes; this caps what is written (escaped, invalid
-        # UTF-8 replaced), which is what the documented 64 KiB is about.
-        budget = job.limits.max_log_bytes - pending.log_bytes
-        written = forward_script_line(job.tenant, job.request, message.line, pending.redact, budget)
-        if written is None:
-            pending.log_dropped += 1
-        else:
-            pending.log_bytes += written
+        if pending.lines is not None:
+            pending.lines.write(message.line)
 
     def _finish(self, reply: Reply) -> None:
         if self._running == reply.id:

@@ -20,6 +20,7 @@ import msgspec
 import trio
 
 from sandbox.protocol import Hello
+from sngin.observe.live_tails import ScriptLines
 from sngin.workers.failures import (
     CPU_KILL,
     CRASH,
@@ -264,7 +265,7 @@ class WorkerProcess:
             calls,
             source_known=self.mirror.has_compiled(version),
             timeout_s=timeout_s,
-            redact=redact,
+            lines=ScriptLines(job.tenant, job.request, redact, job.limits.max_log_bytes),
         )
         if reply.declined:
             if sent == self._sent:  # the job sent last: the mirror names its tenant
