@@ -14,6 +14,7 @@ import trio
 from sandbox.protocol import METHOD_NOT_ALLOWED, Reply
 from sngin.bodies.budgets import SMALL_RESPONSE_BYTES, bodies_budget_full
 from sngin.bodies.request_body import inflate_body
+from sngin.edge.connection_guard import HEAD_HOLD, HeadHold
 from sngin.edge.pipeline import TenantPipeline
 from sngin.edge.response_rules import response_headers
 from sngin.errors import (
@@ -40,6 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+HTTP1: Final = ("1.0", "1.1")
 RESERVED_PREFIXES = ("/__sngin/", "/__purge/")
 RESERVED_EXACT = ("/__sngin", "/__purge")
 HEALTH = "/__sngin/health"
@@ -103,7 +105,8 @@ class Dispatcher:
                 internal = SnginError("internal server error")
                 await respond_error(send, internal, head=head, trace=trace)
             else:
-                await self._respond_reply(send, trace, reply, headers, head=head)
+                http1 = scope.get("http_version") in HTTP1
+                await self._respond_reply(send, trace, reply, headers, head=head, http1=http1)
         except Exception:
             # Sending failed (the response was checked, so this is a bug or a connection
             # state we did not foresee): this connection is lost, no other task is.
@@ -132,6 +135,7 @@ class Dispatcher:
         headers: list[tuple[bytes, bytes]],
         *,
         head: bool,
+        http1: bool,
     ) -> None:
         """A large body is held against the responses budget until it is sent (a client that
         stops reading holds it at most SNGIN_SEND_TIMEOUT_S); past the budget the client gets a
@@ -148,7 +152,7 @@ class Dispatcher:
             await respond_error(send, error, head=head, trace=trace)
             return
         try:
-            await respond(send, trace, reply.status, headers, reply.body, head=head)
+            await respond(send, trace, reply.status, headers, reply.body, head=head, http1=http1)
         finally:
             lease.release()
 
@@ -201,7 +205,7 @@ async def read_body(
             expected = expected or value != b"0"
         elif name == b"transfer-encoding":
             expected = True
-    if not expected and scope.get("http_version") in ("1.0", "1.1"):
+    if not expected and scope.get("http_version") in HTTP1:
         # HTTP/1 framing says there is none: nothing to wait for. HTTP/2 and 3 frame bodies
         # themselves and need no Content-Length: read to the end of the stream.
         return b""
@@ -265,14 +269,24 @@ async def respond(
     body: bytes,
     *,
     head: bool,
+    http1: bool = False,
 ) -> None:
     """Send a response with the trace's timing headers, and note what was sent."""
     trace.status = status
     trace.size = 0 if head else len(body)
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers + trace.headers()}
-    )
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    # HTTP/1 sends in this task: the head goes out in one write with the body. (HTTP/2 sends
+    # DATA frames from its own task, which the head must not wait behind.)
+    hold = HeadHold() if http1 else None
+    token = HEAD_HOLD.set(hold)
+    try:
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers + trace.headers()}
+        )
+        await send({"type": "http.response.body", "body": b"" if head else body})
+    finally:
+        HEAD_HOLD.reset(token)
+        if hold is not None:
+            await hold.release()
 
 
 def error_response(error: SnginError) -> tuple[list[tuple[bytes, bytes]], bytes]:
