@@ -196,15 +196,17 @@ async def test_forged_calls_from_a_worker_are_refused_by_the_server(tmp_path):
 
     from sandbox.protocol import Call, HttpCall, ModuleCall
     from sngin.calls.outbound import Outbound, guarded_client
-    from sngin.calls.request_calls import RequestCalls
+    from sngin.calls.request_calls import PlatformServices, RequestCalls
     from sngin.code.local_store import LocalStore
     from sngin.tenants.egress import EgressPolicy
 
     async with guarded_client(EgressPolicy()) as client:
+        services = PlatformServices(
+            outbound=Outbound(client), store=LocalStore(tmp_path), github=LocalStore(tmp_path)
+        )
         calls = RequestCalls(
-            Outbound(client), tenant="a.test", deadline=math.inf, request_id="r",
-            max_subrequests=50, store=LocalStore(tmp_path), github=LocalStore(tmp_path),
-        )  # fmt: skip
+            services, tenant="a.test", deadline=math.inf, request_id="r", max_subrequests=50
+        )
         forged = [
             (HttpCall(url="http://x.test/", timeout_s=math.nan), "timeout"),
             (HttpCall(url="http://x.test/", timeout_s=-1.0), "timeout"),

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 import trio
+import trio.lowlevel
 from hypercorn.events import RawData
 
 from sngin.edge.connection_guard import (
@@ -104,7 +105,7 @@ async def test_a_large_body_is_written_after_its_head_not_copied_onto_it(pair):
         data = b""
         while len(data) < expected:
             data += peer.pending()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         return data
 
     async with trio.open_nursery() as nursery:

@@ -21,11 +21,13 @@ def test_a_request_running_lua_takes_its_worker_with_it_when_its_time_runs_out()
 def test_a_parked_request_is_dropped_alone_and_a_storage_stall_is_the_platforms():
     own = out_of_wall_time(standing(waiting_call=True, alone=False))
     assert own.action is Action.CANCEL
-    assert own.failure is not None and own.failure.reason == WALL_KILL
+    assert own.failure is not None
+    assert own.failure.reason == WALL_KILL
     assert not own.failure.platform
     storage = out_of_wall_time(standing(waiting_call=True, waiting_on_backend=True))
     assert storage.action is Action.CANCEL
-    assert storage.failure is not None and storage.failure.platform
+    assert storage.failure is not None
+    assert storage.failure.platform
     assert "waiting on storage" in storage.failure.detail
 
 

@@ -354,15 +354,16 @@ async def test_one_tenants_many_module_urls_do_not_flush_another_tenants_modules
     import math
 
     from sandbox.protocol import Call, ModuleCall
-    from sngin.calls.request_calls import RequestCalls
+    from sngin.calls.request_calls import PlatformServices, RequestCalls
 
     settings = CacheSettings(max_entries=40, tenant_share=0.25)
     async with open_github_store(raw_host.url) as store, trio.open_nursery() as nursery:
         cache = CodeCache(store, settings, nursery)
 
         def calls(tenant: str) -> RequestCalls:
-            return RequestCalls(None, tenant=tenant, deadline=math.inf, request_id="r",
-                                max_subrequests=0, max_modules=1000, github=cache)  # fmt: skip
+            return RequestCalls(PlatformServices(github=cache), tenant=tenant,
+                                deadline=math.inf, request_id="r", max_subrequests=0,
+                                max_modules=1000)  # fmt: skip
 
         kept = Call(id=1, call_id=1, request=ModuleCall(search=f"github:{REPO}/top.lua"))
         assert (await calls("b.test")(kept)).module is not None

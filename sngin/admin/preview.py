@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -215,12 +215,10 @@ async def run_with_overlay(
     deadline = trio.current_time() + wall_s
     settings = deps.settings
     calls = RequestCalls(
-        deps.outbound, tenant=tenant, deadline=deadline, request_id=request_id,
+        replace(deps.services, mailer=recorder, alerts=recorder),  # type: ignore[arg-type]
+        tenant=tenant, deadline=deadline, request_id=request_id,
         max_subrequests=config.limits.max_subrequests, max_modules=config.limits.max_modules,
-        store=deps.store, github=deps.github, egress=config.egress,
-        bodies=deps.budgets.subrequest_bodies, default_modules=settings.default_modules,
-        mailer=recorder, alerts=recorder,  # type: ignore[arg-type]
-        alert_webhook=config.alert_webhook, github_tokens=deps.github_tokens,
+        egress=config.egress, alert_webhook=config.alert_webhook,
         github_token=config.github_token,
         storage=StorageCalls(
             scratch,  # type: ignore[arg-type]

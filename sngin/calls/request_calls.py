@@ -5,6 +5,7 @@ subrequest budget, deadline and the server's budget for bodies in flight, and mo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -46,52 +47,53 @@ MAX_PLACES: Final = 4  # a search has at most two places today
 FALLBACK_BRANCHES: Final = ("master", "main")  # webscript's user/repo/path form
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlatformServices:
+    """What every request's platform calls use, made once for the server's lifetime: the
+    outbound client, the code stores for `require`, the budget for subrequest bodies in
+    flight, mail and alerts. A RequestCalls adds one request's budgets to it."""
+
+    outbound: Outbound | None = None
+    store: CodeSource | None = None
+    github: CodeSource | None = None
+    bodies: MemoryBudget | None = None  # the server-wide budget for subrequest bodies
+    # "<owner>/<repo>/<ref>": where bare names a tenant does not have are looked for
+    default_modules: str | None = None
+    mailer: Mailer | None = None
+    alerts: Alerts | None = None
+    github_tokens: GitHubTokens | None = None
+
+
 class RequestCalls:
-    """Answers one request's platform calls: http.request within its subrequest budget and
-    deadline, and modules for `require` (within their own budget) from the tenant's own store
-    or the GitHub raw host."""
+    """Answers one request's platform calls with the server's PlatformServices: http.request
+    within its subrequest budget and deadline, and modules for `require` (within their own
+    budget) from the tenant's own store or the GitHub raw host. Made at the request's first
+    call (sngin.edge.pipeline.CallsOnDemand): it holds only the request's own state."""
 
     def __init__(
         self,
-        outbound: Outbound | None,
+        services: PlatformServices,
         *,
         tenant: str,
         deadline: float,
         request_id: str,
         max_subrequests: int,
         max_modules: int = 100,
-        store: CodeSource | None = None,
-        github: CodeSource | None = None,
         egress: TenantEgress | None = None,
-        bodies: MemoryBudget | None = None,
-        default_modules: str | None = None,
-        mailer: Mailer | None = None,
-        alerts: Alerts | None = None,
         alert_webhook: str | None = None,
-        github_tokens: GitHubTokens | None = None,
         github_token: str | None = None,
         storage: StorageCalls | None = None,
     ) -> None:
+        self._services = services
         self.storage = storage  # this request's storage, lease and cache calls
-        self._github_tokens = github_tokens
         self._github_token = github_token  # the tenant's own, for its fetches only
-        self._mailer = mailer
-        self._alerts = alerts
         self._alert_webhook = alert_webhook  # the tenant's own (_sngin.json alerts.webhook)
-        # "<owner>/<repo>/<ref>": where bare names a tenant does not have are looked for
-        self._default_modules = default_modules
         self._egress = egress
-        self._bodies = bodies  # the server-wide budget for subrequest bodies in flight
-        self._outbound = outbound
         self._tenant = tenant
         self._deadline = deadline
         self._request_id = request_id
-        self._left = max_subrequests
-        self._max = max_subrequests
-        self._modules_left = max_modules
-        self._max_modules = max_modules
-        self._store = store
-        self._github = github
+        self._left = self._max = max_subrequests
+        self._modules_left = self._max_modules = max_modules
         self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
 
     async def __call__(self, call: Call) -> CallResult:
@@ -118,7 +120,8 @@ class RequestCalls:
         return await self._notice(call, asked)
 
     async def _http(self, call: Call, asked: HttpCall) -> CallResult:
-        if self._outbound is None:
+        outbound = self._services.outbound
+        if outbound is None:
             return CallResult(id=call.id, call_id=call.call_id, error="not available here")
         if self._left <= 0:
             return CallResult(
@@ -132,9 +135,10 @@ class RequestCalls:
         self._left -= 1
         remaining = self._deadline - trio.current_time() - WALL_MARGIN_S
         timeout = min(asked.timeout_s or DEFAULT_TIMEOUT_S, remaining)
-        lease = self._bodies.lease(self._tenant) if self._bodies is not None else None
+        bodies = self._services.bodies
+        lease = bodies.lease(self._tenant) if bodies is not None else None
         try:
-            result = await self._outbound.fetch(
+            result = await outbound.fetch(
                 asked,
                 timeout_s=timeout,
                 request_id=self._request_id,
@@ -167,13 +171,15 @@ class RequestCalls:
                 problem = email_call_problem(asked)
                 if problem is not None:
                     raise MailRefused(problem)
-                if self._mailer is None:
+                mailer = self._services.mailer
+                if mailer is None:
                     raise MailRefused("email is not available here")
-                await self._mailer.send(asked, timeout_s=timeout, egress=self._egress)
+                await mailer.send(asked, timeout_s=timeout, egress=self._egress)
             else:
-                if self._alerts is None:
+                alerts = self._services.alerts
+                if alerts is None:
                     raise AlertFailed("alerts are not available here")
-                await self._alerts.raise_alert(
+                await alerts.raise_alert(
                     asked,
                     tenant=self._tenant,
                     request_id=self._request_id,
@@ -223,7 +229,7 @@ class RequestCalls:
             text += f" (not found in {' or '.join(looked)})"
         if place.startswith("default:"):
             text += (
-                f"; it is the default module repository ({self._default_modules}:"
+                f"; it is the default module repository ({self._services.default_modules}:"
                 " SNGIN_DEFAULT_MODULES, empty turns it off)"
             )
         return text
@@ -248,24 +254,30 @@ class RequestCalls:
             user, repo, rest = parts
             return [f"github:{user}/{repo}/{branch}/{rest}" for branch in FALLBACK_BRANCHES]
         if kind == "default":
-            return [f"github:{self._default_modules}/{path}"] if self._default_modules else []
+            return (
+                [f"github:{self._services.default_modules}/{path}"]
+                if self._services.default_modules
+                else []
+            )
         raise CodeFetchError(f"invalid module name {place}")
 
     async def _fetch_module(self, location: str) -> tuple[Source | None, str]:
         kind, _, path = location.partition(":")
         if kind == "tenant":
-            if self._store is None:
+            store = self._services.store
+            if store is None:
                 raise CodeFetchError("modules are not available here")
-            return await self._store.fetch(file_key(self._tenant, path)), f"{self._tenant}/{path}"
-        if self._github is None:
+            return await store.fetch(file_key(self._tenant, path)), f"{self._tenant}/{path}"
+        github, tokens = self._services.github, self._services.github_tokens
+        if github is None:
             raise CodeFetchError("modules from GitHub are not available here")
         # Counted against this tenant's share of the module cache, which every tenant shares:
         # one tenant's many URLs cannot flush the others' modules. A fetch made with a token
         # is cached under its scope (GitHubTokens): no other tenant reads it.
         key = path
-        if self._github_tokens is not None:
-            key = self._github_tokens.key_for(path, self._tenant, self._github_token)
-        return await self._github.fetch(key, owner=self._tenant), f"github.com/{path}"
+        if tokens is not None:
+            key = tokens.key_for(path, self._tenant, self._github_token)
+        return await github.fetch(key, owner=self._tenant), f"github.com/{path}"
 
     def _answer(
         self, call: Call, have: str | None, location: str, source: Source, chunkname: str

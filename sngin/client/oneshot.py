@@ -14,7 +14,7 @@ import trio
 
 from sandbox.protocol import Job, Request
 from sngin.calls.outbound import open_outbound
-from sngin.calls.request_calls import RequestCalls
+from sngin.calls.request_calls import PlatformServices, RequestCalls
 from sngin.calls.storage_calls import StorageCalls
 from sngin.code.local_store import LocalStore
 from sngin.edge.dispatcher import reply_error
@@ -123,16 +123,19 @@ async def _run(settings: Settings, job: Job) -> Reply | SnginError:
             deadline=trio.current_time() + wall_s,
             wall_s=wall_s,
         )
+        services = PlatformServices(
+            outbound=outbound,
+            store=LocalStore(settings.code_dir),
+            github=github,
+            default_modules=settings.default_modules,
+        )
         calls = RequestCalls(
-            outbound,
+            services,
             tenant=job.tenant,
             deadline=trio.current_time() + limits.timeout_ms / 1000,
             request_id=job.request.id,
             max_subrequests=settings.limits.max_subrequests,
             max_modules=settings.limits.max_modules,
-            store=LocalStore(settings.code_dir),
-            github=github,
-            default_modules=settings.default_modules,
             storage=storage_calls,
         )
         try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sngin.bodies.budgets import Budgets
+from sngin.calls.request_calls import PlatformServices
 from sngin.edge.connection_guard import ConnectionGate
 from sngin.edge.site_gate import SiteGate
 from sngin.node.purger import Purger
@@ -56,8 +57,21 @@ class Deps:
     budgets: Budgets = field(init=False)  # from settings, below
     # Enabled, rate limit: one gate (and one set of buckets) for requests and previews.
     site_gate: SiteGate = field(init=False)
+    # What every request's platform calls share (a RequestCalls adds the request's budgets).
+    services: PlatformServices = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))
+        services = PlatformServices(
+            outbound=self.outbound,
+            store=self.store,
+            github=self.github,
+            bodies=self.budgets.subrequest_bodies,
+            default_modules=self.settings.default_modules,
+            mailer=self.mailer,
+            alerts=self.alerts,
+            github_tokens=self.github_tokens,
+        )
+        object.__setattr__(self, "services", services)
         object.__setattr__(self, "purger", Purger(self.store, self.github))
         object.__setattr__(self, "site_gate", SiteGate(self))

@@ -164,23 +164,15 @@ class TenantPipeline:
         self, tenant: str, request_id: str, config: TenantConfig, deadline: float
     ) -> RequestCalls:
         deps = self.deps
-        wall_s = config.limits.timeout_ms / 1000
         return RequestCalls(
-            deps.outbound,
+            deps.services,
             tenant=tenant,
             deadline=deadline,
             request_id=request_id,
             max_subrequests=config.limits.max_subrequests,
             max_modules=config.limits.max_modules,
-            store=deps.store,
-            github=deps.github,
             egress=config.egress,
-            bodies=deps.budgets.subrequest_bodies,
-            default_modules=deps.settings.default_modules,
-            mailer=deps.mailer,
-            alerts=deps.alerts,
             alert_webhook=config.alert_webhook,
-            github_tokens=deps.github_tokens,
             github_token=config.github_token,
             storage=StorageCalls(
                 deps.storage,
@@ -188,7 +180,7 @@ class TenantPipeline:
                 deps.settings.storage,
                 tenant=tenant,
                 deadline=deadline,
-                wall_s=wall_s,
+                wall_s=config.limits.timeout_ms / 1000,
                 quota=config.storage_quota,
             ),
         )
