@@ -8,11 +8,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import coredis.exceptions
 import msgspec
-import trio
 
-from sngin.node.cluster_bus import ClusterBus
 from sngin.observe.series import Bucket, merged, points
 from sngin.storage.tenant_storage import StorageUnavailable
 
@@ -89,11 +86,10 @@ async def node_statistics(deps: Deps, *, cluster: bool) -> dict[str, Any]:
             "tenants": await storage_usage(deps),
         }
     bus = deps.purger.bus
-    if cluster and isinstance(bus, ClusterBus):
-        try:
-            body["cluster"] = {"nodes": await bus.cluster_nodes()}
-        except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
-            body["cluster"] = {"error": f"Redis unreachable: {exc}"}
+    if cluster and bus is not None:
+        view = await bus.cluster_view()
+        if view is not None:
+            body["cluster"] = view
     return body
 
 

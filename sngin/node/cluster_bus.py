@@ -256,6 +256,12 @@ class ClusterBus:
         values = await client.mget(keys) if keys else []
         return [msgspec.json.decode(v) for v in values if v is not None]
 
+    async def cluster_view(self) -> dict[str, Any]:
+        try:
+            return {"nodes": await self.cluster_nodes()}
+        except (OSError, trio.TooSlowError, coredis.exceptions.RedisError) as exc:
+            return {"error": f"Redis unreachable: {exc}"}
+
     async def cluster_nodes(self) -> list[dict[str, Any]]:
         """The registry as Redis has it now (its own connection: an admin request)."""
         client = coredis.Redis.from_url(

@@ -119,6 +119,9 @@ class ProcessLink:
     def unreachable(self) -> None:
         return None  # a process whose parent is gone stops: readiness has nothing to add
 
+    async def cluster_view(self) -> None:
+        return None  # the node's registry is the cluster bus's, in the parent
+
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
             node=self.node,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sngin.node.cluster_bus import Purge
 
@@ -30,6 +30,11 @@ class EventBus(Protocol):
 
     def unreachable(self) -> str | None:
         """Why the bus cannot reach the others now (for readiness), or None."""
+        ...
+
+    async def cluster_view(self) -> dict[str, Any] | None:
+        """The cluster's nodes as the bus's registry has them now (`?cluster=1` of the stats),
+        `{"error": …}` when it cannot tell, or None when it keeps no registry."""
         ...
 
 
