@@ -35,10 +35,13 @@ from sngin.names import CONFIG_NAME
 from sngin.observe.series import BUCKET_S
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sngin.code.files import CodeFiles
     from sngin.edge.deps import Deps
 
 log = logging.getLogger(__name__)
+Outcome = tuple[dict[str, Any], int]  # a conditional change's answer (sngin.admin.code)
 
 SYNTAX_ERROR = re.compile(r":(\d+): (.*)", re.DOTALL)
 
@@ -199,26 +202,17 @@ class CodeRoutes:
 
     async def restore(self, host: str) -> Answer:
         """An earlier version made the current one again (itself a conditional write)."""
-        allowed = await self.gate(writing=True)
-        if not isinstance(allowed, Allowed):
-            return allowed
-        files, tenant = allowed.files, allowed.tenant
-        if_match = request.headers.get("If-Match")
-        if if_match is None:
-            return {"error": NEEDS_IF_MATCH}, 428
-        try:
-            path = self.path_argument()
+
+        async def change(files: CodeFiles, tenant: str, path: str, etag: str) -> Outcome:
             version_id = request.args.get("version", "")
             version = await files.read_version(tenant, path, version_id)
             if version is None:
                 return {"error": f"{path} has no version {version_id[:64]!r}"}, 404
-            etag = await files.write(tenant, path, version.content, if_match=etag_of(if_match))
-        except Conflict as exc:
-            return conflict(exc)
-        purged = await self.deps.purger.purge(tenant, purge_folder(path), recursive=False)
-        log.info("code: restored %s/%s to version %s", tenant, path, version_id)
-        body = {"host": tenant, "path": path, "etag": etag, "restored": version_id}
-        return body | {"purged": purged}, 200
+            new_etag = await files.write(tenant, path, version.content, if_match=etag)
+            log.info("code: restored %s/%s to version %s", tenant, path, version_id)
+            return {"host": tenant, "path": path, "etag": new_etag, "restored": version_id}, 200
+
+        return await self.conditional_change(change)
 
     async def preview(self, host: str) -> Answer:
         """Run a source that is not saved with a sample request (sngin.admin.preview)."""
@@ -232,21 +226,33 @@ class CodeRoutes:
         return await run_preview(self.deps, allowed.tenant, body), 200
 
     async def delete_file(self, host: str) -> Answer:
+        async def change(files: CodeFiles, tenant: str, path: str, etag: str) -> Outcome:
+            await files.delete(tenant, path, if_match=etag)
+            log.info("code: deleted %s/%s", tenant, path)
+            return {"host": tenant, "path": path, "deleted": True}, 200
+
+        return await self.conditional_change(change)
+
+    async def conditional_change(
+        self, change: Callable[[CodeFiles, str, str, str], Awaitable[Outcome]]
+    ) -> Answer:
+        """A change that needs If-Match (restore, delete): the write gate, 428 without the
+        header, 409/412 on a conflict, and the path's folder purged once it is made."""
         allowed = await self.gate(writing=True)
         if not isinstance(allowed, Allowed):
             return allowed
-        files, tenant = allowed.files, allowed.tenant
         if_match = request.headers.get("If-Match")
         if if_match is None:
             return {"error": NEEDS_IF_MATCH}, 428
         try:
             path = self.path_argument()
-            await files.delete(tenant, path, if_match=etag_of(if_match))
+            body, status = await change(allowed.files, allowed.tenant, path, etag_of(if_match))
         except Conflict as exc:
             return conflict(exc)
-        purged = await self.deps.purger.purge(tenant, purge_folder(path), recursive=False)
-        log.info("code: deleted %s/%s", tenant, path)
-        return {"host": tenant, "path": path, "deleted": True, "purged": purged}, 200
+        if status != 200:
+            return body, status
+        purged = await self.deps.purger.purge(allowed.tenant, purge_folder(path), recursive=False)
+        return body | {"purged": purged}, 200
 
     def routes(self) -> list[Route]:
         return [
