@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgspec
+
 MAX_JSON_DEPTH = 512
 
 
@@ -57,6 +59,7 @@ class JsonDecoder:
     def __init__(self, table_from: Callable[..., Any], null: Any) -> None:
         self._table_from: Callable[..., Any] | None = table_from
         self._null = null
+        self._pack = msgspec.msgpack.Encoder().encode
 
     def forget_runtime(self) -> None:
         """Drop the references back to the Lua runtime: the runtime holds this decoder, so
@@ -71,6 +74,14 @@ class JsonDecoder:
             return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
         except ValueError as exc:
             return (None, f"invalid JSON: {_short(exc)}".encode())
+        if type(value) is dict or type(value) is list:
+            try:
+                # Read into tables on the Lua side (prelude 05-json: json_decoded), ~4x
+                # cheaper than converting here; what MessagePack cannot hold (integers past
+                # 64 bits, lone surrogates) takes the path below, as before.
+                return (self._pack(value), True)
+            except (OverflowError, UnicodeEncodeError, RecursionError):
+                pass
         try:
             plain = self._plain(value, 0)
             if isinstance(plain, dict | list):

@@ -144,7 +144,10 @@ local function host_libraries(python_functions)
   for name, fn in next, python_functions do host[name] = wrap_host(fn) end
   oauth_sign = host.oauth_sign
   local json = json_library()
-  json.decode, json.parse, json.stringify = host.json_decode, host.json_decode, json.encode
+  -- As wrap_host, with the packed answer read into tables (05-json: json_decoded).
+  local parse = python_functions.json_decode
+  local function decode(...) return json_decoded(parse(...)) end
+  json.decode, json.parse, json.stringify = decode, decode, json.encode
   local crypto = {}
   local names = {}
   for _, algo in next, { "md5", "sha1", "sha256", "sha512" } do
