@@ -60,6 +60,7 @@ class JsonDecoder:
         self._table_from: Callable[..., Any] | None = table_from
         self._null = null
         self._pack = msgspec.msgpack.Encoder().encode
+        self._parse = msgspec.json.Decoder().decode
 
     def forget_runtime(self) -> None:
         """Drop the references back to the Lua runtime: the runtime holds this decoder, so
@@ -69,11 +70,16 @@ class JsonDecoder:
     def __call__(self, text: Any = None, *_: Any) -> HostResult:
         data = expect_bytes(text, "argument")
         try:
-            value = json.loads(data)
-        except RecursionError:
-            return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
-        except ValueError as exc:
-            return (None, f"invalid JSON: {_short(exc)}".encode())
+            # msgspec reads well-formed UTF-8 JSON in half json's time, to the same values;
+            # anything else (NaN, a BOM, UTF-16, bad input, deep nesting) is json's to answer.
+            value = self._parse(data)
+        except (msgspec.DecodeError, RecursionError):
+            try:
+                value = json.loads(data)
+            except RecursionError:
+                return (None, f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels".encode())
+            except ValueError as exc:
+                return (None, f"invalid JSON: {_short(exc)}".encode())
         if type(value) is dict or type(value) is list:
             try:
                 # Read into tables on the Lua side (prelude 05-json: json_decoded), ~4x

@@ -45,13 +45,30 @@ def _unquote(text: bytes) -> bytes:
 def header_name(name: bytes) -> bytes:
     """The canonical Title-Case form (`x-github-event` -> `X-Github-Event`), the keys of the
     Lua header tables (the prelude's header_name makes the same form for lookups)."""
-    return b"-".join(part[:1].upper() + part[1:] for part in name.lower().split(b"-"))
+    titled = _TITLED.get(name)
+    if titled is None:
+        titled = b"-".join(part[:1].upper() + part[1:] for part in name.lower().split(b"-"))
+        if len(_TITLED) >= MAX_TITLED:
+            _TITLED.clear()  # names a client made up: start again rather than grow
+        _TITLED[name] = titled
+    return titled
+
+
+# The same few header names come on every request: each is title-cased once per worker.
+MAX_TITLED = 512
+_TITLED: dict[bytes, bytes] = {}
 
 
 def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
     """Build the Lua `request` table (fresh per request, so scripts may modify it freely)."""
     headers = request.headers
-    header_map = dict(headers)
+    referer = None
+    content_type = b""
+    for name, value in headers:  # the last one of each wins, as in a dict of the headers
+        if name == b"referer":
+            referer = value
+        elif name == b"content-type":
+            content_type = value
     fields: dict[bytes, Any] = {
         b"method": request.method.encode(),
         b"path": request.path.encode(),
@@ -65,10 +82,9 @@ def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
         b"remote_addr": request.remote_addr.encode(),
         b"id": request.id.encode(),
     }
-    referer = header_map.get(b"referer")
     if referer is not None:
         fields[b"referer"] = referer
-    content_type = header_map.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    content_type = content_type.split(b";", 1)[0].strip().lower()
     if request.form is not None:  # multipart/form-data, parsed by the server
         fields[b"form"] = _group(request.form, table_from)
         fields[b"files"] = _group(

@@ -730,3 +730,14 @@ def test_request_headers_look_up_in_any_case_and_iterate_in_title_case(runtime):
         "missing": True,
         "locked": True,
     }
+
+
+def test_header_names_are_title_cased_once_each_and_the_memo_stays_bounded():
+    from sandbox import request as request_module
+
+    assert request_module.header_name(b"x-GITHUB-event") == b"X-Github-Event"
+    assert request_module.header_name(b"x-GITHUB-event") == b"X-Github-Event"  # memoised
+    # A client making up names cannot grow the memo past its bound.
+    for n in range(3 * request_module.MAX_TITLED):
+        assert request_module.header_name(f"x-made-up-{n}".encode()) == f"X-Made-Up-{n}".encode()
+        assert len(request_module._TITLED) <= request_module.MAX_TITLED
