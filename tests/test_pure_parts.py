@@ -123,3 +123,40 @@ def test_the_bounded_decoder_undoes_codings_in_reverse_and_passes_unknown_ones()
     assert BoundedDecoder("").decode(b"plain", 10_000) == b"plain"
     with pytest.raises(BodyDecodeError, match="not valid gzip data"):
         BoundedDecoder("gzip").decode(b"not gzip at all", 10_000)
+
+
+def test_the_request_head_is_read_in_one_pass_as_each_step_read_it_before():
+    from sngin.edge.request_head import RequestHead
+
+    head = RequestHead(
+        [
+            (b"x-request-id", b"bad id!"),
+            (b"host", b"a.test"),
+            (b"content-length", b"5"),
+            (b"content-type", b"application/json"),
+            (b"host", b"b.test"),
+            (b"content-encoding", b"gzip"),
+            (b"content-length", b"6"),
+            (b"transfer-encoding", b"chunked"),
+            (b"content-type", b"text/plain"),
+            (b"content-encoding", b"deflate"),
+            (b"x-request-id", b"good-id"),
+        ]
+    )
+    assert head.host == b"a.test"  # the first of each, as the lookups were
+    assert head.content_type == b"application/json"
+    assert head.content_encoding == b"gzip"
+    assert head.lengths == (b"5", b"6")  # every one, in order: each is checked
+    assert head.chunked
+    assert head.request_ids == (b"bad id!", b"good-id")
+    bare = RequestHead([])
+    assert (bare.host, bare.content_type, bare.content_encoding) == (b"", b"", None)
+    assert (bare.lengths, bare.chunked, bare.request_ids) == ((), False, ())
+
+
+def test_the_first_well_formed_request_id_is_kept():
+    from sngin.observe.tracing import RequestIds
+
+    ids = RequestIds()
+    assert ids.of((b"bad id!", b"good-id", b"later")) == "good-id"
+    assert len(ids.of((b"x" * 65,))) == 32  # too long: a new one

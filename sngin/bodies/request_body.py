@@ -16,28 +16,19 @@ from sngin.bodies.http_body import BodyDecodeError, BoundedDecoder
 from sngin.errors import BadRequest, RequestTooLarge
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from sngin.bodies.budgets import Lease
 
 MAX_PARTS: Final = 1000  # fields and files in one form; the rest is a 400
 MULTIPART: Final = b"multipart/form-data"
 
 
-def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 def inflate_body(
-    headers: Iterable[tuple[bytes, bytes]], body: bytes, limit: int, lease: Lease | None = None
+    coding: bytes | None, body: bytes, limit: int, lease: Lease | None = None
 ) -> bytes:
-    """The body as its Content-Encoding says (gzip, x-gzip, deflate; identity or none as it is),
-    at most `limit` bytes inflated (RequestTooLarge past it: a compressed bomb is a 413), each
-    inflated byte held against the request-bodies budget when a lease is given."""
-    coding = header(headers, b"content-encoding")
+    """The body as its Content-Encoding (`coding`) says (gzip, x-gzip, deflate; identity or
+    none as it is), at most `limit` bytes inflated (RequestTooLarge past it: a compressed bomb
+    is a 413), each inflated byte held against the request-bodies budget when a lease is
+    given."""
     if coding is None or not body:
         return body
     decoder = BoundedDecoder(coding.decode("latin-1"))

@@ -16,6 +16,7 @@ from sngin.bodies.budgets import SMALL_RESPONSE_BYTES, bodies_budget_full
 from sngin.bodies.request_body import inflate_body
 from sngin.edge.connection_guard import HEAD_HOLD, HeadHold
 from sngin.edge.pipeline import TenantPipeline
+from sngin.edge.request_head import RequestHead
 from sngin.edge.response_rules import response_headers
 from sngin.errors import (
     BadRequest,
@@ -71,9 +72,12 @@ class Dispatcher:
         kind = scope["type"]
         path = scope.get("path", "")
         if kind == "http":
-            refusal = refuse_framing(scope)
+            request_head = RequestHead(scope["headers"])
+            refusal = refuse_framing(scope, request_head)
             if refusal is not None:
-                trace = RequestTrace(id=self._request_ids.of(scope), started=trio.current_time())
+                trace = RequestTrace(
+                    id=self._request_ids.of(request_head.request_ids), started=trio.current_time()
+                )
                 trace.error = refusal.message
                 await respond_error(send, refusal, head=False, trace=trace)
                 self._finished(scope, trace)
@@ -90,10 +94,12 @@ class Dispatcher:
         if kind != "http":
             return  # websockets are not served; Hypercorn closes the connection
         head = scope["method"] == "HEAD"
-        trace = RequestTrace(id=self._request_ids.of(scope), started=trio.current_time())
+        trace = RequestTrace(
+            id=self._request_ids.of(request_head.request_ids), started=trio.current_time()
+        )
         try:
             try:
-                reply = await self._tenant_request(scope, receive, trace)
+                reply = await self._tenant_request(scope, receive, trace, request_head)
                 if reply.error is not None:
                     raise reply_error(reply)
                 headers = response_headers(reply.status, reply.headers, len(reply.body))
@@ -114,16 +120,24 @@ class Dispatcher:
         finally:
             self._finished(scope, trace)
 
-    async def _tenant_request(self, scope: Scope, receive: Receive, trace: RequestTrace) -> Reply:
-        route = self.pipeline.resolve(scope, trace)  # a bad Host or path: before the body
+    async def _tenant_request(
+        self, scope: Scope, receive: Receive, trace: RequestTrace, request_head: RequestHead
+    ) -> Reply:
+        route = self.pipeline.resolve(scope, request_head, trace)  # a bad Host or path: first
         http = self.deps.settings.http
         lease = self.deps.budgets.request_bodies.lease()
         try:
             body = await read_body(
-                scope, receive, http.max_request_bytes, http.body_timeout_s, lease=lease
+                scope,
+                receive,
+                http.max_request_bytes,
+                http.body_timeout_s,
+                request_head=request_head,
+                lease=lease,
             )
-            body = inflate_body(scope["headers"], body, http.max_request_bytes, lease)
-            return await self.pipeline.run(scope, route, body, trace)
+            coding = request_head.content_encoding
+            body = inflate_body(coding, body, http.max_request_bytes, lease)
+            return await self.pipeline.run(scope, route, body, trace, request_head)
         finally:
             lease.release()  # the body went to the worker; the reply does not need it
 
@@ -189,22 +203,25 @@ class Dispatcher:
 
 
 async def read_body(
-    scope: Scope, receive: Receive, limit: int, timeout_s: float, *, lease: Lease | None = None
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    timeout_s: float,
+    *,
+    request_head: RequestHead,
+    lease: Lease | None = None,
 ) -> bytes:
     """The request body, or RequestTooLarge as soon as it is known to exceed limit, or
     RequestTimeout if it does not arrive within timeout_s. With a lease, the body is held
     against the server's budget for request bodies as it arrives: a 503 (and the connection
     closed) when the budget cannot take it, at once for a declared length it has no room for."""
-    expected = False
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if value.isdigit() and int(value) > limit:
-                raise RequestTooLarge(f"request body larger than {limit} bytes")
-            if value.isdigit() and lease is not None and not lease.fits(int(value)):
-                raise bodies_budget_full()
-            expected = expected or value != b"0"
-        elif name == b"transfer-encoding":
-            expected = True
+    expected = request_head.chunked
+    for value in request_head.lengths:
+        if value.isdigit() and int(value) > limit:
+            raise RequestTooLarge(f"request body larger than {limit} bytes")
+        if value.isdigit() and lease is not None and not lease.fits(int(value)):
+            raise bodies_budget_full()
+        expected = expected or value != b"0"
     if not expected and scope.get("http_version") in HTTP1:
         # HTTP/1 framing says there is none: nothing to wait for. HTTP/2 and 3 frame bodies
         # themselves and need no Content-Length: read to the end of the stream.
@@ -235,19 +252,13 @@ async def _receive_body(receive: Receive, limit: int, lease: Lease | None) -> by
 ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
-def refuse_framing(scope: Scope) -> SnginError | None:
+def refuse_framing(scope: Scope, request_head: RequestHead) -> SnginError | None:
     """Requests no route may see: CONNECT (a 2xx answer would turn the connection into a
     tunnel), and a body framed by both Content-Length and Transfer-Encoding, the classic
     request-smuggling shape: 400, and the connection is closed (RFC 9112 section 6.1)."""
     if scope["method"] == "CONNECT":
         return MethodNotAllowed("CONNECT is not served", headers={"Allow": ALLOWED_METHODS})
-    length = chunked = False
-    for name, _ in scope["headers"]:
-        if name == b"content-length":
-            length = True
-        elif name == b"transfer-encoding":
-            chunked = True
-    if length and chunked:
+    if request_head.lengths and request_head.chunked:
         return BadRequest(
             "a request cannot have both Content-Length and Transfer-Encoding",
             headers={"Connection": "close"},

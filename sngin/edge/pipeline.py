@@ -18,7 +18,7 @@ import msgspec
 import trio
 
 from sandbox.protocol import Call, CallResult, Job, Reply, Request
-from sngin.bodies.request_body import MULTIPART, header, parse_form_data
+from sngin.bodies.request_body import MULTIPART, parse_form_data
 from sngin.calls.request_calls import RequestCalls
 from sngin.calls.storage_calls import StorageCalls
 from sngin.edge.forwarding import client_of
@@ -29,6 +29,7 @@ from sngin.tenants.config import TenantConfig
 
 if TYPE_CHECKING:
     from sngin.edge.deps import Deps
+    from sngin.edge.request_head import RequestHead
     from sngin.observe.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,11 @@ class TenantPipeline:
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._default_config = TenantConfig(limits=settings.limits)
 
-    def resolve(self, scope: Scope, trace: RequestTrace) -> Route:
+    def resolve(self, scope: Scope, request_head: RequestHead, trace: RequestTrace) -> Route:
         """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
         operator does not serve. Decided before any store request: random-Host scans never
         reach S3."""
-        host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
+        host = request_head.host.decode("latin-1")
         if names_admin_origin(host_of(host), self._admin_host):
             # An IP literal, localhost, SNGIN_ADMIN_HOST: the admin origin, never a site.
             raise TenantNotFound("no site is served at this host")
@@ -79,7 +80,14 @@ class TenantPipeline:
         trace.tenant = tenant
         return Route(tenant, script_key(tenant, script_path(scope["path"])))
 
-    async def run(self, scope: Scope, route: Route, body: bytes, trace: RequestTrace) -> Reply:
+    async def run(
+        self,
+        scope: Scope,
+        route: Route,
+        body: bytes,
+        trace: RequestTrace,
+        request_head: RequestHead,
+    ) -> Reply:
         tenant, key = route.tenant, route.key
         query = scope.get("query_string", b"")
         fresh = wants_fresh_code(query)
@@ -91,7 +99,7 @@ class TenantPipeline:
         headers = scope["headers"]
         remote_addr, scheme = client_of(scope, headers, self._trusted)
         form = files = None
-        content_type = header(headers, b"content-type") or b""
+        content_type = request_head.content_type
         if content_type[: len(MULTIPART)].lower() == MULTIPART:
             form, files = parse_form_data(content_type, body)
         request = Request(

@@ -6,15 +6,15 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from sngin.observe.notes import FetchNote, RunNote
 
-Scope = MutableMapping[str, Any]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}\Z")
 
@@ -27,9 +27,10 @@ class RequestIds:
         self._prefix = secrets.token_hex(8)
         self._count = itertools.count(1)
 
-    def of(self, scope: Scope) -> str:
-        for name, value in scope["headers"]:
-            if name == b"x-request-id" and REQUEST_ID.match(value):
+    def of(self, candidates: Iterable[bytes]) -> str:
+        """The first well-formed of the request's X-Request-Id values, else a new id."""
+        for value in candidates:
+            if REQUEST_ID.match(value):
                 return str(value.decode("ascii"))
         return f"{self._prefix}{next(self._count):016x}"
 
