@@ -53,19 +53,25 @@ class Bucket:
 
 class TenantSeries:
     def __init__(self) -> None:
-        self._rings: OrderedDict[str, list[Bucket]] = OrderedDict()
+        # A tenant's ring holds a bucket only for the slots it has used: with more tenants than
+        # MAX_TENANTS, rings are made and dropped all the time, and sixty buckets up front cost
+        # more than the request that made them.
+        self._rings: OrderedDict[str, list[Bucket | None]] = OrderedDict()
 
     def record(self, tenant: str, now: float, status: int, wall_ms: float, cpu_ms: float) -> None:
         ring = self._rings.get(tenant)
         if ring is None:
             if len(self._rings) >= MAX_TENANTS:
                 self._rings.popitem(last=False)
-            ring = self._rings[tenant] = [Bucket() for _ in range(BUCKETS)]
+            ring = self._rings[tenant] = [None] * BUCKETS
         else:
             self._rings.move_to_end(tenant)
         start = int(now) // BUCKET_S * BUCKET_S
-        bucket = ring[(start // BUCKET_S) % BUCKETS]
-        if bucket.start != start:
+        slot = (start // BUCKET_S) % BUCKETS
+        bucket = ring[slot]
+        if bucket is None:
+            bucket = ring[slot] = Bucket(start)
+        elif bucket.start != start:
             bucket.reset(start)
         bucket.requests += 1
         bucket.errors += status >= 500
