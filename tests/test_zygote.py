@@ -106,3 +106,19 @@ async def test_nothing_is_left_behind_when_the_pool_closes():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_sandbox_folder_where_the_server_runs_never_becomes_the_workers_code(
+    tmp_path, monkeypatch
+):
+    """`python -m sandbox` puts the working directory first on sys.path: without -I, a
+    `sandbox` package in the folder sngin was started from would be what every worker runs."""
+    decoy = tmp_path / "sandbox"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    async with open_pool(PoolConfig(size=1)) as pool:
+        await pool.wait_for_workers()
+        reply = await pool.run(job("a.test", b"return 'the real sandbox'"))
+    assert reply.body == b"the real sandbox"

@@ -58,7 +58,10 @@ __all__ = [
     "classify_exit",
 ]
 
-WORKER_ARGV: Final = (sys.executable, "-m", "sandbox")
+# -I (isolated): `-m sandbox` would otherwise import a `sandbox` package from the server's
+# working directory before the installed one, so whatever folder the operator started sngin
+# in could put its own code in every worker.
+WORKER_ARGV: Final = (sys.executable, "-I", "-m", "sandbox")
 BOOT_TIMEOUT_S: Final = 20.0
 EXIT_STATUS_WAIT_S: Final = 2.0
 
