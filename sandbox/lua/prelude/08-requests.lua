@@ -81,6 +81,12 @@ end
 -- factory's level, where it runs when the factory is made, in the real globals; on its own
 -- such a source does not compile. Mode "t" refuses precompiled bytecode.
 local function compile_text(source, chunkname)
+  if sbyte(source, 1) == 35 then
+    -- A first line starting with '#' (`#!/usr/bin/env lua`) is skipped, as Lua's loadfile
+    -- (and so require) does; its newline stays, so line numbers are the file's.
+    local eol = sfind(source, "\n", 1, true)
+    source = eol and ssub(source, eol) or ""
+  end
   local fn, err = load(source, chunkname, "t")
   if not fn then return nil, err end
   local factory
