@@ -63,6 +63,8 @@ def test_example_runs(runtime, number):
             return runtime.table_from({b"ok": True, b"value": stored.get(key)})
         if call[b"op"] == b"module":
             search = call[b"name"].decode()
+            if "|platform:" in search:  # as the server answers when the tenant has no such file
+                return runtime.table_from({b"ok": True})
             location = "github:docs/" + search.split("|")[0].split(":", 1)[1]
             return runtime.table_from(
                 {

@@ -51,8 +51,12 @@ def test_the_worker_keeps_hundreds_of_small_runtimes_not_a_fixed_count():
     worker = Worker(lambda message: None)
     for n in range(300):
         served(worker, job(f"t{n}.test"))
-    assert len(worker.dormant) == 299  # memory, not a count, bounds them
+    kept = len(worker.dormant)
+    assert kept >= 250  # hundreds of them: memory, not a count, bounds them
     assert worker.dormant_bytes <= DORMANT_TOTAL_BYTES
+    if kept < 299:  # one more would not have fitted
+        smallest = min(size for _, size in worker.dormant.values())
+        assert worker.dormant_bytes + smallest > DORMANT_TOTAL_BYTES
 
 
 def test_dormant_runtimes_together_stay_under_their_total():

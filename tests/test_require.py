@@ -43,6 +43,10 @@ MODULES = {
     "u/r/main/uses_split.lua": "local split = string.split\n"
     "return {count = function(s) return #split(s, ',') end}",
     # the default module repository's stand-in
+    # name/init.lua in a tree, and a first line a shell would run
+    "u/r/main/lib2/top.lua": "return require('sub').v",
+    "u/r/main/lib2/sub/init.lua": "return {v = 'tree init'}",
+    "u/r/main/bang.lua": "#!/usr/bin/env luajit\nreturn {ok = 'bang'}",
     "webscriptio/lib/master/underscore.lua": "return {origin = 'default repository'}",
     "webscriptio/lib/master/lustache.lua": "local scanner = require('lustache.scanner')\n"
     "return {render = function(t) return scanner.scan(t) end}",
@@ -75,6 +79,13 @@ SCRIPTS = {
     "b.test/bare": "return require('underscore').origin",
     "a.test/position": "local ok, err = pcall(function()\n"
     "  local m = require('../x') return m\nend)\nreturn err",
+    "a.test/initmod": "return require('mypkg').name .. '/' .. require('mypkg.inner').name",
+    "c.test/shadow": "local j = require('json') return tostring(j.mine) .. '/' .. "
+    "tostring(json.mine) .. '/' .. tostring(type(json.encode)) .. '/' .. "
+    "tostring(require('json') == j and package.loaded.json == j)",
+    "b.test/noshadow": "return tostring(require('json') == json and package.loaded.json == json)",
+    "a.test/treeinit": "return require('github.com/u/r/blob/main/lib2/top.lua') .. '/' .. "
+    "require('github.com/u/r/blob/main/bang.lua').ok",
     "a.test/missing": "local ok, err = pcall(function()\n"
     "  local m = require('u/r/none') return m\nend)\nreturn err",
 }
@@ -160,6 +171,10 @@ async def serving(tmp_path, raw_host, tokens=None, **options):
                 "return {hello = function() return 'tenant util' end}"
             )
             (tmp_path / "a.test" / "underscore.lua").write_text("return {origin = 'a.test'}")
+            (tmp_path / "a.test" / "mypkg").mkdir(exist_ok=True)
+            (tmp_path / "a.test" / "mypkg" / "init.lua").write_text("return {name = 'init'}")
+            (tmp_path / "a.test" / "mypkg" / "inner.lua").write_text("return {name = 'inner'}")
+            (tmp_path / "c.test" / "json.lua").write_text("return {mine = 'tenant json'}")
             yield srv, github
         nursery.cancel_scope.cancel()
 
@@ -173,6 +188,8 @@ async def serving(tmp_path, raw_host, tokens=None, **options):
         ("/escape", "x"),
         ("/tenant", "tenant util"),
         ("/platform", "true"),
+        ("/initmod", "init/inner"),  # name/init.lua, as package.path's ?/init.lua
+        ("/treeinit", "tree init/bang"),
         ("/twice", "true"),
         # Lua 5.1: a module's globals are the requiring request's globals
         ("/globals", "from module/from module"),
@@ -198,6 +215,10 @@ async def test_modules(tmp_path, raw_host, path, expected):
         # a tenant's own module wins over the default repository's; nested from there too
         ("/bare", "a.test", "a.test/<t>"),
         ("/bare", "b.test", "default repository"),
+        # without a json.lua of its own, require('json') is the platform's; with one, the
+        # tenant's file wins for require (the global stays the platform's)
+        ("/noshadow", "b.test", "true"),
+        ("/shadow", "c.test", "tenant json/nil/function/true"),
     ],
 )
 async def test_webscript_require_forms(tmp_path, raw_host, path, host, expected):
@@ -227,7 +248,10 @@ async def test_a_refused_or_missing_require_names_the_requiring_line(tmp_path, r
 async def test_without_a_default_repository_bare_names_are_the_tenants_only(tmp_path, raw_host):
     async with serving(tmp_path, raw_host, settings_changes={"default_modules": None}) as (srv, _):
         text = (await srv.get("/bare", host="b.test")).text
-    assert "require: module not found (looked for b.test/underscore.lua)" in text
+    assert (
+        "require: module not found (looked for b.test/underscore.lua or "
+        "b.test/underscore/init.lua)" in text
+    )
     assert "webscriptio" not in text
 
 
@@ -384,5 +408,5 @@ async def test_a_default_repository_that_cannot_be_reached_is_named_with_the_way
         text = (await srv.get("/bare", host="b.test")).text
     assert "require: module host unavailable: ConnectError while looking for" in text
     assert "github.com/webscriptio/lib/master/underscore.lua" in text
-    assert "(not found in b.test/underscore.lua)" in text
+    assert "(not found in b.test/underscore.lua or b.test/underscore/init.lua)" in text
     assert "default module repository (webscriptio/lib/master: SNGIN_DEFAULT_MODULES" in text

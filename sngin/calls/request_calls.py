@@ -43,7 +43,7 @@ WALL_MARGIN_S: Final = 0.05
 
 
 MODULE_PATH: Final = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.lua\Z")
-MAX_PLACES: Final = 4  # a search has at most two places today
+MAX_PLACES: Final = 4  # name.lua and name/init.lua, in the tree, then the fallback's two
 FALLBACK_BRANCHES: Final = ("master", "main")  # webscript's user/repo/path form
 
 
@@ -195,14 +195,17 @@ class RequestCalls:
         """A require's search (sandbox/lua/prelude/09-modules.lua): the first of its places
         that has the file. 'tenant:' reads this tenant's store only; 'github:' and 'ghpath:'
         (master, else main) and 'default:' (the default module repository) read the GitHub
-        raw host. Module fetches have their own budget (one per require), not the
-        subrequests'."""
+        raw host; 'platform:<name>', last, answers "none: use the platform library" (a
+        tenant's json.lua wins over sngin's json). Module fetches have their own budget (one
+        per require), not the subrequests'."""
         looked: list[str] = []
         try:
             places = asked.search.split("|")
             if len(places) > MAX_PLACES:
                 raise CodeFetchError("too many places to look for one module")
             for place in places:
+                if place.startswith("platform:"):
+                    return CallResult(id=call.id, call_id=call.call_id, done=True)
                 for location in self._locations(place):
                     try:
                         source, chunkname = await self._fetch_module(location)

@@ -37,6 +37,122 @@ local function read_only(values)
   })
 end
 
+-- Inert stand-ins for names pure-Lua libraries probe while loading (Penlight reads
+-- package.config, io.stdout, require 'debug'). Per request, like every library table:
+-- - package: the request's loaded modules (standard libraries included, as in LuaJIT), preload,
+--   path/cpath strings and config; no loadlib, no loaders that touch files;
+-- - io: write, stdout:write and stderr:write go to the request's log within print's bounds
+--   (never to the worker's stdout, which carries its frames); what opens files raises;
+-- - debug: traceback only, naming tenant chunks, never the prelude or a host path.
+local NO_FILES = " is not available in sngin (scripts have no files; use storage)"
+local IO_REFUSED = { "open", "popen", "lines", "read", "input", "output", "tmpfile", "close" }
+local PACKAGE_CONFIG = "/\n;\n?\n!\n-\n"
+
+-- The request being resumed (set by step in 08-requests): whose log io.write and a module's
+-- print write to, and which modules that request is loading (circular requires are per
+-- request).
+local current = { emit = function() end, loading = {}, instances = {}, required = {} }
+
+-- The functions are made once and shared (a function has nothing a request could change);
+-- the tables holding them are each request's own. Writes go to the running request's log.
+local io_files = setmetatable({}, { __mode = "k" })  -- each request's stdout and stderr
+
+local function write_line(...)
+  local parts = {}
+  for i = 1, select("#", ...) do
+    local value = select(i, ...)
+    local kind = type(value)
+    if kind ~= "string" and kind ~= "number" then
+      error("bad argument #" .. i .. " to 'write' (string expected, got " .. kind .. ")", 3)
+    end
+    parts[i] = value
+  end
+  local line = concat(parts)
+  if ssub(line, -1) == "\n" then line = ssub(line, 1, -2) end
+  current.emit(line)
+end
+
+local function refuse(name)
+  return function() error(name .. NO_FILES, 2) end
+end
+
+local FILE_TEMPLATE = {
+  flush = function(self) return self end,
+  setvbuf = function() return true end,
+}
+local IO_TEMPLATE = {
+  flush = function() return true end,
+  type = function(f) return io_files[f] and "file" or nil end,
+}
+for _, name in next, IO_REFUSED do IO_TEMPLATE[name] = refuse("io." .. name) end
+for _, name in next, { "close", "read", "lines", "seek" } do
+  FILE_TEMPLATE[name] = refuse("file:" .. name)
+end
+FILE_TEMPLATE.write = function(self, ...)
+  if not io_files[self] then error("bad argument #1 to 'write' (use file:write)", 2) end
+  write_line(...)
+  return self
+end
+
+local function new_io()
+  local io = copy(IO_TEMPLATE)
+  local stdout, stderr = copy(FILE_TEMPLATE), copy(FILE_TEMPLATE)
+  io_files[stdout], io_files[stderr] = true, true
+  io.stdout, io.stderr = stdout, stderr
+  io.write = function(...)
+    write_line(...)
+    return stdout
+  end
+  return io
+end
+
+-- debug.traceback([thread,] [message [, level]]): the tenant's own frames only.
+local function traceback(...)
+  local first, thread = 1, nil
+  if type((...)) == "thread" then first, thread = 2, (...) end
+  local message, level = select(first, ...)
+  if message ~= nil and type(message) ~= "string" and type(message) ~= "number" then
+    return message  -- as Lua: anything else is handed back untouched
+  end
+  level = tonumber(level) or (thread and 0 or 1)
+  local lines = { message ~= nil and tostring(message) .. "\n" or "", "stack traceback:" }
+  -- getinfo's level 1 is this function; the caller's level 1 is our 2.
+  local at = thread and level or level + 1
+  for _ = 1, 64 do
+    local info
+    if thread then info = getinfo(thread, at, "Sln") else info = getinfo(at, "Sln") end
+    if not info then break end
+    local source = info.source
+    if info.what ~= "C" and source ~= "=sngin" and ssub(source, 1, 1) == "=" then
+      local where = info.short_src .. ":" .. tostring(info.currentline) .. ":"
+      if info.what == "main" then
+        lines[#lines + 1] = "\t" .. where .. " in main chunk"
+      elseif info.name then
+        lines[#lines + 1] = "\t" .. where .. " in function '" .. info.name .. "'"
+      else
+        lines[#lines + 1] = "\t" .. where .. " in function <" .. info.short_src .. ":"
+          .. tostring(info.linedefined) .. ">"
+      end
+    end
+    at = at + 1
+  end
+  return lines[1] .. concat(lines, "\n", 2)
+end
+
+local function new_package(env)
+  local loaded = {}
+  for _, name in next, { "string", "table", "math", "os", "coroutine", "bit", "io", "debug" } do
+    loaded[name] = env[name]
+  end
+  loaded._G = env
+  local package = {
+    loaded = loaded, preload = {}, config = PACKAGE_CONFIG,
+    path = "./?.lua;./?/init.lua", cpath = "",
+  }
+  loaded.package = package
+  return package
+end
+
 local function new_env(request, host_libraries, limits, request_id, tenant_env)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
@@ -48,10 +164,13 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   local emit, collect = new_output(limits, request_id, rawget(host_libraries, "_emit"))
   env.print = emit
   env.log = emit
+  env.io = new_io()
+  env.debug = { traceback = traceback }
   header_table(request.headers)
   env.request = request
   env.env = read_only(tenant_env or {})
   env._G = env
+  env.package = new_package(env)
   env.require = make_require(nil, env)
   return env, collect, emit
 end

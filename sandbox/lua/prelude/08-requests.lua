@@ -11,9 +11,6 @@ local function request_body(fn, request, method, limits)
 end
 
 local requests = setmetatable({}, { __mode = "k" })
--- The request being resumed (set by step): whose print a module's print writes to, and which
--- modules that request is loading (circular requires are per request).
-local current = { emit = function() end, loading = {}, instances = {}, required = {} }
 
 -- Returns a handle (a plain table) for the request: lupa hands a Lua thread to Python as a
 -- different kind of object, so the thread itself never leaves Lua.

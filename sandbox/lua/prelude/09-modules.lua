@@ -12,14 +12,18 @@
 --   ghpath:<user>/<repo>/<path>.lua        webscript's form: branch master, else main
 --   tenant:<path>.lua                      the tenant's own module
 --   default:<path>.lua                     the default module repository (SNGIN_DEFAULT_MODULES)
+--   platform:<name>                        none found: the platform library of that name
 -- A dotted or bare name resolves against the root of the module tree it is required from (the
 -- tenant's code, or the folder of the module first required by URL: Lua's package.path
--- meaning), then falls back to the default repository.
+-- meaning), as name.lua then name/init.lua (package.path's ?.lua;?/init.lua), then falls back
+-- to the default repository.
+--
+-- Before any search, as Lua's require: package.loaded[name] (the request's own table, which
+-- holds the standard libraries, as in LuaJIT), then package.preload[name].
 
-local PLATFORM_MODULES = {
-  json = true, crypto = true, base64 = true, utils = true, http = true, string = true,
-  table = true, math = true, os = true, coroutine = true, bit = true,
-}
+-- sngin's own libraries: a tenant's file of the same name wins for require (the global stays
+-- the platform's); the search ends with the platform library instead of the default repository.
+local PLATFORM_MODULES = { json = true, crypto = true, base64 = true, utils = true, http = true }
 local module_factories = {}  -- location .. "\0" .. version -> compiled factory (this runtime)
 local known_versions = {}    -- search -> location .. "\0" .. version last compiled for it
 local module_tables = setmetatable({}, { __mode = "k" })  -- module env -> module() table
@@ -63,8 +67,11 @@ local function search_for(name, root)
     or sfind(name, "..", 1, true) then
     return nil, "'" .. name .. "' is not a module name or a GitHub URL"
   end
-  local relative = sgsub(name, "%.", "/") .. ".lua"
-  return (root or "tenant:") .. relative .. "|default:" .. relative
+  local relative = sgsub(name, "%.", "/")
+  local here = root or "tenant:"
+  local own = here .. relative .. ".lua|" .. here .. relative .. "/init.lua"
+  if PLATFORM_MODULES[name] then return own .. "|platform:" .. name end
+  return own .. "|default:" .. relative .. ".lua|default:" .. relative .. "/init.lua"
 end
 
 -- The root a loaded module's own requires resolve against: the tree it was found in, or, for a
@@ -81,7 +88,13 @@ local function module_env(request_env, root, chunk)
   local menv = setmetatable({}, { __index = request_env, __newindex = request_env })
   rawset(menv, "require", make_require(root, request_env))
   -- Lua 5.1 style: module("name", package.seeall) makes a table the module's environment.
-  rawset(menv, "package", { seeall = function(t) setmetatable(t, { __index = menv }) end })
+  -- The request's package (loaded, preload, path ...) with the module's own seeall.
+  local request_package = rawget(request_env, "package")
+  local package = { seeall = function(t) setmetatable(t, { __index = menv }) end }
+  if type(request_package) == "table" then
+    setmetatable(package, { __index = request_package, __newindex = request_package })
+  end
+  rawset(menv, "package", package)
   rawset(menv, "module", function(name, ...)
     local t = { _NAME = name }
     t._M = t
@@ -100,10 +113,32 @@ local function module_env(request_env, root, chunk)
   return menv
 end
 
+-- The request's package.loaded and package.preload, if the script has not replaced them by
+-- something else.
+local function package_table(env, field)
+  local package = rawget(env, "package")
+  local t = type(package) == "table" and rawget(package, field)
+  return type(t) == "table" and t or nil
+end
+
 make_require = function(root, env)
   return function(name)
     if type(name) ~= "string" then error("require: expected a module name", 2) end
-    if PLATFORM_MODULES[name] then return env[name] end
+    local loaded = package_table(env, "loaded")
+    local value = loaded and rawget(loaded, name)
+    if value ~= nil then return value end
+    local loader = package_table(env, "preload")
+    loader = loader and rawget(loader, name)
+    if loader ~= nil then
+      if type(loader) ~= "function" then error("require: package.preload['" .. name .. "'] is not a function", 2) end
+      value = loader(name)
+      if loaded then
+        if value ~= nil then rawset(loaded, name, value) end
+        if rawget(loaded, name) == nil then rawset(loaded, name, true) end
+        return rawget(loaded, name)
+      end
+      return value == nil and true or value
+    end
     local search, refused = search_for(name, root)
     if not search then error("require: " .. refused, 2) end
     local found = current.required[search]
@@ -112,6 +147,12 @@ make_require = function(root, env)
     local answer = platform_call({ op = "module", name = search, have = have })
     local raised = rawget(answer, "raise")
     if raised then error("require: " .. raised, 2) end
+    if rawget(answer, "ok") then  -- no file of that name: the platform library
+      value = env[name]
+      current.required[search] = value
+      if loaded then rawset(loaded, name, value) end
+      return value
+    end
     local location = answer.location
     local instance = current.instances[location]
     if instance ~= nil then
@@ -136,10 +177,12 @@ make_require = function(root, env)
     local results = pack(pcall(fn, name))
     current.loading[location] = nil
     if not results[1] then error(results[2], 0) end
-    local value = results[2]
+    value = results[2]
+    if value == nil and loaded then value = rawget(loaded, name) end  -- set by the module itself
     if value == nil then value = module_tables[menv] or menv end
     current.instances[location] = value
     current.required[search] = value
+    if loaded then rawset(loaded, name, value) end
     return value
   end
 end
