@@ -127,3 +127,93 @@ def test_traceback_names_the_tenants_chunks_only():
     assert "sngin" not in body.replace("a.test", "")
     for host_detail in ("/work/", ".py", "[C]", "=sngin"):
         assert host_detail not in body
+
+
+# --- load, loadstring, setfenv, getfenv (item 4): as an attacker would try them ---------------
+
+
+def lua(source: str) -> str:
+    rt = TenantRuntime("a.test")
+    try:
+        return ok(rt, source).body.decode()
+    finally:
+        rt.close()
+
+
+def test_load_and_loadstring_compile_text_into_the_scripts_own_globals():
+    assert lua("x = 5 return tostring(loadstring('return x + 1')())") == "6"
+    assert lua("return tostring(load('return y', 'tpl', 't', {y = 7})())") == "7"
+    # a reader function, as serialisers and template engines use
+    assert (
+        lua(
+            "local parts, i = {'return ', '4', '2'}, 0\n"
+            "return tostring(load(function() i = i + 1 return parts[i] end)())"
+        )
+        == "42"
+    )
+    # a loaded chunk's globals are the script's: it cannot see more than the script
+    assert lua("return tostring(load('return _G')() == _G)") == "true"
+    assert lua("return tostring(load('return python, jit, debug.getinfo, collectgarbage')())") == (
+        "nil"
+    )
+    # a syntax error is returned, as Lua does, with the chunk's name
+    assert lua("return select(2, loadstring('return +', '=tpl'))").startswith("tpl:1:")
+
+
+def test_bytecode_is_refused_by_string_by_reader_and_by_mode():
+    refused = "load: only Lua text can be loaded in sngin (precompiled bytecode is refused)"
+    for attempt in (
+        "load(string.char(27) .. 'LJ\\2\\0')",
+        "loadstring(string.char(27) .. 'LJ\\2\\0')",
+        "load('return 1', 'x', 'b')",
+        "load('return 1', 'x', 'bt')",
+        "load((function() local n = 0 return function() n = n + 1 "
+        "return ({string.char(27), 'LJ'})[n] end end)())",
+    ):
+        assert lua(f"return select(2, {attempt})") == refused, attempt
+
+
+def test_setfenv_and_getfenv_work_on_the_sites_own_functions_and_level_one():
+    assert lua("local function f() return z end setfenv(f, {z = 'zz'}) return f()") == "zz"
+    assert lua("z = 'g' local function f() return z end return getfenv(f).z") == "g"
+    assert lua("setfenv(1, {tostring = tostring, q = 3}) return tostring(q)") == "3"
+    assert lua("return getfenv() == _G and 'same' or 'other'") == "same"
+    # a loaded chunk is the site's own code too (etlua-style templates)
+    assert lua("local f = loadstring('return v') setfenv(f, {v = 'set'}) return f()") == "set"
+
+
+def test_setfenv_and_getfenv_refuse_platform_and_c_functions_levels_and_threads():
+    source = """
+    local out = {}
+    local function try(f, ...)
+      local ok, err = pcall(f, ...)
+      out[#out + 1] = ok and 'ALLOWED' or err:gsub('^.-: ', '', 1)
+    end
+    try(setfenv, print, {})
+    try(setfenv, require, {})
+    try(setfenv, json.decode, {})
+    try(getfenv, http.request)
+    try(setfenv, string.format, {})
+    try(getfenv, pcall)
+    try(getfenv, 0)
+    try(getfenv, 2)
+    try(setfenv, 0, {})
+    try(setfenv, 3, {})
+    try(getfenv, coroutine.create(function() end))
+    try(setfenv, 1, {})   -- through pcall: level 1 is pcall, a C function
+    return table.concat(out, '\\n')
+    """
+    lines = lua(source).split("\n")
+    assert "ALLOWED" not in lines
+    assert lines.count("only functions of this site's own code can be used in sngin") == 8
+    assert lines.count("only level 1 (the calling function) is available in sngin") == 4
+
+
+def test_nothing_set_with_setfenv_outlives_the_request():
+    rt = TenantRuntime("a.test")
+    try:
+        ok(rt, "setfenv(1, {}) return 'x'")
+        ok(rt, "local upper = string.upper string.upper = nil setfenv(1, {}) return 'y'")
+        assert ok(rt, "return tostring(getfenv() == _G) .. string.upper('ok')").body == b"trueOK"
+    finally:
+        rt.close()

@@ -14,11 +14,16 @@
 --    forge one.
 -- 5. No tenant code runs once a request's memory cap is lifted: an error object that is not a
 --    string is described where it is raised, never converted (07-response-rules).
+-- 6. load and loadstring compile text only (bytecode refused, also through a reader, and any
+--    mode but "t"), into the running request's globals or the table given, never the real
+--    ones; setfenv and getfenv reach only Lua functions tenant code compiled (its scripts,
+--    modules and loaded chunks), by value or as level 1, never a platform function, a C
+--    function, another level or a thread (06-environment: tenant_load, tenant_setfenv).
 -- It runs once per runtime while the real globals are still intact and returns the
 -- privileged helpers that only the Python side holds; tenant code never sees them.
 local pairs, next, type, tostring, select, error, pcall = pairs, next, type, tostring, select, error, pcall
 local rawget, rawset, setmetatable, getmetatable = rawget, rawset, setmetatable, getmetatable
-local setfenv, load, unpack = setfenv, load, unpack
+local setfenv, getfenv, load, unpack = setfenv, getfenv, load, unpack
 local concat, sfind, sformat, sbyte, sgsub, slower, supper, ssub = table.concat, string.find,
   string.format, string.byte, string.gsub, string.lower, string.upper, string.sub
 local floor, huge = math.floor, math.huge

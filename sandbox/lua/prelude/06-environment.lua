@@ -51,7 +51,7 @@ local PACKAGE_CONFIG = "/\n;\n?\n!\n-\n"
 -- The request being resumed (set by step in 08-requests): whose log io.write and a module's
 -- print write to, and which modules that request is loading (circular requires are per
 -- request).
-local current = { emit = function() end, loading = {}, instances = {}, required = {} }
+local current = { emit = function() end, loading = {}, instances = {}, required = {}, env = nil }
 
 -- The functions are made once and shared (a function has nothing a request could change);
 -- the tables holding them are each request's own. Writes go to the running request's log.
@@ -123,7 +123,9 @@ local function traceback(...)
     if thread then info = getinfo(thread, at, "Sln") else info = getinfo(at, "Sln") end
     if not info then break end
     local source = info.source
-    if info.what ~= "C" and source ~= "=sngin" and ssub(source, 1, 1) == "=" then
+    -- Tenant chunks are named "=host/path" (or, loaded from text, by the text itself);
+    -- the prelude is "=sngin"; an "@file" name would be a host path.
+    if info.what ~= "C" and source ~= "=sngin" and ssub(source, 1, 1) ~= "@" then
       local where = info.short_src .. ":" .. tostring(info.currentline) .. ":"
       if info.what == "main" then
         lines[#lines + 1] = "\t" .. where .. " in main chunk"
@@ -137,6 +139,82 @@ local function traceback(...)
     at = at + 1
   end
   return lines[1] .. concat(lines, "\n", 2)
+end
+
+-- load, loadstring, setfenv and getfenv for tenant code (invariant 6). Template engines and
+-- serialisers compile Lua text at run time and bind environments; offered safely here.
+local TEXT_ONLY = "only Lua text can be loaded in sngin (precompiled bytecode is refused)"
+
+-- A function tenant code compiled: a Lua function that is not the prelude's. Everything a
+-- tenant compiles gets a chunk name of its own; the prelude's is "=sngin". C functions and
+-- the prelude's closures (print, require, json ...) are never one.
+local function tenant_function(f)
+  if type(f) ~= "function" then return false end
+  local info = getinfo(f, "S")
+  return info ~= nil and info.what ~= "C" and info.source ~= "=sngin"
+end
+
+local function tenant_load(chunk, chunkname, mode, env)
+  if mode ~= nil and mode ~= "t" then return nil, "load: " .. TEXT_ONLY end
+  if env ~= nil and type(env) ~= "table" then
+    error("bad argument #4 to 'load' (table expected, got " .. type(env) .. ")", 2)
+  end
+  local text = chunk
+  if type(chunk) == "function" then  -- a reader: its pieces, joined (within the memory cap)
+    local parts = {}
+    while true do
+      local piece = chunk()
+      if piece == nil or piece == "" then break end
+      if type(piece) ~= "string" then return nil, "load: reader function must return a string" end
+      parts[#parts + 1] = piece
+    end
+    text = concat(parts)
+  elseif type(chunk) ~= "string" then
+    error("bad argument #1 to 'load' (string expected, got " .. type(chunk) .. ")", 2)
+  end
+  if sbyte(text, 1) == 27 then return nil, "load: " .. TEXT_ONLY end
+  if chunkname ~= nil and type(chunkname) ~= "string" then
+    error("bad argument #2 to 'load' (string expected, got " .. type(chunkname) .. ")", 2)
+  end
+  local fn, err = load(text, chunkname or text, "t")
+  if not fn then return nil, err end
+  setfenv(fn, env or current.env)  -- never the real globals a plain load would give it
+  return fn
+end
+
+local function tenant_loadstring(text, chunkname)
+  if type(text) ~= "string" then
+    error("bad argument #1 to 'loadstring' (string expected, got " .. type(text) .. ")", 2)
+  end
+  return tenant_load(text, chunkname, "t")
+end
+
+-- The function setfenv/getfenv act on: a tenant function given by value, or level 1 (the
+-- caller, itself tenant code); anything else is refused with a clear error.
+local function fenv_target(name, f)
+  if f == nil then f = 1 end
+  if type(f) == "number" then
+    if f ~= 1 then
+      error(name .. ": only level 1 (the calling function) is available in sngin", 3)
+    end
+    local info = getinfo(3, "Sf")  -- 1: fenv_target, 2: setfenv/getfenv, 3: their caller
+    f = info and info.func
+  end
+  if not tenant_function(f) then
+    error(name .. ": only functions of this site's own code can be used in sngin", 3)
+  end
+  return f
+end
+
+local function tenant_setfenv(f, t)
+  if type(t) ~= "table" then
+    error("bad argument #2 to 'setfenv' (table expected, got " .. type(t) .. ")", 2)
+  end
+  return setfenv(fenv_target("setfenv", f), t)
+end
+
+local function tenant_getfenv(f)
+  return getfenv(fenv_target("getfenv", f))
 end
 
 local function new_package(env)
@@ -170,6 +248,8 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   env.request = request
   env.env = read_only(tenant_env or {})
   env._G = env
+  env.load, env.loadstring = tenant_load, tenant_loadstring
+  env.setfenv, env.getfenv = tenant_setfenv, tenant_getfenv
   env.package = new_package(env)
   env.require = make_require(nil, env)
   return env, collect, emit

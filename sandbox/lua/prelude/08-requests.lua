@@ -46,7 +46,7 @@ local function step(handle, answer)
   local state = requests[handle]
   local co = state.co
   string_mt.__index = state.env.string
-  current.emit, current.loading = state.emit, state.loading
+  current.emit, current.loading, current.env = state.emit, state.loading, state.env
   current.instances, current.required = state.instances, state.required
   local results
   if state.args then
