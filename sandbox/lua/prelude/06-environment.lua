@@ -43,7 +43,8 @@ end
 --   path/cpath strings and config; no loadlib, no loaders that touch files;
 -- - io: write, stdout:write and stderr:write go to the request's log within print's bounds
 --   (never to the worker's stdout, which carries its frames); what opens files raises;
--- - debug: traceback only, naming tenant chunks, never the prelude or a host path.
+-- - debug: traceback only, naming tenant chunks, never the prelude or a host path;
+-- - jit: LuaJIT's version, os and arch (strings and a number), none of its functions.
 local NO_FILES = " is not available in sngin (scripts have no files; use storage)"
 local IO_REFUSED = { "open", "popen", "lines", "read", "input", "output", "tmpfile", "close" }
 local PACKAGE_CONFIG = "/\n;\n?\n!\n-\n"
@@ -217,9 +218,19 @@ local function tenant_getfenv(f)
   return getfenv(fenv_target("getfenv", f))
 end
 
+-- jit: what LuaJIT reports about itself, for libraries that check `if jit then` to pick their
+-- LuaJIT path (MessagePack, for one). No function of the real `jit` (on/off/flush, opt, util:
+-- they reach the compiler's state and the bytecode of other functions).
+local JIT_INFO = {}
+for _, name in next, { "version", "version_num", "os", "arch" } do
+  JIT_INFO[name] = real_globals.jit and real_globals.jit[name]
+end
+
 local function new_package(env)
   local loaded = {}
-  for _, name in next, { "string", "table", "math", "os", "coroutine", "bit", "io", "debug" } do
+  for _, name in next, {
+    "string", "table", "math", "os", "coroutine", "bit", "io", "debug", "jit",
+  } do
     loaded[name] = env[name]
   end
   loaded._G = env
@@ -248,6 +259,7 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   env.request = request
   env.env = read_only(tenant_env or {})
   env._G = env
+  env.jit = copy(JIT_INFO)
   env.load, env.loadstring = tenant_load, tenant_loadstring
   env.setfenv, env.getfenv = tenant_setfenv, tenant_getfenv
   env.package = new_package(env)

@@ -40,6 +40,26 @@ local function valid_path(path)
   return not sfind(path, "//", 1, true) and ssub(path, 1, 1) ~= "/" and ssub(path, -1) ~= "/"
 end
 
+-- The root a dotted name resolves against in a tree on GitHub: Lua finds `pl.utils` in the
+-- folder holding the package `pl` (the folder on package.path), so a module at
+-- lua/pl/List.lua asking for pl.utils gets lua/pl/utils.lua, not lua/pl/pl/utils.lua. When
+-- the name's first part is a folder of the root (below <user>/<repo>/<ref>), the folder above
+-- its last occurrence is the root; else the root as it is.
+local function package_root(root, name)
+  if not root or ssub(root, 1, 7) ~= "github:" then return root end
+  local base, rest = smatch(root, "^(github:[^/]+/[^/]+/[^/]+/)(.*)$")
+  if not base then return root end
+  local first = smatch(name, "^[^%.]+")
+  local needle, at, last = first .. "/", 1, nil
+  while true do
+    local found = sfind("/" .. rest, "/" .. needle, at, true)
+    if not found then break end
+    last, at = found, found + 1
+  end
+  if last then return base .. ssub(rest, 1, last - 1) end
+  return root
+end
+
 -- The search for a name (see above), or nil and why the name is refused.
 local function search_for(name, root)
   if #name > 1024 then return nil, "module name longer than 1024 bytes" end
@@ -68,7 +88,7 @@ local function search_for(name, root)
     return nil, "'" .. name .. "' is not a module name or a GitHub URL"
   end
   local relative = sgsub(name, "%.", "/")
-  local here = root or "tenant:"
+  local here = package_root(root, name) or "tenant:"
   local own = here .. relative .. ".lua|" .. here .. relative .. "/init.lua"
   if PLATFORM_MODULES[name] then return own .. "|platform:" .. name end
   return own .. "|default:" .. relative .. ".lua|default:" .. relative .. "/init.lua"
@@ -79,7 +99,10 @@ end
 local function root_of(location, root)
   if ssub(location, 1, 7) ~= "github:" then return nil end
   if root and ssub(location, 1, #root) == root then return root end
-  return smatch(location, "^(.*/)")
+  -- A package's init.lua: the folder holding the package is the tree's root (package.path's
+  -- ?/init.lua), so `require "say"` from luassert/init.lua finds say/init.lua beside it.
+  local above = smatch(location, "^(github:[^/]+/[^/]+/[^/]+/.-)[^/]+/init%.lua$")
+  return above or smatch(location, "^(.*/)")
 end
 
 local function module_env(request_env, root, chunk)
