@@ -47,6 +47,13 @@ MODULES = {
     "u/r/main/lib2/top.lua": "return require('sub').v",
     "u/r/main/lib2/sub/init.lua": "return {v = 'tree init'}",
     "u/r/main/bang.lua": "#!/usr/bin/env luajit\nreturn {ok = 'bang'}",
+    # a library that names its siblings from `...` (its dotted name below its package's folder)
+    "u/r/main/vendor/pkg2/main.lua": "local here = (...):match('^(.-)[^%.]+$')\n"
+    "return {v = require(here .. 'helper').v, name = ...}",
+    "u/r/main/vendor/pkg2/helper.lua": "return {v = 'sibling'}",
+    "u/r/main/vendor/pkg3/init.lua": "return {name = ..., v = require((...):gsub('init$', '') "
+    ".. 'part').v}",
+    "u/r/main/vendor/pkg3/part.lua": "return {v = 'part'}",
     "webscriptio/lib/master/underscore.lua": "return {origin = 'default repository'}",
     "webscriptio/lib/master/lustache.lua": "local scanner = require('lustache.scanner')\n"
     "return {render = function(t) return scanner.scan(t) end}",
@@ -79,6 +86,9 @@ SCRIPTS = {
     "b.test/bare": "return require('underscore').origin",
     "a.test/position": "local ok, err = pcall(function()\n"
     "  local m = require('../x') return m\nend)\nreturn err",
+    "a.test/dots": "local m = require('github.com/u/r/blob/main/vendor/pkg2/main.lua')\n"
+    "local p = require('u/r/vendor/pkg3/init')\n"
+    "return m.name .. '/' .. m.v .. '/' .. p.name .. '/' .. p.v",
     "a.test/initmod": "return require('mypkg').name .. '/' .. require('mypkg.inner').name",
     "c.test/shadow": "local j = require('json') return tostring(j.mine) .. '/' .. "
     "tostring(json.mine) .. '/' .. tostring(type(json.encode)) .. '/' .. "
@@ -190,6 +200,7 @@ async def serving(tmp_path, raw_host, tokens=None, **options):
         ("/platform", "true"),
         ("/initmod", "init/inner"),  # name/init.lua, as package.path's ?/init.lua
         ("/treeinit", "tree init/bang"),
+        ("/dots", "pkg2.main/sibling/pkg3.init/part"),
         ("/twice", "true"),
         # Lua 5.1: a module's globals are the requiring request's globals
         ("/globals", "from module/from module"),

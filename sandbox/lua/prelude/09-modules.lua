@@ -105,6 +105,18 @@ local function root_of(location, root)
   return above or smatch(location, "^(.*/)")
 end
 
+-- What `...` is inside a module required by URL or user/repo/path: its dotted name below the
+-- folder holding its package ("pl.List" for .../pl/List.lua, "say.init" for say/init.lua), as
+-- Lua passes it had that folder been on package.path, so a library that names its siblings
+-- from `...` finds them. A module required by name gets that name, as in Lua.
+local function dotted_name(location)
+  local path = smatch(location, "^github:[^/]+/[^/]+/[^/]+/(.*)%.lua$")
+  if not path then return nil end
+  local folder, file = smatch(path, "^(.-)([^/]+)$")
+  local package = smatch(folder, "([^/]+)/$")
+  return package and package .. "." .. file or file
+end
+
 local function module_env(request_env, root, chunk)
   -- Reads and writes go to the request's own globals; only require (and Lua 5.1's module()
   -- helpers) are the module's, so its requires resolve within its tree.
@@ -197,7 +209,9 @@ make_require = function(root, env)
     local menv = module_env(env, root_of(location, root), fn)
     setfenv(fn, menv)
     current.loading[location] = true
-    local results = pack(pcall(fn, name))
+    local passed = name
+    if sfind(name, "/", 1, true) then passed = dotted_name(location) or name end
+    local results = pack(pcall(fn, passed))
     current.loading[location] = nil
     if not results[1] then error(results[2], 0) end
     value = results[2]
