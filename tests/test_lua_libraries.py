@@ -224,3 +224,34 @@ def test_nothing_set_with_setfenv_outlives_the_request():
         assert ok(rt, "return tostring(getfenv() == _G) .. string.upper('ok')").body == b"trueOK"
     finally:
         rt.close()
+
+
+def test_a_plant_in_package_loaded_never_reaches_another_tenant():
+    a, b = TenantRuntime("a.test"), TenantRuntime("b.test")
+    try:
+        ok(a, "package.loaded.json = {planted = true} package.preload.x = print return ''")
+        seen = ok(b, "return tostring(package.loaded.json) .. '/' .. tostring(package.preload.x)")
+    finally:
+        a.close()
+        b.close()
+    assert seen.body == b"nil/nil"
+
+
+async def test_io_writes_leave_a_real_workers_frame_pipe_intact(tmp_path):
+    """Through a real worker process: bytes shaped like a frame header, written with every io
+    write, end up in the log; the worker's frames to the server stay whole."""
+    from tests.support import running
+
+    script = (
+        "io.write(string.char(0, 0, 0, 5) .. 'hello')\n"
+        "io.stdout:write(string.char(0, 0, 16, 0)):write('x')\n"
+        "io.stderr:write(string.rep(string.char(255), 64))\n"
+        "return 'intact'"
+    )
+    (tmp_path / "io.test").mkdir(parents=True)
+    (tmp_path / "io.test" / "index.lua").write_text(script)
+    async with running(tmp_path, workers=1) as srv:
+        for _ in range(3):  # the same worker serves on
+            response = await srv.get("/", host="io.test")
+            assert response.status_code == 200
+            assert response.text == "intact"
