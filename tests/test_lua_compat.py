@@ -182,6 +182,16 @@ def expected() -> dict[str, str]:
     return {name: under_luajit(code) for name, (_, code) in LIBRARIES.items()}
 
 
+async def answers(srv) -> dict[str, str]:
+    """Each library's site's answer: its text, or the status and the error."""
+    got = {}
+    for name in LIBRARIES:
+        response = await srv.get("/", host=f"{site(name)}.test")
+        ok = response.status_code == 200
+        got[name] = response.text if ok else f"{response.status_code}: {response.text}"
+    return got
+
+
 def compare(got: dict[str, str], expected: dict[str, str]) -> None:
     for name, reason in REFUSED.items():
         assert reason in got.pop(name), name
@@ -195,14 +205,7 @@ async def test_libraries_vendored_into_the_site_run_as_under_luajit(tmp_path, ex
             folder.mkdir(parents=True, exist_ok=True)
             copy_into(folder, files)
             (folder / "index.lua").write_text(code)
-        got = {}
-        for name in LIBRARIES:
-            response = await srv.get("/", host=f"{site(name)}.test")
-            got[name] = (
-                response.text
-                if response.status_code == 200
-                else (f"{response.status_code}: {response.text}")
-            )
+        got = await answers(srv)
     compare(got, expected)
 
 
@@ -219,14 +222,7 @@ async def test_libraries_required_from_github_run_as_under_luajit(tmp_path, expe
                     folder = tmp_path / f"{site(name)}.test"
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / "index.lua").write_text(BY_URL + code)
-                got = {}
-                for name in LIBRARIES:
-                    response = await srv.get("/", host=f"{site(name)}.test")
-                    got[name] = (
-                        response.text
-                        if response.status_code == 200
-                        else (f"{response.status_code}: {response.text}")
-                    )
+                got = await answers(srv)
             nursery.cancel_scope.cancel()
     finally:
         tree.close()
