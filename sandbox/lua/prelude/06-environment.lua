@@ -95,15 +95,30 @@ FILE_TEMPLATE.write = function(self, ...)
   return self
 end
 
+-- Table constructors, not copy(): each table is sized once instead of growing as it fills
+-- (this runs for every request).
+local function new_file()
+  local f = FILE_TEMPLATE
+  local file = {
+    write = f.write, flush = f.flush, setvbuf = f.setvbuf,
+    close = f.close, read = f.read, lines = f.lines, seek = f.seek,
+  }
+  io_files[file] = true
+  return file
+end
+
 local function new_io()
-  local io = copy(IO_TEMPLATE)
-  local stdout, stderr = copy(FILE_TEMPLATE), copy(FILE_TEMPLATE)
-  io_files[stdout], io_files[stderr] = true, true
-  io.stdout, io.stderr = stdout, stderr
-  io.write = function(...)
-    write_line(...)
-    return stdout
-  end
+  local t = IO_TEMPLATE
+  local stdout = new_file()
+  local io = {
+    stdout = stdout, stderr = new_file(), flush = t.flush, type = t.type,
+    open = t.open, popen = t.popen, lines = t.lines, read = t.read, input = t.input,
+    output = t.output, tmpfile = t.tmpfile, close = t.close,
+    write = function(...)
+      write_line(...)
+      return stdout
+    end,
+  }
   return io
 end
 
@@ -227,13 +242,11 @@ for _, name in next, { "version", "version_num", "os", "arch" } do
 end
 
 local function new_package(env)
-  local loaded = {}
-  for _, name in next, {
-    "string", "table", "math", "os", "coroutine", "bit", "io", "debug", "jit",
-  } do
-    loaded[name] = env[name]
-  end
-  loaded._G = env
+  local loaded = {
+    string = env.string, table = env.table, math = env.math, os = env.os,
+    coroutine = env.coroutine, bit = env.bit, io = env.io, debug = env.debug, jit = env.jit,
+    _G = env,
+  }
   local package = {
     loaded = loaded, preload = {}, config = PACKAGE_CONFIG,
     path = "./?.lua;./?/init.lua", cpath = "",
@@ -259,7 +272,10 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   env.request = request
   env.env = read_only(tenant_env or {})
   env._G = env
-  env.jit = copy(JIT_INFO)
+  env.jit = {
+    version = JIT_INFO.version, version_num = JIT_INFO.version_num,
+    os = JIT_INFO.os, arch = JIT_INFO.arch,
+  }
   env.load, env.loadstring = tenant_load, tenant_loadstring
   env.setfenv, env.getfenv = tenant_setfenv, tenant_getfenv
   env.package = new_package(env)
