@@ -1,0 +1,108 @@
+"""sngin.tenants.cron: a tenant's cron entries checked one by one, and when each fires, in its
+time zone and across daylight-saving changes (a fixed clock: plain unix times)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from sngin.tenants.cron import parse_entries
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def at(*fields: int, zone=UTC) -> float:
+    return datetime(*fields, tzinfo=zone).timestamp()
+
+
+def utc(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def entries(*raw, max_entries=10, min_interval_s=60.0):
+    return parse_entries(list(raw), max_entries=max_entries, min_interval_s=min_interval_s)
+
+
+def test_five_fields_macros_and_six_fields_with_seconds_first():
+    good, problems = entries(
+        {"schedule": "*/5 * * * *", "path": "/tick"},
+        {"schedule": "@hourly", "path": "/"},
+        {"schedule": "0 */2 * * * *", "path": "/six"},
+        min_interval_s=60,
+    )
+    assert problems == ()
+    five, hourly, six = good
+    start = at(2026, 1, 1, 0, 1)
+    assert utc(five.next_after(start)) == "2026-01-01 00:05:00"
+    assert utc(hourly.next_after(start)) == "2026-01-01 01:00:00"
+    assert six.seconds
+    assert utc(six.next_after(start)) == "2026-01-01 00:02:00"
+    assert five.key != six.key  # ticks are claimed per entry
+
+
+def test_a_bad_entry_is_skipped_with_its_reason_and_the_others_apply():
+    good, problems = entries(
+        {"schedule": "61 * * * *", "path": "/a"},
+        {"schedule": "0 8 * * 1-5", "path": "/digest", "timezone": "Europe/Paris"},
+        {"schedule": "* * * * * *", "path": "/busy"},
+        {"schedule": "0 0 * * *", "path": "/z", "timezone": "Mars/Olympus"},
+        {"schedule": "0 0 * * *", "path": "relative"},
+        {"schedule": "0 0 * * *", "path": "/../up"},
+        {"path": "/no-schedule"},
+        "not an object",
+        {"schedule": "0 0 * * *", "path": "/x", "extra": 1},
+    )
+    assert [entry.path for entry in good] == ["/digest"]
+    assert good[0].index == 1
+    shown = [str(problem) for problem in problems]
+    assert shown[0].startswith('cron[0]: "61 * * * *": not a cron schedule')
+    assert shown[1] == (
+        'cron[2]: "* * * * * *": fires every 1 s, more often than SNGIN_CRON_MIN_INTERVAL_S (60 s)'
+    )
+    assert shown[2] == "cron[3]: \"0 0 * * *\": unknown time zone 'Mars/Olympus'"
+    assert "not a script path (it starts with /)" in shown[3]
+    assert "'..' segment" in shown[4]
+    assert shown[5].startswith('cron[6]: "": ')
+    assert "schedule" in shown[5]
+    assert shown[6].startswith('cron[7]: "": ')
+    assert shown[7].startswith('cron[8]: "0 0 * * *": ')
+    assert "extra" in shown[7]
+
+
+def test_entries_past_the_maximum_are_refused_with_that_reason():
+    raw = [{"schedule": f"{n} * * * *", "path": f"/p{n}"} for n in range(12)]
+    good, problems = entries(*raw, max_entries=10)
+    assert len(good) == 10
+    assert [str(p) for p in problems] == [
+        f'cron[{n}]: "{n} * * * *": more than 10 entries (SNGIN_CRON_MAX_PER_TENANT)'
+        for n in (10, 11)
+    ]
+
+
+def test_an_irregular_schedule_is_judged_by_its_closest_pair_of_ticks():
+    _, problems = entries({"schedule": "0,1 8 * * *", "path": "/twice"}, min_interval_s=120)
+    assert "fires every 60 s" in str(problems[0])
+
+
+def test_a_time_zone_schedule_follows_daylight_saving_both_ways():
+    (digest, small_hours, every_ten), _ = entries(
+        {"schedule": "0 8 * * *", "path": "/d", "timezone": "Europe/Paris"},
+        {"schedule": "30 2 * * *", "path": "/n", "timezone": "Europe/Paris"},
+        {"schedule": "*/10 * * * *", "path": "/e", "timezone": "Europe/Paris"},
+        min_interval_s=60,
+    )
+    # Spring forward (29 March 2026): 08:00 is 06:00 UTC from that day on, 07:00 before.
+    assert utc(digest.next_after(at(2026, 3, 27, 12))) == "2026-03-28 07:00:00"
+    assert utc(digest.next_after(at(2026, 3, 28, 12))) == "2026-03-29 06:00:00"
+    # 02:30 does not exist that night: it fires at the first time after the gap.
+    assert utc(small_hours.next_after(at(2026, 3, 28, 12))) == "2026-03-29 01:00:00"
+    # Fall back (25 October 2026): 02:30 happens twice; it fires once...
+    first = small_hours.next_after(at(2026, 10, 24, 12))
+    assert utc(first) == "2026-10-25 00:30:00"
+    assert utc(small_hours.next_after(first)) == "2026-10-26 01:30:00"
+    # ...while an every-ten-minutes job runs through the repeated hour, as elapsed time says.
+    tick, seen = at(2026, 10, 25, 0, 45), []
+    for _ in range(3):
+        tick = every_ten.next_after(tick)
+        seen.append(utc(tick))
+    assert seen == ["2026-10-25 00:50:00", "2026-10-25 01:00:00", "2026-10-25 01:10:00"]
