@@ -37,6 +37,16 @@ class FormFile(msgspec.Struct, frozen=True, kw_only=True):
     content: bytes
 
 
+class CronRun(msgspec.Struct, frozen=True, kw_only=True):
+    """request.cron of a scheduled run: the entry's schedule as written, the tick's unix time,
+    the entry's index in the tenant's list, and whether an operator or tenant ran it by hand."""
+
+    schedule: str
+    scheduled: float
+    index: int
+    manual: bool = False
+
+
 class Request(msgspec.Struct, frozen=True, kw_only=True):
     """What a script sees as the global `request` (header names already lower-case). For a
     multipart/form-data body, `form` and `files` as the server parsed them (None otherwise)."""
@@ -53,6 +63,7 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     id: str = ""
     form: list[tuple[bytes, bytes]] | None = None
     files: list[FormFile] | None = None
+    cron: CronRun | None = None  # a scheduled run's (method "CRON")
 
 
 class WireLimits(msgspec.Struct, frozen=True, kw_only=True):

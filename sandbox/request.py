@@ -84,6 +84,16 @@ def build(request: Request, table_from: Callable[[Any], Any]) -> Any:
     }
     if referer is not None:
         fields[b"referer"] = referer
+    cron = request.cron
+    if cron is not None:
+        fields[b"cron"] = table_from(
+            {
+                b"schedule": cron.schedule.encode(),
+                b"scheduled": cron.scheduled,
+                b"index": cron.index,
+                b"manual": cron.manual,
+            }
+        )
     content_type = content_type.split(b";", 1)[0].strip().lower()
     if request.form is not None:  # multipart/form-data, parsed by the server
         fields[b"form"] = _group(request.form, table_from)

@@ -106,3 +106,59 @@ def test_a_time_zone_schedule_follows_daylight_saving_both_ways():
         tick = every_ten.next_after(tick)
         seen.append(utc(tick))
     assert seen == ["2026-10-25 00:50:00", "2026-10-25 01:00:00", "2026-10-25 01:10:00"]
+
+
+# --- the script's side: request.cron and a method table's cron function ----------------------
+
+
+def cron_job(source: str):
+    from sandbox.protocol import CronRun, Job, Request
+
+    request = Request(
+        method="CRON", path="/tick",
+        cron=CronRun(schedule="*/5 * * * *", scheduled=1767225600.0, index=2),
+    )  # fmt: skip
+    return Job(tenant="a.test", key="a.test/tick", version=source[:40], request=request,
+               source=source.encode())  # fmt: skip
+
+
+def test_a_scheduled_run_sees_request_cron_and_its_method_tables_cron_function():
+    from sandbox.runtime import TenantRuntime
+
+    rt = TenantRuntime("a.test")
+    try:
+        plain = rt.run(cron_job(
+            "local c = request.cron\n"
+            "return request.method .. ' ' .. c.schedule .. ' ' .. c.scheduled .. ' ' .. "
+            "c.index .. ' ' .. tostring(c.manual) .. ' ' .. request.body .. '|'"
+        ))  # fmt: skip
+        table = rt.run(cron_job(
+            "return {cron = function(req) return 'ran ' .. req.cron.index end,"
+            " get = function() return 'get' end}"
+        ))  # fmt: skip
+        without = rt.run(cron_job("return {get = function() return 'get' end}"))
+    finally:
+        rt.close()
+    assert plain.body == b"CRON */5 * * * * 1767225600 2 false |"
+    assert table.body == b"ran 2"
+    assert without.error == "method_not_allowed"
+    assert without.message == "method CRON not allowed"
+
+
+async def test_no_client_can_send_a_cron_request(tmp_path):
+    import trio
+
+    from tests.support import running
+
+    (tmp_path / "a.test" / "tick").mkdir(parents=True)
+    (tmp_path / "a.test" / "tick" / "index.lua").write_text(
+        "return {cron = function() return 'should never run for a client' end}"
+    )
+    async with running(tmp_path) as srv:
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+        async with stream:
+            await stream.send_all(b"CRON /tick HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"CRON is not a request method" in answer
+    assert b"should never run" not in answer

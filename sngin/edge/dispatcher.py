@@ -254,10 +254,14 @@ ALLOWED_METHODS: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 def refuse_framing(scope: Scope, request_head: RequestHead) -> SnginError | None:
     """Requests no route may see: CONNECT (a 2xx answer would turn the connection into a
-    tunnel), and a body framed by both Content-Length and Transfer-Encoding, the classic
-    request-smuggling shape: 400, and the connection is closed (RFC 9112 section 6.1)."""
+    tunnel), CRON (the method of scheduled runs, which no client may fake), and a body framed
+    by both Content-Length and Transfer-Encoding, the classic request-smuggling shape: 400,
+    and the connection is closed (RFC 9112 section 6.1)."""
     if scope["method"] == "CONNECT":
         return MethodNotAllowed("CONNECT is not served", headers={"Allow": ALLOWED_METHODS})
+    if scope["method"] == "CRON":
+        # A script's `cron` handler answers scheduled runs only: no client can trigger one.
+        return MethodNotAllowed("CRON is not a request method", headers={"Allow": ALLOWED_METHODS})
     if request_head.lengths and request_head.chunked:
         return BadRequest(
             "a request cannot have both Content-Length and Transfer-Encoding",

@@ -5,6 +5,9 @@
 -- Response rules
 
 local HTTP_METHODS = { "get", "head", "post", "put", "patch", "delete", "options", "trace", "connect" }
+-- A method table may also answer scheduled runs (request.method "CRON") with a `cron` function.
+local TABLE_METHODS = { "cron" }
+for _, name in next, HTTP_METHODS do TABLE_METHODS[#TABLE_METHODS + 1] = name end
 local TOKEN = "^[!#$%%&'*+%-.^_`|~%w]+$"
 
 -- Errors raised by the rules carry this private key, so tenant code cannot forge them.
@@ -45,7 +48,7 @@ end
 
 local function method_handler(t, method)
   local found = false
-  for _, name in next, HTTP_METHODS do
+  for _, name in next, TABLE_METHODS do
     if type(rawget(t, name)) == "function" then found = true break end
   end
   if not found then return nil end
@@ -53,7 +56,7 @@ local function method_handler(t, method)
   if type(fn) ~= "function" and method == "head" then fn = rawget(t, "get") end
   if type(fn) == "function" then return fn end
   local allow = {}
-  for _, name in next, HTTP_METHODS do
+  for _, name in next, method == "cron" and TABLE_METHODS or HTTP_METHODS do
     if type(rawget(t, name)) == "function"
       or (name == "head" and type(rawget(t, "get")) == "function") then
       allow[#allow + 1] = supper(name)
