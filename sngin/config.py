@@ -218,6 +218,9 @@ class Settings:
     probe_interval_s: float = 10.0  # how often readiness checks the code store
     ui: str = "on"  # SNGIN_UI: the management API writes (on), only reads (readonly), or is off
     processes: int = 1  # SNGIN_PROCESSES: server processes sharing the listener; "auto": cores
+    cron_max_per_tenant: int = 10  # SNGIN_CRON_MAX_PER_TENANT: entries of a tenant's `cron`
+    cron_min_interval_s: float = 60.0  # SNGIN_CRON_MIN_INTERVAL_S: a schedule fires no more often
+    cron_rescan_s: float = 300.0  # SNGIN_CRON_RESCAN_S: how often every tenant's cron is re-read
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -373,6 +376,9 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_METRICS_TENANTS": ("metrics_tenants", int_range(0, 100_000)),
     "SNGIN_MAX_TAILS_PER_TENANT": ("max_tails_per_tenant", int_range(1, 10_000)),
     "SNGIN_MAX_TAILS": ("max_tails", int_range(1, 100_000)),
+    "SNGIN_CRON_MAX_PER_TENANT": ("cron_max_per_tenant", int_range(0, 1000)),
+    "SNGIN_CRON_MIN_INTERVAL_S": ("cron_min_interval_s", float_range(1, 86400)),
+    "SNGIN_CRON_RESCAN_S": ("cron_rescan_s", float_range(1, 86400)),
     "SNGIN_CODE_QUOTA_BYTES": ("code_quota_bytes", int_range(MIB, 1024**4)),
     "SNGIN_CODE_QUOTA_FILES": ("code_quota_files", int_range(1, 10_000_000)),
     "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),

@@ -162,3 +162,52 @@ async def test_no_client_can_send_a_cron_request(tmp_path):
     assert answer.startswith(b"HTTP/1.1 405 ")
     assert b"CRON is not a request method" in answer
     assert b"should never run" not in answer
+
+
+# --- in _sngin.json ------------------------------------------------------------------------
+
+
+def test_cron_in_sngin_json_keeps_good_entries_logs_bad_ones_once_and_the_rest_applies(
+    tmp_path, caplog
+):
+    import json as stdlib_json
+
+    from sngin.code.local_store import LocalStore
+    from sngin.config import Settings
+    from sngin.tenants.config import TenantConfigs
+
+    configs = TenantConfigs(LocalStore(tmp_path), Settings(cron_min_interval_s=60))
+    text = stdlib_json.dumps({
+        "env": {"WHO": "world"},
+        "cron": [
+            {"schedule": "*/5 * * * *", "path": "/tick"},
+            {"schedule": "* * * * * *", "path": "/busy"},
+            {"schedule": "0 8 * * 1-5", "path": "/digest", "timezone": "Europe/Paris"},
+        ],
+    }).encode()  # fmt: skip
+    with caplog.at_level("WARNING", logger="sngin.tenants.config"):
+        config = configs.parse("a.test", text)
+    assert config.env == {"WHO": "world"}  # everything else in the file applies
+    assert [entry.path for entry in config.cron] == ["/tick", "/digest"]
+    assert [str(problem) for problem in config.cron_problems] == [
+        'cron[1]: "* * * * * *": fires every 1 s, more often than SNGIN_CRON_MIN_INTERVAL_S (60 s)'
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        'a.test/_sngin.json: cron[1]: "* * * * * *": fires every 1 s, more often than'
+        " SNGIN_CRON_MIN_INTERVAL_S (60 s)"
+    ]
+    odd = configs.parse("a.test", b'{"cron": {"schedule": "@daily"}}')
+    assert odd.cron == ()
+    assert [str(p) for p in odd.cron_problems] == ['cron[0]: "": cron: expected a list of entries']
+    assert configs.parse("a.test", b"{}").cron == ()
+
+
+def test_the_cron_settings_read_their_variables():
+    from sngin.config import Settings
+
+    settings = Settings.from_env({
+        "SNGIN_CRON_MAX_PER_TENANT": "3", "SNGIN_CRON_MIN_INTERVAL_S": "2",
+        "SNGIN_CRON_RESCAN_S": "30",
+    })  # fmt: skip
+    assert (settings.cron_max_per_tenant, settings.cron_min_interval_s) == (3, 2.0)
+    assert settings.cron_rescan_s == 30.0

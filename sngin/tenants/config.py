@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -22,6 +22,7 @@ from sngin.errors import ScriptError
 from sngin.limits import Limits
 from sngin.names import CONFIG_NAME, file_key
 from sngin.storage.sqlite import Quota
+from sngin.tenants.cron import CronEntry, CronProblem, parse_entries
 from sngin.tenants.egress import EgressPolicy, TenantEgress
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
     github_token: str | None = None  # for private module repositories; "${secret:NAME}"
     storage: StorageSpec = msgspec.field(default_factory=StorageSpec)
+    # Scheduled runs: checked entry by entry (sngin.tenants.cron); a bad one never fails the rest
+    cron: Any = None
 
 
 # --- what the server uses ------------------------------------------------------------------------
@@ -92,6 +95,8 @@ class TenantConfig:
     alert_webhook: str | None = None  # alerts.webhook: where alert.* calls are delivered
     github_token: str | None = None  # sent to the raw host for this tenant's module fetches
     storage_quota: Quota | None = None  # its own storage quota (None: the operator's)
+    cron: tuple[CronEntry, ...] = ()  # its scheduled runs
+    cron_problems: tuple[CronProblem, ...] = ()  # the entries not used, each with why
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -235,6 +240,7 @@ class TenantConfigs:
             )
             github_token = resolved["github_token"] or None
             secrets |= token_secrets | ({github_token} if github_token else set())
+        cron, cron_problems = self._cron(where, spec.cron)
         return TenantConfig(
             enabled=spec.enabled,
             limits=tenant_limits,
@@ -246,7 +252,28 @@ class TenantConfigs:
             alert_webhook=self._webhook(where, spec.alerts.webhook),
             github_token=github_token,
             storage_quota=storage_quota,
+            cron=cron,
+            cron_problems=cron_problems,
         )  # fmt: skip
+
+    def _cron(self, where: str, raw: Any) -> tuple[tuple[CronEntry, ...], tuple[CronProblem, ...]]:
+        """The usable entries; the others logged (once per version of the file: parsing is
+        cached per version) and kept with their reasons for the listings."""
+        if raw is None:
+            return (), ()
+        if not isinstance(raw, list):
+            problems: tuple[CronProblem, ...] = (
+                CronProblem(0, "", "cron: expected a list of entries"),
+            )
+            entries: tuple[CronEntry, ...] = ()
+        else:
+            s = self._settings
+            entries, problems = parse_entries(
+                raw, max_entries=s.cron_max_per_tenant, min_interval_s=s.cron_min_interval_s
+            )
+        for problem in problems:
+            log.warning("%s: %s", where, problem)
+        return entries, problems
 
     def _resolve_env(
         self, tenant: str | None, where: str, values: dict[str, str]
