@@ -26,6 +26,7 @@ from sngin.code.mirror import DiskMirror, mirror_folder
 from sngin.code.quota import CodeQuota
 from sngin.code.s3_files import S3Files
 from sngin.code.s3_store import S3Store, open_s3_store
+from sngin.cron.service import runs_cron_here, serve_cron
 from sngin.edge.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
 from sngin.edge.deps import Deps
 from sngin.edge.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
@@ -309,6 +310,8 @@ async def serve_app(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
             nursery.start_soon(serve_loop_lag, deps.observer.loop_lag)
+            if runs_cron_here(deps):
+                await nursery.start(serve_cron, deps, app.pipeline)
             if deps.storage is not None:
                 nursery.start_soon(watch_storage, deps.storage, deps.observer)
             # One trigger for every listener (a signal is delivered to one receiver only).

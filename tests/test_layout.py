@@ -78,6 +78,7 @@ LAYERS: list[set[str]] = [
     {"workers"},
     {"node"},
     {"edge"},
+    {"cron"},
     {"admin"},
     {"server"},
     {"client"},

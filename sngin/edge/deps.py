@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sngin.bodies.budgets import Budgets
 from sngin.calls.request_calls import PlatformServices
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
     from sngin.storage.tenant_storage import TenantStorage
     from sngin.tenants.config import TenantConfigs
     from sngin.workers.pool import Pool
+
+
+@dataclass(slots=True)
+class Services:
+    """What a node starts once it serves, for the parts that reach it later (the admin API's
+    cron routes): the scheduler of scheduled runs (sngin.cron), on the node's first process."""
+
+    cron: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,7 @@ class Deps:
     site_gate: SiteGate = field(init=False)
     # What every request's platform calls share (a RequestCalls adds the request's budgets).
     services: PlatformServices = field(init=False)
+    started: Services = field(default_factory=Services)  # set once the node serves
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))

@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 import trio
 
-from sandbox.protocol import Call, CallResult, Job, Reply, Request
+from sandbox.protocol import Call, CallResult, CronRun, Job, Reply, Request
 from sngin.bodies.request_body import MULTIPART, parse_form_data
 from sngin.calls.request_calls import RequestCalls
 from sngin.calls.storage_calls import StorageCalls
@@ -28,6 +28,7 @@ from sngin.tenants.admission import TenantAllowlist
 from sngin.tenants.config import TenantConfig
 
 if TYPE_CHECKING:
+    from sngin.code.store import Source
     from sngin.edge.deps import Deps
     from sngin.edge.request_head import RequestHead
     from sngin.observe.tracing import RequestTrace
@@ -88,14 +89,11 @@ class TenantPipeline:
         trace: RequestTrace,
         request_head: RequestHead,
     ) -> Reply:
-        tenant, key = route.tenant, route.key
+        tenant = route.tenant
         query = scope.get("query_string", b"")
         fresh = wants_fresh_code(query)
         config = await self._config(tenant, fresh)
-        await self.deps.site_gate.admit(tenant, config)
-        source = await self.deps.store.fetch(key, revalidate=fresh, note=trace.fetch)
-        if source is None:
-            raise CodeNotFound(f"no script for {scope['path']}")
+        source = await self._admitted(route, config, scope["path"], trace, fresh=fresh)
         headers = scope["headers"]
         remote_addr, scheme = client_of(scope, headers, self._trusted)
         form = files = None
@@ -116,6 +114,38 @@ class TenantPipeline:
             form=form,
             files=files,
         )
+        return await self._execute(route, source, config, request, trace)
+
+    async def run_cron(
+        self, tenant: str, path: str, cron: CronRun, config: TenantConfig, trace: RequestTrace
+    ) -> Reply:
+        """A scheduled run of the script at `path` (sngin.cron): a request like any other (the
+        tenant's limits, env, egress, rate limit and concurrency), method CRON, no body."""
+        route = Route(tenant, script_key(tenant, script_path(path)))
+        trace.tenant = tenant
+        source = await self._admitted(route, config, path, trace, fresh=False)
+        request = Request(method="CRON", path=path, host=tenant, id=trace.id, cron=cron)
+        return await self._execute(route, source, config, request, trace)
+
+    async def _admitted(
+        self, route: Route, config: TenantConfig, path: str, trace: RequestTrace, *, fresh: bool
+    ) -> Source:
+        """The site takes the run (enabled, within its rate) and its script exists."""
+        await self.deps.site_gate.admit(route.tenant, config)
+        source = await self.deps.store.fetch(route.key, revalidate=fresh, note=trace.fetch)
+        if source is None:
+            raise CodeNotFound(f"no script for {path}")
+        return source
+
+    async def _execute(
+        self,
+        route: Route,
+        source: Source,
+        config: TenantConfig,
+        request: Request,
+        trace: RequestTrace,
+    ) -> Reply:
+        tenant, key = route.tenant, route.key
         job = Job(
             tenant=tenant,
             key=key,
@@ -161,6 +191,9 @@ class TenantPipeline:
             # The lines themselves were streamed (and logged) as the script wrote them.
             script_log.info("%s %s: %d more lines dropped", key, request.id, reply.logs_dropped)
         return reply
+
+    async def tenant_config(self, tenant: str) -> TenantConfig:
+        return await self._config(tenant, False)
 
     async def _config(self, tenant: str, fresh: bool) -> TenantConfig:
         configs = self.deps.configs

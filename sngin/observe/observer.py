@@ -98,6 +98,15 @@ class Metrics:
             " tenant)", registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )  # fmt: skip
+        self.cron_runs = Counter(
+            "sngin_cron_runs", "Scheduled runs, by outcome (ok, error, killed, skipped)",
+            ["tenant", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.cron_lateness = Histogram(
+            "sngin_cron_lateness_seconds", "From a scheduled run's tick to its start",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )  # fmt: skip
         self.kills = Counter(
             "sngin_limit_kills", "Requests stopped for a limit or a crash", ["tenant", "reason"],
             registry=self.registry,
@@ -142,6 +151,11 @@ class Metrics:
             self.kills.labels(label, kill).inc()
         if decode_s > 0:
             self.decode_cpu.labels(label).inc(decode_s)
+
+    def cron_run(self, tenant: str, outcome: str, lateness_s: float) -> None:
+        self.cron_runs.labels(self.labels(tenant), outcome).inc()
+        if outcome != "skipped":
+            self.cron_lateness.observe(lateness_s)
 
     def storage_used(self, tenant: str, operations: int, seconds: float) -> None:
         label = self.labels(tenant)

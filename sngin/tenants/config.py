@@ -26,6 +26,7 @@ from sngin.tenants.cron import CronEntry, CronProblem, parse_entries
 from sngin.tenants.egress import EgressPolicy, TenantEgress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from sngin.code.store import CodeSource
@@ -157,6 +158,9 @@ class TenantConfigs:
         self._parsed: dict[tuple[str, str], TenantConfig] = {}
         self._clamped_logged: set[tuple[str, str, float]] = set()
         self._default = self._build(None, "", ConfigSpec())
+        # Told of each tenant's configuration when a new version is parsed (the scheduler of
+        # scheduled runs, sngin.cron: its entries from the next tick on).
+        self.on_parsed: Callable[[str, TenantConfig], None] | None = None
 
     async def get(self, tenant: str, *, revalidate: bool = False) -> TenantConfig:
         source = await self._store.fetch(file_key(tenant, CONFIG_NAME), revalidate=revalidate)
@@ -169,6 +173,8 @@ class TenantConfigs:
             if len(self._parsed) >= MAX_PARSED:
                 self._parsed.clear()
             self._parsed[key] = config
+            if self.on_parsed is not None:
+                self.on_parsed(tenant, config)
         return config
 
     def parse(self, tenant: str, text: bytes) -> TenantConfig:

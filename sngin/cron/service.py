@@ -1,0 +1,64 @@
+"""Scheduled runs wired into a serving node: one scheduler per node (the only process, or the
+first of `--processes N`: the node's parent keeps that slot filled), its tenants found by a scan
+of the folder store and, for any store, whenever a tenant's _sngin.json is parsed anew."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from sngin.code.local_store import LocalStore
+from sngin.cron.runs import CronRuns
+from sngin.cron.scheduler import CronScheduler
+from sngin.names import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from sngin.edge.deps import Deps
+    from sngin.edge.pipeline import TenantPipeline
+
+
+def runs_cron_here(deps: Deps) -> bool:
+    """The only process of the node, or its first one."""
+    return deps.configs is not None and (deps.link is None or deps.link.role.index == 0)
+
+
+def folder_tenants(root: Path) -> list[str]:
+    """Blocking: the tenants of a folder store that have a _sngin.json."""
+    try:
+        with os.scandir(root) as entries:
+            return sorted(
+                entry.name for entry in entries
+                if entry.is_dir() and (Path(entry.path) / CONFIG_NAME).is_file()
+            )  # fmt: skip
+    except OSError:
+        return []
+
+
+async def serve_cron(
+    deps: Deps,
+    pipeline: TenantPipeline,
+    *,
+    task_status: trio.TaskStatus[CronScheduler] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node's scheduler until cancelled."""
+    bus = deps.purger.bus
+    node = f"{bus.node if bus is not None else secrets.token_hex(8)}/{os.getpid()}"
+    runs = CronRuns(deps, pipeline, node=node, claims=deps.settings.redis_url is not None)
+    store = deps.store
+
+    async def discover() -> list[str]:
+        if isinstance(store, LocalStore):  # (other stores: tenants as their configs are read)
+            return await trio.to_thread.run_sync(folder_tenants, store.root)
+        return []
+
+    scheduler = CronScheduler(
+        runs, discover, pipeline.tenant_config, rescan_s=deps.settings.cron_rescan_s
+    )
+    if deps.configs is not None:
+        deps.configs.on_parsed = scheduler.update
+    deps.started.cron = scheduler
+    await scheduler.run(task_status=task_status)

@@ -1,0 +1,96 @@
+"""Scheduled runs through a real server and real workers (sngin.cron): ticks fire at their
+time and run like requests, are recorded, skipped for a quarantined or disabled site, and a
+spinning cron script is killed at the tenant's CPU limit like a request."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from sngin.cron.runs import last_runs
+from tests.support import running
+
+EVERY_SECOND = "* * * * * *"  # 6 fields, seconds first (the minimum interval is lowered)
+
+
+def site(tmp_path, host: str, script: str, *, config: dict | None = None) -> None:
+    folder = tmp_path / host
+    (folder / "tick").mkdir(parents=True)
+    (folder / "tick" / "index.lua").write_text(script)
+    entries = [{"schedule": EVERY_SECOND, "path": "/tick"}]
+    (folder / "_sngin.json").write_text(json.dumps({"cron": entries, **(config or {})}))
+
+
+def serving(tmp_path, **options):
+    changes = {"cron_min_interval_s": 1.0, **options.pop("settings_changes", {})}
+    return running(tmp_path, tenant_configs=True, settings_changes=changes, **options)
+
+
+async def runs_of(srv, tenant: str, count: int) -> list[dict]:
+    """Wait (bounded) for `count` recorded runs of the tenant, newest first."""
+    scheduler = srv.deps.started.cron
+    with trio.fail_after(20):
+        while True:
+            runs = [r for r in await last_runs(srv.deps, tenant, lost_after_s=60)
+                    if r["outcome"] != "running"]  # fmt: skip
+            if len(runs) >= count:
+                return runs
+            await scheduler._runs.finished.wait()
+
+
+async def test_a_schedule_fires_each_tick_and_the_script_sees_its_cron_run(tmp_path):
+    site(tmp_path, "c.test",
+         "storage.n = (storage.n or 0) + 1\n"
+         "return {cron = function(req)\n"
+         "  storage.last = req.cron.schedule .. '@' .. req.cron.index\n"
+         "  return 'ran'\nend}")  # fmt: skip
+    async with serving(tmp_path) as srv:
+        runs = await runs_of(srv, "c.test", 3)
+        count = await srv.deps.storage.get("c.test", b"n")
+        last = await srv.deps.storage.get("c.test", b"last")
+    assert [r["outcome"] for r in runs[:3]] == ["ok", "ok", "ok"]
+    assert all(r["status"] == 200 and r["path"] == "/tick" for r in runs[:3])
+    ticks = [r["tick"] for r in runs[:3]]
+    assert ticks[0] - ticks[1] == 1.0  # one run per tick, each tick once
+    assert ticks[1] - ticks[2] == 1.0
+    assert int(float(count)) >= 3
+    assert last == b"* * * * * *@0"
+
+
+async def test_a_quarantined_sites_ticks_are_skipped_and_recorded(tmp_path):
+    site(tmp_path, "q.test", "storage.n = (storage.n or 0) + 1 return 'ran'")
+    async with serving(tmp_path) as srv:
+        srv.deps.pool.quarantine.impose("q.test", 600)
+        runs = await runs_of(srv, "q.test", 2)
+        count = await srv.deps.storage.get("q.test", b"n")
+    assert {r["outcome"] for r in runs} == {"skipped"}
+    assert runs[0]["error"] == "the site is quarantined"
+    assert count is None  # never ran
+
+
+async def test_a_disabled_sites_ticks_are_skipped(tmp_path):
+    site(tmp_path, "d.test", "storage.n = 1 return 'ran'", config={"enabled": False})
+    async with serving(tmp_path) as srv:
+        runs = await runs_of(srv, "d.test", 1)
+        count = await srv.deps.storage.get("d.test", b"n")
+    assert runs[0]["outcome"] == "skipped"
+    assert runs[0]["error"] == "the site is disabled"
+    assert count is None
+
+
+async def test_a_spinning_cron_script_is_killed_at_the_cpu_limit_like_a_request(tmp_path):
+    site(tmp_path, "s.test", "while true do end", config={"limits": {"cpu_ms": 100}})
+    async with serving(tmp_path) as srv:
+        runs = await runs_of(srv, "s.test", 1)
+    assert runs[0]["outcome"] == "killed"
+    assert runs[0]["status"] >= 500
+    assert "CPU" in runs[0]["error"] or "cpu" in runs[0]["error"]
+
+
+async def test_a_method_table_without_a_cron_function_is_recorded_as_405(tmp_path):
+    site(tmp_path, "m.test", "return {get = function() return 'get only' end}")
+    async with serving(tmp_path) as srv:
+        runs = await runs_of(srv, "m.test", 1)
+    assert runs[0]["outcome"] == "error"
+    assert runs[0]["status"] == 405
