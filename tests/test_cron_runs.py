@@ -94,3 +94,23 @@ async def test_a_method_table_without_a_cron_function_is_recorded_as_405(tmp_pat
         runs = await runs_of(srv, "m.test", 1)
     assert runs[0]["outcome"] == "error"
     assert runs[0]["status"] == 405
+
+
+async def test_two_nodes_sharing_redis_run_each_tick_once(tmp_path, redis_url):
+    """Both nodes hold the entry and fire every tick; the Redis claim lets one run it."""
+    script = "storage.n = (storage.n or 0) + 1 return 'ran'"
+    for node in ("a", "b"):
+        site(tmp_path / node, "r.test", script)
+    changes = {"redis_url": redis_url}
+    async with (
+        serving(tmp_path / "a", settings_changes=changes) as first,
+        serving(tmp_path / "b", settings_changes=changes) as second,
+    ):
+        runs = await runs_of(first, "r.test", 6)
+        count = await second.deps.storage.get("r.test", b"n")
+    done = [r for r in runs if r["outcome"] == "ok"]
+    ticks = [r["tick"] for r in done]
+    assert len(ticks) == len(set(ticks))  # no tick ran twice
+    assert len(done) >= 6
+    assert int(float(count)) >= len(done)  # every run counted, none counted twice:
+    assert int(float(count)) <= len(done) + 2  # (at most the runs still in flight on top)
