@@ -610,3 +610,18 @@ async def test_the_nodes_tail_cap_is_counted_across_processes_by_the_parent(tmp_
                     _, answer = await open_tail(stack)
                     assert answer.startswith(b"HTTP/1.1 503"), answer
                     assert b"(SNGIN_MAX_TAILS)" in answer
+
+
+async def test_with_two_processes_one_of_them_runs_the_schedule(tmp_path):
+    """Scheduled runs come from the node's first process only: each tick runs once."""
+    cron = {"cron": [{"schedule": "* * * * * *", "path": "/"}]}
+    site(tmp_path, "p.test", "storage.n = (storage.n or 0) + 1 return 'ran'", json.dumps(cron))
+    async with node(tmp_path, env={"SNGIN_CRON_MIN_INTERVAL_S": "1"}) as running:
+        with trio.fail_after(30):
+            await running.wait_for_log(rb'"method":"CRON"', count=4)
+        runs = [line for line in running.access_lines() if line["method"] == "CRON"]
+        answer = await running.admin("GET", "/__sngin/storage/p.test/value", params={"key": "n"})
+    assert {line.get("process") for line in runs} == {0}
+    assert {line["status"] for line in runs} == {200}
+    assert answer.status_code == 200
+    assert len(runs) <= int(float(answer.content)) <= len(runs) + 2  # none twice
