@@ -26,7 +26,7 @@ from sngin.code.mirror import DiskMirror, mirror_folder
 from sngin.code.quota import CodeQuota
 from sngin.code.s3_files import S3Files
 from sngin.code.s3_store import S3Store, open_s3_store
-from sngin.cron.service import runs_cron_here, serve_cron
+from sngin.cron.service import cron_runs, runs_cron_here, serve_cron
 from sngin.edge.connection_guard import ConnectionGate, GatedConfig, contain_connection_errors
 from sngin.edge.deps import Deps
 from sngin.edge.descriptors import ADMIN_MAX_CONNECTIONS, connection_limit, raise_descriptor_limit
@@ -310,6 +310,7 @@ async def serve_app(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
             nursery.start_soon(serve_loop_lag, deps.observer.loop_lag)
+            cron_runs(deps, app.pipeline)  # (runs by hand: any process)
             if runs_cron_here(deps):
                 await nursery.start(serve_cron, deps, app.pipeline)
             if deps.storage is not None:

@@ -114,3 +114,67 @@ async def test_two_nodes_sharing_redis_run_each_tick_once(tmp_path, redis_url):
     assert len(done) >= 6
     assert int(float(count)) >= len(done)  # every run counted, none counted twice:
     assert int(float(count)) <= len(done) + 2  # (at most the runs still in flight on top)
+
+
+# --- the admin API ------------------------------------------------------------------------
+
+
+async def test_the_tenant_lists_its_entries_next_runs_invalid_ones_and_last_runs(tmp_path):
+    from tests.support import AUTH, TOKEN
+    from tests.test_tenant_tokens import bearer, mint
+
+    folder = tmp_path / "l.test"
+    (folder / "tick").mkdir(parents=True)
+    (folder / "tick" / "index.lua").write_text("return 'ran'")
+    (folder / "_sngin.json").write_text(json.dumps({"cron": [
+        {"schedule": EVERY_SECOND, "path": "/tick"},
+        {"schedule": "61 * * * *", "path": "/bad"},
+        {"schedule": "0 8 * * *", "path": "/tick", "timezone": "Europe/Paris"},
+    ]}))  # fmt: skip
+    async with serving(tmp_path, admin_token=TOKEN) as srv:
+        await runs_of(srv, "l.test", 2)
+        token = (await mint(srv, "l.test"))["token"]
+        mine = await srv.client.get(srv.url + "/__sngin/code/l.test/cron", headers=bearer(token))
+        other = await srv.client.get(srv.url + "/__sngin/code/z.test/cron", headers=bearer(token))
+        everyone = await srv.client.get(srv.url + "/__sngin/cron", headers=AUTH)
+        not_theirs = await srv.client.get(srv.url + "/__sngin/cron", headers=bearer(token))
+    assert mine.status_code == 200
+    listed = mine.json()
+    assert [(e["index"], e["path"]) for e in listed["entries"]] == [(0, "/tick"), (2, "/tick")]
+    assert listed["entries"][1]["timezone"] == "Europe/Paris"
+    assert listed["entries"][1]["next"].endswith(("T06:00:00+00:00", "T07:00:00+00:00"))
+    assert listed["invalid"][0].startswith('cron[1]: "61 * * * *": not a cron schedule')
+    assert len(listed["runs"]) >= 2
+    assert listed["runs"][0]["outcome"] in ("ok", "running")
+    assert other.status_code == 403  # another site's
+    assert not_theirs.status_code == 401  # the operator's listing, as every operator route
+    assert everyone.status_code == 200
+    assert [t["host"] for t in everyone.json()["tenants"]] == ["l.test"]
+
+
+async def test_a_run_by_hand_is_recorded_as_manual_and_refused_read_only(tmp_path):
+    from tests.support import AUTH, TOKEN
+
+    folder = tmp_path / "h.test"
+    (folder / "job").mkdir(parents=True)
+    (folder / "job" / "index.lua").write_text(
+        "return {cron = function(req) return tostring(req.cron.manual) end}"
+    )
+    (folder / "_sngin.json").write_text(
+        json.dumps({"cron": [{"schedule": "0 0 1 1 *", "path": "/job"}]})
+    )
+    url = "/__sngin/code/h.test/cron/run"
+    async with serving(tmp_path, admin_token=TOKEN) as srv:
+        ran = await srv.client.post(srv.url + url, json={"index": 0}, headers=AUTH)
+        missing = await srv.client.post(srv.url + url, json={"index": 5}, headers=AUTH)
+        bad = await srv.client.post(srv.url + url, json={"index": "0"}, headers=AUTH)
+        listed = await srv.client.get(srv.url + "/__sngin/code/h.test/cron", headers=AUTH)
+    assert ran.status_code == 200, ran.text
+    run = ran.json()["run"]
+    assert (run["outcome"], run["status"], run["manual"]) == ("ok", 200, True)
+    assert missing.status_code == 404
+    assert bad.status_code == 400
+    assert listed.json()["runs"][0]["manual"] is True
+    async with serving(tmp_path, admin_token=TOKEN, settings_changes={"ui": "readonly"}) as srv:
+        refused = await srv.client.post(srv.url + url, json={"index": 0}, headers=AUTH)
+    assert refused.status_code == 403

@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from sngin.admin.code import CodeRoutes
+from sngin.admin.cron import CronRoutes
 from sngin.admin.events import EventRoutes
 from sngin.admin.guard import ADMIN_LISTENER, Guard, add_routes
 from sngin.admin.node import NodeRoutes
@@ -49,6 +50,7 @@ def create_admin(deps: Deps) -> QuartTrio:
     add_routes(admin, guard, NodeRoutes(deps).routes())
     add_routes(admin, guard, StorageRoutes(deps).routes())
     add_routes(admin, guard, CodeRoutes(deps).routes())
+    add_routes(admin, guard, CronRoutes(deps).routes())
     add_routes(admin, guard, TokenRoutes(deps).routes())  # the operator's only
     add_routes(admin, guard, UiRoutes(deps).routes())
     add_routes(admin, guard, EventRoutes(deps).routes())

@@ -47,6 +47,9 @@ class RunRecord:
     error: str | None = None
     manual: bool = False
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def key(self) -> bytes:
         return f"{int(self.tick * 1000):016d}:{self.index}:{self.node}".encode()
 

@@ -17,6 +17,8 @@ from sngin.cron.scheduler import CronScheduler
 from sngin.names import CONFIG_NAME
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sngin.edge.deps import Deps
     from sngin.edge.pipeline import TenantPipeline
 
@@ -24,6 +26,35 @@ if TYPE_CHECKING:
 def runs_cron_here(deps: Deps) -> bool:
     """The only process of the node, or its first one."""
     return deps.configs is not None and (deps.link is None or deps.link.role.index == 0)
+
+
+def cron_runs(deps: Deps, pipeline: TenantPipeline) -> CronRuns:
+    """What fires runs in this process: the scheduler's ticks, and runs made by hand."""
+    bus = deps.purger.bus
+    node = f"{bus.node if bus is not None else secrets.token_hex(8)}/{os.getpid()}"
+    runs = CronRuns(deps, pipeline, node=node, claims=deps.settings.redis_url is not None)
+    deps.started.cron_runs = runs
+    deps.started.cron_tenants = tenant_finder(deps)
+    return runs
+
+
+def tenant_finder(deps: Deps) -> Callable[[], Awaitable[list[str]]]:
+    """How this node lists the tenants that may have entries: the folder store's folders with
+    a _sngin.json; other stores list none (their tenants are found as their configurations
+    are read), chosen once here."""
+    store = deps.store
+    if isinstance(store, LocalStore):
+        root = store.root
+
+        async def folders() -> list[str]:
+            return await trio.to_thread.run_sync(folder_tenants, root)
+
+        return folders
+
+    async def none() -> list[str]:
+        return []
+
+    return none
 
 
 def folder_tenants(root: Path) -> list[str]:
@@ -45,18 +76,12 @@ async def serve_cron(
     task_status: trio.TaskStatus[CronScheduler] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the node's scheduler until cancelled."""
-    bus = deps.purger.bus
-    node = f"{bus.node if bus is not None else secrets.token_hex(8)}/{os.getpid()}"
-    runs = CronRuns(deps, pipeline, node=node, claims=deps.settings.redis_url is not None)
-    store = deps.store
-
-    async def discover() -> list[str]:
-        if isinstance(store, LocalStore):  # (other stores: tenants as their configs are read)
-            return await trio.to_thread.run_sync(folder_tenants, store.root)
-        return []
-
+    runs = deps.started.cron_runs or cron_runs(deps, pipeline)
     scheduler = CronScheduler(
-        runs, discover, pipeline.tenant_config, rescan_s=deps.settings.cron_rescan_s
+        runs,
+        deps.started.cron_tenants,
+        pipeline.tenant_config,
+        rescan_s=deps.settings.cron_rescan_s,
     )
     if deps.configs is not None:
         deps.configs.on_parsed = scheduler.update

@@ -36,7 +36,9 @@ class Services:
     """What a node starts once it serves, for the parts that reach it later (the admin API's
     cron routes): the scheduler of scheduled runs (sngin.cron), on the node's first process."""
 
-    cron: Any = None
+    cron: Any = None  # the scheduler (the node's first process only)
+    cron_runs: Any = None  # what fires one run (every process: a run by hand may land anywhere)
+    cron_tenants: Any = None  # how the node lists the tenants that may have cron entries
 
 
 @dataclass(frozen=True, slots=True)
