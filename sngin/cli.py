@@ -34,6 +34,9 @@ FLAG_VARIABLES = {
 }
 
 
+REMOTE_COMMANDS = ("stats", "purge", "logs", "quarantine", "storage", "token", "deploy", "cron")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sngin", description="Multi-tenant Lua scripting server.")
     parser.add_argument("--version", action="version", version=f"sngin {__version__}")
@@ -105,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     token.add_argument("action", choices=["create", "list", "revoke"])
     token.add_argument("target", nargs="?", help="HOST for create, ID for revoke")
+    cron = commands.add_parser(
+        "cron", parents=[remote],
+        help="scheduled runs: every site's entries, one site's with its last runs, or --run one",
+    )  # fmt: skip
+    cron.add_argument("host", nargs="?", help="one site (default: every site with entries)")
+    cron.add_argument("--run", type=int, metavar="N", help="run entry N of HOST now")
     storage = commands.add_parser(
         "storage", parents=[remote], help="tenant storage: list, get, set, delete, export, import",
         epilog=STORAGE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -265,7 +274,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
-        if args.command in ("stats", "purge", "logs", "quarantine", "storage", "token", "deploy"):
+        if args.command in REMOTE_COMMANDS:
             from sngin.client.remote import run_remote
 
             return run_remote(args, os.environ if env is None else env)

@@ -178,3 +178,32 @@ async def test_a_run_by_hand_is_recorded_as_manual_and_refused_read_only(tmp_pat
     async with serving(tmp_path, admin_token=TOKEN, settings_changes={"ui": "readonly"}) as srv:
         refused = await srv.client.post(srv.url + url, json={"index": 0}, headers=AUTH)
     assert refused.status_code == 403
+
+
+async def test_sngin_cron_prints_the_sites_entries_and_runs_one(tmp_path, capsys):
+    from sngin.cli import main
+    from tests.support import TOKEN
+
+    folder = tmp_path / "k.test"
+    (folder / "job").mkdir(parents=True)
+    (folder / "job" / "index.lua").write_text("return 'done'")
+    (folder / "_sngin.json").write_text(json.dumps({"cron": [
+        {"schedule": "0 3 * * *", "path": "/job"}, {"schedule": "nope", "path": "/job"},
+    ]}))  # fmt: skip
+    async with serving(tmp_path, admin_token=TOKEN) as srv:
+        remote = ["--url", srv.url, "--token", TOKEN]
+        assert await trio.to_thread.run_sync(main, ["cron", *remote], {}) == 0
+        every = capsys.readouterr().out
+        assert await trio.to_thread.run_sync(main, ["cron", "k.test", "--run", "0", *remote],
+                                             {}) == 0  # fmt: skip
+        ran = capsys.readouterr().out
+        assert await trio.to_thread.run_sync(main, ["cron", "k.test", *remote], {}) == 0
+        one = capsys.readouterr().out
+    assert every.splitlines()[0] == "k.test"
+    assert "[0] 0 3 * * *" in every
+    assert "next " in every
+    assert 'not used: cron[1]: "nope"' in every
+    assert "[0] /job ok 200" in ran
+    assert "(by hand)" in ran
+    assert "last runs:" in one
+    assert "[0] /job ok 200" in one

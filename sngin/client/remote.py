@@ -62,6 +62,10 @@ def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 return deploy(client, args)
             if args.command == "token":
                 return run_token(client, args)
+            if args.command == "cron":
+                from sngin.client.cron import run_cron
+
+                return run_cron(client, args)
             if args.command == "quarantine":
                 if args.lift:
                     path = f"/__sngin/quarantine/{args.lift}"
