@@ -5,7 +5,9 @@ spinning cron script is killed at the tenant's CPU limit like a request."""
 from __future__ import annotations
 
 import json
+import time
 
+import msgspec
 import trio
 
 from sngin.cron.runs import last_runs
@@ -207,3 +209,48 @@ async def test_sngin_cron_prints_the_sites_entries_and_runs_one(tmp_path, capsys
     assert "(by hand)" in ran
     assert "last runs:" in one
     assert "[0] /job ok 200" in one
+
+
+async def test_a_change_to_the_schedule_applies_from_the_next_tick(tmp_path):
+    site(tmp_path, "e.test", "return 'old path'")
+    folder = tmp_path / "e.test"
+    (folder / "new").mkdir()
+    (folder / "new" / "index.lua").write_text("return 'new path'")
+    async with serving(tmp_path) as srv:
+        await runs_of(srv, "e.test", 1)
+        (folder / "_sngin.json").write_text(
+            json.dumps({"cron": [{"schedule": EVERY_SECOND, "path": "/new"}]})
+        )
+        with trio.fail_after(20):
+            while True:
+                runs = await runs_of(srv, "e.test", 1)
+                if runs[0]["path"] == "/new":
+                    break
+                await srv.deps.started.cron._runs.finished.wait()
+        before = [r for r in runs if r["path"] == "/tick"]
+        after = [r for r in runs if r["path"] == "/new"]
+    assert before  # the old entry ran...
+    assert after[0]["outcome"] == "ok"
+    assert min(r["tick"] for r in after) > max(r["tick"] for r in before)  # ...then only the new
+
+
+async def test_a_tick_claimed_by_a_node_that_died_is_not_run_again_and_shows_as_lost(
+    tmp_path, redis_url
+):
+    from sngin.cron.runs import CLAIMS, RUNS, RUNS_QUOTA, RunRecord
+
+    site(tmp_path, "x.test", "storage.n = (storage.n or 0) + 1 return 'ran'")
+    async with serving(tmp_path, settings_changes={"redis_url": redis_url}) as srv:
+        config = await srv.deps.configs.get("x.test")
+        [entry] = config.cron
+        tick = float(int(time.time()) + 3600)  # a tick no scheduler reaches now
+        # The node that died: it claimed the tick and recorded the run as running, long ago.
+        name = f"x.test\n{entry.key}\n{int(tick * 1000)}".encode()
+        assert await srv.deps.storage.acquire(CLAIMS, name, "dead/1", timeout_s=0, ttl_s=86400)
+        dead = RunRecord(tick, entry.index, entry.path, "dead/1", "running", started=tick - 7200)
+        record = msgspec.json.encode(dead)
+        await srv.deps.storage.set(RUNS + "x.test", dead.key(), record, RUNS_QUOTA)
+        again = await srv.deps.started.cron_runs.fire("x.test", entry, tick)
+        runs = await last_runs(srv.deps, "x.test", lost_after_s=60)
+    assert again is None  # claimed already: never run twice
+    assert [r["outcome"] for r in runs if r["tick"] == tick] == ["lost"]
