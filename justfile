@@ -47,6 +47,7 @@ bench *args:
     @{{bin}}/python bench/attacks_bench.py
     @{{bin}}/python bench/parked_bench.py
     @{{bin}}/python bench/spawn_bench.py
+    @{{bin}}/python bench/cron_bench.py
 
 # server CPU per request of this install against another sngin (e.g. a worktree's venv)
 bench-compare other rounds="6":

@@ -49,6 +49,7 @@ class CronScheduler:
         self._clock = clock
         self.entries: dict[str, dict[str, CronEntry]] = {}  # tenant -> entry key -> entry
         self._heap: Heap = []
+        self._queued: set[tuple[str, str]] = set()  # (tenant, entry key) of the heap's items
         self._changed = trio.Event()
 
     def update(self, tenant: str, config: TenantConfig) -> None:
@@ -61,9 +62,9 @@ class CronScheduler:
         else:
             self.entries.pop(tenant, None)
         now = self._clock()
-        known = {(t, key) for _, t, key in self._heap}
         for key, entry in entries.items():
-            if (tenant, key) not in known:
+            if (tenant, key) not in self._queued:
+                self._queued.add((tenant, key))
                 heapq.heappush(self._heap, (entry.next_after(now), tenant, key))
         self._changed.set()
 
@@ -78,8 +79,8 @@ class CronScheduler:
     async def run(
         self, *, task_status: trio.TaskStatus[CronScheduler] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        task_status.started(self)  # serving does not wait for the first scan
         await self.rescan()
-        task_status.started(self)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rescan_forever)
             while True:
@@ -98,6 +99,7 @@ class CronScheduler:
             tick, tenant, key = heapq.heappop(self._heap)
             entry = self.entries.get(tenant, {}).get(key)
             if entry is None:
+                self._queued.discard((tenant, key))
                 continue  # removed meanwhile (a new entry has its own heap item)
             following = entry.next_after(max(tick, now - MISSED_AFTER_S))
             heapq.heappush(self._heap, (following, tenant, key))

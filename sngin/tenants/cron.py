@@ -8,6 +8,7 @@ the scheduler that fires the ticks builds on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def entry_of(index: int, spec: CronSpec, min_interval_s: float) -> CronEntry:
     schedule = " ".join(spec.schedule.split())
     seconds = len(schedule.split()) == 6
     try:
-        zone = ZoneInfo(spec.timezone)
+        ZoneInfo(spec.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {spec.timezone[:64]!r}") from None
     if not spec.path.startswith("/"):
@@ -109,16 +110,33 @@ def entry_of(index: int, spec: CronSpec, min_interval_s: float) -> CronEntry:
         script_path(spec.path)
     except BadRequest as exc:
         raise ValueError(f"not a script path: {exc.message}") from None
+    problem = schedule_problem(schedule, spec.timezone, seconds, min_interval_s)
+    if problem is not None:
+        raise ValueError(problem)
+    key = hashlib.sha256(f"{schedule}\n{spec.path}\n{spec.timezone}".encode()).hexdigest()[:16]
+    return CronEntry(index, spec.schedule, spec.path, spec.timezone, seconds, key)
+
+
+@functools.lru_cache(maxsize=4096)
+def schedule_problem(
+    schedule: str, timezone: str, seconds: bool, min_interval_s: float
+) -> str | None:
+    """Why a schedule cannot be used, or None; remembered, since many sites share a few
+    schedules and a scan reads them all. A 5-field schedule fires at most once a minute: its
+    interval needs looking at only when the operator's minimum is longer."""
+    zone = ZoneInfo(timezone)
     try:
         ticks = croniter(schedule, SAMPLE_FROM.replace(tzinfo=zone), second_at_beginning=seconds)
-        times = [float(ticks.get_next(float)) for _ in range(SAMPLED_TICKS)]
+        first = float(ticks.get_next(float))
+        if not seconds and min_interval_s <= 60:
+            return None
+        times = [first] + [float(ticks.get_next(float)) for _ in range(SAMPLED_TICKS - 1)]
     except (CroniterError, ValueError, KeyError) as exc:
-        raise ValueError(f"not a cron schedule: {exc}") from None
+        return f"not a cron schedule: {exc}"
     shortest = min(b - a for a, b in itertools.pairwise(times))
     if shortest < min_interval_s:
-        raise ValueError(
+        return (
             f"fires every {shortest:g} s, more often than SNGIN_CRON_MIN_INTERVAL_S "
             f"({min_interval_s:g} s)"
         )
-    key = hashlib.sha256(f"{schedule}\n{spec.path}\n{spec.timezone}".encode()).hexdigest()[:16]
-    return CronEntry(index, spec.schedule, spec.path, spec.timezone, seconds, key)
+    return None
