@@ -211,3 +211,28 @@ def test_the_cron_settings_read_their_variables():
     })  # fmt: skip
     assert (settings.cron_max_per_tenant, settings.cron_min_interval_s) == (3, 2.0)
     assert settings.cron_rescan_s == 30.0
+
+
+# --- the scheduler's clock (a fake wall clock, no runs) ------------------------------------
+
+
+def test_a_clock_step_back_never_fires_a_tick_twice_and_missed_ticks_are_not_caught_up():
+    from sngin.cron.scheduler import MISSED_AFTER_S, CronScheduler
+    from sngin.tenants.config import TenantConfig
+
+    now = [at(2026, 1, 1, 12, 0, 0)]
+    scheduler = CronScheduler(None, None, None, rescan_s=300, clock=lambda: now[0])  # type: ignore[arg-type]
+    (entry,), _ = entries({"schedule": "* * * * * *", "path": "/s"}, min_interval_s=1)
+    scheduler.update("a.test", TenantConfig(cron=(entry,)))
+    now[0] += 1
+    assert [tick for _, _, tick in scheduler.due()] == [at(2026, 1, 1, 12, 0, 1)]
+    now[0] -= 5  # the clock steps back (NTP): nothing fires again...
+    for _ in range(5):
+        assert scheduler.due() == []
+        now[0] += 1
+    now[0] += 1  # ...until the wall clock passes the next tick not yet fired
+    assert [tick for _, _, tick in scheduler.due()] == [at(2026, 1, 1, 12, 0, 2)]
+    now[0] += 3600  # the node was away for an hour: no catching up, the latest tick only
+    assert [tick for _, _, tick in scheduler.due()] == [now[0]]
+    assert scheduler.next_tick() == now[0] + 1
+    assert MISSED_AFTER_S < 3600

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MISSED_AFTER_S: Final = 60.0  # a tick this late is skipped: it belongs to a time the node missed
 MAX_NAP_S: Final = 1.0  # the clock is looked at again at least this often (steps, new entries)
+GAP_S: Final = 5.0  # the clock moved this much between two looks: a gap, not a late wake-up
 
 Heap = list[tuple[float, str, str]]  # (tick, tenant, entry key)
 
@@ -50,6 +51,7 @@ class CronScheduler:
         self.entries: dict[str, dict[str, CronEntry]] = {}  # tenant -> entry key -> entry
         self._heap: Heap = []
         self._queued: set[tuple[str, str]] = set()  # (tenant, entry key) of the heap's items
+        self._last_looked = clock()
         self._changed = trio.Event()
 
     def update(self, tenant: str, config: TenantConfig) -> None:
@@ -92,9 +94,12 @@ class CronScheduler:
 
     def due(self) -> list[tuple[str, CronEntry, float]]:
         """The ticks due now (each entry's next tick pushed, computed from the one taken);
-        ticks too late to run, and entries gone, dropped."""
+        ticks too late to run, and entries gone, dropped. After a gap (the clock jumped
+        forward, the loop stalled), an entry runs its latest due tick only: no catching up."""
         now = self._clock()
-        due = []
+        gap = now - self._last_looked > GAP_S
+        self._last_looked = now
+        due: dict[tuple[str, str], list[tuple[str, CronEntry, float]]] = {}
         while self._heap and self._heap[0][0] <= now:
             tick, tenant, key = heapq.heappop(self._heap)
             entry = self.entries.get(tenant, {}).get(key)
@@ -104,8 +109,10 @@ class CronScheduler:
             following = entry.next_after(max(tick, now - MISSED_AFTER_S))
             heapq.heappush(self._heap, (following, tenant, key))
             if now - tick <= MISSED_AFTER_S:
-                due.append((tenant, entry, tick))
-        return due
+                due.setdefault((tenant, key), []).append((tenant, entry, tick))
+        if gap:
+            return [ticks[-1] for ticks in due.values()]
+        return [tick for ticks in due.values() for tick in ticks]
 
     def next_tick(self) -> float | None:
         return self._heap[0][0] if self._heap else None
