@@ -254,3 +254,18 @@ async def test_a_tick_claimed_by_a_node_that_died_is_not_run_again_and_shows_as_
         runs = await last_runs(srv.deps, "x.test", lost_after_s=60)
     assert again is None  # claimed already: never run twice
     assert [r["outcome"] for r in runs if r["tick"] == tick] == ["lost"]
+
+
+async def test_on_s3_the_scan_lists_the_prefix_and_finds_a_site_never_requested(
+    tmp_path, proxy, bucket
+):
+    from tests.support import code_cache
+
+    bucket.put("s3.test/_sngin.json", json.dumps({"cron": [
+        {"schedule": EVERY_SECOND, "path": "/tick"}]}))  # fmt: skip
+    bucket.put("s3.test/tick/index.lua", "storage.n = (storage.n or 0) + 1 return 'ran'")
+    async with code_cache(proxy, bucket) as cache, serving(tmp_path, store=cache) as srv:
+        runs = await runs_of(srv, "s3.test", 2)
+        config_gets = proxy.gets("s3.test/_sngin.json")
+    assert [r["outcome"] for r in runs[:2]] == ["ok", "ok"]
+    assert config_gets == 1  # found by listing, then read once through the code cache

@@ -4,6 +4,7 @@ of the folder store and, for any store, whenever a tenant's _sngin.json is parse
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -14,7 +15,10 @@ import trio
 from sngin.code.local_store import LocalStore
 from sngin.cron.runs import CronRuns
 from sngin.cron.scheduler import CronScheduler
+from sngin.errors import SnginError
 from sngin.names import CONFIG_NAME
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -39,10 +43,23 @@ def cron_runs(deps: Deps, pipeline: TenantPipeline) -> CronRuns:
 
 
 def tenant_finder(deps: Deps) -> Callable[[], Awaitable[list[str]]]:
-    """How this node lists the tenants that may have entries: the folder store's folders with
-    a _sngin.json; other stores list none (their tenants are found as their configurations
-    are read), chosen once here."""
-    store = deps.store
+    """How this node lists the tenants that may have entries, chosen once here: the code
+    store's listing of its sites (the folder's folders; on S3, ListObjectsV2 of the prefix,
+    page by page: each site's _sngin.json is then read through the code cache, so only a
+    changed one costs a GET); with the management API off, the folder store's folders that
+    hold a _sngin.json, and on S3 none (sites are found as their configurations are read)."""
+    files, store = deps.files, deps.store
+    if files is not None:
+        listing = files
+
+        async def sites() -> list[str]:
+            try:
+                return await listing.tenants()
+            except SnginError as exc:
+                log.warning("cron: the code store's sites could not be listed: %s", exc)
+                return []
+
+        return sites
     if isinstance(store, LocalStore):
         root = store.root
 
