@@ -269,3 +269,11 @@ async def test_on_s3_the_scan_lists_the_prefix_and_finds_a_site_never_requested(
         config_gets = proxy.gets("s3.test/_sngin.json")
     assert [r["outcome"] for r in runs[:2]] == ["ok", "ok"]
     assert config_gets == 1  # found by listing, then read once through the code cache
+
+
+async def test_a_runs_record_keeps_what_it_returned_and_its_first_log_lines(tmp_path):
+    site(tmp_path, "g.test", "for i = 1, 8 do print('line ' .. i) end\nreturn 'the answer'")
+    async with serving(tmp_path) as srv:
+        runs = await runs_of(srv, "g.test", 1)
+    assert runs[0]["body"] == "the answer"
+    assert runs[0]["log"] == ["line 1", "line 2", "line 3", "line 4", "line 5"]

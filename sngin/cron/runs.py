@@ -32,6 +32,7 @@ CLAIMS: Final = "__cron_claims"
 CLAIM_TTL_S: Final = 86_400.0  # a claimed tick stays claimed for a day: never run twice
 RUNS_QUOTA: Final = Quota(max_keys=4 * KEPT_RUNS, max_bytes=256 * 1024)
 MAX_ERROR_CHARS: Final = 500
+MAX_BODY_BYTES: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class RunRecord:
     duration_ms: float = 0.0
     error: str | None = None
     manual: bool = False
+    body: str | None = None  # what the script returned (its start), recorded, sent nowhere
+    log: tuple[str, ...] = ()  # its first log lines
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,12 +93,14 @@ class CronRuns:
         self, tenant: str, entry: CronEntry, record: RunRecord, config: TenantConfig
     ) -> RunRecord:
         trace = RequestTrace(id=self._ids.of(()), started=trio.current_time())
+        trace.run.log_head = []
         cron = CronRun(schedule=entry.schedule, scheduled=record.tick, index=entry.index,
                        manual=record.manual)  # fmt: skip
-        outcome, status, error = "ok", 200, None
+        outcome, status, error, body = "ok", 200, None, None
         try:
             reply = await self.pipeline.run_cron(tenant, entry.path, cron, config, trace)
             status = reply.status
+            body = reply.body[:MAX_BODY_BYTES].decode("utf-8", "replace") or None
             if reply.error is not None:
                 outcome, status, error = "error", 405 if reply.allow else 500, reply.message
         except SnginError as exc:
@@ -112,8 +117,9 @@ class CronRuns:
         )  # fmt: skip
         lateness = max(0.0, record.started - record.tick)
         self.deps.observer.metrics.cron_run(tenant, outcome, lateness)
+        log_head = tuple(trace.run.log_head or ())
         return await self._done(tenant, record, outcome, status=status, error=error,
-                                duration_ms=wall_s * 1000)  # fmt: skip
+                                duration_ms=wall_s * 1000, body=body, log=log_head)  # fmt: skip
 
     async def _done(self, tenant: str, record: RunRecord, outcome: str, **changes: Any
                     ) -> RunRecord:  # fmt: skip

@@ -115,6 +115,8 @@ class LogHub:
 
 
 script_log = logging.getLogger("sngin.script")
+HEAD_LINES: Final = 5  # of a run's log kept for its record (sngin.cron)
+HEAD_LINE_BYTES: Final = 200
 
 
 def forward_script_line(
@@ -147,14 +149,21 @@ class ScriptLines:
     `budget` bytes as written (the worker caps the lines' raw bytes; this caps what is written,
     escaped and with invalid UTF-8 replaced, which is what the documented 64 KiB is about)."""
 
-    __slots__ = ("_redact", "_request", "_tenant", "budget", "dropped")
+    __slots__ = ("_head", "_redact", "_request", "_tenant", "budget", "dropped")
 
     def __init__(
-        self, tenant: str, request: Request, redact: Callable[[str], str] | None, budget: int
+        self,
+        tenant: str,
+        request: Request,
+        redact: Callable[[str], str] | None,
+        budget: int,
+        *,
+        head: list[str] | None = None,
     ) -> None:
         self._tenant = tenant
         self._request = request
         self._redact = redact
+        self._head = head  # its first HEAD_LINES lines, as written, when a list
         self.budget = budget
         self.dropped = 0  # lines past the budget, dropped here rather than in the worker
 
@@ -162,8 +171,12 @@ class ScriptLines:
         written = forward_script_line(self._tenant, self._request, line, self._redact, self.budget)
         if written is None:
             self.dropped += 1
-        else:
-            self.budget -= written
+            return
+        self.budget -= written
+        head = self._head
+        if head is not None and len(head) < HEAD_LINES:
+            text = line[: HEAD_LINE_BYTES * 4].decode("utf-8", "replace")
+            head.append((self._redact(text) if self._redact else text)[:HEAD_LINE_BYTES])
 
 
 class TailHandler(logging.Handler):

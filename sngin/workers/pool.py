@@ -344,7 +344,9 @@ class Pool:
         note.worker = worker.pid
         started = trio.current_time()
         try:
-            reply = await worker.run(job, calls, timeout_s=timeout_s, redact=redact)
+            reply = await worker.run(
+                job, calls, timeout_s=timeout_s, redact=redact, log_head=note.log_head
+            )
         except WorkerFailed as exc:
             if exc.unstarted and not last:
                 return None

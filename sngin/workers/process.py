@@ -253,9 +253,10 @@ class WorkerProcess:
         *,
         timeout_s: float = math.inf,
         redact: Callable[[str], str] | None = None,
+        log_head: list[str] | None = None,
     ) -> Reply:
         """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
-        first or the time runs out (WALL_KILL)."""
+        first or the time runs out (WALL_KILL). `log_head` gets its first log lines."""
         if self.reserved:
             self.reserved -= 1
         self._sent += 1
@@ -268,7 +269,9 @@ class WorkerProcess:
             calls,
             source_known=self.mirror.has_compiled(version),
             timeout_s=timeout_s,
-            lines=ScriptLines(job.tenant, job.request, redact, job.limits.max_log_bytes),
+            lines=ScriptLines(
+                job.tenant, job.request, redact, job.limits.max_log_bytes, head=log_head
+            ),
         )
         if reply.declined:
             if sent == self._sent:  # the job sent last: the mirror names its tenant
