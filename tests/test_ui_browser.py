@@ -189,6 +189,12 @@ def scenario(base: str, folder: Path) -> None:
             ).text
         assert value == "edited in the UI"
         one.shot("storage")
+        # The site's scheduled runs: listed beside its files, and one run by hand.
+        one.text_has("#cron-list", "0 3 * * * / (next ")
+        one.element("#cron-list button").click()
+        one.text_has("#cron-runs", "[0] ok 200 (by hand)")
+        one.text_is("#status", "run 0: ok 200")
+        one.shot("cron")
 
         one.element("#file-list a[data-path='index.lua']").click()
         one.text_is("#file-name", "index.lua")
@@ -214,22 +220,28 @@ def scenario(base: str, folder: Path) -> None:
         assert unexpected(two.console_errors(), "412") == []
 
 
+CRON = '{"cron": [{"schedule": "0 3 * * *", "path": "/"}]}'  # a schedule the test never reaches
+
+
 @asynccontextmanager
 async def ui_server(kind: str, tmp_path: Path, request):
     sites = tmp_path / "sites"
     if kind == "folder":
         (sites / HOST).mkdir(parents=True)
         (sites / HOST / "index.lua").write_text("return 'old output'")
-        async with running(sites, admin_token=TOKEN) as srv:
+        (sites / HOST / "_sngin.json").write_text(CRON)
+        async with running(sites, admin_token=TOKEN, tenant_configs=True) as srv:
             yield srv
         return
     proxy, bucket = request.getfixturevalue("proxy"), request.getfixturevalue("bucket")
     bucket.put(f"code/{HOST}/index.lua", "return 'old output'")
+    bucket.put(f"code/{HOST}/_sngin.json", CRON)
     changes = {"s3": S3Settings(bucket=bucket.name, prefix="code")}
     async with (
         code_cache(proxy, bucket, prefix="code", ttl_s=3600) as cache,
-        running(sites, store=cache, admin_token=TOKEN, settings_changes=changes) as srv,
-    ):
+        running(sites, store=cache, admin_token=TOKEN, settings_changes=changes,
+                tenant_configs=True) as srv,
+    ):  # fmt: skip
         yield srv
 
 
@@ -246,7 +258,7 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
         assert stored.status_code == 200
         with trio.fail_after(120):
             await trio.to_thread.run_sync(scenario, srv.url, folder)
-    assert len(list(folder.glob("*.png"))) == 10
+    assert len(list(folder.glob("*.png"))) == 11
 
 
 # --- a tenant's Host is not the admin origin ----------------------------------------------------

@@ -121,6 +121,7 @@ async function openTenant(tenant) {
   editor().dispatch({ changes: { from: 0, to: editor().state.doc.length, insert: "" } });
   await listFiles();
   await listKeys();
+  await listCron();
   follow(tenant);
   chart(tenant);
 }
@@ -323,6 +324,51 @@ async function editKey(key) {
   if (value === null) return;
   await api(value === "" ? "DELETE" : "PUT", url, value === "" ? {} : { body: value });
   await listKeys();
+}
+
+// --- scheduled runs ------------------------------------------------------------------------
+
+function item(text, className = "") {
+  const li = document.createElement("li");
+  li.textContent = text;
+  if (className) li.className = className;
+  return li;
+}
+
+async function listCron() {
+  const entries = $("cron-list");
+  const runs = $("cron-runs");
+  entries.replaceChildren();
+  runs.replaceChildren();
+  const response = await api("GET", `/__sngin/code/${state.tenant}/cron`);
+  if (response.status !== 200) return;
+  const answer = await response.json();
+  for (const entry of answer.entries) {
+    const li = item(`${entry.schedule} ${entry.path} (next ${entry.next.replace("+00:00", "Z")}) `);
+    const button = document.createElement("button");
+    button.textContent = "Run now";
+    button.dataset.index = entry.index;
+    button.addEventListener("click", () => runCron(entry.index));
+    li.append(button);
+    entries.append(li);
+  }
+  for (const problem of answer.invalid) entries.append(item(`not used: ${problem}`, "error"));
+  if (!answer.entries.length && !answer.invalid.length) entries.append(item("none"));
+  for (const run of answer.runs.slice(0, 5)) {
+    const when = new Date(run.tick * 1000).toISOString().slice(0, 19).replace("T", " ");
+    const how = run.manual ? " (by hand)" : "";
+    runs.append(item(`${when} [${run.index}] ${run.outcome} ${run.status}${how}`,
+      run.outcome === "ok" ? "" : "error"));
+  }
+}
+
+async function runCron(index) {
+  status("running…");
+  const response = await api("POST", `/__sngin/code/${state.tenant}/cron/run`, { json: { index } });
+  const answer = await response.json();
+  if (response.status !== 200) return status(answer.error, true);
+  status(`run ${index}: ${answer.run.outcome} ${answer.run.status}`);
+  await listCron();
 }
 
 // --- live log and charts -------------------------------------------------------------------
