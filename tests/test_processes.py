@@ -617,8 +617,8 @@ async def test_with_two_processes_one_of_them_runs_the_schedule(tmp_path):
     cron = {"cron": [{"schedule": "* * * * * *", "path": "/"}]}
     site(tmp_path, "p.test", "storage.n = (storage.n or 0) + 1 return 'ran'", json.dumps(cron))
     async with node(tmp_path, env={"SNGIN_CRON_MIN_INTERVAL_S": "1"}) as running:
-        with trio.fail_after(30):
-            await running.wait_for_log(rb'"method":"CRON"', count=4)
+        with trio.fail_after(40):
+            await running.wait_for_log(rb'"method":"CRON"', count=10)
         runs = [line for line in running.access_lines() if line["method"] == "CRON"]
         answer = await running.admin("GET", "/__sngin/storage/p.test/value", params={"key": "n"})
     assert {line.get("process") for line in runs} == {0}
