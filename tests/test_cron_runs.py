@@ -267,8 +267,12 @@ async def test_a_tick_claimed_by_a_node_that_died_is_not_run_again_and_shows_as_
         await srv.deps.storage.set(RUNS + "x.test", dead.key(), record, RUNS_QUOTA)
         again = await srv.deps.started.cron_runs.fire("x.test", entry, tick)
         runs = await last_runs(srv.deps, "x.test", lost_after_s=60)
+        stored = msgspec.json.decode(await srv.deps.storage.get(RUNS + "x.test", dead.key()))
+        metrics = srv.deps.observer.metrics.render().decode()
     assert again is None  # claimed already: never run twice
     assert [r["outcome"] for r in runs if r["tick"] == tick] == ["lost"]
+    assert stored["outcome"] == "lost"  # recorded, and counted once
+    assert 'sngin_cron_runs_total{outcome="lost",tenant="x.test"} 1.0' in metrics
 
 
 async def test_on_s3_the_scan_lists_the_prefix_and_finds_a_site_never_requested(

@@ -175,6 +175,12 @@ async def last_runs(deps: Deps, tenant: str, *, lost_after_s: float) -> list[dic
             continue
         run = msgspec.json.decode(value)
         if run.get("outcome") == "running" and time.time() - run["started"] > lost_after_s:
+            # Its node ended before it reported: recorded as lost (and counted) once.
             run["outcome"] = "lost"
+            try:
+                await storage.set(namespace, key, msgspec.json.encode(run), RUNS_QUOTA)
+                deps.observer.metrics.cron_run(tenant, "lost", 0.0)
+            except SnginError as exc:
+                log.warning("cron: could not record a lost run of %s: %s", tenant, exc)
         runs.append(run)
     return runs

@@ -99,7 +99,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )  # fmt: skip
         self.cron_runs = Counter(
-            "sngin_cron_runs", "Scheduled runs, by outcome (ok, error, killed, skipped)",
+            "sngin_cron_runs", "Scheduled runs, by outcome (ok, error, killed, skipped, lost)",
             ["tenant", "outcome"], registry=self.registry,
         )  # fmt: skip
         self.cron_lateness = Histogram(
@@ -154,7 +154,7 @@ class Metrics:
 
     def cron_run(self, tenant: str, outcome: str, lateness_s: float) -> None:
         self.cron_runs.labels(self.labels(tenant), outcome).inc()
-        if outcome != "skipped":
+        if outcome not in ("skipped", "lost"):
             self.cron_lateness.observe(lateness_s)
 
     def storage_used(self, tenant: str, operations: int, seconds: float) -> None:
