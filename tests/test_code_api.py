@@ -295,3 +295,35 @@ async def test_the_folder_store_keeps_the_last_ten_versions(tmp_path):
         assert [v["etag"] for v in listed.json()["versions"]] == [
             sha(f"return {n}") for n in range(11, 1, -1)
         ]
+
+
+async def test_a_rename_is_one_conditional_move_that_purges_both_paths(kind, tmp_path, request):
+    rename = f"/__sngin/code/{HOST}/rename"
+    async with code_server(kind, tmp_path, request) as srv:
+        await put(srv, "old/index.lua", "return 'moved'", **{"If-None-Match": "*"})
+        await put(srv, "taken/index.lua", "return 'taken'", **{"If-None-Match": "*"})
+        assert (await srv.get("/old", host=HOST)).text == "moved"
+        etag = sha("return 'moved'")
+        move = {"path": "old/index.lua", "to": "new/index.lua"}
+        unconditional = await srv.client.post(srv.url + rename, params=move, headers=AUTH)
+        stale = await srv.client.post(srv.url + rename, params=move,
+                                      headers=AUTH | {"If-Match": '"0123"'})  # fmt: skip
+        onto = {"path": "old/index.lua", "to": "taken/index.lua"}
+        taken = await srv.client.post(srv.url + rename, params=onto,
+                                      headers=AUTH | {"If-Match": etag})  # fmt: skip
+        moved = await srv.client.post(srv.url + rename, params=move,
+                                      headers=AUTH | {"If-Match": etag})  # fmt: skip
+        assert unconditional.status_code == 428
+        assert stale.status_code == 412
+        assert taken.status_code == 412  # the destination exists: nothing moved
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["renamed"] is True
+        assert (await srv.get("/new", host=HOST)).text == "moved"
+        assert (await srv.get("/old", host=HOST)).status_code == 404  # purged, both paths
+        assert (await srv.get("/taken", host=HOST)).text == "taken"
+        if kind == "folder":
+            assert not (srv.deps.files.root / HOST / "old").exists()  # no empty folder left
+    async with code_server(kind, tmp_path, request, ui="readonly") as srv:
+        refused = await srv.client.post(srv.url + rename, params=move,
+                                        headers=AUTH | {"If-Match": etag})  # fmt: skip
+    assert refused.status_code == 403

@@ -233,6 +233,31 @@ class CodeRoutes:
 
         return await self.conditional_change(change)
 
+    async def rename(self, host: str) -> Answer:
+        """One move, P to Q: 412 if Q exists or P is not the version named by If-Match. On S3 a
+        conditional copy then a conditional delete: not atomic (a failure between leaves both,
+        and the answer says so)."""
+
+        async def change(files: CodeFiles, tenant: str, path: str, etag: str) -> Outcome:
+            to = file_path(request.args.get("to", ""))
+            if to == path:
+                raise BadRequest("?to= names the file itself")
+            current = await files.read(tenant, path)
+            if current is None or current.etag != etag:
+                raise Conflict(current)
+            new_etag = await files.write(tenant, to, current.content, if_match=None)
+            try:
+                await files.delete(tenant, path, if_match=etag)
+            except Conflict:
+                # It changed between the copy and the delete: take the copy back.
+                await files.delete(tenant, to, if_match=new_etag)
+                raise
+            await self.deps.purger.purge(tenant, purge_folder(to), recursive=False)
+            log.info("code: renamed %s/%s to %s", tenant, path, to)
+            return {"host": tenant, "path": path, "to": to, "etag": new_etag, "renamed": True}, 200
+
+        return await self.conditional_change(change)
+
     async def conditional_change(
         self, change: Callable[[CodeFiles, str, str, str], Awaitable[Outcome]]
     ) -> Answer:
@@ -266,6 +291,7 @@ class CodeRoutes:
             Route(("POST",), "/__sngin/code/<host>/restore", self.restore, Access.TENANT),
             Route(("POST",), "/__sngin/code/<host>/preview", self.preview, Access.TENANT),
             Route(("DELETE",), "/__sngin/code/<host>/file", self.delete_file, Access.TENANT),
+            Route(("POST",), "/__sngin/code/<host>/rename", self.rename, Access.TENANT),
         ]
 
 

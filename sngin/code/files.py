@@ -271,6 +271,14 @@ class FolderFiles:
         with self._locked(tenant):
             self._keep(tenant, path, self._expect(tenant, path, if_match))
             target.unlink()
+            # Folders the delete left empty go too, up to the site's own (never it).
+            site, folder = self._tenant_dir(tenant), target.parent
+            while folder != site and folder.is_relative_to(site):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # not empty (or gone): the folders above are not empty either
+                folder = folder.parent
 
     def _expect(self, tenant: str, path: str, if_match: str | None) -> FileVersion | None:
         current = self._read(tenant, path)
