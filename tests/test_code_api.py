@@ -327,3 +327,24 @@ async def test_a_rename_is_one_conditional_move_that_purges_both_paths(kind, tmp
         refused = await srv.client.post(srv.url + rename, params=move,
                                         headers=AUTH | {"If-Match": etag})  # fmt: skip
     assert refused.status_code == 403
+
+
+async def test_the_check_validates_a_sngin_json_against_its_schema(tmp_path):
+    check = f"/__sngin/code/{HOST}/check"
+    params = {"path": "_sngin.json"}
+    async with running(tmp_path, admin_token=TOKEN, tenant_configs=True) as srv:
+        bad = await srv.client.post(srv.url + check, params=params, headers=AUTH,
+                                    content=b'{"limits": {"timeout_ms": "soon"}}')  # fmt: skip
+        broken = await srv.client.post(srv.url + check, params=params, headers=AUTH,
+                                       content=b'{"enabled": tru')  # fmt: skip
+        valid = b'{"env": {"A": "b"}, "cron": [{"schedule": "61 * * * *", "path": "/x"}]}'
+        good = await srv.client.post(srv.url + check, params=params, headers=AUTH, content=valid)
+        other = await srv.client.post(srv.url + check, params={"path": "notes.txt"},
+                                      headers=AUTH, content=b"x")  # fmt: skip
+    assert bad.json() == {"path": "_sngin.json", "ok": False, "errors": [
+        {"line": None, "message": "limits.timeout_ms: expected int, got str"}]}  # fmt: skip
+    assert broken.json()["ok"] is False
+    assert broken.json()["errors"][0]["message"].startswith("invalid JSON")
+    assert good.json()["ok"] is True
+    assert good.json()["warnings"][0].startswith('cron[0]: "61 * * * *": not a cron schedule')
+    assert other.status_code == 400

@@ -167,7 +167,7 @@ async def test_no_client_can_send_a_cron_request(tmp_path):
 # --- in _sngin.json ------------------------------------------------------------------------
 
 
-def test_cron_in_sngin_json_keeps_good_entries_logs_bad_ones_once_and_the_rest_applies(
+async def test_cron_in_sngin_json_keeps_good_entries_logs_bad_ones_once_and_the_rest_applies(
     tmp_path, caplog
 ):
     import json as stdlib_json
@@ -185,8 +185,12 @@ def test_cron_in_sngin_json_keeps_good_entries_logs_bad_ones_once_and_the_rest_a
             {"schedule": "0 8 * * 1-5", "path": "/digest", "timezone": "Europe/Paris"},
         ],
     }).encode()  # fmt: skip
+    (tmp_path / "a.test").mkdir()
+    (tmp_path / "a.test" / "_sngin.json").write_bytes(text)
     with caplog.at_level("WARNING", logger="sngin.tenants.config"):
-        config = configs.parse("a.test", text)
+        config = await configs.get("a.test")
+        again = await configs.get("a.test")  # the same version: parsed and logged once
+    assert again is config
     assert config.env == {"WHO": "world"}  # everything else in the file applies
     assert [entry.path for entry in config.cron] == ["/tick", "/digest"]
     assert [str(problem) for problem in config.cron_problems] == [

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import trio
 from quart import Response, request
 
 from sandbox.protocol import BAD_SOURCE, Job, Request
@@ -33,6 +34,7 @@ from sngin.code.files import (
 from sngin.errors import BadRequest
 from sngin.names import CONFIG_NAME
 from sngin.observe.series import BUCKET_S
+from sngin.tenants.config import InvalidConfig, TenantConfigs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -168,8 +170,10 @@ class CodeRoutes:
         if source is None:
             return too_large(MAX_FILE_BYTES)
         path = self.path_argument()
+        if path == CONFIG_NAME:
+            return await self.check_config(tenant, source)
         if not path.endswith(".lua"):
-            raise BadRequest("only Lua files are compiled")
+            raise BadRequest("only Lua files and _sngin.json are checked")
         chunk = f"{tenant}/{path}"
         job = Job(
             tenant=tenant, key=chunk, version=content_hash(source),
@@ -182,6 +186,20 @@ class CodeRoutes:
         if reply.error is not None:
             return {"error": reply.message or reply.error}, 500
         return {"path": path, "ok": True, "errors": []}, 200
+
+    async def check_config(self, tenant: str, source: bytes) -> Answer:
+        """A _sngin.json against its strict schema and the operator's settings (a bad one
+        answers 500 for the whole site): its error, or the cron entries it would not use.
+        Parsed off the event loop (bounded by MAX_FILE_BYTES)."""
+        configs = self.deps.configs or TenantConfigs(self.deps.store, self.deps.settings)
+        try:
+            config = await trio.to_thread.run_sync(configs.parse, tenant, source)
+        except InvalidConfig as exc:
+            message = exc.message.removeprefix(f"{tenant}/{CONFIG_NAME}: ")
+            return {"path": CONFIG_NAME, "ok": False,
+                    "errors": [{"line": None, "message": message}]}, 200  # fmt: skip
+        warnings = [str(problem) for problem in config.cron_problems]
+        return {"path": CONFIG_NAME, "ok": True, "errors": [], "warnings": warnings}, 200
 
     async def series(self, host: str) -> Answer:
         """The site's last ten minutes in 10-second points (requests/s, 5xx, CPU, p50/p99)."""

@@ -173,6 +173,8 @@ class TenantConfigs:
             if len(self._parsed) >= MAX_PARSED:
                 self._parsed.clear()
             self._parsed[key] = config
+            for problem in config.cron_problems:
+                log.warning("%s/%s: %s", tenant, CONFIG_NAME, problem)
             if self.on_parsed is not None:
                 self.on_parsed(tenant, config)
         return config
@@ -263,8 +265,8 @@ class TenantConfigs:
         )  # fmt: skip
 
     def _cron(self, where: str, raw: Any) -> tuple[tuple[CronEntry, ...], tuple[CronProblem, ...]]:
-        """The usable entries; the others logged (once per version of the file: parsing is
-        cached per version) and kept with their reasons for the listings."""
+        """The usable entries, and the others with their reasons (logged by get, once per
+        version of the file; kept for the listings)."""
         if raw is None:
             return (), ()
         if not isinstance(raw, list):
@@ -277,8 +279,6 @@ class TenantConfigs:
             entries, problems = parse_entries(
                 raw, max_entries=s.cron_max_per_tenant, min_interval_s=s.cron_min_interval_s
             )
-        for problem in problems:
-            log.warning("%s: %s", where, problem)
         return entries, problems
 
     def _resolve_env(
