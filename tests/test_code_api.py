@@ -348,3 +348,27 @@ async def test_the_check_validates_a_sngin_json_against_its_schema(tmp_path):
     assert good.json()["ok"] is True
     assert good.json()["warnings"][0].startswith('cron[0]: "61 * * * *": not a cron schedule')
     assert other.status_code == 400
+
+
+async def test_the_sites_list_summary_gives_each_sites_last_ten_minutes_in_one_call(tmp_path):
+    (tmp_path / "busy.test").mkdir()
+    (tmp_path / "busy.test" / "index.lua").write_text("return 'ok'")
+    (tmp_path / "busy.test" / "fail").mkdir()
+    (tmp_path / "busy.test" / "fail" / "index.lua").write_text("error('boom')")
+    (tmp_path / "idle.test").mkdir()
+    (tmp_path / "idle.test" / "index.lua").write_text("return 'ok'")
+    async with running(tmp_path, admin_token=TOKEN) as srv:
+        for path in ("/", "/", "/", "/fail"):
+            await srv.get(path, host="busy.test")
+        srv.deps.pool.quarantine.impose("idle.test", 600)
+        listed = await srv.client.get(srv.url + "/__sngin/code", params={"summary": "1"},
+                                      headers=AUTH)  # fmt: skip
+        plain = await srv.client.get(srv.url + "/__sngin/code", headers=AUTH)
+    sites = {site["host"]: site for site in listed.json()["sites"]}
+    assert sites["busy.test"]["requests"] == 4
+    assert sites["busy.test"]["errors"] == 1
+    assert sites["busy.test"]["rps"] == round(4 / 600, 3)
+    assert sites["busy.test"]["quarantined_s"] is None
+    assert sites["idle.test"]["requests"] == 0
+    assert 590 < sites["idle.test"]["quarantined_s"] <= 600
+    assert "sites" not in plain.json()

@@ -22,7 +22,7 @@ from sngin.admin.access import Answer, Caller
 from sngin.admin.bodies import bounded_body, too_large
 from sngin.admin.guard import Access, Route, granted
 from sngin.admin.preview import preview_body, run_preview
-from sngin.admin.stats import tenant_series
+from sngin.admin.stats import site_totals, tenant_series
 from sngin.code.files import (
     MAX_FILE_BYTES,
     Conflict,
@@ -33,7 +33,7 @@ from sngin.code.files import (
 )
 from sngin.errors import BadRequest
 from sngin.names import CONFIG_NAME
-from sngin.observe.series import BUCKET_S
+from sngin.observe.series import BUCKET_S, BUCKETS
 from sngin.tenants.config import InvalidConfig, TenantConfigs
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class Allowed:
 Gate = Allowed | Answer
 
 MAX_PREVIEW_BYTES = 4 * MAX_FILE_BYTES  # the source and the sample request, as JSON
+WINDOW_S = BUCKET_S * BUCKETS  # the sites list's window: the last ten minutes
 NEEDS_IF_MATCH = "send If-Match with the etag of the version you loaded"
 NEEDS_CONDITION = (
     f"{NEEDS_IF_MATCH} (or If-None-Match: * to create the file): writes never overwrite blindly"
@@ -110,8 +111,21 @@ class CodeRoutes:
         allowed = await self.gate()
         if not isinstance(allowed, Allowed):
             return allowed
-        tenants = await allowed.files.tenants()
-        return {"tenants": [t for t in tenants if allowed.caller.may(t)]}, 200
+        tenants = [t for t in await allowed.files.tenants() if allowed.caller.may(t)]
+        if request.args.get("summary") != "1":
+            return {"tenants": tenants}, 200
+        # ?summary=1: each site's last ten minutes and quarantine, from one report for all.
+        totals = await site_totals(self.deps)
+        sites = []
+        for tenant in tenants:
+            requests, errors, cpu_ms = totals.get(tenant, (0.0, 0.0, 0.0))
+            paused = self.deps.pool.quarantine_left(tenant)
+            sites.append({
+                "host": tenant, "rps": round(requests / WINDOW_S, 3), "requests": int(requests),
+                "errors": int(errors), "cpu_ms": round(cpu_ms, 2),
+                "quarantined_s": round(paused, 1) if paused is not None else None,
+            })  # fmt: skip
+        return {"tenants": tenants, "sites": sites}, 200
 
     async def list_files(self, host: str) -> Answer:
         allowed = await self.gate()
