@@ -163,6 +163,10 @@ async def test_two_processes_share_the_listener_and_report_as_one_node(tmp_path)
         # The site's last minutes (the UI's charts) add up both processes too.
         series = await running.admin("GET", "/__sngin/code/hello.localhost/series")
         assert round(sum(p["rps"] for p in series.json()["points"]) * 10) == len(bodies)
+        # ...and so does the sites list's summary, in one report for every site.
+        listed = await running.admin("GET", "/__sngin/code", params={"summary": "1"})
+        [summary] = [s for s in listed.json()["sites"] if s["host"] == "hello.localhost"]
+        assert summary["requests"] == len(bodies)
 
 
 async def test_a_quarantine_decided_in_one_process_applies_in_all_and_so_does_lifting_it(
