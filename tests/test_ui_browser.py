@@ -207,6 +207,27 @@ def scenario(base: str, folder: Path) -> None:
             )
         )
         one.shot("syntax-error")
+        # Unsaved, and marked so; Save checks first: the errors in a dialog, nothing published.
+        assert "unsaved" in one.element("#file-name").get_attribute("class")
+        one.element("#save").click()
+        one.text_has("#publish-errors", "line 1:")
+        one.shot("publish-dialog")
+        one.element("#publish-cancel").click()
+        one.text_is("#status", "not saved: 1 error")
+        with httpx.Client() as client:
+            live = client.get(base + "/", headers={"Host": HOST})
+        assert (live.status_code, live.text) == (200, "new output")  # the site still answers
+        # ...unless the user publishes anyway (Escape closes the dialog: it is a cancel).
+        one.element("#save").click()
+        one.element("#publish-errors")
+        one.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        one.text_is("#status", "not saved: 1 error")
+        one.element("#save").click()
+        one.element("#publish-anyway").click()
+        one.text_is("#status", "saved")
+        assert "unsaved" not in (one.element("#file-name").get_attribute("class") or "")
+        with httpx.Client() as client:
+            assert client.get(base + "/", headers={"Host": HOST}).status_code == 500
 
         one.element("#logout").click()
         one.element("#token")
@@ -258,7 +279,7 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
         assert stored.status_code == 200
         with trio.fail_after(120):
             await trio.to_thread.run_sync(scenario, srv.url, folder)
-    assert len(list(folder.glob("*.png"))) == 11
+    assert len(list(folder.glob("*.png"))) == 12
 
 
 # --- a tenant's Host is not the admin origin ----------------------------------------------------

@@ -9,7 +9,7 @@ import { setDiagnostics, lintGutter } from "@codemirror/lint";
 
 const $ = (id) => document.getElementById(id);
 const state = { csrf: null, host: null, tenant: null, path: null, etag: null, tail: null,
-                timer: null, checkTimer: null, editor: null };
+                timer: null, checkTimer: null, editor: null, dirty: false, loading: false };
 
 function show(id) {
   for (const section of ["login", "tenants", "workspace"]) $(section).hidden = section !== id;
@@ -142,6 +142,7 @@ async function listFiles() {
     item.append(link);
     list.append(item);
   }
+  markDirty(state.dirty);
 }
 
 // --- the editor --------------------------------------------------------------------------
@@ -159,7 +160,11 @@ function editor() {
       extensions: [basicSetup, keys, StreamLanguage.define(lua), lintGutter(),
         // The page's CSP allows styles from the server and this nonce only.
         EditorView.cspNonce.of(document.querySelector("meta[name=sngin-csp-nonce]").content),
-        EditorView.updateListener.of((update) => { if (update.docChanged) scheduleCheck(); })],
+        EditorView.updateListener.of((update) => {
+          if (!update.docChanged) return;
+          scheduleCheck();
+          if (!state.loading) markDirty(true);
+        })],
     }),
   });
   return state.editor;
@@ -168,8 +173,26 @@ function editor() {
 function text() { return editor().state.doc.toString(); }
 
 function setText(content) {
+  state.loading = true;  // what the store holds: not an edit
   editor().dispatch({ changes: { from: 0, to: editor().state.doc.length, insert: content } });
+  state.loading = false;
+  markDirty(false);
 }
+
+// Unsaved changes: marked on the file's name and in the file list; leaving the page asks.
+function markDirty(dirty) {
+  state.dirty = dirty;
+  $("file-name").classList.toggle("unsaved", dirty);
+  for (const link of document.querySelectorAll("#file-list a")) {
+    link.classList.toggle("unsaved", dirty && link.dataset.path === state.path);
+  }
+}
+
+window.addEventListener("beforeunload", (event) => {
+  if (!state.dirty) return;
+  event.preventDefault();
+  event.returnValue = "";
+});
 
 async function openFile(path) {
   const response = await api("GET",
@@ -184,17 +207,50 @@ async function openFile(path) {
   await listFiles();
 }
 
+// Safe publishing: the file is checked before it is saved (a Lua file compiled in a worker,
+// _sngin.json against its schema); one with errors is published only if the user says so.
+async function problemsOf(source) {
+  const path = state.path;
+  if (!path.endsWith(".lua") && path !== "_sngin.json") return [];
+  const response = await api("POST",
+    `/__sngin/code/${state.tenant}/check?path=${encodeURIComponent(path)}`, { body: source });
+  if (response.status !== 200) return [];  // the check could not run: the save itself answers
+  return (await response.json()).errors;
+}
+
+function confirmPublish(errors) {
+  const dialog = $("publish-dialog");
+  $("publish-errors").replaceChildren(...errors.map((error) =>
+    item(error.line ? `line ${error.line}: ${error.message}` : error.message)));
+  dialog.returnValue = "";
+  dialog.showModal();
+  $("publish-cancel").focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "publish"),
+      { once: true });
+  });
+}
+
+$("publish-anyway").addEventListener("click", () => $("publish-dialog").close("publish"));
+$("publish-cancel").addEventListener("click", () => $("publish-dialog").close("cancel"));
+
 async function save(etag = state.etag) {
   if (!state.path) return;
+  const source = text();
+  const errors = await problemsOf(source);
+  if (errors.length && !(await confirmPublish(errors))) {
+    return status(`not saved: ${errors.length} error${errors.length > 1 ? "s" : ""}`, true);
+  }
   const condition = etag ? { "If-Match": etag } : { "If-None-Match": "*" };
   const response = await api("PUT",
     `/__sngin/code/${state.tenant}/file?path=${encodeURIComponent(state.path)}`,
-    { body: text(), headers: condition });
+    { body: source, headers: condition });
   const answer = await response.json();
   if (response.status === 412) return conflict(answer.current);
   if (response.status >= 300) return status(answer.error, true);
   state.etag = `"${answer.etag}"`;
   $("conflict").hidden = true;
+  if (source === text()) markDirty(false);
   status("saved");
 }
 
@@ -272,17 +328,19 @@ $("new-file").addEventListener("click", async () => {
 
 $("rename").addEventListener("click", async () => {
   if (!state.path) return;
+  if (state.dirty) return status("save the file before renaming it", true);
   const target = prompt("Rename to", state.path);
   if (!target || target === state.path) return;
-  const old = { path: state.path, etag: state.etag };
+  // One server-side move of the saved version (412 if it changed or the target exists).
+  const response = await api("POST", `/__sngin/code/${state.tenant}/rename?path=`
+    + `${encodeURIComponent(state.path)}&to=${encodeURIComponent(target)}`,
+    { headers: { "If-Match": state.etag } });
+  const answer = await response.json();
+  if (response.status !== 200) return status(`not renamed: ${answer.error}`, true);
   state.path = target;
-  state.etag = null;
-  await save(null);
-  if ($("status").textContent !== "saved") { state.path = old.path; state.etag = old.etag; return; }
-  await api("DELETE",
-    `/__sngin/code/${state.tenant}/file?path=${encodeURIComponent(old.path)}`,
-    { headers: { "If-Match": old.etag } });
+  state.etag = `"${answer.etag}"`;
   $("file-name").textContent = target;
+  status("renamed");
   await listFiles();
 });
 
