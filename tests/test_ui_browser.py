@@ -177,6 +177,12 @@ def scenario(base: str, folder: Path) -> None:
         one.wait.until(
             lambda d: not d.find_elements("css selector", "#file-list a[data-path='lib/tools.lua']")
         )
+        # No file open: the editor says what to do, and the buttons that cannot act are off.
+        one.text_has("#empty-hint", "Pick a file on the left")
+        assert all(
+            not one.driver.find_element("css selector", f"#{button}").is_enabled()
+            for button in ("save", "run", "rename", "delete")
+        )
         one.shot("files")
         # A storage key: shown, edited through its dialog.
         one.element("#key-list a").click()

@@ -114,11 +114,10 @@ $("back").addEventListener("click", (event) => {
 
 async function openTenant(tenant) {
   state.tenant = tenant;
-  state.path = null;
   show("workspace");
   $("tenant-name").textContent = tenant;
-  $("file-name").textContent = "";
-  editor().dispatch({ changes: { from: 0, to: editor().state.doc.length, insert: "" } });
+  setText("");
+  setPath(null);
   await listFiles();
   await listKeys();
   await listCron();
@@ -179,6 +178,19 @@ function setText(content) {
   markDirty(false);
 }
 
+// The open file (or none): the buttons that cannot act are disabled, and an empty editor says
+// what to do.
+function setPath(path) {
+  state.path = path;
+  $("file-name").textContent = path || "";
+  $("empty-hint").hidden = Boolean(path);
+  $("editor").hidden = !path;
+  for (const id of ["save", "rename", "delete"]) $(id).disabled = !path;
+  $("run").disabled = !path || !path.endsWith("index.lua");
+  $("run").title = $("run").disabled ? "Run previews a script (a file named index.lua)"
+    : "Ctrl/Cmd-Enter";
+}
+
 // Unsaved changes: marked on the file's name and in the file list; leaving the page asks.
 function markDirty(dirty) {
   state.dirty = dirty;
@@ -198,9 +210,8 @@ async function openFile(path) {
   const response = await api("GET",
     `/__sngin/code/${state.tenant}/file?path=${encodeURIComponent(path)}`);
   if (response.status !== 200) return status((await response.json()).error, true);
-  state.path = path;
+  setPath(path);
   state.etag = response.headers.get("ETag");
-  $("file-name").textContent = path;
   $("conflict").hidden = true;
   setText(await response.text());
   status("");
@@ -318,9 +329,8 @@ $("run").addEventListener("click", () => run());
 $("new-file").addEventListener("click", async () => {
   const path = prompt("New file (e.g. hello/index.lua, lib/util.lua, _sngin.json)");
   if (!path) return;
-  state.path = path;
+  setPath(path);
   state.etag = null;
-  $("file-name").textContent = path;
   setText(path.endsWith("index.lua") ? "return 'Hello!'\n" : "");
   await save(null);
   await listFiles();
@@ -337,9 +347,8 @@ $("rename").addEventListener("click", async () => {
     { headers: { "If-Match": state.etag } });
   const answer = await response.json();
   if (response.status !== 200) return status(`not renamed: ${answer.error}`, true);
-  state.path = target;
+  setPath(target);
   state.etag = `"${answer.etag}"`;
-  $("file-name").textContent = target;
   status("renamed");
   await listFiles();
 });
@@ -350,9 +359,9 @@ $("delete").addEventListener("click", async () => {
     `/__sngin/code/${state.tenant}/file?path=${encodeURIComponent(state.path)}`,
     { headers: { "If-Match": state.etag } });
   if (response.status === 412) return conflict((await response.json()).current);
-  state.path = null;
+  if (response.status !== 200) return status((await response.json()).error, true);
   setText("");
-  $("file-name").textContent = "";
+  setPath(null);
   status("deleted");
   await listFiles();
 });
