@@ -330,6 +330,7 @@ async def serve_app(
                 if role is not None:  # the listener the node's parent bound
                     config.bind = [f"fd://{role.listen_fd}"]
                 binds: list[str] = await listen(servers, app, config, settings.bind, stop)
+                deps.started.public_url = binds[0] if binds else None
                 if settings.admin_bind is not None:
                     admin_gate = ConnectionGate(ADMIN_MAX_CONNECTIONS)
                     admin_config = hypercorn_config(settings, admin_gate)

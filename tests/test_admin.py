@@ -274,6 +274,11 @@ async def test_admin_bind_moves_the_admin_api_to_its_own_listener(tmp_path):
         assert stats.status_code == 200
         assert stats.json()["pool"]["live"] == 2
         assert (await srv.get("/")).text == "root of a"
+        # The UI, served from the admin listener, learns where tenant traffic goes.
+        login = await srv.client.post(admin_url + "/__sngin/ui/login", json={"token": TOKEN})
+        assert login.status_code == 200
+        session = await srv.client.get(admin_url + "/__sngin/ui/session")
+        assert session.json()["public"] == srv.url
 
 
 async def test_cli_stats_and_purge_against_a_running_server(tmp_path, capsys):

@@ -267,6 +267,17 @@ async def test_history_lists_earlier_versions_and_restores_one(kind, tmp_path, r
             return
         assert [v["etag"] for v in versions] == [sha("return 'v2'"), sha("return 'v1'")]
         oldest = versions[-1]["id"]
+        file_url = srv.url + f"/__sngin/code/{HOST}/file"
+        read = await srv.client.get(
+            file_url, params={"path": "h/index.lua", "version": oldest}, headers=AUTH
+        )
+        assert read.text == "return 'v1'"
+        assert read.headers["ETag"] == '"' + sha("return 'v1'") + '"'
+        unknown = await srv.client.get(
+            file_url, params={"path": "h/index.lua", "version": "nope"}, headers=AUTH
+        )
+        assert unknown.status_code == 404
+        assert "version 'nope'" in unknown.json()["error"]
         restore = srv.url + f"/__sngin/code/{HOST}/restore"
         params = {"path": "h/index.lua", "version": oldest}
         stale = await srv.client.post(

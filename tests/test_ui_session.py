@@ -34,6 +34,7 @@ async def test_login_sets_a_strict_http_only_cookie_and_changes_need_the_csrf_to
         assert (await srv.client.get(srv.url + "/__sngin/stats")).status_code == 200
         session = await srv.client.get(srv.url + "/__sngin/ui/session")
         assert session.json()["csrf"] == csrf
+        assert session.json()["public"] is None  # the page's own address is the public one
         # ...but changes nothing without the session's CSRF token.
         url = srv.url + f"/__sngin/code/{HOST}/file?path=index.lua"
         body, create = b"return 1", {"If-None-Match": "*"}

@@ -141,9 +141,15 @@ class CodeRoutes:
             return allowed
         files, tenant = allowed.files, allowed.tenant
         path = self.path_argument()
-        version = await files.read(tenant, path)
+        # `version=ID`: one the history lists (what the UI diffs against the current one).
+        version_id = request.args.get("version")
+        if version_id is None:
+            version = await files.read(tenant, path)
+        else:
+            version = await files.read_version(tenant, path, version_id)
         if version is None:
-            return {"error": f"{tenant} has no file {path}"}, 404
+            wanted = path if version_id is None else f"{path} version {version_id[:64]!r}"
+            return {"error": f"{tenant} has no file {wanted}"}, 404
         kind = "application/json" if path.endswith(CONFIG_NAME) else "text/x-lua; charset=utf-8"
         headers = {"ETag": f'"{version.etag}"', "Content-Type": kind, "Cache-Control": "no-store"}
         return Response(version.content, 200, headers)

@@ -140,7 +140,15 @@ class UiRoutes:
             return {"logged_in": False}, 200
         left = int(session.expires - time.time())
         body = {"logged_in": True, "host": session.host, "csrf": session.csrf}
-        return body | {"expires_in_s": left}, 200
+        return body | {"expires_in_s": left, "public": self.public_address()}, 200
+
+    def public_address(self) -> str | None:
+        """Where tenant traffic goes, for the editor's copy-as-curl: None when the UI is served
+        from that listener itself (the page's own address is then the right one)."""
+        if self.deps.settings.admin_bind is None:
+            return None
+        bound = self.deps.started.public_url or f"http://{self.deps.settings.bind}"
+        return bound if bound.startswith("http") else f"http://{self.deps.settings.bind}"
 
     async def logout(self) -> Any:
         refused = cross_site()

@@ -39,6 +39,7 @@ class Services:
     cron: Any = None  # the scheduler (the node's first process only)
     cron_runs: Any = None  # what fires one run (every process: a run by hand may land anywhere)
     cron_tenants: Any = None  # how the node lists the tenants that may have cron entries
+    public_url: str | None = None  # the tenants' listener as bound (the editor's copy-as-curl)
 
 
 @dataclass(frozen=True, slots=True)
