@@ -182,6 +182,7 @@ async def running(
     mailer=None,
     github_tokens=None,
     deps_changes: dict | None = None,
+    deadline_s: float = 30,
     **limits,
 ):
     write_sites(tmp_path)
@@ -217,7 +218,7 @@ async def running(
     ):
         # A deadline for the whole test, also when `running` is entered by a fixture (a
         # fixture's cancel scope would not cover the test's task; a crashing task does).
-        watchdog = await nursery.start(deadline, 30)
+        watchdog = await nursery.start(deadline, deadline_s)
         store = store or LocalStore(tmp_path)
         deps = assemble_deps(
             settings,

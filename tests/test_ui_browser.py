@@ -125,6 +125,25 @@ class Steps:
             field.send_keys(value)
         self.element("#ask-ok").click()
 
+    def escaped(self, opener: str, title: str) -> None:
+        """Open a dialog, press Escape: it closes, nothing is done, focus is back on `opener`."""
+        from selenium.webdriver.common.keys import Keys
+
+        self.element(opener).click()
+        self.text_has("#ask-title", title)
+        self.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        self.wait.until(lambda d: not d.find_element("css selector", "#ask").is_displayed())
+        assert self.driver.switch_to.active_element == self.element(opener)
+
+    def number(self, css: str) -> float:
+        """The number an element shows; -1 while it shows none (or is being redrawn)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            return float(self.driver.find_element("css selector", css).text)
+        except (StaleElementReferenceException, ValueError):
+            return -1
+
     def gone(self, css: str) -> None:
         self.wait.until(lambda d: not d.find_elements("css selector", css))
 
@@ -260,6 +279,8 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         port = base.rsplit(":", 1)[1]
         assert one.element("#live-link").get_attribute("href") == f"http://{HOST}:{port}/"
         one.shot("request-builder")
+        one.driver.execute_script("arguments[0].scrollIntoView()", one.element("#preview"))
+        one.shot("preview")
         # Saved, the site answers the copied curl command as the preview did.
         one.element("#editor .cm-content").send_keys(Keys.CONTROL, "s")
         one.text_is("#status", "saved")
@@ -301,10 +322,13 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         one.dialog("New file", path="lib/util.lua")
         one.element("#file-list a[data-path='lib/util.lua']")
         one.text_is("#status", "created lib/util.lua")
+        one.escaped("#rename", "Rename lib/util.lua")
         one.element("#rename").click()
         one.dialog("Rename lib/util.lua", to="lib/tools.lua")
         one.element("#file-list a[data-path='lib/tools.lua']")
         one.gone("#file-list a[data-path='lib/util.lua']")
+        one.escaped("#delete", "Delete lib/tools.lua?")
+        one.element("#file-list a[data-path='lib/tools.lua']")  # still there
         one.element("#delete").click()
         one.dialog("Delete lib/tools.lua?")
         one.text_is("#status", "deleted lib/tools.lua")
@@ -318,16 +342,21 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         one.shot("files")
 
         # Storage: a new key (its JSON checked), an edit, a delete, each in its dialog.
+        one.escaped("#new-key", "New storage key")
         one.element("#new-key").click()
         one.dialog("New storage key", key="config", value='{"a":')
         one.text_has("#ask-error", "not valid JSON")
         one.dialog("New storage key", value='{"a": 2}')
         one.element("#key-list a[data-key='config']")
         assert stored_value(base, "config").text == '{"a": 2}'
+        one.escaped("#key-list a[data-key='greeting']", "Edit greeting")
+        assert stored_value(base, "greeting").text == "hello"
         one.element("#key-list a[data-key='greeting']").click()
         one.dialog("Edit greeting", value="edited in the UI")
         one.text_is("#status", "saved greeting")
         assert stored_value(base, "greeting").text == "edited in the UI"
+        one.escaped("#key-list button[aria-label='delete key config']", "Delete config?")
+        assert stored_value(base, "config").status_code == 200
         one.element("#key-list button[aria-label='delete key config']").click()
         one.dialog("Delete config?")
         one.gone("#key-list a[data-key='config']")
@@ -379,7 +408,7 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         # The sites list: the site's traffic, and a new site from the template.
         one.element("#back").click()
         row = f"#site-rows tr:has(a[data-host='{HOST}']) td:nth-of-type(2)"  # its requests
-        one.wait.until(lambda d: int(d.find_element("css selector", row).text) >= 5)
+        one.wait.until(lambda d: one.number(row) >= 5)
         one.element("#new-site").click()
         one.dialog("New site", host="Not a host!")
         one.text_has("#ask-error", "not a host name")
@@ -414,7 +443,7 @@ async def ui_server(kind: str, tmp_path: Path, request):
         (sites / HOST).mkdir(parents=True)
         (sites / HOST / "index.lua").write_text("return 'old output'")
         (sites / HOST / "_sngin.json").write_text(CRON)
-        async with running(sites, admin_token=TOKEN, tenant_configs=True) as srv:
+        async with running(sites, admin_token=TOKEN, tenant_configs=True, deadline_s=240) as srv:
             yield srv
         return
     proxy, bucket = request.getfixturevalue("proxy"), request.getfixturevalue("bucket")
@@ -427,7 +456,7 @@ async def ui_server(kind: str, tmp_path: Path, request):
     async with (
         code_cache(proxy, bucket, prefix="code", ttl_s=3600) as cache,
         running(sites, store=cache, admin_token=TOKEN, settings_changes=changes,
-                tenant_configs=True) as srv,
+                tenant_configs=True, deadline_s=240) as srv,
     ):  # fmt: skip
         yield srv
 
@@ -447,7 +476,7 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
                                      headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
         with trio.fail_after(240):
             await trio.to_thread.run_sync(scenario, srv.url, folder, made.json()["token"])
-    assert len(list(folder.glob("*.png"))) == 16
+    assert len(list(folder.glob("*.png"))) == 17
 
 
 # --- a tenant's Host is not the admin origin ----------------------------------------------------
