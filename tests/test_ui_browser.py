@@ -416,6 +416,7 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         one.text_is("#tenant-name", "new.test")
         one.text_is("#file-name", "index.lua")  # open, from the template
         assert "hello" in one.editor_text()
+        assert not one.driver.find_elements("css selector", ".cm-lint-marker-error")  # not its
         assert live(base, "new.test").json() == {"hello": "world", "path": "/"}
         one.shot("new-site")
 

@@ -42,6 +42,7 @@ export function setText(content) {
   loading = true;
   view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: content } });
   loading = false;
+  showErrors([]);  // another file's marks go; the check runs on this one
 }
 
 export function showErrors(errors) {
