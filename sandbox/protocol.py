@@ -66,6 +66,12 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     cron: CronRun | None = None  # a scheduled run's (method "CRON")
 
 
+# A request's time and randomness, per kind (random, time, clock, crypto_random, uuid), in the
+# order it was given them (sandbox/tape.py): recorded for a replay bundle, given back replaying.
+TapeValue = int | float | bytes
+Tape = dict[str, list[TapeValue]]
+
+
 class WireLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Per-request limits as the worker receives them (derived from sngin.limits.Limits):
     CPU and Lua memory, and the response's size."""
@@ -96,6 +102,11 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     check_only: bool = False
     # A preview (the management API): its runtime is closed once the job is over, not kept.
     throwaway: bool = False
+    # Recorded (X-Sngin-Record): the Reply carries the tape even when the run succeeds (a
+    # failed run's always does).
+    record: bool = False
+    # Replaying a bundle: time and randomness given back from this tape, in order.
+    replay: Tape | None = None
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -116,6 +127,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     # Not started: another tenant's requests wait on platform calls in this worker, and tenants
     # never share a worker's time while one of them is parked; the server runs it elsewhere.
     declined: bool = False
+    tape: Tape | None = None  # the rest of the run's tape (recorded or failed runs only)
+    tape_cut: bool = False  # more values were given than a tape keeps
+    beyond_tape: int = 0  # replaying: values asked for past the recording (live ones given)
 
 
 class Hello(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -211,6 +225,7 @@ class Call(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     id: int
     call_id: int
     request: CallRequest
+    tape: Tape | None = None  # the time and randomness given since the last frame
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -25,6 +25,7 @@ from sandbox.protocol import (
     Reply,
     WireLimits,
 )
+from sandbox.tape import RunTape
 
 # The prelude's parts, by concern (sandbox/lua/prelude/NN-name.lua), joined in name order into
 # the one chunk that prelude_bytecode() compiles once per process.
@@ -49,8 +50,6 @@ REFERENCES: Final = b"LUPA_PYTHON_REFERENCES_TABLE"
 STATELESS_HOST_FUNCTIONS: Final = {
     b"hash": host.guard("crypto", host.hash_digest),
     b"hmac": host.guard("crypto.hmac", host.hmac_digest),
-    b"random": host.guard("crypto.random", host.random_bytes),
-    b"uuid": host.guard("crypto.uuid", host.new_uuid),
     b"b64encode": host.guard("base64.encode", host.b64encode),
     b"b64decode": host.guard("base64.decode", host.b64decode),
     b"oauth_sign": host.guard("http.request", oauth1.sign_request),
@@ -123,12 +122,15 @@ class TenantRuntime:
         self._env_tables: dict[tuple[tuple[str, str], ...], Any] = {}
         self._active = 0
         self._memory_base = 0
+        self._running: RequestRun | None = None  # the request a step is running
 
     def _make_host_libraries(self) -> Any:
         lua, api = self._lua, self._api
         self._json_decoder = host.JsonDecoder(lua.table_from, api[b"json_null"])
         functions = {
             **STATELESS_HOST_FUNCTIONS,
+            b"random": host.guard("crypto.random", self._random_bytes),
+            b"uuid": host.guard("crypto.uuid", self._new_uuid),
             b"emit": host.guard("log", self._emit_log),
             b"json_decode": host.guard("json.decode", self._json_decoder),
         }
@@ -140,6 +142,20 @@ class TenantRuntime:
         Lua, one call: done from Python it cost ~100 crossings per runtime)."""
         registry, saved_references = self._api[b"harden"]()
         return registry, saved_references
+
+    # crypto.random and crypto.uuid: kept on the running request's tape (given back replaying).
+
+    def _random_bytes(self, count: Any) -> host.HostResult:
+        run = self._running
+        if run is None:
+            return host.random_bytes(count)
+        return (run.tape.given("crypto_random", lambda: host.random_bytes(count)[0]),)
+
+    def _new_uuid(self) -> host.HostResult:
+        run = self._running
+        if run is None:
+            return host.new_uuid()
+        return (run.tape.given("uuid", lambda: host.new_uuid()[0]),)
 
     def _emit_log(self, request_id: Any, line: Any) -> tuple[()]:
         if self.log_sink is not None and isinstance(line, bytes):
@@ -217,7 +233,10 @@ class TenantRuntime:
             req = request.build(job.request, lua.table_from)
             limits = self._limits_table(job.limits)
             tenant_env = self._env_table(job.env)
-            env, collect, _ = self._new_env(req, self._host_libraries, limits, job.id, tenant_env)
+            replay = None if job.replay is None else self._replay_table(job.replay)
+            env, collect, lua_tape = self._new_env(
+                req, self._host_libraries, limits, job.id, tenant_env, replay
+            )
             method = job.request.method.lower().encode()
             thread = self._begin(factory, env, req, method, random_seeds.next(), limits, self._lift)
         except lupa.LuaMemoryError:
@@ -227,7 +246,16 @@ class TenantRuntime:
             # counted from what the runtime held when the first of them began.
             self._memory_base = lua.get_memory_used()
         self._active += 1
-        return RequestRun(job=job, thread=thread, collect=collect)
+        return RequestRun(
+            job=job, thread=thread, collect=collect, tape=RunTape(lua_tape, job.replay)
+        )
+
+    def _replay_table(self, tape: Any) -> Any:
+        """The Lua side's recorded values, per kind (crypto's stay in Python)."""
+        table_from = self._lua.table_from
+        return table_from(
+            {k.encode(): table_from(v) for k, v in tape.items() if k in ("random", "time", "clock")}
+        )
 
     # The per-configuration tables, built once per value rather than per request. Sharing them
     # is safe: the prelude only reads `limits`, and tenant code sees `env` only through a
@@ -264,11 +292,13 @@ class TenantRuntime:
         """Resume a request: its next platform call (a Lua table), or its final Reply."""
         lua = self._lua
         lua.set_max_memory(self._memory_base + run.job.limits.memory_bytes)
+        self._running = run
         try:
             outcome = self._step(run.thread, answer)
         except lupa.LuaMemoryError:
             outcome = (b"memory_limit", b"")
         finally:
+            self._running = None
             lua.set_max_memory(UNLIMITED)
         if outcome[0] == b"call":
             return outcome[1]
@@ -303,7 +333,14 @@ class TenantRuntime:
             reply = Reply(status=int(status), headers=headers, body=body)
         else:
             reply = self._error_reply(job, kind, _text(outcome[1]))
-        return msgspec.structs.replace(reply, id=job.id, logs_dropped=int(dropped))
+        reply = msgspec.structs.replace(reply, id=job.id, logs_dropped=int(dropped))
+        if job.record or job.replay is not None or reply.error is not None:
+            tape = run.tape
+            reply = msgspec.structs.replace(
+                reply, tape=tape.since_last(), tape_cut=tape.was_cut(),
+                beyond_tape=tape.beyond_recording(),
+            )  # fmt: skip
+        return reply
 
     @staticmethod
     def _error_reply(job: Job, kind: str, message: str) -> Reply:
@@ -332,6 +369,7 @@ class RequestRun:
     job: Job
     thread: Any
     collect: Any
+    tape: RunTape
 
 
 CallAnswerer = Callable[[Any], Any]

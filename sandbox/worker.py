@@ -181,7 +181,9 @@ class Worker:
             asked = AlertCall(kind=text(outcome[b"kind"]), text=text(outcome[b"text"]))
         else:
             asked = http_call(outcome)
-        self.send(Call(id=request_id, call_id=self.call_ids, request=asked))
+        run = self.runs.get(request_id)
+        tape = run.tape.since_last() if run is not None else None
+        self.send(Call(id=request_id, call_id=self.call_ids, request=asked, tape=tape))
 
     def timed(self, request_id: int, work: Any) -> Any:
         """Run work under the request's remaining CPU budget (SIGPROF kills past it)."""

@@ -29,6 +29,93 @@ end
 
 local make_require  -- defined with the module system below
 
+-- The time and randomness a request is given (math.random, os.time, os.clock, and os.date's
+-- "now"), kept in order per kind for its replay bundle (sngin.replay), and given back in that
+-- order when a bundle is replayed (`replay`: the kinds' recorded values). crypto.random and
+-- crypto.uuid are kept on the Python side (sandbox/tape.py). At most MAX_TAPE values are kept
+-- per request (a loop of draws must not grow the request's memory): past that, `cut`.
+local MAX_TAPE = 10000
+local random, time, clock, date = math.random, os.time, os.clock, os.date
+
+local function new_tape(replay)
+  return { random = {}, time = {}, clock = {}, n = 0, cut = false,
+           replay = replay, at = { random = 0, time = 0, clock = 0 }, beyond = 0 }
+end
+
+local function replayed(tape, kind)
+  local queue = tape.replay[kind]
+  local i = tape.at[kind] + 1
+  local value = queue and queue[i]
+  if value == nil then
+    tape.beyond = tape.beyond + 1  -- asked past the recording: a live value
+    return nil
+  end
+  tape.at[kind] = i
+  return value
+end
+
+local function keep(tape, kind, value)
+  local n = tape.n + 1
+  if n > MAX_TAPE then
+    tape.cut = true
+    return value
+  end
+  tape.n = n
+  local kept = tape[kind]
+  kept[#kept + 1] = value
+  return value
+end
+
+-- A bad argument raises the library's own message, as if the script had called it directly
+-- (not one placed in the prelude's chunk).
+local function draw(...)
+  if select("#", ...) == 0 then return random() end
+  local ok, value = pcall(random, ...)
+  if not ok then error(value, 0) end
+  return value
+end
+
+local function taped_random(tape)
+  return function(...)
+    if tape.replay then
+      local value = replayed(tape, "random")
+      if value ~= nil then return value end
+    end
+    return keep(tape, "random", draw(...))
+  end
+end
+
+local function taped_clock(tape)
+  return function()
+    if tape.replay then
+      local value = replayed(tape, "clock")
+      if value ~= nil then return value end
+    end
+    return keep(tape, "clock", clock())
+  end
+end
+
+local function taped_time(tape)
+  return function(t)
+    if t ~= nil then
+      local ok, value = pcall(time, t)  -- a given date: nothing to keep
+      if not ok then error(value, 0) end
+      return value
+    end
+    if tape.replay then
+      local value = replayed(tape, "time")
+      if value ~= nil then return value end
+    end
+    return keep(tape, "time", time())
+  end
+end
+
+local function taped_date(now)
+  return function(format, t)
+    return date(format, t == nil and now() or t)
+  end
+end
+
 local function read_only(values)
   return setmetatable({}, {
     __index = values,
@@ -255,7 +342,7 @@ local function new_package(env)
   return package
 end
 
-local function new_env(request, host_libraries, limits, request_id, tenant_env)
+local function new_env(request, host_libraries, limits, request_id, tenant_env, replay)
   local env = {}
   for name, fn in next, BASE do env[name] = fn end
   for name, lib in next, LIBRARIES do env[name] = copy(lib) end
@@ -280,5 +367,9 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env)
   env.setfenv, env.getfenv = tenant_setfenv, tenant_getfenv
   env.package = new_package(env)
   env.require = make_require(nil, env)
-  return env, collect, emit
+  local tape = new_tape(replay)
+  env.math.random = taped_random(tape)
+  local now = taped_time(tape)
+  env.os.time, env.os.clock, env.os.date = now, taped_clock(tape), taped_date(now)
+  return env, collect, tape
 end
