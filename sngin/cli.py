@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cron.add_argument("host", nargs="?", help="one site (default: every site with entries)")
     cron.add_argument("--run", type=int, metavar="N", help="run entry N of HOST now")
+    replay = commands.add_parser(
+        "replay", parents=[remote],
+        help="run a failed request's replay bundle again here, offline (--source: a fix)",
+    )  # fmt: skip
+    replay.add_argument("host", help="the site")
+    replay.add_argument("id", help="the bundle's id (its request's X-Request-Id)")
+    replay.add_argument("--source", type=Path, help="a changed script to run against it")
     storage = commands.add_parser(
         "storage", parents=[remote], help="tenant storage: list, get, set, delete, export, import",
         epilog=STORAGE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -274,6 +281,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 headers=args.header,
                 body=args.body,
             )
+        if args.command == "replay":
+            from sngin.client.replay import run_replay
+
+            return run_replay(settings, args, os.environ if env is None else env)
         if args.command in REMOTE_COMMANDS:
             from sngin.client.remote import run_remote
 

@@ -221,6 +221,8 @@ class Settings:
     cron_max_per_tenant: int = 10  # SNGIN_CRON_MAX_PER_TENANT: entries of a tenant's `cron`
     cron_min_interval_s: float = 60.0  # SNGIN_CRON_MIN_INTERVAL_S: a schedule fires no more often
     cron_rescan_s: float = 300.0  # SNGIN_CRON_RESCAN_S: how often every tenant's cron is re-read
+    replay_max_bundles: int = 50  # SNGIN_REPLAY_MAX_BUNDLES: replay bundles kept per tenant
+    replay_max_bytes: int = 16 * MIB  # SNGIN_REPLAY_MAX_BYTES: and their bytes, per tenant
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None) -> Settings:
@@ -379,6 +381,8 @@ VARIABLES: Final[dict[str, tuple[str, Callable[[str], Any]]]] = {
     "SNGIN_CRON_MAX_PER_TENANT": ("cron_max_per_tenant", int_range(0, 1000)),
     "SNGIN_CRON_MIN_INTERVAL_S": ("cron_min_interval_s", float_range(1, 86400)),
     "SNGIN_CRON_RESCAN_S": ("cron_rescan_s", float_range(1, 86400)),
+    "SNGIN_REPLAY_MAX_BUNDLES": ("replay_max_bundles", int_range(0, 10_000)),
+    "SNGIN_REPLAY_MAX_BYTES": ("replay_max_bytes", int_range(MIB, 1024**3)),
     "SNGIN_CODE_QUOTA_BYTES": ("code_quota_bytes", int_range(MIB, 1024**4)),
     "SNGIN_CODE_QUOTA_FILES": ("code_quota_files", int_range(1, 10_000_000)),
     "SNGIN_ADMIN_BIND": ("admin_bind", parse_bind),

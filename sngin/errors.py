@@ -28,6 +28,7 @@ class SnginError(Exception):
     each class below sets its own, and the error handler reads it)."""
 
     status: int = 500
+    limit: str | None = None  # cpu, wall or memory: the limit that ended a script's run
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

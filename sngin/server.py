@@ -310,6 +310,7 @@ async def serve_app(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe_forever, deps)
             nursery.start_soon(serve_loop_lag, deps.observer.loop_lag)
+            nursery.start_soon(deps.recording.write_forever)  # replay bundles, off the path
             cron_runs(deps, app.pipeline)  # (runs by hand: any process)
             if runs_cron_here(deps):
                 await nursery.start(serve_cron, deps, app.pipeline)

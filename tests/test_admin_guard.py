@@ -18,7 +18,7 @@ from tests.support import AUTH, TOKEN, running
 
 VICTIM, ATTACKER = "victim.test", "attacker.test"
 SAFE = {"GET", "HEAD", "OPTIONS"}
-FILLERS = {"host": VICTIM, "path": "x", "name": "app.js", "token_id": "abc"}
+FILLERS = {"host": VICTIM, "path": "x", "name": "app.js", "token_id": "abc", "bundle_id": "b1"}
 
 
 def routes(deps) -> list[tuple[str, str, Access]]:

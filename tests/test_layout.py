@@ -77,6 +77,7 @@ LAYERS: list[set[str]] = [
     {"calls"},
     {"workers"},
     {"node"},
+    {"replay"},
     {"edge"},
     {"cron"},
     {"admin"},

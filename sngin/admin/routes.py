@@ -14,6 +14,7 @@ from sngin.admin.cron import CronRoutes
 from sngin.admin.events import EventRoutes
 from sngin.admin.guard import ADMIN_LISTENER, Guard, add_routes
 from sngin.admin.node import NodeRoutes
+from sngin.admin.replays import ReplayRoutes
 from sngin.admin.storage import StorageRoutes
 from sngin.admin.tokens import TokenRoutes
 from sngin.admin.ui import UiRoutes
@@ -51,6 +52,7 @@ def create_admin(deps: Deps) -> QuartTrio:
     add_routes(admin, guard, StorageRoutes(deps).routes())
     add_routes(admin, guard, CodeRoutes(deps).routes())
     add_routes(admin, guard, CronRoutes(deps).routes())
+    add_routes(admin, guard, ReplayRoutes(deps).routes())
     add_routes(admin, guard, TokenRoutes(deps).routes())  # the operator's only
     add_routes(admin, guard, UiRoutes(deps).routes())
     add_routes(admin, guard, EventRoutes(deps).routes())

@@ -95,6 +95,9 @@ class RequestCalls:
         self._left = self._max = max_subrequests
         self._modules_left = self._max_modules = max_modules
         self.cost = BodyCost()  # server CPU this request's subrequest bodies cost
+        # Modules this request was given (location: version, text), kept by reference for a
+        # replay bundle (sngin.replay), which needs the text even when the worker had it.
+        self.modules_given: dict[str, tuple[str, bytes]] = {}
 
     async def __call__(self, call: Call) -> CallResult:
         asked = call.request
@@ -286,6 +289,7 @@ class RequestCalls:
         self, call: Call, have: str | None, location: str, source: Source, chunkname: str
     ) -> CallResult:
         unchanged = have == f"{location}\0{source.version}"
+        self.modules_given[location] = (source.version, source.text)
         module = ModuleSource(
             text=b"" if unchanged else source.text,
             version=source.version,

@@ -11,6 +11,7 @@ from sngin.edge.connection_guard import ConnectionGate
 from sngin.edge.site_gate import SiteGate
 from sngin.node.purger import Purger
 from sngin.observe.observer import Observer
+from sngin.replay.recording import Recording
 
 if TYPE_CHECKING:
     import ssl
@@ -71,6 +72,8 @@ class Deps:
     # What every request's platform calls share (a RequestCalls adds the request's budgets).
     services: PlatformServices = field(init=False)
     started: Services = field(default_factory=Services)  # set once the node serves
+    # Replay bundles of failed (or recorded) runs: the pipeline queues, the server writes.
+    recording: Recording = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", Budgets.from_settings(self.settings))
@@ -87,3 +90,5 @@ class Deps:
         object.__setattr__(self, "services", services)
         object.__setattr__(self, "purger", Purger(self.store, self.github))
         object.__setattr__(self, "site_gate", SiteGate(self))
+        recording = Recording(self.settings, self.storage, self.budgets.subrequest_bodies)
+        object.__setattr__(self, "recording", recording)

@@ -8,6 +8,7 @@ request's platform calls answered by RequestCalls.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +23,7 @@ from sngin.bodies.request_body import MULTIPART, parse_form_data
 from sngin.calls.request_calls import RequestCalls
 from sngin.calls.storage_calls import StorageCalls
 from sngin.edge.forwarding import client_of
-from sngin.errors import CodeNotFound, TenantNotFound
+from sngin.errors import CodeNotFound, SnginError, TenantNotFound
 from sngin.names import host_of, names_admin_origin, script_key, script_path, tenant_of
 from sngin.tenants.admission import TenantAllowlist
 from sngin.tenants.config import TenantConfig
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from sngin.edge.deps import Deps
     from sngin.edge.request_head import RequestHead
     from sngin.observe.tracing import RequestTrace
+    from sngin.replay.recorder import RunRecord
 
 log = logging.getLogger(__name__)
 script_log = logging.getLogger("sngin.script")
@@ -66,6 +68,7 @@ class TenantPipeline:
         self._admin_host = settings.admin_host  # the admin origin's name: never a tenant
         self._allowlist = TenantAllowlist(settings.tenants_allow, settings.tenants_allow_file)
         self._default_config = TenantConfig(limits=settings.limits)
+        self.recording = deps.recording  # replay bundles of failed (or recorded) runs
 
     def resolve(self, scope: Scope, request_head: RequestHead, trace: RequestTrace) -> Route:
         """The tenant and script for a request; 400 for a bad Host or path, 404 for a Host the
@@ -95,6 +98,10 @@ class TenantPipeline:
         config = await self._config(tenant, fresh)
         source = await self._admitted(route, config, scope["path"], trace, fresh=fresh)
         headers = scope["headers"]
+        recorded = False
+        if request_head.record is not None:  # X-Sngin-Record: never seen by the script
+            headers = [(n, v) for n, v in headers if n != b"x-sngin-record"]
+            recorded = await self.recording.may_record(tenant, request_head.record)
         remote_addr, scheme = client_of(scope, headers, self._trusted)
         form = files = None
         content_type = request_head.content_type
@@ -114,7 +121,7 @@ class TenantPipeline:
             form=form,
             files=files,
         )
-        return await self._execute(route, source, config, request, trace)
+        return await self._execute(route, source, config, request, trace, recorded=recorded)
 
     async def run_cron(
         self, tenant: str, path: str, cron: CronRun, config: TenantConfig, trace: RequestTrace
@@ -144,9 +151,12 @@ class TenantPipeline:
         config: TenantConfig,
         request: Request,
         trace: RequestTrace,
+        *,
+        recorded: bool = False,
     ) -> Reply:
         tenant, key = route.tenant, route.key
         job = Job(
+            record=recorded,
             tenant=tenant,
             key=key,
             version=source.version,
@@ -158,7 +168,9 @@ class TenantPipeline:
         redact = config.redact if config.secrets else None
         # The wall time runs from here; the calls' state is made only if the script calls.
         deadline = trio.current_time() + config.limits.timeout_ms / 1000
-        calls = CallsOnDemand(partial(self._calls, tenant, request.id, config, deadline))
+        record = self.recording.begin(tenant)
+        calls = CallsOnDemand(partial(self._calls, tenant, request.id, config, deadline), record)
+        started, reply, failure = time.time(), None, None
         try:
             reply = await self.deps.pool.run(
                 job,
@@ -168,6 +180,9 @@ class TenantPipeline:
                 redact=redact,
                 note=trace.run,
             )
+        except SnginError as exc:  # a limit kill, a crash: the bundle says which
+            failure = exc
+            raise
         finally:
             # Also when the run ends in a limit kill: the server's work is still the tenant's,
             # and every lease the request took is free for the next one at once.
@@ -182,6 +197,10 @@ class TenantPipeline:
                         self.deps.observer.metrics.storage_used(
                             tenant, storage.operations, storage.seconds
                         )
+            self.recording.finish(
+                record, job=job, config=config, started=started, calls=made, reply=reply,
+                failure=failure, recorded=recorded,
+            )  # fmt: skip
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))
         trace.cpu_ms = reply.cpu_ms
@@ -231,11 +250,15 @@ class CallsOnDemand:
     """A request's platform-call state (budgets, storage key space, leases), made at its first
     call: most requests make none, and making it costs ~16 us."""
 
-    def __init__(self, make: Callable[[], RequestCalls]) -> None:
+    def __init__(self, make: Callable[[], RequestCalls], record: RunRecord | None = None) -> None:
         self._make = make
         self.made: RequestCalls | None = None
+        self._record = record  # what a replay bundle keeps of each call
 
     async def __call__(self, call: Call) -> CallResult:
         if self.made is None:
             self.made = self._make()
-        return await self.made(call)
+        result = await self.made(call)
+        if self._record is not None:
+            self._record.add_call(call, result)
+        return result

@@ -17,6 +17,7 @@ class RequestHead:
         "content_type",
         "host",
         "lengths",
+        "record",
         "request_ids",
     )
 
@@ -25,6 +26,7 @@ class RequestHead:
         lengths: tuple[bytes, ...] = ()
         request_ids: tuple[bytes, ...] = ()
         chunked = False
+        record = None
         for name, value in headers:
             if name == b"host":
                 if host is None:
@@ -41,9 +43,12 @@ class RequestHead:
                     content_encoding = value
             elif name == b"x-request-id":
                 request_ids += (value,)
+            elif name == b"x-sngin-record":
+                record = value
         self.host: bytes = host or b""  # the first Host header (HTTP/2: :authority, mapped)
         self.lengths = lengths  # every Content-Length, in order
         self.chunked = chunked  # a Transfer-Encoding is present
         self.content_type: bytes = content_type or b""  # the first
         self.content_encoding: bytes | None = content_encoding  # the first
         self.request_ids = request_ids  # every X-Request-Id, in order
+        self.record: bytes | None = record  # X-Sngin-Record: a token asking for a replay bundle

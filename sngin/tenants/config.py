@@ -69,6 +69,10 @@ class AlertsSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook: str | None = None
 
 
+class ReplaySpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    keep_headers: bool = False  # a bundle keeps Authorization, Cookie, Proxy-Authorization
+
+
 class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     limits: LimitsSpec = msgspec.field(default_factory=LimitsSpec)
@@ -77,6 +81,7 @@ class ConfigSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
     github_token: str | None = None  # for private module repositories; "${secret:NAME}"
     storage: StorageSpec = msgspec.field(default_factory=StorageSpec)
+    replay: ReplaySpec = msgspec.field(default_factory=ReplaySpec)
     # Scheduled runs: checked entry by entry (sngin.tenants.cron); a bad one never fails the rest
     cron: Any = None
 
@@ -98,6 +103,10 @@ class TenantConfig:
     storage_quota: Quota | None = None  # its own storage quota (None: the operator's)
     cron: tuple[CronEntry, ...] = ()  # its scheduled runs
     cron_problems: tuple[CronProblem, ...] = ()  # the entries not used, each with why
+    # Replay bundles: each secret's value and its placeholder (`${secret:NAME}`), longest
+    # first; whether they keep the request's credential headers.
+    placeholders: tuple[tuple[str, str], ...] = ()
+    replay_keeps_headers: bool = False
 
     def redact(self, text: str) -> str:
         """Best effort: exact secret values become *** (longest first)."""
@@ -249,6 +258,9 @@ class TenantConfigs:
             github_token = resolved["github_token"] or None
             secrets |= token_secrets | ({github_token} if github_token else set())
         cron, cron_problems = self._cron(where, spec.cron)
+        named = {(env[n], raw) for n, raw in spec.env.items() if SECRET.match(raw) and env[n]}
+        if github_token and spec.github_token and SECRET.match(spec.github_token):
+            named.add((github_token, spec.github_token))
         return TenantConfig(
             enabled=spec.enabled,
             limits=tenant_limits,
@@ -262,6 +274,8 @@ class TenantConfigs:
             storage_quota=storage_quota,
             cron=cron,
             cron_problems=cron_problems,
+            placeholders=tuple(sorted(named, key=lambda pair: len(pair[0]), reverse=True)),
+            replay_keeps_headers=spec.replay.keep_headers,
         )  # fmt: skip
 
     def _cron(self, where: str, raw: Any) -> tuple[tuple[CronEntry, ...], tuple[CronProblem, ...]]:

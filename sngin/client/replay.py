@@ -1,0 +1,91 @@
+"""`sngin replay HOST ID [--source FILE] [--json]`: fetch a replay bundle through the admin API
+and run it again here, in a local worker with no network: every platform call answered from
+the bundle in order, time and randomness as recorded. It prints the answer as `sngin run`
+does, then whether the run matched the recording or where it diverged."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import trio
+
+from sngin.client.oneshot import print_reply
+from sngin.client.remote import admin_url, describe
+from sngin.errors import BadRequest, SnginError
+from sngin.replay.bundle import decode
+from sngin.replay.player import ReplayCalls, replay_job, verdict
+from sngin.server import default_limits, pool_config
+from sngin.workers.pool import open_pool
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping
+
+    from sandbox.protocol import Reply
+    from sngin.config import Settings
+    from sngin.replay.bundle import Bundle
+
+
+def run_replay(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    token = args.token or env.get("SNGIN_ADMIN_TOKEN")
+    if not token:
+        raise BadRequest("give a token with --token or SNGIN_ADMIN_TOKEN (admin, or the site's)")
+    source = None
+    if args.source is not None:
+        try:
+            source = args.source.read_bytes()
+        except OSError as exc:
+            raise BadRequest(f"cannot read {args.source}: {exc.strerror}") from None
+    base = admin_url(args.url, env)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False) as client:
+            answer = client.get(f"/__sngin/code/{args.host}/replays/{args.id}")
+    except httpx.HTTPError as exc:
+        raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
+    if answer.status_code != 200:
+        raise BadRequest(f"{args.host} {args.id}: {answer.json().get('error', answer.text)}")
+    bundle = decode(answer.content)
+    lines = logging.StreamHandler(sys.stderr)  # the script's lines, as `sngin run` shows them
+    lines.setFormatter(logging.Formatter("%(message)s"))
+    script_log = logging.getLogger("sngin.script")
+    script_log.addHandler(lines)
+    script_log.setLevel(logging.INFO)
+    try:
+        result, outcome = trio.run(replay_locally, settings, bundle, source)
+    finally:
+        script_log.removeHandler(lines)
+    if args.json:
+        print(json.dumps(outcome))
+        return 0 if outcome["matched"] or source is not None else 1
+    code = print_reply(result)
+    if outcome["matched"]:
+        print("replay: matched the recording (same status and body)")
+    else:
+        recorded = outcome["recorded"]
+        print(f"replay: differs from the recording ({recorded['status']}"
+              f"{': ' + recorded['error'] if recorded['error'] else ''})")  # fmt: skip
+    for divergence in outcome["divergences"]:
+        print(f"replay: diverged: {divergence}")
+    return code
+
+
+async def replay_locally(
+    settings: Settings, bundle: Bundle, source: bytes | None
+) -> tuple[Reply | SnginError, dict[str, Any]]:
+    config = dataclasses.replace(pool_config(settings), size=1)
+    limits_for = default_limits(settings)
+    limits = limits_for(bundle.tenant)
+    job = replay_job(bundle, source, limits.wire)
+    calls = ReplayCalls(bundle)
+    async with open_pool(config, limits_for) as pool:
+        try:
+            reply = await pool.run(job, calls, limits=limits)
+        except SnginError as exc:
+            return exc, verdict(bundle, None, exc.message, calls)
+    return reply, verdict(bundle, reply, None, calls)

@@ -1,0 +1,218 @@
+"""Replay bundles end to end (sngin.replay): a failing run is recorded with its calls, time and
+randomness; replayed on the server with the upstream gone, it fails the same way; a fixed
+source answers 200 with no divergence; a changed call is a divergence. Secrets never reach a
+bundle, a limit kill is named, bounds drop the oldest, and only a valid X-Sngin-Record
+records a run that succeeds."""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import asynccontextmanager
+
+import msgspec
+import trio
+
+from sngin.calls.outbound import open_outbound
+from sngin.replay.bundle import decode
+from sngin.tenants.egress import EgressPolicy
+from tests.support import TOKEN, running
+
+SECRET = "s3cr3t-replay-0042"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAILING = """
+local util = require "util"
+local n = math.random(1, 1000000)
+local t = os.time()
+local r = http.request{url = env.UP .. "/data", headers = {["X-Key"] = env.KEY}}
+storage.seen = "yes"
+local answer = json.decode(r.content)
+error("broke: " .. n .. " " .. t .. " " .. answer.path .. " " .. util.name .. " " .. storage.seen)
+"""
+FIXED = FAILING.replace('error("broke: " ..', 'return "fixed: " ..').replace(
+    " .. storage.seen)", " .. storage.seen"
+)
+ELSEWHERE = FAILING.replace('env.UP .. "/data"', 'env.UP .. "/other"')
+
+
+@asynccontextmanager
+async def replay_site(tmp_path, upstream, **options):
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"a.test": {"API_KEY": SECRET}}))
+    changes = {"secrets_file": secrets, **options.pop("settings_changes", {})}
+    async with (
+        open_outbound(EgressPolicy.parse(["127.0.0.1"])) as outbound,
+        running(sites, tenant_configs=True, outbound=outbound, admin_token=TOKEN,
+                settings_changes=changes, **options) as srv,
+    ):  # fmt: skip
+        (sites / "a.test" / "index.lua").write_text(FAILING)  # (after running's own sites)
+        (sites / "a.test" / "util.lua").write_text('return {name = "util"}')
+        config = {"env": {"UP": upstream.url(""), "KEY": "${secret:API_KEY}"}}
+        (sites / "a.test" / "_sngin.json").write_text(json.dumps(config))
+        yield srv, sites
+
+
+async def replays(srv) -> list[dict]:
+    await srv.deps.recording.settled()  # the writer has stored what the requests left
+    listed = await srv.client.get(srv.url + "/__sngin/code/a.test/replays", headers=AUTH)
+    assert listed.status_code == 200, listed.text
+    return listed.json()["replays"]
+
+
+async def replay(srv, bundle_id: str, source: str | None = None) -> dict:
+    body = {} if source is None else {"source": source}
+    answer = await srv.client.post(
+        srv.url + f"/__sngin/code/a.test/replays/{bundle_id}/run", json=body, headers=AUTH
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def drawn(text: str) -> str:
+    return re.search(r"(?:broke|fixed): (\d+ \d+)", text).group(1)
+
+
+async def test_a_failed_run_replays_the_same_way_without_its_upstream(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, _):
+        failed = await srv.get("/")
+        assert failed.status_code == 500
+        assert "broke: " in failed.text
+        [listed] = await replays(srv)
+        assert listed["id"] == failed.headers["x-request-id"]
+        assert (listed["outcome"], listed["status"], listed["path"]) == ("error", 500, "/")
+        upstream.close()  # from here on, nothing answers at the recorded URL
+        again = await replay(srv, listed["id"])
+        assert again["matched"], again
+        assert again["divergences"] == []
+        assert again["status"] == 500
+        assert drawn(again["body"]) == drawn(failed.text)  # the same random number and time
+        # A fix, tested against exactly what broke.
+        fixed = await replay(srv, listed["id"], FIXED)
+        assert fixed["status"] == 200, fixed
+        assert fixed["divergences"] == []
+        assert fixed["body"].startswith("fixed: " + drawn(failed.text) + " /data util yes")
+        assert not fixed["matched"]  # (the recording was a failure)
+        # Code that calls elsewhere: the divergence is named, and the script sees an error.
+        moved = await replay(srv, listed["id"], ELSEWHERE)
+        assert moved["divergences"][0] == (
+            f"call 2 asked for http.request GET {upstream.url('/other')}; the recording has "
+            f"http.request GET {upstream.url('/data')}"
+        )
+        assert not moved["matched"]
+
+
+async def test_a_secret_never_reaches_a_bundle(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, _):
+        failed = await srv.get("/", headers={"Authorization": "Basic c2VjcmV0", "Cookie": "a=b"})
+        assert failed.status_code == 500
+        [listed] = await replays(srv)
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        bundle = decode(raw.content)
+        # Everywhere, bytes included (JSON carries them as base64, so look after decoding).
+        plain = repr(msgspec.to_builtins(bundle, builtin_types=(bytes,)))
+        assert SECRET not in plain
+        assert bundle.env["KEY"] == "${secret:API_KEY}"
+        sent = bundle.calls[1].request
+        assert ("X-Key", b"${secret:API_KEY}") in sent.headers  # the placeholder, not the value
+        assert b"${secret:API_KEY}" in bundle.calls[1].result.http.body  # the upstream's echo
+        headers = dict(bundle.headers)
+        assert headers[b"authorization"] == b"<redacted>"
+        assert headers[b"cookie"] == b"<redacted>"
+        # Replayed, env holds the placeholder and the call matches after the same substitution.
+        again = await replay(srv, listed["id"])
+        assert again["divergences"] == []
+
+
+async def test_a_cpu_kill_leaves_a_partial_bundle_naming_the_limit(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream, cpu_ms=200) as (srv, sites):
+        (sites / "a.test" / "burn").mkdir()
+        (sites / "a.test" / "burn" / "index.lua").write_text(
+            "local n = math.random()\nlocal r = storage.x\nwhile true do end"
+        )
+        killed = await srv.get("/burn")
+        assert killed.status_code == 504
+        [listed] = await replays(srv)
+        assert listed["outcome"] == "killed (cpu)"
+        assert listed["partial"]
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        bundle = decode(raw.content)
+        assert bundle.outcome.limit == "cpu"
+        assert "CPU-time limit" in bundle.outcome.error
+        assert len(bundle.calls) == 1  # the storage read it made before it spun
+        assert len(bundle.tape["random"]) == 1  # came with that call's frame
+
+
+async def test_bundles_past_the_bounds_go_oldest_first_and_a_script_writes_a_few(
+    tmp_path, upstream
+):
+    changes = {"replay_max_bundles": 3}
+    async with replay_site(tmp_path, upstream, settings_changes=changes) as (srv, sites):
+        for n in range(5):
+            (sites / "a.test" / f"s{n}").mkdir(exist_ok=True)
+            (sites / "a.test" / f"s{n}" / "index.lua").write_text(f"error('s{n}')")
+            assert (await srv.get(f"/s{n}")).status_code == 500
+        assert [r["path"] for r in await replays(srv)] == ["/s4", "/s3", "/s2"]
+        for _ in range(5):  # one script failing on every request: the first few only
+            assert (await srv.get("/s0")).status_code == 500
+        assert [r["path"] for r in await replays(srv)] == ["/s0", "/s0", "/s4"]
+
+
+async def test_only_a_valid_record_header_records_a_run_that_succeeds(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, sites):
+        (sites / "a.test" / "ok").mkdir(exist_ok=True)
+        (sites / "a.test" / "ok" / "index.lua").write_text(
+            "return tostring(request.headers['X-Sngin-Record']) .. ' ' .. math.random(9)"
+        )
+        anonymous = await srv.get("/ok", headers={"X-Sngin-Record": "sngt_not-a-token"})
+        assert anonymous.status_code == 200
+        assert anonymous.text.startswith("nil ")  # stripped before the script saw it
+        assert await replays(srv) == []
+        recorded = await srv.get("/ok", headers={"X-Sngin-Record": TOKEN})
+        assert recorded.text.startswith("nil ")
+        [listed] = await replays(srv)
+        assert listed["outcome"] == "recorded"
+        again = await replay(srv, listed["id"])
+        assert again["matched"]
+        assert again["body"] == recorded.text
+        deleted = await srv.client.delete(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        assert deleted.json() == {"deleted": True}
+        assert await replays(srv) == []
+
+
+async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upstream, capsys):
+    from sngin.cli import main
+
+    async with replay_site(tmp_path, upstream) as (srv, _):
+        failed = await srv.get("/")
+        [listed] = await replays(srv)
+        upstream.close()
+        env = {"SNGIN_ADMIN_TOKEN": TOKEN, "SNGIN_DATA_PATH": str(tmp_path / "cli-data")}
+        command = ["replay", "a.test", listed["id"], "--url", srv.url]
+        code = await trio.to_thread.run_sync(main, [*command, "--json"], env)
+        printed = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert printed["matched"]
+        assert printed["status"] == 500
+        assert drawn(printed["body"]) == drawn(failed.text)
+        fix = tmp_path / "fixed.lua"
+        fix.write_text(FIXED)
+        code = await trio.to_thread.run_sync(main, [*command, "--source", str(fix)], env)
+        out = capsys.readouterr().out
+        assert out.startswith("HTTP 200\n")
+        assert f"fixed: {drawn(failed.text)} /data util yes" in out
+        assert "diverged" not in out
+        elsewhere = tmp_path / "elsewhere.lua"
+        elsewhere.write_text(ELSEWHERE)
+        await trio.to_thread.run_sync(main, [*command, "--source", str(elsewhere)], env)
+        out = capsys.readouterr().out
+        assert (
+            f"replay: diverged: call 2 asked for http.request GET {upstream.url('/other')}" in out
+        )
