@@ -27,6 +27,7 @@ local t = os.time()
 local r = http.request{url = env.UP .. "/data", headers = {["X-Key"] = env.KEY}}
 storage.seen = "yes"
 local answer = json.decode(r.content)
+log("about to fail with key " .. env.KEY)
 error("broke: " .. n .. " " .. t .. " " .. answer.path .. " " .. util.name .. " " .. storage.seen)
 """
 FIXED = FAILING.replace('error("broke: " ..', 'return "fixed: " ..').replace(
@@ -119,12 +120,22 @@ async def test_a_secret_never_reaches_a_bundle(tmp_path, upstream):
         sent = bundle.calls[1].request
         assert ("X-Key", b"${secret:API_KEY}") in sent.headers  # the placeholder, not the value
         assert b"${secret:API_KEY}" in bundle.calls[1].result.http.body  # the upstream's echo
+        assert bundle.logs == ["about to fail with key ${secret:API_KEY}"]
         headers = dict(bundle.headers)
         assert headers[b"authorization"] == b"<redacted>"
         assert headers[b"cookie"] == b"<redacted>"
         # Replayed, env holds the placeholder and the call matches after the same substitution.
         again = await replay(srv, listed["id"])
         assert again["divergences"] == []
+        assert again["logs"] == ["about to fail with key ${secret:API_KEY}"]
+
+
+async def test_a_repeated_client_request_id_gets_a_suffix(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, _):
+        for _ in range(2):
+            failed = await srv.get("/", headers={"X-Request-Id": "client-chosen-1"})
+            assert failed.headers["x-request-id"] == "client-chosen-1"
+        assert [r["id"] for r in await replays(srv)] == ["client-chosen-1-2", "client-chosen-1"]
 
 
 async def test_a_cpu_kill_leaves_a_partial_bundle_naming_the_limit(tmp_path, upstream):

@@ -15,6 +15,7 @@ import trio
 
 from sandbox.protocol import CronRun
 from sngin.errors import SnginError
+from sngin.observe.live_tails import HEAD_LINES, head_text
 from sngin.observe.tracing import RequestIds, RequestTrace
 from sngin.storage.sqlite import Quota
 
@@ -117,7 +118,10 @@ class CronRuns:
         )  # fmt: skip
         lateness = max(0.0, record.started - record.tick)
         self.deps.observer.metrics.cron_run(tenant, outcome, lateness)
-        log_head = tuple(trace.run.log_head or ())
+        redact = config.redact if config.secrets else None
+        log_head = tuple(
+            head_text(line, redact) for line in (trace.run.log_head or ())[:HEAD_LINES]
+        )
         return await self._done(tenant, record, outcome, status=status, error=error,
                                 duration_ms=wall_s * 1000, body=body, log=log_head)  # fmt: skip
 

@@ -169,6 +169,8 @@ class TenantPipeline:
         # The wall time runs from here; the calls' state is made only if the script calls.
         deadline = trio.current_time() + config.limits.timeout_ms / 1000
         record = self.recording.begin(tenant)
+        if record is not None and trace.run.log_head is None:
+            trace.run.log_head = []  # its lines as written, for a bundle (most are dropped)
         calls = CallsOnDemand(partial(self._calls, tenant, request.id, config, deadline), record)
         started, reply, failure = time.time(), None, None
         try:
@@ -199,7 +201,7 @@ class TenantPipeline:
                         )
             self.recording.finish(
                 record, job=job, config=config, started=started, calls=made, reply=reply,
-                failure=failure, recorded=recorded,
+                failure=failure, recorded=recorded, logs=trace.run.log_head,
             )  # fmt: skip
         if reply.error is not None and redact is not None:
             reply = msgspec.structs.replace(reply, message=redact(reply.message))

@@ -117,6 +117,15 @@ class LogHub:
 script_log = logging.getLogger("sngin.script")
 HEAD_LINES: Final = 5  # of a run's log kept for its record (sngin.cron)
 HEAD_LINE_BYTES: Final = 200
+KEPT_LINES: Final = 100  # raw lines a run keeps when asked (a replay bundle's log)
+
+
+def head_text(
+    line: bytes, redact: Callable[[str], str] | None, limit: int = HEAD_LINE_BYTES
+) -> str:
+    """A kept raw line as a record shows it: text, redacted, cut."""
+    text = line[: limit * 4].decode("utf-8", "replace")
+    return (redact(text) if redact else text)[:limit]
 
 
 def forward_script_line(
@@ -158,12 +167,12 @@ class ScriptLines:
         redact: Callable[[str], str] | None,
         budget: int,
         *,
-        head: list[str] | None = None,
+        head: list[bytes] | None = None,
     ) -> None:
         self._tenant = tenant
         self._request = request
         self._redact = redact
-        self._head = head  # its first HEAD_LINES lines, as written, when a list
+        self._head = head  # its first KEPT_LINES lines, as written, when a list
         self.budget = budget
         self.dropped = 0  # lines past the budget, dropped here rather than in the worker
 
@@ -174,9 +183,8 @@ class ScriptLines:
             return
         self.budget -= written
         head = self._head
-        if head is not None and len(head) < HEAD_LINES:
-            text = line[: HEAD_LINE_BYTES * 4].decode("utf-8", "replace")
-            head.append((self._redact(text) if self._redact else text)[:HEAD_LINE_BYTES])
+        if head is not None and len(head) < KEPT_LINES:
+            head.append(line)  # as written: made text only if a record keeps it
 
 
 class TailHandler(logging.Handler):

@@ -20,6 +20,6 @@ class RunNote:
 
     worker: int | None = None
     kill: str | None = None
-    # When a list: the request's first log lines as written (a scheduled run's record keeps
-    # them); None, as for requests, keeps nothing.
-    log_head: list[str] | None = None
+    # When a list: the request's first log lines as written (a scheduled run's record and a
+    # replay bundle keep them); None keeps nothing.
+    log_head: list[bytes] | None = None

@@ -17,6 +17,7 @@ import trio
 
 from sandbox.protocol import BAD_SOURCE, INVALID_RESPONSE, LUA_ERROR, MEMORY_LIMIT
 from sngin.errors import SnginError
+from sngin.observe.live_tails import head_text
 from sngin.replay.bundle import (
     MAX_BODY_BYTES,
     MAX_OUTCOME_BODY_BYTES,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FAILURES: Final = frozenset({LUA_ERROR, INVALID_RESPONSE, MEMORY_LIMIT, BAD_SOURCE})
+MAX_LOG_LINE_CHARS: Final = 4096  # of each log line a bundle keeps (its secrets replaced)
 MAX_PENDING: Final = 16  # bundles waiting for the writer; past it, a bundle is dropped
 WRITE_TIMEOUT_S: Final = 10.0  # a write the storage backend does not finish by then is dropped
 
@@ -58,6 +60,7 @@ class Pending:
     reply: Reply | None
     failure: SnginError | None
     recorded: bool
+    logs: list[bytes]
 
 
 class Recording:
@@ -98,6 +101,7 @@ class Recording:
         reply: Reply | None,
         failure: SnginError | None,
         recorded: bool,
+        logs: list[bytes] | None = None,
     ) -> None:
         """Queue the run's bundle if it leaves one; never waits."""
         if record is None or self.store is None:
@@ -114,7 +118,9 @@ class Recording:
             Module(location=location, version=version, text=text)
             for location, (version, text) in calls.modules_given.items()
         ]  # fmt: skip
-        pending = Pending(record, job, config, started, modules, reply, failure, recorded)
+        pending = Pending(
+            record, job, config, started, modules, reply, failure, recorded, logs or []
+        )
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
@@ -190,6 +196,7 @@ class Recording:
             env=config.env, modules=pending.modules, calls=record.calls, calls_cut=record.cut,
             tape=record.tape, tape_cut=bool(reply is not None and reply.tape_cut),
             outcome=outcome, partial=reply is None, recorded=pending.recorded,
+            logs=[head_text(line, None, MAX_LOG_LINE_CHARS) for line in pending.logs],
         )  # fmt: skip
         # Encoding (and the secrets' replacement) walks what the tenant's run made: a thread.
         data = await trio.to_thread.run_sync(encode, bundle, config.placeholders)

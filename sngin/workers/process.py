@@ -253,7 +253,7 @@ class WorkerProcess:
         *,
         timeout_s: float = math.inf,
         redact: Callable[[str], str] | None = None,
-        log_head: list[str] | None = None,
+        log_head: list[bytes] | None = None,
     ) -> Reply:
         """Run one job to its Reply within timeout_s; raises WorkerFailed if the worker ends
         first or the time runs out (WALL_KILL). `log_head` gets its first log lines."""
