@@ -4,7 +4,8 @@ For a change whose cost is smaller than the run-to-run noise of `serve_bench.py`
 +-25% between runs here): both servers run side by side on core 0 (2 workers each, the bundled
 hello site), `hey` on core 1, and rounds alternate A, B, A, B, so drift hits both alike. CPU is
 the server and all its workers (utime+stime from /proc), per request.
-Run: .venv/bin/python bench/compare_bench.py OTHER_SNGIN [ROUNDS]
+Run: .venv/bin/python bench/compare_bench.py OTHER_SNGIN [ROUNDS] [--storage]
+(--storage: a script that reads and writes tenant storage on every request, instead of hello)
   e.g. git worktree add /tmp/base main~5 && python3 -m venv /tmp/base-venv &&
        /tmp/base-venv/bin/pip install -q -c constraints.txt -e /tmp/base &&
        .venv/bin/python bench/compare_bench.py /tmp/base-venv/bin/sngin
@@ -28,7 +29,11 @@ REQUESTS = 4000
 CONCURRENCY = 20
 
 
-def start(sngin: Path, port: int) -> subprocess.Popen[bytes]:
+STORAGE_SCRIPT = "storage.n = (tonumber(storage.n) or 0) + 1\nreturn 'n=' .. storage.n\n"
+
+
+def start(sngin: Path, port: int, sites: Path | None) -> subprocess.Popen[bytes]:
+    folder = tempfile.mkdtemp()
     env = {
         **os.environ,
         "SNGIN_WORKERS": "2",
@@ -37,8 +42,10 @@ def start(sngin: Path, port: int) -> subprocess.Popen[bytes]:
         "SNGIN_WORKER_MAX_REQUESTS": "1000000",
     }
     argv = ["taskset", "-c", "0", str(sngin), "serve", "--bind", f"127.0.0.1:{port}"]
-    # From an empty folder: both serve their bundled demo sites.
-    process = subprocess.Popen(argv, env=env, cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL,
+    if sites is not None:  # each its own storage, the same script
+        env |= {"SNGIN_CODE_DIR": str(sites), "SNGIN_DATA_PATH": folder + "/data"}
+    # From an empty folder: without --storage, both serve their bundled demo sites.
+    process = subprocess.Popen(argv, env=env, cwd=folder, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     wait_listening(port)
     return process
@@ -53,12 +60,19 @@ def load(port: int, requests: int) -> float:
 
 
 def main() -> None:
-    other, rounds = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    args = [a for a in sys.argv[1:] if a != "--storage"]
+    other, rounds = Path(args[0]), int(args[1]) if len(args) > 1 else 6
+    sites = None
+    if "--storage" in sys.argv:
+        sites = Path(tempfile.mkdtemp())
+        (sites / "hello.localhost").mkdir()
+        (sites / "hello.localhost" / "index.lua").write_text(STORAGE_SCRIPT)
     installs = {"this": THIS, "other": other}
-    print(f"hey -n {REQUESTS} -c {CONCURRENCY} per round, {rounds} alternating rounds;"
+    what = "a storage read and write" if sites is not None else "hello"
+    print(f"{what}: hey -n {REQUESTS} -c {CONCURRENCY} per round, {rounds} alternating rounds;"
           f" this = {THIS}, other = {other}")  # fmt: skip
     ports = {name: free_port() for name in installs}
-    servers = {name: start(path, ports[name]) for name, path in installs.items()}
+    servers = {name: start(path, ports[name], sites) for name, path in installs.items()}
     cpu: dict[str, list[float]] = {name: [] for name in installs}
     rps: dict[str, list[float]] = {name: [] for name in installs}
     try:

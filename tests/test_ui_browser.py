@@ -6,6 +6,7 @@ test-artifacts/ui/<store>/; the browser's console must stay free of errors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import shutil
@@ -397,16 +398,46 @@ def scenario(base: str, folder: Path, site_token: str) -> None:
         one.text_is("#status", "saved")
         assert live(base).status_code == 500
 
+        # The failure left a replay bundle: replayed as it ran, then with a fix in the editor.
+        def listed(d) -> bool:
+            d.find_element("css selector", "#refresh-replays").click()
+            return bool(d.find_elements("css selector", "#replay-list li"))
+
+        one.wait.until(listed)
+        one.text_has("#replay-list li", "GET / error")
+        one.element("#replay-list li button").click()  # Replay
+        one.text_has("#preview-status", "replay 500")
+        one.text_is("#preview-timing", "matched the recording")
+        one.type_over("return'fixed'")
+        one.element("#replay-list li button:nth-of-type(2)").click()  # Replay my edits
+        one.text_is("#preview-status", "replay 200")
+        one.text_is("#preview-body", "fixed")
+        one.text_is("#preview-timing", "differs from the recording")
+        one.driver.execute_script("arguments[0].scrollIntoView()", one.element("#preview"))
+        one.shot("replay")
+
         # The charts: the window's totals, a time axis, and the value under the pointer.
         one.text_has("#totals", "requests,")
         one.wait.until(
             lambda d: len(d.find_elements("css selector", "#charts svg text.tick")) >= 20
         )
-        ActionChains(one.driver).move_to_element(one.element("#charts svg")).perform()
-        one.wait.until(lambda d: ":" in d.find_element("css selector", "#charts .readout").text)
+        moves = itertools.cycle(range(-40, 40, 7))
+
+        def hovered(d) -> bool:  # (the charts are redrawn every 10 s: move again until shown)
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            try:
+                chart = d.find_element("css selector", "#charts svg")
+                ActionChains(d).move_to_element_with_offset(chart, next(moves), 0).perform()
+                return ":" in d.find_element("css selector", "#charts .readout").text
+            except StaleElementReferenceException:
+                return False
+
+        one.wait.until(hovered)
 
         # The sites list: the site's traffic, and a new site from the template.
         one.element("#back").click()
+        one.dialog("Discard your changes to index.lua?")  # (the fix was only replayed)
         row = f"#site-rows tr:has(a[data-host='{HOST}']) td:nth-of-type(2)"  # its requests
         one.wait.until(lambda d: one.number(row) >= 5)
         one.element("#new-site").click()
@@ -477,7 +508,7 @@ async def test_the_editor_in_a_real_browser(kind, tmp_path, request):
                                      headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
         with trio.fail_after(240):
             await trio.to_thread.run_sync(scenario, srv.url, folder, made.json()["token"])
-    assert len(list(folder.glob("*.png"))) == 17
+    assert len(list(folder.glob("*.png"))) == 18
 
 
 # --- a tenant's Host is not the admin origin ----------------------------------------------------

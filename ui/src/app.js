@@ -9,6 +9,7 @@ import { run, loadRequest } from "./builder.js";
 import { toggleHistory, closeHistory, historyHooks } from "./history.js";
 import { listKeys, newKey } from "./storage.js";
 import { listCron } from "./cron.js";
+import { listReplays } from "./replays.js";
 import { follow, stopFollowing } from "./tail.js";
 import { chart, stopCharts } from "./charts.js";
 import { listSites, newSite, sitesHooks } from "./sites.js";
@@ -75,7 +76,7 @@ async function openTenant(tenant) {
   show("workspace");
   $("tenant-name").textContent = tenant;
   setPath(null);
-  await Promise.all([listFiles(), listKeys(), listCron()]);
+  await Promise.all([listFiles(), listKeys(), listCron(), listReplays()]);
   follow(tenant);
   chart(tenant, () => state.tenant);
 }
@@ -104,6 +105,7 @@ $("run").addEventListener("click", () => run());
 $("rename").addEventListener("click", () => rename());
 $("delete").addEventListener("click", () => remove());
 $("history-button").addEventListener("click", () => toggleHistory());
+$("refresh-replays").addEventListener("click", () => listReplays());
 
 createEditor({ save: () => save(), run: () => run(), changed: edited });
 boot();
