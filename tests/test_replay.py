@@ -227,3 +227,21 @@ async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upst
         assert (
             f"replay: diverged: call 2 asked for http.request GET {upstream.url('/other')}" in out
         )
+
+
+async def test_bundles_kept_in_redis_replay_the_same_way(tmp_path, upstream):
+    from sngin.config import StorageSettings
+    from tests.support import free_port, redis_server_process
+
+    port = free_port()
+    with redis_server_process(port):
+        changes = {"storage": StorageSettings(data_path=tmp_path / ".data"),
+                   "redis_url": f"redis://127.0.0.1:{port}/0"}  # fmt: skip
+        async with replay_site(tmp_path, upstream, settings_changes=changes) as (srv, _):
+            failed = await srv.get("/")
+            assert failed.status_code == 500
+            [listed] = await replays(srv)
+            upstream.close()
+            again = await replay(srv, listed["id"])
+            assert again["matched"], again
+            assert drawn(again["body"]) == drawn(failed.text)

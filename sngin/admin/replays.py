@@ -87,6 +87,7 @@ async def replay_here(deps: Deps, bundle: Any, source: bytes | None) -> Answer:
     """Run it in a worker of this server under the tenant's limits, apart from the live site."""
     config = await deps.configs.get(bundle.tenant) if deps.configs is not None else None
     config = config or TenantConfig(limits=deps.settings.limits)
+    await deps.site_gate.admit(bundle.tenant, config)  # bounded like a preview: the site's rps
     job = replay_job(bundle, source, config.limits.wire)
     calls = ReplayCalls(bundle)
     runs_as = bundle.tenant + REPLAY_SUFFIX

@@ -53,12 +53,13 @@ class Pending:
     """A run that leaves a bundle, waiting for the writer."""
 
     record: RunRecord
-    job: Job
+    job: Job  # its request's body already cut to what a bundle keeps
+    body_truncated: bool
     config: TenantConfig
     started: float
     modules: list[Module]
-    reply: Reply | None
-    failure: SnginError | None
+    outcome: Outcome
+    tape_cut: bool
     recorded: bool
     logs: list[bytes]
 
@@ -118,9 +119,16 @@ class Recording:
             Module(location=location, version=version, text=text)
             for location, (version, text) in calls.modules_given.items()
         ]  # fmt: skip
+        # Only what the bundle keeps waits in the queue: not a whole large body or answer.
+        body = job.request.body
+        request = msgspec.structs.replace(job.request, body=body[:MAX_BODY_BYTES])
+        if reply is not None:
+            record.add_tape(reply.tape)
         pending = Pending(
-            record, job, config, started, modules, reply, failure, recorded, logs or []
-        )
+            record, msgspec.structs.replace(job, request=request),
+            len(body) > MAX_BODY_BYTES, config, started, modules, outcome_of(reply, failure),
+            bool(reply is not None and reply.tape_cut), recorded, logs or [],
+        )  # fmt: skip
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
@@ -171,20 +179,8 @@ class Recording:
 
     async def _keep(self, pending: Pending) -> str | None:
         assert self.store is not None
-        job, record, reply, failure = pending.job, pending.record, pending.reply, pending.failure
+        job, record = pending.job, pending.record
         request = job.request
-        if reply is not None:
-            record.add_tape(reply.tape)
-            body = reply.body if reply.error is None else reply.message.encode()
-            outcome = Outcome(
-                status=reply.status if reply.error is None else 500,
-                body=body[:MAX_OUTCOME_BODY_BYTES],
-                body_truncated=len(body) > MAX_OUTCOME_BODY_BYTES,
-                error=reply.message if reply.error is not None else None, kind=reply.error,
-            )  # fmt: skip
-        else:
-            assert failure is not None
-            outcome = Outcome(status=failure.status, error=failure.message, limit=failure.limit)
         bundle_id = await self.store.unique_id(job.tenant, request.id)
         config = pending.config
         bundle = Bundle(
@@ -192,10 +188,11 @@ class Recording:
             version=job.version, source=job.source or b"", method=request.method,
             path=request.path, query=request.querystring,
             headers=kept_headers(request.headers, config.replay_keeps_headers),
-            body=request.body[:MAX_BODY_BYTES], body_truncated=len(request.body) > MAX_BODY_BYTES,
+            body=request.body, body_truncated=pending.body_truncated,
             env=config.env, modules=pending.modules, calls=record.calls, calls_cut=record.cut,
-            tape=record.tape, tape_cut=bool(reply is not None and reply.tape_cut),
-            outcome=outcome, partial=reply is None, recorded=pending.recorded,
+            tape=record.tape, tape_cut=pending.tape_cut, outcome=pending.outcome,
+            partial=pending.outcome.kind is None and pending.outcome.error is not None,
+            recorded=pending.recorded,
             logs=[head_text(line, None, MAX_LOG_LINE_CHARS) for line in pending.logs],
         )  # fmt: skip
         # Encoding (and the secrets' replacement) walks what the tenant's run made: a thread.
@@ -206,3 +203,15 @@ class Recording:
             return bundle_id
         log.warning("replay: %s: bundle %s is larger than a tenant keeps", job.tenant, bundle_id)
         return None
+
+
+def outcome_of(reply: Reply | None, failure: SnginError | None) -> Outcome:
+    if reply is None:
+        assert failure is not None
+        return Outcome(status=failure.status, error=failure.message, limit=failure.limit)
+    body = reply.body if reply.error is None else reply.message.encode()
+    return Outcome(
+        status=reply.status if reply.error is None else 500,
+        body=body[:MAX_OUTCOME_BODY_BYTES], body_truncated=len(body) > MAX_OUTCOME_BODY_BYTES,
+        error=reply.message if reply.error is not None else None, kind=reply.error,
+    )  # fmt: skip
