@@ -174,6 +174,55 @@ async def test_bundles_past_the_bounds_go_oldest_first_and_a_script_writes_a_few
         assert [r["path"] for r in await replays(srv)] == ["/s0", "/s0", "/s4"]
 
 
+async def test_a_text_many_bundles_share_is_kept_once_and_goes_with_the_last(tmp_path, upstream):
+    from sngin.replay.store import TEXTS
+
+    big = "return {name = '" + "x" * 60_000 + "'}"  # 60 KB: two copies pass the bound
+    changes = {"replay_max_bytes": 150_000}
+    async with replay_site(tmp_path, upstream, settings_changes=changes) as (srv, sites):
+        (sites / "a.test" / "big.lua").write_text(big)
+        for n in range(4):
+            (sites / "a.test" / f"s{n}").mkdir()
+            (sites / "a.test" / f"s{n}" / "index.lua").write_text(
+                f"local big = require 'big'\nerror('s{n} ' .. #big.name)"
+            )
+            assert (await srv.get(f"/s{n}")).status_code == 500
+        listed = await replays(srv)
+        assert [r["path"] for r in listed] == ["/s3", "/s2", "/s1", "/s0"]  # all four fit
+        store = srv.deps.recording.store
+        texts = await store.storage.keys(TEXTS + "a.test", b"", 100)
+        assert sorted(size for _, size in texts)[-1] == len(big)
+        assert len(texts) == 5  # four scripts and the one module they share
+        ids = await store.ids("a.test")
+        assert all(size < 2_000 for _, size in ids)  # no bundle holds a copy
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed[0]['id']}", headers=AUTH
+        )
+        bundle = decode(raw.content)  # as a client sees it: with its texts
+        assert bundle.source == b"local big = require 'big'\nerror('s3 ' .. #big.name)"
+        assert [m.text for m in bundle.modules] == [big.encode()]
+        again = await replay(srv, listed[0]["id"])
+        assert again["matched"], again
+        for n, summary in enumerate(listed):  # the module goes with the last bundle that has it
+            deleted = await srv.client.delete(
+                srv.url + f"/__sngin/code/a.test/replays/{summary['id']}", headers=AUTH
+            )
+            assert deleted.status_code == 200
+            left = {size for _, size in await store.storage.keys(TEXTS + "a.test", b"", 100)}
+            assert (len(big) in left) == (n < 3)
+        assert await store.storage.keys(TEXTS + "a.test", b"", 100) == []
+        # A text gone under its bundle (another node's write dropped it): said, not a 500.
+        assert (await srv.get("/s0")).status_code == 500
+        [again_listed] = await replays(srv)
+        for digest, _ in await store.storage.keys(TEXTS + "a.test", b"", 100):
+            await store.storage.set(TEXTS + "a.test", digest, None, store._texts_quota)
+        gone = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{again_listed['id']}", headers=AUTH
+        )
+        assert gone.status_code == 410
+        assert "lost its script's or a module's text" in gone.json()["error"]
+
+
 async def test_only_a_valid_record_header_records_a_run_that_succeeds(tmp_path, upstream):
     async with replay_site(tmp_path, upstream) as (srv, sites):
         (sites / "a.test" / "ok").mkdir(exist_ok=True)

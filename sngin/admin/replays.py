@@ -14,7 +14,6 @@ from sngin.admin.bodies import json_body
 from sngin.admin.guard import Access, Route
 from sngin.errors import BadRequest, SnginError
 from sngin.names import tenant_of
-from sngin.replay.bundle import decode
 from sngin.replay.player import REPLAY_SUFFIX, ReplayCalls, replay_job, verdict
 from sngin.tenants.config import TenantConfig
 
@@ -42,13 +41,13 @@ class ReplayRoutes:
 
     async def replay_list(self, host: str) -> Answer:
         tenant = tenant_of(host)
-        lines = await self._store().summaries(tenant)
-        return {"host": tenant, "replays": [msgspec.json.decode(line) for line in lines]}, 200
+        return {"host": tenant, "replays": await self._store().summaries(tenant)}, 200
 
     async def replay_bundle(self, host: str, bundle_id: str) -> Any:
-        data = await self._store().get(tenant_of(host), bundle_id)
-        if data is None:
+        bundle = await self._store().get(tenant_of(host), bundle_id)
+        if bundle is None:
             return {"error": f"no replay bundle {bundle_id[:80]!r}"}, 404
+        data = await trio.to_thread.run_sync(msgspec.json.encode, bundle)  # the tenant's size
         return Response(data, 200, content_type="application/json")
 
     async def replay_delete(self, host: str, bundle_id: str) -> Answer:
@@ -67,10 +66,9 @@ class ReplayRoutes:
         source = body.get("source") if isinstance(body, dict) else None
         if source is not None and not isinstance(source, str):
             raise BadRequest('"source" is the script\'s text')
-        data = await self._store().get(tenant, bundle_id)
-        if data is None:
+        bundle = await self._store().get(tenant, bundle_id)
+        if bundle is None:
             return {"error": f"no replay bundle {bundle_id[:80]!r}"}, 404
-        bundle = await trio.to_thread.run_sync(decode, data)  # its size is the tenant's
         return await replay_here(self.deps, bundle, None if source is None else source.encode())
 
     def routes(self) -> list[Route]:

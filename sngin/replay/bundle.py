@@ -4,12 +4,16 @@ storage backend (sngin.replay.store); secrets replaced by their placeholders bef
 
 from __future__ import annotations
 
-from typing import Any, Final
+import hashlib
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 # (At run time: msgspec reads the structs' annotations when it decodes a bundle.)
 from sandbox.protocol import CallRequest, CallResult, Tape  # noqa: TC001
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 MAX_BODY_BYTES: Final = 1024 * 1024  # the request's body kept
 MAX_OUTCOME_BODY_BYTES: Final = 64 * 1024  # the response's body kept
@@ -32,7 +36,8 @@ class RecordedCall(msgspec.Struct, frozen=True, kw_only=True):
 class Module(msgspec.Struct, frozen=True, kw_only=True):
     location: str
     version: str
-    text: bytes
+    text: bytes = b""
+    sha256: str = ""  # its text's, under which the store keeps it once (encode)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,7 +55,8 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True):
     time: float  # unix time the run started
     script: str  # its key (HOST/path)
     version: str
-    source: bytes
+    source: bytes = b""
+    source_sha256: str = ""
     method: str
     path: str
     query: bytes = b""
@@ -113,10 +119,45 @@ def without_secrets(value: Any, placeholders: tuple[tuple[str, str], ...]) -> An
     return value
 
 
-def encode(bundle: Bundle, placeholders: tuple[tuple[str, str], ...]) -> bytes:
+def encode(
+    bundle: Bundle, placeholders: tuple[tuple[str, str], ...]
+) -> tuple[bytes, dict[str, bytes]]:
+    """The bundle's JSON without its script's and modules' texts, and those texts by their
+    SHA-256: the store keeps each text once, however many bundles share it. A `require`'s
+    recorded answer points at its module in `modules` (`unchanged`) instead of a copy."""
     plain = msgspec.to_builtins(bundle, builtin_types=(bytes, bytearray, memoryview))
-    return msgspec.json.encode(without_secrets(plain, placeholders))
+    plain = without_secrets(plain, placeholders)
+    texts: dict[str, bytes] = {}
+
+    def set_aside(text: bytes) -> str:
+        digest = hashlib.sha256(text).hexdigest()
+        texts[digest] = text
+        return digest
+
+    plain["source_sha256"], plain["source"] = set_aside(plain["source"]), b""
+    for module in plain["modules"]:
+        module["sha256"], module["text"] = set_aside(module["text"]), b""
+    kept = {module["location"] for module in plain["modules"]}
+    for call in plain["calls"]:
+        answer = call["result"].get("module")
+        if answer is not None and answer.get("location") in kept:
+            answer["text"], answer["unchanged"] = b"", True
+    return msgspec.json.encode(plain), texts
 
 
 def decode(data: bytes) -> Bundle:
     return msgspec.json.decode(data, type=Bundle)
+
+
+def with_texts(bundle: Bundle, texts: Mapping[str, bytes]) -> Bundle:
+    """The bundle with the texts encode set aside back in it (a bundle written before texts
+    were kept apart has them in place)."""
+    source = texts[bundle.source_sha256] if bundle.source_sha256 else bundle.source
+    modules = [
+        msgspec.structs.replace(m, text=texts[m.sha256]) if m.sha256 else m for m in bundle.modules
+    ]
+    return msgspec.structs.replace(bundle, source=source, modules=modules)
+
+
+def text_digests(bundle: Bundle) -> set[str]:
+    return {d for d in (bundle.source_sha256, *(m.sha256 for m in bundle.modules)) if d}

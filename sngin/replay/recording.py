@@ -196,9 +196,10 @@ class Recording:
             logs=[head_text(line, None, MAX_LOG_LINE_CHARS) for line in pending.logs],
         )  # fmt: skip
         # Encoding (and the secrets' replacement) walks what the tenant's run made: a thread.
-        data = await trio.to_thread.run_sync(encode, bundle, config.placeholders)
-        summary = msgspec.json.encode(bundle.summary())
-        if await self.store.put(job.tenant, bundle_id, pending.started, data, summary):
+        data, texts = await trio.to_thread.run_sync(encode, bundle, config.placeholders)
+        if await self.store.put(
+            job.tenant, bundle_id, pending.started, data, bundle.summary(), texts
+        ):
             self.written += 1
             return bundle_id
         log.warning("replay: %s: bundle %s is larger than a tenant keeps", job.tenant, bundle_id)
