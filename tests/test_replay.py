@@ -1,7 +1,8 @@
 """Replay bundles end to end (sngin.replay): a failing run is recorded with its calls, time and
 randomness; replayed on the server with the upstream gone, it fails the same way; a fixed
 source answers 200 with no divergence; a changed call is a divergence. Secrets never reach a
-bundle, a limit kill is named, bounds drop the oldest, and only a valid X-Sngin-Record
+bundle, a limit kill is named, bounds drop the oldest, texts are kept once, every kind of
+platform call is answered from the recording, and only a valid X-Sngin-Record
 records a run that succeeds."""
 
 from __future__ import annotations
@@ -221,6 +222,104 @@ async def test_a_text_many_bundles_share_is_kept_once_and_goes_with_the_last(tmp
         )
         assert gone.status_code == 410
         assert "lost its script's or a module's text" in gone.json()["error"]
+
+
+KINDS = """
+local got = lease.acquire("l", 1)
+cache.set("c", "v", 60)
+local c = cache.get("c")
+alert.email("note")
+local ok, err = pcall(email.send, {server = "127.0.0.1:1", from = "a@a.test",
+                                  to = "b@a.test", subject = "s", text = "t"})
+lease.release("l")
+error("kinds: " .. tostring(got) .. " " .. tostring(c) .. " " .. tostring(ok) .. " " ..
+      tostring(err))
+"""
+
+
+async def test_lease_cache_alert_and_email_are_recorded_and_answered_on_replay(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, sites):
+        (sites / "a.test" / "kinds").mkdir()
+        (sites / "a.test" / "kinds" / "index.lua").write_text(KINDS)
+        failed = await srv.get("/kinds")
+        assert failed.status_code == 500
+        assert "kinds: true v false " in failed.text
+        [listed] = await replays(srv)
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        asked = [
+            getattr(call.request, "op", type(call.request).__name__)
+            for call in decode(raw.content).calls
+        ]
+        assert asked == [
+            "lease_acquire", "cache_set", "cache_get", "AlertCall", "EmailCall", "lease_release"
+        ]  # fmt: skip
+        # The recorded answers, not live ones: the lease held by another changes nothing.
+        storage = srv.deps.recording.store.storage
+        assert await storage.acquire("a.test", b"l", "someone else", timeout_s=0, ttl_s=60)
+        again = await replay(srv, listed["id"])
+        assert again["matched"], again
+        assert again["divergences"] == []
+        assert "kinds: true v false " in again["error"]
+
+
+async def test_what_a_bundle_keeps_of_the_request_and_of_big_answers(tmp_path, upstream):
+    from sngin.config import OutboundSettings
+
+    changes = {"outbound": OutboundSettings(bodies_bytes=3 * 1024 * 1024)}
+    async with replay_site(tmp_path, upstream, settings_changes=changes) as (srv, sites):
+        (sites / "a.test" / "big").mkdir()
+        (sites / "a.test" / "big" / "index.lua").write_text(
+            "for i = 1, 4 do storage['big' .. i] = string.rep('x', 1000000) end\n"
+            "for i = 1, 4 do local v = storage['big' .. i] end\nerror('read them')"
+        )
+        (sites / "a.test" / "_sngin.json").write_text(
+            json.dumps({"env": {"UP": "x"}, "replay": {"keep_headers": True}})
+        )
+        body = b"y" * (1024 * 1024 + 10)
+        failed = await srv.client.post(
+            srv.url + "/big", content=body,
+            headers={"Host": "a.test", "Authorization": "Basic a2VwdA=="},
+        )  # fmt: skip
+        assert failed.status_code == 500
+        [listed] = await replays(srv)
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        bundle = decode(raw.content)
+        assert dict(bundle.headers)[b"authorization"] == b"Basic a2VwdA=="  # keep_headers
+        assert bundle.body == body[: 1024 * 1024]
+        assert bundle.body_truncated
+        # The record is held against SNGIN_SUBREQUEST_BODIES_BYTES (3 MiB here): the reads
+        # past it are not kept, and the bundle says so.
+        assert bundle.calls_cut
+        kept = sum(len(c.result.value or b"") for c in bundle.calls)
+        assert 1_000_000 <= kept <= 3 * 1024 * 1024
+        assert len(bundle.calls) < 8
+        again = await replay(srv, listed["id"])
+        assert not again["matched"]
+        assert "(the bundle did not keep all its calls)" in again["divergences"][0]
+
+
+async def test_a_sites_own_token_records_and_another_sites_does_not(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, sites):
+        (sites / "a.test" / "ok").mkdir(exist_ok=True)
+        (sites / "a.test" / "ok" / "index.lua").write_text("return 'fine'")
+        tokens = {}
+        for host in ("a.test", "b.test"):
+            made = await srv.client.post(
+                srv.url + "/__sngin/tokens", json={"host": host}, headers=AUTH
+            )
+            assert made.status_code == 201, made.text
+            tokens[host] = made.json()["token"]
+        other = await srv.get("/ok", headers={"X-Sngin-Record": tokens["b.test"]})
+        assert other.status_code == 200
+        assert await replays(srv) == []
+        own = await srv.get("/ok", headers={"X-Sngin-Record": tokens["a.test"]})
+        [listed] = await replays(srv)
+        assert listed["id"] == own.headers["x-request-id"]
+        assert listed["outcome"] == "recorded"
 
 
 async def test_only_a_valid_record_header_records_a_run_that_succeeds(tmp_path, upstream):
