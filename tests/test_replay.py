@@ -160,6 +160,32 @@ async def test_a_cpu_kill_leaves_a_partial_bundle_naming_the_limit(tmp_path, ups
         assert len(bundle.tape["random"]) == 1  # came with that call's frame
 
 
+MEMORY_HOG = """
+local t = {}
+for i = 1, 1e9 do t[i] = string.rep("m", 4096) .. i end
+"""
+
+
+async def test_wall_and_memory_kills_name_their_limit(tmp_path, upstream):
+    limits = {"cpu_ms": 60_000, "timeout_ms": 400, "memory_mb": 48}
+    async with replay_site(tmp_path, upstream, **limits) as (srv, sites):
+        for name, script in (("spinning", "while true do end"), ("hog", MEMORY_HOG)):
+            (sites / "a.test" / name).mkdir()
+            (sites / "a.test" / name / "index.lua").write_text(script)
+        spun = await srv.get("/spinning")
+        assert spun.status_code == 504
+        hogged = await srv.get("/hog")
+        assert hogged.status_code == 500
+        listed = {r["path"]: r for r in await replays(srv)}
+        assert listed["/spinning"]["outcome"] == "killed (wall)"
+        assert listed["/hog"]["outcome"] == "killed (memory)"
+        for path, words in (("/spinning", "wall-time limit"), ("/hog", "memory")):
+            raw = await srv.client.get(
+                srv.url + f"/__sngin/code/a.test/replays/{listed[path]['id']}", headers=AUTH
+            )
+            assert words in decode(raw.content).outcome.error
+
+
 async def test_bundles_past_the_bounds_go_oldest_first_and_a_script_writes_a_few(
     tmp_path, upstream
 ):

@@ -83,7 +83,7 @@ class Bundle(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def outcome_name(bundle: Bundle) -> str:
-    if bundle.outcome.limit is not None:
+    if bundle.outcome.limit is not None:  # (a memory limit the worker caught is not partial)
         return f"killed ({bundle.outcome.limit})"
     if bundle.outcome.kind is not None or bundle.outcome.error is not None:
         return "error"

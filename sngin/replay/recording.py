@@ -215,4 +215,5 @@ def outcome_of(reply: Reply | None, failure: SnginError | None) -> Outcome:
         status=reply.status if reply.error is None else 500,
         body=body[:MAX_OUTCOME_BODY_BYTES], body_truncated=len(body) > MAX_OUTCOME_BODY_BYTES,
         error=reply.message if reply.error is not None else None, kind=reply.error,
+        limit="memory" if reply.error == MEMORY_LIMIT else None,  # (the worker caught it)
     )  # fmt: skip
