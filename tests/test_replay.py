@@ -386,6 +386,8 @@ async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upst
         assert code == 0
         assert printed["matched"]
         assert printed["status"] == 500
+        assert printed["logs"] == ["about to fail with key ${secret:API_KEY}"]
+        assert {"headers", "body", "divergences"} <= printed.keys()
         assert drawn(printed["body"]) == drawn(failed.text)
         fix = tmp_path / "fixed.lua"
         fix.write_text(FIXED)
@@ -394,6 +396,7 @@ async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upst
         assert out.startswith("HTTP 200\n")
         assert f"fixed: {drawn(failed.text)} /data util yes" in out
         assert "diverged" not in out
+        assert "replay: differs from the recording (500: " in out  # (it was fixed)
         elsewhere = tmp_path / "elsewhere.lua"
         elsewhere.write_text(ELSEWHERE)
         await trio.to_thread.run_sync(main, [*command, "--source", str(elsewhere)], env)

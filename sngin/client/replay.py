@@ -51,17 +51,19 @@ def run_replay(settings: Settings, args: argparse.Namespace, env: Mapping[str, s
     if answer.status_code != 200:
         raise BadRequest(f"{args.host} {args.id}: {answer.json().get('error', answer.text)}")
     bundle = decode(answer.content)
-    lines = logging.StreamHandler(sys.stderr)  # the script's lines, as `sngin run` shows them
+    # The script's lines: on stderr as `sngin run` shows them, or in --json's "logs".
+    lines: logging.Handler = logging.StreamHandler(sys.stderr)
     lines.setFormatter(logging.Formatter("%(message)s"))
+    kept = KeptLines()
     script_log = logging.getLogger("sngin.script")
-    script_log.addHandler(lines)
+    script_log.addHandler(kept if args.json else lines)
     script_log.setLevel(logging.INFO)
     try:
         result, outcome = trio.run(replay_locally, settings, bundle, source)
     finally:
-        script_log.removeHandler(lines)
+        script_log.removeHandler(kept if args.json else lines)
     if args.json:
-        print(json.dumps(outcome))
+        print(json.dumps(outcome | {"logs": kept.lines}))
         return 0 if outcome["matched"] or source is not None else 1
     code = print_reply(result)
     if outcome["matched"]:
@@ -73,6 +75,19 @@ def run_replay(settings: Settings, args: argparse.Namespace, env: Mapping[str, s
     for divergence in outcome["divergences"]:
         print(f"replay: diverged: {divergence}")
     return code
+
+
+class KeptLines(logging.Handler):
+    """Each script line's text (its record's fields, as the server's tails read them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            self.lines.append(str(fields.get("line", fields.get("error", ""))))
 
 
 async def replay_locally(
