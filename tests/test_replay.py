@@ -199,6 +199,9 @@ async def test_bundles_past_the_bounds_go_oldest_first_and_a_script_writes_a_few
         for _ in range(5):  # one script failing on every request: the first few only
             assert (await srv.get("/s0")).status_code == 500
         assert [r["path"] for r in await replays(srv)] == ["/s0", "/s0", "/s4"]
+        metrics = (await srv.client.get(srv.url + "/__sngin/metrics", headers=AUTH)).text
+        assert 'sngin_replay_bundles_total{outcome="written",tenant="a.test"} 7.0' in metrics
+        assert 'sngin_replay_bundles_total{outcome="rate_limited",tenant="a.test"} 3.0' in metrics
 
 
 async def test_a_text_many_bundles_share_is_kept_once_and_goes_with_the_last(tmp_path, upstream):

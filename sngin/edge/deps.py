@@ -90,5 +90,8 @@ class Deps:
         object.__setattr__(self, "services", services)
         object.__setattr__(self, "purger", Purger(self.store, self.github))
         object.__setattr__(self, "site_gate", SiteGate(self))
-        recording = Recording(self.settings, self.storage, self.budgets.subrequest_bodies)
+        recording = Recording(
+            self.settings, self.storage, self.budgets.subrequest_bodies,
+            count=self.observer.metrics.replay_bundle,
+        )  # fmt: skip
         object.__setattr__(self, "recording", recording)

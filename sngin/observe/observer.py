@@ -107,6 +107,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
         )  # fmt: skip
+        self.replay_bundles = Counter(
+            "sngin_replay_bundles", "Replay bundles of failed or recorded runs, by outcome"
+            " (written, rate_limited, queue_full, too_large, failed)", ["tenant", "outcome"],
+            registry=self.registry,
+        )  # fmt: skip
         self.kills = Counter(
             "sngin_limit_kills", "Requests stopped for a limit or a crash", ["tenant", "reason"],
             registry=self.registry,
@@ -164,6 +169,9 @@ class Metrics:
 
     def alert(self, tenant: str, kind: str, outcome: str) -> None:
         self.alerts.labels(self.labels(tenant), kind, outcome).inc()
+
+    def replay_bundle(self, tenant: str, outcome: str) -> None:
+        self.replay_bundles.labels(self.labels(tenant), outcome).inc()
 
     def render(self) -> bytes:
         """The exposition; with several server processes (prometheus-client's multiprocess

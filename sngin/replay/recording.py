@@ -33,6 +33,8 @@ from sngin.tenants.tokens import PREFIX as TOKEN_PREFIX
 from sngin.tenants.tokens import TenantTokens
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandbox.protocol import Job, Reply
     from sngin.bodies.budgets import MemoryBudget
     from sngin.calls.request_calls import RequestCalls
@@ -69,7 +71,11 @@ class Recording:
     owned by the server, builds, encodes and stores each bundle within WRITE_TIMEOUT_S."""
 
     def __init__(
-        self, settings: Settings, storage: TenantStorage | None, budget: MemoryBudget
+        self,
+        settings: Settings,
+        storage: TenantStorage | None,
+        budget: MemoryBudget,
+        count: Callable[[str, str], None] = lambda tenant, outcome: None,
     ) -> None:
         self.store: ReplayStore | None = None
         if storage is not None and settings.replay_max_bundles > 0:
@@ -85,8 +91,12 @@ class Recording:
         self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
-        self.written = 0  # bundles kept
-        self.dropped = 0  # bundles not kept: the write rate, a full queue, a failed write
+        self._count = count  # (tenant, outcome): sngin_replay_bundles_total
+
+    def _counted(self, tenant: str, outcome: str) -> None:
+        """written, or why not: rate_limited, queue_full, too_large, failed (storage down or
+        full, or slower than WRITE_TIMEOUT_S)."""
+        self._count(tenant, outcome)
 
     def begin(self, tenant: str) -> RunRecord | None:
         return None if self.store is None else RunRecord(self._budget, tenant)
@@ -112,7 +122,7 @@ class Recording:
             record.release()
             return
         if not self.store.rate.allows(job.key, time.time()):
-            self.dropped += 1
+            self._counted(job.tenant, "rate_limited")
             record.release()
             return
         modules = [] if calls is None else [
@@ -132,7 +142,7 @@ class Recording:
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
-            self.dropped += 1
+            self._counted(job.tenant, "queue_full")
             record.release()
             return
         self._pending += 1
@@ -143,15 +153,15 @@ class Recording:
         async for pending in self._receive:
             try:
                 with trio.move_on_after(WRITE_TIMEOUT_S) as waited:
-                    if await self._keep(pending) is None:
-                        self.dropped += 1
+                    kept = await self._keep(pending)
+                    self._counted(pending.job.tenant, "too_large" if kept is None else "written")
                 if waited.cancelled_caught:
-                    self.dropped += 1
+                    self._counted(pending.job.tenant, "failed")
                     job = pending.job
                     log.warning("replay: %s: bundle for %s not written in %g s",
                                 job.tenant, job.request.id, WRITE_TIMEOUT_S)  # fmt: skip
             except SnginError as exc:  # storage down or full: the bundle is lost, nothing else
-                self.dropped += 1
+                self._counted(pending.job.tenant, "failed")
                 log.warning("replay: %s: no bundle for %s: %s",
                             pending.job.tenant, pending.job.request.id, exc)  # fmt: skip
             finally:
@@ -200,7 +210,6 @@ class Recording:
         if await self.store.put(
             job.tenant, bundle_id, pending.started, data, bundle.summary(), texts
         ):
-            self.written += 1
             return bundle_id
         log.warning("replay: %s: bundle %s is larger than a tenant keeps", job.tenant, bundle_id)
         return None
