@@ -384,7 +384,11 @@ async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upst
         upstream.close()
         env = {"SNGIN_ADMIN_TOKEN": TOKEN, "SNGIN_DATA_PATH": str(tmp_path / "cli-data")}
         command = ["replay", "a.test", listed["id"], "--url", srv.url]
-        code = await trio.to_thread.run_sync(main, [*command, "--json"], env)
+        made = await srv.client.post(
+            srv.url + "/__sngin/tokens", json={"host": "a.test"}, headers=AUTH
+        )
+        site_token = made.json()["token"]  # the site's own token fetches it as well
+        code = await trio.to_thread.run_sync(main, [*command, "--json", "--token", site_token], env)
         printed = json.loads(capsys.readouterr().out)
         assert code == 0
         assert printed["matched"]
