@@ -131,6 +131,37 @@ async def test_a_secret_never_reaches_a_bundle(tmp_path, upstream):
         assert again["logs"] == ["about to fail with key ${secret:API_KEY}"]
 
 
+CREDENTIALS = """
+local signed = http.request{url = env.UP .. "/signed",
+                            auth = {oauth = {consumertoken = "ck", consumersecret = env.KEY}}}
+local basic = http.request{url = env.UP .. "/basic", auth = {"user", "x" .. env.KEY .. "y"}}
+pcall(email.send, {server = "127.0.0.1:1", username = "mailer", password = "p" .. env.KEY,
+                   from = "a@a.test", to = "b@a.test", text = "t"})
+error("signed " .. signed.statuscode .. " basic " .. basic.statuscode)
+"""
+
+
+async def test_outbound_credentials_are_redacted_and_still_replay(tmp_path, upstream):
+    async with replay_site(tmp_path, upstream) as (srv, sites):
+        (sites / "a.test" / "creds").mkdir()
+        (sites / "a.test" / "creds" / "index.lua").write_text(CREDENTIALS)
+        failed = await srv.get("/creds")
+        assert "signed 200 basic 200" in failed.text
+        [listed] = await replays(srv)
+        raw = await srv.client.get(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}", headers=AUTH
+        )
+        signed, basic, mail = (call.request for call in decode(raw.content).calls)
+        assert dict(signed.headers)["Authorization"] == b"<redacted>"  # OAuth's signature
+        assert basic.auth == (b"<redacted>", b"<redacted>")  # derived from a secret, not it
+        assert mail.password == "<redacted>"
+        assert b"oauth_signature" not in b"".join(v for _, v in signed.headers)
+        # Replayed, OAuth signs afresh (another nonce): compared after the same redaction.
+        again = await replay(srv, listed["id"])
+        assert again["divergences"] == []
+        assert again["matched"]
+
+
 async def test_a_repeated_client_request_id_gets_a_suffix(tmp_path, upstream):
     async with replay_site(tmp_path, upstream) as (srv, _):
         for _ in range(2):

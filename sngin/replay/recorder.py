@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from sandbox.protocol import CallResult, HttpCall, Tape
+from sandbox.protocol import CallResult, EmailCall, HttpCall, Tape
 from sngin.replay.bundle import MAX_CALLS_BYTES, OUTBOUND_PRIVATE, REDACTED, RecordedCall
 
 if TYPE_CHECKING:
@@ -18,8 +18,12 @@ if TYPE_CHECKING:
 
 
 def private_free(asked: CallRequest) -> CallRequest:
-    """An http.request as a bundle keeps it: its auth and Authorization/Cookie headers
-    redacted (a replay compares the new code's call after the same redaction)."""
+    """A call as a bundle keeps it: an http.request's auth and Authorization/Cookie headers
+    (OAuth's signed header among them), and an email.send's password, redacted (a replay
+    compares the new code's call after the same redaction)."""
+    if isinstance(asked, EmailCall):
+        password = None if asked.password is None else REDACTED.decode()
+        return msgspec.structs.replace(asked, password=password)
     if not isinstance(asked, HttpCall):
         return asked
     headers = [(n, REDACTED if n.lower() in OUTBOUND_PRIVATE else v) for n, v in asked.headers]
