@@ -1,4 +1,5 @@
-"""Small pure parts on their own: the byte-bounded LRU, the purge log, the runtime mirror."""
+"""Small pure parts on their own: the byte-bounded LRU, the purge log, the runtime mirror, the
+replay bundles' write rate."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from sngin.bodies.http_body import BodyDecodeError, BoundedDecoder
 from sngin.code.lru import ENTRY_OVERHEAD_BYTES, ByteBoundedLRU
 from sngin.code.purge_log import PurgeLog
 from sngin.code.store import Source
+from sngin.replay.write_rate import (
+    FREE_WRITES,
+    MAX_TRACKED,
+    TENANT_BURST,
+    TENANT_REFILL_S,
+    WINDOW_S,
+    WriteRate,
+)  # fmt: skip
 
 
 def source(size: int) -> Source:
@@ -160,3 +169,34 @@ def test_the_first_well_formed_request_id_is_kept():
     ids = RequestIds()
     assert ids.of((b"bad id!", b"good-id", b"later")) == "good-id"
     assert len(ids.of((b"x" * 65,))) == 32  # too long: a new one
+
+
+def test_a_script_failing_on_every_request_writes_a_few_bundles_then_one_per_window():
+    rate = WriteRate()
+    written = [rate.allows("a.test", "a.test/x", 100.0 + i * 0.1) for i in range(10)]
+    assert written == [True] * FREE_WRITES + [False] * (10 - FREE_WRITES)
+    assert rate.allows("a.test", "a.test/x", 100.0 + 0.2 + WINDOW_S)  # a window after the last
+    assert rate.allows("a.test", "a.test/y", 101.0)  # another script: its own allowance
+
+
+def test_a_site_with_many_failing_scripts_is_bounded_by_its_tenant_bucket():
+    rate = WriteRate()
+    now = 500.0
+    written = sum(rate.allows("a.test", f"a.test/s{n}", now) for n in range(100))
+    assert written == TENANT_BURST  # each script would have been allowed on its own
+    assert rate.allows("b.test", "b.test/s0", now)  # another site is not held back
+    assert not rate.allows("a.test", "a.test/new", now + TENANT_REFILL_S / 2)
+    assert rate.allows("a.test", "a.test/new", now + TENANT_REFILL_S)  # one token back
+    # Refused for the site's rate, a run takes nothing from its script's own allowance.
+    for _ in range(FREE_WRITES + 2):
+        assert not rate.allows("a.test", "a.test/late", now + TENANT_REFILL_S)
+    assert 2 * TENANT_REFILL_S < WINDOW_S
+    assert rate.allows("a.test", "a.test/late", now + 2 * TENANT_REFILL_S)
+
+
+def test_the_write_rate_forgets_the_least_recently_seen_beyond_its_bound():
+    rate = WriteRate()
+    for n in range(MAX_TRACKED + 50):
+        rate.allows(f"t{n}.test", f"t{n}.test/x", float(n))
+    assert len(rate._scripts) == MAX_TRACKED
+    assert len(rate._tenants) == MAX_TRACKED

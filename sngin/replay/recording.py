@@ -121,7 +121,7 @@ class Recording:
         if not (failed or recorded):
             record.release()
             return
-        if not self.store.rate.allows(job.key, time.time()):
+        if not self.store.rate.allows(job.tenant, job.key, time.time()):
             self._counted(job.tenant, "rate_limited")
             record.release()
             return

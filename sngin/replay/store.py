@@ -1,13 +1,11 @@
 """Where bundles are kept: the tenant storage backend (SQLite, or Redis shared by every node),
 under sngin's own namespaces per tenant, the last SNGIN_REPLAY_MAX_BUNDLES and at most
 SNGIN_REPLAY_MAX_BYTES per tenant, oldest first out. A script's or module's text is kept once
-(by its SHA-256) for every bundle that has it, and goes with the last of them. Writes are
-rate-limited per script: a script that fails on every request gets a few bundles, then at most
-one per WINDOW_S."""
+(by its SHA-256) for every bundle that has it, and goes with the last of them. How often
+bundles may be written: sngin.replay.write_rate."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -15,6 +13,7 @@ import trio
 
 from sngin.errors import SnginError
 from sngin.replay.bundle import Bundle, decode, text_digests, with_texts
+from sngin.replay.write_rate import WriteRate
 from sngin.storage.sqlite import Quota
 
 if TYPE_CHECKING:
@@ -24,26 +23,6 @@ NAMESPACE: Final = "__replays/"  # + tenant (INTERNAL_PREFIX: no tenant's storag
 SUMMARIES: Final = "__replay_list/"  # + tenant: each bundle's line in the list, by the same key
 TEXTS: Final = "__replay_texts/"  # + tenant: script and module texts, by SHA-256
 MAX_TEXTS: Final = 100_000  # texts a tenant's bundles may share (their bytes are the bound)
-FREE_WRITES: Final = 3  # per script, before the rate applies
-WINDOW_S: Final = 10.0
-MAX_SCRIPTS_TRACKED: Final = 10_000
-
-
-class WriteRate:
-    """Per script: the first FREE_WRITES bundles, then one per WINDOW_S (bounded memory)."""
-
-    def __init__(self) -> None:
-        self._scripts: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def allows(self, script: str, now: float) -> bool:
-        written, last = self._scripts.pop(script, (0, 0.0))
-        allowed = written < FREE_WRITES or now - last >= WINDOW_S
-        if allowed:
-            written, last = written + 1, now
-        self._scripts[script] = (written, last)
-        if len(self._scripts) > MAX_SCRIPTS_TRACKED:
-            self._scripts.popitem(last=False)
-        return allowed
 
 
 class BundleIncomplete(SnginError):
