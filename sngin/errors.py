@@ -28,7 +28,9 @@ class SnginError(Exception):
     each class below sets its own, and the error handler reads it)."""
 
     status: int = 500
-    limit: str | None = None  # cpu, wall or memory: the limit that ended a script's run
+    # What ended a script's run under it: cpu, wall or memory (a limit), or crash (its worker
+    # died); None for what never ran or was ended by another request (no replay bundle).
+    limit: str | None = None
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)

@@ -200,3 +200,25 @@ def test_the_write_rate_forgets_the_least_recently_seen_beyond_its_bound():
         rate.allows(f"t{n}.test", f"t{n}.test/x", float(n))
     assert len(rate._scripts) == MAX_TRACKED
     assert len(rate._tenants) == MAX_TRACKED
+
+
+@pytest.mark.parametrize(
+    ("reason", "sibling", "limit"),
+    [
+        ("cpu", False, "cpu"),
+        ("wall", False, "wall"),
+        ("memory", False, "memory"),
+        ("crash", False, "crash"),
+        ("protocol", False, "crash"),
+        ("never_started", False, None),  # it never ran: nothing of its own to replay
+        ("cpu", True, None),  # another request's kill ended it
+        ("crash", True, None),
+    ],
+)
+def test_a_failure_names_what_ended_its_own_run_and_nothing_else(reason, sibling, limit):
+    from sngin.limits import Limits
+    from sngin.workers.failures import WorkerFailed
+    from sngin.workers.pool import failure_error
+
+    error = failure_error(WorkerFailed(reason, "test", sibling=sibling), Limits())
+    assert error.limit == limit  # the replay recorder keeps a bundle only when it is set

@@ -117,7 +117,9 @@ class Recording:
         """Queue the run's bundle if it leaves one; never waits."""
         if record is None or self.store is None:
             return
-        failed = failure is not None or (reply is not None and reply.error in FAILURES)
+        # (A run that never started, or that another request's kill ended, is not its own.)
+        failed = failure is not None and failure.limit is not None
+        failed = failed or (reply is not None and reply.error in FAILURES)
         if not (failed or recorded):
             record.release()
             return

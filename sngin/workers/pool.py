@@ -98,19 +98,19 @@ def failure_error(failure: WorkerFailed, limits: Limits) -> SnginError:
         return WorkerCrashed(
             f"the request was stopped because another request on its worker {what}"
         )
-    killed: SnginError | None = None
+    killed: SnginError
     if reason == CPU_KILL:
         killed = LimitExceeded(f"the script exceeded its CPU-time limit of {limits.cpu_ms} ms")
     elif reason == WALL_KILL:
         killed = LimitExceeded(f"the script exceeded its wall-time limit of {limits.timeout_ms} ms")
     elif reason == MEMORY:
         killed = ScriptError(f"the script exceeded its memory limit of {limits.memory_mb} MB")
-    if killed is not None:
-        killed.limit = {CPU_KILL: "cpu", WALL_KILL: "wall"}.get(reason, "memory")
-        return killed
-    if reason == PROTOCOL:
-        return ProtocolError("the script's worker sent a malformed reply")
-    return WorkerCrashed("the script's worker process crashed")
+    elif reason == PROTOCOL:
+        killed = ProtocolError("the script's worker sent a malformed reply")
+    else:
+        killed = WorkerCrashed("the script's worker process crashed")
+    killed.limit = {CPU_KILL: "cpu", WALL_KILL: "wall", MEMORY: "memory"}.get(reason, "crash")
+    return killed
 
 
 class Pool:
