@@ -102,6 +102,7 @@ async def test_a_failed_run_replays_the_same_way_without_its_upstream(tmp_path, 
             f"call 2 asked for http.request GET {upstream.url('/other')}; the recording has "
             f"http.request GET {upstream.url('/data')}"
         )
+        assert "replay: call 2 asked for http.request GET" in moved["error"]  # raised in Lua
         assert not moved["matched"]
 
 
