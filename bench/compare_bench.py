@@ -2,8 +2,9 @@
 
 For a change whose cost is smaller than the run-to-run noise of `serve_bench.py` (req/s swings
 +-25% between runs here): both servers run side by side on core 0 (2 workers each, the bundled
-hello site), `hey` on core 1, and rounds alternate A-B, B-A, A-B, so drift and order hit both
-alike. CPU is the server and all its workers (utime+stime from /proc), per request.
+hello site), `hey` on core 1. Each round starts both afresh (a process's own speed is part of
+the noise) and measures them in turn, A-B, then B-A, so drift and order hit both alike. CPU is
+the server and all its workers (utime+stime from /proc), per request.
 Run: .venv/bin/python bench/compare_bench.py OTHER_SNGIN [ROUNDS] [--storage]
 (--storage: a script that reads and writes tenant storage on every request, instead of hello)
   e.g. git worktree add /tmp/base main~5 && python3 -m venv /tmp/base-venv &&
@@ -75,29 +76,31 @@ def main() -> None:
     what = "a storage read and write" if sites is not None else "hello"
     print(f"{what}: hey -n {REQUESTS} -c {CONCURRENCY} per round, {rounds} alternating rounds;"
           f" this = {THIS}, other = {other}")  # fmt: skip
-    ports = {name: free_port() for name in installs}
-    servers = {name: start(path, ports[name], sites) for name, path in installs.items()}
     cpu: dict[str, list[float]] = {name: [] for name in installs}
     rps: dict[str, list[float]] = {name: [] for name in installs}
-    try:
-        for name in installs:
-            load(ports[name], 2000)  # warm-up: workers compiled, caches full
-        for round_number in range(rounds):
-            # Each round swaps who goes first: whoever runs first in a round was measured as
-            # up to 17% dearer on the storage script (run A-B only, then B-A only), whichever
-            # install it was.
+    for round_number in range(rounds):
+        # Fresh servers every round: two processes of one install differ by up to 7% in CPU
+        # per request for their whole life (measured A against A), which rounds on the same
+        # pair of processes never average out. And each round swaps who goes first: the first
+        # was measured up to 17% dearer on the storage script, whichever install it was.
+        ports = {name: free_port() for name in installs}
+        servers = {name: start(path, ports[name], sites) for name, path in installs.items()}
+        try:
+            for name in installs:
+                load(ports[name], 2000)  # warm-up: workers compiled, caches full
             order = list(servers.items())
             for name, server in order if round_number % 2 == 0 else reversed(order):
                 pids = process_tree(server.pid)
                 before = cpu_seconds(pids)
                 rps[name].append(load(ports[name], REQUESTS))
                 cpu[name].append((cpu_seconds(pids) - before) / REQUESTS * 1e6)
-    finally:
-        for server in servers.values():
-            server.terminate()
-            server.wait()
-        for folder in FOLDERS:
-            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            for server in servers.values():
+                server.terminate()
+                server.wait()
+            for folder in FOLDERS:
+                shutil.rmtree(folder, ignore_errors=True)
+            FOLDERS.clear()
     for name in installs:
         print(f"  {name:6} server CPU/request median {statistics.median(cpu[name]):6.1f} us"
               f" (rounds: {', '.join(f'{c:.0f}' for c in cpu[name])});"
