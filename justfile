@@ -49,9 +49,10 @@ bench *args:
     @{{bin}}/python bench/spawn_bench.py
     @{{bin}}/python bench/cron_bench.py
 
-# server CPU per request of this install against another sngin (e.g. a worktree's venv)
-bench-compare other rounds="6":
-    {{bin}}/python bench/compare_bench.py {{other}} {{rounds}}
+# server CPU per request of this install against another sngin (e.g. a worktree's venv);
+# flags: --storage (a storage read and write per request instead of hello)
+bench-compare other rounds="6" *flags:
+    {{bin}}/python bench/compare_bench.py {{other}} {{rounds}} {{flags}}
 
 # regenerate constraints.txt from pyproject.toml in a throwaway venv
 lock:
