@@ -1,5 +1,6 @@
 """The tape (sandbox/tape.py, prelude 06-environment): a request's time and randomness are
-kept for its replay bundle and given back, in order, when the bundle is replayed."""
+kept for its replay bundle and given back, in order, when the bundle is replayed; requests
+interleaved in one worker each keep their own."""
 
 from __future__ import annotations
 
@@ -93,3 +94,51 @@ def test_the_wrappers_keep_the_library_functions_errors(runtime):
     given = runtime.run(job("return tostring(os.time{year=2020, month=1, day=1, hour=0})",
                             record=True))  # fmt: skip
     assert given.tape == {} or given.tape is None  # a given date is not "now": nothing kept
+
+
+INTERLEAVED = b"""
+local first = math.random(1, 1000000000)
+local r = http.request("http://up.test/")
+local second = math.random(1, 1000000000)
+error("draws " .. first .. " " .. second)
+"""
+
+
+def test_interleaved_requests_each_keep_their_own_draws_and_replay_them():
+    """Two requests of one tenant in one worker, each waiting on a call while the other draws
+    from the same generator: a seed would not give either its numbers back; its tape does."""
+    from sandbox.protocol import Call, CallResult, HttpResult, Reply
+    from sandbox.worker import Worker
+
+    sent: list[object] = []
+    worker = Worker(sent.append)
+
+    def start(job_id: int, tape: Tape | None = None) -> Call:
+        worker.handle(msgspec.structs.replace(
+            job(INTERLEAVED.decode(), replay=tape), id=job_id, version="interleaved"
+        ))  # fmt: skip
+        call = sent[-1]
+        assert isinstance(call, Call)
+        return call
+
+    def answer(call: Call) -> Reply:
+        worker.handle(CallResult(id=call.id, call_id=call.call_id, http=HttpResult(status=200)))
+        reply = sent[-1]
+        assert isinstance(reply, Reply)
+        return reply
+
+    one, two = start(1), start(2)  # both drew their first number, in turn
+    assert one.tape is not None  # (each came with its call)
+    assert two.tape is not None
+    first_one, first_two = answer(one), answer(two)
+    assert first_one.error == first_two.error == "lua_error"
+    for reply, call in ((first_one, one), (first_two, two)):
+        assert reply.tape is not None
+        recorded = {"random": call.tape["random"] + reply.tape["random"]}
+        assert len(recorded["random"]) == 2  # its own two draws, not the other's
+        assert reply.message.endswith(" ".join(str(int(v)) for v in recorded["random"]))
+        # Replayed alone, interleaved with nothing, it draws the same two numbers.
+        again = answer(start(10 + reply.id, recorded))
+        assert again.message == reply.message
+        assert again.beyond_tape == 0
+    assert first_one.message != first_two.message
