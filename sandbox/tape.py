@@ -16,21 +16,22 @@ if TYPE_CHECKING:
 
 LUA_KINDS: Final = (b"random", b"time", b"clock")
 MAX_PYTHON_VALUES: Final = 10_000  # as the Lua side's MAX_TAPE
-PYTHON_KINDS: Final = ("crypto_random", "uuid")
 
 
 class RunTape:
     """One request's tape, on both sides of the bridge."""
 
-    __slots__ = ("at", "beyond", "cut", "kept", "lua", "replay", "sent_kept", "sent_lua")
+    __slots__ = ("at", "beyond", "cut", "kept", "lua", "replay", "sent", "sent_kept", "sent_lua")
 
     def __init__(self, lua: Any, replay: Tape | None) -> None:
         self.lua = lua  # the Lua tape table (per kind, with the count `n`)
         self.kept: dict[str, list[TapeValue]] = {}
-        self.sent_lua = {kind: 0 for kind in LUA_KINDS}
-        self.sent_kept = {kind: 0 for kind in PYTHON_KINDS}
+        # Made at the first value sent: most requests are given none (every request has a tape).
+        self.sent_lua: dict[bytes, int] | None = None
+        self.sent_kept: dict[str, int] = {}
+        self.sent = 0  # the Lua side's values sent so far
         self.replay = replay
-        self.at = {kind: 0 for kind in PYTHON_KINDS}
+        self.at: dict[str, int] = {}
         self.beyond = 0
         self.cut = False
 
@@ -38,7 +39,7 @@ class RunTape:
         """A Python-made value (crypto.random, crypto.uuid): the recorded one when replaying."""
         if self.replay is not None:
             queue = self.replay.get(kind, [])
-            i = self.at[kind]
+            i = self.at.get(kind, 0)
             if i < len(queue):
                 self.at[kind] = i + 1
                 return queue[i]
@@ -55,15 +56,21 @@ class RunTape:
         """The values given since the last call of this (None: none)."""
         out: Tape = {}
         lua = self.lua
-        if lua[b"n"] > sum(self.sent_lua.values()):
+        n = lua[b"n"]
+        if n > self.sent:
+            self.sent = n
+            if self.sent_lua is None:
+                self.sent_lua = dict.fromkeys(LUA_KINDS, 0)
             for kind in LUA_KINDS:
                 values = lua[kind]
+                if values is None:  # (made at its kind's first value)
+                    continue
                 start, end = self.sent_lua[kind], len(values)
                 if end > start:
                     out[kind.decode()] = [values[i] for i in range(start + 1, end + 1)]
                     self.sent_lua[kind] = end
         for name, values in self.kept.items():
-            start = self.sent_kept[name]
+            start = self.sent_kept.get(name, 0)
             if len(values) > start:
                 out[name] = values[start:]
                 self.sent_kept[name] = len(values)

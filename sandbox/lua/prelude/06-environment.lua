@@ -37,20 +37,26 @@ local make_require  -- defined with the module system below
 local MAX_TAPE = 10000
 local random, time, clock, date = math.random, os.time, os.clock, os.date
 
+-- Every request has one, and most are given nothing: the per-kind tables (`random`, `time`,
+-- `clock`, and `at` replaying) are made at their first value.
 local function new_tape(replay)
-  return { random = {}, time = {}, clock = {}, n = 0, cut = false,
-           replay = replay, at = { random = 0, time = 0, clock = 0 }, beyond = 0 }
+  return { n = 0, cut = false, replay = replay, beyond = 0 }
 end
 
 local function replayed(tape, kind)
   local queue = tape.replay[kind]
-  local i = tape.at[kind] + 1
+  local at = tape.at
+  if at == nil then
+    at = {}
+    tape.at = at
+  end
+  local i = (at[kind] or 0) + 1
   local value = queue and queue[i]
   if value == nil then
     tape.beyond = tape.beyond + 1  -- asked past the recording: a live value
     return nil
   end
-  tape.at[kind] = i
+  at[kind] = i
   return value
 end
 
@@ -62,6 +68,10 @@ local function keep(tape, kind, value)
   end
   tape.n = n
   local kept = tape[kind]
+  if kept == nil then
+    kept = {}
+    tape[kind] = kept
+  end
   kept[#kept + 1] = value
   return value
 end
