@@ -199,7 +199,7 @@ for i = 1, 1e9 do t[i] = string.rep("m", 4096) .. i end
 
 
 async def test_wall_and_memory_kills_name_their_limit(tmp_path, upstream):
-    limits = {"cpu_ms": 60_000, "timeout_ms": 400, "memory_mb": 48}
+    limits = {"cpu_ms": 60_000, "timeout_ms": 1500, "memory_mb": 48}  # (the hog: ~0.2 s)
     async with replay_site(tmp_path, upstream, **limits) as (srv, sites):
         for name, script in (("spinning", "while true do end"), ("hog", MEMORY_HOG)):
             (sites / "a.test" / name).mkdir()
