@@ -443,6 +443,9 @@ async def test_sngin_replay_runs_a_bundle_offline_on_this_machine(tmp_path, upst
         assert (
             f"replay: diverged: call 2 asked for http.request GET {upstream.url('/other')}" in out
         )
+        missing = ["replay", "a.test", "no-such-id", "--url", srv.url]
+        assert await trio.to_thread.run_sync(main, missing, env) == 1
+        assert "sngin: no replay bundle 'no-such-id' (404)" in capsys.readouterr().err
 
 
 async def test_bundles_kept_in_redis_replay_the_same_way(tmp_path, upstream):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -14,7 +15,7 @@ from sngin.errors import BadRequest
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 
 DEFAULT_ADDRESS: Final = "127.0.0.1:8080"
@@ -35,49 +36,60 @@ def admin_url(given: str | None, env: Mapping[str, str]) -> str:
     return address.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
 
 
-def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+@contextmanager
+def admin_client(args: argparse.Namespace, env: Mapping[str, str]) -> Iterator[httpx.Client]:
+    """A client of the admin API with --token (else SNGIN_ADMIN_TOKEN): the admin token, or a
+    site's for its own routes. A connection failure is one line naming the address."""
     token = args.token or env.get("SNGIN_ADMIN_TOKEN")
     if not token:
-        raise BadRequest("give the server's admin token with --token or SNGIN_ADMIN_TOKEN")
+        raise BadRequest(
+            "give a token with --token or SNGIN_ADMIN_TOKEN (the server's admin token, or the"
+            " site's)"
+        )
     headers = {"Authorization": f"Bearer {token}"}
     base = admin_url(args.url, env)
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False) as client:
-            if args.command == "stats":
-                return show_stats(client.get("/__sngin/stats"), as_json=args.json)
-            if args.command == "purge":
-                # No path: the whole tenant. A path: that script, or with --folder all below.
-                kind = "folder" if args.folder or args.path is None else "file"
-                body = {"host": args.host, "path": args.path or "/", "type": kind}
-                return show(
+            yield client
+    except httpx.HTTPError as exc:
+        raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
+
+
+def run_remote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    with admin_client(args, env) as client:
+        if args.command == "stats":
+            return show_stats(client.get("/__sngin/stats"), as_json=args.json)
+        if args.command == "purge":
+            # No path: the whole tenant. A path: that script, or with --folder all below.
+            kind = "folder" if args.folder or args.path is None else "file"
+            body = {"host": args.host, "path": args.path or "/", "type": kind}
+            return show(
                     client.post("/__sngin/purge", json=body), as_json=args.json,
                     line=lambda d: f"purged {d['purged']} cached entries of {d['host']}{d['path']}"
                     f" ({d['type']})",
                 )  # fmt: skip
-            if args.command == "storage":
-                return run_storage(client, args)
-            if args.command == "deploy":
-                from sngin.client.deploy import deploy
+        if args.command == "storage":
+            return run_storage(client, args)
+        if args.command == "deploy":
+            from sngin.client.deploy import deploy
 
-                return deploy(client, args)
-            if args.command == "token":
-                return run_token(client, args)
-            if args.command == "cron":
-                from sngin.client.cron import run_cron
+            return deploy(client, args)
+        if args.command == "token":
+            return run_token(client, args)
+        if args.command == "cron":
+            from sngin.client.cron import run_cron
 
-                return run_cron(client, args)
-            if args.command == "quarantine":
-                if args.lift:
-                    path = f"/__sngin/quarantine/{args.lift}"
-                    return show(
+            return run_cron(client, args)
+        if args.command == "quarantine":
+            if args.lift:
+                path = f"/__sngin/quarantine/{args.lift}"
+                return show(
                         client.delete(path), as_json=args.json,
                         line=lambda d: f"{d['host']}: quarantine lifted" if d["lifted"]
                         else f"{d['host']} was not quarantined",
                     )  # fmt: skip
-                return show_quarantine(client.get("/__sngin/quarantine"), as_json=args.json)
-            return follow(client, args.host, as_json=args.json)
-    except httpx.HTTPError as exc:
-        raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
+            return show_quarantine(client.get("/__sngin/quarantine"), as_json=args.json)
+        return follow(client, args.host, as_json=args.json)
 
 
 def run_token(client: httpx.Client, args: argparse.Namespace) -> int:

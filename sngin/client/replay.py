@@ -11,11 +11,11 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
 from sngin.client.oneshot import print_reply
-from sngin.client.remote import admin_url, describe
+from sngin.client.output import show
+from sngin.client.remote import admin_client
 from sngin.errors import BadRequest, SnginError
 from sngin.replay.bundle import decode
 from sngin.replay.player import ReplayCalls, replay_job, verdict
@@ -32,24 +32,16 @@ if TYPE_CHECKING:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    token = args.token or env.get("SNGIN_ADMIN_TOKEN")
-    if not token:
-        raise BadRequest("give a token with --token or SNGIN_ADMIN_TOKEN (admin, or the site's)")
     source = None
     if args.source is not None:
         try:
             source = args.source.read_bytes()
         except OSError as exc:
             raise BadRequest(f"cannot read {args.source}: {exc.strerror}") from None
-    base = admin_url(args.url, env)
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False) as client:
-            answer = client.get(f"/__sngin/code/{args.host}/replays/{args.id}")
-    except httpx.HTTPError as exc:
-        raise BadRequest(f"cannot reach {base}: {describe(exc)}") from None
-    if answer.status_code != 200:
-        raise BadRequest(f"{args.host} {args.id}: {answer.json().get('error', answer.text)}")
+    with admin_client(args, env) as client:
+        answer = client.get(f"/__sngin/code/{args.host}/replays/{args.id}")
+    if answer.status_code != 200:  # (the one convention: a line on stderr, or the JSON)
+        return show(answer, as_json=args.json)
     bundle = decode(answer.content)
     # The script's lines: on stderr as `sngin run` shows them, or in --json's "logs".
     lines: logging.Handler = logging.StreamHandler(sys.stderr)
