@@ -163,6 +163,21 @@ async def test_outbound_credentials_are_redacted_and_still_replay(tmp_path, upst
         assert again["matched"]
 
 
+async def test_a_replay_on_the_server_passes_the_sites_own_gate(tmp_path, upstream):
+    """A site paused for repeated kills cannot go on running its killing bundle as replays."""
+    async with replay_site(tmp_path, upstream) as (srv, _):
+        assert (await srv.get("/")).status_code == 500
+        [listed] = await replays(srv)
+        srv.deps.pool.accounting.quarantine.impose("a.test", 600)
+        paused = await srv.client.post(
+            srv.url + f"/__sngin/code/a.test/replays/{listed['id']}/run", json={}, headers=AUTH
+        )
+        assert paused.status_code == 503
+        assert "paused" in paused.json()["error"]
+        srv.deps.pool.lift_quarantine("a.test")
+        assert (await replay(srv, listed["id"]))["matched"]
+
+
 async def test_a_repeated_client_request_id_gets_a_suffix(tmp_path, upstream):
     async with replay_site(tmp_path, upstream) as (srv, _):
         for _ in range(2):

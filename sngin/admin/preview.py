@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sngin.edge.deps import Deps
     from sngin.storage.sqlite import Quota
     from sngin.tenants.egress import TenantEgress
+    from sngin.workers.frame_channel import CallHandler
 
 PREVIEW_SUFFIX: Final = "#preview"
 MAX_HEADERS: Final = 100
@@ -188,9 +189,7 @@ async def run_preview(deps: Deps, tenant: str, body: PreviewBody) -> dict[str, A
         raise BadRequest(f"a source of at most {MAX_BODY_BYTES} bytes")
     config = await deps.configs.get(tenant) if deps.configs is not None else None
     config = config or TenantConfig(limits=deps.settings.limits)
-    # What the live site may not do now, its preview may not either.
-    await deps.site_gate.admit(tenant, config)
-    deps.site_gate.refuse_if_quarantined(tenant)
+    await deps.site_gate.admit_beside(tenant, config)
     request_id = "preview-" + secrets.token_hex(8)
     request = sample_request(tenant, body.request, request_id)
     key = script_key(tenant, folder)
@@ -209,7 +208,7 @@ async def run_preview(deps: Deps, tenant: str, body: PreviewBody) -> dict[str, A
 async def run_with_overlay(
     deps: Deps, job: Job, config: TenantConfig, scratch: ScratchStorage, request_id: str
 ) -> dict[str, Any]:
-    tenant, runs_as = job.tenant.removesuffix(PREVIEW_SUFFIX), job.tenant
+    tenant = job.tenant.removesuffix(PREVIEW_SUFFIX)
     recorder = Recorder(scratch.lease)
     wall_s = config.limits.timeout_ms / 1000
     deadline = trio.current_time() + wall_s
@@ -227,29 +226,18 @@ async def run_with_overlay(
             quota=config.storage_quota,
         ),
     )  # fmt: skip
-    hub = deps.observer.hub
-    subscriber, lines = hub.subscribe(runs_as)
     started = trio.current_time()
-    failure: SnginError | None = None
-    try:
-        reply = await deps.pool.run(
-            job, calls, limits=config.limits, concurrency=config.concurrency,
-            redact=config.redact if config.secrets else None,
-        )  # fmt: skip
-    except SnginError as exc:  # a limit kill, a crash: what the live site would answer
-        failure = exc
-        reply = Reply(status=exc.status, body=exc.message.encode(), error="", message=exc.message)
-    finally:
-        hub.unsubscribe(runs_as, subscriber)
+    reply, failure, logs = await run_watched(deps, job, calls, config)
     wall_ms = (trio.current_time() - started) * 1000
+    if failure is not None:  # a limit kill, a crash: what the live site would answer
+        reply = Reply(
+            status=failure.status, body=failure.message.encode(), error="",
+            message=failure.message,
+        )  # fmt: skip
+    assert reply is not None
     if reply.error and failure is None:  # the script's own error: a 500 saying what broke
         status = 405 if reply.error == METHOD_NOT_ALLOWED else 500
         reply = msgspec.structs.replace(reply, status=status, body=reply.message.encode())
-    logs = []
-    async for line in lines:  # closed by unsubscribe: what the run wrote, then the end
-        record = msgspec.json.decode(line)
-        if isinstance(record, dict) and record.get("request") == request_id:
-            logs.append(record.get("line", record.get("error")))
     answer: dict[str, Any] = {
         "status": reply.status,
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in reply.headers],
@@ -265,6 +253,31 @@ async def run_with_overlay(
     if reply.error is not None:
         answer["error"] = reply.message or reply.error
     return answer
+
+
+async def run_watched(
+    deps: Deps, job: Job, calls: CallHandler, config: TenantConfig
+) -> tuple[Reply | None, SnginError | None, list[str]]:
+    """Run a job beside the live site (as HOST#preview or HOST#replay) under the site's limits,
+    concurrency and redaction: its reply, or the error that ended it, and the lines it wrote."""
+    hub = deps.observer.hub
+    subscriber, lines = hub.subscribe(job.tenant)
+    reply, failure = None, None
+    try:
+        reply = await deps.pool.run(
+            job, calls, limits=config.limits, concurrency=config.concurrency,
+            redact=config.redact if config.secrets else None,
+        )  # fmt: skip
+    except SnginError as exc:  # a limit kill, a crash: the run's outcome
+        failure = exc
+    finally:
+        hub.unsubscribe(job.tenant, subscriber)
+    logs: list[str] = []
+    async for line in lines:  # closed by unsubscribe: what the run wrote, then the end
+        record = msgspec.json.decode(line)
+        if isinstance(record, dict) and record.get("request") == job.request.id:
+            logs.append(str(record.get("line", record.get("error"))))
+    return reply, failure, logs
 
 
 def echoed_body(body: bytes) -> dict[str, Any]:

@@ -12,14 +12,16 @@ from quart import Response
 
 from sngin.admin.bodies import json_body
 from sngin.admin.guard import Access, Route
+from sngin.admin.preview import run_watched
 from sngin.errors import BadRequest, SnginError
 from sngin.names import tenant_of
-from sngin.replay.player import REPLAY_SUFFIX, ReplayCalls, replay_job, verdict
+from sngin.replay.player import ReplayCalls, replay_job, verdict
 from sngin.tenants.config import TenantConfig
 
 if TYPE_CHECKING:
     from sngin.admin.access import Answer
     from sngin.edge.deps import Deps
+    from sngin.replay.bundle import Bundle
     from sngin.replay.store import ReplayStore
 
 MAX_SOURCE_BYTES = 1024 * 1024
@@ -81,26 +83,14 @@ class ReplayRoutes:
         ]
 
 
-async def replay_here(deps: Deps, bundle: Any, source: bytes | None) -> Answer:
-    """Run it in a worker of this server under the tenant's limits, apart from the live site."""
+async def replay_here(deps: Deps, bundle: Bundle, source: bytes | None) -> Answer:
+    """Run it in a worker of this server beside the live site, as a preview runs: the site's
+    gate, limits and concurrency, in a throwaway runtime."""
     config = await deps.configs.get(bundle.tenant) if deps.configs is not None else None
     config = config or TenantConfig(limits=deps.settings.limits)
-    await deps.site_gate.admit(bundle.tenant, config)  # bounded like a preview: the site's rps
-    job = replay_job(bundle, source, config.limits.wire)
+    await deps.site_gate.admit_beside(bundle.tenant, config)
     calls = ReplayCalls(bundle)
-    runs_as = bundle.tenant + REPLAY_SUFFIX
-    hub = deps.observer.hub
-    subscriber, lines = hub.subscribe(runs_as)
-    reply, failure = None, None
-    try:
-        reply = await deps.pool.run(job, calls, limits=config.limits)
-    except SnginError as exc:  # a limit kill: the replay's outcome
-        failure = exc.message
-    finally:
-        hub.unsubscribe(runs_as, subscriber)
-    logs = []
-    async for line in lines:  # closed by unsubscribe: what the run wrote, then the end
-        record = msgspec.json.decode(line)
-        if isinstance(record, dict) and record.get("request") == bundle.id:
-            logs.append(record.get("line", record.get("error")))
-    return verdict(bundle, reply, failure, calls) | {"logs": logs}, 200
+    job = replay_job(bundle, source, config.limits.wire)
+    reply, failure, logs = await run_watched(deps, job, calls, config)
+    message = None if failure is None else failure.message
+    return verdict(bundle, reply, message, calls) | {"logs": logs}, 200

@@ -1,6 +1,7 @@
 """Whether a site takes a run now: enabled by its `_sngin.json`, within its `rps` (for the
-cluster with Redis, for the node with several processes) and not quarantined. Tenant requests
-and previews pass the same gate, so a preview cannot do what the live site may not."""
+cluster with Redis, for the node with several processes) and not quarantined. Tenant requests,
+previews and replays on the server pass the same gate, so neither can do what the live site
+may not."""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ class SiteGate:
                 raise RateLimited(
                     "too many requests for this site", headers={"Retry-After": retry_after(wait)}
                 )
+
+    async def admit_beside(self, tenant: str, config: TenantConfig) -> None:
+        """For a run under another name (a preview, a replay on the server): what the live
+        site may not do now, it may not either (its rps, enabled, and its quarantine)."""
+        await self.admit(tenant, config)
+        self.refuse_if_quarantined(tenant)
 
     def refuse_if_quarantined(self, tenant: str) -> None:
         """For runs under another name (a preview runs as HOST#preview): the site's own
