@@ -475,6 +475,11 @@ async def test_bundles_kept_in_redis_replay_the_same_way(tmp_path, upstream):
             failed = await srv.get("/")
             assert failed.status_code == 500
             [listed] = await replays(srv)
+            from sngin.storage.redis import RedisStorage
+
+            store = srv.deps.recording.store
+            assert isinstance(store.storage.backend, RedisStorage)  # (not a SQLite fallback)
+            assert len(await store.ids("a.test")) == 1
             upstream.close()
             again = await replay(srv, listed["id"])
             assert again["matched"], again
