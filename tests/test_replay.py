@@ -178,6 +178,24 @@ async def test_a_replay_on_the_server_passes_the_sites_own_gate(tmp_path, upstre
         assert (await replay(srv, listed["id"]))["matched"]
 
 
+async def test_a_replay_on_the_server_echoes_a_big_body_cut_as_a_preview_does(tmp_path, upstream):
+    from sngin.admin.preview import MAX_ECHO_BODY_BYTES
+
+    async with replay_site(tmp_path, upstream) as (srv, sites):
+        (sites / "a.test" / "big").mkdir()
+        (sites / "a.test" / "big" / "index.lua").write_text(
+            "return string.rep('b', 1000000) .. math.random(9)"
+        )
+        answered = await srv.get("/big", headers={"X-Sngin-Record": TOKEN})
+        assert len(answered.content) == 1_000_001
+        [listed] = await replays(srv)
+        again = await replay(srv, listed["id"])
+        assert len(again["body"]) == MAX_ECHO_BODY_BYTES  # not the megabyte, in JSON
+        assert again["body_truncated"]
+        assert again["body_bytes"] == 1_000_001
+        assert again["matched"]  # (compared on the whole body first)
+
+
 async def test_a_repeated_client_request_id_gets_a_suffix(tmp_path, upstream):
     async with replay_site(tmp_path, upstream) as (srv, _):
         for _ in range(2):

@@ -12,7 +12,7 @@ from quart import Response
 
 from sngin.admin.bodies import json_body
 from sngin.admin.guard import Access, Route
-from sngin.admin.preview import run_watched
+from sngin.admin.preview import echoed_body, run_watched
 from sngin.errors import BadRequest, SnginError
 from sngin.names import tenant_of
 from sngin.replay.player import ReplayCalls, replay_job, verdict
@@ -93,4 +93,4 @@ async def replay_here(deps: Deps, bundle: Bundle, source: bytes | None) -> Answe
     job = replay_job(bundle, source, config.limits.wire)
     reply, failure, logs = await run_watched(deps, job, calls, config)
     message = None if failure is None else failure.message
-    return verdict(bundle, reply, message, calls) | {"logs": logs}, 200
+    return verdict(bundle, reply, message, calls, echoed_body) | {"logs": logs}, 200

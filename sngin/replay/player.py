@@ -24,6 +24,8 @@ from sandbox.protocol import (
 from sngin.replay.recorder import private_free
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandbox.protocol import Call, CallRequest, Reply, WireLimits
     from sngin.replay.bundle import Bundle
 
@@ -107,9 +109,14 @@ def replay_job(bundle: Bundle, source: bytes | None, limits: WireLimits) -> Job:
     )  # fmt: skip
 
 
-def verdict(bundle: Bundle, reply: Reply | None, failure: str | None,
-            calls: ReplayCalls) -> dict[str, Any]:  # fmt: skip
-    """The replay's answer: what it returned, and whether it matched the recording."""
+def whole_body(body: bytes) -> dict[str, Any]:
+    return {"body": body.decode("utf-8", "replace")}
+
+
+def verdict(bundle: Bundle, reply: Reply | None, failure: str | None, calls: ReplayCalls,
+            echo: Callable[[bytes], dict[str, Any]] = whole_body) -> dict[str, Any]:  # fmt: skip
+    """The replay's answer: what it returned (its body as `echo` shows it: the server cuts
+    it as a preview's), and whether it matched the recording (on the whole body)."""
     divergences = list(calls.divergences)
     if calls.unused():
         divergences.append(f"the recording has {calls.unused()} call(s) the run did not make")
@@ -128,8 +135,8 @@ def verdict(bundle: Bundle, reply: Reply | None, failure: str | None,
         matched = status == outcome.status and body[: len(outcome.body) or None] == outcome.body
         matched = matched and (not outcome.body_truncated or len(body) > len(outcome.body))
     return {
-        "status": status, "headers": headers, "body": body.decode("utf-8", "replace"),
-        "error": error, "matched": matched, "divergences": divergences,
+        "status": status, "headers": headers, **echo(body), "error": error, "matched": matched,
+        "divergences": divergences,
         "beyond_tape": 0 if reply is None else reply.beyond_tape,
         "recorded": {"status": outcome.status, "error": outcome.error, "limit": outcome.limit},
     }  # fmt: skip
