@@ -502,3 +502,23 @@ async def test_bundles_kept_in_redis_replay_the_same_way(tmp_path, upstream):
             again = await replay(srv, listed["id"])
             assert again["matched"], again
             assert drawn(again["body"]) == drawn(failed.text)
+
+
+async def test_with_the_admin_api_off_no_token_records(tmp_path):
+    """The guard refuses every token when SNGIN_ADMIN_TOKEN is unset; so does the record
+    header, even with a site token made while it was set."""
+    from sngin.bodies.budgets import MemoryBudget
+    from sngin.config import Settings
+    from sngin.replay.recording import Recording
+    from sngin.storage.tenant_storage import SqliteBackend, TenantStorage
+    from sngin.tenants.tokens import TenantTokens
+
+    storage = TenantStorage(SqliteBackend(tmp_path / "storage.db"))
+    made = await TenantTokens(storage).create("a.test")
+    budget = MemoryBudget("bodies", 1 << 20)
+    on = Recording(Settings(admin_token=TOKEN), storage, budget)
+    assert await on.may_record("a.test", made.token.encode())
+    assert not await on.may_record("b.test", made.token.encode())
+    off = Recording(Settings(), storage, budget)
+    assert not await off.may_record("a.test", made.token.encode())
+    storage.close()

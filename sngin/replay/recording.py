@@ -177,10 +177,13 @@ class Recording:
         await self._idle.wait()
 
     async def may_record(self, tenant: str, token: bytes) -> bool:
-        """X-Sngin-Record's token: the admin token or one of this tenant's (else ignored)."""
+        """X-Sngin-Record's token: the admin token or one of this tenant's (else ignored). With
+        the admin API off (no SNGIN_ADMIN_TOKEN), no token holds, as the guard has it."""
         admin_token = self._admin_token
+        if not admin_token:
+            return False
         text = token.decode("latin-1").strip()
-        if admin_token and hmac.compare_digest(text.encode(), admin_token.encode()):
+        if hmac.compare_digest(text.encode(), admin_token.encode()):
             return True
         if self._storage is None or not text.startswith(TOKEN_PREFIX):
             return False
