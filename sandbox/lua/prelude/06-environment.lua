@@ -85,38 +85,24 @@ local function draw(...)
   return value
 end
 
-local function taped_random(tape)
+-- What `make` gives, kept on the tape; replaying, the recorded value in its place.
+local function taped(tape, kind, make)
   return function(...)
     if tape.replay then
-      local value = replayed(tape, "random")
+      local value = replayed(tape, kind)
       if value ~= nil then return value end
     end
-    return keep(tape, "random", draw(...))
+    return keep(tape, kind, make(...))
   end
 end
 
-local function taped_clock(tape)
-  return function()
-    if tape.replay then
-      local value = replayed(tape, "clock")
-      if value ~= nil then return value end
-    end
-    return keep(tape, "clock", clock())
-  end
-end
-
-local function taped_time(tape)
+-- os.time: now from the tape; a given date is a plain function of it, nothing to keep.
+local function taped_time(now)
   return function(t)
-    if t ~= nil then
-      local ok, value = pcall(time, t)  -- a given date: nothing to keep
-      if not ok then error(value, 0) end
-      return value
-    end
-    if tape.replay then
-      local value = replayed(tape, "time")
-      if value ~= nil then return value end
-    end
-    return keep(tape, "time", time())
+    if t == nil then return now() end
+    local ok, value = pcall(time, t)
+    if not ok then error(value, 0) end
+    return value
   end
 end
 
@@ -378,8 +364,9 @@ local function new_env(request, host_libraries, limits, request_id, tenant_env, 
   env.package = new_package(env)
   env.require = make_require(nil, env)
   local tape = new_tape(replay)
-  env.math.random = taped_random(tape)
-  local now = taped_time(tape)
-  env.os.time, env.os.clock, env.os.date = now, taped_clock(tape), taped_date(now)
+  env.math.random = taped(tape, "random", draw)
+  local now = taped(tape, "time", time)
+  env.os.time, env.os.clock, env.os.date = taped_time(now), taped(tape, "clock", clock),
+    taped_date(now)
   return env, collect, tape
 end
